@@ -1,0 +1,71 @@
+"""The qhybrid runtime: a deterministic orchestrator over WASM agents and a GPU thread.
+
+Pure Python, numpy, wasmtime and wgpu; it never imports Qt, so it runs headless
+(``qhybrid --headless``) as well as under the desktop window.
+
+Typical use::
+
+    from qhybrid.runtime import Runtime, RuntimeConfig, load_scenario
+
+    scenario = load_scenario("demo.toml")
+    async with Runtime(scenario, RuntimeConfig(workers=2)) as runtime:
+        result = await runtime.run()
+    print(result.trace_hash)
+"""
+
+from __future__ import annotations
+
+from qhybrid.runtime._events import (
+    AgentLog,
+    AgentStateChanged,
+    RunStateChanged,
+    RuntimeEvents,
+    TaskFinished,
+    TaskStarted,
+    TickFinished,
+)
+from qhybrid.runtime._metrics import SERIES, MetricsSnapshot
+from qhybrid.runtime._orchestrator import RunFailed, Runtime, RuntimeConfig, run_scenario
+from qhybrid.runtime._result import AgentSummary, RunResult
+from qhybrid.runtime._scenario import (
+    AgentSpec,
+    MessageSpec,
+    Scenario,
+    ScenarioError,
+    StopSpec,
+    TaskSpec,
+    TensorSpec,
+    load_scenario,
+    parse_scenario,
+)
+from qhybrid.runtime.tensors import SharedTensor, TensorHandle, TensorStore
+
+__all__ = [
+    "SERIES",
+    "AgentLog",
+    "AgentSpec",
+    "AgentStateChanged",
+    "AgentSummary",
+    "MessageSpec",
+    "MetricsSnapshot",
+    "RunFailed",
+    "RunResult",
+    "RunStateChanged",
+    "Runtime",
+    "RuntimeConfig",
+    "RuntimeEvents",
+    "Scenario",
+    "ScenarioError",
+    "SharedTensor",
+    "StopSpec",
+    "TaskFinished",
+    "TaskSpec",
+    "TaskStarted",
+    "TensorHandle",
+    "TensorSpec",
+    "TensorStore",
+    "TickFinished",
+    "load_scenario",
+    "parse_scenario",
+    "run_scenario",
+]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from multiprocessing import resource_tracker, shared_memory
+import mmap
+import os
+from multiprocessing import shared_memory
 from types import TracebackType
 
 import numpy as np
@@ -12,17 +13,36 @@ import numpy.typing as npt
 from qhybrid.runtime.tensors._handle import TensorHandle
 
 
-def open_segment(name: str) -> shared_memory.SharedMemory:
-    """Map an existing segment without making this process responsible for unlinking it.
+class _Mapping:
+    """A read-write mapping of an existing POSIX segment that no resource tracker knows about.
 
-    Before Python 3.13 every ``SharedMemory`` registers with the resource tracker, which
-    would unlink the owner's segment when this (non-owning) process exits.
+    ``SharedMemory(name=...)`` registers the segment with this process's resource tracker
+    (before Python 3.13 there is no ``track=False``); unregistering afterwards would also drop
+    the owner's registration when the owner attaches in its own process (the GPU thread).
     """
-    if sys.version_info >= (3, 13):
-        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg,unused-ignore]
-    shm = shared_memory.SharedMemory(name=name)
-    resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    return shm
+
+    def __init__(self, name: str) -> None:
+        import _posixshmem  # type: ignore[import-not-found,unused-ignore]
+
+        fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+        try:
+            self.size = os.fstat(fd).st_size
+            self._mmap = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        self.buf: memoryview = memoryview(self._mmap)
+
+    def close(self) -> None:
+        self.buf.release()
+        self._mmap.close()
+
+
+def open_segment(name: str) -> _Mapping | shared_memory.SharedMemory:
+    """Map an existing segment without making this process responsible for unlinking it."""
+    if os.name != "posix":
+        # Windows frees a segment when its last handle closes; there is no tracker.
+        return shared_memory.SharedMemory(name=name)
+    return _Mapping(name)
 
 
 class AttachedTensor:

@@ -1,0 +1,49 @@
+"""The worker pool: processes that host sandboxed WebAssembly agents and run CPU tasks.
+
+The parent side (:class:`WorkerPool`) is asyncio; each worker is a separate Python process
+running wasmtime, so a misbehaving agent cannot take the orchestrator down with it.
+"""
+
+from __future__ import annotations
+
+from qhybrid.runtime.wasm_pool._abi import (
+    ABI_VERSION,
+    KIND_TASK_DONE,
+    RESERVED_KIND_BASE,
+    RUNTIME_SENDER,
+    AgentModuleError,
+    ModuleInfo,
+    check_module,
+    compile_module,
+    make_engine,
+)
+from qhybrid.runtime.wasm_pool._protocol import (
+    AgentLoad,
+    BatchReply,
+    Delivery,
+    Outcome,
+    TaskOutcome,
+    TaskRun,
+)
+from qhybrid.runtime.wasm_pool._pool import WorkerCrashed, WorkerError, WorkerPool
+
+__all__ = [
+    "ABI_VERSION",
+    "KIND_TASK_DONE",
+    "RESERVED_KIND_BASE",
+    "RUNTIME_SENDER",
+    "AgentLoad",
+    "AgentModuleError",
+    "BatchReply",
+    "Delivery",
+    "ModuleInfo",
+    "Outcome",
+    "TaskOutcome",
+    "TaskRun",
+    "WorkerCrashed",
+    "WorkerError",
+    "WorkerPool",
+    "check_module",
+    "compile_module",
+    "make_engine",
+]

@@ -1,0 +1,237 @@
+"""The ``qhybrid`` command.
+
+``qhybrid`` opens the desktop window; ``qhybrid --headless [SCENARIO]`` runs a scenario with
+no window (and never imports Qt). Exit codes: 0 success, 1 the scenario ran and failed,
+2 bad input (flags, scenario file, agent module), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qhybrid import __version__
+
+if TYPE_CHECKING:
+    from qhybrid.runtime import RunResult, Runtime
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+logger = logging.getLogger("qhybrid")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own exit code 2 is ours too
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"qhybrid: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**63), got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="qhybrid",
+        description=(
+            "A local-first runtime for multi-agent systems and LLM inference. Without "
+            "--headless it opens the desktop window."
+        ),
+    )
+    parser.add_argument(
+        "scenario",
+        nargs="?",
+        metavar="SCENARIO",
+        help="a scenario file (TOML); default: the built-in demo",
+    )
+    parser.add_argument("--headless", action="store_true", help="run without a window (no Qt)")
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes for agents and CPU tasks (default: 2, or QHYBRID_WORKERS)",
+    )
+    parser.add_argument("--seed", type=_seed, default=None, metavar="S", help="override the scenario's seed")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "gpu", "cpu"),
+        default=os.environ.get("QHYBRID_DEVICE", "auto"),
+        help="where GPU tasks run: auto (GPU when there is an adapter), gpu, or cpu (numpy)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    parser.add_argument("--trace", type=Path, metavar="FILE", help="write the full trace (JSON lines) to FILE")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"qhybrid {__version__}")
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    os.environ.setdefault("QHYBRID_LOG_LEVEL", logging.getLevelName(level))
+
+
+def _default_scenario() -> Path:
+    from qhybrid._resources import resource_path
+
+    return resource_path("scenarios", "demo.toml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.headless:
+        if args.json or args.trace:
+            print("qhybrid: error: --json and --trace need --headless", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        from qhybrid.app import run_app
+
+        return run_app(scenario=args.scenario)
+    return run_headless(args)
+
+
+def run_headless(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from qhybrid.runtime import RuntimeConfig, ScenarioError, load_scenario
+
+    _setup_logging(args.verbose)
+    err = Console(stderr=True, highlight=False)
+    path = Path(args.scenario) if args.scenario else _default_scenario()
+    workers = args.workers or int(os.environ.get("QHYBRID_WORKERS", "2") or 2)
+    try:
+        scenario = load_scenario(path)
+    except ScenarioError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    if args.seed is not None:
+        scenario = scenario.with_seed(args.seed)
+    config = RuntimeConfig(workers=workers, device=args.device, trace_path=args.trace)
+    err.print(
+        f"qhybrid {__version__}: running [bold]{scenario.name}[/] "
+        f"({sum(a.count for a in scenario.agents)} agents, {workers} workers, seed {scenario.seed})"
+    )
+    holder: dict[str, Runtime] = {}
+    try:
+        result = asyncio.run(_run(scenario, config, err, holder))
+    except ScenarioError as exc:
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        runtime = holder.get("runtime")
+        if runtime is not None:
+            err.print(
+                f"[yellow]interrupted[/] at tick {runtime.tick}: {runtime.delivered} messages "
+                f"delivered, {runtime.tasks_completed} tasks done; trace so far {runtime.trace_hash}"
+            )
+        else:
+            err.print("[yellow]interrupted[/] before the run started")
+        return EXIT_INTERRUPTED
+    _print_summary(err, result)
+    if args.json:
+        payload = result.to_json()
+        sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+async def _run(scenario: Any, config: Any, err: Any, holder: dict[str, Runtime]) -> RunResult:
+    from qhybrid.runtime import Runtime
+
+    runtime = Runtime(scenario, config)
+    holder["runtime"] = runtime
+    progress = _Progress(err, runtime)
+    runtime.events.tick_finished.connect(progress.on_tick)
+    async with runtime:
+        info = runtime.device_info
+        if info is not None:
+            err.print(f"device: {info.name} ({info.kind}, {info.backend})")
+        result = await runtime.run()
+    return result
+
+
+class _Progress:
+    """Progress on stderr, at most a few lines a second whatever the tick rate."""
+
+    def __init__(self, console: Any, runtime: Runtime) -> None:
+        self.console = console
+        self.runtime = runtime
+        self.interval = 0.5 if console.is_terminal else 2.0
+        self.last = time.perf_counter()
+
+    def on_tick(self, event: Any) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        rt = self.runtime
+        self.console.print(
+            f"  tick {event.tick:>6}  messages {rt.delivered:>8}  tasks {rt.tasks_completed:>8}  "
+            f"queued {event.queued_messages + event.queued_cpu + event.queued_gpu}",
+            highlight=False,
+        )
+
+
+def _print_summary(console: Any, result: RunResult) -> None:
+    from rich.table import Table
+
+    colour = "green" if result.ok else "red"
+    console.print(
+        f"[{colour}]{result.status}[/]: {result.reason} - tick {result.ticks}, "
+        f"{result.messages_delivered} messages, {result.tasks_completed} tasks "
+        f"({result.cpu_tasks} cpu, {result.gpu_tasks} gpu) in {result.wall_s:.2f} s",
+        soft_wrap=True,
+    )
+    groups: dict[str, list[Any]] = {}
+    for agent in result.agents:
+        groups.setdefault(agent.name.rsplit("-", 1)[0] if "-" in agent.name else agent.name, []).append(agent)
+    table = Table(title=None, show_edge=False, pad_edge=False)
+    for col in ("agents", "module", "handled", "state"):
+        table.add_column(col)
+    for group, agents in groups.items():
+        states = sorted({a.state for a in agents})
+        table.add_row(
+            f"{group} x{len(agents)}" if len(agents) > 1 else group,
+            agents[0].module,
+            str(sum(a.handled for a in agents)),
+            ", ".join(states),
+        )
+    console.print(table)
+    for agent in result.agents:
+        if agent.error:
+            console.print(f"  [red]{agent.name}[/]: {agent.error}")
+    device = result.device
+    console.print(
+        f"device: {device.get('name')} ({device.get('kind')})   trace {result.trace_hash}",
+        soft_wrap=True,
+    )

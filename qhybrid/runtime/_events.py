@@ -1,0 +1,98 @@
+"""Events the runtime emits for observers (a window, a CLI, a test), without Qt.
+
+Every signal of :class:`RuntimeEvents` fires **on the orchestrator's event-loop thread** (the
+thread that runs :meth:`Runtime.run`). A Qt observer must hop to the GUI thread before it
+touches a widget (e.g. a queued signal); a cheap alternative is polling
+:meth:`Runtime.metrics`, which is safe from any thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psygnal import Signal
+
+
+@dataclass(frozen=True, slots=True)
+class RunStateChanged:
+    """The run moved to ``state``: starting, running, paused, completed, failed or closed."""
+
+    state: str
+    tick: int
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStateChanged:
+    """An agent moved to ``state``: loaded, failed or skipped (stopped after an error)."""
+
+    agent: str
+    agent_id: int
+    worker: int
+    state: str
+    tick: int
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    """A CPU or GPU task was dispatched (``kind`` is "cpu" or "gpu")."""
+
+    task: str
+    kind: str
+    op: str
+    tick: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished:
+    """A CPU or GPU task finished; ``placement`` is where it ran: "worker", "gpu" or "cpu"."""
+
+    task: str
+    kind: str
+    op: str
+    tick: int
+    placement: str
+    elapsed_s: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TickFinished:
+    """One logical tick is committed: what it delivered and what is left queued."""
+
+    tick: int
+    delivered: int
+    failed: int
+    tasks: int
+    queued_messages: int
+    queued_cpu: int
+    queued_gpu: int
+    worker_busy_s: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLog:
+    """A line an agent logged (levels as in :mod:`logging`: 10 debug ... 40 error)."""
+
+    agent: str
+    level: int
+    text: str
+    tick: int
+
+
+class RuntimeEvents:
+    """The runtime's signals (psygnal); all of them fire on the orchestrator's loop thread."""
+
+    #: :class:`RunStateChanged`, on the orchestrator's loop thread.
+    run_state = Signal(RunStateChanged)
+    #: :class:`AgentStateChanged`, on the orchestrator's loop thread.
+    agent_state = Signal(AgentStateChanged)
+    #: :class:`TaskStarted`, on the orchestrator's loop thread.
+    task_started = Signal(TaskStarted)
+    #: :class:`TaskFinished`, on the orchestrator's loop thread.
+    task_finished = Signal(TaskFinished)
+    #: :class:`TickFinished`, on the orchestrator's loop thread, once per committed tick.
+    tick_finished = Signal(TickFinished)
+    #: :class:`AgentLog`, on the orchestrator's loop thread, in deterministic order.
+    agent_log = Signal(AgentLog)

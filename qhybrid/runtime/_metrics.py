@@ -1,0 +1,81 @@
+"""Metrics kept in preallocated ring buffers, cheap to poll from any thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+#: Series recorded once per tick, each a column of the ring buffer.
+SERIES = (
+    "wall_s",  # seconds since the run started
+    "tick",
+    "delivered_total",
+    "tasks_total",
+    "queued_messages",
+    "queued_cpu",
+    "queued_gpu",
+    "gpu_busy_s_total",
+    "tensor_bytes",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """A copy of the recent samples, oldest first; arrays have one entry per sample.
+
+    ``series[name]`` for each name in :data:`SERIES`; ``worker_busy_s`` has one row per
+    sample and one column per worker (cumulative busy seconds).
+    """
+
+    series: dict[str, npt.NDArray[np.float64]]
+    worker_busy_s: npt.NDArray[np.float64]
+    samples: int
+
+    def rate(self, name: str) -> float:
+        """Average per-second rate of a cumulative series over the window."""
+        wall = self.series["wall_s"]
+        values = self.series[name]
+        if self.samples < 2 or wall[-1] <= wall[0]:
+            return 0.0
+        return float((values[-1] - values[0]) / (wall[-1] - wall[0]))
+
+
+class MetricsRecorder:
+    """Thread-safe ring buffers: the orchestrator writes a sample per tick, observers poll."""
+
+    def __init__(self, workers: int, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self.workers = workers
+        self._data = np.zeros((capacity, len(SERIES)), dtype=np.float64)
+        self._busy = np.zeros((capacity, max(workers, 1)), dtype=np.float64)
+        self._count = 0
+        self._lock = threading.Lock()
+        self._t0 = time.perf_counter()
+
+    def reset_clock(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def record(self, values: dict[str, float], worker_busy_s: list[float]) -> None:
+        row = [time.perf_counter() - self._t0 if n == "wall_s" else values.get(n, 0.0) for n in SERIES]
+        with self._lock:
+            i = self._count % self.capacity
+            self._data[i] = row
+            self._busy[i, : len(worker_busy_s)] = worker_busy_s
+            self._count += 1
+
+    def snapshot(self) -> MetricsSnapshot:
+        with self._lock:
+            n = min(self._count, self.capacity)
+            start = self._count % self.capacity if self._count > self.capacity else 0
+            order = (np.arange(n) + start) % self.capacity
+            data = self._data[order].copy()
+            busy = self._busy[order].copy()
+        return MetricsSnapshot(
+            series={name: data[:, i] for i, name in enumerate(SERIES)},
+            worker_busy_s=busy,
+            samples=n,
+        )

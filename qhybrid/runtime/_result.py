@@ -1,0 +1,45 @@
+"""What a finished run reports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSummary:
+    name: str
+    module: str
+    worker: int
+    state: str
+    handled: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of a run: ``status`` is "completed" or "failed", ``reason`` says why."""
+
+    scenario: str
+    seed: int
+    status: str
+    reason: str
+    trace_hash: str
+    ticks: int
+    messages_delivered: int
+    tasks_completed: int
+    cpu_tasks: int
+    gpu_tasks: int
+    agents: tuple[AgentSummary, ...]
+    workers: int
+    device: dict[str, object]
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["agents"] = [asdict(a) for a in self.agents]
+        return data

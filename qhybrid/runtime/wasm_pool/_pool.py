@@ -1,0 +1,211 @@
+"""The parent's side of the worker pool: starting, talking to and stopping worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from qhybrid.runtime.wasm_pool._abi import AgentModuleError
+from qhybrid.runtime.wasm_pool._protocol import (
+    AgentLoad,
+    BatchReply,
+    Delivery,
+    ProtocolError,
+    Request,
+    TaskRun,
+    encode,
+    read_frame,
+)
+
+logger = logging.getLogger(__name__)
+
+WORKER_MODULE = "qhybrid.runtime.wasm_pool._worker"
+
+
+class WorkerError(RuntimeError):
+    """A request a worker could not carry out."""
+
+
+class WorkerCrashed(WorkerError):
+    """A worker process died (killed, crashed, out of memory) or stopped answering."""
+
+    def __init__(self, index: int, pid: int | None, returncode: int | None, detail: str) -> None:
+        self.index = index
+        self.pid = pid
+        self.returncode = returncode
+        if returncode is not None and returncode < 0:
+            try:
+                how = f"killed by {signal.Signals(-returncode).name}"
+            except ValueError:
+                how = f"killed by signal {-returncode}"
+        elif returncode is not None:
+            how = f"exited with code {returncode}"
+        else:
+            how = detail
+        super().__init__(f"worker {index} (pid {pid}) died: {how}")
+
+
+def worker_command() -> list[str]:
+    """How to start a worker: the same interpreter, running the worker module."""
+    return [sys.executable, "-m", WORKER_MODULE]
+
+
+class _Worker:
+    def __init__(self, index: int, proc: asyncio.subprocess.Process) -> None:
+        self.index = index
+        self.proc = proc
+        self.lock = asyncio.Lock()
+        self.busy_ns = 0
+        self.requests = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class WorkerPool:
+    """A fixed set of worker processes, each hosting agents and running CPU tasks.
+
+    All methods are coroutines for the loop the pool was started on (the orchestrator's).
+    Each worker handles one request at a time; requests to different workers run in parallel.
+    """
+
+    def __init__(self, size: int, *, start_timeout: float = 60.0) -> None:
+        if size < 1:
+            raise ValueError(f"a pool needs at least one worker, got {size}")
+        self.size = size
+        self.start_timeout = start_timeout
+        self._workers: list[_Worker] = []
+        self._closed = False
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for w in self._workers]
+
+    def busy_ns(self) -> list[int]:
+        """Nanoseconds each worker has spent handling batches so far."""
+        return [w.busy_ns for w in self._workers]
+
+    async def start(self) -> None:
+        """Start every worker and wait for each one's READY handshake."""
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        # Each worker is one core's worth of work; nested BLAS threads only oversubscribe.
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("MKL_NUM_THREADS", "1")
+        try:
+            for index in range(self.size):
+                proc = await asyncio.create_subprocess_exec(
+                    *worker_command(),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    env=env,
+                    start_new_session=False,
+                )
+                self._workers.append(_Worker(index, proc))
+            await asyncio.wait_for(
+                asyncio.gather(*(self._handshake(w) for w in self._workers)),
+                timeout=self.start_timeout,
+            )
+        except BaseException:
+            await self.aclose()
+            raise
+        logger.info("worker pool started: %d workers, pids %s", self.size, self.pids)
+
+    async def _handshake(self, worker: _Worker) -> None:
+        assert worker.proc.stdout is not None
+        try:
+            hello = await read_frame(worker.proc.stdout)
+        except ProtocolError:
+            raise await self._crashed(worker, "no READY handshake") from None
+        if not (isinstance(hello, tuple) and hello[0] == "ready"):
+            raise WorkerError(f"worker {worker.index} sent {hello!r} instead of READY")
+
+    async def _crashed(self, worker: _Worker, detail: str) -> WorkerCrashed:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(worker.proc.wait(), timeout=2.0)
+        return WorkerCrashed(worker.index, worker.pid, worker.proc.returncode, detail)
+
+    async def _request(self, index: int, request: Request) -> Any:
+        if self._closed:
+            raise WorkerError("the worker pool is closed")
+        worker = self._workers[index]
+        async with worker.lock:
+            proc = worker.proc
+            assert proc.stdin is not None and proc.stdout is not None
+            start = time.perf_counter_ns()
+            try:
+                proc.stdin.write(encode(request))
+                await proc.stdin.drain()
+                reply = await read_frame(proc.stdout)
+            except (ProtocolError, ConnectionError) as exc:
+                raise await self._crashed(worker, str(exc)) from None
+            worker.requests += 1
+            worker.busy_ns += time.perf_counter_ns() - start
+        status, value = reply
+        if status == "ok":
+            return value
+        if status == "module-error":
+            raise AgentModuleError(value)
+        raise WorkerError(f"worker {index}: {value}")
+
+    async def install_module(self, key: str, serialized: bytes) -> None:
+        """Give every worker a compiled module, to instantiate agents from by ``key``."""
+        await asyncio.gather(
+            *(self._request(i, Request("module", (key, serialized))) for i in range(self.size))
+        )
+
+    async def set_directory(self, names: Sequence[str]) -> None:
+        """Tell every worker the name of each agent id (for the ABI's ``lookup``)."""
+        await asyncio.gather(
+            *(self._request(i, Request("directory", (tuple(names),))) for i in range(self.size))
+        )
+
+    async def load_agents(self, index: int, loads: Sequence[AgentLoad]) -> None:
+        """Instantiate agents on worker ``index`` (their module must be installed)."""
+        await self._request(index, Request("load", (list(loads),)))
+
+    async def run_batch(
+        self,
+        index: int,
+        tick: int,
+        deliveries: Sequence[Delivery],
+        tasks: Sequence[TaskRun] = (),
+    ) -> BatchReply:
+        """Handle ``deliveries`` in order, then ``tasks``, on worker ``index``."""
+        reply = await self._request(index, Request("batch", (tick, list(deliveries), list(tasks))))
+        assert isinstance(reply, BatchReply)
+        return reply
+
+    def kill_worker(self, index: int) -> None:
+        """SIGKILL one worker (for tests of crash handling)."""
+        self._workers[index].proc.kill()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Ask every worker to exit; kill those that do not within ``timeout``. Idempotent."""
+        self._closed = True
+        workers, self._workers = self._workers, []
+        for w in workers:
+            if w.proc.stdin is not None and w.proc.returncode is None:
+                with contextlib.suppress(Exception):
+                    w.proc.stdin.write(encode(Request("shutdown")))
+                    w.proc.stdin.close()
+
+        async def reap(w: _Worker) -> None:
+            try:
+                await asyncio.wait_for(w.proc.wait(), timeout=timeout)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                logger.warning("worker %d (pid %d) did not exit; killing it", w.index, w.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
+                await w.proc.wait()
+
+        await asyncio.gather(*(reap(w) for w in workers), return_exceptions=True)
