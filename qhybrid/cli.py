@@ -78,16 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes for agents and CPU tasks (default: 2, or QHYBRID_WORKERS)",
     )
-    parser.add_argument("--seed", type=_seed, default=None, metavar="S", help="override the scenario's seed")
+    parser.add_argument(
+        "--seed", type=_seed, default=None, metavar="S", help="override the scenario's seed"
+    )
     parser.add_argument(
         "--device",
         choices=("auto", "gpu", "cpu"),
         default=os.environ.get("QHYBRID_DEVICE", "auto"),
         help="where GPU tasks run: auto (GPU when there is an adapter), gpu, or cpu (numpy)",
     )
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
-    parser.add_argument("--trace", type=Path, metavar="FILE", help="write the full trace (JSON lines) to FILE")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
+    parser.add_argument(
+        "--trace", type=Path, metavar="FILE", help="write the full trace (JSON lines) to FILE"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
     parser.add_argument("--version", action="version", version=f"qhybrid {__version__}")
     return parser
 
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.headless:
         if args.json or args.trace:
-            print("qhybrid: error: --json and --trace need --headless", file=sys.stderr)
+            sys.stderr.write("qhybrid: error: --json and --trace need --headless\n")
             return EXIT_BAD_INPUT
         from qhybrid.app import run_app
 
@@ -152,7 +160,8 @@ def run_headless(args: argparse.Namespace) -> int:
         if runtime is not None:
             err.print(
                 f"[yellow]interrupted[/] at tick {runtime.tick}: {runtime.delivered} messages "
-                f"delivered, {runtime.tasks_completed} tasks done; trace so far {runtime.trace_hash}"
+                f"delivered, {runtime.tasks_completed} tasks done; "
+                f"trace so far {runtime.trace_hash}"
             )
         else:
             err.print("[yellow]interrupted[/] before the run started")
@@ -214,7 +223,9 @@ def _print_summary(console: Any, result: RunResult) -> None:
     )
     groups: dict[str, list[Any]] = {}
     for agent in result.agents:
-        groups.setdefault(agent.name.rsplit("-", 1)[0] if "-" in agent.name else agent.name, []).append(agent)
+        groups.setdefault(
+            agent.name.rsplit("-", 1)[0] if "-" in agent.name else agent.name, []
+        ).append(agent)
     table = Table(title=None, show_edge=False, pad_edge=False)
     for col in ("agents", "module", "handled", "state"):
         table.add_column(col)

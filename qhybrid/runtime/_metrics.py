@@ -60,7 +60,9 @@ class MetricsRecorder:
         self._t0 = time.perf_counter()
 
     def record(self, values: dict[str, float], worker_busy_s: list[float]) -> None:
-        row = [time.perf_counter() - self._t0 if n == "wall_s" else values.get(n, 0.0) for n in SERIES]
+        row = [
+            time.perf_counter() - self._t0 if n == "wall_s" else values.get(n, 0.0) for n in SERIES
+        ]
         with self._lock:
             i = self._count % self.capacity
             self._data[i] = row

@@ -36,7 +36,7 @@ from qhybrid.runtime._events import (
 )
 from qhybrid.runtime._metrics import MetricsRecorder, MetricsSnapshot
 from qhybrid.runtime._result import AgentSummary, RunResult
-from qhybrid.runtime._scenario import Scenario, ScenarioError, TaskSpec, TensorSpec
+from qhybrid.runtime._scenario import Scenario, TaskSpec, TensorSpec
 from qhybrid.runtime._seeding import derive_seed
 from qhybrid.runtime._trace import TraceRecorder, digest
 from qhybrid.runtime.tensors import SharedTensor, TensorStore
@@ -201,7 +201,9 @@ class Runtime:
             for name in spec.instances:
                 agent_id = len(self._agents)
                 self._agents.append(
-                    _Agent(agent_id, name, spec.name, spec.module, agent_id % workers, spec.on_error)
+                    _Agent(
+                        agent_id, name, spec.name, spec.module, agent_id % workers, spec.on_error
+                    )
                 )
                 self._by_name[name] = agent_id
 
@@ -230,9 +232,13 @@ class Runtime:
             )
         except AgentModuleError as exc:
             name = str(exc).split(":", 1)[0]
-            agent = self._agents[self._by_name[name]] if name in self._by_name else None
+            failed = self._agents[self._by_name[name]] if name in self._by_name else None
             index = next(
-                (i for i, s in enumerate(self.scenario.agents) if agent and s.name == agent.group),
+                (
+                    i
+                    for i, s in enumerate(self.scenario.agents)
+                    if failed and s.name == failed.group
+                ),
                 0,
             )
             raise self.scenario.error(f"agents[{index}].module", str(exc)) from None
@@ -249,7 +255,9 @@ class Runtime:
         tensor = self.tensors.create(spec.shape, spec.dtype)
         arr = tensor.array
         if spec.init == "random":
-            rng = np.random.Generator(np.random.PCG64(derive_seed(self.scenario.seed, "tensor", spec.name)))
+            rng = np.random.Generator(
+                np.random.PCG64(derive_seed(self.scenario.seed, "tensor", spec.name))
+            )
             arr[...] = rng.uniform(-1.0, 1.0, size=spec.shape).astype(arr.dtype)
         elif spec.init == "ones":
             arr.fill(1)
@@ -261,7 +269,9 @@ class Runtime:
     def _enqueue_initial(self) -> None:
         for msg in self.scenario.messages:
             for name in msg.to:
-                self._push_message(msg.at, msg.priority, RUNTIME_SENDER, self._by_name[name], msg.kind, msg.payload)
+                self._push_message(
+                    msg.at, msg.priority, RUNTIME_SENDER, self._by_name[name], msg.kind, msg.payload
+                )
         for task in self.scenario.tasks:
             heapq.heappush(self._queue, _Item(task.at, -task.priority, next(self._seq), task=task))
 
@@ -314,17 +324,25 @@ class Runtime:
             raise KeyError(f"no agent named {to!r}")
         if not 0 <= kind < RESERVED_KIND_BASE:
             raise ValueError(f"kind must be in [0, {RESERVED_KIND_BASE:#x}), got {kind}")
-        self._push_message(self.tick + 1, priority, RUNTIME_SENDER, self._by_name[to], kind, payload)
+        self._push_message(
+            self.tick + 1, priority, RUNTIME_SENDER, self._by_name[to], kind, payload
+        )
 
-    def call_threadsafe(self, fn: Callable[..., T | Awaitable[T]], *args: Any) -> concurrent.futures.Future[T]:
-        """Run ``fn(*args)`` on the orchestrator's loop from any thread; await it if it is a coroutine."""
+    def call_threadsafe(
+        self, fn: Callable[..., T | Awaitable[T]], *args: Any
+    ) -> concurrent.futures.Future[T]:
+        """Run ``fn(*args)`` on the orchestrator's loop from any thread.
+
+        If ``fn`` returns an awaitable it is awaited there. The returned future resolves with
+        the result (``.result(timeout)`` from a thread, ``asyncio.wrap_future`` from a loop).
+        """
         if self._loop is None:
             raise RuntimeError("the runtime has not been started")
 
         async def call() -> T:
             result = fn(*args)
             if isinstance(result, Awaitable):
-                return await result  # type: ignore[no-any-return]
+                return await result
             return result
 
         return asyncio.run_coroutine_threadsafe(call(), self._loop)
@@ -360,7 +378,7 @@ class Runtime:
                 break
             try:
                 await asyncio.wait_for(self.step(), timeout=remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._finish("failed", f"timed out after {timeout:g} s of wall-clock time")
         assert self._finished is not None
         return self._finished
@@ -410,7 +428,9 @@ class Runtime:
             if item.message is not None:
                 sender, dst, kind, payload = item.message
                 agent = self._agents[dst]
-                self._trace.record("deliver", tick, item.seq, sender, dst, kind, digest(payload), len(payload))
+                self._trace.record(
+                    "deliver", tick, item.seq, sender, dst, kind, digest(payload), len(payload)
+                )
                 if agent.state != LOADED:
                     self._trace.record("drop", tick, item.seq, dst, agent.state)
                     plan.append((item, -1, -1))
@@ -432,7 +452,9 @@ class Runtime:
                 w = cpu_count % workers
                 cpu_count += 1
                 plan.append((item, w, len(cpu_runs[w])))
-                cpu_runs[w].append(TaskRun(pos, task.op, inputs, out.handle, tuple(task.params.items())))
+                cpu_runs[w].append(
+                    TaskRun(pos, task.op, inputs, out.handle, tuple(task.params.items()))
+                )
 
         batch_calls = {
             w: self.pool.run_batch(w, tick, deliveries[w], cpu_runs[w])
@@ -441,7 +463,9 @@ class Runtime:
         }
         gpu_waits = {pos: asyncio.wrap_future(fut) for pos, fut in gpu_jobs.items()}
         try:
-            results = await asyncio.gather(*batch_calls.values(), *gpu_waits.values(), return_exceptions=True)
+            results = await asyncio.gather(
+                *batch_calls.values(), *gpu_waits.values(), return_exceptions=True
+            )
         except asyncio.CancelledError:
             for out in outputs.values():
                 out.close()
@@ -449,15 +473,17 @@ class Runtime:
         replies: dict[int, BatchReply] = {}
         gpu_results: dict[int, GpuJobResult | BaseException] = {}
         for w, res in zip(batch_calls, results[: len(batch_calls)], strict=True):
-            if isinstance(res, BaseException):
+            if not isinstance(res, BatchReply):
                 for out in outputs.values():
                     out.close()
                 if isinstance(res, WorkerError):
                     raise res
-                raise RunFailed(f"worker {w}: {res}") from res
+                cause = res if isinstance(res, BaseException) else None
+                raise RunFailed(f"worker {w}: {res}") from cause
             replies[w] = res
-        for pos, res in zip(gpu_waits, results[len(batch_calls) :], strict=True):
-            gpu_results[pos] = res
+        for pos, gres in zip(gpu_waits, results[len(batch_calls) :], strict=True):
+            assert isinstance(gres, GpuJobResult | BaseException)
+            gpu_results[pos] = gres
         self._commit(tick, due, plan, replies, gpu_results, outputs)
 
     def _commit(
@@ -474,20 +500,24 @@ class Runtime:
             if item.message is not None:
                 if worker < 0:
                     continue
-                sender, dst, kind, payload = item.message
+                dst = item.message[1]
                 outcome = replies[worker].outcomes[index]
                 agent = self._agents[dst]
                 delivered += 1
                 for level, text in outcome.logs:
                     self._trace.record("log", tick, item.seq, level, text)
                     self.events.agent_log.emit(AgentLog(agent.name, level, text, tick))
-                    logger.log(level if level in (10, 20, 30, 40, 50) else 20, "%s: %s", agent.name, text)
+                    logger.log(
+                        level if level in (10, 20, 30, 40, 50) else 20, "%s: %s", agent.name, text
+                    )
                 if outcome.ok:
                     agent.handled += 1
                     self.tasks_completed += 1
                     self._trace.record("ok", tick, item.seq, len(outcome.sent))
                     for to, out_kind, out_payload in outcome.sent:
-                        self._push_message(tick + 1, -item.neg_priority, dst, to, out_kind, out_payload)
+                        self._push_message(
+                            tick + 1, -item.neg_priority, dst, to, out_kind, out_payload
+                        )
                 else:
                     failed += 1
                     self._agent_failed(agent, tick, item.seq, outcome.error or "unknown error")
@@ -538,7 +568,14 @@ class Runtime:
                     sort_keys=True,
                 ).encode("utf-8")
                 for name in task.notify:
-                    self._push_message(tick + 1, task.priority, RUNTIME_SENDER, self._by_name[name], KIND_TASK_DONE, note)
+                    self._push_message(
+                        tick + 1,
+                        task.priority,
+                        RUNTIME_SENDER,
+                        self._by_name[name],
+                        KIND_TASK_DONE,
+                        note,
+                    )
         self.delivered += delivered
         busy = [ns / 1e9 for ns in self.pool.busy_ns()]
         queued = self._queue_depths()
@@ -556,7 +593,9 @@ class Runtime:
             busy,
         )
         self.events.tick_finished.emit(
-            TickFinished(tick, delivered, failed, tasks, queued[0], queued[1], queued[2], tuple(busy))
+            TickFinished(
+                tick, delivered, failed, tasks, queued[0], queued[1], queued[2], tuple(busy)
+            )
         )
 
     def _queue_depths(self) -> tuple[int, int, int]:
@@ -586,7 +625,9 @@ class Runtime:
             return
         self._trace.record("end", status, self.tick)
         wall = time.perf_counter() - self._t_start
-        info = self.device_info.to_json() if self.device_info else {"name": "cpu", "kind": "cpu"}
+        info: dict[str, object] = (
+            self.device_info.to_json() if self.device_info else {"name": "cpu", "kind": "cpu"}
+        )
         self._finished = RunResult(
             scenario=self.scenario.name,
             seed=self.scenario.seed,
@@ -620,4 +661,3 @@ async def run_scenario(scenario: Scenario, config: RuntimeConfig | None = None) 
     """Start a runtime for ``scenario``, run it to the end, close it, return the result."""
     async with Runtime(scenario, config) as runtime:
         return await runtime.run()
-

@@ -50,7 +50,9 @@ class OpSpec:
         return self.infer(shapes, dtypes, params)
 
 
-def _matmul_infer(shapes: Sequence[Shape], dtypes: Sequence[str], params: Params) -> tuple[Shape, str]:
+def _matmul_infer(
+    shapes: Sequence[Shape], dtypes: Sequence[str], params: Params
+) -> tuple[Shape, str]:
     a, b = shapes
     if len(a) != 2 or len(b) != 2:
         raise OpError(f"matmul takes two 2-D tensors, got shapes {list(a)} and {list(b)}")

@@ -17,6 +17,7 @@ from qhybrid.runtime.wasm_pool._abi import (
     compile_module,
     make_engine,
 )
+from qhybrid.runtime.wasm_pool._pool import WorkerCrashed, WorkerError, WorkerPool
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
     BatchReply,
@@ -25,7 +26,6 @@ from qhybrid.runtime.wasm_pool._protocol import (
     TaskOutcome,
     TaskRun,
 )
-from qhybrid.runtime.wasm_pool._pool import WorkerCrashed, WorkerError, WorkerPool
 
 __all__ = [
     "ABI_VERSION",

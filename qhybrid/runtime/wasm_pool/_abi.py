@@ -143,11 +143,11 @@ def check_module(module: wasmtime.Module, path: Path) -> ModuleInfo:
         expected = HOST_FUNCTIONS.get(imp.name or "")
         if expected is None:
             known = ", ".join(sorted(HOST_FUNCTIONS))
-            raise AgentModuleError(f"{path}: imports unknown host function {where} (ABI has: {known})")
-        if not isinstance(imp.type, wasmtime.FuncType) or _signature(imp.type) != expected:
             raise AgentModuleError(
-                f"{path}: import {where} must have type {_fmt(expected)}"
+                f"{path}: imports unknown host function {where} (ABI has: {known})"
             )
+        if not isinstance(imp.type, wasmtime.FuncType) or _signature(imp.type) != expected:
+            raise AgentModuleError(f"{path}: import {where} must have type {_fmt(expected)}")
         imports.append(imp.name or "")
     exports = {exp.name: exp.type for exp in module.exports}
     mem = exports.get("memory")

@@ -202,7 +202,7 @@ class WorkerPool:
         async def reap(w: _Worker) -> None:
             try:
                 await asyncio.wait_for(w.proc.wait(), timeout=timeout)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 logger.warning("worker %d (pid %d) did not exit; killing it", w.index, w.pid)
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.kill()

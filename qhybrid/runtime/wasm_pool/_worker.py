@@ -86,7 +86,9 @@ class Worker:
             mapped.append(out)
             run_numpy(task.op, [m.array for m in inputs], out.array, dict(task.params))
         except Exception as exc:
-            return TaskOutcome(False, f"{type(exc).__name__}: {exc}", time.perf_counter_ns() - start)
+            return TaskOutcome(
+                False, f"{type(exc).__name__}: {exc}", time.perf_counter_ns() - start
+            )
         finally:
             for m in mapped:
                 m.close()

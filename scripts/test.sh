@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Set up everything the tests need and run them all: the one command for "pass the tests".
+#
+#   bash scripts/test.sh [PYTEST ARGS...]
+#
+# 1. Debian/Ubuntu: installs the system libraries the tests use when they are missing
+#    (Qt's runtime libraries for the offscreen window tests, mesa's software Vulkan driver so
+#    the GPU kernels run without a GPU, Xvfb). Needs root or passwordless sudo; elsewhere it
+#    says what is missing and goes on.
+# 2. Creates .venv (if absent) and installs qhybrid with its test extra into it.
+# 3. Runs pytest, which includes ruff, the import-linter contracts and mypy --strict.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+DEB_PACKAGES=(mesa-vulkan-drivers libvulkan1 libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0
+              libfontconfig1 libdbus-1-3 libglib2.0-0 xvfb)
+
+if command -v dpkg-query >/dev/null 2>&1; then
+  missing=()
+  for pkg in "${DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    echo "installing Debian packages: ${missing[*]}" >&2
+    if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }; then
+      echo "warning: could not install ${missing[*]}; tests that need them will fail" >&2
+    fi
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+
+# pytest exits 5 when it collected no test: that is a failure here too (set -e).
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,85 @@
+"""Fixtures for every test: nothing may be left behind.
+
+``no_leftovers`` (autouse) fails a test that leaves a thread, a child process or a qhybrid
+shared-memory segment (``/dev/shm/qh_*``) behind after it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHM = Path("/dev/shm")
+
+
+def shm_segments() -> set[str]:
+    """Names of qhybrid segments that exist now (POSIX only)."""
+    if not SHM.is_dir():
+        return set()
+    return {p.name for p in SHM.iterdir() if p.name.startswith("qh_")}
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()}
+
+
+def _threads() -> set[int]:
+    return {t.ident for t in threading.enumerate() if t.ident is not None}
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
+    threads = _threads()
+    children = _children()
+    segments = shm_segments()
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        extra_threads = [
+            t for t in threading.enumerate() if t.ident not in threads and t.is_alive()
+        ]
+        extra_children = _children() - children
+        extra_segments = shm_segments() - segments
+        if not (extra_threads or extra_children or extra_segments) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    problems = []
+    if extra_threads:
+        problems.append(f"threads left running: {[t.name for t in extra_threads]}")
+    if extra_children:
+        problems.append(f"child processes left running: {sorted(extra_children)}")
+        for pid in extra_children:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+    if extra_segments:
+        problems.append(f"shared-memory segments left in /dev/shm: {sorted(extra_segments)}")
+        for name in extra_segments:
+            (SHM / name).unlink(missing_ok=True)
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def qhybrid_cmd() -> list[str]:
+    """The command line that starts the CLI with this interpreter."""
+    return [sys.executable, "-m", "qhybrid"]
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """Environment for CLI subprocesses: quiet logs, no window system needed."""
+    env = dict(os.environ)
+    env.pop("QHYBRID_DEVICE", None)
+    env.pop("QHYBRID_WORKERS", None)
+    env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    return env
