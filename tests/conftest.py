@@ -17,6 +17,14 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+if os.name == "posix":
+    # The resource tracker is one helper process per interpreter that the first shared-memory
+    # segment starts and that lives as long as the interpreter: start it before any test,
+    # so that it is not mistaken for a child process a test left behind.
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
 SHM = Path("/dev/shm")
 
 

@@ -329,9 +329,9 @@ class Runtime:
         )
 
     def call_threadsafe(
-        self, fn: Callable[..., T | Awaitable[T]], *args: Any
+        self, fn: Callable[..., T | Awaitable[T]], *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[T]:
-        """Run ``fn(*args)`` on the orchestrator's loop from any thread.
+        """Run ``fn(*args, **kwargs)`` on the orchestrator's loop from any thread.
 
         If ``fn`` returns an awaitable it is awaited there. The returned future resolves with
         the result (``.result(timeout)`` from a thread, ``asyncio.wrap_future`` from a loop).
@@ -340,7 +340,7 @@ class Runtime:
             raise RuntimeError("the runtime has not been started")
 
         async def call() -> T:
-            result = fn(*args)
+            result = fn(*args, **kwargs)
             if isinstance(result, Awaitable):
                 return await result
             return result
@@ -503,6 +503,10 @@ class Runtime:
                 dst = item.message[1]
                 outcome = replies[worker].outcomes[index]
                 agent = self._agents[dst]
+                if agent.state != LOADED:
+                    # It failed on an earlier message of this same tick.
+                    self._trace.record("drop", tick, item.seq, dst, agent.state)
+                    continue
                 delivered += 1
                 for level, text in outcome.logs:
                     self._trace.record("log", tick, item.seq, level, text)

@@ -1,0 +1,631 @@
+"""Scenario files: a valid file gives the right specs; each mistake gives file, line and field."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from qhybrid.runtime._scenario import (
+    AgentSpec,
+    MessageSpec,
+    Scenario,
+    ScenarioError,
+    StopSpec,
+    TaskSpec,
+    TensorSpec,
+    load_scenario,
+    parse_scenario,
+)
+
+FULL = """\
+name = "demo"
+description = "a relay ring"
+seed = 42
+
+[stop]
+max_ticks = 1000
+max_messages = 50000
+timeout_s = 120
+
+[[agents]]
+name = "relay"
+module = "../agents/relay.wat"
+count = 3
+on_error = "skip"
+config = { hops = 5, tags = ["a", "b"], ratio = 0.5, loud = true }
+
+[[agents]]
+name = "sink"
+module = "../agents/sink.wasm"
+
+[agents.config]
+"odd key" = "x"
+
+[[messages]]
+to = "relay-0"
+kind = 1
+payload = "héllo"
+
+[[messages]]
+to = "relay"
+payload_i64 = [
+  5,
+  -7,
+]
+at = 3
+priority = -2
+
+[[messages]]
+to = "sink"
+payload_hex = "00ff 10"
+priority = 1000
+
+[[tensors]]
+name = "a"
+shape = [128, 64]
+init = "random"
+
+[[tensors]]
+name = "b"
+shape = [64, 32]
+dtype = "float32"
+init = "ones"
+
+[[tasks]]
+name = "proj"
+kind = "gpu"
+op = "matmul"
+inputs = ["a", "b"]
+output = "c"
+at = 2
+notify = "sink"
+
+[[tasks]]
+name = "double"
+kind = "cpu"
+op = "scale"
+inputs = ["c"]
+output = "d"
+params = { factor = 2 }
+at = 3
+priority = 5
+notify = "relay"
+"""
+
+# The line of each field in FULL, as an editor shows it.
+LINE = {text.split(" =")[0]: n for n, text in enumerate(FULL.splitlines(), start=1)}
+
+MINIMAL = """\
+[[agents]]
+name = "relay"
+module = "../agents/relay.wat"
+"""
+
+
+@pytest.fixture
+def scenario_dir(tmp_path: Path) -> Path:
+    """``<tmp>/scenarios`` for scenario files, beside ``<tmp>/agents`` with two module files."""
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    (agents / "relay.wat").write_text("(module)")
+    (agents / "sink.wasm").write_bytes(b"\0asm\1\0\0\0")
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    return scenarios
+
+
+def write(directory: Path, text: str, name: str = "demo.toml") -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(directory: Path, text: str) -> ScenarioError:
+    path = write(directory, text)
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    return caught.value
+
+
+def replaced(old: str, new: str) -> str:
+    """FULL with one line changed (the line numbers of the others stay put)."""
+    assert FULL.count(old) == 1, old
+    return FULL.replace(old, new)
+
+
+# --- a valid file ---------------------------------------------------------------------------------
+
+
+def test_full_example_parses_into_specs(scenario_dir: Path) -> None:
+    path = write(scenario_dir, FULL)
+    scenario = load_scenario(path)
+    agents_dir = (scenario_dir.parent / "agents").resolve()
+
+    assert scenario.name == "demo"
+    assert scenario.description == "a relay ring"
+    assert scenario.seed == 42
+    assert scenario.source == path
+    assert scenario.stop == StopSpec(max_ticks=1000, max_messages=50000, timeout_s=120.0)
+    assert isinstance(scenario.stop.timeout_s, float)
+
+    relay, sink = scenario.agents
+    assert relay.name == "relay"
+    assert relay.module == agents_dir / "relay.wat"
+    assert relay.module.is_absolute()
+    assert relay.count == 3
+    assert relay.on_error == "skip"
+    assert dict(relay.config) == {"hops": 5, "tags": ("a", "b"), "ratio": 0.5, "loud": True}
+    assert relay.instances == ("relay-0", "relay-1", "relay-2")
+    assert sink == AgentSpec("sink", agents_dir / "sink.wasm", 1, "fail", {"odd key": "x"})
+    assert sink.instances == ("sink",)
+    assert scenario.agent_names == ("relay-0", "relay-1", "relay-2", "sink")
+
+    assert scenario.messages == (
+        MessageSpec(to=("relay-0",), kind=1, payload="héllo".encode(), at=0, priority=0),
+        MessageSpec(
+            to=("relay-0", "relay-1", "relay-2"),
+            kind=0,
+            payload=struct.pack("<qq", 5, -7),
+            at=3,
+            priority=-2,
+        ),
+        MessageSpec(to=("sink",), kind=0, payload=b"\x00\xff\x10", at=0, priority=1000),
+    )
+
+    assert scenario.tensors == (
+        TensorSpec("a", (128, 64), "<f4", "random"),
+        TensorSpec("b", (64, 32), "<f4", "ones"),
+    )
+
+    proj, double = scenario.tasks
+    assert proj == TaskSpec(
+        name="proj",
+        kind="gpu",
+        op="matmul",
+        inputs=("a", "b"),
+        output="c",
+        output_shape=(128, 32),
+        output_dtype="<f4",
+        params={},
+        at=2,
+        priority=0,
+        notify=("sink",),
+    )
+    assert double.output_shape == (128, 32)
+    assert dict(double.params) == {"factor": 2.0}
+    assert isinstance(double.params["factor"], float)
+    assert (double.at, double.priority) == (3, 5)
+    assert double.notify == ("relay-0", "relay-1", "relay-2")
+
+
+def test_defaults_of_a_minimal_file(scenario_dir: Path) -> None:
+    scenario = load_scenario(write(scenario_dir, MINIMAL, name="ring.toml"))
+    assert scenario.name == "ring"  # the file's stem
+    assert scenario.description == ""
+    assert scenario.seed == 0
+    assert scenario.stop == StopSpec(max_ticks=10000, max_messages=None, timeout_s=300.0)
+    (agent,) = scenario.agents
+    assert (agent.count, agent.on_error, dict(agent.config)) == (1, "fail", {})
+    assert scenario.agent_names == ("relay",)
+    assert (scenario.messages, scenario.tensors, scenario.tasks) == ((), (), ())
+
+
+def test_parse_scenario_from_text(scenario_dir: Path) -> None:
+    scenario = parse_scenario(MINIMAL, base_dir=scenario_dir)
+    assert scenario.name == "scenario"
+    assert scenario.source is None
+    assert scenario.agents[0].module == (scenario_dir.parent / "agents/relay.wat").resolve()
+    # source gives the name and, without base_dir, the folder modules are relative to.
+    named = parse_scenario(MINIMAL, source=scenario_dir / "x.toml")
+    assert named.name == "x"
+    assert named.agents[0].module == scenario.agents[0].module
+
+
+def test_modules_are_relative_to_the_scenario_not_the_working_directory(
+    scenario_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(scenario_dir, MINIMAL)
+    monkeypatch.chdir(scenario_dir.parent)  # from here "../agents/relay.wat" does not exist
+    assert load_scenario(path).agents[0].module.exists()
+
+
+def test_field_lines_follow_the_file(scenario_dir: Path) -> None:
+    lines = load_scenario(write(scenario_dir, FULL)).field_lines
+    assert lines["seed"] == LINE["seed"]
+    assert lines["stop"] == LINE["[stop]"]
+    assert lines["stop.timeout_s"] == LINE["timeout_s"]
+    assert lines["agents[0]"] == 10
+    assert lines["agents[0].count"] == 13
+    assert lines["agents[0].config.hops"] == 15  # inside an inline table
+    assert lines["agents[1].config"] == 21  # [agents.config] belongs to the latest [[agents]]
+    assert lines['agents[1].config."odd key"'] == 22
+    assert lines["messages[1].payload_i64"] == 31
+    assert lines["messages[1].payload_i64[1]"] == 33  # an array over several lines
+    assert lines["tasks[1].params.factor"] == 69
+
+
+def test_line_scanner_skips_strings_and_comments(scenario_dir: Path) -> None:
+    text = textwrap.dedent(
+        '''\
+        description = """
+        [[agents]]
+        seed = "not a key" # still inside the string
+        """
+        name = 'its' # comment with = sign
+
+        [[agents]]  # a comment
+        name = "relay"
+        module = "../agents/relay.wat"
+        count = 0
+        '''
+    )
+    error = load_error(scenario_dir, text)
+    assert error.field == "agents[0].count"
+    assert error.line == 10
+
+
+def test_inline_array_of_tables(scenario_dir: Path) -> None:
+    text = textwrap.dedent(
+        """\
+        agents = [
+          { name = "relay", module = "../agents/relay.wat" },
+          { name = "sink", module = "../agents/sink.wasm", count = -1 },
+        ]
+        """
+    )
+    error = load_error(scenario_dir, text)
+    assert str(error).endswith(
+        "demo.toml:3: agents[1].count: expected an integer from 1 to 100000, got -1"
+    )
+
+
+def test_with_seed(scenario_dir: Path) -> None:
+    scenario = load_scenario(write(scenario_dir, FULL))
+    other = scenario.with_seed(7)
+    assert other.seed == 7
+    assert scenario.seed == 42
+    assert other.agents == scenario.agents
+    assert other.tasks == scenario.tasks
+    with pytest.raises(ScenarioError, match="seed: expected an integer"):
+        scenario.with_seed(-1)
+    with pytest.raises(ScenarioError, match="seed"):
+        scenario.with_seed(2**63)
+
+
+def test_specs_are_frozen(scenario_dir: Path) -> None:
+    scenario = load_scenario(write(scenario_dir, FULL))
+    with pytest.raises(AttributeError):
+        scenario.seed = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        scenario.agents[0].config["hops"] = 6  # type: ignore[index]
+    # Still hashable (the mappings are left out of the hash) and equal to a fresh load.
+    assert hash(scenario) == hash(load_scenario(scenario.source or Path()))
+    assert scenario == load_scenario(scenario.source or Path())
+
+
+# --- bad input: file, line, field and a useful message --------------------------------------------
+
+
+def test_syntax_error_names_the_line(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced("count = 3", "count = = 3"))
+    assert error.line == 13
+    assert str(error).startswith(f"{scenario_dir / 'demo.toml'}:13: invalid TOML:")
+    assert "column" in error.message
+
+
+def test_duplicate_toml_key_is_a_syntax_error(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced("seed = 42", "seed = 42\nseed = 43"))
+    assert error.line == 4
+    assert "invalid TOML" in str(error)
+
+
+def test_unknown_field_suggests_the_right_one(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced("count = 3", "cuont = 3"))
+    assert str(error).startswith(f"{scenario_dir / 'demo.toml'}:13: agents[0].cuont: ")
+    assert 'unknown field "cuont" in [[agents]] (did you mean "count"?)' in error.message
+    assert "allowed: name, module, count, on_error, config" in error.message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "line", "expected"),
+    [
+        ("seed = 42", "sed = 42", "sed", 3, 'did you mean "seed"?'),
+        ("max_ticks = 1000", "max_tick = 1000", "stop.max_tick", 6, 'did you mean "max_ticks"?'),
+        ("priority = -2", "prio = -2", "messages[1].prio", 36, "allowed: to, kind, payload"),
+        ('init = "ones"', 'intt = "ones"', "tensors[1].intt", 52, 'did you mean "init"?'),
+        ('notify = "sink"', 'notfy = "sink"', "tasks[0].notfy", 61, 'did you mean "notify"?'),
+    ],
+)
+def test_unknown_fields_everywhere(
+    scenario_dir: Path, old: str, new: str, field: str, line: int, expected: str
+) -> None:
+    error = load_error(scenario_dir, replaced(old, new))
+    assert (error.field, error.line) == (field, line)
+    assert expected in str(error)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "expected"),
+    [
+        (
+            "count = 3",
+            'count = "x"',
+            "agents[0].count",
+            'expected an integer from 1 to 100000, got "x"',
+        ),
+        ("count = 3", "count = true", "agents[0].count", "got true (a boolean)"),
+        ("count = 3", "count = 3.0", "agents[0].count", "write 3 without a decimal point"),
+        ("count = 3", "count = 100001", "agents[0].count", "got 100001"),
+        ("seed = 42", "seed = -1", "seed", "expected an integer >= 0, got -1"),
+        ("seed = 42", "seed = 9223372036854775808", "seed", "fits in 64 bits"),
+        ("timeout_s = 120", "timeout_s = 0", "stop.timeout_s", "expected a finite number > 0"),
+        ("timeout_s = 120", "timeout_s = inf", "stop.timeout_s", "finite"),
+        ("max_ticks = 1000", "max_ticks = 0", "stop.max_ticks", "expected an integer >= 1"),
+        ('on_error = "skip"', 'on_error = "skp"', "agents[0].on_error", 'did you mean "skip"?'),
+        ('name = "relay"', 'name = "re-lay"', "agents[0].name", "letters, digits and '_'"),
+        ('name = "demo"', "name = 3", "name", "expected a string, got 3"),
+        ("kind = 1", "kind = 2130706432", "messages[0].kind", "reserved for the runtime"),
+        ("kind = 1", "kind = -1", "messages[0].kind", "expected an integer from 0 to"),
+        ("priority = -2", "priority = 1001", "messages[1].priority", "from -1000 to 1000"),
+        (
+            "  -7,",
+            '  "7",',
+            "messages[1].payload_i64[1]",
+            'expected a 64-bit signed integer, got "7"',
+        ),
+        ('payload_hex = "00ff 10"', 'payload_hex = "0g"', "messages[2].payload_hex", "hex digits"),
+        ('to = "relay-0"', "to = 1", "messages[0].to", "expected a string, got 1"),
+        ("shape = [128, 64]", "shape = [128, 0]", "tensors[0].shape[1]", "got 0"),
+        ("shape = [128, 64]", "shape = []", "tensors[0].shape", "1 to 4 positive integers"),
+        ("shape = [128, 64]", "shape = [1, 1, 1, 1, 1]", "tensors[0].shape", "of length 5"),
+        ("shape = [128, 64]", "shape = [65536, 65536]", "tensors[0].shape", "at most 268435456"),
+        ('dtype = "float32"', 'dtype = "float64"', "tensors[1].dtype", 'expected one of "float32"'),
+        ('init = "random"', 'init = "randn"', "tensors[0].init", 'did you mean "random"?'),
+        ('kind = "gpu"', 'kind = "tpu"', "tasks[0].kind", 'expected one of "gpu", "cpu"'),
+        ('op = "matmul"', 'op = "matmull"', "tasks[0].op", 'did you mean "matmul"?'),
+        ('inputs = ["a", "b"]', 'inputs = "a"', "tasks[0].inputs", "expected an array of names"),
+        (
+            "params = { factor = 2 }",
+            "params = { fctor = 2 }",
+            "tasks[1].params.fctor",
+            'no parameter "fctor" (did you mean "factor"?)',
+        ),
+        (
+            "params = { factor = 2 }",
+            'params = { factor = "2" }',
+            "tasks[1].params.factor",
+            'expected a number, got "2"',
+        ),
+        (
+            "config = { hops = 5,",
+            "config = { hops = { a = 1 },",
+            "agents[0].config.hops",
+            "got a table",
+        ),
+    ],
+)
+def test_wrong_types_and_ranges(
+    scenario_dir: Path, old: str, new: str, field: str, expected: str
+) -> None:
+    error = load_error(scenario_dir, replaced(old, new))
+    assert error.field == field
+    text = replaced(old, new)
+    assert error.line == text[: text.index(new)].count("\n") + 1  # the line that was edited
+    assert f":{error.line}: {field}: " in str(error)
+    assert expected in error.message
+
+
+def test_missing_required_field_points_at_the_entry(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced('module = "../agents/sink.wasm"', ""))
+    assert (error.field, error.line) == ("agents[1].module", 17)  # the [[agents]] line
+    assert 'required field "module" is missing' in error.message
+
+
+def test_missing_module_file_gives_the_resolved_path(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced("../agents/relay.wat", "../agents/nope.wat"))
+    expected = (scenario_dir.parent / "agents" / "nope.wat").resolve()
+    assert str(error) == (
+        f"{scenario_dir / 'demo.toml'}:12: agents[0].module: module file not found: {expected}"
+    )
+
+
+def test_module_suffix_and_directory(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced("../agents/relay.wat", "../agents/relay.txt"))
+    assert "expected a .wasm or .wat file" in str(error)
+    (scenario_dir / "dir.wasm").mkdir()
+    error = load_error(scenario_dir, replaced("../agents/relay.wat", "dir.wasm"))
+    assert "not a file" in str(error)
+
+
+def test_unknown_message_target_lists_known_ones(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced('to = "relay-0"', 'to = "relya-0"'))
+    assert (error.field, error.line) == ("messages[0].to", 25)
+    assert 'unknown target "relya-0" (did you mean "relay-0"?)' in error.message
+    assert "known: relay (or one of relay-0 ... relay-2), sink" in error.message
+
+
+def test_unknown_notify_target(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced('notify = "sink"', 'notify = "relay-3"'))
+    assert (error.field, error.line) == ("tasks[0].notify", 61)
+    assert 'unknown target "relay-3"' in error.message
+
+
+def test_task_input_produced_at_the_same_tick(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced("at = 3\npriority = 5", "at = 2\npriority = 5"))
+    assert (error.field, error.line) == ("tasks[1].inputs[0]", 67)
+    assert str(error).startswith(f"{scenario_dir / 'demo.toml'}:67: tasks[1].inputs[0]: ")
+    assert '"c" is the output of task "proj" at tick 2' in error.message
+    assert "not before this task's tick 2" in error.message
+
+
+def test_task_input_order_is_by_tick_not_by_declaration(scenario_dir: Path) -> None:
+    # "double" (tick 3) is declared before "proj" (tick 2), whose output it reads: fine.
+    head, proj, double = FULL.split("[[tasks]]")
+    scenario = load_scenario(write(scenario_dir, f"{head}[[tasks]]{double}[[tasks]]{proj}"))
+    assert [t.name for t in scenario.tasks] == ["double", "proj"]
+    assert scenario.tasks[0].output_shape == (128, 32)
+
+
+def test_task_cannot_use_its_own_output(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced('inputs = ["c"]', 'inputs = ["d"]'))
+    assert error.field == "tasks[1].inputs[0]"
+    assert "cannot take its own output" in error.message
+
+
+def test_unknown_task_input(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced('inputs = ["a", "b"]', 'inputs = ["a", "bb"]'))
+    assert (error.field, error.line) == ("tasks[0].inputs[1]", 58)
+    assert 'unknown input "bb" (did you mean "b"?)' in error.message
+    assert "a, b, c, d" in error.message
+
+
+def test_op_shape_mismatch(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced("shape = [64, 32]", "shape = [32, 16]"))
+    assert (error.field, error.line) == ("tasks[0].inputs", 58)
+    assert "matmul inner dimensions differ" in error.message
+    assert "inputs: a [128, 64], b [32, 16]" in error.message
+
+
+def test_op_arity(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced('inputs = ["c"]', 'inputs = ["c", "a"]'))
+    assert error.field == "tasks[1].inputs"
+    assert "scale takes 1 inputs, got 2" in error.message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "line", "expected"),
+    [
+        (
+            'name = "sink"',
+            'name = "relay"',
+            "agents[1].name",
+            18,
+            'duplicate agent name "relay": already used by agents[0] (line 10)',
+        ),
+        ('name = "b"', 'name = "a"', "tensors[1].name", 49, 'duplicate tensor name "a"'),
+        (
+            'output = "d"',
+            'output = "c"',
+            "tasks[1].output",
+            68,
+            'duplicate name (task output) "c": already used by tasks[0]',
+        ),
+        (
+            'output = "d"',
+            'output = "b"',
+            "tasks[1].output",
+            68,
+            'duplicate name (tensor) "b": already used by tensors[1]',
+        ),
+        ('name = "double"', 'name = "proj"', "tasks[1].name", 64, 'duplicate task name "proj"'),
+    ],
+)
+def test_duplicate_names(
+    scenario_dir: Path, old: str, new: str, field: str, line: int, expected: str
+) -> None:
+    error = load_error(scenario_dir, replaced(old, new))
+    assert (error.field, error.line) == (field, line)
+    assert expected in error.message
+
+
+def test_tick_not_before_max_ticks(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, replaced("at = 3\npriority = -2", "at = 1000\npriority = -2"))
+    assert (error.field, error.line) == ("messages[1].at", 35)
+    assert "tick 1000 is not before stop.max_ticks = 1000" in error.message
+
+
+def test_at_most_one_payload(scenario_dir: Path) -> None:
+    error = load_error(
+        scenario_dir, replaced('payload = "héllo"', 'payload = "a"\npayload_hex = "00"')
+    )
+    assert (error.field, error.line) == ("messages[0].payload_hex", 28)
+    assert "at most one of payload, payload_i64 and payload_hex" in error.message
+
+
+def test_no_agents(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, 'name = "empty"\n')
+    assert (
+        str(error)
+        == f"{scenario_dir / 'demo.toml'}: agents: at least one [[agents]] entry is required"
+    )
+    error = load_error(scenario_dir, "agents = []\n")
+    assert (error.field, error.line) == ("agents", 1)
+    assert "at least one [[agents]] entry is required" in error.message
+
+
+def test_single_table_instead_of_array_of_tables(scenario_dir: Path) -> None:
+    error = load_error(scenario_dir, '[agents]\nname = "relay"\nmodule = "x.wat"\n')
+    assert (error.field, error.line) == ("agents", 1)
+    assert "write [[agents]] for each entry, not [agents]" in error.message
+
+
+# --- the file itself ------------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(tmp_path / "nope.toml")
+    assert str(caught.value).startswith(f"{tmp_path / 'nope.toml'}: scenario file not found")
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="is a directory"):
+        load_scenario(tmp_path)
+
+
+def test_not_utf8(scenario_dir: Path) -> None:
+    path = scenario_dir / "bad.toml"
+    path.write_bytes(b'seed = 1\nname = "caf\xe9"\n')
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert caught.value.line == 2
+    assert "not UTF-8 text (byte 0xe9" in str(caught.value)
+
+
+def test_utf8_byte_order_mark_is_accepted(scenario_dir: Path) -> None:
+    path = scenario_dir / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    assert load_scenario(path).agent_names == ("relay",)
+
+
+# --- errors after loading -------------------------------------------------------------------------
+
+
+def test_scenario_error_locates_a_field_or_its_parent(scenario_dir: Path) -> None:
+    path = write(scenario_dir, FULL)
+    scenario = load_scenario(path)
+    assert str(scenario.error("agents[0].module", "cannot compile")) == (
+        f"{path}:12: agents[0].module: cannot compile"
+    )
+    # A field that has no line of its own falls back to the nearest parent that has one.
+    error = scenario.error("agents[1].on_error", "x")
+    assert error.line == 17
+    assert scenario.error("nowhere", "x").line is None
+
+
+def test_scenario_error_format_and_pickle() -> None:
+    full = ScenarioError("bad", path="a.toml", line=3, field="seed")
+    assert str(full) == "a.toml:3: seed: bad"
+    assert str(ScenarioError("bad", path="a.toml")) == "a.toml: bad"
+    assert str(ScenarioError("bad", line=3)) == "line 3: bad"
+    assert str(ScenarioError("bad", field="seed")) == "seed: bad"
+    assert str(ScenarioError("bad")) == "bad"
+    copy = pickle.loads(pickle.dumps(full))
+    assert (copy.message, copy.path, copy.line, copy.field) == ("bad", "a.toml", 3, "seed")
+
+
+def test_scenario_built_in_code_has_defaults(tmp_path: Path) -> None:
+    scenario = Scenario(
+        name="x",
+        description="",
+        seed=0,
+        source=None,
+        agents=(AgentSpec("a", tmp_path / "a.wat"),),
+    )
+    assert scenario.stop == StopSpec()
+    assert scenario.agent_names == ("a",)
+    assert scenario.error("agents[0]", "x").line is None
