@@ -10,7 +10,6 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qhybrid.runtime.tensors._handle import SEGMENT_PREFIX, TensorHandle
+from qhybrid.runtime.tensors._segment import Segment
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class TensorStoreStats:
 class _Segment:
     __slots__ = ("handle", "refs", "shm")
 
-    def __init__(self, shm: shared_memory.SharedMemory, handle: TensorHandle) -> None:
+    def __init__(self, shm: Segment, handle: TensorHandle) -> None:
         self.shm = shm
         self.handle = handle
         self.refs = 1
@@ -55,18 +55,18 @@ class SharedTensor:
 
     def __init__(self, store: TensorStore, segment: _Segment) -> None:
         self.handle = segment.handle
-        arr: npt.NDArray[Any] = np.ndarray(
-            segment.handle.shape,
-            dtype=np.dtype(segment.handle.dtype),
-            buffer=segment.shm.buf,
-            offset=segment.handle.offset,
-        )
+        handle = segment.handle
+        arr = segment.shm.view(handle.shape, np.dtype(handle.dtype), handle.offset)
         self._array: npt.NDArray[Any] | None = arr
         self._finalizer = weakref.finalize(self, store.release, segment.handle)
 
     @property
     def array(self) -> npt.NDArray[Any]:
-        """A writable numpy view of the tensor's memory (no copy)."""
+        """A writable numpy view of the tensor's memory (no copy).
+
+        A view may outlive the tensor: its memory stays mapped (but no longer shared) until
+        the view is gone.
+        """
         if self._array is None:
             raise ValueError(f"tensor {self.handle.describe()} was closed")
         return self._array
@@ -127,9 +127,9 @@ class TensorStore:
             if self._closed:
                 raise RuntimeError("the tensor store is closed")
             name = f"{self._prefix}{next(self._counter)}"
+            handle = TensorHandle(name, 0, shape_t, dt.str)  # validates before anything exists
             # A zero-size segment is not allowed; one byte keeps empty tensors uniform.
-            shm = shared_memory.SharedMemory(name=name, create=True, size=max(nbytes, 1))
-            handle = TensorHandle(name, 0, shape_t, dt.str)
+            shm = Segment.create(name, nbytes)
             segment = _Segment(shm, handle)
             self._segments[name] = segment
             self._bytes += nbytes
@@ -223,8 +223,5 @@ class TensorStore:
             segment.shm.unlink()
         except FileNotFoundError:
             logger.warning("segment %s was already gone", segment.handle.segment)
-        try:
-            segment.shm.close()
-        except BufferError:
-            # Someone still holds a numpy view; the unlinked mapping dies with that view.
-            pass
+        # Views still held keep the (now nameless) memory mapped until they are dropped.
+        segment.shm.close()

@@ -48,7 +48,9 @@ class Worker:
             return None
         if request.op == "directory":
             (names,) = request.args
-            self.directory = {name: i for i, name in enumerate(names)}
+            # Updated in place: agents already loaded hold this same mapping.
+            self.directory.clear()
+            self.directory.update((name, i) for i, name in enumerate(names))
             return None
         if request.op == "load":
             (loads,) = request.args

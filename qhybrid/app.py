@@ -1,0 +1,118 @@
+"""The desktop application: a QApplication driven by a qasync event loop.
+
+Qt is imported here and below (``qhybrid.views``, ``qhybrid.models``) only; the CLI imports
+this module lazily, when no ``--headless`` flag is given, so that the headless runtime never
+loads Qt.
+
+One loop serves both worlds: qasync's ``QEventLoop`` runs Qt's event loop and is also the
+asyncio loop, so the runtime's awaitables (futures from the worker pool and the GPU thread)
+can be awaited from Qt slots on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import qasync
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication
+
+import qhybrid
+from qhybrid._resources import resource_path
+from qhybrid.views import MainWindow
+
+__all__ = ["run_app"]
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "qhybrid"
+ORGANIZATION_NAME = "qhybrid"
+
+
+def run_app(argv: list[str] | None = None, *, scenario: str | None = None) -> int:
+    """Show the main window and run Qt's (and asyncio's) event loop until it closes.
+
+    ``argv`` is a command line as Qt expects it, program name first (``sys.argv`` when None);
+    Qt's own options such as ``-platform offscreen`` are honoured. ``scenario`` is the path of
+    a scenario file to open in the window. Returns the application's exit code: 0 after the
+    last window was closed, or the code given to ``QApplication.exit``.
+
+    An existing QApplication is reused (tests create one first), but its names and icon are set.
+    """
+    _set_application_metadata()
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(list(sys.argv if argv is None else argv))
+    if not isinstance(app, QApplication):
+        raise RuntimeError(
+            f"a {type(app).__name__} already exists; the window needs a QApplication"
+        )
+    icon_path = resource_path("icons", "qhybrid.svg")
+    if icon_path.is_file():
+        app.setWindowIcon(QIcon(str(icon_path)))
+    else:
+        logger.warning("window icon not found: %s", icon_path)
+
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    window: MainWindow | None = None
+    try:
+        window = MainWindow(scenario_path=scenario)
+        _quit_on_sigint(loop, app)
+        window.show()
+        # qasync's run_forever is QApplication.exec(): it returns Qt's exit code, after the
+        # last window closed (quitOnLastWindowClosed) or an explicit QApplication.exit(code).
+        exit_code = loop.run_forever()
+    finally:
+        if window is not None and window.isVisible():
+            window.close()  # QApplication.exit(code) leaves it open: save its geometry too
+        _close_loop(loop)
+        asyncio.set_event_loop(None)
+    logger.debug("event loop ended with exit code %s", exit_code)
+    return int(exit_code)
+
+
+def _set_application_metadata() -> None:
+    # Before the QApplication exists: the X11 window class and QSettings' paths come from these.
+    QApplication.setApplicationName(APP_NAME)
+    QApplication.setOrganizationName(ORGANIZATION_NAME)
+    QApplication.setApplicationVersion(qhybrid.__version__)
+    # Lets Wayland and the desktop match the window with resources/qhybrid.desktop.
+    QApplication.setDesktopFileName(APP_NAME)
+
+
+def _quit_on_sigint(loop: asyncio.AbstractEventLoop, app: QApplication) -> None:
+    """Make Ctrl+C in the terminal close the windows (saving their state) instead of being
+    ignored until Python code next runs."""
+    # Not on Windows (the proactor loop has no signal handlers), nor outside the main thread.
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGINT, app.closeAllWindows)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks still pending, let them finish, and close the loop (as asyncio.run)."""
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.remove_signal_handler(signal.SIGINT)
+    try:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            # Re-enters Qt's event loop until the cancelled tasks have unwound.
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        for task in pending:
+            if not task.cancelled() and task.exception() is not None:
+                loop.call_exception_handler(
+                    {
+                        "message": "unhandled exception in a task at application exit",
+                        "exception": task.exception(),
+                        "task": task,
+                    }
+                )
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()

@@ -1,0 +1,27 @@
+"""Window tests run on Qt's offscreen platform, with settings kept in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything creates the QApplication (pytest-qt's qapp fixture does, lazily).
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QCoreApplication, QSettings
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path: Path) -> Path:
+    """Point every QSettings scope and format at a fresh folder: no test reads or writes the
+    user's configuration, and none sees what an earlier test saved."""
+    settings_dir = tmp_path / "settings"
+    settings_dir.mkdir()
+    for settings_format in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
+        for scope in (QSettings.Scope.UserScope, QSettings.Scope.SystemScope):
+            QSettings.setPath(settings_format, scope, str(settings_dir))
+    QCoreApplication.setOrganizationName("qhybrid-tests")
+    QCoreApplication.setApplicationName("qhybrid-tests")
+    return settings_dir
