@@ -117,7 +117,13 @@ def _default_scenario() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw = sys.argv[1:] if argv is None else argv
+    if raw[:1] == ["--qhybrid-worker"]:
+        # A frozen app starting one of its own worker processes (see wasm_pool.WORKER_FLAG).
+        from qhybrid.runtime.wasm_pool import run_worker
+
+        return run_worker()
+    args = build_parser().parse_args(raw)
     if not args.headless:
         if args.json or args.trace:
             sys.stderr.write("qhybrid: error: --json and --trace need --headless\n")
@@ -132,6 +138,8 @@ def run_headless(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from qhybrid.runtime import RuntimeConfig, ScenarioError, load_scenario
+    from qhybrid.runtime.wasm_pool import WorkerError
+    from qhybrid.runtime.wgpu_thread import GpuJobError
 
     _setup_logging(args.verbose)
     err = Console(stderr=True, highlight=False)
@@ -155,6 +163,10 @@ def run_headless(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         return EXIT_BAD_INPUT
+    except (WorkerError, GpuJobError, OSError) as exc:
+        # The run could not start: workers, the GPU device, the trace file.
+        err.print(f"[bold red]error:[/] could not run {path}: {exc}", soft_wrap=True)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         runtime = holder.get("runtime")
         if runtime is not None:

@@ -76,7 +76,7 @@ class Segment:
         return cls(name, size, mapping)
 
     def view(self, shape: tuple[int, ...], dtype: np.dtype[Any], offset: int) -> npt.NDArray[Any]:
-        """A numpy view of ``shape`` and ``dtype`` at byte ``offset``; it keeps the mapping alive."""
+        """A view of ``shape`` and ``dtype`` at byte ``offset``; it keeps the mapping alive."""
         if self._mmap is None:
             raise ValueError(f"segment {self.name} is closed")
         count = 1

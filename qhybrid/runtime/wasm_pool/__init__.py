@@ -17,7 +17,13 @@ from qhybrid.runtime.wasm_pool._abi import (
     compile_module,
     make_engine,
 )
-from qhybrid.runtime.wasm_pool._pool import WorkerCrashed, WorkerError, WorkerPool
+from qhybrid.runtime.wasm_pool._pool import (
+    WORKER_FLAG,
+    WorkerCrashed,
+    WorkerError,
+    WorkerPool,
+    worker_command,
+)
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
     BatchReply,
@@ -26,12 +32,14 @@ from qhybrid.runtime.wasm_pool._protocol import (
     TaskOutcome,
     TaskRun,
 )
+from qhybrid.runtime.wasm_pool._worker import main as run_worker
 
 __all__ = [
     "ABI_VERSION",
     "KIND_TASK_DONE",
     "RESERVED_KIND_BASE",
     "RUNTIME_SENDER",
+    "WORKER_FLAG",
     "AgentLoad",
     "AgentModuleError",
     "BatchReply",
@@ -46,4 +54,6 @@ __all__ = [
     "check_module",
     "compile_module",
     "make_engine",
+    "run_worker",
+    "worker_command",
 ]

@@ -27,6 +27,9 @@ from qhybrid.runtime.wasm_pool._protocol import (
 logger = logging.getLogger(__name__)
 
 WORKER_MODULE = "qhybrid.runtime.wasm_pool._worker"
+#: The argument a frozen app (PyInstaller) is started with to become a worker; its entry
+#: point must hand over to :func:`qhybrid.runtime.wasm_pool.run_worker` when it sees it.
+WORKER_FLAG = "--qhybrid-worker"
 
 
 class WorkerError(RuntimeError):
@@ -53,7 +56,10 @@ class WorkerCrashed(WorkerError):
 
 
 def worker_command() -> list[str]:
-    """How to start a worker: the same interpreter, running the worker module."""
+    """How to start a worker: the same interpreter running the worker module, or, in a
+    frozen app where ``sys.executable`` is the app itself, the app with :data:`WORKER_FLAG`."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, WORKER_FLAG]
     return [sys.executable, "-m", WORKER_MODULE]
 
 
