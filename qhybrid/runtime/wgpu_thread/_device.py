@@ -87,7 +87,10 @@ class GpuDevice:
       GUI thread before touching a widget.
 
     A job rejected by :meth:`submit` (bad op, shapes or dtype; device closed) fails its future
-    at once and emits no signal.
+    at once and emits no signal. A job that fails on the thread (a tensor that cannot be
+    mapped, a GPU error) fails its future; the thread goes on. Ops without a GPU kernel, or
+    tensors beyond the device's buffer limits, run with numpy (``placement == "cpu"``). If the
+    GPU device is lost, the job in flight fails saying so and later jobs run with numpy.
     """
 
     job_started = Signal(GpuJobEvent)
