@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import ROOT, shm_segments
 
 AGENTS = ROOT / "resources" / "agents"
-WORKER_MODULE = "qhybrid.runtime.wasm_pool._worker"
+WORKER_MODULE = "qhybrid.runtime.wasm_pool"
 
 
 def run_cli(

@@ -26,7 +26,7 @@ from qhybrid.runtime.wasm_pool._protocol import (
 
 logger = logging.getLogger(__name__)
 
-WORKER_MODULE = "qhybrid.runtime.wasm_pool._worker"
+WORKER_MODULE = "qhybrid.runtime.wasm_pool"
 #: The argument a frozen app (PyInstaller) is started with to become a worker; its entry
 #: point must hand over to :func:`qhybrid.runtime.wasm_pool.run_worker` when it sees it.
 WORKER_FLAG = "--qhybrid-worker"

@@ -1,6 +1,6 @@
 """The worker process: hosts agents and runs CPU tasks for the pool.
 
-Started as ``python -m qhybrid.runtime.wasm_pool._worker``. Speaks framed requests on stdin
+Started as ``python -m qhybrid.runtime.wasm_pool``. Speaks framed requests on stdin
 and replies on stdout (the real stdout: ``print`` output goes to stderr). It exits when its
 stdin closes, so it never outlives the pool.
 """
