@@ -59,7 +59,11 @@ class TaskFinished:
 
 @dataclass(frozen=True, slots=True)
 class TickFinished:
-    """One logical tick is committed: what it delivered and what is left queued."""
+    """One logical tick is committed: what it delivered and what is left queued.
+
+    ``elapsed_s`` is the tick's wall time from dispatch to commit: the latency every message
+    delivered in it saw (messages are batched per tick).
+    """
 
     tick: int
     delivered: int
@@ -69,6 +73,7 @@ class TickFinished:
     queued_cpu: int
     queued_gpu: int
     worker_busy_s: tuple[float, ...]
+    elapsed_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,6 +135,7 @@ class Runtime:
         self._finished: RunResult | None = None
         self._failure: str | None = None
         self._t_start = 0.0
+        self._tick_t0 = 0.0
         self.tick = 0
         self.delivered = 0
         self.tasks_completed = 0
@@ -416,6 +417,7 @@ class Runtime:
         return True
 
     async def _run_tick(self, tick: int, due: list[_Item]) -> None:
+        self._tick_t0 = time.perf_counter()
         workers = self.config.workers
         deliveries: list[list[Delivery]] = [[] for _ in range(workers)]
         cpu_runs: list[list[TaskRun]] = [[] for _ in range(workers)]
@@ -598,7 +600,15 @@ class Runtime:
         )
         self.events.tick_finished.emit(
             TickFinished(
-                tick, delivered, failed, tasks, queued[0], queued[1], queued[2], tuple(busy)
+                tick,
+                delivered,
+                failed,
+                tasks,
+                queued[0],
+                queued[1],
+                queued[2],
+                tuple(busy),
+                time.perf_counter() - self._tick_t0,
             )
         )
 
