@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
             "A local-first runtime for multi-agent systems and LLM inference. Without "
             "--headless it opens the desktop window."
         ),
+        epilog="Benchmarks: qhybrid bench dispatch --help",
     )
     parser.add_argument(
         "scenario",
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "gpu", "cpu"),
         default=os.environ.get("QHYBRID_DEVICE", "auto"),
         help="where GPU tasks run: auto (GPU when there is an adapter), gpu, or cpu (numpy)",
+    )
+    parser.add_argument(
+        "--max-worker-restarts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="dead worker processes to replace before the run fails (default 3)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print the summary as one JSON object on stdout"
@@ -123,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         from qhybrid.runtime.wasm_pool import run_worker
 
         return run_worker()
+    if raw[:1] == ["bench"]:
+        from qhybrid.bench._cli import main as bench_main
+
+        return bench_main(raw[1:])
     args = build_parser().parse_args(raw)
     if not args.headless:
         if args.json or args.trace:
@@ -152,7 +164,15 @@ def run_headless(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if args.seed is not None:
         scenario = scenario.with_seed(args.seed)
-    config = RuntimeConfig(workers=workers, device=args.device, trace_path=args.trace)
+    if args.max_worker_restarts < 0:
+        err.print("[bold red]error:[/] --max-worker-restarts must be >= 0")
+        return EXIT_BAD_INPUT
+    config = RuntimeConfig(
+        workers=workers,
+        device=args.device,
+        trace_path=args.trace,
+        max_worker_restarts=args.max_worker_restarts,
+    )
     err.print(
         f"qhybrid {__version__}: running [bold]{scenario.name}[/] "
         f"({sum(a.count for a in scenario.agents)} agents, {workers} workers, seed {scenario.seed})"
@@ -252,7 +272,10 @@ def _print_summary(console: Any, result: RunResult) -> None:
     console.print(table)
     for agent in result.agents:
         if agent.error:
-            console.print(f"  [red]{agent.name}[/]: {agent.error}")
+            again = f" (restarted {agent.restarts}x)" if agent.restarts else ""
+            console.print(f"  [red]{agent.name}[/]{again}: {agent.error}", soft_wrap=True)
+    if result.worker_restarts:
+        console.print(f"worker processes replaced after dying: {result.worker_restarts}")
     device = result.device
     console.print(
         f"device: {device.get('name')} ({device.get('kind')})   trace {result.trace_hash}",

@@ -5,8 +5,9 @@
 #
 # 1. Debian/Ubuntu: installs the system libraries the tests use when they are missing
 #    (Qt's runtime libraries for the offscreen window tests, mesa's software Vulkan driver so
-#    the GPU kernels run without a GPU, Xvfb). Needs root or passwordless sudo; elsewhere it
-#    says what is missing and goes on.
+#    the GPU kernels run without a GPU, Xvfb, and clang with wasi-libc, which rebuild the C
+#    sample agents to check the shipped .wasm files). Needs root or passwordless sudo;
+#    elsewhere it says what is missing and goes on.
 # 2. Creates .venv (if absent) and installs qhybrid with its test extra into it.
 # 3. Runs pytest, which includes ruff, the import-linter contracts and mypy --strict.
 set -euo pipefail
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 DEB_PACKAGES=(mesa-vulkan-drivers libvulkan1 libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0
+              clang lld wasi-libc libclang-rt-14-dev-wasm32
               libfontconfig1 libdbus-1-3 libglib2.0-0 xvfb)
 
 if command -v dpkg-query >/dev/null 2>&1; then

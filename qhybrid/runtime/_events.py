@@ -24,7 +24,9 @@ class RunStateChanged:
 
 @dataclass(frozen=True, slots=True)
 class AgentStateChanged:
-    """An agent moved to ``state``: loaded, failed or skipped (stopped after an error)."""
+    """An agent moved to ``state``: loaded; failed (``reason`` says why: a trap, out of fuel,
+    out of memory, timeout, ...); skipped (stopped after an error, the run goes on); or
+    restarted (a fresh instance replaced it, its ``restart`` policy)."""
 
     agent: str
     agent_id: int
@@ -77,6 +79,18 @@ class TickFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerRestarted:
+    """A worker process died and was replaced; its agents were restored from their last
+    snapshot and the messages they handled since, and the interrupted tick was sent again."""
+
+    worker: int
+    old_pid: int | None
+    new_pid: int
+    tick: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class AgentLog:
     """A line an agent logged (levels as in :mod:`logging`: 10 debug ... 40 error)."""
 
@@ -101,3 +115,5 @@ class RuntimeEvents:
     tick_finished = Signal(TickFinished)
     #: :class:`AgentLog`, on the orchestrator's loop thread, in deterministic order.
     agent_log = Signal(AgentLog)
+    #: :class:`WorkerRestarted`, on the orchestrator's loop thread.
+    worker_restarted = Signal(WorkerRestarted)

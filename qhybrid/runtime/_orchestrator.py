@@ -17,6 +17,7 @@ import heapq
 import itertools
 import json
 import logging
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,14 +34,17 @@ from qhybrid.runtime._events import (
     TaskFinished,
     TaskStarted,
     TickFinished,
+    WorkerRestarted,
 )
 from qhybrid.runtime._metrics import MetricsRecorder, MetricsSnapshot
 from qhybrid.runtime._result import AgentSummary, RunResult
-from qhybrid.runtime._scenario import Scenario, TaskSpec, TensorSpec
+from qhybrid.runtime._scenario import AgentSpec, Scenario, TaskSpec, TensorSpec
 from qhybrid.runtime._seeding import derive_seed
 from qhybrid.runtime._trace import TraceRecorder, digest
-from qhybrid.runtime.tensors import SharedTensor, TensorStore
+from qhybrid.runtime.tensors import SharedTensor, TensorStore, get_op
 from qhybrid.runtime.wasm_pool import (
+    KIND_GPU_DONE,
+    KIND_LLM_DONE,
     KIND_TASK_DONE,
     RESERVED_KIND_BASE,
     RUNTIME_SENDER,
@@ -48,11 +52,15 @@ from qhybrid.runtime.wasm_pool import (
     AgentModuleError,
     BatchReply,
     Delivery,
+    Limits,
+    Outcome,
     TaskRun,
+    TensorEntry,
+    WorkerCrashed,
     WorkerError,
     WorkerPool,
-    check_module,
-    compile_module,
+    default_cache_dir,
+    load_module,
     make_engine,
 )
 from qhybrid.runtime.wgpu_thread import DeviceInfo, GpuDevice, GpuJobError, GpuJobResult
@@ -77,9 +85,18 @@ class _Agent:
     module: Path
     worker: int
     on_error: str
+    max_restarts: int = 3
     state: str = LOADED
     handled: int = 0
     error: str | None = None
+    restarts: int = 0
+    load: AgentLoad | None = None
+    # Crash recovery: the last snapshot (None: fresh from its module) and what it handled since.
+    snapshot: bytes | None = None
+    log: list[tuple[int, int, int, bytes]] = field(default_factory=list)
+    reads: set[str] = field(default_factory=set)
+    # Set when a message failed this tick and the agent is to be restarted after the commit.
+    restart_pending: bool = False
 
 
 @dataclass(order=True, slots=True)
@@ -92,14 +109,27 @@ class _Item:
     task: TaskSpec | None = field(default=None, compare=False)
 
 
+#: ``RuntimeConfig.cache_dir`` default: the user's cache folder (or ``QHYBRID_CACHE_DIR``).
+DEFAULT_CACHE = Path("<default>")
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeConfig:
-    """How to run: workers, device preference, trace file."""
+    """How to run.
+
+    ``checkpoint_every``: ticks between snapshots of the agents that changed (crash recovery
+    replays at most that many ticks of messages). ``max_worker_restarts``: dead workers
+    replaced per run before the run fails. ``cache_dir``: compiled-module cache, ``None`` for
+    none.
+    """
 
     workers: int = 2
     device: str = "auto"  # "auto" | "gpu" | "cpu"
     trace_path: Path | None = None
     start_timeout: float = 60.0
+    checkpoint_every: int = 64
+    max_worker_restarts: int = 3
+    cache_dir: Path | None = DEFAULT_CACHE
 
 
 class Runtime:
@@ -142,6 +172,11 @@ class Runtime:
         self.cpu_tasks = 0
         self.gpu_tasks = 0
         self._gpu_busy_s = 0.0
+        # Agent GPU jobs in the queue: task name -> (agent id, job id).
+        self._job_owner: dict[str, tuple[int, int]] = {}
+        self._pending_writes: list[tuple[str, int, bytes]] = []
+        self._last_checkpoint = 0
+        self.worker_restarts = 0
 
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Runtime:
@@ -171,29 +206,32 @@ class Runtime:
                 self.device_info = await device_start
             self._create_agents()
             await self.pool.set_directory([a.name for a in self._agents])
-            for key, data in modules.items():
-                await self.pool.install_module(key, data)
-            await self._load_agents()
+            for key, (serialized, original) in modules.items():
+                await self.pool.install_module(key, serialized, original)
             self._create_tensors()
+            await self._load_agents()
             self._enqueue_initial()
         except BaseException:
             await self.aclose()
             raise
         self._metrics.reset_clock()
 
-    def _compile_modules(self) -> dict[str, bytes]:
+    def _compile_modules(self) -> dict[str, tuple[bytes, bytes]]:
         engine = make_engine()
-        compiled: dict[str, bytes] = {}
+        cache = self.config.cache_dir
+        if cache == DEFAULT_CACHE:
+            cache = default_cache_dir()
+        compiled: dict[str, tuple[bytes, bytes]] = {}
         for index, spec in enumerate(self.scenario.agents):
             key = str(spec.module)
             if key in compiled:
                 continue
             try:
-                module = compile_module(engine, spec.module)
-                check_module(module, spec.module)
+                module, _, original, cached = load_module(engine, spec.module, cache)
             except AgentModuleError as exc:
                 raise self.scenario.error(f"agents[{index}].module", str(exc)) from None
-            compiled[key] = bytes(module.serialize())
+            logger.debug("module %s %s", spec.module, "from cache" if cached else "compiled")
+            compiled[key] = (bytes(module.serialize()), original)
         return compiled
 
     def _create_agents(self) -> None:
@@ -203,7 +241,13 @@ class Runtime:
                 agent_id = len(self._agents)
                 self._agents.append(
                     _Agent(
-                        agent_id, name, spec.name, spec.module, agent_id % workers, spec.on_error
+                        agent_id,
+                        name,
+                        spec.name,
+                        spec.module,
+                        agent_id % workers,
+                        spec.on_error,
+                        spec.max_restarts,
                     )
                 )
                 self._by_name[name] = agent_id
@@ -216,17 +260,8 @@ class Runtime:
             config_json = json.dumps(dict(spec.config), sort_keys=True).encode("utf-8")
             for name in spec.instances:
                 agent = self._agents[self._by_name[name]]
-                loads[agent.worker].append(
-                    AgentLoad(
-                        agent_id=agent.agent_id,
-                        name=name,
-                        module_key=str(spec.module),
-                        peers=peers,
-                        agent_count=count,
-                        rng_seed=derive_seed(self.scenario.seed, "agent", name),
-                        config_json=config_json,
-                    )
-                )
+                agent.load = self._agent_load(spec, agent, peers, count, config_json)
+                loads[agent.worker].append(agent.load)
         try:
             await asyncio.gather(
                 *(self.pool.load_agents(w, batch) for w, batch in enumerate(loads) if batch)
@@ -248,9 +283,35 @@ class Runtime:
                 AgentStateChanged(agent.name, agent.agent_id, agent.worker, LOADED, 0)
             )
 
+    def _agent_load(
+        self, spec: AgentSpec, agent: _Agent, peers: tuple[int, ...], count: int, config: bytes
+    ) -> AgentLoad:
+        lim = spec.limits
+        return AgentLoad(
+            agent_id=agent.agent_id,
+            name=agent.name,
+            module_key=str(spec.module),
+            peers=peers,
+            agent_count=count,
+            rng_seed=derive_seed(self.scenario.seed, "agent", agent.name),
+            config_json=config,
+            limits=Limits(lim.fuel, lim.memory_bytes, lim.timeout_ms, lim.stack_bytes),
+            dirs=tuple((str(d.host), d.guest, d.mode == "rw") for d in spec.grants.dirs),
+            env=tuple(spec.grants.env),
+        )
+
     def _create_tensors(self) -> None:
+        entries = []
         for spec in self.scenario.tensors:
-            self._named_tensors[spec.name] = self._make_tensor(spec)
+            tensor = self._named_tensors[spec.name] = self._make_tensor(spec)
+            writers = None if spec.writable else frozenset[int]()
+            entries.append(TensorEntry(spec.name, tensor.handle, 0, writers))
+        self.pool.add_tensors(entries)
+
+    def _publish(self, name: str, tensor: SharedTensor, tick: int, writers: frozenset[int]) -> None:
+        """Make a tensor made during ``tick`` visible to agents from the next tick on."""
+        self._named_tensors[name] = tensor
+        self.pool.add_tensors([TensorEntry(name, tensor.handle, tick + 1, writers)])
 
     def _make_tensor(self, spec: TensorSpec) -> SharedTensor:
         tensor = self.tensors.create(spec.shape, spec.dtype)
@@ -426,23 +487,30 @@ class Runtime:
         gpu_jobs: dict[int, concurrent.futures.Future[GpuJobResult]] = {}
         outputs: dict[int, SharedTensor] = {}
         cpu_count = 0
+        record = self._trace.record
+        agents = self._agents
         for pos, item in enumerate(due):
             if item.message is not None:
                 sender, dst, kind, payload = item.message
-                agent = self._agents[dst]
-                self._trace.record(
-                    "deliver", tick, item.seq, sender, dst, kind, digest(payload), len(payload)
-                )
+                agent = agents[dst]
+                record("deliver", tick, item.seq, sender, dst, kind, digest(payload), len(payload))
                 if agent.state != LOADED:
-                    self._trace.record("drop", tick, item.seq, dst, agent.state)
+                    record("drop", tick, item.seq, dst, agent.state)
                     plan.append((item, -1, -1))
                     continue
-                plan.append((item, agent.worker, len(deliveries[agent.worker])))
-                deliveries[agent.worker].append(Delivery(dst, sender, kind, payload))
+                batch = deliveries[agent.worker]
+                plan.append((item, agent.worker, len(batch)))
+                batch.append(Delivery(dst, sender, kind, payload))
                 continue
             task = item.task
             assert task is not None
-            inputs = tuple(self._named_tensors[name].handle for name in task.inputs)
+            try:
+                inputs = tuple(self._named_tensors[name].handle for name in task.inputs)
+            except KeyError as exc:
+                # Only an agent's GPU job can name a tensor that is not there.
+                plan.append((item, -1, -1))
+                self._job_failed(task, tick, f"input tensor {exc.args[0]!r} does not exist")
+                continue
             out = self.tensors.create(task.output_shape, task.output_dtype)
             outputs[pos] = out
             self.events.task_started.emit(TaskStarted(task.name, task.kind, task.op, tick))
@@ -459,7 +527,7 @@ class Runtime:
                 )
 
         batch_calls = {
-            w: self.pool.run_batch(w, tick, deliveries[w], cpu_runs[w])
+            w: self._run_batch(w, tick, deliveries[w], cpu_runs[w])
             for w in range(workers)
             if deliveries[w] or cpu_runs[w]
         }
@@ -487,6 +555,95 @@ class Runtime:
             assert isinstance(gres, GpuJobResult | BaseException)
             gpu_results[pos] = gres
         self._commit(tick, due, plan, replies, gpu_results, outputs)
+        await self._after_commit(tick)
+
+    async def _run_batch(
+        self, worker: int, tick: int, deliveries: list[Delivery], runs: list[TaskRun]
+    ) -> BatchReply:
+        """One worker's batch; a worker that dies is replaced, its agents restored, and the
+        same batch sent again, so the tick's result does not change."""
+        while True:
+            try:
+                return await self.pool.run_batch(worker, tick, deliveries, runs)
+            except WorkerCrashed as exc:
+                await self._recover_worker(worker, tick, exc)
+
+    # -- crash recovery -------------------------------------------------------------------
+    async def _recover_worker(self, worker: int, tick: int, crash: WorkerCrashed) -> None:
+        if self.worker_restarts >= self.config.max_worker_restarts:
+            raise RunFailed(
+                f"{crash} (already replaced {self.worker_restarts} workers, the limit)"
+            ) from crash
+        self.worker_restarts += 1
+        logger.warning("%s at tick %d; replacing it and restoring its agents", crash, tick)
+        await self.pool.respawn(worker)
+        lost = [a for a in self._agents if a.worker == worker and a.state == LOADED]
+        items = []
+        for agent in lost:
+            assert agent.load is not None
+            items.append((agent.load, agent.snapshot, list(agent.log)))
+        problems = await self.pool.restore(worker, items) if items else []
+        for agent, problem in zip(lost, problems, strict=True):
+            if problem is None:
+                continue
+            # It cannot be brought back as it was: its policy decides.
+            agent.snapshot, agent.log, agent.reads = None, [], set()
+            self._agent_failed(agent, tick, -1, f"lost when worker {worker} died: {problem}")
+            if agent.restart_pending:
+                agent.restart_pending = False
+                await self._restart_agent(agent, tick)
+        self.events.worker_restarted.emit(
+            WorkerRestarted(worker, crash.pid, self.pool.pids[worker], tick, str(crash))
+        )
+
+    async def _checkpoint(self, agents: list[_Agent]) -> None:
+        """Snapshot ``agents`` (by worker, in parallel) and drop their replay logs."""
+        by_worker: dict[int, list[_Agent]] = {}
+        for agent in agents:
+            if agent.state == LOADED:
+                by_worker.setdefault(agent.worker, []).append(agent)
+
+        async def one(worker: int, group: list[_Agent]) -> None:
+            snaps = await self.pool.snapshot(worker, [a.agent_id for a in group])
+            for agent in group:
+                snap = snaps.get(agent.agent_id)
+                if isinstance(snap, bytes):
+                    agent.snapshot = snap
+                    agent.log.clear()
+                    agent.reads.clear()
+
+        await asyncio.gather(*(one(w, g) for w, g in by_worker.items()))
+
+    async def _restart_agent(self, agent: _Agent, tick: int) -> None:
+        await self.pool.restart_agent(agent.worker, agent.agent_id)
+        agent.restarts += 1
+        agent.state = LOADED
+        agent.snapshot, agent.log, agent.reads = None, [], set()
+        self.events.agent_state.emit(
+            AgentStateChanged(agent.name, agent.agent_id, agent.worker, "restarted", tick)
+        )
+
+    async def _after_commit(self, tick: int) -> None:
+        """What the commit asked for that needs the workers: restarts, then tensor writes
+        (snapshotting first every agent that read a tensor about to change, so that a replay
+        reads what it read), then the periodic checkpoint."""
+        for agent in self._agents:
+            if agent.restart_pending:
+                agent.restart_pending = False
+                await self._restart_agent(agent, tick)
+        if self._pending_writes:
+            written = {name for name, _, _ in self._pending_writes}
+            readers = [a for a in self._agents if a.reads & written]
+            if readers and self.config.checkpoint_every > 0:
+                await self._checkpoint(readers)
+            for name, offset, data in self._pending_writes:
+                flat = self._named_tensors[name].array.reshape(-1).view(np.uint8)
+                flat[offset : offset + len(data)] = np.frombuffer(data, np.uint8)
+            self._pending_writes.clear()
+        every = self.config.checkpoint_every
+        if every > 0 and tick - self._last_checkpoint >= every:
+            self._last_checkpoint = tick
+            await self._checkpoint([a for a in self._agents if a.log])
 
     def _commit(
         self,
@@ -498,42 +655,53 @@ class Runtime:
         outputs: dict[int, SharedTensor],
     ) -> None:
         delivered = failed = tasks = 0
+        record = self._trace.record
+        keep_log = self.config.checkpoint_every > 0
         for pos, (item, worker, index) in enumerate(plan):
             if item.message is not None:
                 if worker < 0:
                     continue
-                dst = item.message[1]
+                sender, dst, kind, payload = item.message
                 outcome = replies[worker].outcomes[index]
                 agent = self._agents[dst]
-                if agent.state != LOADED:
+                if agent.state != LOADED or agent.restart_pending:
                     # It failed on an earlier message of this same tick.
-                    self._trace.record("drop", tick, item.seq, dst, agent.state)
+                    record("drop", tick, item.seq, dst, agent.state)
                     continue
                 delivered += 1
                 for level, text in outcome.logs:
-                    self._trace.record("log", tick, item.seq, level, text)
+                    record("log", tick, item.seq, level, text)
                     self.events.agent_log.emit(AgentLog(agent.name, level, text, tick))
                     logger.log(
                         level if level in (10, 20, 30, 40, 50) else 20, "%s: %s", agent.name, text
                     )
-                if outcome.ok:
+                error = outcome.error
+                if outcome.ok and outcome.effects:
+                    error = self._apply_effects(agent, tick, item, outcome)
+                if error is None:
                     agent.handled += 1
                     self.tasks_completed += 1
-                    self._trace.record("ok", tick, item.seq, len(outcome.sent))
+                    record("ok", tick, item.seq, len(outcome.sent))
                     for to, out_kind, out_payload in outcome.sent:
                         self._push_message(
                             tick + 1, -item.neg_priority, dst, to, out_kind, out_payload
                         )
+                    if keep_log:
+                        agent.log.append((tick, sender, kind, payload))
+                        if outcome.reads:
+                            agent.reads.update(outcome.reads)
                 else:
                     failed += 1
-                    self._agent_failed(agent, tick, item.seq, outcome.error or "unknown error")
+                    self._agent_failed(agent, tick, item.seq, error)
                 continue
             task = item.task
             assert task is not None
+            if pos not in outputs:
+                continue  # an agent's GPU job that could not start; already answered
             out = outputs[pos]
             elapsed = 0.0
             placement = "worker"
-            error: str | None = None
+            error = None
             if task.kind == "gpu":
                 res = gpu_results[pos]
                 if isinstance(res, BaseException):
@@ -548,10 +716,14 @@ class Runtime:
             self.events.task_finished.emit(
                 TaskFinished(task.name, task.kind, task.op, tick, placement, elapsed, error)
             )
+            owner = self._job_owner.pop(task.name, None)
             if error is not None:
                 out.close()
-                self._trace.record("task-failed", tick, item.seq, task.name, error)
-                self._failure = f"task {task.name!r} ({task.kind} {task.op}) failed: {error}"
+                record("task-failed", tick, item.seq, task.name, error)
+                if owner is not None:
+                    self._answer_job(owner, tick, 1, error)
+                else:
+                    self._failure = f"task {task.name!r} ({task.kind} {task.op}) failed: {error}"
                 continue
             tasks += 1
             self.tasks_completed += 1
@@ -559,9 +731,11 @@ class Runtime:
                 self.gpu_tasks += 1
             else:
                 self.cpu_tasks += 1
-            self._named_tensors[task.output] = out
+            self._publish(task.output, out, tick, frozenset())
             content = digest(np.ascontiguousarray(out.array).view(np.uint8).data)
-            self._trace.record("task", tick, item.seq, task.name, task.op, content)
+            record("task", tick, item.seq, task.name, task.op, content)
+            if owner is not None:
+                self._answer_job(owner, tick, 0, "")
             if task.notify:
                 note = json.dumps(
                     {
@@ -612,6 +786,107 @@ class Runtime:
             )
         )
 
+    # -- effects of handlers --------------------------------------------------------------
+    def _apply_effects(self, agent: _Agent, tick: int, item: _Item, outcome: Outcome) -> str | None:
+        """Apply what a successful handler asked for, or say why none of it can be."""
+        names = set(self._named_tensors)
+        for effect in outcome.effects:
+            if effect[0] in ("create", "gpu"):
+                new = str(effect[1] if effect[0] == "create" else effect[4])
+                if new in names:
+                    return f"tensor name {new!r} is already taken"
+                names.add(new)
+        record = self._trace.record
+        for effect in outcome.effects:
+            what = effect[0]
+            if what == "create":
+                _, name, dtype, shape = effect
+                assert isinstance(name, str) and isinstance(dtype, str)
+                assert isinstance(shape, tuple)
+                tensor = self.tensors.create(shape, dtype)
+                self._publish(name, tensor, tick, frozenset({agent.agent_id}))
+                record("create", tick, item.seq, name, dtype, "x".join(map(str, shape)))
+            elif what == "write":
+                _, name, offset, data = effect
+                assert isinstance(name, str) and isinstance(offset, int)
+                assert isinstance(data, bytes)
+                self._pending_writes.append((name, offset, data))
+                record("write", tick, item.seq, name, offset, digest(data))
+            elif what == "gpu":
+                _, job, op, inputs, out_name, param = effect
+                assert isinstance(job, int) and isinstance(op, str) and isinstance(inputs, tuple)
+                assert isinstance(out_name, str) and isinstance(param, float)
+                self._queue_agent_job(agent, tick, item, job, op, inputs, out_name, param)
+            elif what == "llm":
+                _, request, tag, _prompt, _max_tokens = effect
+                assert isinstance(request, int) and isinstance(tag, int)
+                text = b"no LLM model is configured for this scenario"
+                payload = struct.pack("<iii", request, tag, 1) + text
+                record("llm", tick, item.seq, request)
+                self._push_message(
+                    tick + 1, 0, RUNTIME_SENDER, agent.agent_id, KIND_LLM_DONE, payload
+                )
+        return None
+
+    def _queue_agent_job(
+        self,
+        agent: _Agent,
+        tick: int,
+        item: _Item,
+        job: int,
+        op: str,
+        inputs: tuple[object, ...],
+        out_name: str,
+        param: float,
+    ) -> None:
+        names = tuple(str(n) for n in inputs)
+        params = {"factor": param} if op == "scale" else {}
+        metas: list[tuple[tuple[int, ...], str] | None] = []
+        for name in names:
+            tensor = self._named_tensors.get(name)
+            if tensor is None:
+                metas.append(None)
+                break
+            metas.append((tensor.handle.shape, tensor.handle.dtype))
+        task_name = f"{agent.name}:gpu{job}"
+        try:
+            if any(m is None for m in metas):
+                raise ValueError("an input tensor does not exist")
+            shape, dtype = get_op(op).check(
+                [m[0] for m in metas if m], [m[1] for m in metas if m], params
+            )
+        except ValueError as exc:
+            self._answer_job((agent.agent_id, job), tick, 1, str(exc))
+            return
+        spec = TaskSpec(
+            name=task_name,
+            kind="gpu",
+            op=op,
+            inputs=names,
+            output=out_name,
+            output_shape=shape,
+            output_dtype=dtype,
+            params=params,
+            at=tick + 1,
+            priority=-item.neg_priority,
+            notify=(),
+        )
+        self._job_owner[task_name] = (agent.agent_id, job)
+        heapq.heappush(self._queue, _Item(tick + 1, item.neg_priority, next(self._seq), task=spec))
+
+    def _job_failed(self, task: TaskSpec, tick: int, error: str) -> None:
+        owner = self._job_owner.pop(task.name, None)
+        self._trace.record("task-failed", tick, -1, task.name, error)
+        if owner is not None:
+            self._answer_job(owner, tick, 1, error)
+        else:
+            self._failure = f"task {task.name!r} ({task.kind} {task.op}) failed: {error}"
+
+    def _answer_job(self, owner: tuple[int, int], tick: int, status: int, error: str) -> None:
+        agent_id, job = owner
+        payload = struct.pack("<ii", job, status) + error.encode("utf-8")
+        self._push_message(tick + 1, 0, RUNTIME_SENDER, agent_id, KIND_GPU_DONE, payload)
+
     def _queue_depths(self) -> tuple[int, int, int]:
         messages = cpu = gpu = 0
         for item in self._queue:
@@ -625,13 +900,24 @@ class Runtime:
 
     def _agent_failed(self, agent: _Agent, tick: int, seq: int, error: str) -> None:
         agent.error = error
-        agent.state = FAILED if agent.on_error == "fail" else SKIPPED
         self._trace.record("agent-failed", tick, seq, agent.agent_id, error)
         logger.warning("agent %s failed at tick %d: %s", agent.name, tick, error)
+        if agent.on_error == "restart" and agent.restarts < agent.max_restarts:
+            # Replaced by a fresh instance after this tick's commit; the rest of its
+            # messages in this tick are dropped.
+            agent.restart_pending = True
+            self.events.agent_state.emit(
+                AgentStateChanged(agent.name, agent.agent_id, agent.worker, FAILED, tick, error)
+            )
+            return
+        if agent.on_error == "restart":
+            error = f"{error} (after {agent.restarts} restarts, the limit)"
+            agent.error = error
+        agent.state = SKIPPED if agent.on_error == "skip" else FAILED
         self.events.agent_state.emit(
             AgentStateChanged(agent.name, agent.agent_id, agent.worker, agent.state, tick, error)
         )
-        if agent.on_error == "fail" and self._failure is None:
+        if agent.state == FAILED and self._failure is None:
             self._failure = f"agent {agent.name} failed at tick {tick}: {error}"
 
     def _finish(self, status: str, reason: str) -> None:
@@ -654,12 +940,15 @@ class Runtime:
             cpu_tasks=self.cpu_tasks,
             gpu_tasks=self.gpu_tasks,
             agents=tuple(
-                AgentSummary(a.name, a.module.name, a.worker, a.state, a.handled, a.error)
+                AgentSummary(
+                    a.name, a.module.name, a.worker, a.state, a.handled, a.error, a.restarts
+                )
                 for a in self._agents
             ),
             workers=self.config.workers,
             device=info,
             wall_s=round(wall, 6),
+            worker_restarts=self.worker_restarts,
         )
         self._emit_state(status, reason)
 

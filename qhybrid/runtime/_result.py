@@ -14,6 +14,7 @@ class AgentSummary:
     state: str
     handled: int
     error: str | None
+    restarts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class RunResult:
     workers: int
     device: dict[str, object]
     wall_s: float
+    worker_restarts: int = 0
 
     @property
     def ok(self) -> bool:

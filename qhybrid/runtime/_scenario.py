@@ -1,11 +1,13 @@
 """Scenario files: a TOML description of a run, loaded and checked before anything starts.
 
-A scenario names the agent groups (WebAssembly modules and how many instances of each), the
+A scenario names the agent groups (WebAssembly modules, how many instances of each, their
+limits, the directories and environment variables granted to them, and what an error does), the
 initial messages, the tensors created in shared memory and the tensor tasks, and when the run
 stops. :func:`load_scenario` reads a file and :func:`parse_scenario` a string; both check
-everything up front (types, ranges, names, message targets, module files, task inputs and op
-shapes) so that a mistake is reported as one :class:`ScenarioError` naming the file, the line and
-the field, before a worker or the GPU thread is started.
+everything up front (types, ranges, names, message targets, module files and granted
+directories, task inputs and op shapes) so that a mistake is reported as one
+:class:`ScenarioError` naming the file, the line and the field, before a worker or the GPU thread
+is started.
 
 The format is documented in ``docs/scenarios.md``.
 """
@@ -20,6 +22,7 @@ import difflib
 import json
 import math
 import os
+import posixpath
 import re
 import struct
 import tomllib
@@ -34,7 +37,10 @@ import numpy as np
 from qhybrid.runtime.tensors import OPS, OpError, get_op
 
 __all__ = [
+    "AgentGrants",
+    "AgentLimits",
     "AgentSpec",
+    "DirGrant",
     "MessageSpec",
     "Scenario",
     "ScenarioError",
@@ -54,8 +60,16 @@ MAX_TENSOR_RANK = 4
 MAX_TENSOR_ELEMENTS = 2**28
 DEFAULT_MAX_TICKS = 10_000
 DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_MAX_RESTARTS = 3
+MAX_RESTARTS = 1000
+#: WebAssembly pages are 64 KiB; 4096 MiB (65536 pages) is all a 32-bit memory can address.
+WASM_PAGE_BYTES = 65536
+MAX_MEMORY_MB = 4096
+MIN_STACK_KB = 16
+MAX_STACK_KB = 65536
 
-AGENT_ON_ERROR = ("fail", "skip")
+AGENT_ON_ERROR = ("fail", "skip", "restart")
+GRANT_MODES = ("ro", "rw")
 TASK_KINDS = ("gpu", "cpu")
 TENSOR_DTYPES = ("float32",)
 TENSOR_INITS = ("random", "zeros", "ones", "arange")
@@ -63,10 +77,13 @@ MODULE_SUFFIXES = (".wasm", ".wat")
 
 _TOP_KEYS = ("name", "description", "seed", "stop", "agents", "messages", "tensors", "tasks")
 _STOP_KEYS = ("max_ticks", "max_messages", "timeout_s")
-_AGENT_KEYS = ("name", "module", "count", "on_error", "config")
+_AGENT_KEYS = ("name", "module", "count", "on_error", "config", "max_restarts", "limits", "grants")
+_LIMIT_KEYS = ("fuel", "memory_mb", "timeout_ms", "stack_kb")
+_GRANT_KEYS = ("dirs", "env")
+_DIR_GRANT_KEYS = ("host", "guest", "mode")
 _PAYLOAD_KEYS = ("payload", "payload_i64", "payload_hex")
 _MESSAGE_KEYS = ("to", "kind", *_PAYLOAD_KEYS, "at", "priority")
-_TENSOR_KEYS = ("name", "shape", "dtype", "init")
+_TENSOR_KEYS = ("name", "shape", "dtype", "init", "writable")
 _TASK_KEYS = ("name", "kind", "op", "inputs", "output", "params", "at", "priority", "notify")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -121,6 +138,44 @@ def _rebuild_error(
 
 
 @dataclass(frozen=True, slots=True)
+class AgentLimits:
+    """What one message may cost an agent instance; ``None`` is no limit of the runtime's own.
+
+    See "Limits and failures" in ``docs/agent-abi.md`` for what happens when one is reached.
+    """
+
+    #: Fuel (wasmtime's instruction-like units) per message; ``None``: unlimited.
+    fuel: int | None = None
+    #: Maximum linear memory in bytes, a whole number of 64 KiB pages; ``None``: wasmtime's default.
+    memory_bytes: int | None = None
+    #: Wall-clock time per message in milliseconds; ``None``: none (the run's timeout still holds).
+    timeout_ms: int | None = None
+    #: WebAssembly stack size in bytes; ``None``: wasmtime's default.
+    stack_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirGrant:
+    """A host directory an agent may open through WASI, at ``guest`` inside its sandbox."""
+
+    #: Absolute and resolved; it existed and was a directory when the scenario was loaded.
+    host: Path
+    #: An absolute POSIX path, normalised (no ``.``, ``..``, repeated or trailing ``/``).
+    guest: str
+    #: ``"ro"`` (read only) or ``"rw"`` (read and write).
+    mode: str = "ro"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentGrants:
+    """What an agent may reach through WASI beyond the default nothing: directories, variables."""
+
+    dirs: tuple[DirGrant, ...] = ()
+    #: ``(name, value)`` pairs, sorted by name.
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSpec:
     """A group of agent instances running the same module with the same config.
 
@@ -133,6 +188,10 @@ class AgentSpec:
     count: int = 1
     on_error: str = "fail"
     config: Mapping[str, Any] = dataclasses.field(default_factory=_empty_mapping, hash=False)
+    limits: AgentLimits = AgentLimits()
+    grants: AgentGrants = AgentGrants()
+    #: How many times an instance is replaced after errors (with ``on_error = "restart"``).
+    max_restarts: int = DEFAULT_MAX_RESTARTS
 
     @property
     def instances(self) -> tuple[str, ...]:
@@ -161,6 +220,8 @@ class TensorSpec:
     shape: tuple[int, ...]
     dtype: str = "<f4"
     init: str = "zeros"
+    #: Whether agents may write it with ``tensor_write``; if not, it is read-only to them.
+    writable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +340,8 @@ def parse_scenario(
         raise _syntax_error(str(exc), text, display) from None
     except RecursionError:
         raise ScenarioError("invalid TOML: values nest too deeply", path=display) from None
+    except ValueError as exc:  # an integer too long to convert (over 4300 digits)
+        raise ScenarioError(f"invalid TOML: {exc}", path=display) from None
     lines = _scan_field_lines(text)
     if base_dir is None:
         base_dir = source_path.parent if source_path is not None else Path.cwd()
@@ -396,18 +459,22 @@ class _Reader:
             self.fail(_join(field, key), f"required field {json.dumps(key)} is missing from {what}")
         return table[key]
 
-    def tables(self, value: object, field: str) -> list[dict[str, Any]]:
-        """An array of tables (``[[field]]`` entries); absent means empty."""
+    def tables(self, value: object, field: str, header: str | None = None) -> list[dict[str, Any]]:
+        """An array of tables (``[[header]]`` entries, ``header`` by default ``field``).
+
+        Absent means empty.
+        """
         if value is None:
             return []
+        header = header or field
         if isinstance(value, dict):
             self.fail(
                 field,
-                f"expected an array of tables, got a table: write [[{field}]] for each entry, "
-                f"not [{field}]",
+                f"expected an array of tables, got a table: write [[{header}]] for each entry, "
+                f"not [{header}]",
             )
         if not isinstance(value, list):
-            self.fail(field, f"expected an array of tables ([[{field}]]), got {_describe(value)}")
+            self.fail(field, f"expected an array of tables ([[{header}]]), got {_describe(value)}")
         for index, item in enumerate(value):
             if not isinstance(item, dict):
                 self.fail(f"{field}[{index}]", f"expected a table, got {_describe(item)}")
@@ -458,10 +525,18 @@ class _Reader:
             self.fail(field, f"expected {expected}, got {value}")
         return value
 
+    def boolean(self, value: object, field: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(field, f"expected true or false, got {_describe(value)}")
+        return value
+
     def positive_number(self, value: object, field: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(field, f"expected a number > 0, got {_describe(value)}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float's range
+            number = math.inf
         if not math.isfinite(number) or number <= 0:
             self.fail(field, f"expected a finite number > 0, got {_describe(value)}")
         return number
@@ -610,8 +685,20 @@ class _Builder:
             )
             count = r.integer(raw.get("count", 1), f"{at}.count", 1, MAX_AGENT_COUNT)
             on_error = r.choice(raw.get("on_error", "fail"), f"{at}.on_error", AGENT_ON_ERROR)
+            max_restarts = self._max_restarts(raw, at, on_error)
             config = self._config(raw.get("config", {}), f"{at}.config")
-            agent = AgentSpec(name, module, count, on_error, config)
+            limits = self._limits(raw.get("limits", {}), f"{at}.limits")
+            grants = self._grants(raw.get("grants", {}), f"{at}.grants")
+            agent = AgentSpec(
+                name,
+                module,
+                count,
+                on_error,
+                config,
+                limits=limits,
+                grants=grants,
+                max_restarts=max_restarts,
+            )
             # Names cannot contain "-", so "relay-0" never clashes with a group; kept as a guard.
             for instance in agent.instances:
                 if instance in first_use and instance != name:
@@ -626,17 +713,126 @@ class _Builder:
         where = first if line is None else f"{first} (line {line})"
         self.r.fail(field, f"duplicate {what} {json.dumps(name)}: already used by {where}")
 
+    def _path(self, value: object, field: str) -> Path:
+        """A path relative to the scenario's folder (or absolute), resolved; not checked."""
+        text = self.r.string(value, field, non_empty=True)
+        if "\0" in text:
+            self.r.fail(field, "a path cannot contain a NUL character")
+        return (self.base_dir / text).resolve()
+
     def _module(self, value: object, field: str) -> Path:
         text = self.r.string(value, field, non_empty=True)
-        relative = Path(text)
-        if relative.suffix.lower() not in MODULE_SUFFIXES:
+        if Path(text).suffix.lower() not in MODULE_SUFFIXES:
             self.r.fail(field, f"expected a .wasm or .wat file, got {_describe(text)}")
-        path = (self.base_dir / relative).resolve()
+        path = self._path(text, field)
         if not path.exists():
             self.r.fail(field, f"module file not found: {path}")
         if not path.is_file():
             self.r.fail(field, f"module path is not a file: {path}")
         return path
+
+    def _max_restarts(self, raw: Mapping[str, Any], at: str, on_error: str) -> int:
+        if "max_restarts" not in raw:
+            return DEFAULT_MAX_RESTARTS
+        field = f"{at}.max_restarts"
+        value = self.r.integer(raw["max_restarts"], field, 0, MAX_RESTARTS)
+        if on_error != "restart":
+            # Most likely on_error was forgotten: a silent no-op would hide that.
+            self.r.fail(
+                field,
+                f'max_restarts is used only with on_error = "restart"; this group has '
+                f"on_error = {json.dumps(on_error)}",
+            )
+        return value
+
+    def _limits(self, value: object, field: str) -> AgentLimits:
+        r = self.r
+        raw = r.table(value, field, _LIMIT_KEYS, "[agents.limits]")
+        fuel = timeout_ms = memory_bytes = stack_bytes = None
+        if "fuel" in raw:
+            fuel = r.integer(raw["fuel"], f"{field}.fuel", 1)
+        if "memory_mb" in raw:
+            memory_bytes = self._memory_bytes(raw["memory_mb"], f"{field}.memory_mb")
+        if "timeout_ms" in raw:
+            timeout_ms = r.integer(raw["timeout_ms"], f"{field}.timeout_ms", 1)
+        if "stack_kb" in raw:
+            stack_kb = r.integer(raw["stack_kb"], f"{field}.stack_kb", MIN_STACK_KB, MAX_STACK_KB)
+            stack_bytes = stack_kb * 1024
+        return AgentLimits(
+            fuel=fuel, memory_bytes=memory_bytes, timeout_ms=timeout_ms, stack_bytes=stack_bytes
+        )
+
+    def _memory_bytes(self, value: object, field: str) -> int:
+        """Megabytes (MiB, a fraction allowed) -> bytes, down to a whole page, at least one."""
+        expected = f"a number of MiB, > 0 and at most {MAX_MEMORY_MB}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.r.fail(field, f"expected {expected}, got {_describe(value)}")
+        if not 0 < value <= MAX_MEMORY_MB:  # also false for nan; no float() of a huge int
+            self.r.fail(field, f"expected {expected}, got {_describe(value)}")
+        # Integers are exact; a float is exact after the multiplication by a power of two.
+        exact = value * 2**20 if isinstance(value, int) else math.floor(value * 2**20)
+        pages = max(1, exact // WASM_PAGE_BYTES)
+        return pages * WASM_PAGE_BYTES
+
+    def _grants(self, value: object, field: str) -> AgentGrants:
+        r = self.r
+        raw = r.table(value, field, _GRANT_KEYS, "[agents.grants]")
+        dirs: list[DirGrant] = []
+        guests: dict[str, str] = {}
+        dirs_field = f"{field}.dirs"
+        for index, item in enumerate(r.tables(raw.get("dirs"), dirs_field, "agents.grants.dirs")):
+            at = f"{dirs_field}[{index}]"
+            what = "this directory grant"
+            r.table(item, at, _DIR_GRANT_KEYS, "a directory grant")
+            host = self._grant_dir(r.require(item, at, "host", what), f"{at}.host")
+            guest = self._guest_path(r.require(item, at, "guest", what), f"{at}.guest")
+            if guest in guests:
+                self._duplicate(f"{at}.guest", "guest path", guest, guests[guest])
+            guests[guest] = at
+            mode = r.choice(item.get("mode", "ro"), f"{at}.mode", GRANT_MODES)
+            dirs.append(DirGrant(host, guest, mode))
+        env = self._env(raw.get("env", {}), f"{field}.env")
+        return AgentGrants(dirs=tuple(dirs), env=env)
+
+    def _grant_dir(self, value: object, field: str) -> Path:
+        path = self._path(value, field)
+        if not path.exists():
+            self.r.fail(field, f"granted directory not found: {path}")
+        if not path.is_dir():
+            self.r.fail(field, f"granted path is not a directory: {path}")
+        return path
+
+    def _guest_path(self, value: object, field: str) -> str:
+        text = self.r.string(value, field, non_empty=True)
+        if not text.startswith("/"):
+            self.r.fail(
+                field, f'expected an absolute POSIX path (starting with "/"), got {_describe(text)}'
+            )
+        if "\0" in text or "\\" in text:
+            self.r.fail(field, f"a guest path cannot contain NUL or '\\', got {_describe(text)}")
+        parts = [part for part in text.split("/") if part not in ("", ".")]
+        if ".." in parts:
+            self.r.fail(field, f"a guest path cannot contain '..', got {_describe(text)}")
+        return posixpath.join("/", *parts)
+
+    def _env(self, value: object, field: str) -> tuple[tuple[str, str], ...]:
+        r = self.r
+        if not isinstance(value, dict):
+            r.fail(field, f'expected a table of NAME = "value" strings, got {_describe(value)}')
+        env: list[tuple[str, str]] = []
+        for name, item in value.items():
+            key_field = _join(field, name)
+            if not _IDENTIFIER.fullmatch(name):
+                r.fail(
+                    key_field,
+                    "expected a variable name made of letters, digits and '_' that does not "
+                    f"start with a digit, got {_describe(name)}",
+                )
+            text = r.string(item, key_field)
+            if "\0" in text:
+                r.fail(key_field, "an environment value cannot contain a NUL character")
+            env.append((name, text))
+        return tuple(sorted(env))
 
     def _config(self, value: object, field: str) -> Mapping[str, Any]:
         r = self.r
@@ -746,7 +942,8 @@ class _Builder:
             shape = self._shape(r.require(raw, at, "shape", "this [[tensors]] entry"), at)
             dtype = r.choice(raw.get("dtype", "float32"), f"{at}.dtype", TENSOR_DTYPES)
             init = r.choice(raw.get("init", "zeros"), f"{at}.init", TENSOR_INITS)
-            tensors.append(TensorSpec(name, shape, np.dtype(dtype).str, init))
+            writable = r.boolean(raw.get("writable", False), f"{at}.writable")
+            tensors.append(TensorSpec(name, shape, np.dtype(dtype).str, init, writable))
         return tuple(tensors)
 
     def _shape(self, value: object, at: str) -> tuple[int, ...]:

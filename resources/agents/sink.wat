@@ -4,9 +4,9 @@
   (import "qhybrid" "log" (func $log (param i32 i32 i32)))
 
   (memory (export "memory") 1)
-  (global $results (mut i64) (i64.const 0))
-  (global $sum (mut i64) (i64.const 0))
-  (global $tasks (mut i64) (i64.const 0))
+  (global $results (export "results") (mut i64) (i64.const 0))
+  (global $sum (export "sum") (mut i64) (i64.const 0))
+  (global $tasks (export "tasks") (mut i64) (i64.const 0))
   (data (i32.const 256) "sink: a task finished")
 
   (func (export "qh_abi_version") (result i32) (i32.const 1))

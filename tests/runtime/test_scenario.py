@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from qhybrid.runtime._scenario import (
+    AgentGrants,
+    AgentLimits,
     AgentSpec,
+    DirGrant,
     MessageSpec,
     Scenario,
     ScenarioError,
@@ -180,6 +183,7 @@ def test_full_example_parses_into_specs(scenario_dir: Path) -> None:
         TensorSpec("a", (128, 64), "<f4", "random"),
         TensorSpec("b", (64, 32), "<f4", "ones"),
     )
+    assert not any(tensor.writable for tensor in scenario.tensors)  # read-only to agents
 
     proj, double = scenario.tasks
     assert proj == TaskSpec(
@@ -210,6 +214,9 @@ def test_defaults_of_a_minimal_file(scenario_dir: Path) -> None:
     assert scenario.stop == StopSpec(max_ticks=10000, max_messages=None, timeout_s=300.0)
     (agent,) = scenario.agents
     assert (agent.count, agent.on_error, dict(agent.config)) == (1, "fail", {})
+    assert agent.limits == AgentLimits(None, None, None, None)
+    assert agent.grants == AgentGrants(dirs=(), env=())
+    assert agent.max_restarts == 3
     assert scenario.agent_names == ("relay",)
     assert (scenario.messages, scenario.tensors, scenario.tasks) == ((), (), ())
 
@@ -561,6 +568,376 @@ def test_single_table_instead_of_array_of_tables(scenario_dir: Path) -> None:
     error = load_error(scenario_dir, '[agents]\nname = "relay"\nmodule = "x.wat"\n')
     assert (error.field, error.line) == ("agents", 1)
     assert "write [[agents]] for each entry, not [agents]" in error.message
+
+
+# --- limits, grants, restarts and writable tensors ------------------------------------------------
+
+SANDBOX = """\
+[[agents]]
+name = "worker"
+module = "../agents/relay.wat"
+count = 2
+on_error = "restart"
+max_restarts = 5
+
+[agents.limits]
+fuel = 1000000
+memory_mb = 1.5
+timeout_ms = 250
+stack_kb = 512
+
+[agents.grants]
+dirs = [
+  { host = "data", guest = "/data/", mode = "rw" },
+  { host = "../agents", guest = "/mods" },
+]
+env = { ZED = "last", ALPHA = "first" }
+
+[[agents]]
+name = "sink"
+module = "../agents/sink.wasm"
+on_error = "skip"
+limits = { fuel = 5, memory_mb = 0.01 }
+grants = { env = { B = "b" }, dirs = [{ host = "data", guest = "/in" }] }
+
+[[agents]]
+name = "probe"
+module = "../agents/relay.wat"
+
+[[agents.grants.dirs]]
+host = "data"
+guest = "/in"
+
+[[agents.grants.dirs]]
+host = "."
+guest = "/here/./x"
+mode = "ro"
+
+[agents.grants.env]
+HOME = "/in"
+
+[[tensors]]
+name = "w"
+shape = [4]
+writable = true
+
+[[tensors]]
+name = "r"
+shape = [4]
+writable = false
+"""
+
+SANDBOX_LINE = {text.split(" =")[0]: n for n, text in enumerate(SANDBOX.splitlines(), start=1)}
+
+
+@pytest.fixture
+def sandbox_dir(scenario_dir: Path) -> Path:
+    """``scenario_dir`` with the ``data`` folder that SANDBOX grants."""
+    (scenario_dir / "data").mkdir()
+    return scenario_dir
+
+
+def sandbox_replaced(old: str, new: str) -> str:
+    """SANDBOX with one piece changed."""
+    assert SANDBOX.count(old) == 1, old
+    return SANDBOX.replace(old, new)
+
+
+def test_limits_grants_and_restarts_parse(sandbox_dir: Path) -> None:
+    scenario = load_scenario(write(sandbox_dir, SANDBOX))
+    data = (sandbox_dir / "data").resolve()
+    worker, sink, probe = scenario.agents
+
+    assert (worker.on_error, worker.max_restarts) == ("restart", 5)
+    assert worker.limits == AgentLimits(
+        fuel=1_000_000,
+        memory_bytes=24 * 65536,  # 1.5 MiB is exactly 24 pages
+        timeout_ms=250,
+        stack_bytes=512 * 1024,
+    )
+    assert worker.grants == AgentGrants(
+        dirs=(
+            DirGrant(host=data, guest="/data", mode="rw"),  # trailing "/" dropped
+            DirGrant(host=(sandbox_dir.parent / "agents").resolve(), guest="/mods", mode="ro"),
+        ),
+        env=(("ALPHA", "first"), ("ZED", "last")),  # sorted by name
+    )
+    assert all(grant.host.is_absolute() and grant.host.is_dir() for grant in worker.grants.dirs)
+
+    # Inline tables; 0.01 MiB is less than a page, so it is one page.
+    assert (sink.on_error, sink.max_restarts) == ("skip", 3)
+    assert sink.limits == AgentLimits(fuel=5, memory_bytes=65536)
+    assert sink.grants == AgentGrants(dirs=(DirGrant(data, "/in", "ro"),), env=(("B", "b"),))
+
+    # [[agents.grants.dirs]] and [agents.grants.env] after an [[agents]] header.
+    assert probe.limits == AgentLimits()
+    assert probe.grants.dirs == (
+        DirGrant(data, "/in", "ro"),
+        DirGrant(sandbox_dir.resolve(), "/here/x", "ro"),
+    )
+    assert probe.grants.env == (("HOME", "/in"),)
+
+    assert [(t.name, t.writable) for t in scenario.tensors] == [("w", True), ("r", False)]
+    # New fields take part in == and hash() like the others.
+    assert scenario == load_scenario(scenario.source or Path())
+    assert hash(scenario) == hash(load_scenario(scenario.source or Path()))
+
+
+@pytest.mark.parametrize(
+    ("memory_mb", "pages"),
+    [("1", 16), ("0.5", 8), ("0.1", 1), ("0.0001", 1), ("0.2", 3), ("4096", 65536)],
+)
+def test_memory_rounds_down_to_whole_pages(sandbox_dir: Path, memory_mb: str, pages: int) -> None:
+    text = sandbox_replaced("memory_mb = 1.5", f"memory_mb = {memory_mb}")
+    scenario = load_scenario(write(sandbox_dir, text))
+    assert scenario.agents[0].limits.memory_bytes == pages * 65536
+
+
+def test_agent_spec_built_in_code_keeps_its_positional_fields(tmp_path: Path) -> None:
+    spec = AgentSpec("a", tmp_path / "a.wat", 2, "restart", {}, AgentLimits(fuel=9))
+    assert (spec.count, spec.on_error, spec.limits.fuel) == (2, "restart", 9)
+    assert (spec.grants, spec.max_restarts) == (AgentGrants(), 3)
+    assert TensorSpec("t", (2,)).writable is False
+
+
+def test_sandbox_field_lines(sandbox_dir: Path) -> None:
+    lines = load_scenario(write(sandbox_dir, SANDBOX)).field_lines
+    assert lines["agents[0].max_restarts"] == SANDBOX_LINE["max_restarts"]
+    assert lines["agents[0].limits"] == SANDBOX_LINE["[agents.limits]"]
+    assert lines["agents[0].limits.fuel"] == SANDBOX_LINE["fuel"]
+    assert lines["agents[0].limits.stack_kb"] == SANDBOX_LINE["stack_kb"]
+    assert lines["agents[0].grants"] == SANDBOX_LINE["[agents.grants]"]
+    assert lines["agents[0].grants.dirs[1]"] == 17  # an inline table in a multi-line array
+    assert lines["agents[0].grants.dirs[1].host"] == 17
+    assert lines["agents[0].grants.env.ALPHA"] == 19
+    assert lines["agents[1].limits.memory_mb"] == 25  # inside an inline table
+    assert lines["agents[1].grants.dirs[0].guest"] == 26  # an inline table in an inline table
+    assert lines["agents[2].grants.dirs[0]"] == 32  # [[agents.grants.dirs]] of the latest group
+    assert lines["agents[2].grants.dirs[1]"] == 36
+    assert lines["agents[2].grants.dirs[1].mode"] == 39
+    assert lines["agents[2].grants.env"] == 41
+    assert lines["agents[2].grants.env.HOME"] == 42
+    assert lines["tensors[0].writable"] == 47
+    assert lines["tensors[1].writable"] == SANDBOX_LINE["writable"] == 52
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "expected"),
+    [
+        (
+            "fuel = 1000000",
+            "fule = 1000000",
+            "agents[0].limits.fule",
+            'unknown field "fule" in [agents.limits] (did you mean "fuel"?); '
+            "allowed: fuel, memory_mb, timeout_ms, stack_kb",
+        ),
+        ("fuel = 1000000", "fuel = 0", "agents[0].limits.fuel", "expected an integer >= 1, got 0"),
+        ("fuel = 1000000", "fuel = 1e6", "agents[0].limits.fuel", "without a decimal point"),
+        (
+            "fuel = 5,",
+            "fuel = 0,",
+            "agents[1].limits.fuel",
+            "expected an integer >= 1, got 0",
+        ),
+        (
+            "memory_mb = 1.5",
+            "memory_mb = -1",
+            "agents[0].limits.memory_mb",
+            "expected a number of MiB, > 0 and at most 4096, got -1",
+        ),
+        ("memory_mb = 1.5", "memory_mb = 0", "agents[0].limits.memory_mb", "> 0"),
+        ("memory_mb = 1.5", "memory_mb = 4097", "agents[0].limits.memory_mb", "got 4097"),
+        ("memory_mb = 1.5", "memory_mb = nan", "agents[0].limits.memory_mb", "got nan"),
+        ("memory_mb = 1.5", 'memory_mb = "1"', "agents[0].limits.memory_mb", 'got "1"'),
+        ("memory_mb = 1.5", "memory_mb = true", "agents[0].limits.memory_mb", "(a boolean)"),
+        (
+            "timeout_ms = 250",
+            "timeout_ms = 0.5",
+            "agents[0].limits.timeout_ms",
+            "expected an integer >= 1, got 0.5",
+        ),
+        (
+            "stack_kb = 512",
+            "stack_kb = 8",
+            "agents[0].limits.stack_kb",
+            "expected an integer from 16 to 65536, got 8",
+        ),
+        ("stack_kb = 512", "stack_kb = 65537", "agents[0].limits.stack_kb", "got 65537"),
+        (
+            'mode = "rw"',
+            'mode = "rx"',
+            "agents[0].grants.dirs[0].mode",
+            'expected one of "ro", "rw", got "rx"',
+        ),
+        (
+            'guest = "/mods"',
+            'guest = "mods"',
+            "agents[0].grants.dirs[1].guest",
+            'expected an absolute POSIX path (starting with "/"), got "mods"',
+        ),
+        (
+            'guest = "/mods"',
+            'guest = "C:\\\\mods"',
+            "agents[0].grants.dirs[1].guest",
+            "expected an absolute POSIX path",
+        ),
+        (
+            'guest = "/mods"',
+            'guest = "/mods/../etc"',
+            "agents[0].grants.dirs[1].guest",
+            "cannot contain '..'",
+        ),
+        (
+            'guest = "/mods"',
+            'guest = "/data"',
+            "agents[0].grants.dirs[1].guest",
+            'duplicate guest path "/data": already used by agents[0].grants.dirs[0] (line 16)',
+        ),
+        ('guest = "/mods"', "guest = 1", "agents[0].grants.dirs[1].guest", "expected a string"),
+        (
+            'guest = "/mods"',
+            'guets = "/mods"',
+            "agents[0].grants.dirs[1].guets",
+            'unknown field "guets" in a directory grant (did you mean "guest"?)',
+        ),
+        (
+            'guest = "/here/./x"',
+            'guest = "/in/"',
+            "agents[2].grants.dirs[1].guest",
+            'duplicate guest path "/in"',
+        ),
+        (
+            'ZED = "last"',
+            '1ZED = "last"',
+            "agents[0].grants.env.1ZED",
+            "expected a variable name made of letters, digits and '_'",
+        ),
+        (
+            'ZED = "last"',
+            '"Z D" = "last"',
+            'agents[0].grants.env."Z D"',
+            'does not start with a digit, got "Z D"',
+        ),
+        ('ZED = "last"', "ZED = 1", "agents[0].grants.env.ZED", "expected a string, got 1"),
+        ('HOME = "/in"', "HOME = true", "agents[2].grants.env.HOME", "got true (a boolean)"),
+        ('B = "b"', 'B = "a\\u0000b"', "agents[1].grants.env.B", "cannot contain a NUL"),
+        (
+            'env = { ZED = "last", ALPHA = "first" }',
+            'env = ["ZED=last"]',
+            "agents[0].grants.env",
+            "expected a table of NAME = ",
+        ),
+        (
+            "dirs = [\n",
+            "dris = [\n",
+            "agents[0].grants.dris",
+            'unknown field "dris" in [agents.grants] (did you mean "dirs"?); allowed: dirs, env',
+        ),
+        (
+            "limits = { fuel = 5, memory_mb = 0.01 }",
+            "limits = 5",
+            "agents[1].limits",
+            "expected a table ([agents.limits]), got 5",
+        ),
+        (
+            'on_error = "restart"',
+            'on_error = "retry"',
+            "agents[0].on_error",
+            'expected one of "fail", "skip", "restart", got "retry" (did you mean "restart"?)',
+        ),
+        (
+            "max_restarts = 5",
+            "max_restarts = 1001",
+            "agents[0].max_restarts",
+            "expected an integer from 0 to 1000, got 1001",
+        ),
+        ("max_restarts = 5", "max_restarts = -1", "agents[0].max_restarts", "got -1"),
+        (
+            'on_error = "skip"',
+            'on_error = "skip"\nmax_restarts = 2',
+            "agents[1].max_restarts",
+            'max_restarts is used only with on_error = "restart"; this group has on_error = "skip"',
+        ),
+        (
+            "writable = true",
+            'writable = "yes"',
+            "tensors[0].writable",
+            'expected true or false, got "yes"',
+        ),
+        (
+            "writable = false",
+            "writable = 0",
+            "tensors[1].writable",
+            "expected true or false, got 0",
+        ),
+    ],
+)
+def test_bad_limits_grants_and_restarts(
+    sandbox_dir: Path, old: str, new: str, field: str, expected: str
+) -> None:
+    text = sandbox_replaced(old, new)
+    error = load_error(sandbox_dir, text)
+    assert error.field == field
+    # The edited line (the last one, when the edit adds a line).
+    line = text[: text.index(new)].count("\n") + 1 + new.rstrip("\n").count("\n")
+    assert error.line == line
+    assert str(error).startswith(f"{sandbox_dir / 'demo.toml'}:{line}: {field}: ")
+    assert expected in error.message
+
+
+def test_missing_grant_dir_gives_the_resolved_path(sandbox_dir: Path) -> None:
+    error = load_error(sandbox_dir, sandbox_replaced('host = "../agents"', 'host = "../nope"'))
+    expected = (sandbox_dir.parent / "nope").resolve()
+    assert str(error) == (
+        f"{sandbox_dir / 'demo.toml'}:17: agents[0].grants.dirs[1].host: "
+        f"granted directory not found: {expected}"
+    )
+
+
+def test_grant_dir_that_is_a_file(sandbox_dir: Path) -> None:
+    error = load_error(sandbox_dir, sandbox_replaced('host = "."', 'host = "../agents/relay.wat"'))
+    assert (error.field, error.line) == ("agents[2].grants.dirs[1].host", 37)
+    expected = (sandbox_dir.parent / "agents" / "relay.wat").resolve()
+    assert error.message == f"granted path is not a directory: {expected}"
+
+
+def test_grant_dir_missing_field_points_at_the_entry(sandbox_dir: Path) -> None:
+    error = load_error(sandbox_dir, sandbox_replaced('guest = "/here/./x"\n', ""))
+    assert (error.field, error.line) == (
+        "agents[2].grants.dirs[1].guest",
+        36,
+    )  # [[agents.grants.dirs]]
+    assert 'required field "guest" is missing from this directory grant' in error.message
+
+
+def test_grant_dirs_written_as_a_single_table(sandbox_dir: Path) -> None:
+    text = MINIMAL + '\n[agents.grants.dirs]\nhost = "data"\nguest = "/data"\n'
+    error = load_error(sandbox_dir, text)
+    assert (error.field, error.line) == ("agents[0].grants.dirs", 5)
+    assert "write [[agents.grants.dirs]] for each entry, not [agents.grants.dirs]" in error.message
+
+
+def test_dotted_keys_reach_limits_and_grants(sandbox_dir: Path) -> None:
+    text = MINIMAL + 'limits.fuel = 7\ngrants.env.A = "1"\ngrants.env.B = 2\n'
+    error = load_error(sandbox_dir, text)
+    assert (error.field, error.line) == ("agents[0].grants.env.B", 6)
+    scenario = load_scenario(write(sandbox_dir, text.replace("B = 2", 'B = "2"')))
+    assert scenario.agents[0].limits.fuel == 7
+    assert scenario.agents[0].grants.env == (("A", "1"), ("B", "2"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (MINIMAL.replace("relay.wat", "re\\u0000lay.wat"), "cannot contain a NUL character"),
+        (MINIMAL + "[stop]\ntimeout_s = 1" + "0" * 400 + "\n", "expected a finite number > 0"),
+        ("seed = " + "1" * 5000 + "\n" + MINIMAL, "invalid TOML: Exceeds the limit"),
+    ],
+)
+def test_odd_values_give_errors_not_tracebacks(
+    scenario_dir: Path, text: str, expected: str
+) -> None:
+    assert expected in str(load_error(scenario_dir, text))
 
 
 # --- the file itself ------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from qhybrid.runtime.wasm_pool import (
     compile_module,
     make_engine,
 )
-from qhybrid.runtime.wasm_pool._agent import AgentHost, SplitMix64
+from qhybrid.runtime.wasm_pool._agent import AgentHost, SplitMix64, WorkerContext
 from qhybrid.runtime.wasm_pool._protocol import (
     ProtocolError,
     Request,
@@ -304,19 +304,20 @@ _VALID_EXPORTS = """
         ),
         pytest.param(
             f"""(module
-              (import "wasi_snapshot_preview1" "fd_write"
+              (import "wasi_snapshot_preview1" "open_the_pod_bay_doors"
                 (func (param i32 i32 i32 i32) (result i32)))
               {_VALID_EXPORTS})""",
-            "imports wasi_snapshot_preview1.fd_write, but agents may only import from "
-            "module 'qhybrid'",
+            "imports unknown WASI function wasi_snapshot_preview1.open_the_pod_bay_doors",
             id="wasi-import",
         ),
         pytest.param(
             f"""(module
               (import "qhybrid" "open_file" (func (param i32 i32) (result i32)))
               {_VALID_EXPORTS})""",
-            "imports unknown host function qhybrid.open_file (ABI has: agent_count, log, "
-            "lookup, now, peer, peer_count, random_u64, self_id, send)",
+            "imports unknown host function qhybrid.open_file (ABI has: agent_count, "
+            "gpu_submit, llm_complete, log, lookup, now, peer, peer_count, random_u64, "
+            "self_id, send, snapshot_put, tensor_create, tensor_info, tensor_open, "
+            "tensor_read, tensor_write)",
             id="unknown-host-function",
         ),
         pytest.param(
@@ -403,7 +404,20 @@ def host(
     tmp_path: Path, wat: str, agent_load: AgentLoad, directory: dict[str, int] | None = None
 ) -> AgentHost:
     module = compile_text(tmp_path, agent_load.module_key, wat)
-    return AgentHost(ENGINE, module, agent_load, directory or {})
+    return make_host(module, wat.encode(), agent_load, directory)
+
+
+def make_host(
+    module: wasmtime.Module,
+    source: bytes,
+    agent_load: AgentLoad,
+    directory: dict[str, int] | None = None,
+) -> AgentHost:
+    """An agent hosted in this process the way a worker hosts it."""
+    ctx = WorkerContext()
+    ctx.add_module(agent_load.module_key, bytes(module.serialize()), source)
+    ctx.directory.update(directory or {})
+    return AgentHost(ctx, agent_load)
 
 
 def test_host_functions_report_what_the_abi_promises(tmp_path: Path) -> None:
@@ -516,8 +530,10 @@ def test_a_payload_that_qh_alloc_cannot_hold_is_a_fault(tmp_path: Path) -> None:
 
 def test_relay_grows_its_memory_for_a_large_payload() -> None:
     relay = AGENTS / "relay.wat"
-    agent = AgentHost(
-        ENGINE, compile_module(ENGINE, relay), load(0, "relay", peers=(0,), agent_count=2), {}
+    agent = make_host(
+        compile_module(ENGINE, relay),
+        relay.read_bytes(),
+        load(0, "relay", peers=(0,), agent_count=2),
     )
     payload = struct.pack("<qq", 1, 0) + bytes(200_000)
     outcome = agent.deliver(0, 1, 1, payload)

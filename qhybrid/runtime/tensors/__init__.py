@@ -11,6 +11,7 @@ from __future__ import annotations
 from qhybrid.runtime.tensors._handle import SEGMENT_PREFIX, TensorHandle
 from qhybrid.runtime.tensors._map import AttachedTensor, attach
 from qhybrid.runtime.tensors._ops import OPS, OpError, OpSpec, get_op, run_numpy
+from qhybrid.runtime.tensors._segment import Segment
 from qhybrid.runtime.tensors._store import SharedTensor, TensorStore, TensorStoreStats
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "AttachedTensor",
     "OpError",
     "OpSpec",
+    "Segment",
     "SharedTensor",
     "TensorHandle",
     "TensorStore",

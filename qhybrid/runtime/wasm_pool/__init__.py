@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from qhybrid.runtime.wasm_pool._abi import (
     ABI_VERSION,
+    KIND_GPU_DONE,
+    KIND_LLM_DONE,
     KIND_TASK_DONE,
     RESERVED_KIND_BASE,
     RUNTIME_SENDER,
@@ -17,6 +19,7 @@ from qhybrid.runtime.wasm_pool._abi import (
     compile_module,
     make_engine,
 )
+from qhybrid.runtime.wasm_pool._cache import default_cache_dir, load_module
 from qhybrid.runtime.wasm_pool._pool import (
     WORKER_FLAG,
     WorkerCrashed,
@@ -28,14 +31,18 @@ from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
     BatchReply,
     Delivery,
+    Limits,
     Outcome,
     TaskOutcome,
     TaskRun,
+    TensorEntry,
 )
 from qhybrid.runtime.wasm_pool._worker import main as run_worker
 
 __all__ = [
     "ABI_VERSION",
+    "KIND_GPU_DONE",
+    "KIND_LLM_DONE",
     "KIND_TASK_DONE",
     "RESERVED_KIND_BASE",
     "RUNTIME_SENDER",
@@ -44,15 +51,19 @@ __all__ = [
     "AgentModuleError",
     "BatchReply",
     "Delivery",
+    "Limits",
     "ModuleInfo",
     "Outcome",
     "TaskOutcome",
     "TaskRun",
+    "TensorEntry",
     "WorkerCrashed",
     "WorkerError",
     "WorkerPool",
     "check_module",
     "compile_module",
+    "default_cache_dir",
+    "load_module",
     "make_engine",
     "run_worker",
     "worker_command",

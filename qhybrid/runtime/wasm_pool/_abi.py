@@ -1,28 +1,7 @@
 """The agent ABI, host side: what a module must export and what it may import.
 
-ABI version 1 (preliminary; ``docs/agent-abi.md`` documents it for agent authors).
-
-Exports a module must provide:
-
-- ``memory``: its linear memory;
-- ``qh_abi_version() -> i32``: returns :data:`ABI_VERSION`;
-- ``qh_alloc(size: i32) -> i32``: a pointer to ``size`` writable bytes; the host writes each
-  incoming payload there, valid until the handler returns;
-- ``qh_on_message(from: i32, kind: i32, ptr: i32, len: i32) -> i32``: handle one message;
-  0 means handled, any other value is an error the agent reports.
-
-Optional: ``qh_init(ptr: i32, len: i32) -> i32``, called once with the agent's config as JSON.
-
-Imports, all from module ``qhybrid`` (a module may import any subset):
-
-- ``send(to: i32, kind: i32, ptr: i32, len: i32) -> i32``: queue a message for the next tick;
-  0 sent, -1 unknown agent, -2 reserved kind;
-- ``log(level: i32, ptr: i32, len: i32)``: 10 debug, 20 info, 30 warning, 40 error;
-- ``random_u64() -> i64``: the agent's own deterministic random stream;
-- ``now() -> i64``: the logical clock (the current tick);
-- ``self_id() -> i32``, ``agent_count() -> i32``: this agent's id and how many agents exist;
-- ``peer_count() -> i32``, ``peer(index: i32) -> i32``: the instances of this agent's group;
-- ``lookup(ptr: i32, len: i32) -> i32``: the id of the agent instance with that UTF-8 name, or -1.
+``docs/agent-abi.md`` documents ABI version 1 for agent authors; this module holds the
+signatures and checks a module against them before any worker loads it.
 """
 
 from __future__ import annotations
@@ -34,11 +13,16 @@ import wasmtime
 
 ABI_VERSION = 1
 HOST_MODULE = "qhybrid"
+WASI_MODULE = "wasi_snapshot_preview1"
 
 #: Message kinds at or above this are reserved for messages the runtime sends.
 RESERVED_KIND_BASE = 0x7F000000
 #: Kind of the message an agent listed in a task's ``notify`` receives when it finishes.
 KIND_TASK_DONE = RESERVED_KIND_BASE + 1
+#: Kind of the message an agent gets when a GPU job it submitted is done.
+KIND_GPU_DONE = RESERVED_KIND_BASE + 2
+#: Kind of the message carrying the answer to an agent's LLM request.
+KIND_LLM_DONE = RESERVED_KIND_BASE + 3
 #: Sender id of messages that come from the runtime rather than an agent.
 RUNTIME_SENDER = -1
 
@@ -48,6 +32,7 @@ SEND_RESERVED_KIND = -2
 
 _I32 = "i32"
 _I64 = "i64"
+_F32 = "f32"
 
 #: name -> (params, results) of every host function.
 HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -60,6 +45,14 @@ HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "peer_count": ((), (_I32,)),
     "peer": ((_I32,), (_I32,)),
     "lookup": ((_I32, _I32), (_I32,)),
+    "snapshot_put": ((_I32, _I32), ()),
+    "tensor_open": ((_I32, _I32), (_I32,)),
+    "tensor_info": ((_I32, _I32), (_I32,)),
+    "tensor_read": ((_I32, _I32, _I32, _I32), (_I32,)),
+    "tensor_write": ((_I32, _I32, _I32, _I32), (_I32,)),
+    "tensor_create": ((_I32, _I32, _I32, _I32, _I32), (_I32,)),
+    "gpu_submit": ((_I32, _I32, _I32, _I32, _I32, _I32, _F32), (_I32,)),
+    "llm_complete": ((_I32, _I32, _I32, _I32), (_I32,)),
 }
 
 #: name -> (params, results) of every required export that is a function.
@@ -70,6 +63,9 @@ REQUIRED_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 OPTIONAL_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "qh_init": ((_I32, _I32), (_I32,)),
+    "qh_snapshot": ((), (_I32,)),
+    "qh_restore": ((_I32, _I32), (_I32,)),
+    "_initialize": ((), ()),
 }
 
 
@@ -102,10 +98,21 @@ def _fmt(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
     return f"({', '.join(params)}) -> ({', '.join(results)})"
 
 
-def make_engine() -> wasmtime.Engine:
-    """The engine every process uses; identical config so serialized modules move between them."""
+def engine_config_key() -> str:
+    """What, besides the module, decides compiled code: part of the disk cache's key."""
+    return "fuel=1;epoch=1;opt=speed"
+
+
+def make_engine(stack_bytes: int | None = None) -> wasmtime.Engine:
+    """The engine every process uses: identical code generation everywhere, so modules
+    compiled once move between processes. Fuel and epoch interruption are always compiled in
+    (they are what enforce the per-message limits); the stack size is a run-time setting."""
     config = wasmtime.Config()
     config.cranelift_opt_level = "speed"
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    if stack_bytes is not None:
+        config.max_wasm_stack = stack_bytes
     return wasmtime.Engine(config)
 
 
@@ -135,10 +142,17 @@ def check_module(module: wasmtime.Module, path: Path) -> ModuleInfo:
     imports: list[str] = []
     for imp in module.imports:
         where = f"{imp.module}.{imp.name}"
+        if imp.module == WASI_MODULE:
+            if not isinstance(imp.type, wasmtime.FuncType):
+                raise AgentModuleError(f"{path}: import {where} must be a function")
+            if (imp.name or "") not in _wasi_names():
+                raise AgentModuleError(f"{path}: imports unknown WASI function {where}")
+            imports.append(where)
+            continue
         if imp.module != HOST_MODULE:
             raise AgentModuleError(
-                f"{path}: imports {where}, but agents may only import from module "
-                f"{HOST_MODULE!r} (no WASI: files, clock and randomness come from the host)"
+                f"{path}: imports {where}, but agents may only import from {HOST_MODULE!r} "
+                f"and {WASI_MODULE!r}"
             )
         expected = HOST_FUNCTIONS.get(imp.name or "")
         if expected is None:
@@ -168,3 +182,162 @@ def check_module(module: wasmtime.Module, path: Path) -> ModuleInfo:
             raise AgentModuleError(f"{path}: export {name} must have type {_fmt(expected)}")
         has_init = True
     return ModuleInfo(path=path, imports=tuple(imports), has_init=has_init)
+
+
+_WASI_NAMES: frozenset[str] | None = None
+
+
+def _wasi_names() -> frozenset[str]:
+    """The WASI preview-1 functions wasmtime provides."""
+    global _WASI_NAMES
+    if _WASI_NAMES is None:
+        engine = wasmtime.Engine()
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        store = wasmtime.Store(engine)
+        names = set()
+        for name in _WASI_CANDIDATES:
+            try:
+                linker.get(store, WASI_MODULE, name)
+            except wasmtime.WasmtimeError:
+                continue
+            names.add(name)
+        _WASI_NAMES = frozenset(names)
+    return _WASI_NAMES
+
+
+_WASI_CANDIDATES = [
+    "args_get",
+    "args_sizes_get",
+    "environ_get",
+    "environ_sizes_get",
+    "clock_res_get",
+    "clock_time_get",
+    "fd_advise",
+    "fd_allocate",
+    "fd_close",
+    "fd_datasync",
+    "fd_fdstat_get",
+    "fd_fdstat_set_flags",
+    "fd_fdstat_set_rights",
+    "fd_filestat_get",
+    "fd_filestat_set_size",
+    "fd_filestat_set_times",
+    "fd_pread",
+    "fd_prestat_get",
+    "fd_prestat_dir_name",
+    "fd_pwrite",
+    "fd_read",
+    "fd_readdir",
+    "fd_renumber",
+    "fd_seek",
+    "fd_sync",
+    "fd_tell",
+    "fd_write",
+    "path_create_directory",
+    "path_filestat_get",
+    "path_filestat_set_times",
+    "path_link",
+    "path_open",
+    "path_readlink",
+    "path_remove_directory",
+    "path_rename",
+    "path_symlink",
+    "path_unlink_file",
+    "poll_oneoff",
+    "proc_exit",
+    "proc_raise",
+    "sched_yield",
+    "random_get",
+    "sock_accept",
+    "sock_recv",
+    "sock_send",
+    "sock_shutdown",
+]
+
+
+def _leb(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return result, pos
+
+
+def internal_mutable_globals(wasm: bytes) -> int:
+    """How many mutable globals a module defines without exporting them.
+
+    Host snapshots (memory plus exported globals) miss those; LLVM's shadow-stack pointer is
+    one, and harmless, because it is back at its initial value between calls.
+    """
+    if not wasm.startswith(b"\0asm"):
+        wasm = bytes(wasmtime.wat2wasm(wasm.decode("utf-8")))
+    pos = 8
+    imported_globals = 0
+    mutable: list[bool] = []
+    exported: set[int] = set()
+    while pos < len(wasm):
+        section = wasm[pos]
+        size, pos = _leb(wasm, pos + 1)
+        body_end = pos + size
+        if section == 2:  # imports: count imported globals (they come first in the index space)
+            count, p = _leb(wasm, pos)
+            for _ in range(count):
+                for _name in range(2):
+                    n, p = _leb(wasm, p)
+                    p += n
+                kind = wasm[p]
+                p += 1
+                if kind == 0:  # func: type index
+                    _, p = _leb(wasm, p)
+                elif kind == 1:  # table: reftype + limits
+                    p += 1
+                    flags, p = _leb(wasm, p)
+                    _, p = _leb(wasm, p)
+                    if flags & 1:
+                        _, p = _leb(wasm, p)
+                elif kind == 2:  # memory: limits
+                    flags, p = _leb(wasm, p)
+                    _, p = _leb(wasm, p)
+                    if flags & 1:
+                        _, p = _leb(wasm, p)
+                elif kind == 3:  # global: valtype + mutability
+                    p += 2
+                    imported_globals += 1
+                else:  # tag or unknown: stop counting; be conservative
+                    break
+        elif section == 6:  # globals: valtype, mutability, init expression
+            count, p = _leb(wasm, pos)
+            for _ in range(count):
+                mutable.append(wasm[p + 1] == 1)
+                p += 2
+                while wasm[p] != 0x0B:  # skip the constant expression up to `end`
+                    op = wasm[p]
+                    p += 1
+                    if op in (0x41, 0x42, 0x23, 0xD2):  # i32/i64.const, global.get, ref.func
+                        _, p = _leb(wasm, p)
+                    elif op == 0x43:
+                        p += 4
+                    elif op == 0x44:
+                        p += 8
+                    elif op == 0xD0:
+                        p += 1
+                p += 1
+        elif section == 7:  # exports
+            count, p = _leb(wasm, pos)
+            for _ in range(count):
+                n, p = _leb(wasm, p)
+                p += n
+                kind = wasm[p]
+                index, p = _leb(wasm, p + 1)
+                if kind == 3:
+                    exported.add(index)
+        pos = body_end
+    return sum(
+        1
+        for i, is_mutable in enumerate(mutable)
+        if is_mutable and (i + imported_globals) not in exported
+    )

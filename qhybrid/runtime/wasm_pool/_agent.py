@@ -1,31 +1,77 @@
-"""One agent instance inside a worker: its wasmtime store, its host functions, its RNG."""
+"""One agent instance inside a worker: its wasmtime store, its host functions, its RNG.
+
+The host functions implement the ABI in ``docs/agent-abi.md``. Everything a handler asks of
+the world (messages, tensor writes and creations, GPU jobs, LLM requests) is collected in the
+:class:`~qhybrid.runtime.wasm_pool._protocol.Outcome` and applied by the orchestrator at the
+end of the tick, so a failed message has no effect and the order never depends on timing.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import math
+import pickle
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import wasmtime
 
+from qhybrid.runtime.tensors import Segment, get_op
 from qhybrid.runtime.wasm_pool._abi import (
     ABI_VERSION,
     HOST_FUNCTIONS,
+    HOST_MODULE,
     RESERVED_KIND_BASE,
     SEND_OK,
     SEND_RESERVED_KIND,
     SEND_UNKNOWN_AGENT,
+    WASI_MODULE,
     AgentModuleError,
+    internal_mutable_globals,
 )
-from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Outcome
+from qhybrid.runtime.wasm_pool._fastcall import i32_caller
+from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
 
 logger = logging.getLogger(__name__)
 
 _MASK64 = (1 << 64) - 1
-_VALTYPES = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
+_VALTYPES = {
+    "i32": wasmtime.ValType.i32(),
+    "i64": wasmtime.ValType.i64(),
+    "f32": wasmtime.ValType.f32(),
+}
 _MAX_LOG = 4096
 _MAX_PAYLOAD = 16 << 20
+_MAX_NAME = 256
+_NO_FUEL_LIMIT = 1 << 62
+#: The epoch ticker's period: timeouts are accurate to about this.
+EPOCH_S = 0.002
+_NO_DEADLINE = 1 << 62
+
+#: ABI dtype codes.
+DTYPE_CODES: dict[int, np.dtype[Any]] = {
+    0: np.dtype(np.float32),
+    1: np.dtype(np.float16),
+    2: np.dtype(np.int32),
+    3: np.dtype(np.uint8),
+}
+_CODE_OF = {dt.str: code for code, dt in DTYPE_CODES.items()}
+
+# Return codes of the tensor functions.
+_BAD_HANDLE, _OUT_OF_RANGE, _NOT_YET, _READ_ONLY, _NAME_TAKEN, _BAD_SHAPE, _BAD_OP = (
+    -1,
+    -2,
+    -3,
+    -4,
+    -5,
+    -6,
+    -7,
+)
 
 
 class GuestFault(Exception):
@@ -52,40 +98,167 @@ def _to_i64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+class WorkerContext:
+    """What the agents of one worker share: engines, modules, names, tensors, the ticker."""
+
+    def __init__(self) -> None:
+        self._engines: dict[int | None, wasmtime.Engine] = {}
+        self._linkers: dict[int | None, wasmtime.Linker] = {}
+        self._serialized: dict[str, bytes] = {}
+        self._modules: dict[tuple[str, int | None], wasmtime.Module] = {}
+        self._recoverable: dict[str, bool] = {}
+        self.directory: dict[str, int] = {}
+        self.tensors: dict[str, TensorEntry] = {}
+        self._segments: dict[str, Segment] = {}
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- engines and modules ------------------------------------------------------------
+    def engine(self, stack_bytes: int | None) -> wasmtime.Engine:
+        engine = self._engines.get(stack_bytes)
+        if engine is None:
+            from qhybrid.runtime.wasm_pool._abi import make_engine
+
+            engine = make_engine(stack_bytes)
+            self._engines[stack_bytes] = engine
+        return engine
+
+    def linker(self, stack_bytes: int | None) -> wasmtime.Linker:
+        linker = self._linkers.get(stack_bytes)
+        if linker is None:
+            linker = wasmtime.Linker(self.engine(stack_bytes))
+            linker.define_wasi()
+            self._linkers[stack_bytes] = linker
+        return linker
+
+    def add_module(self, key: str, serialized: bytes, original: bytes) -> None:
+        self._serialized[key] = serialized
+        try:
+            self._recoverable[key] = internal_mutable_globals(original) <= 1
+        except (ValueError, IndexError, wasmtime.WasmtimeError):
+            self._recoverable[key] = False  # unknown (no or unreadable source): assume not
+        for cached in [k for k in self._modules if k[0] == key]:
+            del self._modules[cached]
+
+    def module(self, key: str, stack_bytes: int | None) -> wasmtime.Module:
+        module = self._modules.get((key, stack_bytes))
+        if module is None:
+            module = wasmtime.Module.deserialize(self.engine(stack_bytes), self._serialized[key])
+            self._modules[(key, stack_bytes)] = module
+        return module
+
+    def host_snapshot_ok(self, key: str) -> bool:
+        """Whether memory plus exported globals hold all of a module's state."""
+        return self._recoverable.get(key, False)
+
+    # -- tensors ------------------------------------------------------------------------
+    def add_tensors(self, entries: list[TensorEntry]) -> None:
+        for entry in entries:
+            self.tensors[entry.name] = entry
+
+    def tensor_bytes(self, entry: TensorEntry) -> npt.NDArray[np.uint8]:
+        """The tensor's bytes as a flat uint8 view of its (cached) mapping."""
+        segment = self._segments.get(entry.handle.segment)
+        if segment is None:
+            segment = Segment.open(entry.handle.segment)
+            self._segments[entry.handle.segment] = segment
+        return segment.view((entry.handle.nbytes,), np.dtype(np.uint8), entry.handle.offset)
+
+    # -- the epoch ticker (wall-clock timeouts) -----------------------------------------
+    def ensure_ticker(self) -> None:
+        if self._ticker is not None:
+            return
+
+        def tick() -> None:
+            while not self._stop.wait(EPOCH_S):
+                for engine in list(self._engines.values()):
+                    engine.increment_epoch()
+
+        self._ticker = threading.Thread(target=tick, name="qhybrid-epoch", daemon=True)
+        self._ticker.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=1.0)
+        for segment in self._segments.values():
+            segment.close()
+        self._segments.clear()
+
+
+class _Call:
+    """The per-message scratch state: what the handler has asked for so far."""
+
+    __slots__ = ("created", "effects", "logs", "outbox", "reads", "snapshot")
+
+    def __init__(self) -> None:
+        self.outbox: list[tuple[int, int, bytes]] = []
+        self.logs: list[tuple[int, str]] = []
+        self.effects: list[Effect] = []
+        self.reads: list[str] = []
+        self.created: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
+        self.snapshot: bytes | None = None
+
+
 class AgentHost:
     """Owns one instance; :meth:`deliver` runs its handler for one message."""
 
-    def __init__(
-        self,
-        engine: wasmtime.Engine,
-        module: wasmtime.Module,
-        load: AgentLoad,
-        directory: Mapping[str, int],
-    ) -> None:
+    def __init__(self, ctx: WorkerContext, load: AgentLoad) -> None:
+        self.ctx = ctx
         self.load = load
-        self._directory = directory
         self.name = load.name
         self.agent_id = load.agent_id
         self.failed: str | None = None
         self.handled = 0
         self._rng = SplitMix64(load.rng_seed)
         self._now = 0
-        self._outbox: list[tuple[int, int, bytes]] = []
-        self._logs: list[tuple[int, str]] = []
-        self._store = wasmtime.Store(engine)
-        imports = [self._host_func(imp.name or "") for imp in module.imports]
+        self._handles: list[str] = []
+        self._handle_of: dict[str, int] = {}
+        self._next_job = 0
+        self._next_request = 0
+        self._call_state = _Call()
+        limits = load.limits
+        self._fuel = limits.fuel if limits.fuel is not None else _NO_FUEL_LIMIT
+        self._deadline = (
+            math.ceil(limits.timeout_ms / 1000 / EPOCH_S) + 1
+            if limits.timeout_ms is not None
+            else _NO_DEADLINE
+        )
+        if limits.timeout_ms is not None:
+            ctx.ensure_ticker()
+        stack = limits.stack_bytes
+        module = ctx.module(load.module_key, stack)
+        self._store = wasmtime.Store(ctx.engine(stack))
+        if limits.memory_bytes is not None:
+            self._store.set_limits(memory_size=limits.memory_bytes)
+        self._wasi_used = any(imp.module == WASI_MODULE for imp in module.imports)
+        if self._wasi_used:
+            self._store.set_wasi(self._wasi_config())
+        imports = [self._import(ctx, stack, imp) for imp in module.imports]
+        self._arm()
         try:
             self._instance = wasmtime.Instance(self._store, module, imports)
+        except wasmtime.Trap as exc:
+            raise AgentModuleError(f"{load.name}: instantiation trapped: {exc.message}") from None
         except wasmtime.WasmtimeError as exc:
             raise AgentModuleError(f"{load.name}: instantiation failed: {exc}") from None
         exports = self._instance.exports(self._store)
         memory = exports["memory"]
         assert isinstance(memory, wasmtime.Memory)
         self._memory = memory
-        self._alloc = exports["qh_alloc"]
-        self._on_message = exports["qh_on_message"]
+        self._exports = exports
+        alloc = exports["qh_alloc"]
+        on_message = exports["qh_on_message"]
         version = exports["qh_abi_version"]
+        assert isinstance(alloc, wasmtime.Func) and isinstance(on_message, wasmtime.Func)
         assert isinstance(version, wasmtime.Func)
+        self._alloc = i32_caller(self._store, alloc, 1)
+        self._on_message = i32_caller(self._store, on_message, 4)
+        initialize = exports.get("_initialize")
+        if isinstance(initialize, wasmtime.Func):  # the WASI reactor convention
+            outcome = self._call(lambda: int(initialize(self._store) or 0))
+            if not outcome.ok:
+                raise AgentModuleError(f"{load.name}: _initialize failed: {outcome.error}")
         got = version(self._store)
         if got != ABI_VERSION:
             raise AgentModuleError(
@@ -98,35 +271,101 @@ class AgentHost:
             if not outcome.ok:
                 raise AgentModuleError(f"{load.name}: qh_init failed: {outcome.error}")
 
-    # -- host functions -------------------------------------------------------------------
-    def _host_func(self, name: str) -> wasmtime.Func:
-        params, results = HOST_FUNCTIONS[name]
-        ty = wasmtime.FuncType([_VALTYPES[p] for p in params], [_VALTYPES[r] for r in results])
-        impl: Callable[..., Any] = getattr(self, f"_h_{name}")
-        return wasmtime.Func(self._store, ty, impl)
+    # -- set-up ---------------------------------------------------------------------------
+    def _wasi_config(self) -> wasmtime.WasiConfig:
+        config = wasmtime.WasiConfig()
+        config.env = [(k, v) for k, v in self.load.env]
+        for host, guest, writable in self.load.dirs:
+            config.preopen_dir(host, guest, writable)
+        config.stdout_custom = self._stdout
+        config.stderr_custom = self._stderr
+        return config
 
-    def _read(self, what: str, ptr: int, length: int, limit: int) -> bytes:
+    def _stdout(self, data: bytes) -> None:
+        self._output(20, data)
+
+    def _stderr(self, data: bytes) -> None:
+        self._output(30, data)
+
+    def _output(self, level: int, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line:
+                self._call_state.logs.append((level, line[:_MAX_LOG]))
+
+    def _import(
+        self, ctx: WorkerContext, stack: int | None, imp: wasmtime.ImportType
+    ) -> wasmtime.Func:
+        name = imp.name or ""
+        if imp.module == HOST_MODULE:
+            params, results = HOST_FUNCTIONS[name]
+            ty = wasmtime.FuncType([_VALTYPES[p] for p in params], [_VALTYPES[r] for r in results])
+            impl: Callable[..., Any] = getattr(self, f"_h_{name}")
+            return wasmtime.Func(self._store, ty, impl)
+        # WASI: the clock and randomness are the run's own, everything else is wasmtime's
+        # (with nothing granted unless the scenario says so).
+        if name == "clock_time_get":
+            return wasmtime.Func(
+                self._store,
+                wasmtime.FuncType(
+                    [_VALTYPES["i32"], _VALTYPES["i64"], _VALTYPES["i32"]], [_VALTYPES["i32"]]
+                ),
+                self._wasi_clock_time_get,
+            )
+        if name == "clock_res_get":
+            return wasmtime.Func(
+                self._store,
+                wasmtime.FuncType([_VALTYPES["i32"], _VALTYPES["i32"]], [_VALTYPES["i32"]]),
+                self._wasi_clock_res_get,
+            )
+        if name == "random_get":
+            return wasmtime.Func(
+                self._store,
+                wasmtime.FuncType([_VALTYPES["i32"], _VALTYPES["i32"]], [_VALTYPES["i32"]]),
+                self._wasi_random_get,
+            )
+        found = ctx.linker(stack).get(self._store, WASI_MODULE, name)
+        if not isinstance(found, wasmtime.Func):
+            raise AgentModuleError(f"{self.name}: unknown WASI import {name}")
+        return found
+
+    # -- guest memory ---------------------------------------------------------------------
+    def _base(self) -> int:
+        return ctypes.addressof(self._memory.data_ptr(self._store).contents)
+
+    def _check(self, what: str, ptr: int, length: int) -> None:
         size = self._memory.data_len(self._store)
         if ptr < 0 or length < 0 or ptr + length > size:
             raise GuestFault(
                 f"{what}: range [{ptr}, {ptr + length}) is outside guest memory of {size} bytes"
             )
+
+    def _read(self, what: str, ptr: int, length: int, limit: int) -> bytes:
         if length > limit:
             raise GuestFault(f"{what}: {length} bytes exceeds the limit of {limit}")
-        return bytes(self._memory.read(self._store, ptr, ptr + length))
+        self._check(what, ptr, length)
+        return ctypes.string_at(self._base() + ptr, length) if length else b""
 
+    def _write(self, what: str, ptr: int, data: bytes) -> None:
+        self._check(what, ptr, len(data))
+        if data:
+            ctypes.memmove(self._base() + ptr, data, len(data))
+
+    def _name(self, what: str, ptr: int, length: int) -> str:
+        return self._read(what, ptr, length, _MAX_NAME).decode("utf-8", "replace")
+
+    # -- host functions: messages ---------------------------------------------------------
     def _h_send(self, to: int, kind: int, ptr: int, length: int) -> int:
         payload = self._read("send", ptr, length, _MAX_PAYLOAD)
         if not 0 <= to < self.load.agent_count:
             return SEND_UNKNOWN_AGENT
         if kind < 0 or kind >= RESERVED_KIND_BASE:
             return SEND_RESERVED_KIND
-        self._outbox.append((to, kind, payload))
+        self._call_state.outbox.append((to, kind, payload))
         return SEND_OK
 
     def _h_log(self, level: int, ptr: int, length: int) -> None:
         text = self._read("log", ptr, length, _MAX_LOG).decode("utf-8", "replace")
-        self._logs.append((level, text))
+        self._call_state.logs.append((level, text))
 
     def _h_random_u64(self) -> int:
         return _to_i64(self._rng.next())
@@ -148,53 +387,253 @@ class AgentHost:
         return peers[index] if 0 <= index < len(peers) else -1
 
     def _h_lookup(self, ptr: int, length: int) -> int:
-        name = self._read("lookup", ptr, length, _MAX_LOG).decode("utf-8", "replace")
-        return self._directory.get(name, -1)
+        return self.ctx.directory.get(self._name("lookup", ptr, length), -1)
 
-    # -- calls ------------------------------------------------------------------------------
+    def _h_snapshot_put(self, ptr: int, length: int) -> None:
+        self._call_state.snapshot = self._read("snapshot_put", ptr, length, 1 << 30)
+
+    # -- host functions: tensors ----------------------------------------------------------
+    def _visible(self, name: str) -> TensorEntry | None:
+        entry = self.ctx.tensors.get(name)
+        return entry if entry is not None and entry.visible_from <= self._now else None
+
+    def _handle(self, name: str) -> int:
+        handle = self._handle_of.get(name)
+        if handle is None:
+            handle = len(self._handles)
+            self._handles.append(name)
+            self._handle_of[name] = handle
+        return handle
+
+    def _resolve(self, h: int) -> str | None:
+        return self._handles[h] if 0 <= h < len(self._handles) else None
+
+    def _meta(self, name: str) -> tuple[np.dtype[Any], tuple[int, ...]] | None:
+        created = self._call_state.created.get(name)
+        if created is not None:
+            return created
+        entry = self._visible(name)
+        if entry is None:
+            return None
+        return np.dtype(entry.handle.dtype), entry.handle.shape
+
+    def _h_tensor_open(self, ptr: int, length: int) -> int:
+        name = self._name("tensor_open", ptr, length)
+        if self._visible(name) is None and name not in self._call_state.created:
+            return _BAD_HANDLE
+        return self._handle(name)
+
+    def _h_tensor_info(self, h: int, out_ptr: int) -> int:
+        name = self._resolve(h)
+        meta = None if name is None else self._meta(name)
+        if meta is None:
+            self._check("tensor_info", out_ptr, 24)
+            return _BAD_HANDLE
+        dtype, shape = meta
+        dims = list(shape) + [0] * (4 - len(shape))
+        code = _CODE_OF.get(dtype.str, -1)
+        self._write("tensor_info", out_ptr, np.array([code, len(shape), *dims], "<i4").tobytes())
+        return 0
+
+    def _h_tensor_read(self, h: int, offset: int, dst: int, length: int) -> int:
+        self._check("tensor_read", dst, length)
+        name = self._resolve(h)
+        if name is None:
+            return _BAD_HANDLE
+        if name in self._call_state.created:
+            return _NOT_YET
+        entry = self._visible(name)
+        if entry is None:
+            return _BAD_HANDLE
+        if offset < 0 or length < 0 or offset + length > entry.handle.nbytes:
+            return _OUT_OF_RANGE
+        if length:
+            src = self.ctx.tensor_bytes(entry)
+            # One copy: shared memory straight into guest memory.
+            ctypes.memmove(self._base() + dst, src.ctypes.data + offset, length)
+        self._call_state.reads.append(name)
+        return length
+
+    def _h_tensor_write(self, h: int, offset: int, src: int, length: int) -> int:
+        data = self._read("tensor_write", src, length, 1 << 30)
+        name = self._resolve(h)
+        if name is None:
+            return _BAD_HANDLE
+        created = self._call_state.created.get(name)
+        if created is not None:
+            nbytes = created[0].itemsize * math.prod(created[1])
+        else:
+            entry = self._visible(name)
+            if entry is None:
+                return _BAD_HANDLE
+            if not entry.writable_by(self.agent_id):
+                return _READ_ONLY
+            nbytes = entry.handle.nbytes
+        if offset < 0 or offset + length > nbytes:
+            return _OUT_OF_RANGE
+        self._call_state.effects.append(("write", name, offset, data))
+        return 0
+
+    def _h_tensor_create(
+        self, name_ptr: int, name_len: int, dtype: int, ndim: int, shape_ptr: int
+    ) -> int:
+        name = self._name("tensor_create", name_ptr, name_len)
+        if not 1 <= ndim <= 4:
+            self._check("tensor_create", shape_ptr, 0)
+            return _BAD_SHAPE
+        raw = self._read("tensor_create", shape_ptr, 4 * ndim, 16)
+        shape = tuple(int(d) for d in np.frombuffer(raw, "<i4"))
+        if name in self.ctx.tensors or name in self._call_state.created or not name:
+            return _NAME_TAKEN
+        dt = DTYPE_CODES.get(dtype)
+        if dt is None or any(d < 1 for d in shape) or math.prod(shape) > 1 << 28:
+            return _BAD_SHAPE
+        self._call_state.created[name] = (dt, shape)
+        self._call_state.effects.append(("create", name, dt.str, shape))
+        return self._handle(name)
+
+    # -- host functions: GPU jobs and the LLM ---------------------------------------------
+    def _h_gpu_submit(
+        self,
+        op_ptr: int,
+        op_len: int,
+        inputs_ptr: int,
+        n_inputs: int,
+        out_ptr: int,
+        out_len: int,
+        param: float,
+    ) -> int:
+        op = self._name("gpu_submit", op_ptr, op_len)
+        if not 0 <= n_inputs <= 8:
+            self._check("gpu_submit", inputs_ptr, 0)
+            return _BAD_OP
+        raw = self._read("gpu_submit", inputs_ptr, 4 * n_inputs, 32)
+        out_name = self._name("gpu_submit", out_ptr, out_len)
+        names: list[str] = []
+        metas = []
+        for h in np.frombuffer(raw, "<i4"):
+            name = self._resolve(int(h))
+            meta = None if name is None else self._meta(name)
+            if name is None or meta is None:
+                return _BAD_HANDLE
+            names.append(name)
+            metas.append(meta)
+        if not out_name or out_name in self.ctx.tensors or out_name in self._call_state.created:
+            return _NAME_TAKEN
+        params = {"factor": float(param)} if op == "scale" else {}
+        try:
+            spec = get_op(op)
+            out_shape, out_dtype = spec.check(
+                [m[1] for m in metas], [m[0].str for m in metas], params
+            )
+        except ValueError:
+            return _BAD_OP
+        job = self._next_job
+        self._next_job += 1
+        self._call_state.effects.append(("gpu", job, op, tuple(names), out_name, float(param)))
+        # Later calls in this handler may use the output's name, though not read it yet.
+        self._call_state.created[out_name] = (np.dtype(out_dtype), out_shape)
+        self._handle(out_name)
+        return job
+
+    def _h_llm_complete(self, ptr: int, length: int, max_tokens: int, tag: int) -> int:
+        prompt = self._read("llm_complete", ptr, length, 1 << 20)
+        request = self._next_request
+        self._next_request += 1
+        self._call_state.effects.append(("llm", request, tag, prompt, max_tokens))
+        return request
+
+    # -- WASI overrides: deterministic time and randomness --------------------------------
+    def _wasi_clock_time_get(self, clock_id: int, precision: int, out_ptr: int) -> int:
+        self._write("clock_time_get", out_ptr, (self._now * 1_000_000).to_bytes(8, "little"))
+        return 0
+
+    def _wasi_clock_res_get(self, clock_id: int, out_ptr: int) -> int:
+        self._write("clock_res_get", out_ptr, (1_000_000).to_bytes(8, "little"))
+        return 0
+
+    def _wasi_random_get(self, ptr: int, length: int) -> int:
+        self._check("random_get", ptr, length)
+        words = (length + 7) // 8
+        data = b"".join(self._rng.next().to_bytes(8, "little") for _ in range(words))
+        self._write("random_get", ptr, data[:length])
+        return 0
+
+    # -- calls ----------------------------------------------------------------------------
+    def _arm(self) -> None:
+        """Reset the per-call budgets: fuel and the wall-clock deadline."""
+        self._store.set_fuel(self._fuel)
+        self._store.set_epoch_deadline(self._deadline)
+
     def _write_payload(self, payload: bytes) -> int:
-        assert isinstance(self._alloc, wasmtime.Func)
-        ptr = self._alloc(self._store, len(payload))
-        if not isinstance(ptr, int):
-            raise GuestFault("qh_alloc returned no pointer")
+        ptr = self._alloc(len(payload))
         size = self._memory.data_len(self._store)
         if ptr < 0 or ptr + len(payload) > size:
             raise GuestFault(
                 f"qh_alloc({len(payload)}) returned {ptr}, outside guest memory of {size} bytes"
             )
         if payload:
-            self._memory.write(self._store, payload, ptr)
+            ctypes.memmove(self._base() + ptr, payload, len(payload))
         return ptr
 
     def _run_init(self, init: wasmtime.Func) -> int:
         config = self.load.config_json
         ptr = self._write_payload(config)
-        result = init(self._store, ptr, len(config))
-        return int(result)
+        return int(init(self._store, ptr, len(config)))
 
     def _call(self, body: Callable[[], int]) -> Outcome:
-        self._outbox = []
-        self._logs = []
+        self._call_state = state = _Call()
+        self._arm()
         start = time.perf_counter_ns()
         try:
             code = body()
         except GuestFault as exc:
             return self._fail(f"fault: {exc}", start)
+        except wasmtime.ExitTrap as exc:
+            return self._fail(f"exited with code {exc.code}", start)
         except wasmtime.Trap as exc:
-            trap = exc.trap_code
-            reason = trap.name.lower() if trap is not None else "trap"
-            return self._fail(f"trap ({reason}): {exc.message}", start)
+            return self._fail(self._describe_trap(exc), start)
         except wasmtime.WasmtimeError as exc:
             return self._fail(f"error: {str(exc).splitlines()[0]}", start)
         elapsed = time.perf_counter_ns() - start
         if code != 0:
             return self._fail(f"handler returned error code {code}", start)
-        return Outcome(True, tuple(self._outbox), tuple(self._logs), None, elapsed)
+        return Outcome(
+            True,
+            tuple(state.outbox),
+            tuple(state.logs),
+            None,
+            elapsed,
+            tuple(state.effects),
+            tuple(dict.fromkeys(state.reads)),
+        )
+
+    def _describe_trap(self, exc: wasmtime.Trap) -> str:
+        code = exc.trap_code
+        limits = self.load.limits
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return f"out of fuel (limit {limits.fuel} per message)"
+        if code == wasmtime.TrapCode.INTERRUPT:
+            return f"timeout (limit {limits.timeout_ms} ms per message)"
+        if code == wasmtime.TrapCode.STACK_OVERFLOW:
+            return "stack overflow" + (
+                f" (limit {limits.stack_bytes // 1024} KiB)" if limits.stack_bytes else ""
+            )
+        reason = code.name.lower() if code is not None else "trap"
+        text = f"trap ({reason}): {exc.message.splitlines()[0] if exc.message else ''}"
+        if limits.memory_bytes is not None:
+            size = self._memory.data_len(self._store)
+            if size + 65536 > limits.memory_bytes:
+                limit_mib = limits.memory_bytes / (1 << 20)
+                return f"out of memory (limit {limit_mib:g} MiB): {text}"
+        return text
 
     def _fail(self, error: str, start: int) -> Outcome:
         self.failed = error
-        # What it sent before failing is dropped: a message is applied whole or not at all.
-        return Outcome(False, (), tuple(self._logs), error, time.perf_counter_ns() - start)
+        # What it asked for before failing is dropped: a message is applied whole or not at all.
+        return Outcome(
+            False, (), tuple(self._call_state.logs), error, time.perf_counter_ns() - start
+        )
 
     def deliver(self, now: int, sender: int, kind: int, payload: bytes) -> Outcome:
         """Run the handler for one message at logical time ``now``."""
@@ -202,13 +641,75 @@ class AgentHost:
             return Outcome(False, error=f"agent already failed: {self.failed}")
         self._now = now
         on_message = self._on_message
-        assert isinstance(on_message, wasmtime.Func)
 
         def body() -> int:
             ptr = self._write_payload(payload)
-            return int(on_message(self._store, sender, kind, ptr, len(payload)))
+            return on_message(sender, kind, ptr, len(payload))
 
         outcome = self._call(body)
         if outcome.ok:
             self.handled += 1
         return outcome
+
+    # -- snapshots ------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """The agent's committed state: its own snapshot or its memory and globals, plus the
+        host's state for it (random stream, handles, counters)."""
+        host = (
+            self._rng.state,
+            self.handled,
+            tuple(self._handles),
+            self._next_job,
+            self._next_request,
+        )
+        snap = self._exports.get("qh_snapshot")
+        if isinstance(snap, wasmtime.Func):
+            outcome = self._call(lambda: int(snap(self._store)))
+            if not outcome.ok or self._call_state.snapshot is None:
+                raise AgentModuleError(
+                    f"{self.name}: qh_snapshot failed: {outcome.error or 'no snapshot_put call'}"
+                )
+            return pickle.dumps(("agent", host, self._call_state.snapshot))
+        if not self.ctx.host_snapshot_ok(self.load.module_key):
+            raise AgentModuleError(
+                f"{self.name}: cannot be snapshotted: its module keeps state in non-exported "
+                "mutable globals and has no qh_snapshot/qh_restore"
+            )
+        size = self._memory.data_len(self._store)
+        memory = ctypes.string_at(self._base(), size)
+        globals_ = {}
+        for name in self._exports:
+            ext = self._exports[name]
+            if isinstance(ext, wasmtime.Global) and ext.type(self._store).mutable:
+                globals_[name] = ext.value(self._store)
+        return pickle.dumps(("host", host, (memory, globals_)))
+
+    def restore(self, data: bytes) -> None:
+        """Restore a state made by :meth:`snapshot` into this fresh instance."""
+        how, host, state = pickle.loads(data)
+        rng, self.handled, handles, self._next_job, self._next_request = host
+        self._rng.state = rng
+        self._handles = list(handles)
+        self._handle_of = {name: i for i, name in enumerate(self._handles)}
+        if how == "agent":
+            restore = self._exports.get("qh_restore")
+            if not isinstance(restore, wasmtime.Func):
+                raise AgentModuleError(f"{self.name}: qh_restore is missing")
+
+            def body() -> int:
+                ptr = self._write_payload(state)
+                return int(restore(self._store, ptr, len(state)))
+
+            outcome = self._call(body)
+            if not outcome.ok:
+                raise AgentModuleError(f"{self.name}: qh_restore failed: {outcome.error}")
+            return
+        memory, globals_ = state
+        size = self._memory.data_len(self._store)
+        if len(memory) > size:
+            self._memory.grow(self._store, (len(memory) - size) // 65536)
+        ctypes.memmove(self._base(), memory, len(memory))
+        for name, value in globals_.items():
+            ext = self._exports.get(name)
+            if isinstance(ext, wasmtime.Global):
+                ext.set_value(self._store, value)

@@ -20,6 +20,7 @@ from qhybrid.runtime.wasm_pool._protocol import (
     ProtocolError,
     Request,
     TaskRun,
+    TensorEntry,
     encode,
     read_frame,
 )
@@ -70,6 +71,7 @@ class _Worker:
         self.lock = asyncio.Lock()
         self.busy_ns = 0
         self.requests = 0
+        self.tensors_seen = 0
 
     @property
     def pid(self) -> int:
@@ -90,6 +92,12 @@ class WorkerPool:
         self.start_timeout = start_timeout
         self._workers: list[_Worker] = []
         self._closed = False
+        self._env: dict[str, str] = {}
+        # What every worker must know; replayed to a replacement worker.
+        self._directory: tuple[str, ...] = ()
+        self._modules: dict[str, tuple[bytes, bytes]] = {}
+        self._tensors: list[TensorEntry] = []
+        self.restarts = 0
 
     @property
     def pids(self) -> list[int]:
@@ -99,6 +107,15 @@ class WorkerPool:
         """Nanoseconds each worker has spent handling batches so far."""
         return [w.busy_ns for w in self._workers]
 
+    async def _spawn(self, index: int) -> _Worker:
+        proc = await asyncio.create_subprocess_exec(
+            *worker_command(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=self._env,
+        )
+        return _Worker(index, proc)
+
     async def start(self) -> None:
         """Start every worker and wait for each one's READY handshake."""
         env = dict(os.environ)
@@ -107,16 +124,10 @@ class WorkerPool:
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("MKL_NUM_THREADS", "1")
+        self._env = env
         try:
             for index in range(self.size):
-                proc = await asyncio.create_subprocess_exec(
-                    *worker_command(),
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    env=env,
-                    start_new_session=False,
-                )
-                self._workers.append(_Worker(index, proc))
+                self._workers.append(await self._spawn(index))
             await asyncio.wait_for(
                 asyncio.gather(*(self._handshake(w) for w in self._workers)),
                 timeout=self.start_timeout,
@@ -163,17 +174,84 @@ class WorkerPool:
             raise AgentModuleError(value)
         raise WorkerError(f"worker {index}: {value}")
 
-    async def install_module(self, key: str, serialized: bytes) -> None:
-        """Give every worker a compiled module, to instantiate agents from by ``key``."""
+    async def install_module(self, key: str, serialized: bytes, original: bytes = b"") -> None:
+        """Give every worker a compiled module, to instantiate agents from by ``key``.
+
+        ``original`` is the module's source (binary or WAT), which workers inspect to tell
+        whether memory and exported globals hold all of an instance's state.
+        """
+        self._modules[key] = (serialized, original)
         await asyncio.gather(
-            *(self._request(i, Request("module", (key, serialized))) for i in range(self.size))
+            *(
+                self._request(i, Request("module", (key, serialized, original)))
+                for i in range(self.size)
+            )
         )
 
     async def set_directory(self, names: Sequence[str]) -> None:
         """Tell every worker the name of each agent id (for the ABI's ``lookup``)."""
+        self._directory = tuple(names)
         await asyncio.gather(
-            *(self._request(i, Request("directory", (tuple(names),))) for i in range(self.size))
+            *(self._request(i, Request("directory", (self._directory,))) for i in range(self.size))
         )
+
+    def add_tensors(self, entries: Sequence[TensorEntry]) -> None:
+        """Named tensors agents may open; each worker learns them with its next batch."""
+        self._tensors.extend(entries)
+
+    async def snapshot(self, index: int, agent_ids: Sequence[int]) -> dict[int, bytes | str]:
+        """Snapshots of agents on worker ``index`` (see ``AgentHost.snapshot``), or for an
+        agent that cannot be snapshotted, why."""
+        reply = await self._request(index, Request("snapshot", (list(agent_ids),)))
+        assert isinstance(reply, dict)
+        return reply
+
+    async def restore(
+        self,
+        index: int,
+        items: Sequence[tuple[AgentLoad, bytes | None, list[tuple[int, int, int, bytes]]]],
+    ) -> list[str | None]:
+        """Recreate agents on worker ``index`` from snapshots plus the messages to replay."""
+        await self._sync_tensors(index)
+        reply = await self._request(index, Request("restore", (list(items),)))
+        assert isinstance(reply, list)
+        return reply
+
+    async def restart_agent(self, index: int, agent_id: int) -> None:
+        """Replace an agent with a fresh instance of its module (its ``restart`` policy)."""
+        await self._request(index, Request("restart", (agent_id,)))
+
+    async def unload_agent(self, index: int, agent_id: int) -> None:
+        await self._request(index, Request("unload", (agent_id,)))
+
+    async def respawn(self, index: int) -> None:
+        """Replace a dead worker with a new process that knows what the old one knew
+        (names, modules, tensors) but hosts no agents yet."""
+        old = self._workers[index]
+        with contextlib.suppress(ProcessLookupError):
+            old.proc.kill()
+        await old.proc.wait()
+        worker = await self._spawn(index)
+        self._workers[index] = worker
+        try:
+            await asyncio.wait_for(self._handshake(worker), timeout=self.start_timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()
+            raise
+        worker.busy_ns = old.busy_ns
+        self.restarts += 1
+        await self._request(index, Request("directory", (self._directory,)))
+        for key, (serialized, original) in self._modules.items():
+            await self._request(index, Request("module", (key, serialized, original)))
+        logger.warning("worker %d replaced (old pid %d, new pid %d)", index, old.pid, worker.pid)
+
+    async def _sync_tensors(self, index: int) -> None:
+        worker = self._workers[index]
+        if worker.tensors_seen < len(self._tensors):
+            entries = self._tensors[worker.tensors_seen :]
+            await self._request(index, Request("tensors", (entries,)))
+            worker.tensors_seen += len(entries)
 
     async def load_agents(self, index: int, loads: Sequence[AgentLoad]) -> None:
         """Instantiate agents on worker ``index`` (their module must be installed)."""
@@ -187,7 +265,14 @@ class WorkerPool:
         tasks: Sequence[TaskRun] = (),
     ) -> BatchReply:
         """Handle ``deliveries`` in order, then ``tasks``, on worker ``index``."""
-        reply = await self._request(index, Request("batch", (tick, list(deliveries), list(tasks))))
+        if self._closed:
+            raise WorkerError("the worker pool is closed")
+        worker = self._workers[index]
+        new = self._tensors[worker.tensors_seen :]
+        reply = await self._request(
+            index, Request("batch", (tick, list(deliveries), list(tasks), new))
+        )
+        worker.tensors_seen += len(new)
         assert isinstance(reply, BatchReply)
         return reply
 

@@ -23,6 +23,16 @@ class ProtocolError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-agent sandbox limits; ``None`` means no limit of that kind."""
+
+    fuel: int | None = None
+    memory_bytes: int | None = None
+    timeout_ms: int | None = None
+    stack_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AgentLoad:
     """Instantiate one agent in a worker."""
 
@@ -33,6 +43,27 @@ class AgentLoad:
     agent_count: int
     rng_seed: int
     config_json: bytes
+    limits: Limits = Limits()
+    #: (host path, guest path, writable) directories the agent may use through WASI.
+    dirs: tuple[tuple[str, str, bool], ...] = ()
+    #: Environment variables the agent sees through WASI.
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """A named tensor as agents see it: readable from tick ``visible_from`` on.
+
+    ``writers`` are the agent ids that may write it; ``None`` means every agent.
+    """
+
+    name: str
+    handle: TensorHandle
+    visible_from: int
+    writers: frozenset[int] | None = frozenset()
+
+    def writable_by(self, agent_id: int) -> bool:
+        return self.writers is None or agent_id in self.writers
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +87,28 @@ class TaskRun:
     params: tuple[tuple[str, float], ...] = ()
 
 
+#: Effects a handler asks for, applied by the orchestrator at the end of the tick, in order:
+#: ("write", tensor name, byte offset, data), ("create", name, dtype str, shape),
+#: ("gpu", job id, op, input names, output name, param), ("llm", request id, tag, prompt,
+#: max tokens).
+Effect = tuple[object, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What handling one delivery produced."""
+    """What handling one delivery produced.
+
+    ``reads`` names the tensors the handler read (the orchestrator snapshots agents before it
+    changes a tensor they read, so that a replay after a crash reads what they read).
+    """
 
     ok: bool
     sent: tuple[tuple[int, int, bytes], ...] = ()
     logs: tuple[tuple[int, str], ...] = ()
     error: str | None = None
     elapsed_ns: int = 0
+    effects: tuple[Effect, ...] = ()
+    reads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

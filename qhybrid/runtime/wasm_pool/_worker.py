@@ -1,8 +1,9 @@
 """The worker process: hosts agents and runs CPU tasks for the pool.
 
-Started as ``python -m qhybrid.runtime.wasm_pool``. Speaks framed requests on stdin
-and replies on stdout (the real stdout: ``print`` output goes to stderr). It exits when its
-stdin closes, so it never outlives the pool.
+Started as ``python -m qhybrid.runtime.wasm_pool`` (or, in a frozen app, as the app with
+``--qhybrid-worker``). Speaks framed requests on stdin and replies on stdout (the real
+stdout: ``print`` output goes to stderr). It exits when its stdin closes, so it never outlives
+the pool.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import sys
 import time
 from typing import IO, Any
 
-import wasmtime
-
 from qhybrid.runtime.tensors import attach, run_numpy
-from qhybrid.runtime.wasm_pool._abi import AgentModuleError, make_engine
-from qhybrid.runtime.wasm_pool._agent import AgentHost
+from qhybrid.runtime.wasm_pool._abi import AgentModuleError
+from qhybrid.runtime.wasm_pool._agent import AgentHost, WorkerContext
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
     BatchReply,
@@ -36,40 +35,101 @@ logger = logging.getLogger("qhybrid.worker")
 
 class Worker:
     def __init__(self) -> None:
-        self.engine = make_engine()
-        self.modules: dict[str, wasmtime.Module] = {}
+        self.ctx = WorkerContext()
         self.agents: dict[int, AgentHost] = {}
-        self.directory: dict[str, int] = {}
+        self.loads: dict[int, AgentLoad] = {}
+
+    @property
+    def directory(self) -> dict[str, int]:
+        return self.ctx.directory
 
     def handle(self, request: Request) -> Any:
-        if request.op == "module":
-            key, serialized = request.args
-            self.modules[key] = wasmtime.Module.deserialize(self.engine, serialized)
+        op = request.op
+        if op == "batch":
+            tick, deliveries, tasks, *rest = request.args
+            if rest and rest[0]:
+                self.ctx.add_tensors(rest[0])
+            return self.batch(tick, deliveries, tasks)
+        if op == "module":
+            key, serialized, *original = request.args
+            self.ctx.add_module(key, serialized, original[0] if original else b"")
             return None
-        if request.op == "directory":
+        if op == "directory":
             (names,) = request.args
             # Updated in place: agents already loaded hold this same mapping.
-            self.directory.clear()
-            self.directory.update((name, i) for i, name in enumerate(names))
+            self.ctx.directory.clear()
+            self.ctx.directory.update((name, i) for i, name in enumerate(names))
             return None
-        if request.op == "load":
+        if op == "tensors":
+            (entries,) = request.args
+            self.ctx.add_tensors(entries)
+            return None
+        if op == "load":
             (loads,) = request.args
             return self.load(loads)
-        if request.op == "batch":
-            tick, deliveries, tasks = request.args
-            return self.batch(tick, deliveries, tasks)
-        raise ValueError(f"unknown request {request.op!r}")
+        if op == "snapshot":
+            (agent_ids,) = request.args
+            return self.snapshot(agent_ids)
+        if op == "restore":
+            (items,) = request.args
+            return self.restore(items)
+        if op == "restart":
+            (agent_id,) = request.args
+            self.load([self.loads[agent_id]])
+            return None
+        if op == "unload":
+            (agent_id,) = request.args
+            self.agents.pop(agent_id, None)
+            return None
+        raise ValueError(f"unknown request {op!r}")
 
     def load(self, loads: list[AgentLoad]) -> None:
         for load in loads:
-            module = self.modules[load.module_key]
-            self.agents[load.agent_id] = AgentHost(self.engine, module, load, self.directory)
+            self.loads[load.agent_id] = load
+            self.agents[load.agent_id] = AgentHost(self.ctx, load)
+
+    def snapshot(self, agent_ids: list[int]) -> dict[int, bytes | str]:
+        """Each agent's snapshot, or why it cannot be taken."""
+        snaps: dict[int, bytes | str] = {}
+        for agent_id in agent_ids:
+            agent = self.agents.get(agent_id)
+            if agent is None:
+                snaps[agent_id] = "not on this worker"
+                continue
+            try:
+                snaps[agent_id] = agent.snapshot()
+            except AgentModuleError as exc:
+                snaps[agent_id] = str(exc)
+        return snaps
+
+    def restore(
+        self, items: list[tuple[AgentLoad, bytes | None, list[tuple[int, int, int, bytes]]]]
+    ) -> list[str | None]:
+        """Recreate agents lost with a dead worker: fresh instance, last snapshot, then the
+        messages they handled since, in order. Returns, per agent, None or what went wrong."""
+        problems: list[str | None] = []
+        for load, snapshot, replay in items:
+            self.load([load])
+            agent = self.agents[load.agent_id]
+            try:
+                if snapshot is not None:
+                    agent.restore(snapshot)
+                for tick, sender, kind, payload in replay:
+                    outcome = agent.deliver(tick, sender, kind, payload)
+                    if not outcome.ok:
+                        raise AgentModuleError(f"replay diverged at tick {tick}: {outcome.error}")
+            except AgentModuleError as exc:
+                problems.append(str(exc))
+                continue
+            problems.append(None)
+        return problems
 
     def batch(self, tick: int, deliveries: list[Delivery], tasks: list[TaskRun]) -> BatchReply:
         start = time.perf_counter_ns()
         outcomes: list[Outcome] = []
+        agents = self.agents
         for d in deliveries:
-            agent = self.agents.get(d.agent_id)
+            agent = agents.get(d.agent_id)
             if agent is None:
                 outcomes.append(Outcome(False, error=f"agent {d.agent_id} is not on this worker"))
                 continue
@@ -96,22 +156,29 @@ class Worker:
                 m.close()
         return TaskOutcome(True, None, time.perf_counter_ns() - start)
 
+    def close(self) -> None:
+        self.agents.clear()
+        self.ctx.close()
+
 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
     worker = Worker()
-    write_frame_sync(stdout, ("ready", os.getpid(), wasmtime.__name__))
-    while True:
-        request = read_frame_sync(stdin)
-        if request is None or (isinstance(request, Request) and request.op == "shutdown"):
-            return 0
-        try:
-            reply: tuple[str, Any] = ("ok", worker.handle(request))
-        except AgentModuleError as exc:
-            reply = ("module-error", str(exc))
-        except Exception as exc:  # reported to the pool, which decides; the worker goes on
-            logger.exception("request %s failed", getattr(request, "op", request))
-            reply = ("error", f"{type(exc).__name__}: {exc}")
-        write_frame_sync(stdout, reply)
+    try:
+        write_frame_sync(stdout, ("ready", os.getpid(), "wasmtime"))
+        while True:
+            request = read_frame_sync(stdin)
+            if request is None or (isinstance(request, Request) and request.op == "shutdown"):
+                return 0
+            try:
+                reply: tuple[str, Any] = ("ok", worker.handle(request))
+            except AgentModuleError as exc:
+                reply = ("module-error", str(exc))
+            except Exception as exc:  # reported to the pool, which decides; the worker goes on
+                logger.exception("request %s failed", getattr(request, "op", request))
+                reply = ("error", f"{type(exc).__name__}: {exc}")
+            write_frame_sync(stdout, reply)
+    finally:
+        worker.close()
 
 
 def main() -> int:

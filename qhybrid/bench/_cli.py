@@ -1,0 +1,258 @@
+"""The ``qhybrid bench`` subcommand: ``qhybrid bench dispatch [options]``.
+
+A human-readable table goes to stderr; ``--json`` prints one JSON object on stdout (nothing
+else is ever written there, not even by Ray or a worker process). Exit codes: 0 measured,
+1 a measurement failed, 2 bad flags, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+PROG = "qhybrid bench"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # exit 2 with a clear message, no traceback
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qhybrid.bench._dispatch import DispatchConfig
+
+    defaults = DispatchConfig()
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "Benchmarks of the qhybrid runtime, measured as ratios against peers run side by "
+            "side on this machine (see docs/benchmarks.md)."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="BENCHMARK", required=True)
+    dispatch = commands.add_parser(
+        "dispatch",
+        help="messages per second through the worker pool, against in-process and Ray",
+        description=(
+            "Ping agents count down by messaging themselves: the runtime's cost per message. "
+            "The same work runs through the worker pool, in a plain in-process loop, and on "
+            "Ray actors (when Ray is installed)."
+        ),
+    )
+    dispatch.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=defaults.workers,
+        metavar="N",
+        help=f"worker processes, and Ray actors (default {defaults.workers})",
+    )
+    dispatch.add_argument(
+        "--agents",
+        type=_positive_int,
+        default=defaults.agents,
+        metavar="A",
+        help=f"ping agents (default {defaults.agents})",
+    )
+    dispatch.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=defaults.steps,
+        metavar="S",
+        help=(
+            f"messages in all, rounded down to a multiple of --agents (default {defaults.steps})"
+        ),
+    )
+    dispatch.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=defaults.repeat,
+        metavar="R",
+        help="take each measurement R times and keep the best (default 1)",
+    )
+    dispatch.set_defaults(parser=dispatch)
+    dispatch.add_argument(
+        "--json", action="store_true", help="print the figures as one JSON object on stdout"
+    )
+    dispatch.add_argument(
+        "--no-ray", dest="ray", action="store_false", help="skip the Ray peer even if installed"
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``qhybrid bench ARGV...``; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad flag (2): returned, not raised
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    if args.command == "dispatch":
+        return _dispatch(args)
+    return _bad_input(parser, f"unknown benchmark {args.command!r}")
+
+
+def _bad_input(parser: argparse.ArgumentParser, message: str) -> int:
+    """What argparse does for a bad flag (usage and message on stderr), returned as exit 2."""
+    parser.print_usage(sys.stderr)
+    sys.stderr.write(f"{parser.prog}: error: {message}\n")
+    return EXIT_BAD_INPUT
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from qhybrid.bench._dispatch import BenchmarkError, DispatchConfig, run_dispatch
+    from qhybrid.runtime import ScenarioError
+    from qhybrid.runtime.wasm_pool import AgentModuleError, WorkerError
+
+    if args.steps < args.agents:
+        return _bad_input(
+            args.parser,
+            f"--steps ({args.steps}) must be at least --agents ({args.agents}): "
+            "every agent takes at least one step",
+        )
+    config = DispatchConfig(
+        workers=args.workers,
+        agents=args.agents,
+        steps=args.steps,
+        repeat=args.repeat,
+        ray=args.ray,
+    )
+    _setup_logging()
+    err = Console(stderr=True, highlight=False)
+    try:
+        with _stdout_kept_for_json():
+            report = run_dispatch(config, progress=lambda text: err.print(f"[dim]{text}[/]"))
+    except (BenchmarkError, WorkerError, AgentModuleError, ScenarioError, OSError) as exc:
+        err.print(f"[bold red]error:[/] the dispatch benchmark failed: {exc}", soft_wrap=True)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
+    payload = report.to_json()
+    _print_table(err, payload)
+    if args.json:
+        sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _setup_logging() -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    # The benchmark asks for device="cpu" on purpose: the "GPU disabled" warning is noise here.
+    logging.getLogger("qhybrid.runtime.wgpu_thread").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _stdout_kept_for_json() -> Iterator[None]:
+    """Point file descriptor 1 at stderr while measuring, so that nothing a library or a child
+    process prints (Ray's start-up, say) can get into the JSON on stdout."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no real stdout (an embedding host): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _rate(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:,.0f} {unit}"
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} µs"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def _print_table(console: Any, data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from qhybrid.bench._dispatch import GOAL_VS_INPROCESS_PER_WORKER, GOAL_VS_RAY
+
+    machine = data["machine"]
+    console.print(
+        f"[bold]dispatch[/]: {data['agents']} ping agents, {data['steps']} steps, "
+        f"{data['workers']} workers, best of {data['repeat']} - "
+        f"{machine['cpu_count']} CPUs ({machine['cpu_model']}), Python {machine['python']}, "
+        f"wasmtime {machine['wasmtime']}",
+        soft_wrap=True,
+    )
+    table = Table(show_edge=False, pad_edge=False)
+    for col, justify in (
+        ("measurement", "left"),
+        ("throughput", "right"),
+        ("p50 latency", "right"),
+        ("p99 latency", "right"),
+        ("start-up", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_row(
+        f"pool ({data['workers']} workers)",
+        _rate(data["steps_per_s"], "steps/s"),
+        _us(data["p50_us"]),
+        _us(data["p99_us"]),
+        _seconds(data["startup_s"]),
+    )
+    table.add_row(
+        "in process (1 core)", _rate(data["inprocess_steps_per_s"], "steps/s"), "-", "-", "-"
+    )
+    if data["ray_calls_per_s"] is None:
+        table.add_row("ray", f"[dim]{data['ray_note']}[/]", "-", "-", "-")
+    else:
+        table.add_row(
+            f"ray {data['ray_version']} ({data['workers']} actors)",
+            _rate(data["ray_calls_per_s"], "calls/s"),
+            _us(data["ray_p50_us"]),
+            _us(data["ray_p99_us"]),
+            _seconds(data["ray_startup_s"]),
+        )
+    console.print(table)
+    console.print(
+        f"vs ray: {_ratio(data['vs_ray'], GOAL_VS_RAY)}   "
+        f"vs in-process per worker: "
+        f"{_ratio(data['vs_inprocess_per_worker'], GOAL_VS_INPROCESS_PER_WORKER)}",
+        soft_wrap=True,
+    )
+
+
+def _ratio(value: float | None, goal: float) -> str:
+    if value is None:
+        return f"- (goal >= {goal:g})"
+    mark = "[green]met[/]" if value >= goal else "[red]missed[/]"
+    return f"{value:.2f} (goal >= {goal:g}: {mark})"
