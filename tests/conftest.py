@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,10 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Compiled modules go to a cache of the test session's own, not the user's.
+_CACHE = tempfile.TemporaryDirectory(prefix="qhybrid-test-cache-")
+os.environ["QHYBRID_CACHE_DIR"] = _CACHE.name
 
 if os.name == "posix":
     # The resource tracker is one helper process per interpreter that the first shared-memory

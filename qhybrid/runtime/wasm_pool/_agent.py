@@ -622,10 +622,14 @@ class AgentHost:
         reason = code.name.lower() if code is not None else "trap"
         text = f"trap ({reason}): {exc.message.splitlines()[0] if exc.message else ''}"
         if limits.memory_bytes is not None:
+            # wasmtime refuses memory.grow past the limit with -1 rather than a trap, and
+            # the guest then traps in its own way (malloc returning NULL, abort). A trap with
+            # memory within a quarter of the limit (or 1 MiB) of it is taken for running out.
             size = self._memory.data_len(self._store)
-            if size + 65536 > limits.memory_bytes:
+            margin = max(65536, min(limits.memory_bytes // 4, 1 << 20))
+            if size + margin >= limits.memory_bytes:
                 limit_mib = limits.memory_bytes / (1 << 20)
-                return f"out of memory (limit {limit_mib:g} MiB): {text}"
+                return f"out of memory (limit {limit_mib:g} MiB, using {size >> 10} KiB): {text}"
         return text
 
     def _fail(self, error: str, start: int) -> Outcome:
