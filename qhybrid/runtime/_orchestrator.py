@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -51,7 +51,6 @@ from qhybrid.runtime.wasm_pool import (
     AgentLoad,
     AgentModuleError,
     BatchReply,
-    Delivery,
     Limits,
     Outcome,
     TaskRun,
@@ -99,14 +98,15 @@ class _Agent:
     restart_pending: bool = False
 
 
-@dataclass(order=True, slots=True)
-class _Item:
+class _Item(NamedTuple):
+    """A queued unit of work; a tuple, so the heap compares it in C. ``seq`` is unique, so
+    comparison never reaches ``message`` or ``task``, exactly one of which is set."""
+
     tick: int
     neg_priority: int
     seq: int
-    # Exactly one of these is set.
-    message: tuple[int, int, int, bytes] | None = field(default=None, compare=False)
-    task: TaskSpec | None = field(default=None, compare=False)
+    message: tuple[int, int, int, bytes] | None = None
+    task: TaskSpec | None = None
 
 
 #: ``RuntimeConfig.cache_dir`` default: the user's cache folder (or ``QHYBRID_CACHE_DIR``).
@@ -174,6 +174,8 @@ class Runtime:
         self._gpu_busy_s = 0.0
         # Agent GPU jobs in the queue: task name -> (agent id, job id).
         self._job_owner: dict[str, tuple[int, int]] = {}
+        self._queued_tasks = 0
+        self._queued_gpu = 0
         self._pending_writes: list[tuple[str, int, bytes]] = []
         self._last_checkpoint = 0
         self.worker_restarts = 0
@@ -335,7 +337,7 @@ class Runtime:
                     msg.at, msg.priority, RUNTIME_SENDER, self._by_name[name], msg.kind, msg.payload
                 )
         for task in self.scenario.tasks:
-            heapq.heappush(self._queue, _Item(task.at, -task.priority, next(self._seq), task=task))
+            self._push_task(_Item(task.at, -task.priority, next(self._seq), task=task))
 
     def _push_message(
         self, tick: int, priority: int, sender: int, dst: int, kind: int, payload: bytes
@@ -462,8 +464,13 @@ class Runtime:
             return False
         self.tick = tick
         due: list[_Item] = []
-        while self._queue and self._queue[0].tick == tick:
-            due.append(heapq.heappop(self._queue))
+        queue = self._queue
+        while queue and queue[0].tick == tick:
+            item = heapq.heappop(queue)
+            if item.task is not None:
+                self._queued_tasks -= 1
+                self._queued_gpu -= item.task.kind == "gpu"
+            due.append(item)
         try:
             await self._run_tick(tick, due)
         except (RunFailed, WorkerError, GpuJobError) as exc:
@@ -480,7 +487,7 @@ class Runtime:
     async def _run_tick(self, tick: int, due: list[_Item]) -> None:
         self._tick_t0 = time.perf_counter()
         workers = self.config.workers
-        deliveries: list[list[Delivery]] = [[] for _ in range(workers)]
+        deliveries: list[list[tuple[int, int, int, bytes]]] = [[] for _ in range(workers)]
         cpu_runs: list[list[TaskRun]] = [[] for _ in range(workers)]
         # For committing in queue order: (item, worker, index in that worker's list).
         plan: list[tuple[_Item, int, int]] = []
@@ -500,7 +507,7 @@ class Runtime:
                     continue
                 batch = deliveries[agent.worker]
                 plan.append((item, agent.worker, len(batch)))
-                batch.append(Delivery(dst, sender, kind, payload))
+                batch.append((dst, sender, kind, payload))
                 continue
             task = item.task
             assert task is not None
@@ -558,7 +565,11 @@ class Runtime:
         await self._after_commit(tick)
 
     async def _run_batch(
-        self, worker: int, tick: int, deliveries: list[Delivery], runs: list[TaskRun]
+        self,
+        worker: int,
+        tick: int,
+        deliveries: list[tuple[int, int, int, bytes]],
+        runs: list[TaskRun],
     ) -> BatchReply:
         """One worker's batch; a worker that dies is replaced, its agents restored, and the
         same batch sent again, so the tick's result does not change."""
@@ -757,6 +768,7 @@ class Runtime:
                         note,
                     )
         self.delivered += delivered
+        self._trace.flush()
         busy = [ns / 1e9 for ns in self.pool.busy_ns()]
         queued = self._queue_depths()
         self._metrics.record(
@@ -872,7 +884,7 @@ class Runtime:
             notify=(),
         )
         self._job_owner[task_name] = (agent.agent_id, job)
-        heapq.heappush(self._queue, _Item(tick + 1, item.neg_priority, next(self._seq), task=spec))
+        self._push_task(_Item(tick + 1, item.neg_priority, next(self._seq), task=spec))
 
     def _job_failed(self, task: TaskSpec, tick: int, error: str) -> None:
         owner = self._job_owner.pop(task.name, None)
@@ -888,15 +900,15 @@ class Runtime:
         self._push_message(tick + 1, 0, RUNTIME_SENDER, agent_id, KIND_GPU_DONE, payload)
 
     def _queue_depths(self) -> tuple[int, int, int]:
-        messages = cpu = gpu = 0
-        for item in self._queue:
-            if item.message is not None:
-                messages += 1
-            elif item.task is not None and item.task.kind == "gpu":
-                gpu += 1
-            else:
-                cpu += 1
-        return messages, cpu, gpu
+        gpu = self._queued_gpu
+        cpu = self._queued_tasks - gpu
+        return len(self._queue) - self._queued_tasks, cpu, gpu
+
+    def _push_task(self, item: _Item) -> None:
+        assert item.task is not None
+        self._queued_tasks += 1
+        self._queued_gpu += item.task.kind == "gpu"
+        heapq.heappush(self._queue, item)
 
     def _agent_failed(self, agent: _Agent, tick: int, seq: int, error: str) -> None:
         agent.error = error

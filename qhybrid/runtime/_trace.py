@@ -1,7 +1,10 @@
 """The run's trace: an ordered log of what was delivered to whom and what came back.
 
-Each record is a tuple of plain values, encoded canonically (compact JSON) and fed to one
-running SHA-256; the hex digest is the run's ``trace_hash``. Records never hold wall-clock
+Each record is a tuple of plain values (ints, strings, bools, None). The ``trace_hash`` is the
+SHA-256 of every record's ``repr`` followed by a newline, in order; ``repr`` of those types is
+the same on every platform and Python 3 version, and far cheaper than JSON, which matters at
+several records per message. Records are buffered and hashed in batches (at the end of each
+tick); the hash does not depend on where the batches break. Records never hold wall-clock
 times, worker numbers or anything else that depends on timing or placement, so the same
 scenario and seed give the same hash with any number of workers.
 """
@@ -14,6 +17,8 @@ from collections import deque
 from pathlib import Path
 from typing import IO
 
+Field = str | int | float | bool | None
+
 
 def digest(data: bytes | memoryview) -> str:
     """A short content digest for payloads and tensor contents in the trace."""
@@ -21,31 +26,45 @@ def digest(data: bytes | memoryview) -> str:
 
 
 class TraceRecorder:
-    """Hashes every record; keeps the last ``keep`` in memory and can stream all to a file."""
+    """Hashes every record; keeps the last ``keep`` in memory and can stream all to a file
+    (one JSON array per line)."""
 
     def __init__(self, keep: int = 1000, path: Path | None = None) -> None:
         self._hash = hashlib.sha256()
-        self._recent: deque[str] = deque(maxlen=keep)
+        self._pending: list[tuple[Field, ...]] = []
+        self._recent: deque[tuple[Field, ...]] = deque(maxlen=keep)
         self.records = 0
         self._file: IO[str] | None = path.open("w", encoding="utf-8") if path else None
 
-    def record(self, *fields: str | int | float | bool | None) -> None:
-        line = json.dumps(fields, separators=(",", ":"), ensure_ascii=True)
-        self._hash.update(line.encode("ascii"))
-        self._hash.update(b"\n")
-        self._recent.append(line)
-        self.records += 1
+    def record(self, *fields: Field) -> None:
+        self._pending.append(fields)
+
+    def flush(self) -> None:
+        """Hash (and write) the buffered records."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self.records += len(pending)
+        self._hash.update(("\n".join(map(repr, pending)) + "\n").encode("utf-8"))
+        self._recent.extend(pending)
         if self._file is not None:
-            self._file.write(line + "\n")
+            self._file.writelines(
+                json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in pending
+            )
 
     @property
     def hash(self) -> str:
+        self.flush()
         return self._hash.hexdigest()
 
     def recent(self) -> list[str]:
-        return list(self._recent)
+        """The last records, as JSON lines."""
+        self.flush()
+        return [json.dumps(r, separators=(",", ":")) for r in self._recent]
 
     def close(self) -> None:
+        self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -226,6 +226,8 @@ class AgentHost:
         )
         if limits.timeout_ms is not None:
             ctx.ensure_ticker()
+        # Without limits the budgets set at creation never run out: no per-message re-arming.
+        self._limited = limits.fuel is not None or limits.timeout_ms is not None
         stack = limits.stack_bytes
         module = ctx.module(load.module_key, stack)
         self._store = wasmtime.Store(ctx.engine(stack))
@@ -587,15 +589,11 @@ class AgentHost:
         start = time.perf_counter_ns()
         try:
             code = body()
-        except GuestFault as exc:
-            return self._fail(f"fault: {exc}", start)
-        except wasmtime.ExitTrap as exc:
-            return self._fail(f"exited with code {exc.code}", start)
-        except wasmtime.Trap as exc:
-            return self._fail(self._describe_trap(exc), start)
-        except wasmtime.WasmtimeError as exc:
-            return self._fail(f"error: {str(exc).splitlines()[0]}", start)
-        elapsed = time.perf_counter_ns() - start
+        except (GuestFault, wasmtime.WasmtimeError) as exc:
+            return self._fail(self._error_of(exc), start)
+        return self._finish(state, code, start)
+
+    def _finish(self, state: _Call, code: int, start: int) -> Outcome:
         if code != 0:
             return self._fail(f"handler returned error code {code}", start)
         return Outcome(
@@ -603,10 +601,19 @@ class AgentHost:
             tuple(state.outbox),
             tuple(state.logs),
             None,
-            elapsed,
+            time.perf_counter_ns() - start,
             tuple(state.effects),
-            tuple(dict.fromkeys(state.reads)),
+            tuple(dict.fromkeys(state.reads)) if state.reads else (),
         )
+
+    def _error_of(self, exc: BaseException) -> str:
+        if isinstance(exc, GuestFault):
+            return f"fault: {exc}"
+        if isinstance(exc, wasmtime.ExitTrap):
+            return f"exited with code {exc.code}"
+        if isinstance(exc, wasmtime.Trap):
+            return self._describe_trap(exc)
+        return f"error: {str(exc).splitlines()[0]}"
 
     def _describe_trap(self, exc: wasmtime.Trap) -> str:
         code = exc.trap_code
@@ -640,17 +647,20 @@ class AgentHost:
         )
 
     def deliver(self, now: int, sender: int, kind: int, payload: bytes) -> Outcome:
-        """Run the handler for one message at logical time ``now``."""
+        """Run the handler for one message at logical time ``now`` (the hot path)."""
         if self.failed is not None:
             return Outcome(False, error=f"agent already failed: {self.failed}")
         self._now = now
-        on_message = self._on_message
-
-        def body() -> int:
+        self._call_state = state = _Call()
+        if self._limited:
+            self._arm()
+        start = time.perf_counter_ns()
+        try:
             ptr = self._write_payload(payload)
-            return on_message(sender, kind, ptr, len(payload))
-
-        outcome = self._call(body)
+            code = self._on_message(sender, kind, ptr, len(payload))
+        except (GuestFault, wasmtime.WasmtimeError) as exc:
+            return self._fail(self._error_of(exc), start)
+        outcome = self._finish(state, code, start)
         if outcome.ok:
             self.handled += 1
         return outcome

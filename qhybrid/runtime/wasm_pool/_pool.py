@@ -16,9 +16,10 @@ from qhybrid.runtime.wasm_pool._abi import AgentModuleError
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
     BatchReply,
-    Delivery,
+    Outcome,
     ProtocolError,
     Request,
+    TaskOutcome,
     TaskRun,
     TensorEntry,
     encode,
@@ -261,10 +262,11 @@ class WorkerPool:
         self,
         index: int,
         tick: int,
-        deliveries: Sequence[Delivery],
+        deliveries: Sequence[tuple[int, int, int, bytes]],
         tasks: Sequence[TaskRun] = (),
     ) -> BatchReply:
-        """Handle ``deliveries`` in order, then ``tasks``, on worker ``index``."""
+        """Handle ``deliveries`` (``(agent_id, sender, kind, payload)``, e.g. :class:`Delivery`)
+        in order, then ``tasks``, on worker ``index``."""
         if self._closed:
             raise WorkerError("the worker pool is closed")
         worker = self._workers[index]
@@ -273,8 +275,12 @@ class WorkerPool:
             index, Request("batch", (tick, list(deliveries), list(tasks), new))
         )
         worker.tensors_seen += len(new)
-        assert isinstance(reply, BatchReply)
-        return reply
+        outcomes, tasks_done, busy_ns = reply
+        return BatchReply(
+            tuple(map(Outcome._make, outcomes)),
+            tuple(map(TaskOutcome._make, tasks_done)),
+            busy_ns,
+        )
 
     def kill_worker(self, index: int) -> None:
         """SIGKILL one worker (for tests of crash handling)."""

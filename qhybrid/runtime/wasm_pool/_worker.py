@@ -20,8 +20,6 @@ from qhybrid.runtime.wasm_pool._abi import AgentModuleError
 from qhybrid.runtime.wasm_pool._agent import AgentHost, WorkerContext
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
-    BatchReply,
-    Delivery,
     Outcome,
     Request,
     TaskOutcome,
@@ -124,18 +122,22 @@ class Worker:
             problems.append(None)
         return problems
 
-    def batch(self, tick: int, deliveries: list[Delivery], tasks: list[TaskRun]) -> BatchReply:
+    def batch(
+        self, tick: int, deliveries: list[tuple[int, int, int, bytes]], tasks: list[TaskRun]
+    ) -> tuple[tuple[tuple[Any, ...], ...], tuple[tuple[Any, ...], ...], int]:
+        """Handle deliveries in order, then tasks; plain tuples back (see Delivery)."""
         start = time.perf_counter_ns()
-        outcomes: list[Outcome] = []
+        outcomes: list[tuple[Any, ...]] = []
         agents = self.agents
-        for d in deliveries:
-            agent = agents.get(d.agent_id)
+        for agent_id, sender, kind, payload in deliveries:
+            agent = agents.get(agent_id)
             if agent is None:
-                outcomes.append(Outcome(False, error=f"agent {d.agent_id} is not on this worker"))
+                missing = Outcome(False, error=f"agent {agent_id} is not on this worker")
+                outcomes.append(tuple(missing))
                 continue
-            outcomes.append(agent.deliver(tick, d.sender, d.kind, d.payload))
-        task_outcomes = [self.run_task(t) for t in tasks]
-        return BatchReply(tuple(outcomes), tuple(task_outcomes), time.perf_counter_ns() - start)
+            outcomes.append(tuple(agent.deliver(tick, sender, kind, payload)))
+        task_outcomes = tuple(tuple(self.run_task(t)) for t in tasks)
+        return tuple(outcomes), task_outcomes, time.perf_counter_ns() - start
 
     @staticmethod
     def run_task(task: TaskRun) -> TaskOutcome:
