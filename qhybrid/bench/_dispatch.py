@@ -593,3 +593,5 @@ __all__ = [
     "run_dispatch",
     "weighted_percentile",
 ]
+
+

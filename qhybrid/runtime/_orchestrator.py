@@ -98,6 +98,11 @@ class _Agent:
     restart_pending: bool = False
 
 
+def _payload_field(payload: bytes) -> bytes | str:
+    """How the trace records a payload: small ones as they are, others by digest."""
+    return payload if len(payload) <= 32 else digest(payload)
+
+
 class _Item(NamedTuple):
     """A queued unit of work; a tuple, so the heap compares it in C. ``seq`` is unique, so
     comparison never reaches ``message`` or ``task``, exactly one of which is set."""
@@ -109,6 +114,9 @@ class _Item(NamedTuple):
     task: TaskSpec | None = None
 
 
+_new_item = _Item._make  # tuple.__new__: the cheapest way to build one, per message
+
+
 #: ``RuntimeConfig.cache_dir`` default: the user's cache folder (or ``QHYBRID_CACHE_DIR``).
 DEFAULT_CACHE = Path("<default>")
 
@@ -117,17 +125,17 @@ DEFAULT_CACHE = Path("<default>")
 class RuntimeConfig:
     """How to run.
 
-    ``checkpoint_every``: ticks between snapshots of the agents that changed (crash recovery
-    replays at most that many ticks of messages). ``max_worker_restarts``: dead workers
-    replaced per run before the run fails. ``cache_dir``: compiled-module cache, ``None`` for
-    none.
+    ``checkpoint_every``: messages an agent handles between its snapshots (crash recovery
+    replays at most that many of its messages); 0 turns crash recovery off.
+    ``max_worker_restarts``: dead workers replaced per run before the run fails.
+    ``cache_dir``: the compiled-module cache, ``None`` for none.
     """
 
     workers: int = 2
     device: str = "auto"  # "auto" | "gpu" | "cpu"
     trace_path: Path | None = None
     start_timeout: float = 60.0
-    checkpoint_every: int = 64
+    checkpoint_every: int = 256
     max_worker_restarts: int = 3
     cache_dir: Path | None = DEFAULT_CACHE
 
@@ -177,7 +185,7 @@ class Runtime:
         self._queued_tasks = 0
         self._queued_gpu = 0
         self._pending_writes: list[tuple[str, int, bytes]] = []
-        self._last_checkpoint = 0
+        self._checkpoint_due: list[_Agent] = []
         self.worker_restarts = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -344,7 +352,7 @@ class Runtime:
     ) -> None:
         heapq.heappush(
             self._queue,
-            _Item(tick, -priority, next(self._seq), message=(sender, dst, kind, payload)),
+            _new_item((tick, -priority, next(self._seq), (sender, dst, kind, payload), None)),
         )
 
     async def aclose(self) -> None:
@@ -494,16 +502,13 @@ class Runtime:
         gpu_jobs: dict[int, concurrent.futures.Future[GpuJobResult]] = {}
         outputs: dict[int, SharedTensor] = {}
         cpu_count = 0
-        record = self._trace.record
         agents = self._agents
         for pos, item in enumerate(due):
             if item.message is not None:
                 sender, dst, kind, payload = item.message
                 agent = agents[dst]
-                record("deliver", tick, item.seq, sender, dst, kind, digest(payload), len(payload))
                 if agent.state != LOADED:
-                    record("drop", tick, item.seq, dst, agent.state)
-                    plan.append((item, -1, -1))
+                    plan.append((item, -1, -1))  # dropped; the commit records it
                     continue
                 batch = deliveries[agent.worker]
                 plan.append((item, agent.worker, len(batch)))
@@ -651,10 +656,9 @@ class Runtime:
                 flat = self._named_tensors[name].array.reshape(-1).view(np.uint8)
                 flat[offset : offset + len(data)] = np.frombuffer(data, np.uint8)
             self._pending_writes.clear()
-        every = self.config.checkpoint_every
-        if every > 0 and tick - self._last_checkpoint >= every:
-            self._last_checkpoint = tick
-            await self._checkpoint([a for a in self._agents if a.log])
+        if self._checkpoint_due:
+            due, self._checkpoint_due = self._checkpoint_due, []
+            await self._checkpoint(due)
 
     def _commit(
         self,
@@ -667,18 +671,20 @@ class Runtime:
     ) -> None:
         delivered = failed = tasks = 0
         record = self._trace.record
-        keep_log = self.config.checkpoint_every > 0
+        checkpoint_every = self.config.checkpoint_every
+        keep_log = checkpoint_every > 0
         for pos, (item, worker, index) in enumerate(plan):
             if item.message is not None:
-                if worker < 0:
-                    continue
                 sender, dst, kind, payload = item.message
-                outcome = replies[worker].outcomes[index]
                 agent = self._agents[dst]
-                if agent.state != LOADED or agent.restart_pending:
-                    # It failed on an earlier message of this same tick.
-                    record("drop", tick, item.seq, dst, agent.state)
+                if worker < 0 or agent.state != LOADED or agent.restart_pending:
+                    # To an agent that stopped, before this tick or earlier in it.
+                    state = "restarting" if agent.restart_pending else agent.state
+                    record(
+                        "drop", tick, item.seq, sender, dst, kind, _payload_field(payload), state
+                    )
                     continue
+                outcome = replies[worker].outcomes[index]
                 delivered += 1
                 for level, text in outcome.logs:
                     record("log", tick, item.seq, level, text)
@@ -692,17 +698,30 @@ class Runtime:
                 if error is None:
                     agent.handled += 1
                     self.tasks_completed += 1
-                    record("ok", tick, item.seq, len(outcome.sent))
+                    record(
+                        "ok",
+                        tick,
+                        item.seq,
+                        sender,
+                        dst,
+                        kind,
+                        _payload_field(payload),
+                        len(outcome.sent),
+                    )
                     for to, out_kind, out_payload in outcome.sent:
                         self._push_message(
                             tick + 1, -item.neg_priority, dst, to, out_kind, out_payload
                         )
                     if keep_log:
-                        agent.log.append((tick, sender, kind, payload))
+                        log = agent.log
+                        log.append((tick, sender, kind, payload))
+                        if len(log) == checkpoint_every:
+                            self._checkpoint_due.append(agent)
                         if outcome.reads:
                             agent.reads.update(outcome.reads)
                 else:
                     failed += 1
+                    record("fail", tick, item.seq, sender, dst, kind, _payload_field(payload))
                     self._agent_failed(agent, tick, item.seq, error)
                 continue
             task = item.task

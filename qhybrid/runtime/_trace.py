@@ -1,6 +1,7 @@
 """The run's trace: an ordered log of what was delivered to whom and what came back.
 
-Each record is a tuple of plain values (ints, strings, bools, None). The ``trace_hash`` is the
+Each record is a tuple of plain values (ints, strings, bytes, bools,
+None). The ``trace_hash`` is the
 SHA-256 of every record's ``repr`` followed by a newline, in order; ``repr`` of those types is
 the same on every platform and Python 3 version, and far cheaper than JSON, which matters at
 several records per message. Records are buffered and hashed in batches (at the end of each
@@ -17,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO
 
-Field = str | int | float | bool | None
+Field = str | int | float | bool | bytes | None
 
 
 def digest(data: bytes | memoryview) -> str:
@@ -49,9 +50,7 @@ class TraceRecorder:
         self._hash.update(("\n".join(map(repr, pending)) + "\n").encode("utf-8"))
         self._recent.extend(pending)
         if self._file is not None:
-            self._file.writelines(
-                json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in pending
-            )
+            self._file.writelines(_json(r) + "\n" for r in pending)
 
     @property
     def hash(self) -> str:
@@ -61,10 +60,18 @@ class TraceRecorder:
     def recent(self) -> list[str]:
         """The last records, as JSON lines."""
         self.flush()
-        return [json.dumps(r, separators=(",", ":")) for r in self._recent]
+        return [_json(r) for r in self._recent]
 
     def close(self) -> None:
         self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _json(record: tuple[Field, ...]) -> str:
+    return json.dumps(
+        [f.hex() if isinstance(f, bytes) else f for f in record],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )

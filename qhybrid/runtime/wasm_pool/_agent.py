@@ -485,7 +485,8 @@ class AgentHost:
             return _BAD_SHAPE
         raw = self._read("tensor_create", shape_ptr, 4 * ndim, 16)
         shape = tuple(int(d) for d in np.frombuffer(raw, "<i4"))
-        if name in self.ctx.tensors or name in self._call_state.created or not name:
+        # Names as of this tick (a replay after a crash runs at an earlier tick than now).
+        if self._visible(name) is not None or name in self._call_state.created or not name:
             return _NAME_TAKEN
         dt = DTYPE_CODES.get(dtype)
         if dt is None or any(d < 1 for d in shape) or math.prod(shape) > 1 << 28:
@@ -520,7 +521,8 @@ class AgentHost:
                 return _BAD_HANDLE
             names.append(name)
             metas.append(meta)
-        if not out_name or out_name in self.ctx.tensors or out_name in self._call_state.created:
+        taken = self._visible(out_name) is not None or out_name in self._call_state.created
+        if not out_name or taken:
             return _NAME_TAKEN
         params = {"factor": float(param)} if op == "scale" else {}
         try:
@@ -589,7 +591,7 @@ class AgentHost:
         start = time.perf_counter_ns()
         try:
             code = body()
-        except (GuestFault, wasmtime.WasmtimeError) as exc:
+        except (GuestFault, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             return self._fail(self._error_of(exc), start)
         return self._finish(state, code, start)
 
@@ -658,7 +660,7 @@ class AgentHost:
         try:
             ptr = self._write_payload(payload)
             code = self._on_message(sender, kind, ptr, len(payload))
-        except (GuestFault, wasmtime.WasmtimeError) as exc:
+        except (GuestFault, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             return self._fail(self._error_of(exc), start)
         outcome = self._finish(state, code, start)
         if outcome.ok:
@@ -690,7 +692,7 @@ class AgentHost:
                 "mutable globals and has no qh_snapshot/qh_restore"
             )
         size = self._memory.data_len(self._store)
-        memory = ctypes.string_at(self._base(), size)
+        memory = _sparse(ctypes.string_at(self._base(), size))
         globals_ = {}
         for name in self._exports:
             ext = self._exports[name]
@@ -718,12 +720,31 @@ class AgentHost:
             if not outcome.ok:
                 raise AgentModuleError(f"{self.name}: qh_restore failed: {outcome.error}")
             return
-        memory, globals_ = state
+        (length, chunks), globals_ = state
         size = self._memory.data_len(self._store)
-        if len(memory) > size:
-            self._memory.grow(self._store, (len(memory) - size) // 65536)
-        ctypes.memmove(self._base(), memory, len(memory))
+        if length > size:
+            self._memory.grow(self._store, (length - size) // 65536)
+        base = self._base()
+        ctypes.memset(base, 0, length)
+        for offset, data in chunks:
+            ctypes.memmove(base + offset, data, len(data))
         for name, value in globals_.items():
             ext = self._exports.get(name)
             if isinstance(ext, wasmtime.Global):
                 ext.set_value(self._store, value)
+
+
+_CHUNK = 4096
+
+
+def _sparse(memory: bytes) -> tuple[int, list[tuple[int, bytes]]]:
+    """Linear memory as its length and its non-zero 4 KiB chunks: agents' memories are
+    mostly zeros, and snapshots travel to the orchestrator."""
+    n = len(memory) // _CHUNK
+    words = np.frombuffer(memory, dtype=np.uint64, count=n * _CHUNK // 8).reshape(n, -1)
+    live = np.flatnonzero(words.any(axis=1))
+    chunks = [(int(i) * _CHUNK, memory[int(i) * _CHUNK : (int(i) + 1) * _CHUNK]) for i in live]
+    tail = n * _CHUNK
+    if tail < len(memory):
+        chunks.append((tail, memory[tail:]))
+    return len(memory), chunks
