@@ -4,6 +4,7 @@ tensors and GPU jobs from agents, and the C sample agents."""
 from __future__ import annotations
 
 import asyncio
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -351,3 +352,50 @@ async def _run_with_kill(scenario: object, config: RuntimeConfig, kill_at: int |
         result = rt.result
         assert result is not None
         return result
+
+
+CLOCK_PROBE = """
+(module
+  (import "wasi_snapshot_preview1" "clock_time_get"
+    (func $clock (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+  (import "qhybrid" "send" (func $send (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "qh_abi_version") (result i32) (i32.const 1))
+  (func (export "qh_alloc") (param i32) (result i32) (i32.const 1024))
+  ;; Reads the WASI clock (realtime and monotonic) and 8 random bytes, sends all 24 bytes
+  ;; to itself (agent 0) so the test can see them.
+  (func (export "qh_on_message") (param i32 i32 i32 i32) (result i32)
+    (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 64)))
+    (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 72)))
+    (drop (call $random (i32.const 80) (i32.const 8)))
+    (drop (call $send (i32.const 0) (i32.const 1) (i32.const 64) (i32.const 24)))
+    (i32.const 0)))
+"""
+
+
+def test_wasi_clock_and_randomness_are_the_runs_own(tmp_path: Path) -> None:
+    from qhybrid.runtime.wasm_pool import AgentLoad, compile_module, make_engine
+    from qhybrid.runtime.wasm_pool._agent import AgentHost, SplitMix64, WorkerContext
+
+    path = tmp_path / "clock.wat"
+    path.write_text(CLOCK_PROBE, encoding="utf-8")
+    module = compile_module(make_engine(), path)
+
+    def answer(seed: int, tick: int) -> tuple[int, int, bytes]:
+        ctx = WorkerContext()
+        ctx.add_module("clock", bytes(module.serialize()), path.read_bytes())
+        host = AgentHost(ctx, AgentLoad(0, "clock", "clock", (0,), 1, seed, b"{}"))
+        outcome = host.deliver(tick, -1, 1, b"")
+        ctx.close()
+        assert outcome.ok, outcome.error
+        ((_, _, payload),) = outcome.sent
+        realtime, monotonic = struct.unpack("<QQ", payload[:16])
+        assert realtime == monotonic
+        return realtime, tick, payload[16:]
+
+    realtime, tick, random_bytes = answer(seed=7, tick=42)
+    assert realtime == 42 * 1_000_000  # the logical clock in ns, not the host's time
+    assert random_bytes == SplitMix64(7).next().to_bytes(8, "little")
+    assert answer(seed=7, tick=42) == (realtime, tick, random_bytes)  # deterministic
+    assert answer(seed=8, tick=42)[2] != random_bytes
