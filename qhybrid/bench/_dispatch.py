@@ -67,7 +67,7 @@ class DispatchConfig:
 
     workers: int = 2
     agents: int = 64
-    steps: int = 25_600
+    steps: int = 64_000
     repeat: int = 1
     ray: bool = True
 
@@ -593,5 +593,3 @@ __all__ = [
     "run_dispatch",
     "weighted_percentile",
 ]
-
-

@@ -61,7 +61,8 @@ at = 1
 
 
 def hog(limits: str, kind: int, policy: str = "skip") -> str:
-    return f"""
+    return (
+        f"""
 [[agents]]
 name = "hog"
 module = "@TEST@/hog.wasm"
@@ -72,7 +73,9 @@ on_error = "{policy}"
 to = "hog"
 kind = {kind}
 payload = ""
-""" + ECHO_BYSTANDER
+"""
+        + ECHO_BYSTANDER
+    )
 
 
 @pytest.mark.parametrize(
@@ -399,3 +402,50 @@ def test_wasi_clock_and_randomness_are_the_runs_own(tmp_path: Path) -> None:
     assert random_bytes == SplitMix64(7).next().to_bytes(8, "little")
     assert answer(seed=7, tick=42) == (realtime, tick, random_bytes)  # deterministic
     assert answer(seed=8, tick=42)[2] != random_bytes
+
+
+def test_fast_host_functions_behave_like_wasmtime_func() -> None:
+    """The raw host-function path (the per-message hot path) returns values and raises
+    exceptions exactly as wasmtime.Func does."""
+    import wasmtime
+
+    from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
+
+    engine = wasmtime.Engine()
+    wat = """(module
+      (import "h" "add" (func $add (param i32 i64 f32) (result i64)))
+      (import "h" "boom" (func $boom (param i32)))
+      (func (export "sum") (param i32) (result i32)
+        (i32.wrap_i64 (call $add (local.get 0) (i64.const 5000000000) (f32.const 1.5))))
+      (func (export "fail") (param i32) (result i32) (call $boom (local.get 0)) (i32.const 0)))"""
+    module = wasmtime.Module(engine, wat)
+
+    class Boom(Exception):
+        pass
+
+    def boom(x: int) -> None:
+        raise Boom(f"boom {x}")
+
+    seen: list[tuple[int, int, float]] = []
+
+    def add(a: int, b: int, c: float) -> int:
+        seen.append((a, b, c))
+        return a + b
+
+    store = wasmtime.Store(engine)
+    imports = [host_func(store, ("i32", "i64", "f32"), ("i64",), add)]
+    imports.append(host_func(store, ("i32",), (), boom))
+    instance = wasmtime.Instance(store, module, imports)
+    exports = instance.exports(store)
+
+    def wrap32(x: int) -> int:
+        x &= 0xFFFFFFFF
+        return x - (1 << 32) if x >= 1 << 31 else x
+
+    total = i32_caller(store, exports["sum"], 1)  # type: ignore[arg-type]
+    assert total(-7) == wrap32(5_000_000_000 - 7)
+    assert seen == [(-7, 5_000_000_000, 1.5)]
+    fail = i32_caller(store, exports["fail"], 1)  # type: ignore[arg-type]
+    with pytest.raises(Boom, match="boom 3"):
+        fail(3)
+    assert total(1) == wrap32(5_000_000_001)  # the store still works after the exception

@@ -34,7 +34,7 @@ from qhybrid.runtime.wasm_pool._abi import (
     AgentModuleError,
     internal_mutable_globals,
 )
-from qhybrid.runtime.wasm_pool._fastcall import i32_caller
+from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
 
 logger = logging.getLogger(__name__)
@@ -300,9 +300,8 @@ class AgentHost:
         name = imp.name or ""
         if imp.module == HOST_MODULE:
             params, results = HOST_FUNCTIONS[name]
-            ty = wasmtime.FuncType([_VALTYPES[p] for p in params], [_VALTYPES[r] for r in results])
             impl: Callable[..., Any] = getattr(self, f"_h_{name}")
-            return wasmtime.Func(self._store, ty, impl)
+            return host_func(self._store, params, results, impl)
         # WASI: the clock and randomness are the run's own, everything else is wasmtime's
         # (with nothing granted unless the scenario says so).
         if name == "clock_time_get":

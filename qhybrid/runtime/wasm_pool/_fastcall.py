@@ -1,4 +1,4 @@
-"""A cheaper way to call a wasm function with i32 arguments and one i32 result.
+"""Cheaper calls between Python and wasm: into exports, and from the guest into host functions.
 
 ``wasmtime.Func.__call__`` asks for the function's type and converts every argument through
 ``Val`` objects on each call; for the per-message calls (``qh_alloc``, ``qh_on_message``) that
@@ -71,3 +71,76 @@ def i32_caller(store: wasmtime.Store, func: wasmtime.Func, nparams: int) -> Call
             return int(func(store, *args))
 
         return call
+
+
+# -- host functions --------------------------------------------------------------------------
+#
+# wasmtime.Func wraps each host call in Caller and Val objects and converts its result through
+# several ValType comparisons; for the ABI's small integer functions that costs more than
+# the guest's own work. The "unchecked" C API passes raw values in one array instead.
+
+_RAW_FUNCS: dict[int, tuple[Callable[..., Any], tuple[str, ...], str | None]] = {}
+_raw_ids = iter(range(1, 1 << 62))
+_raw_trampoline: Any = None
+_raw_finalizer: Any = None
+
+
+def _install_trampolines() -> tuple[Any, Any]:
+    global _raw_trampoline, _raw_finalizer
+    if _raw_trampoline is None:
+        from wasmtime import _ffi as ffi
+        from wasmtime import _func
+
+        @ffi.wasmtime_func_unchecked_callback_t  # type: ignore[untyped-decorator,misc,unused-ignore]
+        def trampoline(env: int, caller: Any, values: Any, count: int) -> int:
+            try:
+                fn, params, result = _RAW_FUNCS[env or 0]
+                args = [getattr(values[i], kind) for i, kind in enumerate(params)]
+                out = fn(*args)
+                if result is not None:
+                    setattr(values[0], result, out)
+                return 0
+            except BaseException as exc:
+                # wasmtime-py re-raises this when the call that trapped returns.
+                _func.LAST_EXCEPTION = exc  # type: ignore[assignment,unused-ignore]
+                message = b"host function raised"
+                trap = ffi.wasmtime_trap_new(message, len(message))
+                return ctypes.cast(trap, ctypes.c_void_p).value or 0
+
+        @ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # type: ignore[untyped-decorator,misc,unused-ignore]
+        def finalizer(env: int) -> None:
+            _RAW_FUNCS.pop(env or 0, None)
+
+        _raw_trampoline, _raw_finalizer = trampoline, finalizer
+    return _raw_trampoline, _raw_finalizer
+
+
+def host_func(
+    store: wasmtime.Store,
+    params: tuple[str, ...],
+    results: tuple[str, ...],
+    fn: Callable[..., Any],
+) -> wasmtime.Func:
+    """A host function of ``params -> results`` (``"i32"``, ``"i64"``, ``"f32"``) calling
+    ``fn`` with plain Python numbers; exceptions it raises trap the guest and are re-raised
+    from the call into wasm, as with ``wasmtime.Func``."""
+    valtypes = {
+        "i32": wasmtime.ValType.i32(),
+        "i64": wasmtime.ValType.i64(),
+        "f32": wasmtime.ValType.f32(),
+    }
+    ty = wasmtime.FuncType([valtypes[p] for p in params], [valtypes[r] for r in results])
+    try:
+        from wasmtime import _ffi as ffi
+
+        trampoline, finalizer = _install_trampolines()
+        key = next(_raw_ids)
+        _RAW_FUNCS[key] = (fn, params, results[0] if results else None)
+        raw = ffi.wasmtime_func_t()
+        ffi.wasmtime_func_new_unchecked(
+            store._context(), ty.ptr(), trampoline, key, finalizer, ctypes.byref(raw)
+        )
+        return wasmtime.Func._from_raw(raw)
+    except (ImportError, AttributeError) as exc:  # pragma: no cover - another wasmtime-py
+        logger.info("raw host functions unavailable (%s); using wasmtime.Func", exc)
+        return wasmtime.Func(store, ty, fn)
