@@ -23,12 +23,16 @@ from qhybrid.runtime._events import (
     TaskFinished,
     TaskStarted,
     TickFinished,
+    WorkerRestarted,
 )
 from qhybrid.runtime._metrics import SERIES, MetricsSnapshot
 from qhybrid.runtime._orchestrator import RunFailed, Runtime, RuntimeConfig, run_scenario
 from qhybrid.runtime._result import AgentSummary, RunResult
 from qhybrid.runtime._scenario import (
+    AgentGrants,
+    AgentLimits,
     AgentSpec,
+    DirGrant,
     MessageSpec,
     Scenario,
     ScenarioError,
@@ -42,10 +46,13 @@ from qhybrid.runtime.tensors import SharedTensor, TensorHandle, TensorStore
 
 __all__ = [
     "SERIES",
+    "AgentGrants",
+    "AgentLimits",
     "AgentLog",
     "AgentSpec",
     "AgentStateChanged",
     "AgentSummary",
+    "DirGrant",
     "MessageSpec",
     "MetricsSnapshot",
     "RunFailed",
@@ -65,6 +72,7 @@ __all__ = [
     "TensorSpec",
     "TensorStore",
     "TickFinished",
+    "WorkerRestarted",
     "load_scenario",
     "parse_scenario",
     "run_scenario",
