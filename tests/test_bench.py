@@ -10,7 +10,9 @@ import json
 import struct
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -217,6 +219,7 @@ def test_dispatch_against_ray_leaves_no_ray_process(
 ) -> None:
     pytest.importorskip("ray", reason="the Ray peer needs the optional extra: qhybrid[bench]")
     before = _ray_processes()
+    temp_before = set(Path(tempfile.gettempdir()).glob("qh-ray-*"))
     proc = run_bench(qhybrid_cmd, cli_env, "bench", "dispatch", "--json", *TINY, timeout=170)
     assert proc.returncode == 0, proc.stderr
     data = one_json_object(proc.stdout)
@@ -230,3 +233,4 @@ def test_dispatch_against_ray_leaves_no_ray_process(
     while (left := _ray_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"Ray processes left running: {sorted(left)}"
+    assert set(Path(tempfile.gettempdir()).glob("qh-ray-*")) == temp_before

@@ -8,7 +8,7 @@ the runtime never imports it, and nothing here imports Qt.
 
     from qhybrid.bench import DispatchConfig, run_dispatch
 
-    report = run_dispatch(DispatchConfig(workers=2, agents=64, steps=64_000, ray=False))
+    report = run_dispatch(DispatchConfig(workers=2, agents=64, steps=128_000, ray=False))
     print(report.to_json()["steps_per_s"], report.vs_inprocess_per_worker)
 """
 

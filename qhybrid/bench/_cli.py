@@ -122,6 +122,7 @@ def _bad_input(parser: argparse.ArgumentParser, message: str) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from qhybrid.bench._dispatch import BenchmarkError, DispatchConfig, run_dispatch
     from qhybrid.runtime import ScenarioError
@@ -146,7 +147,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         with _stdout_kept_for_json():
             report = run_dispatch(config, progress=lambda text: err.print(f"[dim]{text}[/]"))
     except (BenchmarkError, WorkerError, AgentModuleError, ScenarioError, OSError) as exc:
-        err.print(f"[bold red]error:[/] the dispatch benchmark failed: {exc}", soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/] the dispatch benchmark failed: {escape(str(exc))}",
+            soft_wrap=True,
+        )
         return EXIT_FAILED
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -201,6 +205,7 @@ def _seconds(value: float | None) -> str:
 
 
 def _print_table(console: Any, data: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from qhybrid.bench._dispatch import GOAL_VS_INPROCESS_PER_WORKER, GOAL_VS_RAY
@@ -233,7 +238,7 @@ def _print_table(console: Any, data: dict[str, Any]) -> None:
         "in process (1 core)", _rate(data["inprocess_steps_per_s"], "steps/s"), "-", "-", "-"
     )
     if data["ray_calls_per_s"] is None:
-        table.add_row("ray", f"[dim]{data['ray_note']}[/]", "-", "-", "-")
+        table.add_row("ray", "[dim]not run[/]", "-", "-", "-")
     else:
         table.add_row(
             f"ray {data['ray_version']} ({data['workers']} actors)",
@@ -243,6 +248,8 @@ def _print_table(console: Any, data: dict[str, Any]) -> None:
             _seconds(data["ray_startup_s"]),
         )
     console.print(table)
+    if data["ray_note"]:
+        console.print(f"[dim]ray {escape(data['ray_note'])}[/]", soft_wrap=True)
     console.print(
         f"vs ray: {_ratio(data['vs_ray'], GOAL_VS_RAY)}   "
         f"vs in-process per worker: "
