@@ -441,17 +441,15 @@ class Runtime:
             await self.start()
         self._emit_state("running")
         timeout = self.scenario.stop.timeout_s
-        deadline = time.perf_counter() + timeout
-        while self._finished is None:
-            await self._resume.wait()
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                self._finish("failed", f"timed out after {timeout:g} s of wall-clock time")
-                break
-            try:
-                await asyncio.wait_for(self.step(), timeout=remaining)
-            except TimeoutError:
-                self._finish("failed", f"timed out after {timeout:g} s of wall-clock time")
+        try:
+            # One deadline for the whole run (not a task and a timer per tick: that costs
+            # as much as a tick's messages when agents are quick).
+            async with asyncio.timeout(timeout):
+                while self._finished is None:
+                    await self._resume.wait()
+                    await self.step()
+        except TimeoutError:
+            self._finish("failed", f"timed out after {timeout:g} s of wall-clock time")
         assert self._finished is not None
         return self._finished
 
