@@ -27,6 +27,15 @@ import numpy as np
 import pytest
 import wasmtime
 
+from qhybrid.runtime.wasm_pool._abi import (
+    HOST_FUNCTIONS,
+    KIND_GPU_DONE,
+    KIND_LLM_DONE,
+    KIND_TASK_DONE,
+    OPTIONAL_EXPORTS,
+    REQUIRED_EXPORTS,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "sdk" / "build.py"
 SAMPLES = ROOT / "resources" / "agents"
@@ -34,41 +43,9 @@ TEST_AGENTS = ROOT / "tests" / "agents"
 SAMPLE_NAMES = ("ask", "counter", "echo", "planner", "prep", "worker")
 TEST_AGENT_NAMES = ("bad_pointer", "fs_probe", "hog")
 
-KIND_TASK_DONE = 0x7F000001
-KIND_GPU_DONE = 0x7F000002
-KIND_LLM_DONE = 0x7F000003
-
-_I32, _I64, _F32 = "i32", "i64", "f32"
-#: The host functions of docs/agent-abi.md: name -> (params, results).
-ABI_IMPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "send": ((_I32, _I32, _I32, _I32), (_I32,)),
-    "log": ((_I32, _I32, _I32), ()),
-    "random_u64": ((), (_I64,)),
-    "now": ((), (_I64,)),
-    "self_id": ((), (_I32,)),
-    "agent_count": ((), (_I32,)),
-    "peer_count": ((), (_I32,)),
-    "peer": ((_I32,), (_I32,)),
-    "lookup": ((_I32, _I32), (_I32,)),
-    "snapshot_put": ((_I32, _I32), ()),
-    "tensor_open": ((_I32, _I32), (_I32,)),
-    "tensor_info": ((_I32, _I32), (_I32,)),
-    "tensor_read": ((_I32, _I32, _I32, _I32), (_I32,)),
-    "tensor_write": ((_I32, _I32, _I32, _I32), (_I32,)),
-    "tensor_create": ((_I32, _I32, _I32, _I32, _I32), (_I32,)),
-    "gpu_submit": ((_I32, _I32, _I32, _I32, _I32, _I32, _F32), (_I32,)),
-    "llm_complete": ((_I32, _I32, _I32, _I32), (_I32,)),
-}
-#: The exports of docs/agent-abi.md: name -> (params, results).
-ABI_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "qh_abi_version": ((), (_I32,)),
-    "qh_alloc": ((_I32,), (_I32,)),
-    "qh_on_message": ((_I32, _I32, _I32, _I32), (_I32,)),
-    "qh_init": ((_I32, _I32), (_I32,)),
-    "qh_snapshot": ((), (_I32,)),
-    "qh_restore": ((_I32, _I32), (_I32,)),
-    "_initialize": ((), ()),
-}
+# The runtime's own tables are the single source of truth the header must match.
+ABI_IMPORTS = HOST_FUNCTIONS
+ABI_EXPORTS = {**REQUIRED_EXPORTS, **OPTIONAL_EXPORTS}
 REQUIRED_EXPORTS = {"memory", "qh_abi_version", "qh_alloc", "qh_on_message"}
 
 
