@@ -152,11 +152,13 @@ def _wait_for_workers(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1]
-        workers = [
-            p
-            for p in psutil.Process(proc.pid).children(recursive=True)
-            if WORKER_MODULE in " ".join(p.cmdline())
-        ]
+        workers = []
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if WORKER_MODULE in " ".join(p.cmdline()):
+                    workers.append(p)
+            except psutil.NoSuchProcess:  # a short-lived child (e.g. a compiler probe)
+                continue
         if len(workers) == count and any(s.startswith(f"qh_{proc.pid}_") for s in shm_segments()):
             return workers
         time.sleep(0.1)
@@ -179,7 +181,7 @@ module = "@AGENTS@/sink.wat"
 [[messages]]
 to = "relay"
 kind = 1
-payload_i64 = [1500, 0]
+payload_i64 = [3000, 0]
 [[tensors]]
 name = "a"
 shape = [64, 64]
@@ -198,8 +200,9 @@ notify = "sink"
 def _kill_a_worker_mid_run(
     cmd: list[str], env: dict[str, str], path: Path, *extra: str
 ) -> tuple[subprocess.Popen[str], str, str, list[psutil.Process]]:
+    trace = path.with_suffix(".trace.jsonl")
     proc = subprocess.Popen(
-        [*cmd, "--headless", "--json", "--workers", "2", *extra, str(path)],
+        [*cmd, "--headless", "--json", "--workers", "2", "--trace", str(trace), *extra, str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -207,8 +210,13 @@ def _kill_a_worker_mid_run(
     )
     try:
         workers = _wait_for_workers(proc, 2)
-        time.sleep(1.0)  # let it run a while
-        assert proc.poll() is None, "the run ended before the worker could be killed"
+        # Mid-run by the run's own progress, not by the clock: once the trace holds a few
+        # hundred records (a few dozen of its 3000 ticks), whatever the machine's speed.
+        deadline = time.monotonic() + 60
+        while not (trace.exists() and trace.stat().st_size > 16_000):
+            assert proc.poll() is None, "the run ended before the worker could be killed"
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.005)
         workers[1].send_signal(signal.SIGKILL)
         out, err = proc.communicate(timeout=120)
     finally:
