@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_headless(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from qhybrid.runtime import RuntimeConfig, ScenarioError, load_scenario
     from qhybrid.runtime.wasm_pool import WorkerError
@@ -160,7 +161,7 @@ def run_headless(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(path)
     except ScenarioError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return EXIT_BAD_INPUT
     if args.seed is not None:
         scenario = scenario.with_seed(args.seed)
@@ -181,11 +182,14 @@ def run_headless(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(_run(scenario, config, err, holder))
     except ScenarioError as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return EXIT_BAD_INPUT
     except (WorkerError, GpuJobError, OSError) as exc:
         # The run could not start: workers, the GPU device, the trace file.
-        err.print(f"[bold red]error:[/] could not run {path}: {exc}", soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/] could not run {escape(str(path))}: {escape(str(exc))}",
+            soft_wrap=True,
+        )
         return EXIT_FAILED
     except KeyboardInterrupt:
         runtime = holder.get("runtime")
@@ -244,11 +248,12 @@ class _Progress:
 
 
 def _print_summary(console: Any, result: RunResult) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     colour = "green" if result.ok else "red"
     console.print(
-        f"[{colour}]{result.status}[/]: {result.reason} - tick {result.ticks}, "
+        f"[{colour}]{result.status}[/]: {escape(result.reason)} - tick {result.ticks}, "
         f"{result.messages_delivered} messages, {result.tasks_completed} tasks "
         f"({result.cpu_tasks} cpu, {result.gpu_tasks} gpu) in {result.wall_s:.2f} s",
         soft_wrap=True,
@@ -273,7 +278,9 @@ def _print_summary(console: Any, result: RunResult) -> None:
     for agent in result.agents:
         if agent.error:
             again = f" (restarted {agent.restarts}x)" if agent.restarts else ""
-            console.print(f"  [red]{agent.name}[/]{again}: {agent.error}", soft_wrap=True)
+            console.print(
+                f"  [red]{agent.name}[/]{again}: {escape(agent.error)}", soft_wrap=True
+            )
     if result.worker_restarts:
         console.print(f"worker processes replaced after dying: {result.worker_restarts}")
     device = result.device

@@ -381,3 +381,18 @@ def test_headless_runs_with_qt_blocked(cli_env: dict[str, str]) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["status"] == "completed"
+
+
+def test_messages_keep_their_brackets(
+    qhybrid_cmd: list[str], cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Errors print through rich; a table name like [agents.limits] is text, not markup."""
+    path = write_scenario(
+        tmp_path,
+        '[[agents]]\nname = "a"\nmodule = "@AGENTS@/sink.wat"\n[agents.limits]\nfule = 3\n',
+    )
+    proc = run_cli(qhybrid_cmd, cli_env, "--headless", str(path))
+    assert proc.returncode == 2
+    flat = proc.stderr.replace("\n", "")
+    assert 's.toml:5: agents[0].limits.fule: unknown field "fule" in [agents.limits]' in flat
+    assert 'did you mean "fuel"' in flat
