@@ -278,9 +278,7 @@ def _print_summary(console: Any, result: RunResult) -> None:
     for agent in result.agents:
         if agent.error:
             again = f" (restarted {agent.restarts}x)" if agent.restarts else ""
-            console.print(
-                f"  [red]{agent.name}[/]{again}: {escape(agent.error)}", soft_wrap=True
-            )
+            console.print(f"  [red]{agent.name}[/]{again}: {escape(agent.error)}", soft_wrap=True)
     if result.worker_restarts:
         console.print(f"worker processes replaced after dying: {result.worker_restarts}")
     device = result.device
