@@ -16,14 +16,14 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from qhybrid.cli import (
+from qhybrid._argparse import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    Parser,
+    positive_int,
 )
-from qhybrid.cli import _Parser as _Parser
-from qhybrid.cli import _positive_int as _positive_int
 
 PROG = "qhybrid bench"
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qhybrid.bench._dispatch import DispatchConfig
 
     defaults = DispatchConfig()
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         description=(
             "Benchmarks of the qhybrid runtime, measured as ratios against peers run side by "
@@ -51,21 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dispatch.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.workers,
         metavar="N",
         help=f"worker processes, and Ray actors (default {defaults.workers})",
     )
     dispatch.add_argument(
         "--agents",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.agents,
         metavar="A",
         help=f"ping agents (default {defaults.agents})",
     )
     dispatch.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.steps,
         metavar="S",
         help=(
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dispatch.add_argument(
         "--repeat",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.repeat,
         metavar="R",
         help="take each measurement R times and keep the best (default 1)",
