@@ -222,9 +222,6 @@ class WorkerPool:
         """Replace an agent with a fresh instance of its module (its ``restart`` policy)."""
         await self._request(index, Request("restart", (agent_id,)))
 
-    async def unload_agent(self, index: int, agent_id: int) -> None:
-        await self._request(index, Request("unload", (agent_id,)))
-
     async def respawn(self, index: int) -> None:
         """Replace a dead worker with a new process that knows what the old one knew
         (names, modules, tensors) but hosts no agents yet."""

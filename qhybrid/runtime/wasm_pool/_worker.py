@@ -37,10 +37,6 @@ class Worker:
         self.agents: dict[int, AgentHost] = {}
         self.loads: dict[int, AgentLoad] = {}
 
-    @property
-    def directory(self) -> dict[str, int]:
-        return self.ctx.directory
-
     def handle(self, request: Request) -> Any:
         op = request.op
         if op == "batch":
@@ -74,10 +70,6 @@ class Worker:
         if op == "restart":
             (agent_id,) = request.args
             self.load([self.loads[agent_id]])
-            return None
-        if op == "unload":
-            (agent_id,) = request.args
-            self.agents.pop(agent_id, None)
             return None
         raise ValueError(f"unknown request {op!r}")
 
