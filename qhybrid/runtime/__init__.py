@@ -18,6 +18,8 @@ from __future__ import annotations
 from qhybrid.runtime._events import (
     AgentLog,
     AgentStateChanged,
+    GpuAdapter,
+    LlmTokens,
     RunStateChanged,
     RuntimeEvents,
     TaskFinished,
@@ -53,6 +55,8 @@ __all__ = [
     "AgentStateChanged",
     "AgentSummary",
     "DirGrant",
+    "GpuAdapter",
+    "LlmTokens",
     "MessageSpec",
     "MetricsSnapshot",
     "RunFailed",

@@ -100,6 +100,38 @@ class AgentLog:
     tick: int
 
 
+@dataclass(frozen=True, slots=True)
+class LlmTokens:
+    """Text an LLM request produced since the last event for it (streamed, a few tokens at a
+    time), or its end (``done`` true; ``finish`` is "stop", "length", "cancelled" or "error",
+    and ``error`` says why for "error").
+
+    ``agent`` is the agent that asked (or ``"user"`` for a request posted from outside);
+    ``tokens`` counts the tokens in ``text``; ``tok_s`` is the request's decode rate so far and
+    ``ttft_s`` its time to first token (0 until the first token).
+    """
+
+    request_id: int
+    agent: str
+    text: str
+    tokens: int
+    done: bool
+    tok_s: float = 0.0
+    ttft_s: float = 0.0
+    finish: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuAdapter:
+    """The device GPU work runs on, once it has started: ``kind`` is "hardware", "software"
+    (e.g. llvmpipe) or "cpu" (no adapter; numpy does the work)."""
+
+    name: str
+    backend: str
+    kind: str
+
+
 class RuntimeEvents:
     """The runtime's signals (psygnal); all of them fire on the orchestrator's loop thread."""
 
@@ -117,3 +149,7 @@ class RuntimeEvents:
     agent_log = Signal(AgentLog)
     #: :class:`WorkerRestarted`, on the orchestrator's loop thread.
     worker_restarted = Signal(WorkerRestarted)
+    #: :class:`LlmTokens`, on the orchestrator's loop thread, as an LLM request streams.
+    llm_tokens = Signal(LlmTokens)
+    #: :class:`GpuAdapter`, on the orchestrator's loop thread, once the GPU device started.
+    gpu_adapter = Signal(GpuAdapter)

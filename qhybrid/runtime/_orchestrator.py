@@ -29,6 +29,7 @@ import numpy as np
 from qhybrid.runtime._events import (
     AgentLog,
     AgentStateChanged,
+    GpuAdapter,
     RunStateChanged,
     RuntimeEvents,
     TaskFinished,
@@ -214,6 +215,8 @@ class Runtime:
                 await self.pool.start()
             finally:
                 self.device_info = await device_start
+            info = self.device_info
+            self.events.gpu_adapter.emit(GpuAdapter(info.name, info.backend, info.kind))
             self._create_agents()
             await self.pool.set_directory([a.name for a in self._agents])
             for key, (serialized, original) in modules.items():
