@@ -104,7 +104,8 @@ def quantize(values: F32, qtype: str) -> Array:
 # -- matrix products -----------------------------------------------------------------------
 def matmul(a: F32, b: F32) -> F32:
     """``c[M, N] = a[M, K] @ b[K, N]``."""
-    return np.matmul(a, b, dtype=np.float32)
+    result: Array = np.matmul(a, b, dtype=np.float32)
+    return result
 
 
 def linear(x: F32, w: Array, qtype: str, n: int, k: int) -> F32:
@@ -113,7 +114,8 @@ def linear(x: F32, w: Array, qtype: str, n: int, k: int) -> F32:
     The GPU runs it as matrix x vector for small M (decode, a few sequences) and as a tiled
     matrix product for large M (prefill).
     """
-    return np.matmul(x, dequantize(w, qtype, n, k).T, dtype=np.float32)
+    result: Array = np.matmul(x, dequantize(w, qtype, n, k).T, dtype=np.float32)
+    return result
 
 
 def get_rows(table: Array, qtype: str, rows: int, cols: int, ids: Array) -> F32:
@@ -167,7 +169,8 @@ def softmax(x: F32, factor: float = 1.0) -> F32:
     z = np.asarray(x, dtype=np.float32) * np.float32(factor)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    result: Array = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return result
 
 
 def rmsnorm(x: F32, weight: F32 | None, eps: float) -> F32:
@@ -256,7 +259,8 @@ def attention(q: F32, k_cache: F32, v_cache: F32, slot: Array, pos: Array, facto
 # -- sampling -------------------------------------------------------------------------------
 def argmax(x: F32) -> Array:
     """``uint32[B]``: the index of each row's largest value (the first, on ties)."""
-    return np.argmax(np.asarray(x, dtype=np.float32), axis=-1).astype(np.uint32)
+    result: Array = np.argmax(np.asarray(x, dtype=np.float32), axis=-1).astype(np.uint32)
+    return result
 
 
 def topk(x: F32, k: int) -> tuple[F32, Array]:
