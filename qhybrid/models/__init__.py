@@ -5,9 +5,46 @@ into Qt item models and view-models, hopping to the GUI thread before anything a
 changes. They use QtCore only (no QtGui, no QtWidgets, no pyqtgraph), so they can be tested
 without a display; widgets and charts live in ``qhybrid.views``.
 
+- :class:`RuntimeController` runs a scenario on an asyncio loop in a ``QThread`` it owns and
+  steers it (start, pause, step, stop, restart, post); the GUI thread never awaits it.
+- :class:`RuntimeFeed` collects the runtime's events where they fire (append-only deques).
+- :class:`LiveModels` drains the feed and polls the metrics once per frame (about 30 a
+  second) into :class:`AgentsTableModel`, :class:`LogModel`, :class:`ChatModel` and
+  :class:`LiveSeries` (the charts' ring buffers).
+
 Layering: ``qhybrid.app`` -> ``qhybrid.views`` -> ``qhybrid.models`` -> ``qhybrid.runtime``.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from qhybrid.models._agents import SORT_ROLE, AgentsFilterModel, AgentsTableModel
+from qhybrid.models._chat import ChatEntry, ChatModel
+from qhybrid.models._controller import ASK_KIND, RuntimeController, SessionState
+from qhybrid.models._feed import FeedBatch, RuntimeFeed
+from qhybrid.models._live import LiveModels, adapter_text
+from qhybrid.models._log import LEVELS, LogFilterModel, LogLine, LogModel, PythonLogCollector
+from qhybrid.models._series import CHANNELS, LiveSeries
+from qhybrid.models._stall import StallMonitor
+
+__all__ = [
+    "ASK_KIND",
+    "CHANNELS",
+    "LEVELS",
+    "SORT_ROLE",
+    "AgentsFilterModel",
+    "AgentsTableModel",
+    "ChatEntry",
+    "ChatModel",
+    "FeedBatch",
+    "LiveModels",
+    "LiveSeries",
+    "LogFilterModel",
+    "LogLine",
+    "LogModel",
+    "PythonLogCollector",
+    "RuntimeController",
+    "RuntimeFeed",
+    "SessionState",
+    "StallMonitor",
+    "adapter_text",
+]

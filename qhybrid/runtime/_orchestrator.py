@@ -437,6 +437,17 @@ class Runtime:
     def agent_names(self) -> list[str]:
         return [a.name for a in self._agents]
 
+    def agent_summaries(self) -> tuple[AgentSummary, ...]:
+        """Every agent as it stands now (state, messages handled, last error, restarts).
+
+        Safe to call from any thread (a window polls it): each summary is read field by field
+        while the loop may be committing a tick, so counts may be one tick apart.
+        """
+        return tuple(
+            AgentSummary(a.name, a.module.name, a.worker, a.state, a.handled, a.error, a.restarts)
+            for a in list(self._agents)
+        )
+
     # -- running ----------------------------------------------------------------------------
     async def run(self) -> RunResult:
         """Run ticks until the scenario's stop condition, a failure, or :meth:`request_stop`."""

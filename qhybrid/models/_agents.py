@@ -1,0 +1,167 @@
+"""The agents table: one row per agent, updated in place from the runtime's summaries.
+
+A scenario can have thousands of agents whose counters change every tick. The model keeps
+its columns as plain lists, compares each update with what it shows, and emits one
+``dataChanged`` over the rows that changed (never a reset while the agents stay the same), so
+a view repaints only what it shows and a sort/filter proxy re-sorts only what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+)
+
+from qhybrid.runtime import AgentSummary
+
+__all__ = ["SORT_ROLE", "AgentsFilterModel", "AgentsTableModel"]
+
+#: The role the proxy sorts by: numbers as numbers, text as text.
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1
+
+_Index = QModelIndex | QPersistentModelIndex
+_NOT_REPORTED = "\N{EM DASH}"
+
+
+class AgentsTableModel(QAbstractTableModel):
+    """Agents as rows; columns in :attr:`COLUMNS`.
+
+    "Fuel used" and "Memory" are shown when the runtime reports them per agent; the current
+    runtime does not (its summaries have no such fields), so those cells read "—".
+    """
+
+    COLUMNS = (
+        "Name",
+        "State",
+        "Worker",
+        "Handled",
+        "Restarts",
+        "Fuel used",
+        "Memory",
+        "Last error",
+    )
+    NAME, STATE, WORKER, HANDLED, RESTARTS, FUEL, MEMORY, ERROR = range(len(COLUMNS))
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._names: list[str] = []
+        self._modules: list[str] = []
+        self._rows: list[tuple[Any, ...]] = []  # (state, worker, handled, restarts, fuel, mem, err)
+
+    # -- updates ---------------------------------------------------------------------------
+    def update_agents(self, agents: Sequence[AgentSummary]) -> int:
+        """Show ``agents``; returns how many rows changed (a new set of agents resets)."""
+        names = [a.name for a in agents]
+        rows = [
+            (
+                a.state,
+                a.worker,
+                a.handled,
+                a.restarts,
+                getattr(a, "fuel_used", None),
+                getattr(a, "memory_bytes", None),
+                a.error or "",
+            )
+            for a in agents
+        ]
+        if names != self._names:
+            self.beginResetModel()
+            self._names = names
+            self._modules = [a.module for a in agents]
+            self._rows = rows
+            self.endResetModel()
+            return len(rows)
+        old = self._rows
+        changed = [i for i, (a, b) in enumerate(zip(old, rows, strict=True)) if a != b]
+        if not changed:
+            return 0
+        self._rows = rows
+        # One signal over the changed span: views and proxies handle a range in one pass.
+        self.dataChanged.emit(
+            self.index(changed[0], 0),
+            self.index(changed[-1], len(self.COLUMNS) - 1),
+            [Qt.ItemDataRole.DisplayRole, SORT_ROLE],
+        )
+        return len(changed)
+
+    def clear(self) -> None:
+        self.beginResetModel()
+        self._names, self._modules, self._rows = [], [], []
+        self.endResetModel()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def module_of(self, name: str) -> str:
+        try:
+            return self._modules[self._names.index(name)]
+        except ValueError:
+            return ""
+
+    # -- QAbstractTableModel ---------------------------------------------------------------
+    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._names)
+
+    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.COLUMNS[section]
+        return None
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        row, column = index.row(), index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(row, column)
+        if role == SORT_ROLE:
+            if column == self.NAME:
+                return self._names[row]
+            value = self._rows[row][column - 1]
+            return -1 if value is None else value
+        if role == Qt.ItemDataRole.TextAlignmentRole and self.WORKER <= column <= self.MEMORY:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if column == self.NAME:
+                return f"{self._names[row]} ({self._modules[row]})"
+            if column == self.ERROR and self._rows[row][6]:
+                return self._rows[row][6]
+            if column in (self.FUEL, self.MEMORY) and self._rows[row][column - 1] is None:
+                return "not reported per agent by this runtime"
+        return None
+
+    def _display(self, row: int, column: int) -> str:
+        if column == self.NAME:
+            return self._names[row]
+        value = self._rows[row][column - 1]
+        if column in (self.FUEL, self.MEMORY):
+            if value is None:
+                return _NOT_REPORTED
+            return f"{value / 1024:,.0f} KiB" if column == self.MEMORY else f"{value:,}"
+        if column in (self.HANDLED, self.RESTARTS):
+            return f"{value:,}"
+        return str(value)
+
+
+class AgentsFilterModel(QSortFilterProxyModel):
+    """Sorts by :data:`SORT_ROLE`; filters on name, state or error text (case-insensitive)."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.setSortRole(SORT_ROLE)
+        self.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.setFilterKeyColumn(-1)  # any column
+        self.setDynamicSortFilter(True)

@@ -1,0 +1,436 @@
+"""Runs a scenario off the GUI thread and steers it: start, pause, step, stop, restart, post.
+
+The runtime is an asyncio program (the orchestrator's loop), and it knows nothing about Qt.
+:class:`RuntimeController` gives it a loop of its own on a :class:`QThread` that the controller
+owns; the worker processes and the GPU thread hang off that loop as they would under
+``asyncio.run``. The GUI thread never awaits runtime work: every control method schedules a
+coroutine on the runtime's loop and returns at once; outcomes come back as Qt signals, which
+are emitted on the loop thread and therefore delivered to GUI-thread slots as queued calls.
+
+Events (messages, logs, ticks) do not go through Qt signals at all: they are collected by a
+:class:`~qhybrid.models.RuntimeFeed` and taken by the GUI in batches (see ``_live.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from PySide6.QtCore import QObject, QThread, Signal
+
+from qhybrid.models._feed import RuntimeFeed
+from qhybrid.runtime import (
+    Runtime,
+    RuntimeConfig,
+    ScenarioError,
+    load_scenario,
+)
+
+__all__ = ["ASK_KIND", "RuntimeController", "SessionState"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The message kind an LLM agent such as ``resources/agents/ask.c`` takes a prompt with.
+ASK_KIND = 1
+
+
+class SessionState:
+    """What the controller is doing; ``state_changed`` carries one of these strings."""
+
+    IDLE = "idle"  # no run yet
+    STARTING = "starting"  # loading the scenario, starting workers and the GPU thread
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    COMPLETED = "completed"  # the run ended (its stop condition, or a stop request)
+    FAILED = "failed"  # the run failed, or could not start
+
+    ACTIVE = frozenset({STARTING, RUNNING, PAUSED, STOPPING})
+
+
+class _LoopThread(QThread):
+    """A QThread that runs an asyncio event loop until asked to stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setObjectName("qhybrid-runtime-loop")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+
+    def run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                # asyncio.to_thread's helpers: joined, or they would outlive the window.
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+                _forget_dummy_thread()
+
+    def wait_ready(self, timeout: float = 10.0) -> asyncio.AbstractEventLoop:
+        if not self._ready.wait(timeout) or self.loop is None:
+            raise RuntimeError("the runtime's event loop did not start")
+        return self.loop
+
+
+def _forget_dummy_thread() -> None:
+    """Drop the ``threading._DummyThread`` Python made for this QThread (logging and asyncio
+    ask for ``threading.current_thread()``). Before Python 3.12 such an entry outlives its
+    thread and reads as alive forever, which looks like a thread left behind."""
+    current = threading.current_thread()
+    if isinstance(current, threading._DummyThread):
+        with threading._active_limbo_lock:  # type: ignore[attr-defined]
+            threading._active.pop(current.ident, None)  # type: ignore[attr-defined]
+
+
+class RuntimeController(QObject):
+    """Owns the runtime's thread and one run at a time; all methods are for the GUI thread.
+
+    Signals (emitted on the runtime's loop thread, so queued to slots on the GUI thread):
+
+    - ``state_changed(state, detail)``: a :class:`SessionState` string and a human sentence
+      (why a run ended, what failed) or "".
+    - ``runtime_changed(runtime)``: a new :class:`~qhybrid.runtime.Runtime` was created (its
+      events are already fed to :attr:`feed`); ``None`` never.
+    - ``run_finished(result)``: the run's :class:`~qhybrid.runtime.RunResult`.
+    - ``error(message)``: something the user asked for could not be done (a bad scenario
+      file, a post to an agent that does not exist, ...).
+    """
+
+    state_changed = Signal(str, str)
+    runtime_changed = Signal(object)
+    run_finished = Signal(object)
+    error = Signal(str)
+
+    def __init__(
+        self, parent: QObject | None = None, *, workers: int = 2, device: str = "auto"
+    ) -> None:
+        super().__init__(parent)
+        self.feed = RuntimeFeed()
+        self.workers = workers
+        self.device = device
+        self.scenario_path: Path | None = None
+        self._state = SessionState.IDLE
+        self._thread: _LoopThread | None = None
+        # Set and read on the loop thread only (the GUI reads ``runtime``, a plain reference).
+        self._runtime: Runtime | None = None
+        self._session: asyncio.Task[None] | None = None
+        self._go: asyncio.Event | None = None  # set while ticks may run
+        self._stop_reason: str | None = None
+        self._step_lock: asyncio.Lock | None = None
+        self._closed = False
+
+    # -- what the GUI reads ----------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def active(self) -> bool:
+        """A run is starting, running, paused or stopping."""
+        return self._state in SessionState.ACTIVE
+
+    @property
+    def runtime(self) -> Runtime | None:
+        """The current (or last) run's runtime. Only its thread-safe parts may be used from
+        the GUI thread: ``metrics()``, ``agent_summaries()``, ``device_info``, ``result``."""
+        return self._runtime
+
+    # -- controls (GUI thread; none of them waits for the runtime) --------------------------
+    def start(self, scenario_path: str | Path | None = None, *, paused: bool = False) -> None:
+        """Start a run of ``scenario_path`` (default: the last one); resume a paused run.
+
+        With ``paused`` the run starts, runs its first tick, and waits for :meth:`resume` or
+        :meth:`step` (what "Step" does when nothing runs yet).
+        """
+        if scenario_path is not None:
+            self.scenario_path = Path(scenario_path)
+        if self._state == SessionState.PAUSED and scenario_path is None and not paused:
+            self.resume()
+            return
+        if self.active:
+            self.error.emit("a run is already in progress: stop it first, or restart")
+            return
+        if self.scenario_path is None:
+            self.error.emit("no scenario is open")
+            return
+        self._set_state(SessionState.STARTING, str(self.scenario_path))
+        self._submit(self._start_session(self.scenario_path, self.workers, self.device, paused))
+
+    def pause(self) -> None:
+        if self._state == SessionState.RUNNING:
+            self._submit(self._pause())
+
+    def resume(self) -> None:
+        if self._state == SessionState.PAUSED:
+            self._submit(self._resume())
+
+    def step(self) -> None:
+        """Run one tick of a paused run, or start a run paused after its first tick."""
+        if self._state == SessionState.PAUSED:
+            self._submit(self._step())
+        elif not self.active:
+            self.start(paused=True)
+
+    def stop(self) -> None:
+        """End the run after the tick in progress (it reports "completed")."""
+        if self._state in (SessionState.STARTING, SessionState.RUNNING, SessionState.PAUSED):
+            self._set_state(SessionState.STOPPING, "")
+            self._submit(self._stop("stopped from the window"))
+
+    def restart(self) -> None:
+        """Stop the run in progress, if any, and start the same scenario again."""
+        if self.scenario_path is None:
+            self.error.emit("no scenario is open")
+            return
+        if self.active:
+            self._set_state(SessionState.STOPPING, "restarting")
+        path, workers, device = self.scenario_path, self.workers, self.device
+        self._submit(self._restart(path, workers, device))
+
+    def post(self, agent: str, text: str, *, kind: int = ASK_KIND) -> None:
+        """Send ``text`` (UTF-8) to ``agent`` of the running scenario, for its next tick."""
+        if self._state not in (SessionState.RUNNING, SessionState.PAUSED):
+            self.error.emit("no run is in progress: start the scenario first")
+            return
+        self._submit(self._post(agent, text.encode("utf-8"), kind))
+
+    def shutdown(self, timeout: float = 20.0) -> bool:
+        """Stop the run, close the runtime (worker processes, GPU thread, shared memory) and
+        end the loop's thread; blocks for at most about ``timeout`` seconds. Idempotent.
+
+        Returns True when everything ended in time.
+        """
+        self._closed = True
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        loop = thread.loop
+        clean = True
+        if loop is not None and not loop.is_closed():
+            future = asyncio.run_coroutine_threadsafe(self._close_session(), loop)
+            try:
+                future.result(timeout)
+            except concurrent.futures.TimeoutError:
+                logger.error("the runtime did not close within %g s", timeout)
+                clean = False
+            except Exception:
+                logger.exception("closing the runtime failed")
+                clean = False
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.stop)
+        if not thread.wait(int(timeout * 1000)):
+            logger.error("the runtime's thread did not end within %g s", timeout)
+            clean = False
+        return clean
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        if self._closed:
+            raise RuntimeError("the controller is shut down")
+        if self._thread is None:
+            self._thread = _LoopThread()
+            self._thread.start()
+        return self._thread.wait_ready()
+
+    def _submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T] | None:
+        """Run ``coroutine`` on the runtime's loop; report its exception as ``error``."""
+        try:
+            loop = self._ensure_loop()
+        except RuntimeError as exc:
+            coroutine.close()
+            self.error.emit(str(exc))
+            return None
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        future.add_done_callback(self._report)
+        return future
+
+    def _report(self, future: concurrent.futures.Future[Any]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            logger.error("runtime control failed", exc_info=exc)
+            self.error.emit(f"{type(exc).__name__}: {exc}")
+
+    def _set_state(self, state: str, detail: str) -> None:
+        """Record and announce a state (from either thread: the signal is queued to the GUI)."""
+        self._state = state
+        self.state_changed.emit(state, detail)
+
+    # -- on the runtime's loop ------------------------------------------------------------
+    # The controller drives the ticks itself with Runtime.step() instead of Runtime.run(), so
+    # that a pause takes effect between two ticks it knows of, a single step can never run
+    # beside a tick in flight (one lock covers both), and the scenario's wall-clock limit
+    # counts running time only: a run paused in the window for a while does not time out.
+
+    async def _start_session(self, path: Path, workers: int, device: str, paused: bool) -> None:
+        previous = self._session
+        if previous is not None and not previous.done():
+            await previous  # a restart waits for the previous run to close
+        self._stop_reason = None
+        self._session = asyncio.ensure_future(self._run_session(path, workers, device, paused))
+        self._session.add_done_callback(self._session_done)
+
+    def _session_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error("the run ended with an error", exc_info=exc)
+            self._set_state(SessionState.FAILED, f"{type(exc).__name__}: {exc}")
+            self.error.emit(f"the run ended with an error: {exc}")
+
+    async def _run_session(self, path: Path, workers: int, device: str, paused: bool) -> None:
+        self._step_lock = asyncio.Lock()
+        self._go = asyncio.Event()
+        self._runtime = None
+        try:
+            scenario = await asyncio.to_thread(load_scenario, path)
+            runtime = Runtime(scenario, RuntimeConfig(workers=workers, device=device))
+        except (ScenarioError, OSError, ValueError) as exc:
+            self._set_state(SessionState.FAILED, f"cannot open the scenario: {exc}")
+            self.error.emit(str(exc))
+            return
+        self.feed.attach(runtime.events)
+        self._runtime = runtime
+        self.runtime_changed.emit(runtime)
+        try:
+            try:
+                await runtime.start()
+            except Exception as exc:
+                logger.warning("the run could not start: %s", exc)
+                self._set_state(SessionState.FAILED, f"could not start: {exc}")
+                self.error.emit(f"the run could not start: {exc}")
+                return
+            if self._stop_reason is not None:
+                runtime.request_stop(self._stop_reason)
+                self._go.set()
+            elif paused:
+                runtime.pause()
+                self._set_state(SessionState.PAUSED, "")
+                await self._step()
+            else:
+                runtime.resume()  # announces "running"
+                self._set_state(SessionState.RUNNING, "")
+                self._go.set()
+            timed_out = await self._drive(runtime)
+        finally:
+            await runtime.aclose()
+        result = runtime.result
+        assert result is not None
+        if timed_out is not None:
+            self._set_state(SessionState.FAILED, timed_out)
+        else:
+            self._set_state(
+                SessionState.COMPLETED if result.ok else SessionState.FAILED, result.reason
+            )
+        self.run_finished.emit(result)
+
+    async def _drive(self, runtime: Runtime) -> str | None:
+        """Run ticks while allowed to, until the run ends; returns why it timed out, if so."""
+        go, lock = self._go, self._step_lock
+        assert go is not None and lock is not None
+        limit = runtime.scenario.stop.timeout_s
+        running_s = 0.0
+        timed_out: str | None = None
+        clock = time.perf_counter
+        while runtime.result is None:
+            if not go.is_set():
+                await go.wait()
+            async with lock:
+                if not go.is_set():
+                    continue  # paused while a single step held the lock
+                t0 = clock()
+                more = await runtime.step()
+                running_s += clock() - t0
+            if more and limit and running_s > limit and timed_out is None:
+                timed_out = f"timed out after {limit:g} s of running time"
+                runtime.request_stop(timed_out)
+        return timed_out
+
+    async def _pause(self) -> None:
+        runtime = self._runtime
+        if runtime is None or runtime.result is not None or self._state != SessionState.RUNNING:
+            return
+        assert self._go is not None
+        self._go.clear()
+        runtime.pause()  # announces "paused"; the tick in flight, if any, still commits
+        self._set_state(SessionState.PAUSED, f"after tick {runtime.tick}")
+
+    async def _resume(self) -> None:
+        runtime = self._runtime
+        if runtime is None or runtime.result is not None or self._state != SessionState.PAUSED:
+            return
+        assert self._go is not None
+        runtime.resume()
+        self._set_state(SessionState.RUNNING, "")
+        self._go.set()
+
+    async def _step(self) -> None:
+        runtime = self._runtime
+        if runtime is None or self._step_lock is None or self._go is None:
+            return
+        async with self._step_lock:
+            if self._state != SessionState.PAUSED or runtime.result is not None:
+                return
+            more = await runtime.step()
+            if more:
+                self._set_state(SessionState.PAUSED, f"after tick {runtime.tick}")
+            else:
+                self._set_state(SessionState.STOPPING, "")
+                self._go.set()  # the driver sees the result and closes the run
+
+    async def _stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        runtime = self._runtime
+        if runtime is not None and runtime.result is None:
+            runtime.request_stop(reason)
+        if self._go is not None:
+            self._go.set()
+        session = self._session
+        if session is not None and not session.done():
+            await asyncio.wait([session])
+
+    async def _restart(self, path: Path, workers: int, device: str) -> None:
+        await self._stop("restarted from the window")
+        self._set_state(SessionState.STARTING, str(path))
+        await self._start_session(path, workers, device, False)
+
+    async def _post(self, agent: str, payload: bytes, kind: int) -> None:
+        runtime = self._runtime
+        if runtime is None or runtime.result is not None:
+            self.error.emit("no run is in progress")
+            return
+        try:
+            runtime.post(agent, payload, kind=kind)
+        except (KeyError, ValueError) as exc:
+            self.error.emit(str(exc.args[0]) if exc.args else str(exc))
+
+    async def _close_session(self) -> None:
+        await self._stop("the window was closed")
+        runtime = self._runtime
+        if runtime is not None:
+            await runtime.aclose()  # idempotent; also when start() never finished
+        self.feed.detach()

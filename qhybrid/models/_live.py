@@ -1,0 +1,170 @@
+"""One timer on the GUI thread turns the runtime's events and metrics into model updates.
+
+:class:`LiveModels` owns every model a window shows and one :class:`QTimer` (about 30 times a
+second while a run is active). Each frame it drains the :class:`RuntimeFeed`, polls
+:meth:`Runtime.metrics` (and, a few times a second, :meth:`Runtime.agent_summaries`), applies
+all of it to the models in batches, and emits :attr:`LiveModels.frame` once, which is when the
+charts redraw. However fast the runtime goes, the GUI does a bounded amount of work per frame,
+and the runtime's loop only ever appends to deques.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from qhybrid.models._agents import AgentsFilterModel, AgentsTableModel
+from qhybrid.models._chat import ChatModel
+from qhybrid.models._controller import RuntimeController, SessionState
+from qhybrid.models._feed import FeedBatch
+from qhybrid.models._log import LogFilterModel, LogLine, LogModel, PythonLogCollector
+from qhybrid.models._series import LiveSeries
+from qhybrid.runtime import GpuAdapter, Runtime
+
+__all__ = ["LiveModels", "adapter_text"]
+
+#: Frames per second while a run is active.
+DEFAULT_FPS = 30
+#: Agent table refreshes per second (a thousand rows need not change 30 times a second).
+AGENTS_HZ = 4
+
+
+def adapter_text(adapter: GpuAdapter | None) -> str:
+    """ "llvmpipe (vulkan, software)", or "no GPU adapter yet"."""
+    if adapter is None:
+        return "GPU: not started"
+    if adapter.kind == "cpu":
+        return "GPU: none (numpy on the CPU)"
+    return f"GPU: {adapter.name} ({adapter.backend}, {adapter.kind})"
+
+
+class LiveModels(QObject):
+    """The models of one window over one :class:`RuntimeController`.
+
+    Signals (GUI thread): ``frame()`` after each refresh; ``adapter_changed(text, adapter)``;
+    ``progress(text)``: a short line for the status bar (tick, messages, tasks/s).
+    """
+
+    frame = Signal()
+    adapter_changed = Signal(str, object)
+    progress = Signal(str)
+
+    def __init__(
+        self,
+        controller: RuntimeController,
+        parent: QObject | None = None,
+        *,
+        fps: int = DEFAULT_FPS,
+    ) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.agents = AgentsTableModel(self)
+        self.agents_filter = AgentsFilterModel(self)
+        self.agents_filter.setSourceModel(self.agents)
+        self.log = LogModel(self)
+        self.log_filter = LogFilterModel(self)
+        self.log_filter.setSourceModel(self.log)
+        self.chat = ChatModel(self)
+        self.series = LiveSeries()
+        self.adapter: GpuAdapter | None = None
+        self.frames = 0
+        self.frame_seconds_max = 0.0  # the longest refresh so far (GUI-thread work per frame)
+        self._t0 = time.perf_counter()
+        self._agents_every = max(1, round(fps / AGENTS_HZ))
+        self._agents_due = True
+        self._python_log = PythonLogCollector()
+        logging.getLogger("qhybrid").addHandler(self._python_log)
+
+        self.timer = QTimer(self)
+        self.timer.setObjectName("live_models_timer")
+        self.timer.setInterval(max(1, round(1000 / fps)))
+        self.timer.timeout.connect(self.refresh)
+
+        controller.runtime_changed.connect(self._on_runtime)
+        controller.state_changed.connect(self._on_state)
+        controller.error.connect(self._on_error)
+
+    def set_fps(self, fps: float) -> None:
+        """Refreshes per second while a run is active (0: as fast as the GUI can)."""
+        self.timer.setInterval(0 if fps <= 0 else max(1, round(1000 / fps)))
+
+    def close(self) -> None:
+        """Stop refreshing and detach from logging (the window is closing)."""
+        self.timer.stop()
+        logging.getLogger("qhybrid").removeHandler(self._python_log)
+
+    # -- controller signals ----------------------------------------------------------------
+    def _on_runtime(self, runtime: Runtime) -> None:
+        self.series.reset()
+        self._t0 = time.perf_counter()
+        self._agents_due = True
+        self.adapter = None
+        self.log.append_lines([LogLine(None, 20, "run", f"scenario {runtime.scenario.name!r}")])
+
+    def _on_state(self, state: str, detail: str) -> None:
+        if state in SessionState.ACTIVE:
+            if not self.timer.isActive():
+                self.timer.start()
+        else:
+            self.timer.stop()
+            self._agents_due = True
+            self.refresh()  # the last events and the final counts
+
+    def _on_error(self, message: str) -> None:
+        self.log.append_lines([LogLine(None, 40, "window", message)])
+
+    # -- one frame ---------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Take what the runtime produced since the last frame and update every model."""
+        t_start = time.perf_counter()
+        batch = self.controller.feed.drain()
+        runtime = self.controller.runtime
+        self._apply(batch)
+        metrics = runtime.metrics() if runtime is not None else None
+        self.series.sample(t_start - self._t0, metrics, batch.tasks, batch.llm)
+        if runtime is not None and (
+            self._agents_due or batch.agent_states or self.frames % self._agents_every == 0
+        ):
+            self.agents.update_agents(runtime.agent_summaries())
+            self._agents_due = False
+        latest = self.series.latest
+        if runtime is not None and latest:
+            tick = latest.get("tick")
+            tick_text = "-" if tick is None or tick != tick else f"{int(tick):,}"
+            self.progress.emit(
+                f"tick {tick_text}  \N{MIDDLE DOT}  {latest.get('tasks_per_s', 0.0) or 0.0:,.0f}"
+                " tasks/s"
+            )
+        self.frames += 1
+        self.frame.emit()
+        self.frame_seconds_max = max(self.frame_seconds_max, time.perf_counter() - t_start)
+
+    def _apply(self, batch: FeedBatch) -> None:
+        lines = [LogLine(None, 20, "run", _state_line(e.state, e.reason)) for e in batch.run_states]
+        lines.extend(LogLine(e.tick, e.level, e.agent, e.text) for e in batch.logs)
+        if batch.logs_dropped:
+            lines.append(
+                LogLine(None, 30, "window", f"{batch.logs_dropped} log lines dropped (too many)")
+            )
+        for e in batch.agent_states:
+            if e.state != "loaded":
+                level = 20 if e.state == "restarted" else 30
+                text = f"agent {e.state}" + (f": {e.reason}" if e.reason else "")
+                lines.append(LogLine(e.tick, level, e.agent, text))
+        lines.extend(
+            LogLine(e.tick, 30, "run", f"worker {e.worker} replaced ({e.reason})")
+            for e in batch.restarts
+        )
+        lines.extend(self._python_log.take())
+        self.log.append_lines(lines)
+        if batch.llm or batch.logs:
+            self.chat.apply(batch.llm, batch.logs)
+        if batch.adapter is not None:
+            self.adapter = batch.adapter
+            self.adapter_changed.emit(adapter_text(batch.adapter), batch.adapter)
+
+
+def _state_line(state: str, reason: str | None) -> str:
+    return f"run {state}" + (f": {reason}" if reason else "")

@@ -1,0 +1,176 @@
+"""The log: agents' log lines, the runtime's own warnings and the run's state changes.
+
+Lines arrive in batches (see ``_live.py``); the model keeps the last :attr:`LogModel.capacity`
+and drops the oldest in one ``beginRemoveRows`` per batch. :class:`LogFilterModel` hides
+lines below a chosen level.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+)
+
+__all__ = ["LEVELS", "LogFilterModel", "LogLine", "LogModel", "PythonLogCollector"]
+
+_Index = QModelIndex | QPersistentModelIndex
+
+#: The levels the filter offers, as :mod:`logging` numbers them.
+LEVELS = {"Debug": 10, "Info": 20, "Warning": 30, "Error": 40}
+
+LEVEL_ROLE = Qt.ItemDataRole.UserRole + 1
+
+# The orchestrator also logs every agent line through logging, as "%s: %s" % (agent, text).
+_ORCHESTRATOR = "qhybrid.runtime._orchestrator"
+_AGENT_LINE = "%s: %s"
+
+
+class LogLine(NamedTuple):
+    tick: int | None
+    level: int
+    source: str  # an agent's name, "runtime" or "run"
+    text: str
+
+
+def level_name(level: int) -> str:
+    if level >= 40:
+        return "error"
+    if level >= 30:
+        return "warning"
+    if level >= 20:
+        return "info"
+    return "debug"
+
+
+class LogModel(QAbstractTableModel):
+    """The last ``capacity`` log lines, oldest first; columns Tick, Level, Source, Message."""
+
+    COLUMNS = ("Tick", "Level", "Source", "Message")
+
+    def __init__(self, parent: QObject | None = None, capacity: int = 10_000) -> None:
+        super().__init__(parent)
+        self.capacity = capacity
+        self._lines: collections.deque[LogLine] = collections.deque()
+
+    def append_lines(self, lines: Iterable[LogLine]) -> None:
+        new = list(lines)
+        if not new:
+            return
+        if len(new) > self.capacity:
+            new = new[-self.capacity :]
+        overflow = len(self._lines) + len(new) - self.capacity
+        if overflow > 0:
+            self.beginRemoveRows(QModelIndex(), 0, overflow - 1)
+            for _ in range(overflow):
+                self._lines.popleft()
+            self.endRemoveRows()
+        first = len(self._lines)
+        self.beginInsertRows(QModelIndex(), first, first + len(new) - 1)
+        self._lines.extend(new)
+        self.endInsertRows()
+
+    def clear(self) -> None:
+        self.beginResetModel()
+        self._lines.clear()
+        self.endResetModel()
+
+    def line(self, row: int) -> LogLine:
+        return self._lines[row]
+
+    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._lines)
+
+    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.COLUMNS[section]
+        return None
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        line = self._lines[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            column = index.column()
+            if column == 0:
+                return "" if line.tick is None else str(line.tick)
+            if column == 1:
+                return level_name(line.level)
+            if column == 2:
+                return line.source
+            return line.text
+        if role == LEVEL_ROLE:
+            return line.level
+        if role == Qt.ItemDataRole.ToolTipRole and index.column() == 3:
+            return line.text
+        return None
+
+
+class LogFilterModel(QSortFilterProxyModel):
+    """Shows the lines at or above :attr:`min_level`, and containing a text if one is set."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._min_level = 0
+        self.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.setFilterKeyColumn(-1)
+
+    @property
+    def min_level(self) -> int:
+        return self._min_level
+
+    def set_min_level(self, level: int) -> None:
+        if level != self._min_level:
+            self._min_level = level
+            self.invalidateRowsFilter()
+
+    def filterAcceptsRow(self, source_row: int, source_parent: _Index) -> bool:
+        model = self.sourceModel()
+        assert isinstance(model, LogModel)
+        if model.line(source_row).level < self._min_level:
+            return False
+        return super().filterAcceptsRow(source_row, source_parent)
+
+
+class PythonLogCollector(logging.Handler):
+    """A logging handler that keeps records for the window to show (any thread may log).
+
+    Appending to a deque is all it does on the logging thread; :meth:`take` hands the lines
+    over on the GUI thread.
+    """
+
+    def __init__(self, level: int = logging.WARNING, maxlen: int = 2000) -> None:
+        super().__init__(level)
+        self._records: collections.deque[LogLine] = collections.deque(maxlen=maxlen)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == _AGENT_LINE and record.name == _ORCHESTRATOR:
+            return  # an agent's own line, which the window already has from the event
+        try:
+            text = record.getMessage()
+        except Exception:
+            self.handleError(record)
+            return
+        source = record.name.removeprefix("qhybrid.")
+        self._records.append(LogLine(None, record.levelno, source, text))
+
+    def take(self) -> list[LogLine]:
+        out = []
+        pop = self._records.popleft
+        for _ in range(len(self._records)):
+            out.append(pop())
+        return out
