@@ -1,0 +1,431 @@
+"""The engine: many requests, one model, continuous batching, one step at a time.
+
+:class:`LlmEngine` is the scheduling core. It is not thread-safe by design: every call except
+:meth:`LlmEngine.submit` and :meth:`LlmEngine.cancel` (which only touch a locked inbox) happens
+on the thread that owns the runner, the GPU device thread. Each :meth:`LlmEngine.step`:
+
+1. takes new requests from the inbox and gives each a free KV-cache slot, in arrival order
+   (requests beyond the slots wait);
+2. builds one batch: every new request's whole prompt (prefill) and every running request's
+   last token (decode), as :class:`SeqInput` items, and runs it through the runner once, which
+   samples one token per item on the device (only the token ids come back);
+3. turns each request's new token into text, checks end of sequence, stop strings, the token
+   budget and the context, and returns what changed as :class:`RequestUpdate` values.
+
+Given the same requests in the same steps, every step gives the same tokens: each request
+draws its uniforms from its own seeded stream. That is what lets the orchestrator run LLM
+requests inside its deterministic ticks (one engine step per tick).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from qhybrid.runtime.llm._runner import ModelRunner, SamplingParams, SeqInput
+
+logger = logging.getLogger(__name__)
+
+Finish = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What one request asks for: a token budget, sampling, a seed and stop strings.
+
+    ``max_tokens`` counts generated tokens; generation also ends at the model's end-of-sequence
+    tokens (unless ``ignore_eos``), at the first stop string (which is left out of the text) or
+    when the context is full. ``seed`` fixes the sampling stream: the same prompt, parameters
+    and seed give the same tokens on a given device.
+    """
+
+    max_tokens: int = 128
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+
+
+@dataclass(frozen=True)
+class RequestUpdate:
+    """What a step did for one request: new ``text`` (possibly empty while a multi-byte
+    character or a possible stop string is held back) from ``new_tokens``; when ``done``, why
+    (``finish``) and the whole :class:`GenerationResult`."""
+
+    request_id: int
+    text: str
+    new_tokens: tuple[int, ...]
+    done: bool
+    result: GenerationResult | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished request: its tokens, text, why it ended and how fast it ran.
+
+    ``prompt_tokens`` are the ids fed (BOS included when the model adds one); ``tokens`` the
+    generated ids (an end-of-sequence token included when one ended it). Rates are per wall
+    second on the engine's thread: ``prefill_tok_s`` over the step that read the prompt (shared
+    with whatever else that step ran), ``decode_tok_s`` over the steps after it.
+    """
+
+    request_id: int
+    prompt_tokens: tuple[int, ...]
+    tokens: tuple[int, ...]
+    text: str
+    finish: Finish
+    error: str | None
+    ttft_s: float
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return len(self.prompt_tokens) / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        decoded = max(len(self.tokens) - 1, 0)  # the first token came from the prefill step
+        return decoded / self.decode_s if self.decode_s > 0 else 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "request_id": self.request_id,
+            "prompt_tokens": list(self.prompt_tokens),
+            "tokens": list(self.tokens),
+            "text": self.text,
+            "finish": self.finish,
+            "error": self.error,
+            "ttft_s": round(self.ttft_s, 6),
+            "prefill_tok_s": round(self.prefill_tok_s, 3),
+            "decode_tok_s": round(self.decode_tok_s, 3),
+        }
+
+
+#: What the engine needs from a tokenizer: token ids to text.
+Decode = Callable[[Sequence[int]], str]
+
+
+class _Detokenizer:
+    """Incremental text for a growing token list.
+
+    Decodes a short window (from a few tokens back) and emits only what extends the text
+    already emitted, holding back a trailing U+FFFD: an incomplete UTF-8 sequence split across
+    byte tokens. Decoding the window rather than single tokens keeps tokenizers' leading-space
+    rules right.
+    """
+
+    __slots__ = ("_decode", "_prefix", "_read", "ids")
+
+    def __init__(self, decode: Decode) -> None:
+        self._decode = decode
+        self.ids: list[int] = []
+        self._prefix = 0  # window start
+        self._read = 0  # tokens whose text was emitted
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self._prefix : self._read])
+        after = self._decode(self.ids[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            new = after[len(before) :]
+            self._prefix = self._read
+            self._read = len(self.ids)
+            return new
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self.ids[self._prefix : self._read])
+        after = self._decode(self.ids[self._prefix :])
+        self._read = len(self.ids)
+        self._prefix = self._read
+        return after[len(before) :] if after.startswith(before) else ""
+
+
+class _Request:
+    __slots__ = (
+        "cancelled",
+        "detok",
+        "emitted",
+        "first_token_at",
+        "held",
+        "params",
+        "pos",
+        "prefill_s",
+        "prompt",
+        "recent",
+        "request_id",
+        "rng",
+        "slot",
+        "submitted_at",
+        "text",
+        "tokens",
+    )
+
+    def __init__(
+        self, request_id: int, prompt: tuple[int, ...], params: GenerationParams, decode: Decode
+    ) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.params = params
+        self.rng = np.random.Generator(np.random.PCG64(params.seed))
+        self.slot = -1
+        self.pos = 0
+        self.tokens: list[int] = []
+        self.detok = _Detokenizer(decode)
+        self.text = ""  # all text so far, stop strings not yet cut
+        self.emitted = 0  # characters of self.text handed out
+        self.held = ""
+        self.cancelled = False
+        self.submitted_at = time.perf_counter()
+        self.first_token_at = 0.0
+        self.prefill_s = 0.0
+        n = params.sampling.repeat_last_n
+        self.recent: deque[int] = deque(prompt[-n:] if n else (), maxlen=max(n, 1))
+
+
+class LlmEngine:
+    """Continuous batching over a :class:`ModelRunner`'s slots (see the module docstring).
+
+    ``eos_ids`` end a sequence; ``decode`` turns token ids into text (a tokenizer's decode).
+    ``max_batch_tokens`` bounds the tokens of one step: a prompt that does not fit waits for
+    the next step (one prompt alone may always run, up to the context).
+    """
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        decode: Decode,
+        eos_ids: Sequence[int],
+        *,
+        max_batch_tokens: int = 2048,
+    ) -> None:
+        self.runner = runner
+        self._decode = decode
+        self._eos = frozenset(int(t) for t in eos_ids)
+        self._max_batch_tokens = max_batch_tokens
+        self._lock = threading.Lock()
+        self._inbox: deque[_Request] = deque()
+        self._cancels: set[int] = set()
+        self._ids = itertools.count(1)
+        self._waiting: deque[_Request] = deque()
+        self._running: dict[int, _Request] = {}  # slot -> request, in admission order
+        self._free_slots = list(range(runner.n_slots - 1, -1, -1))
+        #: Tokens generated and prompt tokens read, since the engine was made.
+        self.generated_total = 0
+        self.prompt_total = 0
+        self.steps = 0
+
+    # -- any thread -------------------------------------------------------------------------
+    def submit(
+        self, prompt_tokens: Sequence[int], params: GenerationParams, request_id: int | None = None
+    ) -> int:
+        """Queue a request; thread-safe. Returns its id. Bad input raises ``ValueError``."""
+        prompt = tuple(int(t) for t in prompt_tokens)
+        n_vocab = self.runner.config.n_vocab
+        if not prompt:
+            raise ValueError("the prompt has no tokens")
+        if min(prompt) < 0 or max(prompt) >= n_vocab:
+            raise ValueError(f"a prompt token is outside the vocabulary (0..{n_vocab - 1})")
+        if len(prompt) >= self.runner.n_ctx:
+            raise ValueError(
+                f"the prompt has {len(prompt)} tokens; the context holds {self.runner.n_ctx} "
+                "(prompt and answer together)"
+            )
+        rid = next(self._ids) if request_id is None else request_id
+        request = _Request(rid, prompt, params, self._decode)
+        with self._lock:
+            self._inbox.append(request)
+        return rid
+
+    def cancel(self, request_id: int) -> None:
+        """Ask for a request to end (``finish == "cancelled"``) at the next step; thread-safe."""
+        with self._lock:
+            self._cancels.add(request_id)
+
+    def has_work(self) -> bool:
+        """True while a request is queued, waiting or running; thread-safe enough to poll."""
+        with self._lock:
+            inbox = bool(self._inbox) or bool(self._cancels)
+        return inbox or bool(self._waiting) or bool(self._running)
+
+    @property
+    def active(self) -> int:
+        """Requests holding a slot."""
+        return len(self._running)
+
+    # -- the runner's thread ------------------------------------------------------------------
+    def step(self) -> list[RequestUpdate]:
+        """Admit, run one batch, and report every request that produced text or ended."""
+        updates: list[RequestUpdate] = []
+        self._take_inbox(updates)
+        admitted = self._admit()
+        if not self._running:
+            return updates
+        order = list(self._running.values())
+        items: list[SeqInput] = []
+        for request in order:
+            if request in admitted:
+                feed = np.asarray(request.prompt, dtype=np.int32)
+                start = 0
+            else:
+                feed = np.asarray(request.tokens[-1:], dtype=np.int32)
+                start = request.pos
+            sampling = request.params.sampling
+            recent = np.fromiter(request.recent, dtype=np.int32, count=len(request.recent))
+            if sampling.repeat_penalty == 1.0:
+                recent = recent[:0]
+            items.append(
+                SeqInput(request.slot, feed, start, sampling, recent, float(request.rng.random()))
+            )
+        started = time.perf_counter()
+        try:
+            sampled = self.runner.step(items)
+        except Exception as exc:
+            # One failed step fails the requests in it, not the engine.
+            logger.exception("an LLM step failed")
+            message = f"the model step failed: {exc}"
+            for request in order:
+                updates.append(self._finish(request, "error", message))
+            return updates
+        now = time.perf_counter()
+        self.steps += 1
+        for request, item, token in zip(order, items, sampled.tolist(), strict=True):
+            request.pos = item.start_pos + len(item.tokens)
+            if request in admitted:
+                request.first_token_at = now
+                request.prefill_s = now - started
+                self.prompt_total += len(request.prompt)
+            updates.append(self._advance(request, int(token)))
+        return updates
+
+    def _take_inbox(self, updates: list[RequestUpdate]) -> None:
+        with self._lock:
+            new = list(self._inbox)
+            self._inbox.clear()
+            cancels = set(self._cancels)
+            self._cancels.clear()
+        self._waiting.extend(new)
+        if not cancels:
+            return
+        for request in list(self._waiting):
+            if request.request_id in cancels:
+                self._waiting.remove(request)
+                updates.append(self._finish(request, "cancelled", None))
+        for request in list(self._running.values()):
+            if request.request_id in cancels:
+                updates.append(self._finish(request, "cancelled", None))
+
+    def _admit(self) -> set[_Request]:
+        admitted: set[_Request] = set()
+        budget = self._max_batch_tokens - len(self._running)
+        while self._waiting and self._free_slots:
+            request = self._waiting[0]
+            if admitted and len(request.prompt) > budget:
+                break  # the next step takes it; a lone prompt always runs
+            if not admitted and not self._running and len(request.prompt) > budget:
+                budget = len(request.prompt)
+            elif len(request.prompt) > budget:
+                break
+            self._waiting.popleft()
+            request.slot = self._free_slots.pop()
+            self.runner.reset_slot(request.slot)
+            self._running[request.slot] = request
+            admitted.add(request)
+            budget -= len(request.prompt)
+        return admitted
+
+    def _advance(self, request: _Request, token: int) -> RequestUpdate:
+        params = request.params
+        request.tokens.append(token)
+        request.recent.append(token)
+        self.generated_total += 1
+        new_tokens = (token,)
+        if token in self._eos and not params.ignore_eos:
+            text = self._visible(request, request.detok.flush(), final=True)
+            return self._finish(request, "stop", None, text, new_tokens)
+        piece = request.detok.push(token)
+        request.text += piece
+        cut = _find_stop(request.text, params.stop)
+        if cut is not None:
+            request.text = request.text[:cut]
+            text = request.text[request.emitted :]
+            request.emitted = len(request.text)
+            return self._finish(request, "stop", None, text, new_tokens)
+        if len(request.tokens) >= params.max_tokens or request.pos >= self.runner.n_ctx:
+            text = self._visible(request, request.detok.flush(), final=True)
+            return self._finish(request, "length", None, text, new_tokens)
+        text = self._visible(request, "", final=False)
+        return RequestUpdate(request.request_id, text, new_tokens, False)
+
+    def _visible(self, request: _Request, extra: str, *, final: bool) -> str:
+        """New text safe to hand out: all of it at the end, else up to a possible stop start."""
+        request.text += extra
+        end = len(request.text)
+        if not final and request.params.stop:
+            end -= _held_back(request.text, request.params.stop)
+        text = request.text[request.emitted : end]
+        request.emitted = max(request.emitted, end)
+        return text
+
+    def _finish(
+        self,
+        request: _Request,
+        finish: Finish,
+        error: str | None,
+        text: str = "",
+        new_tokens: tuple[int, ...] = (),
+    ) -> RequestUpdate:
+        if request.slot >= 0 and self._running.get(request.slot) is request:
+            del self._running[request.slot]
+            self._free_slots.append(request.slot)
+        now = time.perf_counter()
+        ttft = request.first_token_at - request.submitted_at if request.first_token_at else 0.0
+        decode_s = now - request.first_token_at if request.first_token_at else 0.0
+        result = GenerationResult(
+            request.request_id,
+            request.prompt,
+            tuple(request.tokens),
+            request.text,
+            finish,
+            error,
+            ttft,
+            request.prefill_s,
+            decode_s,
+        )
+        return RequestUpdate(request.request_id, text, new_tokens, True, result)
+
+
+def _find_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first stop string starts in ``text``, or None."""
+    best: int | None = None
+    for stop in stops:
+        i = text.find(stop)
+        if i >= 0 and (best is None or i < best):
+            best = i
+    return best
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters of ``text`` could begin a stop string."""
+    held = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), held, -1):
+            if text.endswith(stop[:n]):
+                held = n
+                break
+    return held
