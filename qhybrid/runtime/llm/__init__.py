@@ -1,0 +1,42 @@
+"""Local LLM inference from GGUF files: model files, tokenizer, and the forward pass.
+
+- :func:`load_model` opens a GGUF model (``llama``, ``qwen2``) as a :class:`ModelFile`: its
+  :class:`ModelConfig` and memory-mapped tensors; a bad file raises :class:`ModelError`.
+- :class:`ModelRunner` is what the engine drives (one step: feed tokens, sample one token per
+  sequence); :class:`NumpyRunner` is the CPU implementation and the reference of the graph.
+
+Never imports Qt. See docs/llm.md.
+"""
+
+from __future__ import annotations
+
+from qhybrid.runtime.llm._gguf import (
+    SUPPORTED_ARCHS,
+    SUPPORTED_QTYPES,
+    ModelConfig,
+    ModelError,
+    ModelFile,
+    ModelInfo,
+    TensorData,
+    load_model,
+    read_model_info,
+)
+from qhybrid.runtime.llm._numpy_model import NumpyRunner
+from qhybrid.runtime.llm._runner import GREEDY, ModelRunner, SamplingParams, SeqInput
+
+__all__ = [
+    "GREEDY",
+    "SUPPORTED_ARCHS",
+    "SUPPORTED_QTYPES",
+    "ModelConfig",
+    "ModelError",
+    "ModelFile",
+    "ModelInfo",
+    "ModelRunner",
+    "NumpyRunner",
+    "SamplingParams",
+    "SeqInput",
+    "TensorData",
+    "load_model",
+    "read_model_info",
+]

@@ -1,0 +1,539 @@
+"""GGUF model files: the metadata, the model's shape and its weights as memory-mapped views.
+
+:func:`load_model` opens a file with the ``gguf`` package's :class:`~gguf.GGUFReader` (which
+memory-maps it) and checks everything the forward pass relies on before any weight is read:
+the architecture, every tensor's presence, type and shape, and that each tensor's bytes lie
+inside the file. Weights stay in the file's pages: :class:`TensorData` is a view, never a copy.
+
+:func:`read_model_info` reads only what a listing needs (``qhybrid models``) and does not fail
+on a model qhybrid cannot run; it says why instead.
+
+GGUF stores a 2-D weight with ``ne0`` = the row length (columns) first; a ``[rows, cols]``
+matrix of ``W`` in ``y = x @ W.T`` has ``ne = [cols, rows]``: ``attn_q.weight`` of a model with
+``n_embd`` 4096 is ``ne [4096, n_head * head_dim]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
+
+from qhybrid.runtime.wgpu_thread import _reference as ref
+
+logger = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+#: Architectures the runtime runs (``general.architecture``).
+SUPPORTED_ARCHS: tuple[str, ...] = ("llama", "qwen2")
+#: Weight formats the runtime reads (the kernels' :data:`~._reference.QTYPES`).
+SUPPORTED_QTYPES: tuple[str, ...] = ref.QTYPES
+RopeMode = Literal["normal", "neox"]
+# As llama.cpp's llama_model_rope_type: llama rotates adjacent pairs, qwen2 the two halves.
+_ROPE_MODE: dict[str, RopeMode] = {"llama": "normal", "qwen2": "neox"}
+
+
+class ModelError(Exception):
+    """A model file that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape and hyper-parameters of a model, from its GGUF metadata and tensors."""
+
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int
+    rope_freq_base: float
+    rope_mode: RopeMode
+    #: Leading elements of each head that rotate (``{arch}.rope.dimension_count``).
+    rope_dims: int
+    #: Positions are multiplied by this (``1 / rope.scaling.factor`` for linear scaling).
+    rope_freq_scale: float
+    rms_eps: float
+    #: No ``output.weight``: the output projection is ``token_embd.weight``.
+    tied_embeddings: bool
+    #: ``attn_q/k/v.bias`` present (qwen2 always).
+    attn_bias: bool
+    #: ``rope_freqs.weight`` present (Llama 3.1+ long-context factors: per pair, divide theta).
+    rope_freq_factors: bool = False
+
+    @property
+    def n_embd_q(self) -> int:
+        return self.n_head * self.head_dim
+
+    @property
+    def n_embd_kv(self) -> int:
+        return self.n_head_kv * self.head_dim
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """One tensor of the file as a read-only view into the mapped file (no copy).
+
+    ``data`` is ``uint8[rows, row_bytes]``: row ``r`` holds ``cols`` elements in ``qtype``
+    (blocks for the quantized types; raw little-endian values for f32/f16). A 1-D tensor is one
+    row. :meth:`dense` dequantizes (a copy, float32).
+    """
+
+    name: str
+    qtype: str
+    rows: int
+    cols: int
+    data: npt.NDArray[np.uint8]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    def dense(self) -> npt.NDArray[np.float32]:
+        """The tensor as float32 ``[rows, cols]``, dequantized with gguf's own code."""
+        out = ref.dequantize(self.data, self.qtype, self.rows, self.cols)
+        if out.base is not None or not out.flags.writeable:
+            out = np.array(out, dtype=np.float32)  # f32 views of the map: an owned copy
+        return out
+
+    def vector(self) -> npt.NDArray[np.float32]:
+        """A 1-D tensor (norm weight, bias) as float32 ``[cols]``."""
+        return self.dense().reshape(-1)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a listing shows about a GGUF file, whether or not qhybrid can run it."""
+
+    path: Path
+    size_bytes: int
+    name: str | None
+    arch: str | None
+    n_params: int
+    quant: str | None
+    supported: bool
+    reason: str | None = None
+    n_ctx_train: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "size_bytes": self.size_bytes,
+            "name": self.name,
+            "arch": self.arch,
+            "n_params": self.n_params,
+            "quant": self.quant,
+            "supported": self.supported,
+            "reason": self.reason,
+            "n_ctx_train": self.n_ctx_train,
+        }
+
+
+class _Metadata(Mapping[str, Any]):
+    """The file's key/value metadata as Python values, converted on first access.
+
+    Strings are ``str``; arrays of strings ``list[str]``; numeric arrays numpy arrays
+    (tokenizer scores and types have ~150k entries: a list of floats would be wasteful).
+    """
+
+    def __init__(self, reader: Any) -> None:
+        self._fields: Mapping[str, Any] = reader.fields
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._cache:
+            return self._cache[key]
+        value = _field_value(self._fields[key])
+        self._cache[key] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in self._fields if not k.startswith("GGUF."))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _field_value(fld: Any) -> Any:
+    types = fld.types
+    if not types:
+        return None
+    if types[0] == GGUFValueType.ARRAY:
+        if len(types) < 2:
+            return []  # empty array: no element type recorded
+        if types[-1] == GGUFValueType.STRING:
+            return [bytes(fld.parts[i]).decode("utf-8", errors="replace") for i in fld.data]
+        if len(types) > 2:
+            raise ValueError(f"nested arrays are not supported ({fld.name})")
+        if not fld.data:
+            return np.zeros(0)
+        return np.concatenate([fld.parts[i] for i in fld.data])
+    if types[0] == GGUFValueType.STRING:
+        return bytes(fld.parts[-1]).decode("utf-8", errors="replace")
+    return fld.parts[-1].tolist()[0]
+
+
+class ModelFile:
+    """A loaded GGUF model: its :class:`ModelConfig`, metadata and tensors (mapped views).
+
+    Made by :func:`load_model`. The weights live in the file's pages, shared with the page
+    cache; :meth:`close` drops the mapping (views handed out before keep it alive).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        reader: Any,
+        config: ModelConfig,
+        tensors: dict[str, TensorData],
+    ) -> None:
+        self.path = path
+        self.config = config
+        self.metadata: Mapping[str, Any] = _Metadata(reader)
+        self.tensors: Mapping[str, TensorData] = tensors
+        self._reader: Any = reader
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"ModelFile({str(self.path)!r}, arch={c.arch}, layers={c.n_layer}, "
+            f"embd={c.n_embd}, vocab={c.n_vocab})"
+        )
+
+    @property
+    def name(self) -> str:
+        value = self.metadata.get("general.name")
+        return str(value) if value else self.path.stem
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.rows * t.cols for t in self.tensors.values())
+
+    def tensor(self, name: str) -> TensorData:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise ModelError(f"{self.path}: missing tensor {name!r}") from None
+
+    def layer_tensor(self, layer: int, kind: str) -> TensorData:
+        """``blk.{layer}.{kind}``, e.g. ``layer_tensor(0, "attn_q.weight")``."""
+        return self.tensor(f"blk.{layer}.{kind}")
+
+    def output_weight(self) -> TensorData:
+        """The output projection: ``output.weight``, or the token embeddings when tied."""
+        return self.tensor("token_embd.weight" if self.config.tied_embeddings else "output.weight")
+
+    def close(self) -> None:
+        self._reader = None
+        self.tensors = {}
+
+
+# -- opening and checking ---------------------------------------------------------------------
+def _open_reader(path: Path) -> Any:
+    """A GGUFReader over ``path``, or a :class:`ModelError` that says what is wrong."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ModelError(f"{path}: is a directory, not a GGUF file") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if head != GGUF_MAGIC:
+        shown = head.hex() if head else "empty file"
+        raise ModelError(f"{path}: not a GGUF file (magic {shown}, expected 'GGUF')")
+    if size < 24:
+        raise ModelError(f"{path}: truncated GGUF file ({size} bytes, shorter than the header)")
+    try:
+        return _CheckedReader(path, size)
+    except ModelError:
+        raise
+    except (ValueError, IndexError, KeyError, OverflowError, TypeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: corrupt or truncated GGUF file ({exc})") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot map the file: {exc.strerror or exc}") from None
+
+
+class _CheckedReader(GGUFReader):
+    """GGUFReader that checks each tensor's type and extent before it makes its views.
+
+    The stock reader fails on a truncated file with numpy's "cannot reshape" message; this one
+    names the tensor and the byte ranges (and an unknown type number) instead.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self._path = path
+        self._size = size
+        super().__init__(path, "r")
+
+    def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
+        for fld in fields:
+            try:
+                _len, name_data, _n_dims, dims, raw_dtype, offset = fld.parts
+            except ValueError:
+                break  # another gguf layout: leave the checks to the reader itself
+            name = bytes(name_data).decode("utf-8", errors="replace")
+            try:
+                ggml_type = GGMLQuantizationType(int(raw_dtype[0]))
+            except ValueError:
+                raise ModelError(
+                    f"{self._path}: tensor {name!r} has unknown ggml type {int(raw_dtype[0])} "
+                    "(corrupt file, or a newer format than the gguf package knows)"
+                ) from None
+            block, type_size = GGML_QUANT_SIZES[ggml_type]
+            n_elems = math.prod(int(d) for d in dims)
+            if n_elems % block:
+                raise ModelError(
+                    f"{self._path}: tensor {name!r} has {n_elems} elements, not a multiple of "
+                    f"{ggml_type.name}'s block of {block}"
+                )
+            begin = int(start_offs) + int(offset[0])
+            end = begin + n_elems // block * type_size
+            if end > self._size:
+                raise ModelError(
+                    f"{self._path}: truncated or corrupt: tensor {name!r} needs bytes "
+                    f"{begin}..{end} but the file has {self._size}"
+                )
+        super()._build_tensors(start_offs, fields)
+
+
+def _qtype_name(ggml_type: Any) -> str:
+    return str(ggml_type.name).lower()
+
+
+def _tensor_view(path: Path, reader: Any, t: Any) -> TensorData:
+    qtype = _qtype_name(t.tensor_type)
+    dims = [int(d) for d in t.shape]
+    cols = dims[0] if dims else 1
+    rows = int(np.prod(dims[1:])) if len(dims) > 1 else 1
+    if qtype not in ref.BLOCK:
+        raise ModelError(
+            f"{path}: tensor {t.name!r} is {qtype.upper()}, which qhybrid does not support "
+            f"(supported: {', '.join(q.upper() for q in SUPPORTED_QTYPES)})"
+        )
+    try:
+        row_bytes = ref.row_nbytes(qtype, cols)
+    except ValueError as exc:
+        raise ModelError(f"{path}: tensor {t.name!r}: {exc}") from None
+    begin = int(t.data_offset)
+    raw = reader.data[begin : begin + rows * row_bytes]
+    if raw.size != rows * row_bytes:
+        raise ModelError(f"{path}: truncated: tensor {t.name!r} runs past the end of the file")
+    data = np.asarray(raw).view(np.uint8).reshape(rows, row_bytes)
+    return TensorData(t.name, qtype, rows, cols, data)
+
+
+@dataclass
+class _Meta:
+    path: Path
+    meta: Mapping[str, Any]
+    arch: str = field(default="")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.meta.get(key.format(arch=self.arch), default)
+
+    def need(self, key: str, kind: type[Any] = int) -> Any:
+        full = key.format(arch=self.arch)
+        value = self.meta.get(full)
+        if value is None:
+            raise ModelError(f"{self.path}: missing metadata key {full!r}")
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ModelError(
+                f"{self.path}: metadata {full!r} is {value!r}, expected {kind.__name__}"
+            ) from None
+
+
+def load_model(path: str | os.PathLike[str]) -> ModelFile:
+    """Open a GGUF model of a supported architecture; raises :class:`ModelError` if it is not
+    one, naming the file and what is wrong. The weights are mapped, not read."""
+    p = Path(path)
+    return _load(p, _open_reader(p))
+
+
+def _load(p: Path, reader: Any) -> ModelFile:
+    meta = _Meta(p, _Metadata(reader))
+    arch = meta.get("general.architecture")
+    if arch is None:
+        raise ModelError(f"{p}: missing metadata key 'general.architecture'")
+    if arch not in SUPPORTED_ARCHS:
+        raise ModelError(
+            f"{p}: architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHS)})"
+        )
+    meta.arch = str(arch)
+    raw_tensors = {t.name: t for t in reader.tensors}
+    views: dict[str, TensorData] = {}
+
+    def need(name: str) -> TensorData:
+        if name not in views:
+            t = raw_tensors.get(name)
+            if t is None:
+                raise ModelError(f"{p}: missing tensor {name!r} (needed by {arch})")
+            views[name] = _tensor_view(p, reader, t)
+        return views[name]
+
+    config = _config(p, meta, raw_tensors, need)
+    logger.info("loaded %s: %s", p, config)
+    return ModelFile(p, reader, config, views)
+
+
+def _config(p: Path, meta: _Meta, raw: Mapping[str, Any], need: Any) -> ModelConfig:
+    arch = meta.arch
+    n_layer = meta.need("{arch}.block_count")
+    n_embd = meta.need("{arch}.embedding_length")
+    n_head = meta.need("{arch}.attention.head_count")
+    n_head_kv = int(meta.get("{arch}.attention.head_count_kv", n_head))
+    n_ff = meta.need("{arch}.feed_forward_length")
+    if min(n_layer, n_embd, n_head, n_head_kv, n_ff) <= 0:
+        raise ModelError(f"{p}: a layer count, width or head count in the metadata is 0")
+    if n_head % n_head_kv:
+        raise ModelError(f"{p}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
+    head_dim = int(meta.get("{arch}.attention.key_length", n_embd // n_head))
+    v_dim = int(meta.get("{arch}.attention.value_length", head_dim))
+    if v_dim != head_dim:
+        raise ModelError(f"{p}: key_length {head_dim} != value_length {v_dim} is not supported")
+    rope_dims = int(meta.get("{arch}.rope.dimension_count", head_dim))
+    if rope_dims > head_dim or rope_dims % 2:
+        raise ModelError(f"{p}: rope.dimension_count {rope_dims} does not fit head size {head_dim}")
+    scaling = str(meta.get("{arch}.rope.scaling.type", "none"))
+    freq_scale = 1.0
+    if scaling == "linear":
+        factor = float(meta.get("{arch}.rope.scaling.factor", 1.0) or 1.0)
+        freq_scale = 1.0 / factor
+    elif scaling not in ("none", ""):
+        raise ModelError(f"{p}: rope scaling {scaling!r} is not supported (none, linear)")
+    eps = float(meta.get("{arch}.attention.layer_norm_rms_epsilon", 1e-5))
+
+    embd = need("token_embd.weight")
+    n_vocab = embd.rows
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if tokens is not None and len(tokens) != n_vocab:
+        raise ModelError(
+            f"{p}: token_embd.weight has {n_vocab} rows but the vocabulary has {len(tokens)} tokens"
+        )
+    tied = "output.weight" not in raw
+    attn_bias = arch == "qwen2" or "blk.0.attn_q.bias" in raw
+    config = ModelConfig(
+        arch=arch,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        n_ff=n_ff,
+        n_vocab=n_vocab,
+        n_ctx_train=int(meta.get("{arch}.context_length", 2048)),
+        rope_freq_base=float(meta.get("{arch}.rope.freq_base", 10000.0)),
+        rope_mode=_ROPE_MODE[arch],
+        rope_dims=rope_dims,
+        rope_freq_scale=freq_scale,
+        rms_eps=eps,
+        tied_embeddings=tied,
+        attn_bias=attn_bias,
+        rope_freq_factors="rope_freqs.weight" in raw,
+    )
+
+    def check(name: str, rows: int, cols: int) -> None:
+        t = need(name)
+        if (t.rows, t.cols) != (rows, cols):
+            raise ModelError(
+                f"{p}: tensor {name!r} is {t.rows}x{t.cols} (rows x cols), expected "
+                f"{rows}x{cols} for this model's metadata"
+            )
+
+    check("token_embd.weight", n_vocab, n_embd)
+    check("output_norm.weight", 1, n_embd)
+    if not tied:
+        check("output.weight", n_vocab, n_embd)
+    if config.rope_freq_factors:
+        check("rope_freqs.weight", 1, rope_dims // 2)
+    q, kv = config.n_embd_q, config.n_embd_kv
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        check(b + "attn_norm.weight", 1, n_embd)
+        check(b + "attn_q.weight", q, n_embd)
+        check(b + "attn_k.weight", kv, n_embd)
+        check(b + "attn_v.weight", kv, n_embd)
+        check(b + "attn_output.weight", n_embd, q)
+        if attn_bias:
+            check(b + "attn_q.bias", 1, q)
+            check(b + "attn_k.bias", 1, kv)
+            check(b + "attn_v.bias", 1, kv)
+        check(b + "ffn_norm.weight", 1, n_embd)
+        check(b + "ffn_gate.weight", n_ff, n_embd)
+        check(b + "ffn_up.weight", n_ff, n_embd)
+        check(b + "ffn_down.weight", n_embd, n_ff)
+    return config
+
+
+# -- listing ------------------------------------------------------------------------------------
+def _quant_label(meta: Mapping[str, Any], tensors: list[Any]) -> str | None:
+    file_type = meta.get("general.file_type")
+    if file_type is not None:
+        try:
+            from gguf import LlamaFileType
+
+            name = LlamaFileType(int(file_type)).name
+            return name.removeprefix("MOSTLY_")
+        except (ValueError, ImportError):
+            pass
+    by_type: dict[str, int] = {}
+    for t in tensors:
+        by_type[_qtype_name(t.tensor_type)] = by_type.get(_qtype_name(t.tensor_type), 0) + int(
+            t.n_bytes
+        )
+    return max(by_type, key=lambda k: by_type[k]).upper() if by_type else None
+
+
+def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
+    """What ``qhybrid models`` lists about one file. Never raises for a bad file: an unreadable
+    one comes back with ``supported=False`` and the reason."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        return ModelInfo(p, 0, None, None, 0, None, False, f"cannot read: {exc.strerror or exc}")
+    try:
+        reader = _open_reader(p)
+    except ModelError as exc:
+        return ModelInfo(p, size, None, None, 0, None, False, _strip_path(str(exc), p))
+    meta = _Metadata(reader)
+    arch = meta.get("general.architecture")
+    name = meta.get("general.name")
+    n_params = sum(int(t.n_elements) for t in reader.tensors)
+    quant = _quant_label(meta, reader.tensors)
+    n_ctx = meta.get(f"{arch}.context_length") if arch else None
+    reason: str | None = None
+    try:
+        _load(p, reader)
+    except ModelError as exc:
+        reason = _strip_path(str(exc), p)
+    return ModelInfo(
+        path=p,
+        size_bytes=size,
+        name=str(name) if name else None,
+        arch=str(arch) if arch else None,
+        n_params=n_params,
+        quant=quant,
+        supported=reason is None,
+        reason=reason,
+        n_ctx_train=int(n_ctx) if n_ctx is not None else None,
+    )
+
+
+def _strip_path(message: str, path: Path) -> str:
+    return message.removeprefix(f"{path}: ")

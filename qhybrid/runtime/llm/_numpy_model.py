@@ -1,0 +1,262 @@
+"""The CPU path: the llama/qwen2 graph in numpy, built from the kernels' reference functions.
+
+This is both the engine's ``--device cpu`` runner and the reference the GPU runner is tested
+against, so it computes with :mod:`qhybrid.runtime.wgpu_thread._reference` (the kernels'
+contract): ``get_rows`` for the embeddings, ``rmsnorm``, ``linear`` on GGUF blocks, ``rope``
+as llama.cpp applies it (normal for llama, neox for qwen2), ``kv_store``, ``silu_mul``,
+``repeat_penalty`` and ``sample``. Attention is the same computation as ``ref.attention``
+vectorized per sequence (its per-query, per-head Python loop costs seconds on a prompt of a
+few hundred tokens); a test checks the two agree.
+
+Weights: dequantizing a matrix costs more than multiplying by it once (gguf's numpy
+dequantizer gives ~0.4 GB/s of float32 for Q4_K and ~1.4 GB/s for Q8_0 on the 2-core dev VM,
+while a matrix-vector product streams several GB/s), so dequantizing per call made decode 3-5x
+slower on a 34M-parameter model (see docs/llm.md). Each weight is therefore dequantized on first
+use and kept as float32 while the total stays under ``dense_budget`` (default 2 GiB: models up
+to ~0.5B parameters fit whole); weights past the budget are dequantized per call: slow, but
+bounded in memory. F32 weights are used in place (the
+mapped file); norms and biases are small and converted once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from qhybrid.runtime.llm._gguf import ModelConfig, ModelFile, TensorData
+from qhybrid.runtime.llm._runner import SeqInput, check_items
+from qhybrid.runtime.wgpu_thread import _reference as ref
+
+logger = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+DEFAULT_DENSE_BUDGET = 2 << 30
+
+
+class _Weights:
+    """Matrices of the model, dequantized on first use while under a byte budget."""
+
+    def __init__(self, model: ModelFile, budget: int) -> None:
+        self.model = model
+        self.budget = budget
+        self.used = 0
+        self._dense: dict[str, F32] = {}
+
+    def matrix(self, t: TensorData) -> F32 | None:
+        """``t`` as float32 ``[rows, cols]`` if kept (or now kept); None: dequantize per call."""
+        got = self._dense.get(t.name)
+        if got is not None:
+            return got
+        if t.qtype == "f32":  # the mapped file's pages, no copy
+            view = ref.dequantize(t.data, "f32", t.rows, t.cols)
+            self._dense[t.name] = view
+            return view
+        size = t.rows * t.cols * 4
+        if self.used + size > self.budget:
+            return None
+        dense = np.ascontiguousarray(ref.dequantize(t.data, t.qtype, t.rows, t.cols))
+        self._dense[t.name] = dense
+        self.used += size
+        return dense
+
+    def linear(self, x: F32, t: TensorData) -> F32:
+        """``x @ W.T``: the kernels' ``linear`` on the GGUF blocks."""
+        w = self.matrix(t)
+        if w is None:
+            return ref.linear(x, t.data, t.qtype, t.rows, t.cols)
+        result: F32 = np.matmul(x, w.T)
+        return result
+
+
+class _Layer:
+    def __init__(self, model: ModelFile, i: int) -> None:
+        c = model.config
+        t = model.layer_tensor
+        self.attn_norm = t(i, "attn_norm.weight").vector()
+        self.ffn_norm = t(i, "ffn_norm.weight").vector()
+        self.wq, self.wk, self.wv = (t(i, f"attn_{n}.weight") for n in "qkv")
+        self.wo = t(i, "attn_output.weight")
+        self.w_gate = t(i, "ffn_gate.weight")
+        self.w_up = t(i, "ffn_up.weight")
+        self.w_down = t(i, "ffn_down.weight")
+        self.bq = self.bk = self.bv = None
+        if c.attn_bias:
+            self.bq, self.bk, self.bv = (t(i, f"attn_{n}.bias").vector() for n in "qkv")
+
+
+def rope_with_factors(
+    x: F32, pos: npt.NDArray[np.float32], base: float, mode: str, n_dims: int, factors: F32
+) -> F32:
+    """:func:`ref.rope` with llama.cpp's per-pair frequency factors (``rope_freqs.weight``):
+    pair ``i`` turns by ``pos * base^(-2i/n_dims) / factors[i]``."""
+    half = n_dims // 2
+    inv = np.float32(base) ** (-np.arange(half, dtype=np.float32) * np.float32(2.0 / n_dims))
+    theta = pos.astype(np.float32)[:, None] * (inv / factors)[None, :]
+    cos = np.cos(theta)[:, None, :]
+    sin = np.sin(theta)[:, None, :]
+    out = x.copy()
+    if mode == "normal":
+        x0, x1 = x[..., 0:n_dims:2], x[..., 1:n_dims:2]
+        out[..., 0:n_dims:2] = x0 * cos - x1 * sin
+        out[..., 1:n_dims:2] = x0 * sin + x1 * cos
+    else:
+        x0, x1 = x[..., :half], x[..., half:n_dims]
+        out[..., :half] = x0 * cos - x1 * sin
+        out[..., half:n_dims] = x0 * sin + x1 * cos
+    return out.astype(np.float32)
+
+
+def causal_attention(
+    q: F32, k_cache: F32, v_cache: F32, slot: int, start: int, factor: float
+) -> F32:
+    """``ref.attention`` for one sequence's consecutive queries, vectorized.
+
+    ``q[n, Hq, D]`` at positions ``start .. start+n-1`` of ``slot``; caches ``[S, L, Hkv, D]``
+    already hold those positions. Query at position ``p`` sees positions ``0..p``.
+    """
+    n, hq, d = q.shape
+    hkv = k_cache.shape[2]
+    group = hq // hkv
+    total = start + n
+    keys = k_cache[slot, :total]  # [P, Hkv, D]
+    values = v_cache[slot, :total]
+    qh = q.reshape(n, hkv, group, d).transpose(1, 2, 0, 3)  # [Hkv, G, n, D]
+    scores = np.matmul(qh, keys.transpose(1, 2, 0)[:, None], dtype=np.float32)  # [Hkv,G,n,P]
+    scores *= np.float32(factor)
+    if n > 1:
+        future = np.arange(total)[None, :] > (start + np.arange(n))[:, None]  # [n, P]
+        scores[..., future] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores, values.transpose(1, 0, 2)[:, None], dtype=np.float32)  # [Hkv,G,n,D]
+    result: F32 = np.ascontiguousarray(out.transpose(2, 0, 1, 3).reshape(n, hq, d))
+    return result
+
+
+class NumpyRunner:
+    """The :class:`~._runner.ModelRunner` on the CPU, for ``llama`` and ``qwen2`` models.
+
+    KV cache: per layer ``[n_slots, n_ctx, n_head_kv, head_dim]`` float32, keys and values.
+    Not thread-safe: one thread (the engine's) calls it.
+    """
+
+    def __init__(
+        self,
+        model: ModelFile,
+        n_slots: int = 1,
+        n_ctx: int = 2048,
+        *,
+        dense_budget: int = DEFAULT_DENSE_BUDGET,
+    ) -> None:
+        if n_slots < 1 or n_ctx < 1:
+            raise ValueError(f"n_slots and n_ctx must be >= 1, got {n_slots}, {n_ctx}")
+        self.model = model
+        self.config: ModelConfig = model.config
+        self.n_slots = n_slots
+        self.n_ctx = n_ctx
+        c = self.config
+        self._weights = _Weights(model, dense_budget)
+        self._embd = model.tensor("token_embd.weight")
+        self._output = model.output_weight()
+        self._output_norm = model.tensor("output_norm.weight").vector()
+        self._freq_factors = (
+            model.tensor("rope_freqs.weight").vector() if c.rope_freq_factors else None
+        )
+        self._layers = [_Layer(model, i) for i in range(c.n_layer)]
+        shape = (n_slots, n_ctx, c.n_head_kv, c.head_dim)
+        self.k_cache = [np.zeros(shape, dtype=np.float32) for _ in range(c.n_layer)]
+        self.v_cache = [np.zeros(shape, dtype=np.float32) for _ in range(c.n_layer)]
+        self._factor = 1.0 / float(np.sqrt(c.head_dim))
+
+    @property
+    def dense_bytes(self) -> int:
+        """Bytes of dequantized weights held now."""
+        return self._weights.used
+
+    def reset_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.n_slots:
+            raise ValueError(f"slot {slot} out of range 0..{self.n_slots - 1}")
+        for cache in (*self.k_cache, *self.v_cache):
+            cache[slot] = 0.0
+
+    def logits(self, items: Sequence[SeqInput]) -> F32:
+        check_items(items, self.n_slots, self.n_ctx, self.config.n_vocab)
+        return self._forward(items)
+
+    def step(self, items: Sequence[SeqInput]) -> npt.NDArray[np.uint32]:
+        logits = self.logits(items)
+        out = np.empty(len(items), dtype=np.uint32)
+        for b, item in enumerate(items):
+            row = logits[b : b + 1]
+            s = item.sampling
+            recent = np.asarray(item.recent, dtype=np.int64)
+            recent = recent[-s.repeat_last_n :] if s.repeat_last_n else recent[:0]
+            if s.repeat_penalty != 1.0 and recent.size:
+                row = ref.repeat_penalty(
+                    row, recent[None, :], np.array([recent.size]), s.repeat_penalty
+                )
+            out[b] = ref.sample(
+                row, s.temperature, s.top_k, s.top_p, np.array([item.uniform], np.float32)
+            )[0]
+        return out
+
+    # -- the graph --------------------------------------------------------------------------
+    def _rope(self, x: F32, pos: npt.NDArray[np.float32]) -> F32:
+        c = self.config
+        if self._freq_factors is not None:
+            return rope_with_factors(
+                x, pos, c.rope_freq_base, c.rope_mode, c.rope_dims, self._freq_factors
+            )
+        return ref.rope(x, pos, c.rope_freq_base, c.rope_mode, c.rope_dims)
+
+    def _forward(self, items: Sequence[SeqInput]) -> F32:
+        c = self.config
+        w = self._weights
+        tokens = np.concatenate([np.asarray(it.tokens, dtype=np.int64) for it in items])
+        lens = [len(it.tokens) for it in items]
+        slots = np.repeat(np.array([it.slot for it in items], dtype=np.int64), lens)
+        pos = np.concatenate(
+            [
+                np.arange(it.start_pos, it.start_pos + n, dtype=np.int64)
+                for it, n in zip(items, lens, strict=True)
+            ]
+        )
+        rope_pos = pos.astype(np.float32) * np.float32(c.rope_freq_scale)
+        last = np.cumsum(lens) - 1
+        t_count = len(tokens)
+        e = self._embd
+        # ref.get_rows on only the rows asked for: for f16/f32 it converts the whole table.
+        x = ref.get_rows(e.data[tokens], e.qtype, len(tokens), e.cols, np.arange(len(tokens)))
+        for li, layer in enumerate(self._layers):
+            h = ref.rmsnorm(x, layer.attn_norm, c.rms_eps)
+            q = w.linear(h, layer.wq)
+            k = w.linear(h, layer.wk)
+            v = w.linear(h, layer.wv)
+            if layer.bq is not None and layer.bk is not None and layer.bv is not None:
+                q = ref.add(q, layer.bq)
+                k = ref.add(k, layer.bk)
+                v = ref.add(v, layer.bv)
+            q = self._rope(q.reshape(t_count, c.n_head, c.head_dim), rope_pos)
+            k = self._rope(k.reshape(t_count, c.n_head_kv, c.head_dim), rope_pos)
+            v = v.reshape(t_count, c.n_head_kv, c.head_dim)
+            kc, vc = self.k_cache[li], self.v_cache[li]
+            ref.kv_store(kc, k, slots, pos)
+            ref.kv_store(vc, v, slots, pos)
+            attn = np.empty_like(q)
+            begin = 0
+            for it, n in zip(items, lens, strict=True):
+                attn[begin : begin + n] = causal_attention(
+                    q[begin : begin + n], kc, vc, it.slot, it.start_pos, self._factor
+                )
+                begin += n
+            x = ref.add(x, w.linear(attn.reshape(t_count, c.n_embd_q), layer.wo))
+            h = ref.rmsnorm(x, layer.ffn_norm, c.rms_eps)
+            ff = ref.silu_mul(w.linear(h, layer.w_gate), w.linear(h, layer.w_up))
+            x = ref.add(x, w.linear(ff, layer.w_down))
+        x = ref.rmsnorm(x[last], self._output_norm, c.rms_eps)
+        return w.linear(x, self._output)

@@ -1,0 +1,133 @@
+"""Small random GGUF models written with gguf's own writer: for tests and benchmarks.
+
+:func:`write_random_model` writes a ``llama`` or ``qwen2`` model whose 2-D weights are in one
+quant type (valid random blocks from :func:`~._reference.random_quantized`, since gguf cannot
+quantize the k-quants), norms and biases in f32, and a byte-level tokenizer (the 256 GPT-2 byte
+symbols, then ``<s>``, ``</s>`` and unused fillers), so that an engine can run it end to end.
+Norm weights are scaled so that activations stay near unit size whatever the width.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGMLQuantizationType, GGUFWriter, TokenType
+
+from qhybrid.runtime.wgpu_thread import _reference as ref
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class RandomModelSpec:
+    """The shape of a random model. Widths must be multiples of 256 for the k-quants."""
+
+    arch: str = "llama"
+    qtype: str = "q8_0"
+    n_layer: int = 2
+    n_embd: int = 256
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 512
+    n_vocab: int = 320
+    n_ctx_train: int = 512
+    tied: bool = False
+    rope_freq_base: float = 10000.0
+    rms_eps: float = 1e-5
+    #: Quant type of the token embeddings (default: ``qtype``).
+    embd_qtype: str | None = None
+    seed: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def byte_tokens() -> list[str]:
+    """The 256 GPT-2 byte symbols, in byte order."""
+    from gguf.vocab import bytes_to_unicode
+
+    table = bytes_to_unicode()
+    return [table[b] for b in range(256)]
+
+
+def write_random_model(path: str | os.PathLike[str], spec: RandomModelSpec) -> Path:
+    """Write the model to ``path`` and return it."""
+    if spec.n_vocab < 258:
+        raise ValueError("n_vocab must be at least 258 (256 bytes, <s>, </s>)")
+    rng = np.random.default_rng(spec.seed)
+    p = Path(path)
+    w = GGUFWriter(p, spec.arch)
+    w.add_name(f"random-{spec.arch}-{spec.qtype}")
+    w.add_block_count(spec.n_layer)
+    w.add_context_length(spec.n_ctx_train)
+    w.add_embedding_length(spec.n_embd)
+    w.add_feed_forward_length(spec.n_ff)
+    w.add_head_count(spec.n_head)
+    w.add_head_count_kv(spec.n_head_kv)
+    w.add_rope_freq_base(spec.rope_freq_base)
+    w.add_layer_norm_rms_eps(spec.rms_eps)
+    tokens = [*byte_tokens(), "<s>", "</s>"]
+    types = [int(TokenType.NORMAL)] * 256 + [int(TokenType.CONTROL)] * 2
+    tokens += [f"<unused{i}>" for i in range(spec.n_vocab - len(tokens))]
+    types += [int(TokenType.UNUSED)] * (spec.n_vocab - len(types))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges([])
+    w.add_bos_token_id(256)
+    w.add_eos_token_id(257)
+    w.add_add_bos_token(True)
+    w.add_chat_template(CHAT_TEMPLATE)
+
+    def matrix(name: str, rows: int, cols: int, qtype: str | None = None) -> None:
+        q = qtype or spec.qtype
+        raw = ref.random_quantized(rng, q, rows, cols)
+        if q in ("f32", "f16"):
+            w.add_tensor(name, np.ascontiguousarray(raw))
+        else:
+            w.add_tensor(name, raw, raw_dtype=GGMLQuantizationType[q.upper()])
+
+    def vector(name: str, n: int, scale: float, spread: float = 0.5) -> None:
+        values = rng.uniform(1.0 - spread, 1.0 + spread, n) * scale
+        w.add_tensor(name, values.astype(np.float32))
+
+    e, q_dim, kv_dim = spec.n_embd, spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
+    # rmsnorm output has unit rms; dividing by sqrt(cols) keeps x @ W.T near unit size.
+    norm = 1.0 / float(np.sqrt(e))
+    matrix("token_embd.weight", spec.n_vocab, e, spec.embd_qtype)
+    vector("output_norm.weight", e, norm)
+    if not spec.tied:
+        matrix("output.weight", spec.n_vocab, e)
+    for i in range(spec.n_layer):
+        b = f"blk.{i}."
+        vector(b + "attn_norm.weight", e, norm)
+        matrix(b + "attn_q.weight", q_dim, e)
+        matrix(b + "attn_k.weight", kv_dim, e)
+        matrix(b + "attn_v.weight", kv_dim, e)
+        if spec.arch == "qwen2":
+            vector(b + "attn_q.bias", q_dim, 0.5, spread=1.0)
+            vector(b + "attn_k.bias", kv_dim, 0.5, spread=1.0)
+            vector(b + "attn_v.bias", kv_dim, 0.5, spread=1.0)
+        matrix(b + "attn_output.weight", e, q_dim)
+        vector(b + "ffn_norm.weight", e, norm)
+        matrix(b + "ffn_gate.weight", spec.n_ff, e)
+        matrix(b + "ffn_up.weight", spec.n_ff, e)
+        matrix(b + "ffn_down.weight", e, spec.n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return p
+
+
+def random_tokens(rng: np.random.Generator, n: int, n_vocab: int) -> npt.NDArray[np.int32]:
+    return rng.integers(0, n_vocab, size=n, dtype=np.int32)
