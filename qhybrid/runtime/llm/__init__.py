@@ -4,6 +4,9 @@
   :class:`ModelConfig` and memory-mapped tensors; a bad file raises :class:`ModelError`.
 - :class:`ModelRunner` is what the engine drives (one step: feed tokens, sample one token per
   sequence); :class:`NumpyRunner` is the CPU implementation and the reference of the graph.
+- :class:`Tokenizer` is built from the file's metadata (``Tokenizer.from_metadata(
+  model.metadata)``): byte-level BPE or SentencePiece, special tokens, streaming decode, the
+  chat template.
 
 Never imports Qt. See docs/llm.md.
 """
@@ -19,15 +22,25 @@ from qhybrid.runtime.llm._gguf import (
     ModelInfo,
     TensorData,
     load_model,
+    read_metadata,
     read_model_info,
 )
 from qhybrid.runtime.llm._numpy_model import NumpyRunner
 from qhybrid.runtime.llm._runner import GREEDY, ModelRunner, SamplingParams, SeqInput
+from qhybrid.runtime.llm._tokenizer import (
+    ChatTemplateError,
+    IncrementalDecoder,
+    Tokenizer,
+    TokenizerError,
+    render_chat_template,
+)
 
 __all__ = [
     "GREEDY",
     "SUPPORTED_ARCHS",
     "SUPPORTED_QTYPES",
+    "ChatTemplateError",
+    "IncrementalDecoder",
     "ModelConfig",
     "ModelError",
     "ModelFile",
@@ -37,6 +50,10 @@ __all__ = [
     "SamplingParams",
     "SeqInput",
     "TensorData",
+    "Tokenizer",
+    "TokenizerError",
     "load_model",
+    "read_metadata",
     "read_model_info",
+    "render_chat_template",
 ]

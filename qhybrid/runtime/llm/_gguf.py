@@ -358,6 +358,11 @@ class _Meta:
             ) from None
 
 
+def read_metadata(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+    """The key/value metadata of any GGUF file (no architecture or tensor checks)."""
+    return _Metadata(_open_reader(Path(path)))
+
+
 def load_model(path: str | os.PathLike[str]) -> ModelFile:
     """Open a GGUF model of a supported architecture; raises :class:`ModelError` if it is not
     one, naming the file and what is wrong. The weights are mapped, not read."""

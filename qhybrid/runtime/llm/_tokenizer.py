@@ -1,0 +1,459 @@
+"""The tokenizer of a GGUF model, built from its metadata with the ``tokenizers`` library.
+
+Two vocabularies, as llama.cpp reads them (``tokenizer.ggml.model``):
+
+- ``gpt2``: byte-level BPE. The tokens are GPT-2 byte symbols; ``tokenizer.ggml.merges`` ranks
+  the merges; the text is first split by the pre-tokenizer regexes llama.cpp picks by
+  ``tokenizer.ggml.pre`` (each regex splits the pieces the previous one left, keeping both the
+  matches and the text between them: ``Split(..., "isolated")`` in a sequence).
+- ``llama``: SentencePiece. Spaces are ``▁`` and one is prepended to the text (and after each
+  special token, as llama.cpp does) when ``tokenizer.ggml.add_space_prefix`` (default true);
+  merges come from the scores (the merged piece with the higher score first); characters
+  missing from the vocabulary fall back to ``<0xXX>`` byte tokens.
+
+Control and user-defined tokens (``tokenizer.ggml.token_type`` 3 and 4) are matched in the
+text as whole tokens; control ones only when ``parse_special`` (the default, so chat
+templates' markers become their ids). Decoding goes through each token's bytes (llama.cpp's
+``token_to_piece``: control tokens give no text), so :class:`IncrementalDecoder` can hold back
+an incomplete UTF-8 sequence split across byte tokens while streaming.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# llama_token_type, as GGUF stores it in tokenizer.ggml.token_type.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+_QWEN2 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+#: Pre-tokenizer regexes by llama.cpp's pre-tokenizer type (llama-vocab.cpp).
+PRE_REGEXES: dict[str, tuple[str, ...]] = {
+    "default": (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"),
+    "llama3": (_LLAMA3,),
+    "qwen2": (_QWEN2,),
+    "gpt2": (_GPT2,),
+    "starcoder": (r"\p{N}", _GPT2),
+    "falcon": (r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"),
+}
+#: ``tokenizer.ggml.pre`` names mapped to the types above, as llama.cpp maps them.
+PRE_NAMES: dict[str, str] = {
+    "default": "default",
+    **dict.fromkeys(
+        ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"),
+        "llama3",
+    ),
+    **dict.fromkeys(("dbrx", "smaug-bpe"), "llama3"),
+    **dict.fromkeys(
+        ("qwen2", "deepseek-r1-qwen", "kormo", "stablelm2", "megrez", "hunyuan"), "qwen2"
+    ),
+    **dict.fromkeys(
+        (
+            "gpt-2",
+            "phi-2",
+            "jina-es",
+            "jina-de",
+            "gigachat",
+            "jina-v2-es",
+            "jina-v2-de",
+            "mpt",
+            "olmo",
+            "jais",
+            "exaone4",
+            "roberta-bpe",
+            "jina-v1-en",
+            "jina-v2-code",
+        ),
+        "gpt2",
+    ),
+    **dict.fromkeys(
+        ("starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"),
+        "starcoder",
+    ),
+    "falcon": "falcon",
+}
+# llama.cpp: these pre-tokenizers match a whole word to a token before merging, and add BOS.
+_IGNORE_MERGES = frozenset({"llama3"})
+# Token texts llama.cpp treats as end of generation when the metadata names no EOT.
+_EOG_TEXTS = frozenset(
+    {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
+     "<|end_of_text|>", "<EOT>", "<\uff5cend\u2581of\u2581sentence\uff5c>"}
+)  # fmt: skip
+
+
+class TokenizerError(Exception):
+    """The metadata does not describe a tokenizer qhybrid can build."""
+
+
+class ChatTemplateError(Exception):
+    """No chat template, or the template failed (its ``raise_exception`` message included)."""
+
+
+def _byte_decoder() -> dict[str, int]:
+    from gguf.vocab import bytes_to_unicode
+
+    return {ch: b for b, ch in bytes_to_unicode().items()}
+
+
+class IncrementalDecoder:
+    """Text of a growing token sequence, emitted only as complete UTF-8 characters.
+
+    ``push(token)`` returns the new text (often ``""`` while a multi-byte character is split
+    across byte tokens); ``flush()`` the rest, with U+FFFD for bytes that never completed.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, strip_leading_space: bool = False) -> None:
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._strip = strip_leading_space
+
+    def push(self, token: int) -> str:
+        piece = self._tokenizer.token_bytes(token)
+        if self._strip and piece:
+            piece = piece.removeprefix(b" ")
+            self._strip = False
+        text: str = self._utf8.decode(piece)
+        return text
+
+    def flush(self) -> str:
+        text: str = self._utf8.decode(b"", final=True)
+        return text
+
+
+class Tokenizer:
+    """Encode, decode and chat-format text for one model. Build it with :meth:`from_metadata`."""
+
+    def __init__(
+        self,
+        *,
+        backend: Any,
+        kind: str,
+        pre: str | None,
+        pieces: list[bytes],
+        types: np.ndarray,
+        special: Mapping[str, int | None],
+        add_bos: bool,
+        add_eos: bool,
+        add_space_prefix: bool,
+        chat_template: str | None,
+        texts: list[str],
+    ) -> None:
+        self._backend = backend
+        self.kind = kind
+        self.pre = pre
+        self._pieces = pieces
+        self._types = types
+        self._texts = texts
+        self.n_vocab = len(pieces)
+        self.bos_id = special.get("bos")
+        self.eos_id = special.get("eos")
+        self.eot_id = special.get("eot")
+        self.unk_id = special.get("unk")
+        self.pad_id = special.get("pad")
+        self.add_bos = add_bos
+        self.add_eos = add_eos
+        self.add_space_prefix = add_space_prefix
+        self.chat_template = chat_template
+        eog = {i for i in (self.eos_id, self.eot_id, special.get("eom")) if i is not None}
+        eog |= {
+            i
+            for i, t in enumerate(texts)
+            if t in _EOG_TEXTS and types[i] in (CONTROL, USER_DEFINED)
+        }
+        #: Tokens that end a generation (EOS, EOT, EOM, and llama.cpp's known end markers).
+        self.eog_ids: frozenset[int] = frozenset(eog)
+
+    # -- building ---------------------------------------------------------------------------
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
+        """The tokenizer described by a GGUF file's metadata (``ModelFile.metadata``)."""
+        kind = metadata.get("tokenizer.ggml.model")
+        tokens = metadata.get("tokenizer.ggml.tokens")
+        if kind is None or tokens is None:
+            raise TokenizerError("the model has no tokenizer (tokenizer.ggml.model/tokens)")
+        tokens = list(tokens)
+        n = len(tokens)
+        types = np.asarray(metadata.get("tokenizer.ggml.token_type", np.full(n, NORMAL)))
+        if len(types) != n:
+            raise TokenizerError(f"token_type has {len(types)} entries for {n} tokens")
+        texts = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+
+        def special_id(name: str) -> int | None:
+            value = metadata.get(f"tokenizer.ggml.{name}_token_id")
+            if value is None or not 0 <= int(value) < n:
+                return None
+            return int(value)
+
+        special = {
+            name: special_id(key)
+            for name, key in (
+                ("bos", "bos"), ("eos", "eos"), ("eot", "eot"), ("eom", "eom"),
+                ("unk", "unknown"), ("pad", "padding"),
+            )
+        }  # fmt: skip
+        template = metadata.get("tokenizer.chat_template")
+        add_space_prefix = False
+        pre: str | None = None
+        if kind == "gpt2":
+            pre_name = str(metadata.get("tokenizer.ggml.pre") or "default")
+            pre = PRE_NAMES.get(pre_name)
+            if pre is None:
+                logger.warning("unknown pre-tokenizer %r: using llama.cpp's default", pre_name)
+                pre = "default"
+            add_bos = pre == "llama3"
+            merges = list(metadata.get("tokenizer.ggml.merges") or [])
+            backend = _bpe_backend(texts, merges, pre)
+            table = _byte_decoder()
+            pieces = [_bpe_piece(t, int(types[i]), table) for i, t in enumerate(texts)]
+        elif kind == "llama":
+            add_bos = True
+            add_space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
+            scores = np.asarray(metadata.get("tokenizer.ggml.scores", np.zeros(n)), np.float32)
+            unk = special["unk"] if special["unk"] is not None else None
+            backend = _spm_backend(texts, types, scores, unk, add_space_prefix)
+            pieces = [_spm_piece(t, int(types[i])) for i, t in enumerate(texts)]
+        else:
+            raise TokenizerError(
+                f"tokenizer model {kind!r} is not supported (supported: gpt2, llama)"
+            )
+        _add_special_tokens(backend, texts, types)
+        add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos))
+        add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
+        if add_bos and special["bos"] is None:
+            add_bos = False
+        return cls(
+            backend=backend,
+            kind=str(kind),
+            pre=pre,
+            pieces=pieces,
+            types=types,
+            special=special,
+            add_bos=add_bos,
+            add_eos=add_eos,
+            add_space_prefix=add_space_prefix,
+            chat_template=str(template) if template else None,
+            texts=texts,
+        )
+
+    # -- encoding -----------------------------------------------------------------------------
+    def encode(
+        self, text: str, *, add_bos: bool | None = None, parse_special: bool = True
+    ) -> list[int]:
+        """Token ids of ``text``; BOS first when ``add_bos`` (default: the model's
+        ``add_bos_token``); control tokens written in the text become their ids when
+        ``parse_special``, else they are tokenized as plain text."""
+        self._backend.encode_special_tokens = not parse_special
+        ids: list[int] = list(self._backend.encode(text, add_special_tokens=False).ids)
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
+            ids.insert(0, self.bos_id)
+        if self.add_eos and self.eos_id is not None:
+            ids.append(self.eos_id)
+        return ids
+
+    # -- decoding -----------------------------------------------------------------------------
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for in generated text (control tokens: none)."""
+        return self._pieces[token]
+
+    def token_text(self, token: int) -> str:
+        """The token as the vocabulary spells it (``"<|im_end|>"``, ``"Ġthe"``, ``"▁the"``)."""
+        return self._texts[token]
+
+    def is_control(self, token: int) -> bool:
+        return int(self._types[token]) == CONTROL
+
+    def decode(self, ids: Iterable[int], *, strip_leading_space: bool | None = None) -> str:
+        """The text of ``ids`` (control tokens give none). A SentencePiece model's leading
+        space, the one encoding prepends, is dropped unless ``strip_leading_space=False``."""
+        data = b"".join(self._pieces[int(i)] for i in ids)
+        strip = self.add_space_prefix if strip_leading_space is None else strip_leading_space
+        if strip:
+            data = data.removeprefix(b" ")
+        return data.decode("utf-8", errors="replace")
+
+    def incremental(self, *, strip_leading_space: bool = False) -> IncrementalDecoder:
+        """A decoder for streaming (a continuation keeps its leading space by default)."""
+        return IncrementalDecoder(self, strip_leading_space=strip_leading_space)
+
+    def is_eog(self, token: int) -> bool:
+        return token in self.eog_ids
+
+    # -- chat -----------------------------------------------------------------------------------
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        template: str | None = None,
+        **extra: Any,
+    ) -> str:
+        """The prompt text for ``messages`` (``[{"role": ..., "content": ...}, ...]``) from the
+        model's ``tokenizer.chat_template``, rendered in a sandboxed jinja2 environment as
+        Hugging Face's ``apply_chat_template`` does. Encode the result with the default
+        ``parse_special=True`` (and mind templates that already write the BOS token)."""
+        source = template or self.chat_template
+        if not source:
+            raise ChatTemplateError(
+                "the model has no chat template (tokenizer.chat_template); "
+                "use a plain prompt or pass a template"
+            )
+        bos = self._texts[self.bos_id] if self.bos_id is not None else ""
+        eos = self._texts[self.eos_id] if self.eos_id is not None else ""
+        return render_chat_template(
+            source,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos,
+            eos_token=eos,
+            **extra,
+        )
+
+
+def render_chat_template(source: str, messages: Sequence[Mapping[str, Any]], **context: Any) -> str:
+    """Render a chat template (Hugging Face's conventions: ``raise_exception``,
+    ``strftime_now``, ``tojson``, trim_blocks/lstrip_blocks, loop controls)."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ChatTemplateError(f"chat template: {message}")
+
+    def tojson(value: Any, indent: int | None = None, **_: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, indent=indent)
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    try:
+        compiled = env.from_string(source)
+        return compiled.render(messages=[dict(m) for m in messages], **context)
+    except ChatTemplateError:
+        raise
+    except jinja2.TemplateError as exc:
+        raise ChatTemplateError(f"chat template error: {exc}") from None
+
+
+# -- backends (the tokenizers library) -----------------------------------------------------------
+def _vocab_dict(texts: list[str]) -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    for i, t in enumerate(texts):
+        vocab.setdefault(t, i)  # llama.cpp keeps the last duplicate; duplicates are bugs anyway
+    return vocab
+
+
+def _bpe_backend(texts: list[str], merges: list[str], pre: str) -> Any:
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HfTokenizer
+
+    pairs = []
+    for m in merges:
+        left, sep, right = m.partition(" ")
+        if not sep:
+            raise TokenizerError(f"bad merge {m!r} (expected two tokens and a space)")
+        pairs.append((left, right))
+    model = models.BPE(vocab=_vocab_dict(texts), merges=pairs, ignore_merges=pre in _IGNORE_MERGES)
+    tok = HfTokenizer(model)
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_REGEXES[pre]]
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _spm_merges(texts: list[str], types: np.ndarray, scores: np.ndarray) -> list[tuple[str, str]]:
+    """Merges for a SentencePiece vocabulary: every split of a normal piece into two normal
+    pieces, the merged piece with the higher score first (llama.cpp's SPM tokenizer merges the
+    best-scoring adjacent pair first)."""
+    normal = {t: i for i, t in enumerate(texts) if int(types[i]) == NORMAL}
+    found: list[tuple[float, int, int, str, str]] = []
+    for piece, pid in normal.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            li, ri = normal.get(left), normal.get(right)
+            if li is not None and ri is not None:
+                found.append((-float(scores[pid]), li, ri, left, right))
+    found.sort()
+    return [(left, right) for _, _, _, left, right in found]
+
+
+def _spm_backend(
+    texts: list[str], types: np.ndarray, scores: np.ndarray, unk: int | None, prefix: bool
+) -> Any:
+    from tokenizers import Tokenizer as HfTokenizer
+    from tokenizers import decoders, models, normalizers
+
+    model = models.BPE(
+        vocab=_vocab_dict(texts),
+        merges=_spm_merges(texts, types, scores),
+        unk_token=texts[unk] if unk is not None else None,
+        fuse_unk=True,
+        byte_fallback=True,
+    )
+    tok = HfTokenizer(model)
+    steps = [normalizers.Prepend("▁")] if prefix else []
+    tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return tok
+
+
+def _add_special_tokens(backend: Any, texts: list[str], types: np.ndarray) -> None:
+    from tokenizers import AddedToken
+
+    control = [
+        AddedToken(texts[i], special=True, normalized=False)
+        for i in np.flatnonzero(types == CONTROL)
+    ]
+    user = [
+        AddedToken(texts[i], special=False, normalized=False)
+        for i in np.flatnonzero(types == USER_DEFINED)
+    ]
+    if control:
+        backend.add_special_tokens(control)
+    if user:
+        backend.add_tokens(user)
+
+
+def _bpe_piece(text: str, kind: int, table: Mapping[str, int]) -> bytes:
+    if kind in (CONTROL, UNUSED, UNKNOWN):
+        return b""
+    if kind == USER_DEFINED:
+        return text.encode("utf-8")
+    try:
+        return bytes(table[ch] for ch in text)
+    except KeyError:  # not byte-level symbols: take the text as it is
+        return text.encode("utf-8")
+
+
+def _spm_piece(text: str, kind: int) -> bytes:
+    if kind in (CONTROL, UNUSED):
+        return b""
+    if kind == BYTE and len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+        return bytes([int(text[3:5], 16)])
+    if kind == UNKNOWN:
+        return "\u2585".encode()  # llama.cpp prints an unknown token as U+2585
+    return text.replace("▁", " ").encode("utf-8")
