@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
             "A local-first runtime for multi-agent systems and LLM inference. Without "
             "--headless it opens the desktop window."
         ),
-        epilog="Benchmarks: qhybrid bench dispatch --help",
+        epilog="Benchmarks: qhybrid bench dispatch --help.  GGUF models: qhybrid models --help",
     )
     parser.add_argument(
         "scenario",
@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         from qhybrid.bench._cli import main as bench_main
 
         return bench_main(raw[1:])
+    if raw[:1] == ["models"]:
+        from qhybrid.runtime.llm._models_cli import main as models_main
+
+        return models_main(raw[1:])
     args = build_parser().parse_args(raw)
     if not args.headless:
         if args.json or args.trace:
