@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from qhybrid.runtime._events import (
     AgentLog,
     AgentStateChanged,
     GpuAdapter,
+    LlmTokens,
     RunStateChanged,
     RuntimeEvents,
     TaskFinished,
@@ -64,6 +65,9 @@ from qhybrid.runtime.wasm_pool import (
     make_engine,
 )
 from qhybrid.runtime.wgpu_thread import DeviceInfo, GpuDevice, GpuJobError, GpuJobResult
+
+if TYPE_CHECKING:
+    from qhybrid.runtime.llm import LoadedModel, RequestUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +162,11 @@ class Runtime:
         self.pool = WorkerPool(self.config.workers, start_timeout=self.config.start_timeout)
         self.device = GpuDevice(prefer=self.config.device)
         self.device_info: DeviceInfo | None = None
+        self._llm: LoadedModel | None = None
+        self._llm_requests: dict[int, tuple[int, int, int]] = {}  # id -> (agent, request, tag)
+        self._llm_ids = itertools.count(1)
+        self._llm_tokens = 0
+        self._llm_done = 0
         self._metrics = MetricsRecorder(self.config.workers)
         self._trace = TraceRecorder(path=self.config.trace_path)
         self._queue: list[_Item] = []
@@ -222,6 +231,7 @@ class Runtime:
             for key, (serialized, original) in modules.items():
                 await self.pool.install_module(key, serialized, original)
             self._create_tensors()
+            await self._open_llm()
             await self._load_agents()
             self._enqueue_initial()
         except BaseException:
@@ -366,6 +376,12 @@ class Runtime:
         try:
             await self.pool.aclose()
         finally:
+            llm, self._llm = self._llm, None
+            if llm is not None:
+                try:
+                    await asyncio.wrap_future(self.device.call(lambda _ctx: llm.close()))
+                except Exception:
+                    logger.debug("releasing the LLM failed", exc_info=True)
             await asyncio.to_thread(self.device.close)
             for tensor in self._named_tensors.values():
                 tensor.close()
@@ -475,10 +491,14 @@ class Runtime:
             self._finish("completed", self._stop_requested)
             return False
         stop = self.scenario.stop
-        if not self._queue:
+        llm_busy = self._llm is not None and self._llm.engine.has_work()
+        if not self._queue and not llm_busy:
             self._finish("completed", "idle: no work left")
             return False
-        tick = self._queue[0].tick
+        tick = self._queue[0].tick if self._queue else self.tick + 1
+        if llm_busy:
+            # A running LLM request advances one token per tick.
+            tick = min(tick, self.tick + 1)
         if tick >= stop.max_ticks:
             self._finish("completed", f"reached max_ticks={stop.max_ticks}")
             return False
@@ -556,14 +576,26 @@ class Runtime:
             if deliveries[w] or cpu_runs[w]
         }
         gpu_waits = {pos: asyncio.wrap_future(fut) for pos, fut in gpu_jobs.items()}
+        llm_wait: list[asyncio.Future[list[RequestUpdate]]] = []
+        if self._llm is not None and self._llm.engine.has_work():
+            engine = self._llm.engine
+            llm_wait.append(asyncio.wrap_future(self.device.call(lambda _ctx: engine.step())))
         try:
             results = await asyncio.gather(
-                *batch_calls.values(), *gpu_waits.values(), return_exceptions=True
+                *batch_calls.values(), *gpu_waits.values(), *llm_wait, return_exceptions=True
             )
         except asyncio.CancelledError:
             for out in outputs.values():
                 out.close()
             raise
+        llm_updates: list[RequestUpdate] = []
+        if llm_wait:
+            step_result = results.pop()
+            if isinstance(step_result, BaseException):
+                for out in outputs.values():
+                    out.close()
+                raise RunFailed(f"the LLM step failed: {step_result}") from step_result
+            llm_updates = cast("list[RequestUpdate]", step_result)
         replies: dict[int, BatchReply] = {}
         gpu_results: dict[int, GpuJobResult | BaseException] = {}
         for w, res in zip(batch_calls, results[: len(batch_calls)], strict=True):
@@ -579,6 +611,8 @@ class Runtime:
             assert isinstance(gres, GpuJobResult | BaseException)
             gpu_results[pos] = gres
         self._commit(tick, due, plan, replies, gpu_results, outputs)
+        if llm_updates:
+            self._commit_llm(tick, llm_updates)
         await self._after_commit(tick)
 
     async def _run_batch(
@@ -861,15 +895,116 @@ class Runtime:
                 assert isinstance(out_name, str) and isinstance(param, float)
                 self._queue_agent_job(agent, tick, item, job, op, inputs, out_name, param)
             elif what == "llm":
-                _, request, tag, _prompt, _max_tokens = effect
+                _, request, tag, prompt, max_tokens = effect
                 assert isinstance(request, int) and isinstance(tag, int)
-                text = b"no LLM model is configured for this scenario"
-                payload = struct.pack("<iii", request, tag, 1) + text
+                assert isinstance(prompt, bytes) and isinstance(max_tokens, int)
                 record("llm", tick, item.seq, request)
-                self._push_message(
-                    tick + 1, 0, RUNTIME_SENDER, agent.agent_id, KIND_LLM_DONE, payload
-                )
+                self._submit_llm(agent, tick, request, tag, prompt, max_tokens)
         return None
+
+    # -- the LLM ----------------------------------------------------------------------------
+    async def _open_llm(self) -> None:
+        spec = self.scenario.llm
+        if spec is None:
+            return
+        # Imported here: the tokenizer and GGUF libraries cost start-up time that scenarios
+        # without a model should not pay.
+        from qhybrid.runtime.llm import LlmOptions, ModelError, RunnerChoice, open_engine
+
+        options = LlmOptions(
+            n_slots=spec.slots,
+            n_ctx=spec.n_ctx or None,
+            runner=cast("RunnerChoice", spec.device),
+        )
+        try:
+            self._llm = await asyncio.wrap_future(
+                self.device.call(lambda ctx: open_engine(ctx, spec.model, options))
+            )
+        except ModelError as exc:
+            raise self.scenario.error("llm.model", str(exc)) from None
+        loaded = self._llm
+        assert loaded is not None
+        self._trace.record(
+            "llm_model", 0, 0, loaded.model.name, loaded.model.config.arch, loaded.placement
+        )
+
+    def _submit_llm(
+        self, agent: _Agent, tick: int, request: int, tag: int, prompt: bytes, max_tokens: int
+    ) -> None:
+        """Queue an agent's request for the next tick's engine step, or answer at once why not."""
+        llm, spec = self._llm, self.scenario.llm
+        if llm is None or spec is None:
+            self._answer_llm(
+                agent.agent_id,
+                tick,
+                request,
+                tag,
+                1,
+                "no LLM model is configured for this scenario",
+            )
+            return
+        from qhybrid.runtime.llm import GenerationParams, SamplingParams, encode_prompt
+
+        try:
+            ids = encode_prompt(llm.tokenizer, prompt.decode("utf-8", "replace"), chat=spec.chat)
+            params = GenerationParams(
+                max_tokens=max(1, min(max_tokens, llm.runner.n_ctx)),
+                sampling=SamplingParams(
+                    temperature=spec.temperature,
+                    top_k=spec.top_k,
+                    top_p=spec.top_p,
+                    repeat_penalty=spec.repeat_penalty,
+                ),
+                seed=derive_seed(self.scenario.seed, "llm", agent.name, str(request)),
+                stop=spec.stop,
+            )
+            rid = llm.engine.submit(ids, params, request_id=next(self._llm_ids))
+        except ValueError as exc:
+            self._answer_llm(agent.agent_id, tick, request, tag, 1, str(exc))
+            return
+        self._llm_requests[rid] = (agent.agent_id, request, tag)
+
+    def _commit_llm(self, tick: int, updates: list[RequestUpdate]) -> None:
+        """Stream what the engine step made; a finished request answers at the next tick."""
+        emit = self.events.llm_tokens.emit
+        for update in updates:
+            owner = self._llm_requests.get(update.request_id)
+            if owner is None:
+                continue
+            agent_id, request, tag = owner
+            self._llm_tokens += len(update.new_tokens)
+            result = update.result
+            name = self._agents[agent_id].name
+            if result is None:
+                emit(LlmTokens(update.request_id, name, update.text, len(update.new_tokens), False))
+                continue
+            del self._llm_requests[update.request_id]
+            self._llm_done += 1
+            ok = result.finish in ("stop", "length")
+            emit(
+                LlmTokens(
+                    update.request_id,
+                    name,
+                    update.text,
+                    len(update.new_tokens),
+                    True,
+                    result.decode_tok_s,
+                    result.ttft_s,
+                    result.finish,
+                    result.error,
+                )
+            )
+            text = result.text if ok else (result.error or f"the request was {result.finish}")
+            self._trace.record(
+                "llm_done", tick, update.request_id, result.finish, repr(result.tokens)
+            )
+            self._answer_llm(agent_id, tick, request, tag, 0 if ok else 1, text)
+
+    def _answer_llm(
+        self, agent_id: int, tick: int, request: int, tag: int, status: int, text: str
+    ) -> None:
+        payload = struct.pack("<iii", request, tag, status) + text.encode("utf-8")
+        self._push_message(tick + 1, 0, RUNTIME_SENDER, agent_id, KIND_LLM_DONE, payload)
 
     def _queue_agent_job(
         self,

@@ -75,7 +75,29 @@ TENSOR_DTYPES = ("float32",)
 TENSOR_INITS = ("random", "zeros", "ones", "arange")
 MODULE_SUFFIXES = (".wasm", ".wat")
 
-_TOP_KEYS = ("name", "description", "seed", "stop", "agents", "messages", "tensors", "tasks")
+_TOP_KEYS = (
+    "name",
+    "description",
+    "seed",
+    "stop",
+    "llm",
+    "agents",
+    "messages",
+    "tensors",
+    "tasks",
+)
+_LLM_KEYS = (
+    "model",
+    "device",
+    "slots",
+    "n_ctx",
+    "chat",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repeat_penalty",
+    "stop",
+)
 _STOP_KEYS = ("max_ticks", "max_messages", "timeout_s")
 _AGENT_KEYS = ("name", "module", "count", "on_error", "config", "max_restarts", "limits", "grants")
 _LIMIT_KEYS = ("fuel", "memory_mb", "timeout_ms", "stack_kb")
@@ -251,6 +273,29 @@ class StopSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class LlmSpec:
+    """The scenario's LLM (``[llm]``): the GGUF file agents' ``llm_complete`` calls go to.
+
+    ``device`` is where its graph runs (auto, gpu or cpu); ``slots`` how many requests run at
+    once (continuous batching); ``n_ctx`` the context per request (0: the model's, at most
+    2048); ``chat`` renders each prompt as a user message with the model's chat template; the
+    sampling fields apply to every request (``temperature`` 0 is greedy), each request drawing
+    from its own stream seeded by the scenario's seed, the agent and the request.
+    """
+
+    model: Path
+    device: str = "auto"
+    slots: int = 8
+    n_ctx: int = 0
+    chat: bool = False
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    repeat_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """A checked scenario: every name resolved, every path absolute, every shape inferred."""
 
@@ -263,6 +308,7 @@ class Scenario:
     tensors: tuple[TensorSpec, ...] = ()
     tasks: tuple[TaskSpec, ...] = ()
     stop: StopSpec = StopSpec()
+    llm: LlmSpec | None = None
     #: Field path (``"agents[0].module"``) -> 1-based line in the source; best effort.
     field_lines: Mapping[str, int] = dataclasses.field(default_factory=_empty_mapping, hash=False)
 
@@ -630,6 +676,7 @@ class _Builder:
         messages = self._messages(data.get("messages"), targets)
         tensors = self._tensors(data.get("tensors"))
         tasks = self._tasks(data.get("tasks"), tensors, targets)
+        llm = self._llm(data["llm"]) if "llm" in data else None
         return Scenario(
             name=name,
             description=description,
@@ -640,6 +687,7 @@ class _Builder:
             tensors=tensors,
             tasks=tasks,
             stop=stop,
+            llm=llm,
             field_lines=MappingProxyType(dict(r.lines)),
         )
 
@@ -664,6 +712,33 @@ class _Builder:
             max_messages = r.integer(raw["max_messages"], "stop.max_messages", 1)
         timeout_s = r.positive_number(raw.get("timeout_s", DEFAULT_TIMEOUT_S), "stop.timeout_s")
         return StopSpec(max_ticks=max_ticks, max_messages=max_messages, timeout_s=timeout_s)
+
+    def _llm(self, value: object) -> LlmSpec:
+        r = self.r
+        raw = r.table(value, "llm", _LLM_KEYS, "[llm]")
+        text = r.string(r.require(raw, "llm", "model", "[llm]"), "llm.model", non_empty=True)
+        model = self._path(text, "llm.model")
+        if not model.is_file():
+            r.fail("llm.model", f"model file not found: {model}")
+        device = r.choice(raw.get("device", "auto"), "llm.device", ("auto", "gpu", "cpu"))
+        slots = r.integer(raw.get("slots", 8), "llm.slots", 1, 256)
+        n_ctx = r.integer(raw.get("n_ctx", 0), "llm.n_ctx", 0, 1 << 20)
+        if n_ctx == 1:
+            r.fail("llm.n_ctx", "expected 0 (the model's context) or at least 2, got 1")
+        chat = r.boolean(raw.get("chat", False), "llm.chat")
+        temperature = 0.0
+        if raw.get("temperature", 0.8) != 0:
+            temperature = r.positive_number(raw.get("temperature", 0.8), "llm.temperature")
+        top_k = r.integer(raw.get("top_k", 40), "llm.top_k", 0, 1 << 20)
+        top_p = r.positive_number(raw.get("top_p", 0.95), "llm.top_p")
+        if top_p > 1:
+            r.fail("llm.top_p", f"expected a number in (0, 1], got {top_p:g}")
+        penalty = r.positive_number(raw.get("repeat_penalty", 1.0), "llm.repeat_penalty")
+        stops = raw.get("stop", [])
+        if not isinstance(stops, list):
+            r.fail("llm.stop", f"expected a list of strings, got {_describe(stops)}")
+        stop = tuple(r.string(v, f"llm.stop[{i}]", non_empty=True) for i, v in enumerate(stops))
+        return LlmSpec(model, device, slots, n_ctx, chat, temperature, top_k, top_p, penalty, stop)
 
     # agents
 

@@ -2,6 +2,9 @@
 
 - :func:`load_model` opens a GGUF model (``llama``, ``qwen2``) as a :class:`ModelFile`: its
   :class:`ModelConfig` and memory-mapped tensors; a bad file raises :class:`ModelError`.
+- :class:`Llm` serves a model to many concurrent requests (streaming, cancellation,
+  continuous batching through :class:`LlmEngine`); the orchestrator steps the same engine
+  once per tick (:func:`open_engine`) for agents' ``llm_complete`` calls.
 - :class:`ModelRunner` is what the engine drives (one step: feed tokens, sample one token per
   sequence); :class:`NumpyRunner` is the CPU implementation and the reference of the graph.
 - :class:`Tokenizer` is built from the file's metadata (``Tokenizer.from_metadata(
@@ -13,6 +16,12 @@ Never imports Qt. See docs/llm.md.
 
 from __future__ import annotations
 
+from qhybrid.runtime.llm._engine import (
+    GenerationParams,
+    GenerationResult,
+    LlmEngine,
+    RequestUpdate,
+)
 from qhybrid.runtime.llm._gguf import (
     SUPPORTED_ARCHS,
     SUPPORTED_QTYPES,
@@ -27,6 +36,15 @@ from qhybrid.runtime.llm._gguf import (
 )
 from qhybrid.runtime.llm._numpy_model import NumpyRunner
 from qhybrid.runtime.llm._runner import GREEDY, ModelRunner, SamplingParams, SeqInput
+from qhybrid.runtime.llm._service import (
+    Llm,
+    LlmOptions,
+    LoadedModel,
+    RunnerChoice,
+    TokenStream,
+    encode_prompt,
+    open_engine,
+)
 from qhybrid.runtime.llm._tokenizer import (
     ChatTemplateError,
     IncrementalDecoder,
@@ -40,19 +58,30 @@ __all__ = [
     "SUPPORTED_ARCHS",
     "SUPPORTED_QTYPES",
     "ChatTemplateError",
+    "GenerationParams",
+    "GenerationResult",
     "IncrementalDecoder",
+    "Llm",
+    "LlmEngine",
+    "LlmOptions",
+    "LoadedModel",
     "ModelConfig",
     "ModelError",
     "ModelFile",
     "ModelInfo",
     "ModelRunner",
     "NumpyRunner",
+    "RequestUpdate",
+    "RunnerChoice",
     "SamplingParams",
     "SeqInput",
     "TensorData",
+    "TokenStream",
     "Tokenizer",
     "TokenizerError",
+    "encode_prompt",
     "load_model",
+    "open_engine",
     "read_metadata",
     "read_model_info",
     "render_chat_template",

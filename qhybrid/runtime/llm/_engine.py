@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -210,7 +210,7 @@ class LlmEngine:
         self,
         runner: ModelRunner,
         decode: Decode,
-        eos_ids: Sequence[int],
+        eos_ids: Iterable[int],
         *,
         max_batch_tokens: int = 2048,
     ) -> None:
