@@ -521,7 +521,17 @@ def _rand(rng: np.random.Generator, *shape: int) -> np.ndarray:
 
 
 def test_the_op_table_lists_the_documented_ops() -> None:
-    assert set(OPS) == {"matmul", "add", "mul", "scale", "relu"}
+    assert set(OPS) == {
+        "matmul",
+        "add",
+        "mul",
+        "scale",
+        "relu",
+        "silu",
+        "gelu",
+        "softmax",
+        "rmsnorm",
+    }
     for name, spec in OPS.items():
         assert spec.name == name
         assert spec.doc
@@ -629,9 +639,9 @@ def test_run_numpy_refuses_an_output_of_the_wrong_shape() -> None:
 def test_unknown_op_lists_the_known_ones() -> None:
     with pytest.raises(OpError, match="unknown op 'conv2d'") as err:
         get_op("conv2d")
-    assert "(known: add, matmul, mul, relu, scale)" in str(err.value)
-    with pytest.raises(OpError, match="unknown op 'softmax'"):
-        run_numpy("softmax", [np.zeros(2, np.float32)], np.zeros(2, np.float32))
+    assert "(known: add, gelu, matmul, mul, relu, rmsnorm, scale, silu, softmax)" in str(err.value)
+    with pytest.raises(OpError, match="unknown op 'conv2d'"):
+        run_numpy("conv2d", [np.zeros(2, np.float32)], np.zeros(2, np.float32))
 
 
 def test_op_error_is_a_value_error() -> None:

@@ -868,7 +868,7 @@ def test_cpu_tasks_compute_on_shared_tensors_in_the_worker() -> None:
             TaskRun(1, "matmul", (a.handle, b.handle), out.handle),
             TaskRun(2, "scale", (a.handle,), scaled.handle, (("factor", -2.0),)),
             TaskRun(3, "matmul", (a.handle, a.handle), out.handle),
-            TaskRun(4, "softmax", (a.handle,), scaled.handle),
+            TaskRun(4, "conv2d", (a.handle,), scaled.handle),
             TaskRun(5, "matmul", (a.handle, b.handle), gone_handle),
         ]
 
@@ -884,7 +884,7 @@ def test_cpu_tasks_compute_on_shared_tensors_in_the_worker() -> None:
         assert not bad_shape.ok
         assert bad_shape.error == "OpError: matmul inner dimensions differ: [5, 3] @ [5, 3]"
         assert not bad_op.ok
-        assert bad_op.error is not None and bad_op.error.startswith("OpError: unknown op 'softmax'")
+        assert bad_op.error is not None and bad_op.error.startswith("OpError: unknown op 'conv2d'")
         assert not bad_out.ok
         assert bad_out.error is not None and bad_out.error.startswith("FileNotFoundError")
         # The failed tasks did not touch the results of the good ones.

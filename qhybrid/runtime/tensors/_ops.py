@@ -91,6 +91,44 @@ def _relu_run(inputs: Sequence[npt.NDArray[Any]], out: npt.NDArray[Any], params:
     np.maximum(inputs[0], np.float32(0.0), out=out)
 
 
+def _silu_run(inputs: Sequence[npt.NDArray[Any]], out: npt.NDArray[Any], params: Params) -> None:
+    x = inputs[0]
+    np.divide(x, np.float32(1.0) + np.exp(-x), out=out)
+
+
+_GELU_C = np.float32(0.7978845608028654)  # sqrt(2 / pi)
+
+
+def _gelu_run(inputs: Sequence[npt.NDArray[Any]], out: npt.NDArray[Any], params: Params) -> None:
+    x = inputs[0]
+    inner = _GELU_C * (x + np.float32(0.044715) * x * x * x)
+    np.multiply(np.float32(0.5) * x, np.float32(1.0) + np.tanh(inner), out=out)
+
+
+def _softmax_run(inputs: Sequence[npt.NDArray[Any]], out: npt.NDArray[Any], params: Params) -> None:
+    z = inputs[0] * np.float32(params.get("factor", 1.0))
+    if z.size == 0:
+        return
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    np.divide(e, e.sum(axis=-1, keepdims=True), out=out)
+
+
+def _rmsnorm_infer(
+    shapes: Sequence[Shape], dtypes: Sequence[str], params: Params
+) -> tuple[Shape, str]:
+    x, w = shapes
+    if not x or w != x[-1:]:
+        raise OpError(f"rmsnorm takes x[..., D] and weight[D], got {list(x)} and {list(w)}")
+    return x, np.dtype(np.float32).str
+
+
+def _rmsnorm_run(inputs: Sequence[npt.NDArray[Any]], out: npt.NDArray[Any], params: Params) -> None:
+    x, w = inputs
+    ms = np.mean(x * x, axis=-1, keepdims=True, dtype=np.float32)
+    np.multiply(x / np.sqrt(ms + np.float32(params.get("eps", 1e-6))), w, out=out)
+
+
 OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
@@ -99,6 +137,12 @@ OPS: dict[str, OpSpec] = {
         OpSpec("mul", 2, (), _same_shape_infer, _mul_run, "elementwise a * b"),
         OpSpec("scale", 1, ("factor",), _same_shape_infer, _scale_run, "a * factor"),
         OpSpec("relu", 1, (), _same_shape_infer, _relu_run, "max(a, 0)"),
+        OpSpec("silu", 1, (), _same_shape_infer, _silu_run, "a * sigmoid(a)"),
+        OpSpec("gelu", 1, (), _same_shape_infer, _gelu_run, "GELU, tanh approximation"),
+        OpSpec(
+            "softmax", 1, ("factor",), _same_shape_infer, _softmax_run, "softmax(a * factor), rows"
+        ),
+        OpSpec("rmsnorm", 2, ("eps",), _rmsnorm_infer, _rmsnorm_run, "RMSNorm of rows times w"),
     )
 }
 

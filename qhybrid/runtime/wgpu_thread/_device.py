@@ -10,17 +10,20 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from psygnal import Signal, SignalInstance
 
 from qhybrid.runtime.tensors import AttachedTensor, OpError, TensorHandle, attach, get_op
 from qhybrid.runtime.wgpu_thread._backends import Backend, open_backend
+from qhybrid.runtime.wgpu_thread._context import ComputeContext, GpuDeviceLost
+from qhybrid.runtime.wgpu_thread._placement import CostModel
 from qhybrid.runtime.wgpu_thread._types import (
+    CPU_DEVICE_INFO,
     PREFER_CHOICES,
     DeviceInfo,
     GpuJobError,
@@ -36,6 +39,14 @@ logger = logging.getLogger(__name__)
 DEVICE_ENV = "QHYBRID_DEVICE"
 
 _device_ids = itertools.count(1)
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[[ComputeContext | None], Any]
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
 
 
 @dataclass(slots=True)
@@ -89,18 +100,27 @@ class GpuDevice:
     A job rejected by :meth:`submit` (bad op, shapes or dtype; device closed) fails its future
     at once and emits no signal. A job that fails on the thread (a tensor that cannot be
     mapped, a GPU error) fails its future; the thread goes on. Ops without a GPU kernel, or
-    tensors beyond the device's buffer limits, run with numpy (``placement == "cpu"``). If the
-    GPU device is lost, the job in flight fails saying so and later jobs run with numpy.
+    tensors beyond the device's buffer limits, run with numpy (``placement == "cpu"``); with
+    ``prefer="auto"`` a cost model calibrated at start (:mod:`._placement`) picks the GPU or
+    numpy per job. If the GPU device is lost, the job (or call) in flight fails with
+    :class:`GpuDeviceLost` (a :class:`GpuJobError`), the device is opened again
+    (``device_changed``; the context's ``generation`` bumps) and later work runs on it.
+
+    :meth:`call` runs a function on the device thread with the :class:`ComputeContext`
+    (kernels recorded and submitted in batches: the LLM engine's way in), in order with jobs.
     """
 
     job_started = Signal(GpuJobEvent)
     job_finished = Signal(GpuJobEvent)
+    #: Emitted ON THE DEVICE THREAD with the new :class:`DeviceInfo` after a lost device was
+    #: opened again (or with the CPU description when numpy takes over).
+    device_changed = Signal(DeviceInfo)
 
     def __init__(self, *, prefer: str = "auto") -> None:
         self._prefer: Prefer = _resolve_prefer(prefer)
         self._name = f"qhybrid-gpu-{next(_device_ids)}"
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | _Call | None] = queue.SimpleQueue()
         self._job_ids = itertools.count(1)
         self._pending = 0
         self._closed = False
@@ -215,6 +235,29 @@ class GpuDevice:
             self._jobs.put(job)
         return job.future
 
+    def call(self, fn: Callable[[ComputeContext | None], T]) -> concurrent.futures.Future[T]:
+        """Run ``fn(ctx)`` on the device thread, in order with jobs; thread-safe.
+
+        ``ctx`` is the :class:`ComputeContext`, or None when numpy does the work (no adapter,
+        ``prefer="cpu"``, or the device was lost and could not be opened again). The future
+        holds ``fn``'s result or exception; if the device was lost meanwhile, it fails with
+        :class:`GpuDeviceLost` and the device is opened again for later work.
+        """
+        item = _Call(fn)
+        with self._lock:
+            if self._closed:
+                item.future.set_exception(GpuJobError("call rejected: device closed"))
+                return cast("concurrent.futures.Future[T]", item.future)
+            self._pending += 1
+            self._jobs.put(item)
+        return cast("concurrent.futures.Future[T]", item.future)
+
+    @property
+    def cost_model(self) -> CostModel | None:
+        """The placement model (``prefer="auto"`` with a GPU), once started; else None."""
+        backend = self._backend
+        return None if backend is None else backend.cost
+
     def pending(self) -> int:
         """Jobs queued or running; thread-safe."""
         with self._lock:
@@ -236,6 +279,9 @@ class GpuDevice:
                 job = self._jobs.get()
                 if job is None:
                     break
+                if isinstance(job, _Call):
+                    self._call(backend, job)
+                    continue
                 try:
                     self._execute(backend, job)
                 except Exception:  # a bug here must not take the device thread down
@@ -252,32 +298,84 @@ class GpuDevice:
             except Exception:
                 logger.exception("releasing the GPU device failed")
 
+    def _call(self, backend: Backend, item: _Call) -> None:
+        if not item.future.set_running_or_notify_cancel():
+            self._job_done()
+            return
+        try:
+            result = item.fn(backend.context)
+        except BaseException as exc:
+            lost = self._lost(backend, exc)
+            self._job_done()
+            if lost is not None:
+                error = GpuDeviceLost(f"the GPU device was lost during a call: {lost}")
+                error.__cause__ = exc
+                item.future.set_exception(error)
+            else:
+                item.future.set_exception(exc)
+            return
+        self._job_done()
+        item.future.set_result(result)
+
+    def _lost(self, backend: Backend, exc: BaseException) -> str | None:
+        """After a failure: if the device is gone, open it again; the reason, or None."""
+        if backend.context is None:
+            return None
+        try:
+            reason = backend.check_lost(exc)
+        except Exception:
+            logger.exception("checking the GPU device failed")
+            return None
+        if reason is None:
+            return None
+        backend.recreate(reason)
+        self._info = backend.info if backend.context is not None else CPU_DEVICE_INFO
+        try:
+            self.device_changed.emit(self._info)
+        except Exception:
+            logger.exception("a handler of device_changed raised")
+        return reason
+
     def _execute(self, backend: Backend, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
             self._job_done()  # cancelled while queued
             return
         placement: Placement = "cpu"
         error: GpuJobError | None = None
+        gpu_s: float | None = None
+        info = backend.info
         started = time.perf_counter()
         try:
             placement = backend.placement(job.op, [h.shape for h in job.inputs], job.output.shape)
-            self._emit(self.job_started, GpuJobEvent(job.job_id, job.op, placement, 0.0))
-            self._compute(backend, job, placement)
+            self._emit(
+                self.job_started, GpuJobEvent(job.job_id, job.op, placement, 0.0, device=info)
+            )
+            gpu_s = self._compute(backend, job, placement)
         except Exception as exc:
-            error = GpuJobError(f"job {job.job_id} ({job.op}) failed on {placement}: {exc}")
+            lost = self._lost(backend, exc) if placement == "gpu" else None
+            if lost is not None:
+                error = GpuDeviceLost(
+                    f"job {job.job_id} ({job.op}) failed: the GPU device was lost ({lost}); "
+                    "it was opened again for later jobs"
+                )
+            else:
+                error = GpuJobError(f"job {job.job_id} ({job.op}) failed on {placement}: {exc}")
             error.__cause__ = exc
             logger.debug("%s", error, exc_info=True)
         elapsed = time.perf_counter() - started
         message = None if error is None else str(error)
-        self._emit(self.job_finished, GpuJobEvent(job.job_id, job.op, placement, elapsed, message))
+        self._emit(
+            self.job_finished,
+            GpuJobEvent(job.job_id, job.op, placement, elapsed, message, info, gpu_s),
+        )
         self._job_done()
         if error is None:
-            job.future.set_result(GpuJobResult(job.job_id, job.op, placement, elapsed))
+            job.future.set_result(GpuJobResult(job.job_id, job.op, placement, elapsed, gpu_s))
         else:
             job.future.set_exception(error)
 
     @staticmethod
-    def _compute(backend: Backend, job: _Job, placement: Placement) -> None:
+    def _compute(backend: Backend, job: _Job, placement: Placement) -> float | None:
         mapped: list[AttachedTensor] = []
         arrays: list[Any] = []
         try:
@@ -285,7 +383,7 @@ class GpuDevice:
             out = attach(job.output, writable=True)
             mapped.append(out)
             arrays = [t.array for t in mapped[:-1]]
-            backend.run(job.op, placement, arrays, out.array, job.params)
+            return backend.run(job.op, placement, arrays, out.array, job.params)
         except BaseException as exc:
             # The traceback's frames hold numpy views of the mappings; drop them so the
             # mappings can close now rather than when the future is collected.
@@ -316,9 +414,8 @@ class GpuDevice:
                 continue
             self._job_done()
             if job.future.set_running_or_notify_cancel():
-                job.future.set_exception(
-                    GpuJobError(f"job {job.job_id} ({job.op}) failed: device closed")
-                )
+                what = f"job {job.job_id} ({job.op})" if isinstance(job, _Job) else "call"
+                job.future.set_exception(GpuJobError(f"{what} failed: device closed"))
 
 
 def _validate(job: _Job) -> None:

@@ -59,6 +59,8 @@ class GpuJobResult:
     op: str
     placement: Placement
     elapsed_s: float
+    #: GPU time of the job's kernels from timestamp queries, where the adapter has them.
+    gpu_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +68,9 @@ class GpuJobEvent:
     """A job starting or finishing, as :class:`~qhybrid.runtime.wgpu_thread.GpuDevice` emits it.
 
     ``elapsed_s`` is 0 when the job starts; ``error`` is the failure's message, or None.
-    ``placement`` is where the job runs (or ran).
+    ``placement`` is where the job runs (or ran); ``device`` the adapter's description
+    (:class:`DeviceInfo`), ``gpu_s`` the kernels' GPU time from timestamp queries (finished
+    GPU jobs on adapters that have them, else None).
     """
 
     job_id: int
@@ -74,3 +78,5 @@ class GpuJobEvent:
     placement: Placement
     elapsed_s: float
     error: str | None = None
+    device: DeviceInfo | None = None
+    gpu_s: float | None = None
