@@ -43,8 +43,8 @@ DEFAULT_N_CTX = 2048
 class LlmOptions:
     """How to load a model: KV-cache ``n_slots`` (concurrent sequences) of ``n_ctx`` positions
     (default: the model's training context, at most 2048), and where its graph runs:
-    ``"gpu"`` (the WGSL kernels; an error without a GPU), ``"cpu"`` (numpy) or ``"auto"``
-    (the GPU when the device has one)."""
+    ``"gpu"`` (the WGSL kernels, on any adapter; an error without one), ``"cpu"`` (numpy) or
+    ``"auto"`` (the GPU when the adapter is real hardware, else numpy)."""
 
     n_slots: int = 8
     n_ctx: int | None = None
@@ -96,11 +96,15 @@ def open_engine(
             raise ModelError(f"{model.path}: a GPU was asked for, but the device has none")
         if options.runner == "gpu" and why_not is not None:
             raise ModelError(f"{model.path}: the GPU path does not support {why_not}")
-        if ctx is not None and options.runner != "cpu" and why_not is None:
+        # "auto" takes the GPU only when it is real hardware: on a software adapter
+        # (llvmpipe) numpy runs the same graph ~20x faster (docs/benchmarks.md).
+        hardware = ctx is not None and ctx.info.kind == "hardware"
+        use_gpu = options.runner == "gpu" or (options.runner == "auto" and hardware)
+        if ctx is not None and use_gpu and why_not is None:
             runner = GpuRunner(ctx, model, options.n_slots, n_ctx)
             placement = "gpu"
         else:
-            if ctx is not None and options.runner == "auto" and why_not is not None:
+            if hardware and options.runner == "auto" and why_not is not None:
                 logger.warning(
                     "%s: the model runs on the CPU: no GPU support for %s", model.path, why_not
                 )
