@@ -10,7 +10,7 @@ few hundred tokens); a test checks the two agree.
 
 Weights: dequantizing a matrix costs more than multiplying by it once (gguf's numpy
 dequantizer gives ~0.4 GB/s of float32 for Q4_K and ~1.4 GB/s for Q8_0 on the 2-core dev VM,
-while a matrix-vector product streams several GB/s), so dequantizing per call made decode 3-5x
+while a matrix-vector product streams several GB/s), so dequantizing per call made decode 2-7x
 slower on a 34M-parameter model (see docs/llm.md). Each weight is therefore dequantized on first
 use and kept as float32 while the total stays under ``dense_budget`` (default 2 GiB: models up
 to ~0.5B parameters fit whole); weights past the budget are dequantized per call: slow, but
