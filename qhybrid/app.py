@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
@@ -23,6 +24,7 @@ from PySide6.QtWidgets import QApplication
 
 import qhybrid
 from qhybrid._resources import resource_path
+from qhybrid.models import RuntimeController
 from qhybrid.views import MainWindow
 
 __all__ = ["run_app"]
@@ -33,12 +35,22 @@ APP_NAME = "qhybrid"
 ORGANIZATION_NAME = "qhybrid"
 
 
-def run_app(argv: list[str] | None = None, *, scenario: str | None = None) -> int:
+def run_app(
+    argv: list[str] | None = None,
+    *,
+    scenario: str | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    start: bool = False,
+) -> int:
     """Show the main window and run Qt's (and asyncio's) event loop until it closes.
 
     ``argv`` is a command line as Qt expects it, program name first (``sys.argv`` when None);
     Qt's own options such as ``-platform offscreen`` are honoured. ``scenario`` is the path of
-    a scenario file to open in the window. Returns the application's exit code: 0 after the
+    a scenario file to open in the window (default: the last one opened, else the demo);
+    ``workers`` and ``device`` configure the runs (``workers`` defaults to the window's
+    saved choice, else ``QHYBRID_WORKERS`` or 2); ``start`` starts the scenario at once.
+    Returns the application's exit code: 0 after the
     last window was closed, or the code given to ``QApplication.exit``.
 
     An existing QApplication is reused (tests create one first), but its names and icon are set.
@@ -61,7 +73,19 @@ def run_app(argv: list[str] | None = None, *, scenario: str | None = None) -> in
     asyncio.set_event_loop(loop)
     window: MainWindow | None = None
     try:
-        window = MainWindow(scenario_path=scenario)
+        # The app owns the runtime's thread (through the controller); the window steers it
+        # and shuts it down when it closes.
+        controller = RuntimeController(workers=_default_workers(), device=device)
+        window = MainWindow(scenario_path=scenario, controller=controller)
+        controller.setParent(window)
+        if workers is not None:
+            window.workers_spin.setValue(workers)  # the command line wins over the saved value
+        if window.scenario_path is None:
+            demo = resource_path("scenarios", "demo.toml")
+            if demo.is_file():
+                window.set_scenario_path(demo)
+        if start:
+            window.start()
         _quit_on_sigint(loop, app)
         window.show()
         # qasync's run_forever is QApplication.exec(): it returns Qt's exit code, after the
@@ -74,6 +98,13 @@ def run_app(argv: list[str] | None = None, *, scenario: str | None = None) -> in
         asyncio.set_event_loop(None)
     logger.debug("event loop ended with exit code %s", exit_code)
     return int(exit_code)
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, int(os.environ.get("QHYBRID_WORKERS", "2") or 2))
+    except ValueError:
+        return 2
 
 
 def _set_application_metadata() -> None:

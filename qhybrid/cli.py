@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
             "A local-first runtime for multi-agent systems and LLM inference. Without "
             "--headless it opens the desktop window."
         ),
-        epilog="Benchmarks: qhybrid bench dispatch --help.  GGUF models: qhybrid models --help",
+        epilog=(
+            "Subcommands: qhybrid generate MODEL PROMPT (text from a GGUF model), "
+            "qhybrid models (GGUF files found here), qhybrid bench {dispatch,gpu,llm,ui}."
+        ),
     )
     parser.add_argument(
         "scenario",
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         from qhybrid.bench._cli import main as bench_main
 
         return bench_main(raw[1:])
+    if raw[:1] == ["generate"]:
+        from qhybrid.runtime.llm._generate_cli import main as generate_main
+
+        return generate_main(raw[1:])
     if raw[:1] == ["models"]:
         from qhybrid.runtime.llm._models_cli import main as models_main
 
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         from qhybrid.app import run_app
 
-        return run_app(scenario=args.scenario)
+        return run_app(scenario=args.scenario, workers=args.workers, device=args.device)
     return run_headless(args)
 
 

@@ -135,8 +135,13 @@ class LogFilterModel(QSortFilterProxyModel):
 
     def set_min_level(self, level: int) -> None:
         if level != self._min_level:
-            self._min_level = level
-            self.invalidateRowsFilter()
+            if hasattr(self, "endFilterChange"):  # Qt 6.10
+                self.beginFilterChange()
+                self._min_level = level
+                self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+            else:
+                self._min_level = level
+                self.invalidateRowsFilter()
 
     def filterAcceptsRow(self, source_row: int, source_parent: _Index) -> bool:
         model = self.sourceModel()

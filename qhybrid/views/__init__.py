@@ -6,6 +6,19 @@ Views only observe and steer: they never do runtime work on the GUI thread. They
 
 from __future__ import annotations
 
+from qhybrid.views._charts import ChartsWidget
+from qhybrid.views._chat import ChatPanel
 from qhybrid.views._main_window import MainWindow
+from qhybrid.views._tables import AgentsView, LogView
+from qhybrid.views._theme import THEMES, apply_theme, is_dark
 
-__all__ = ["MainWindow"]
+__all__ = [
+    "THEMES",
+    "AgentsView",
+    "ChartsWidget",
+    "ChatPanel",
+    "LogView",
+    "MainWindow",
+    "apply_theme",
+    "is_dark",
+]

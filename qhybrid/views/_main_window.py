@@ -1,8 +1,10 @@
-"""The main window: for now a placeholder that says what it will show.
+"""The main window: live charts in the middle, the agents, the log and the chat in docks,
+the run's controls in a toolbar, the run's state and the GPU adapter in the status bar.
 
-The real window (agents, the GPU queue, tensor memory and the trace as live pyqtgraph charts)
-comes later; this one already has what every later version keeps: the File and Help menus,
-a scenario chosen through a file dialog, and a geometry that survives a restart.
+The window only observes and steers. A :class:`~qhybrid.models.RuntimeController` runs the
+scenario on its own thread (and the worker processes and GPU thread beside it); the window's
+buttons call its non-blocking methods, and :class:`~qhybrid.models.LiveModels` brings the
+run's events and metrics to the GUI thread in batches, about 30 times a second.
 """
 
 from __future__ import annotations
@@ -12,84 +14,143 @@ from pathlib import Path
 
 import PySide6
 from PySide6.QtCore import QByteArray, QCoreApplication, QSettings, Qt, Signal, qVersion
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import (
+    QAction,
+    QActionGroup,
+    QCloseEvent,
+    QDragEnterEvent,
+    QDropEvent,
+    QKeySequence,
+)
 from PySide6.QtWidgets import (
     QApplication,
+    QDockWidget,
     QFileDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
-    QVBoxLayout,
+    QSpinBox,
+    QToolBar,
     QWidget,
 )
 
 import qhybrid
+from qhybrid.models import LiveModels, RuntimeController, SessionState
+from qhybrid.views._charts import ChartsWidget
+from qhybrid.views._chat import ChatPanel
+from qhybrid.views._tables import AgentsView, LogView
+from qhybrid.views._theme import THEMES, apply_theme
 
 __all__ = ["MainWindow"]
 
 logger = logging.getLogger(__name__)
 
-# QSettings keys; the group keeps them apart from the settings of later windows and docks.
+# QSettings keys.
 _GEOMETRY_KEY = "main_window/geometry"
 _STATE_KEY = "main_window/state"
 _SCENARIO_DIR_KEY = "main_window/last_scenario_dir"
+_SCENARIO_KEY = "main_window/last_scenario"
+_WORKERS_KEY = "runtime/workers"
+_LOG_LEVEL_KEY = "log/min_level"
+_THEME_KEY = "view/theme"
 
 _DEFAULT_SIZE = (1100, 720)
+_MAX_WORKERS = 64
 
-_PLACEHOLDER_TEXT = """\
-<h2>qhybrid</h2>
-<p>A local-first runtime for multi-agent systems and LLM inference.</p>
-<p>This window will show a running scenario live: the agents and their state, the GPU
-queue, shared tensor memory, LLM token throughput and the orchestrator's trace, as charts
-that update while the runtime works on its own threads and processes.</p>
-<p>Those views are not there yet. Choose <b>File &gt; Open scenario&hellip;</b> to pick a
-scenario file (<code>*.toml</code>), or run the same runtime without any window:</p>
-<pre>qhybrid --headless</pre>
-<p>(<code>qhybrid --help</code> lists the options.)</p>
-"""
+_STATE_TEXT = {
+    SessionState.IDLE: "Idle",
+    SessionState.STARTING: "Starting\N{HORIZONTAL ELLIPSIS}",
+    SessionState.RUNNING: "Running",
+    SessionState.PAUSED: "Paused",
+    SessionState.STOPPING: "Stopping\N{HORIZONTAL ELLIPSIS}",
+    SessionState.COMPLETED: "Completed",
+    SessionState.FAILED: "Failed",
+}
 
 
 class MainWindow(QMainWindow):
-    """The qhybrid main window (placeholder).
+    """The qhybrid main window.
 
-    ``scenario_path`` is the scenario chosen with File > Open scenario... (or given at start),
-    or None; ``scenario_changed`` fires with it (a ``Path``) on the GUI thread whenever it is
-    set. The window's geometry is saved with QSettings when it closes and restored when it is
-    created.
+    ``scenario_path`` is the scenario the controls run (given at start, opened with
+    File > Open scenario..., dropped on the window, or the last one used); ``scenario_changed``
+    fires with it (a ``Path``) whenever it is set. ``controller`` runs it; the window makes
+    its own when none is given, and shuts it down (runtime, worker processes, GPU thread,
+    shared memory) when it closes. Geometry, dock layout, the last scenario, the number of
+    workers, the log level and the theme are kept with QSettings.
     """
 
     scenario_changed = Signal(object)
 
-    def __init__(self, scenario_path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        scenario_path: str | Path | None = None,
+        *,
+        controller: RuntimeController | None = None,
+    ) -> None:
         super().__init__()
         self.scenario_path: Path | None = None
-
+        settings = _settings()
         self.setWindowTitle("qhybrid")
         self.setObjectName("qhybrid_main_window")  # saveState() needs object names
+        self.setAcceptDrops(True)
+        self.setDockOptions(
+            QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks
+        )
 
-        central = QWidget(self)
-        self.placeholder = QLabel(_PLACEHOLDER_TEXT, central)
-        self.placeholder.setObjectName("placeholder")
-        self.placeholder.setTextFormat(Qt.TextFormat.RichText)
-        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.placeholder.setWordWrap(True)
-        self.placeholder.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.placeholder.setMaximumWidth(640)  # a readable line length on wide windows
-        layout = QVBoxLayout(central)
-        layout.setContentsMargins(24, 24, 24, 24)
-        layout.addWidget(self.placeholder, 0, Qt.AlignmentFlag.AlignCenter)
-        self.setCentralWidget(central)
+        self.controller = controller or RuntimeController(self)
+        self.controller.workers = _int(settings.value(_WORKERS_KEY), self.controller.workers)
+        self.live = LiveModels(self.controller, self)
+
+        self.charts = ChartsWidget(self.live, self)
+        self.setCentralWidget(self.charts)
+        self.agents_view = AgentsView(self.live, self)
+        self.log_view = LogView(self.live, self)
+        self.chat_panel = ChatPanel(self.live, self.controller, self)
+        self.agents_dock = self._dock("Agents", "agents_dock", self.agents_view)
+        self.log_dock = self._dock("Log", "log_dock", self.log_view)
+        self.chat_dock = self._dock("Chat", "chat_dock", self.chat_panel)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.agents_dock)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.log_dock)
+        self.splitDockWidget(self.log_dock, self.chat_dock, Qt.Orientation.Horizontal)
+        self.log_view.set_min_level(_int(settings.value(_LOG_LEVEL_KEY), 20))
 
         self._create_actions()
+        self._create_toolbar()
         self._create_menus()
-        self.statusBar().showMessage("No scenario open")
+        self._create_status_bar()
+
+        self.controller.state_changed.connect(self._state_changed)
+        self.controller.error.connect(self._show_error)
+        self.controller.run_finished.connect(self._run_finished)
+        self.live.adapter_changed.connect(self._adapter_changed)
+        self.live.progress.connect(self.progress_label.setText)
 
         self._restore_geometry()
+        self._theme = str(settings.value(_THEME_KEY, "system") or "system")
+        if self._theme != "system":
+            self.set_theme(self._theme)
+        if scenario_path is None:
+            last = str(settings.value(_SCENARIO_KEY, "") or "")
+            if last and Path(last).is_file():
+                scenario_path = last
         if scenario_path is not None:
             self.set_scenario_path(scenario_path)
+        self._state_changed(self.controller.state, "")
+        if self.scenario_path is None:
+            self.statusBar().showMessage("No scenario open")
+
+    def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(name)
+        dock.setWidget(widget)
+        dock.setFeatures(
+            QDockWidget.DockWidgetFeature.DockWidgetMovable
+            | QDockWidget.DockWidgetFeature.DockWidgetFloatable
+            | QDockWidget.DockWidgetFeature.DockWidgetClosable
+        )
+        return dock
 
     # -- scenario -------------------------------------------------------------------------
-
     def open_scenario(self) -> Path | None:
         """Ask for a scenario file; set and return it, or return None if the user cancels."""
         settings = _settings()
@@ -110,31 +171,75 @@ class MainWindow(QMainWindow):
         return path
 
     def set_scenario_path(self, path: str | Path) -> None:
-        """Make ``path`` the current scenario and show it in the status bar.
-
-        Nothing is read or run yet: the file is only remembered and announced.
-        """
+        """Make ``path`` the scenario that Start runs (the run in progress, if any, goes on)."""
         self.scenario_path = Path(path)
         logger.info("scenario chosen: %s", self.scenario_path)
+        self.controller.scenario_path = self.scenario_path
         self.statusBar().showMessage(f"Scenario: {self.scenario_path}")
         self.setWindowFilePath(str(self.scenario_path))
+        self.setWindowTitle(f"{self.scenario_path.name} \N{EM DASH} qhybrid")
+        _settings().setValue(_SCENARIO_KEY, str(self.scenario_path))
+        self._update_actions()
         self.scenario_changed.emit(self.scenario_path)
 
-    # -- menus ----------------------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if _dropped_scenario(event) is not None:
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        path = _dropped_scenario(event)
+        if path is None:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        self.set_scenario_path(path)
+
+    # -- controls -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the scenario, or resume it when paused."""
+        if self.controller.state == SessionState.PAUSED:
+            self.controller.resume()
+        else:
+            self.controller.workers = self.workers_spin.value()
+            self.controller.start(self.scenario_path)
 
     def _create_actions(self) -> None:
-        self.open_scenario_action = QAction("&Open scenario\N{HORIZONTAL ELLIPSIS}", self)
-        self.open_scenario_action.setObjectName("open_scenario_action")
-        self.open_scenario_action.setShortcut(QKeySequence(QKeySequence.StandardKey.Open))
-        self.open_scenario_action.setStatusTip("Choose a scenario file (*.toml)")
+        def action(text: str, name: str, shortcut: str | QKeySequence, tip: str) -> QAction:
+            act = QAction(text, self)
+            act.setObjectName(name)
+            act.setShortcut(QKeySequence(shortcut))
+            act.setStatusTip(tip)
+            act.setToolTip(f"{tip} ({QKeySequence(shortcut).toString()})")
+            return act
+
+        self.open_scenario_action = action(
+            "&Open scenario\N{HORIZONTAL ELLIPSIS}",
+            "open_scenario_action",
+            QKeySequence(QKeySequence.StandardKey.Open),
+            "Choose a scenario file (*.toml)",
+        )
         self.open_scenario_action.triggered.connect(self.open_scenario)
+        self.start_action = action("&Start", "start_action", "F5", "Start the scenario")
+        self.start_action.triggered.connect(self.start)
+        self.pause_action = action("&Pause", "pause_action", "F6", "Pause after this tick")
+        self.pause_action.triggered.connect(self.controller.pause)
+        self.step_action = action("S&tep", "step_action", "F10", "Run one tick, then pause")
+        self.step_action.triggered.connect(self._step)
+        self.stop_action = action("St&op", "stop_action", "Shift+F5", "Stop the run")
+        self.stop_action.triggered.connect(self.controller.stop)
+        self.restart_action = action(
+            "&Restart", "restart_action", "Ctrl+Shift+F5", "Stop and start the scenario again"
+        )
+        self.restart_action.triggered.connect(self._restart)
 
         self.quit_action = QAction("&Quit", self)
         self.quit_action.setObjectName("quit_action")
         # Spelled out: StandardKey.Quit has no binding on Windows. Qt maps Ctrl to Cmd on macOS.
         self.quit_action.setShortcut(QKeySequence("Ctrl+Q"))
         self.quit_action.setMenuRole(QAction.MenuRole.QuitRole)
-        self.quit_action.setStatusTip("Close the window and quit qhybrid")
+        self.quit_action.setStatusTip("Stop the run, close the window and quit qhybrid")
         self.quit_action.triggered.connect(self.close)
 
         self.about_action = QAction("&About qhybrid", self)
@@ -147,6 +252,58 @@ class MainWindow(QMainWindow):
         self.about_qt_action.setMenuRole(QAction.MenuRole.AboutQtRole)
         self.about_qt_action.triggered.connect(QApplication.aboutQt)
 
+        self.theme_group = QActionGroup(self)
+        self.theme_actions: dict[str, QAction] = {}
+        for theme in THEMES:
+            act = QAction(theme.capitalize(), self, checkable=True)
+            act.setObjectName(f"theme_{theme}_action")
+            act.triggered.connect(lambda _checked=False, t=theme: self.set_theme(t))
+            self.theme_group.addAction(act)
+            self.theme_actions[theme] = act
+
+    def _step(self) -> None:
+        if not self.controller.active:
+            self.controller.workers = self.workers_spin.value()
+        self.controller.step()
+
+    def _restart(self) -> None:
+        self.controller.workers = self.workers_spin.value()
+        self.controller.restart()
+
+    def _create_toolbar(self) -> None:
+        bar = QToolBar("Run", self)
+        bar.setObjectName("run_toolbar")
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        bar.setMovable(False)
+        bar.addAction(self.open_scenario_action)
+        bar.addSeparator()
+        for act in (
+            self.start_action,
+            self.pause_action,
+            self.step_action,
+            self.stop_action,
+            self.restart_action,
+        ):
+            bar.addAction(act)
+        bar.addSeparator()
+        label = QLabel(" Workers: ", bar)
+        self.workers_spin = QSpinBox(bar)
+        self.workers_spin.setObjectName("workers_spin")
+        self.workers_spin.setRange(1, _MAX_WORKERS)
+        self.workers_spin.setValue(max(1, min(self.controller.workers, _MAX_WORKERS)))
+        self.workers_spin.setToolTip("Worker processes for agents and CPU tasks (next start)")
+        self.workers_spin.valueChanged.connect(self._workers_changed)
+        label.setBuddy(self.workers_spin)
+        bar.addWidget(label)
+        bar.addWidget(self.workers_spin)
+        self.run_toolbar = bar
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
+
+    def _workers_changed(self, value: int) -> None:
+        if not self.controller.active:
+            self.controller.workers = value
+        _settings().setValue(_WORKERS_KEY, value)
+
     def _create_menus(self) -> None:
         menu_bar = self.menuBar()
         self.file_menu = menu_bar.addMenu("&File")
@@ -155,11 +312,92 @@ class MainWindow(QMainWindow):
         self.file_menu.addSeparator()
         self.file_menu.addAction(self.quit_action)
 
+        self.run_menu = menu_bar.addMenu("&Run")
+        self.run_menu.setObjectName("run_menu")
+        for act in (
+            self.start_action,
+            self.pause_action,
+            self.step_action,
+            self.stop_action,
+            self.restart_action,
+        ):
+            self.run_menu.addAction(act)
+
+        self.view_menu = menu_bar.addMenu("&View")
+        self.view_menu.setObjectName("view_menu")
+        for dock in (self.agents_dock, self.log_dock, self.chat_dock):
+            self.view_menu.addAction(dock.toggleViewAction())
+        self.view_menu.addSeparator()
+        theme_menu = self.view_menu.addMenu("&Theme")
+        for act in self.theme_actions.values():
+            theme_menu.addAction(act)
+
         self.help_menu = menu_bar.addMenu("&Help")
         self.help_menu.setObjectName("help_menu")
         self.help_menu.addAction(self.about_action)
         self.help_menu.addAction(self.about_qt_action)
 
+    def _create_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.state_label = QLabel(self)
+        self.state_label.setObjectName("state_label")
+        self.progress_label = QLabel(self)
+        self.progress_label.setObjectName("progress_label")
+        self.adapter_label = QLabel("GPU: not started", self)
+        self.adapter_label.setObjectName("adapter_label")
+        bar.addPermanentWidget(self.progress_label)
+        bar.addPermanentWidget(self.state_label)
+        bar.addPermanentWidget(self.adapter_label)
+
+    # -- run state ------------------------------------------------------------------------
+    def _state_changed(self, state: str, detail: str) -> None:
+        text = _STATE_TEXT.get(state, state)
+        self.state_label.setText(f"<b>{text}</b>")
+        self.state_label.setToolTip(detail)
+        if state in (SessionState.COMPLETED, SessionState.FAILED) and detail:
+            self.statusBar().showMessage(f"{text}: {detail}")
+        self._update_actions()
+
+    def _update_actions(self) -> None:
+        state = self.controller.state
+        have = self.scenario_path is not None
+        active = state in SessionState.ACTIVE
+        paused = state == SessionState.PAUSED
+        self.start_action.setText("&Resume" if paused else "&Start")
+        self.start_action.setEnabled(have and (paused or not active))
+        self.pause_action.setEnabled(state == SessionState.RUNNING)
+        self.step_action.setEnabled(have and (paused or not active))
+        self.stop_action.setEnabled(
+            state in (SessionState.STARTING, SessionState.RUNNING, SessionState.PAUSED)
+        )
+        self.restart_action.setEnabled(have and state != SessionState.STOPPING)
+        self.workers_spin.setEnabled(not active)
+
+    def _adapter_changed(self, text: str, _adapter: object) -> None:
+        self.adapter_label.setText(text)
+
+    def _show_error(self, message: str) -> None:
+        self.statusBar().showMessage(f"Error: {message}", 15_000)
+
+    def _run_finished(self, result: object) -> None:
+        self.workers_spin.setValue(self.controller.workers)
+
+    # -- theme ----------------------------------------------------------------------------
+    def set_theme(self, theme: str) -> None:
+        """ "system", "light" or "dark"; kept for the next start."""
+        if theme not in THEMES:
+            raise ValueError(f"theme must be one of {', '.join(THEMES)}, got {theme!r}")
+        self._theme = theme
+        self.theme_actions[theme].setChecked(True)
+        apply_theme(theme)
+        self.charts.apply_palette(self.palette())
+        _settings().setValue(_THEME_KEY, theme)
+
+    @property
+    def theme(self) -> str:
+        return self._theme
+
+    # -- about ----------------------------------------------------------------------------
     def about_text(self) -> str:
         """The text of the About box (rich text)."""
         return (
@@ -173,8 +411,7 @@ class MainWindow(QMainWindow):
     def show_about(self) -> None:
         QMessageBox.about(self, "About qhybrid", self.about_text())
 
-    # -- geometry -------------------------------------------------------------------------
-
+    # -- geometry and closing ---------------------------------------------------------------
     def _restore_geometry(self) -> None:
         settings = _settings()
         geometry = settings.value(_GEOMETRY_KEY)
@@ -183,17 +420,49 @@ class MainWindow(QMainWindow):
         state = settings.value(_STATE_KEY)
         if isinstance(state, QByteArray):
             self.restoreState(state)
+        self.theme_actions.get(
+            str(settings.value(_THEME_KEY, "system") or "system"), self.theme_actions["system"]
+        ).setChecked(True)
 
     def save_geometry(self) -> None:
-        """Write the window's geometry and dock/toolbar state to QSettings."""
+        """Write the window's geometry, dock layout and settings to QSettings."""
         settings = _settings()
         settings.setValue(_GEOMETRY_KEY, self.saveGeometry())
         settings.setValue(_STATE_KEY, self.saveState())
+        settings.setValue(_LOG_LEVEL_KEY, self.log_view.min_level)
+        settings.setValue(_WORKERS_KEY, self.workers_spin.value())
         settings.sync()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_geometry()
+        if self.controller.active:
+            self.statusBar().showMessage("Stopping the run\N{HORIZONTAL ELLIPSIS}")
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+        try:
+            # Bounded: stops the run after its tick in flight, then the worker processes, the
+            # GPU thread and the shared memory, then the runtime's thread.
+            self.live.close()
+            self.controller.shutdown()
+        finally:
+            QApplication.restoreOverrideCursor()
         super().closeEvent(event)
+
+
+def _dropped_scenario(event: QDragEnterEvent | QDropEvent) -> Path | None:
+    mime = event.mimeData()
+    if not mime.hasUrls():
+        return None
+    for url in mime.urls():
+        if url.isLocalFile() and url.toLocalFile().lower().endswith(".toml"):
+            return Path(url.toLocalFile())
+    return None
+
+
+def _int(value: object, default: int) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return default
 
 
 def _settings() -> QSettings:

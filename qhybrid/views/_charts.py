@@ -1,0 +1,191 @@
+"""Live charts of a run (pyqtgraph), redrawn once per frame of :class:`LiveModels`.
+
+As pyqtgraph's own speed examples advise: the data lives in preallocated numpy ring buffers
+(:class:`~qhybrid.models.LiveSeries`), one timer drives every curve (the models' frame), each
+curve gets one ``setData`` per frame, and plots clip to the visible range and downsample by
+peaks, so a long history costs no more to draw than the pixels it covers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QVBoxLayout, QWidget
+
+from qhybrid.models import LiveModels, LiveSeries
+
+__all__ = ["ChartsWidget"]
+
+# Colour-blind-safe (Okabe-Ito), readable on light and dark backgrounds.
+_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
+
+# (title, unit, [(channel, legend, scale)]); worker loads are added per worker.
+_PLOTS: tuple[tuple[str, str, tuple[tuple[str, str, float], ...]], ...] = (
+    ("Throughput", "/s", (("tasks_per_s", "tasks", 1.0), ("messages_per_s", "messages", 1.0))),
+    (
+        "Queue depth",
+        "",
+        (
+            ("queued_messages", "messages", 1.0),
+            ("queued_cpu", "CPU tasks", 1.0),
+            ("queued_gpu", "GPU tasks", 1.0),
+        ),
+    ),
+    ("Worker load", "%", ()),
+    ("GPU busy", "%", (("gpu_busy", "busy", 100.0),)),
+    ("GPU kernel time", "ms", (("kernel_ms", "per job", 1.0),)),
+    ("Shared tensors", "MiB", (("tensor_mib", "shared memory", 1.0),)),
+    ("LLM tokens/s", "tok/s", (("llm_tok_s", "tokens", 1.0),)),
+)
+
+
+_PERCENT = frozenset(title for title, unit, _ in _PLOTS if unit == "%")
+
+
+def _finite_max(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else 0.0
+
+
+class ChartsWidget(QWidget):
+    """A grid of plots over a :class:`LiveSeries`; :meth:`refresh` redraws them all."""
+
+    def __init__(self, live: LiveModels | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("charts")
+        self.series: LiveSeries | None = live.series if live is not None else None
+        self.graphics = pg.GraphicsLayoutWidget(self)
+        self.graphics.setObjectName("charts_graphics")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.graphics)
+        self.plots: dict[str, pg.PlotItem] = {}
+        self._y_top: dict[str, float] = {}
+        self._plot_of: dict[str, str] = {}
+        self.curves: dict[str, tuple[pg.PlotDataItem, float]] = {}
+        self.worker_curves: list[pg.PlotDataItem] = []
+        self.redraws = 0
+        self._scatter = {"kernel_ms"}
+        for index, (title, unit, channels) in enumerate(_PLOTS):
+            span = 2 if index == len(_PLOTS) - 1 and len(_PLOTS) % 2 else 1
+            plot = self.graphics.addPlot(row=index // 2, col=index % 2, colspan=span, title=title)
+            plot.setObjectName(title)
+            plot.setClipToView(True)
+            plot.setDownsampling(auto=True, mode="peak")
+            plot.showGrid(x=True, y=True, alpha=0.2)
+            plot.setMenuEnabled(False)
+            plot.hideButtons()
+            plot.setLabel("left", units=None, text=unit)
+            plot.getViewBox().setMouseEnabled(x=False, y=False)
+            # The y ranges are set by refresh(), from 0 (see _fit_y): never pyqtgraph's
+            # auto-range, which on a flat line draws a degenerate axis that PySide6 6.12
+            # answers by corrupting a reference count (the interpreter aborts at exit).
+            plot.enableAutoRange(axis="y", enable=False)
+            plot.setYRange(0, 100 if unit == "%" else 1, padding=0)
+            self._y_top[title] = 100.0 if unit == "%" else 1.0
+            legend = (
+                plot.addLegend(offset=(5, 5), labelTextSize="8pt") if len(channels) > 1 else None
+            )
+            for i, (channel, name, scale) in enumerate(channels):
+                colour = _COLOURS[i % len(_COLOURS)]
+                if channel == "kernel_ms":
+                    curve = plot.plot(
+                        pen=None, symbol="o", symbolSize=5, symbolBrush=colour, symbolPen=None
+                    )
+                else:
+                    curve = plot.plot(pen=pg.mkPen(colour, width=1.5), name=name)
+                self.curves[channel] = (curve, scale)
+                self._plot_of[channel] = title
+            if legend is not None:
+                legend.setBrush(None)
+            self.plots[title] = plot
+        self.apply_palette(self.palette())
+        if live is not None:
+            live.frame.connect(self.refresh)
+
+    # -- drawing -----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """One ``setData`` per curve from the ring buffers' current window."""
+        series = self.series
+        if series is None or not self.isVisible():
+            return
+        t = series.times()
+        if len(t) == 0:
+            for curve, _scale in self.curves.values():
+                curve.setData([], [])
+            return
+        peaks: dict[str, float] = {}
+        for channel, (curve, scale) in self.curves.items():
+            y = series.channel(channel)
+            if scale != 1.0:
+                y = y * scale
+            _set_curve(curve, t, y, points=channel in self._scatter)
+            title = self._plot_of[channel]
+            peaks[title] = max(peaks.get(title, 0.0), _finite_max(y))
+        for title, peak in peaks.items():
+            self._fit_y(title, peak)
+        self._ensure_worker_curves(series.workers)
+        for worker, curve in enumerate(self.worker_curves):
+            _set_curve(curve, t, series.worker_load(worker) * 100.0)
+        self.redraws += 1
+
+    def _fit_y(self, title: str, peak: float) -> None:
+        """Show 0 to a little above ``peak``; change the range only when that changes much,
+        so the axis does not twitch (and its ticks are not recomputed) every frame."""
+        if title in _PERCENT:
+            return  # fixed 0 to 100 %
+        top = self._y_top[title]
+        want = max(peak * 1.15, 1.0)
+        if want > top or want < top * 0.5:
+            self._y_top[title] = want
+            self.plots[title].setYRange(0, want, padding=0)
+
+    def _ensure_worker_curves(self, workers: int) -> None:
+        plot = self.plots["Worker load"]
+        while len(self.worker_curves) > workers:
+            plot.removeItem(self.worker_curves.pop())
+        while len(self.worker_curves) < workers:
+            colour = _COLOURS[len(self.worker_curves) % len(_COLOURS)]
+            self.worker_curves.append(plot.plot(pen=pg.mkPen(colour, width=1.5)))
+
+    # -- theme -------------------------------------------------------------------------------
+    def apply_palette(self, palette: QPalette) -> None:
+        """Colour the plots like the rest of the window (light or dark)."""
+        background = palette.color(QPalette.ColorRole.Base)
+        foreground = palette.color(QPalette.ColorRole.Text)
+        self.graphics.setBackground(background)
+        muted = QColor(foreground)
+        muted.setAlpha(170)
+        for title, plot in self.plots.items():
+            plot.setTitle(title, color=foreground.name(), size="9pt")
+            for name in ("left", "bottom"):
+                axis = plot.getAxis(name)
+                axis.setPen(pg.mkPen(muted))
+                axis.setTextPen(pg.mkPen(foreground))
+
+    def changeEvent(self, event: QEvent) -> None:
+        if event.type() == QEvent.Type.PaletteChange:
+            self.apply_palette(self.palette())
+        super().changeEvent(event)
+
+
+def _set_curve(
+    curve: pg.PlotDataItem, t: np.ndarray, y: np.ndarray, *, points: bool = False
+) -> None:
+    """``curve.setData`` with gaps (NaN) left out of the line.
+
+    A line of NaN only is given as no data: pyqtgraph 0.14 on PySide6 6.12 corrupts a
+    reference count drawing one (the interpreter then aborts when it exits).
+    """
+    finite = np.isfinite(y)
+    if points or not finite.all():
+        if not finite.any():
+            curve.setData([], [])
+        elif points:
+            curve.setData(t[finite], y[finite])
+        else:
+            curve.setData(t, y, connect="finite")
+    else:
+        curve.setData(t, y)
