@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from qhybrid._argparse import (
@@ -86,7 +87,49 @@ def build_parser() -> argparse.ArgumentParser:
     dispatch.add_argument(
         "--no-ray", dest="ray", action="store_false", help="skip the Ray peer even if installed"
     )
+    _add_llm_parser(commands)
     return parser
+
+
+def _add_llm_parser(commands: Any) -> None:
+    llm = commands.add_parser(
+        "llm",
+        help="LLM prefill and decode tokens/s, GPU and CPU paths, against llama.cpp",
+        description=(
+            "Prefill and decode tokens/s of a GGUF model on qhybrid's GPU and CPU paths, "
+            "continuous batching (N streams against one), and llama.cpp on the same file "
+            "when llama-cpp-python is installed."
+        ),
+    )
+    llm.add_argument(
+        "model",
+        nargs="?",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="a GGUF file (default: the model shipped in resources/models)",
+    )
+    llm.add_argument("--prompt-tokens", type=positive_int, default=128, metavar="N")
+    llm.add_argument("--decode-tokens", type=positive_int, default=64, metavar="N")
+    llm.add_argument(
+        "--streams", type=positive_int, default=8, metavar="S", help="concurrent streams (8)"
+    )
+    llm.add_argument("--repeat", type=positive_int, default=2, metavar="R")
+    llm.add_argument(
+        "--path",
+        dest="paths",
+        action="append",
+        choices=("gpu", "cpu"),
+        default=None,
+        help="measure only this path (repeatable; default both)",
+    )
+    llm.add_argument(
+        "--no-llama-cpp", dest="llama_cpp", action="store_false", help="skip the llama.cpp peer"
+    )
+    llm.add_argument(
+        "--json", action="store_true", help="print the figures as one JSON object on stdout"
+    )
+    llm.set_defaults(parser=llm)
 
 
 def main(argv: list[str]) -> int:
@@ -98,6 +141,8 @@ def main(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     if args.command == "dispatch":
         return _dispatch(args)
+    if args.command == "llm":
+        return _llm(args)
     return _bad_input(parser, f"unknown benchmark {args.command!r}")
 
 
@@ -149,6 +194,77 @@ def _dispatch(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
         sys.stdout.flush()
     return EXIT_OK
+
+
+def _llm(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from qhybrid._resources import resource_path
+    from qhybrid.bench._llm import BenchmarkError, LlmBenchConfig, run_llm_bench
+
+    model = args.model or resource_path("models", "tiny-stories.gguf")
+    if not Path(model).is_file():
+        return _bad_input(args.parser, f"{model}: no such model file")
+    config = LlmBenchConfig(
+        model=Path(model),
+        prompt_tokens=args.prompt_tokens,
+        decode_tokens=args.decode_tokens,
+        streams=args.streams,
+        repeat=args.repeat,
+        paths=tuple(args.paths or ("gpu", "cpu")),
+        llama_cpp=args.llama_cpp,
+    )
+    _setup_logging()
+    err = Console(stderr=True, highlight=False)
+    try:
+        with _stdout_kept_for_json():
+            report = run_llm_bench(
+                config, progress=lambda text: err.print(f"[dim]{escape(text)}[/]")
+            )
+    except BenchmarkError as exc:
+        err.print(f"[bold red]error:[/] the LLM benchmark failed: {escape(str(exc))}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
+    payload = report.to_json()
+    _print_llm_table(err, payload)
+    if args.json:
+        sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _print_llm_table(console: Any, data: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    model = escape(str(data["model"].get("name")))
+    table = Table(title=f"LLM: {model} on {escape(str(data['device'].get('name')))}")
+    for column in ("engine", "path", "prefill tok/s", "decode tok/s"):
+        table.add_column(column)
+    for run in data["runs"]:
+        table.add_row(
+            run["engine"],
+            run["placement"],
+            f"{run['prefill_tok_s']:,.1f}",
+            f"{run['decode_tok_s']:,.1f}",
+        )
+    console.print(table)
+    for batching in (data.get("batching") or {}).values():
+        console.print(
+            f"batching ({batching['placement']}): {batching['streams']} streams give "
+            f"{batching['ratio']:.2f}x one stream's tokens/s (goal {batching['goal']:g}x: "
+            f"{'met' if batching['met'] else 'missed'})"
+        )
+    for place, ratio in data["vs_llama_cpp"]["decode_ratio"].items():
+        console.print(f"decode vs llama.cpp ({place}): {ratio:.2f} (goal {GOAL_VS_LLAMA_CPP_TEXT})")
+    for note in data.get("notes", []):
+        console.print(f"[dim]note: {escape(note)}[/]")
+
+
+GOAL_VS_LLAMA_CPP_TEXT = "0.9 on the same device"
 
 
 def _setup_logging() -> None:

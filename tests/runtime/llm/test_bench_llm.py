@@ -1,0 +1,30 @@
+"""``qhybrid bench llm --json``: the documented fields, on a small random model (CPU path)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qhybrid.cli import main
+from qhybrid.runtime.llm._random_model import RandomModelSpec, write_random_model
+
+
+def test_bench_llm_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = write_random_model(tmp_path / "r.gguf", RandomModelSpec(n_layer=1))
+    argv = ["bench", "llm", str(model), "--prompt-tokens", "16", "--decode-tokens", "4"]
+    argv += ["--streams", "2", "--repeat", "1", "--path", "cpu", "--no-llama-cpp", "--json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    (run,) = data["runs"]
+    assert run["engine"] == "qhybrid" and run["placement"] == "cpu"
+    assert run["prefill_tok_s"] > 0 and run["decode_tok_s"] > 0
+    batching = data["batching"]["cpu"]
+    assert batching["streams"] == 2 and batching["tok_s_n"] > 0
+    assert data["model"]["arch"] == "llama"
+    assert "vs_llama_cpp" in data
+
+
+def test_bench_llm_missing_model_is_bad_input(tmp_path: Path) -> None:
+    assert main(["bench", "llm", str(tmp_path / "none.gguf")]) == 2
