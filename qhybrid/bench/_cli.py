@@ -88,7 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-ray", dest="ray", action="store_false", help="skip the Ray peer even if installed"
     )
     _add_llm_parser(commands)
+    _add_gpu_parser(commands)
     return parser
+
+
+def _add_gpu_parser(commands: Any) -> None:
+    gpu = commands.add_parser(
+        "gpu",
+        help="the WGSL kernels' GFLOP/s and GB/s against numpy, and the fraction of peak",
+        description=(
+            "Every kernel family on the GPU device (timestamp queries where the adapter has "
+            "them) and its numpy reference on this CPU, side by side."
+        ),
+    )
+    gpu.add_argument("--quick", action="store_true", help="small shapes: a smoke run")
+    gpu.add_argument(
+        "--json", action="store_true", help="print the figures as one JSON object on stdout"
+    )
+    gpu.set_defaults(parser=gpu)
 
 
 def _add_llm_parser(commands: Any) -> None:
@@ -143,6 +160,8 @@ def main(argv: list[str]) -> int:
         return _dispatch(args)
     if args.command == "llm":
         return _llm(args)
+    if args.command == "gpu":
+        return _gpu(args)
     return _bad_input(parser, f"unknown benchmark {args.command!r}")
 
 
@@ -192,6 +211,31 @@ def _dispatch(args: argparse.Namespace) -> int:
     _print_table(err, payload)
     if args.json:
         sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _gpu(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from qhybrid.bench._gpu import format_report, run_gpu_bench
+    from qhybrid.runtime.wgpu_thread import GpuJobError
+
+    _setup_logging()
+    err = Console(stderr=True, highlight=False)
+    try:
+        with _stdout_kept_for_json():
+            report = run_gpu_bench(quick=args.quick)
+    except (GpuJobError, RuntimeError, OSError) as exc:
+        err.print(f"[bold red]error:[/] the GPU benchmark failed: {escape(str(exc))}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
+    err.print(escape(format_report(report)), soft_wrap=True)
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json(), sort_keys=True) + "\n")
         sys.stdout.flush()
     return EXIT_OK
 

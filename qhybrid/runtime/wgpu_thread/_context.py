@@ -44,6 +44,8 @@ _POOL_BYTES = 256 * _MIB
 _PARAMS_STRIDE = 256
 _PARAMS_SLOTS = 1024
 _MAX_TIMESTAMPS = 4096
+# Cached bind groups kept at most (the oldest go first).
+_BIND_GROUPS = 4096
 _POLLER_JOIN_S = 5.0
 
 
@@ -336,6 +338,8 @@ class _Gpu:
             group = self.device.create_bind_group(
                 label=pipe.spec.label, layout=pipe.layout, entries=entries
             )
+            if len(self.bind_groups) >= _BIND_GROUPS:  # drop the oldest (insertion order)
+                self.bind_groups.pop(next(iter(self.bind_groups)))
             self.bind_groups[key] = group
             for b in (self.params, *buffers):
                 self.bind_keys.setdefault(b.serial, []).append(key)
@@ -690,6 +694,16 @@ class Recorder:
         buffers = tuple(
             self._gpu.placeholder if t is None else self._buf(t, what) for t, what in tensors
         )
+        written = {
+            id(buf) for buf, access in zip(buffers, spec.bindings, strict=True) if access == "write"
+        }
+        if len({id(b) for b in buffers}) < len(buffers) and any(
+            sum(1 for b in buffers if id(b) == w) > 1 for w in written
+        ):
+            raise ValueError(
+                f"{name}: an output shares its buffer with an input; this kernel does not "
+                "work in place (use a separate out)"
+            )
         if 0 in grid:
             return  # nothing to compute; a zero-size dispatch is refused
         pipe = self._gpu.pipeline(spec)
@@ -780,7 +794,8 @@ class Recorder:
     ) -> None:
         self._f32(a, "a")
         self._same(out, a.size)
-        tensors: list[tuple[GpuTensor | None, str]] = [(a, "a")]
+        inplace = out._buf is not None and out._buf is a._buf
+        tensors: list[tuple[GpuTensor | None, str]] = [] if inplace else [(a, "a")]
         b_count = 1
         if b is not None:
             self._f32(b, "b")
@@ -793,14 +808,15 @@ class Recorder:
         tensors.append((out, "out"))
         self._dispatch(
             op,
-            lib.elementwise(op),
+            lib.elementwise(op, inplace),
             tensors,
             _pack("2If", a.size, b_count, factor),
             _grid_1d(-(-a.size // 256)),
         )
 
     def add(self, a: GpuTensor, b: GpuTensor, out: GpuTensor) -> None:
-        """``out = a + b``; ``b`` the same shape, or a trailing shape broadcast over a's rows."""
+        """``out = a + b``; ``b`` the same shape, or a trailing shape broadcast over a's rows.
+        Elementwise ops work in place when ``out`` is ``a``."""
         self._elementwise("add", a, b, out)
 
     def mul(self, a: GpuTensor, b: GpuTensor, out: GpuTensor) -> None:

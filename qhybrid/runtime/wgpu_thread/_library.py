@@ -244,16 +244,34 @@ ELEMENTWISE: dict[str, tuple[int, str]] = {
 
 
 @functools.cache
-def elementwise(op: str) -> KernelSpec:
+def elementwise(op: str, inplace: bool = False) -> KernelSpec:
+    """``op``'s kernel; ``inplace`` writes into ``a``'s buffer (bound once, read_write)."""
     arity, expr = ELEMENTWISE[op]
     b = "@group(0) @binding(2) var<storage, read> b: array<f32>;" if arity == 2 else ""
-    source = Template(_read("elementwise.wgsl")).substitute(inputs=b, expr=expr)
-    if arity == 1:  # keep the binding numbers: dst stays at 3, nothing at 2
-        source = source.replace(
-            "@binding(3) var<storage, read_write> dst", "@binding(2) var<storage, read_write> dst"
+    source = Template(_read("elementwise.wgsl")).substitute(
+        inputs=b, expr=expr.replace("a[i]", "dst[i]") if inplace else expr
+    )
+    dst = "@binding(3) var<storage, read_write> dst"
+    a = "@group(0) @binding(1) var<storage, read> a: array<f32>;"
+    # Binding numbers stay contiguous from 1: [a,] [b,] dst.
+    if inplace:
+        source = source.replace(a, "").replace(
+            "@binding(2) var<storage, read> b", "@binding(1) var<storage, read> b"
         )
-    bindings: tuple[Access, ...] = ("read", "read", "write") if arity == 2 else ("read", "write")
-    return KernelSpec(("elementwise", op), source, bindings)
+        source = source.replace(
+            dst,
+            "@binding(2) var<storage, read_write> dst"
+            if arity == 2
+            else "@binding(1) var<storage, read_write> dst",
+        )
+    elif arity == 1:
+        source = source.replace(dst, "@binding(2) var<storage, read_write> dst")
+    access: tuple[Access, ...] = ("read", "write")
+    if arity == 2:
+        access = ("read", "write") if inplace else ("read", "read", "write")
+    elif inplace:
+        access = ("write",)
+    return KernelSpec(("elementwise", op, "inplace" if inplace else "copy"), source, access)
 
 
 def _row_kernel(name: str, variant: Variant, bindings: tuple[Access, ...]) -> KernelSpec:
