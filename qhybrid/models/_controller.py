@@ -131,7 +131,10 @@ class RuntimeController(QObject):
         self.workers = workers
         self.device = device
         self.scenario_path: Path | None = None
-        self._state = SessionState.IDLE
+        self._state = SessionState.IDLE  # as the GUI thread knows it
+        self._loop_state = SessionState.IDLE  # as the runtime's loop knows it
+        # Connected first, so every other slot sees the new state.
+        self.state_changed.connect(self._record_state)
         self._thread: _LoopThread | None = None
         # Set and read on the loop thread only (the GUI reads ``runtime``, a plain reference).
         self._runtime: Runtime | None = None
@@ -275,9 +278,14 @@ class RuntimeController(QObject):
             self.error.emit(f"{type(exc).__name__}: {exc}")
 
     def _set_state(self, state: str, detail: str) -> None:
-        """Record and announce a state (from either thread: the signal is queued to the GUI)."""
-        self._state = state
+        """Announce a state, from either thread. The loop's code reads ``_loop_state`` at once;
+        :attr:`state` changes when the GUI thread gets the (queued) signal, so that it never
+        runs ahead of what the window's slots have seen."""
+        self._loop_state = state
         self.state_changed.emit(state, detail)
+
+    def _record_state(self, state: str, _detail: str) -> None:
+        self._state = state
 
     # -- on the runtime's loop ------------------------------------------------------------
     # The controller drives the ticks itself with Runtime.step() instead of Runtime.run(), so
@@ -372,7 +380,11 @@ class RuntimeController(QObject):
 
     async def _pause(self) -> None:
         runtime = self._runtime
-        if runtime is None or runtime.result is not None or self._state != SessionState.RUNNING:
+        if (
+            runtime is None
+            or runtime.result is not None
+            or self._loop_state != SessionState.RUNNING
+        ):
             return
         assert self._go is not None
         self._go.clear()
@@ -381,7 +393,7 @@ class RuntimeController(QObject):
 
     async def _resume(self) -> None:
         runtime = self._runtime
-        if runtime is None or runtime.result is not None or self._state != SessionState.PAUSED:
+        if runtime is None or runtime.result is not None or self._loop_state != SessionState.PAUSED:
             return
         assert self._go is not None
         runtime.resume()
@@ -393,7 +405,7 @@ class RuntimeController(QObject):
         if runtime is None or self._step_lock is None or self._go is None:
             return
         async with self._step_lock:
-            if self._state != SessionState.PAUSED or runtime.result is not None:
+            if self._loop_state != SessionState.PAUSED or runtime.result is not None:
                 return
             more = await runtime.step()
             if more:

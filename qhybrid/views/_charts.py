@@ -41,6 +41,9 @@ _PLOTS: tuple[tuple[str, str, tuple[tuple[str, str, float], ...]], ...] = (
 )
 
 
+#: Seconds of history the charts show.
+HISTORY_S = 60.0
+
 _PERCENT = frozenset(title for title, unit, _ in _PLOTS if unit == "%")
 
 
@@ -74,7 +77,6 @@ class ChartsWidget(QWidget):
             plot.setObjectName(title)
             plot.setClipToView(True)
             plot.setDownsampling(auto=True, mode="peak")
-            plot.showGrid(x=True, y=True, alpha=0.2)
             plot.setMenuEnabled(False)
             plot.hideButtons()
             plot.setLabel("left", units=None, text=unit)
@@ -83,6 +85,10 @@ class ChartsWidget(QWidget):
             # auto-range, which on a flat line draws a degenerate axis that PySide6 6.12
             # answers by corrupting a reference count (the interpreter aborts at exit).
             plot.enableAutoRange(axis="y", enable=False)
+            # Time runs as "seconds ago" over a fixed range: the axes and the grid keep
+            # their cached drawing while the curves scroll (redrawing axes costs most).
+            plot.enableAutoRange(axis="x", enable=False)
+            plot.setXRange(-HISTORY_S, 0, padding=0)
             plot.setYRange(0, 100 if unit == "%" else 1, padding=0)
             self._y_top[title] = 100.0 if unit == "%" else 1.0
             legend = (
@@ -112,6 +118,8 @@ class ChartsWidget(QWidget):
         if series is None or not self.isVisible():
             return
         t = series.times()
+        if len(t):
+            t = t - t[-1]  # seconds ago
         if len(t) == 0:
             for curve, _scale in self.curves.values():
                 curve.setData([], [])

@@ -418,8 +418,10 @@ class MainWindow(QMainWindow):
         if not (isinstance(geometry, QByteArray) and self.restoreGeometry(geometry)):
             self.resize(*_DEFAULT_SIZE)
         state = settings.value(_STATE_KEY)
-        if isinstance(state, QByteArray):
-            self.restoreState(state)
+        if not (isinstance(state, QByteArray) and self.restoreState(state)):
+            # First start: the charts get most of the room.
+            self.resizeDocks([self.agents_dock], [400], Qt.Orientation.Horizontal)
+            self.resizeDocks([self.log_dock], [200], Qt.Orientation.Vertical)
         self.theme_actions.get(
             str(settings.value(_THEME_KEY, "system") or "system"), self.theme_actions["system"]
         ).setChecked(True)

@@ -1,4 +1,4 @@
-"""The main window (placeholder) and the application around it, on Qt's offscreen platform."""
+"""The main window and the application around it, on Qt's offscreen platform."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import qasync
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QIcon, QKeySequence
-from PySide6.QtWidgets import QApplication, QFileDialog, QLabel, QMessageBox
+from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 from pytestqt.qtbot import QtBot
 
 import qhybrid
@@ -42,14 +42,24 @@ def _menu_actions(main_window: MainWindow, title: str) -> dict[str, Any]:
     raise AssertionError(f"no {title!r} menu")
 
 
-def test_window_shows_with_title_and_explains_itself(window: MainWindow) -> None:
+def test_window_shows_charts_agents_log_and_chat(window: MainWindow) -> None:
     assert window.isVisible()
     assert window.windowTitle() == "qhybrid"
-    placeholder = window.centralWidget().findChild(QLabel, "placeholder")
-    assert placeholder is not None
-    assert placeholder.isVisible()
-    assert "qhybrid --headless" in placeholder.text()
+    assert window.centralWidget() is window.charts
+    for dock in (window.agents_dock, window.log_dock, window.chat_dock):
+        assert dock.isVisible()
+    assert set(window.charts.plots) >= {
+        "Throughput",
+        "Queue depth",
+        "Worker load",
+        "GPU busy",
+        "GPU kernel time",
+        "Shared tensors",
+        "LLM tokens/s",
+    }
     assert window.statusBar().currentMessage() == "No scenario open"
+    assert not window.start_action.isEnabled()  # nothing to run yet
+    assert window.adapter_label.text() == "GPU: not started"
 
 
 def test_file_and_help_menus_have_their_actions(window: MainWindow) -> None:
