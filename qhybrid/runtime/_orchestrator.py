@@ -43,7 +43,7 @@ from qhybrid.runtime._result import AgentSummary, RunResult
 from qhybrid.runtime._scenario import AgentSpec, Scenario, TaskSpec, TensorSpec
 from qhybrid.runtime._seeding import derive_seed
 from qhybrid.runtime._trace import TraceRecorder, digest
-from qhybrid.runtime.tensors import SharedTensor, TensorStore, get_op
+from qhybrid.runtime.tensors import OPS, SharedTensor, TensorStore, get_op
 from qhybrid.runtime.wasm_pool import (
     KIND_GPU_DONE,
     KIND_LLM_DONE,
@@ -1018,7 +1018,10 @@ class Runtime:
         param: float,
     ) -> None:
         names = tuple(str(n) for n in inputs)
-        params = {"factor": param} if op == "scale" else {}
+        # The ABI's one scalar goes to the op's one parameter (scale's and softmax's factor,
+        # rmsnorm's eps); ops without one ignore it.
+        op_params = get_op(op).params if op in OPS else ()
+        params = {op_params[0]: param} if op_params else {}
         metas: list[tuple[tuple[int, ...], str] | None] = []
         for name in names:
             tensor = self._named_tensors.get(name)
