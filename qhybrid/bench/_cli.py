@@ -1,4 +1,4 @@
-"""The ``qhybrid bench`` subcommand: ``qhybrid bench dispatch [options]``.
+"""The ``qhybrid bench`` subcommand: ``qhybrid bench dispatch|llm|gpu|ui [options]``.
 
 A human-readable table goes to stderr; ``--json`` prints one JSON object on stdout (nothing
 else is ever written there, not even by Ray or a worker process). Exit codes: 0 measured,
@@ -89,7 +89,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_llm_parser(commands)
     _add_gpu_parser(commands)
+    _add_ui_parser(commands)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
+    return value
+
+
+def _add_ui_parser(commands: Any) -> None:
+    ui = commands.add_parser(
+        "ui",
+        help="the window's frame rate, GUI stalls and cost to the runtime (offscreen)",
+        description=(
+            "The real main window on Qt's offscreen platform over a heavy scenario (relay "
+            "agents): frames per second (refresh + full repaint), the GUI event loop's longest "
+            "stall, and the runtime's messages/s with and without the window, side by side."
+        ),
+    )
+    ui.add_argument(
+        "--agents", type=positive_int, default=1000, metavar="A", help="relay agents (1000)"
+    )
+    ui.add_argument(
+        "--workers", type=positive_int, default=2, metavar="N", help="worker processes (2)"
+    )
+    ui.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="throughput and stalls measured over S seconds per run (5)",
+    )
+    ui.add_argument(
+        "--fps-seconds",
+        type=_positive_float,
+        default=3.0,
+        metavar="S",
+        help="back-to-back frames for S seconds in the watched run (3)",
+    )
+    ui.add_argument(
+        "--warmup", type=float, default=1.0, metavar="S", help="seconds before measuring (1)"
+    )
+    ui.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=2,
+        metavar="R",
+        help="headless and watched runs, R of each, taking turns; the best counts (2)",
+    )
+    ui.add_argument(
+        "--json", action="store_true", help="print the figures as one JSON object on stdout"
+    )
+    ui.set_defaults(parser=ui)
 
 
 def _add_gpu_parser(commands: Any) -> None:
@@ -162,6 +219,8 @@ def main(argv: list[str]) -> int:
         return _llm(args)
     if args.command == "gpu":
         return _gpu(args)
+    if args.command == "ui":
+        return _ui(args)
     return _bad_input(parser, f"unknown benchmark {args.command!r}")
 
 
@@ -238,6 +297,83 @@ def _gpu(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(report.to_json(), sort_keys=True) + "\n")
         sys.stdout.flush()
     return EXIT_OK
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    if args.warmup < 0:
+        return _bad_input(args.parser, f"--warmup must not be negative, got {args.warmup:g}")
+    # Qt from here on: the one import of the window layers in qhybrid.bench, made only when
+    # this benchmark runs (pyproject.toml's import-linter contract names this exact import).
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from qhybrid.views._bench_ui import UiBenchConfig, UiBenchError, run_ui_bench
+
+    config = UiBenchConfig(
+        agents=args.agents,
+        workers=args.workers,
+        seconds=args.seconds,
+        warmup_s=args.warmup,
+        fps_seconds=args.fps_seconds,
+        repeat=args.repeat,
+    )
+    _setup_logging()
+    err = Console(stderr=True, highlight=False)
+    try:
+        with _stdout_kept_for_json():
+            report = run_ui_bench(config, progress=lambda text: err.print(f"[dim]{text}[/]"))
+    except (UiBenchError, OSError) as exc:
+        err.print(f"[bold red]error:[/] the UI benchmark failed: {escape(str(exc))}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
+    payload = report.to_json()
+    _print_ui_table(err, payload)
+    if args.json:
+        sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+def _print_ui_table(console: Any, data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    machine = data["machine"]
+    console.print(
+        f"[bold]ui[/]: {data['agents']} relay agents, {data['workers']} workers, "
+        f"{data['seconds']:g} s per run, best of {data['repeat']} - {machine['cpu_count']} CPUs "
+        f"({machine['cpu_model']}), Qt platform {data['platform']}",
+        soft_wrap=True,
+    )
+    table = Table(show_edge=False, pad_edge=False)
+    for col, justify in (("measurement", "left"), ("value", "right"), ("goal", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    met = data["met"]
+
+    def mark(key: str) -> str:
+        return "[green]met[/]" if met[key] else "[red]missed[/]"
+
+    table.add_row(
+        "frames/s (refresh + repaint)",
+        f"{data['fps']:,.1f}  (p50 {data['frame_ms_p50']:.1f} ms)",
+        f">= {data['goals']['fps']:g} {mark('fps')}",
+    )
+    table.add_row(
+        "longest GUI stall, watched",
+        f"{data['max_stall_ms']:,.1f} ms",
+        f"< {data['goals']['max_stall_ms']:g} ms {mark('max_stall_ms')}",
+    )
+    table.add_row("longest GUI stall, headless", f"{data['max_stall_ms_headless']:,.1f} ms", "-")
+    table.add_row("runtime msgs/s, headless", f"{data['headless_msgs_per_s']:,.0f}", "-")
+    table.add_row("runtime msgs/s, watched", f"{data['watched_msgs_per_s']:,.0f}", "-")
+    table.add_row(
+        "window overhead",
+        f"{data['overhead_pct']:.1f} %",
+        f"< {data['goals']['overhead_pct']:g} % {mark('overhead_pct')}",
+    )
+    console.print(table)
 
 
 def _llm(args: argparse.Namespace) -> int:
