@@ -215,6 +215,7 @@ async def _run(scenario: Any, config: Any, err: Any, holder: dict[str, Runtime])
     holder["runtime"] = runtime
     progress = _Progress(err, runtime)
     runtime.events.tick_finished.connect(progress.on_tick)
+    runtime.events.llm_tokens.connect(progress.on_llm)
     async with runtime:
         info = runtime.device_info
         if info is not None:
@@ -231,6 +232,19 @@ class _Progress:
         self.runtime = runtime
         self.interval = 0.5 if console.is_terminal else 2.0
         self.last = time.perf_counter()
+        self.answers: dict[int, list[str]] = {}
+
+    def on_llm(self, event: Any) -> None:
+        """Each LLM answer, once complete, on one line."""
+        from rich.markup import escape
+
+        parts = self.answers.setdefault(event.request_id, [])
+        parts.append(event.text)
+        if not event.done:
+            return
+        words = "".join(self.answers.pop(event.request_id)).split()
+        text = f"[red]{escape(event.error)}[/]" if event.error else escape(" ".join(words))
+        self.console.print(f"  [cyan]{escape(event.agent)}[/] (llm): {text}", soft_wrap=True)
 
     def on_tick(self, event: Any) -> None:
         now = time.perf_counter()
@@ -279,6 +293,12 @@ def _print_summary(console: Any, result: RunResult) -> None:
             console.print(f"  [red]{agent.name}[/]{again}: {escape(agent.error)}", soft_wrap=True)
     if result.worker_restarts:
         console.print(f"worker processes replaced after dying: {result.worker_restarts}")
+    if result.llm:
+        llm = result.llm
+        console.print(
+            f"llm: {escape(str(llm['model']))} ({llm['arch']}, {llm['placement']}): "
+            f"{llm['requests']} answers, {llm['tokens']} tokens"
+        )
     device = result.device
     console.print(
         f"device: {device.get('name')} ({device.get('kind')})   trace {result.trace_hash}",

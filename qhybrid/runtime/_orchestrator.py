@@ -1000,6 +1000,18 @@ class Runtime:
             )
             self._answer_llm(agent_id, tick, request, tag, 0 if ok else 1, text)
 
+    def _llm_summary(self) -> dict[str, object] | None:
+        llm = self._llm
+        if llm is None:
+            return None
+        return {
+            "model": llm.model.name,
+            "arch": llm.model.config.arch,
+            "placement": llm.placement,
+            "requests": self._llm_done,
+            "tokens": self._llm_tokens,
+        }
+
     def _answer_llm(
         self, agent_id: int, tick: int, request: int, tag: int, status: int, text: str
     ) -> None:
@@ -1130,6 +1142,7 @@ class Runtime:
             device=info,
             wall_s=round(wall, 6),
             worker_restarts=self.worker_restarts,
+            llm=self._llm_summary(),
         )
         self._emit_state(status, reason)
 

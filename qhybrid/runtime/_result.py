@@ -36,6 +36,9 @@ class RunResult:
     device: dict[str, object]
     wall_s: float
     worker_restarts: int = 0
+    #: The scenario's LLM, when it has one: model, arch, placement, requests answered and
+    #: tokens generated.
+    llm: dict[str, object] | None = None
 
     @property
     def ok(self) -> bool:

@@ -737,7 +737,10 @@ class _Builder:
         stops = raw.get("stop", [])
         if not isinstance(stops, list):
             r.fail("llm.stop", f"expected a list of strings, got {_describe(stops)}")
-        stop = tuple(r.string(v, f"llm.stop[{i}]", non_empty=True) for i, v in enumerate(stops))
+        stop = tuple(r.string(v, f"llm.stop[{i}]") for i, v in enumerate(stops))
+        for i, text in enumerate(stop):
+            if not text:  # whitespace such as "\n\n" is a fine stop string; "" is not
+                r.fail(f"llm.stop[{i}]", "expected a non-empty string")
         return LlmSpec(model, device, slots, n_ctx, chat, temperature, top_k, top_p, penalty, stop)
 
     # agents

@@ -53,8 +53,12 @@ def test_demo_runs_end_to_end(qhybrid_cmd: list[str], cli_env: dict[str, str]) -
     assert data["gpu_tasks"] == 2 and data["cpu_tasks"] == 1
     assert isinstance(data["tasks_completed"], int) and data["tasks_completed"] > 1000
     agents = data["agents"]
-    assert isinstance(agents, list) and len(agents) == 17
+    assert isinstance(agents, list) and len(agents) == 19
     assert all(a["state"] == "loaded" and a["handled"] > 0 for a in agents)
+    # The storytellers asked the shipped model and got their answers.
+    llm = data["llm"]
+    assert llm["requests"] == 2 and llm["tokens"] > 10
+    assert llm["arch"] == "llama"
     device = data["device"]
     assert isinstance(device, dict)
     assert device["kind"] in ("hardware", "software", "cpu")

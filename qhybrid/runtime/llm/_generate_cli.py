@@ -200,11 +200,12 @@ async def _generate(args: argparse.Namespace) -> int:
             )
             sys.stdout.write(json.dumps(summary) + "\n")
         else:
+            where = f"GPU {info.name}" if llm.placement == "gpu" else "CPU (numpy)"
             sys.stdout.write("\n")
             sys.stderr.write(
                 f"[{len(result.prompt_tokens)} prompt tokens at {result.prefill_tok_s:.1f} tok/s, "
                 f"{len(result.tokens)} generated at {result.decode_tok_s:.1f} tok/s, "
-                f"{result.finish}; {llm.placement} on {info.name}]\n"
+                f"{result.finish}; {where}]\n"
             )
         if result.finish == "error":
             sys.stderr.write(f"qhybrid generate: {result.error}\n")
