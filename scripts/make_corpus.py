@@ -48,7 +48,7 @@ ANIMALS = [
     ("lion", "roar", "in the wild grass", "meat"),
 ]
 ANIMAL_NAMES = ["Mittens", "Spot", "Pip", "Daisy", "Buster", "Coco", "Fluffy", "Bubbles", "Sunny"]
-ADJ_PERSON = ["little", "kind", "brave", "happy", "curious", "shy", "clever", "funny", "gentle"]
+ADJ_PERSON = ["kind", "brave", "happy", "curious", "shy", "clever", "funny", "gentle"]
 ADJ_ANIMAL = ["small", "fluffy", "friendly", "little", "sleepy", "playful", "soft", "old"]
 PLACES = [
     "the park",
@@ -172,7 +172,6 @@ COLORS = [
     ("a banana", "yellow"),
     ("a carrot", "orange"),
     ("a strawberry", "red"),
-    ("the night sky", "dark"),
     ("a leaf", "green"),
     ("milk", "white"),
     ("a lemon", "yellow"),
@@ -478,7 +477,8 @@ class StoryWriter:
         elif r < 0.86:
             q, a = rng.choice(GREETINGS)
         else:
-            hero = self.character()
+            # Mostly animals: "a story about a cat" should be about a cat.
+            hero = self.animal() if rng.random() < 0.7 else self.person()
             topic = hero.kind
             article = "an" if topic[0] in "aeiou" else "a"
             q = rng.choice(
@@ -496,7 +496,7 @@ class StoryWriter:
         return text
 
 
-def documents(count: int, seed: int = 0, qa_share: float = 0.3) -> Iterator[str]:
+def documents(count: int, seed: int = 0, qa_share: float = 0.4) -> Iterator[str]:
     """``count`` documents (stories, and exchanges with share ``qa_share``), for ``seed``."""
     writer = StoryWriter(seed)
     for _ in range(count):

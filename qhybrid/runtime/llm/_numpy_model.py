@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 DEFAULT_DENSE_BUDGET = 2 << 30
-#: Steps with at most this many tokens run their matrix products on one BLAS thread.
-_SMALL_STEP_TOKENS = 64
+#: Steps whose largest matrix product (tokens x n_embd x n_ff) is below this many floating
+#: point operations run on one BLAS thread.
+_SMALL_PRODUCT_FLOPS = 64e6
 
 
 @functools.cache
@@ -196,12 +197,14 @@ class NumpyRunner:
 
     def logits(self, items: Sequence[SeqInput]) -> F32:
         check_items(items, self.n_slots, self.n_ctx, self.config.n_vocab)
-        if sum(len(item.tokens) for item in items) > _SMALL_STEP_TOKENS:
+        c = self.config
+        tokens = sum(len(item.tokens) for item in items)
+        if 2 * tokens * c.n_embd * c.n_ff > _SMALL_PRODUCT_FLOPS:
             return self._forward(items)
-        # Small products (decode) run faster on one BLAS thread than on several: OpenBLAS's
-        # threads cost more than they save on a few rows, and much more on a busy machine
-        # (8 decodes: 8.2 ms a step with its default threads, 1.6 ms with one, on the 2-core
-        # dev VM under load).
+        # Small products (decode, short prompts of small models) run faster on one BLAS
+        # thread than on several: OpenBLAS's threads cost more than they save there, and much
+        # more on a busy machine (on the 2-core dev VM under load, tiny-stories: 8 decodes
+        # 8.2 -> 1.6 ms a step, a 128-token prefill 20 -> 6.4 ms).
         with _blas_controller().limit(limits=1, user_api="blas"):
             return self._forward(items)
 
