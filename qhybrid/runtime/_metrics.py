@@ -20,6 +20,8 @@ SERIES = (
     "queued_gpu",
     "gpu_busy_s_total",
     "tensor_bytes",
+    "llm_tokens_total",  # tokens the scenario's LLM generated
+    "llm_active",  # LLM requests holding a KV-cache slot
 )
 
 

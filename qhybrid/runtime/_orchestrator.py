@@ -846,6 +846,8 @@ class Runtime:
                 "queued_gpu": queued[2],
                 "gpu_busy_s_total": self._gpu_busy_s,
                 "tensor_bytes": self.tensors.stats().bytes,
+                "llm_tokens_total": self._llm_tokens,
+                "llm_active": self._llm.engine.active if self._llm is not None else 0,
             },
             busy,
         )

@@ -121,3 +121,18 @@ def test_llm_section_is_checked(tmp_path: Path, model: Path) -> None:
         parse_scenario(_scenario(model, llm="top_p = 2"))
     with pytest.raises(ScenarioError, match=r"unknown field \"temprature\""):
         parse_scenario(_scenario(model, llm="temprature = 1").replace("temperature = 0.9", ""))
+
+
+def test_llm_metrics_count_the_tokens(model: Path) -> None:
+    scenario = parse_scenario(_scenario(model, questions=2, max_tokens=5))
+
+    async def go():
+        async with Runtime(scenario, RuntimeConfig(workers=1)) as rt:
+            result = await rt.run()
+            return result, rt.metrics()
+
+    result, metrics = asyncio.run(go())
+    assert result.llm is not None and result.llm["requests"] == 2
+    tokens = metrics.series["llm_tokens_total"]
+    assert tokens[-1] == result.llm["tokens"] > 0
+    assert metrics.series["llm_active"].max() >= 1
