@@ -26,6 +26,18 @@ from qhybrid.runtime.wgpu_thread import ComputeContext, GpuTensor, GpuWeight, Re
 logger = logging.getLogger(__name__)
 
 
+def gpu_too_large(ctx: ComputeContext, model: ModelFile) -> str | None:
+    """Why the device cannot hold one of the model's tensors in a binding, or None."""
+    limit = ctx.max_buffer_bytes
+    for t in model.tensors.values():
+        if t.data.nbytes > limit:
+            return (
+                f"tensor {t.name} ({t.data.nbytes / 2**20:.0f} MiB) is larger than the GPU's "
+                f"largest binding ({limit / 2**20:.0f} MiB)"
+            )
+    return None
+
+
 def gpu_unsupported(config: ModelConfig) -> str | None:
     """Why the GPU graph cannot run this model (the CPU path then does), or None."""
     if config.rope_freq_factors:
@@ -76,7 +88,7 @@ class GpuRunner:
 
     def __init__(self, ctx: ComputeContext, model: ModelFile, n_slots: int, n_ctx: int) -> None:
         config = model.config
-        why = gpu_unsupported(config)
+        why = gpu_unsupported(config) or gpu_too_large(ctx, model)
         if why is not None:
             raise ModelError(f"{model.path}: the GPU path does not support {why}")
         if n_slots < 1 or n_ctx < 2:

@@ -26,7 +26,7 @@ from typing import Literal
 
 from qhybrid.runtime.llm._engine import GenerationParams, GenerationResult, LlmEngine, RequestUpdate
 from qhybrid.runtime.llm._gguf import ModelError, ModelFile, load_model
-from qhybrid.runtime.llm._gpu_model import GpuRunner, gpu_unsupported
+from qhybrid.runtime.llm._gpu_model import GpuRunner, gpu_too_large, gpu_unsupported
 from qhybrid.runtime.llm._numpy_model import NumpyRunner
 from qhybrid.runtime.llm._runner import ModelRunner
 from qhybrid.runtime.llm._tokenizer import ChatTemplateError, Tokenizer
@@ -92,6 +92,8 @@ def open_engine(
         runner: ModelRunner
         placement: Literal["gpu", "cpu"] = "cpu"
         why_not = gpu_unsupported(config)
+        if why_not is None and ctx is not None:
+            why_not = gpu_too_large(ctx, model)
         if options.runner == "gpu" and ctx is None:
             raise ModelError(f"{model.path}: a GPU was asked for, but the device has none")
         if options.runner == "gpu" and why_not is not None:

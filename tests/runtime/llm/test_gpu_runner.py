@@ -124,3 +124,18 @@ def test_gpu_memory_is_given_back(device: GpuDevice, models) -> None:
     before = device.call(pool_free).result()
     _close(device, gpu)
     assert device.call(pool_free).result() >= before
+
+
+def test_a_tensor_beyond_the_binding_limit_is_refused_with_its_name(models) -> None:
+    from types import SimpleNamespace
+
+    from qhybrid.runtime.llm import ModelError, load_model
+    from qhybrid.runtime.llm._gpu_model import gpu_too_large
+
+    model = load_model(models["llama", "q8_0"])
+    small = SimpleNamespace(max_buffer_bytes=1024)
+    reason = gpu_too_large(small, model)  # type: ignore[arg-type]
+    assert reason is not None and "token_embd.weight" in reason and "largest binding" in reason
+    assert gpu_too_large(SimpleNamespace(max_buffer_bytes=1 << 40), model) is None  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="largest binding"):
+        GpuRunner(small, model, 1, 16)  # type: ignore[arg-type]
