@@ -54,47 +54,57 @@ class AgentsTableModel(QAbstractTableModel):
         super().__init__(parent)
         self._names: list[str] = []
         self._modules: list[str] = []
-        self._rows: list[tuple[Any, ...]] = []  # (state, worker, handled, restarts, fuel, mem, err)
+        # One list per column after the name (state, worker, handled, restarts, fuel, memory,
+        # error): an update compares whole columns at C speed (``list != list``) and looks
+        # row by row only into the columns that changed.
+        self._columns: list[list[Any]] = [[] for _ in range(len(self.COLUMNS) - 1)]
 
     # -- updates ---------------------------------------------------------------------------
     def update_agents(self, agents: Sequence[AgentSummary]) -> int:
         """Show ``agents``; returns how many rows changed (a new set of agents resets)."""
         names = [a.name for a in agents]
-        rows = [
-            (
-                a.state,
-                a.worker,
-                a.handled,
-                a.restarts,
-                getattr(a, "fuel_used", None),
-                getattr(a, "memory_bytes", None),
-                a.error or "",
-            )
-            for a in agents
+        columns: list[list[Any]] = [
+            [a.state for a in agents],
+            [a.worker for a in agents],
+            [a.handled for a in agents],
+            [a.restarts for a in agents],
+            [getattr(a, "fuel_used", None) for a in agents],
+            [getattr(a, "memory_bytes", None) for a in agents],
+            [a.error or "" for a in agents],
         ]
         if names != self._names:
             self.beginResetModel()
             self._names = names
             self._modules = [a.module for a in agents]
-            self._rows = rows
+            self._columns = columns
             self.endResetModel()
-            return len(rows)
-        old = self._rows
-        changed = [i for i, (a, b) in enumerate(zip(old, rows, strict=True)) if a != b]
-        if not changed:
+            return len(names)
+        rows: set[int] = set()
+        first_column = last_column = -1
+        for c, (old, new) in enumerate(zip(self._columns, columns, strict=True)):
+            if old == new:
+                continue
+            rows.update(i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b)
+            if first_column < 0:
+                first_column = c + 1
+            last_column = c + 1
+        if not rows:
             return 0
-        self._rows = rows
-        # One signal over the changed span: views and proxies handle a range in one pass.
+        self._columns = columns
+        # One signal over the changed rows and only the columns that changed: views repaint
+        # just those cells, and a proxy sorted by a column that did not change (the name,
+        # say) does not re-sort at all.
         self.dataChanged.emit(
-            self.index(changed[0], 0),
-            self.index(changed[-1], len(self.COLUMNS) - 1),
+            self.index(min(rows), first_column),
+            self.index(max(rows), last_column),
             [Qt.ItemDataRole.DisplayRole, SORT_ROLE],
         )
-        return len(changed)
+        return len(rows)
 
     def clear(self) -> None:
         self.beginResetModel()
-        self._names, self._modules, self._rows = [], [], []
+        self._names, self._modules = [], []
+        self._columns = [[] for _ in range(len(self.COLUMNS) - 1)]
         self.endResetModel()
 
     @property
@@ -130,23 +140,23 @@ class AgentsTableModel(QAbstractTableModel):
         if role == SORT_ROLE:
             if column == self.NAME:
                 return self._names[row]
-            value = self._rows[row][column - 1]
+            value = self._columns[column - 1][row]
             return -1 if value is None else value
         if role == Qt.ItemDataRole.TextAlignmentRole and self.WORKER <= column <= self.MEMORY:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole:
             if column == self.NAME:
                 return f"{self._names[row]} ({self._modules[row]})"
-            if column == self.ERROR and self._rows[row][6]:
-                return self._rows[row][6]
-            if column in (self.FUEL, self.MEMORY) and self._rows[row][column - 1] is None:
+            if column == self.ERROR and self._columns[self.ERROR - 1][row]:
+                return self._columns[self.ERROR - 1][row]
+            if column in (self.FUEL, self.MEMORY) and self._columns[column - 1][row] is None:
                 return "not reported per agent by this runtime"
         return None
 
     def _display(self, row: int, column: int) -> str:
         if column == self.NAME:
             return self._names[row]
-        value = self._rows[row][column - 1]
+        value = self._columns[column - 1][row]
         if column in (self.FUEL, self.MEMORY):
             if value is None:
                 return _NOT_REPORTED

@@ -11,6 +11,7 @@ and the runtime's loop only ever appends to deques.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -28,7 +29,19 @@ __all__ = ["LiveModels", "adapter_text"]
 #: Frames per second while a run is active.
 DEFAULT_FPS = 30
 #: Agent table refreshes per second (a thousand rows need not change 30 times a second).
-AGENTS_HZ = 4
+AGENTS_HZ = 2
+#: The interpreter's thread switch interval while a run is shown (Python's default: 5 ms).
+#: The runtime's loop thread is busy in Python most of the time; when the GUI thread wants the
+#: GIL it waits until the loop thread is made to drop it, up to this long, every time it comes
+#: back from Qt's C++ code. A shorter interval bounds that wait, at the price of a few more
+#: GIL hand-overs on the loop thread (measured by ``qhybrid bench ui``).
+GUI_SWITCH_INTERVAL_S = 0.001
+#: Adaptive throttling: the timer's interval is kept at least this many times the recent cost
+#: of one refresh, so that the GUI thread spends at most about a quarter of its time on
+#: frames (and leaves the GIL and the cores to the runtime) when the machine is busy.
+FRAME_COST_FACTOR = 4.0
+#: The slowest the charts go when the machine is very busy.
+MIN_FPS = 4
 
 
 def adapter_text(adapter: GpuAdapter | None) -> str:
@@ -72,15 +85,20 @@ class LiveModels(QObject):
         self.frames = 0
         self.frame_seconds_max = 0.0  # the longest refresh so far (GUI-thread work per frame)
         self._t0 = time.perf_counter()
-        self._agents_every = max(1, round(fps / AGENTS_HZ))
+        self._agents_period = 1.0 / AGENTS_HZ
+        self._agents_next = 0.0  # perf_counter time of the next agents poll
         self._agents_due = True
+        self.agents_visible = True  # set by the view: a hidden table is not polled
+        self._base_interval_ms = max(1, round(1000 / fps))
+        self._cost_ms = 0.0  # moving average of one refresh's cost
+        self._saved_switch_interval: float | None = None
         self._python_log = PythonLogCollector()
         logging.getLogger("qhybrid").addHandler(self._python_log)
 
         self.timer = QTimer(self)
         self.timer.setObjectName("live_models_timer")
-        self.timer.setInterval(max(1, round(1000 / fps)))
-        self.timer.timeout.connect(self.refresh)
+        self.timer.setInterval(self._base_interval_ms)
+        self.timer.timeout.connect(self._on_timer)
 
         controller.runtime_changed.connect(self._on_runtime)
         controller.state_changed.connect(self._on_state)
@@ -88,12 +106,47 @@ class LiveModels(QObject):
 
     def set_fps(self, fps: float) -> None:
         """Refreshes per second while a run is active (0: as fast as the GUI can)."""
-        self.timer.setInterval(0 if fps <= 0 else max(1, round(1000 / fps)))
+        self._base_interval_ms = 0 if fps <= 0 else max(1, round(1000 / fps))
+        self.timer.setInterval(self._base_interval_ms)
+
+    def set_agents_visible(self, visible: bool) -> None:
+        """Whether the agents table is shown; a hidden one is not polled (caught up on show)."""
+        if visible and not self.agents_visible:
+            self._agents_due = True
+        self.agents_visible = visible
 
     def close(self) -> None:
         """Stop refreshing and detach from logging (the window is closing)."""
-        self.timer.stop()
+        self._stop_timer()
         logging.getLogger("qhybrid").removeHandler(self._python_log)
+
+    def _start_timer(self) -> None:
+        if self.timer.isActive():
+            return
+        self._cost_ms = 0.0
+        self.timer.setInterval(self._base_interval_ms)
+        self.timer.start()
+        if self._saved_switch_interval is None:
+            self._saved_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(GUI_SWITCH_INTERVAL_S, self._saved_switch_interval))
+
+    def _stop_timer(self) -> None:
+        self.timer.stop()
+        if self._saved_switch_interval is not None:
+            sys.setswitchinterval(self._saved_switch_interval)
+            self._saved_switch_interval = None
+
+    def _on_timer(self) -> None:
+        t0 = time.perf_counter()
+        self.refresh()
+        cost_ms = (time.perf_counter() - t0) * 1000.0
+        # Throttle: when a frame costs more (a busy runtime holds the GIL and the cores, or
+        # there is much to show), refresh less often; come back as soon as it is cheap again.
+        self._cost_ms = 0.8 * self._cost_ms + 0.2 * cost_ms
+        want = max(self._base_interval_ms, round(FRAME_COST_FACTOR * self._cost_ms))
+        want = min(want, max(self._base_interval_ms, round(1000 / MIN_FPS)))
+        if abs(want - self.timer.interval()) > 2:
+            self.timer.setInterval(want)
 
     # -- controller signals ----------------------------------------------------------------
     def _on_runtime(self, runtime: Runtime) -> None:
@@ -105,10 +158,9 @@ class LiveModels(QObject):
 
     def _on_state(self, state: str, detail: str) -> None:
         if state in SessionState.ACTIVE:
-            if not self.timer.isActive():
-                self.timer.start()
+            self._start_timer()
         else:
-            self.timer.stop()
+            self._stop_timer()
             self._agents_due = True
             self.refresh()  # the last events and the final counts
 
@@ -125,10 +177,15 @@ class LiveModels(QObject):
         metrics = runtime.metrics() if runtime is not None else None
         self.series.sample(t_start - self._t0, metrics, batch.tasks, batch.llm)
         if runtime is not None and (
-            self._agents_due or batch.agent_states or self.frames % self._agents_every == 0
+            self._agents_due
+            or batch.agent_states
+            or (self.agents_visible and t_start >= self._agents_next)
         ):
+            # A thousand agents make this the costliest part of a frame: a few times a second
+            # only, and not at all while the table is hidden (agent state changes still are).
             self.agents.update_agents(runtime.agent_summaries())
             self._agents_due = False
+            self._agents_next = t_start + self._agents_period
         latest = self.series.latest
         if runtime is not None and latest:
             tick = latest.get("tick")

@@ -70,6 +70,8 @@ class ChartsWidget(QWidget):
         self.curves: dict[str, tuple[pg.PlotDataItem, float]] = {}
         self.worker_curves: list[pg.PlotDataItem] = []
         self.redraws = 0
+        self.skipped = 0  # curves left as they were in a frame (their picture had not changed)
+        self._shown: dict[int, tuple[float, float]] = {}  # id(curve) -> (value, oldest time)
         self._scatter = {"kernel_ms"}
         for index, (title, unit, channels) in enumerate(_PLOTS):
             span = 2 if index == len(_PLOTS) - 1 and len(_PLOTS) % 2 else 1
@@ -101,7 +103,8 @@ class ChartsWidget(QWidget):
                         pen=None, symbol="o", symbolSize=5, symbolBrush=colour, symbolPen=None
                     )
                 else:
-                    curve = plot.plot(pen=pg.mkPen(colour, width=1.5), name=name)
+                    # Width 1 (cosmetic): Qt's raster engine has a fast path for thin lines.
+                    curve = plot.plot(pen=pg.mkPen(colour, width=1), name=name, antialias=False)
                 self.curves[channel] = (curve, scale)
                 self._plot_of[channel] = title
             if legend is not None:
@@ -123,21 +126,52 @@ class ChartsWidget(QWidget):
         if len(t) == 0:
             for curve, _scale in self.curves.values():
                 curve.setData([], [])
+            for curve in self.worker_curves:
+                curve.setData([], [])
+            self._shown.clear()
             return
         peaks: dict[str, float] = {}
         for channel, (curve, scale) in self.curves.items():
             y = series.channel(channel)
             if scale != 1.0:
                 y = y * scale
-            _set_curve(curve, t, y, points=channel in self._scatter)
             title = self._plot_of[channel]
             peaks[title] = max(peaks.get(title, 0.0), _finite_max(y))
+            if self._unchanged(curve, t, y):
+                continue
+            _set_curve(curve, t, y, points=channel in self._scatter)
         for title, peak in peaks.items():
             self._fit_y(title, peak)
         self._ensure_worker_curves(series.workers)
         for worker, curve in enumerate(self.worker_curves):
-            _set_curve(curve, t, series.worker_load(worker) * 100.0)
+            y = series.worker_load(worker) * 100.0
+            if not self._unchanged(curve, t, y):
+                _set_curve(curve, t, y)
         self.redraws += 1
+
+    def _unchanged(self, curve: pg.PlotDataItem, t: np.ndarray, y: np.ndarray) -> bool:
+        """True when ``curve`` already shows this picture: a flat line (or no data) at the same
+        value, starting within a pixel or so of the same time. Such curves (the GPU's and the
+        LLM's on a CPU-only run, say) get no ``setData``, so pyqtgraph repaints nothing there.
+        """
+        finite = y[np.isfinite(y)]
+        if finite.size == 0:
+            value = float("nan")
+        elif finite.size == y.size and finite.min() == finite.max():
+            value = float(finite[0])
+        else:
+            self._shown.pop(id(curve), None)
+            return False
+        shown = self._shown.get(id(curve))
+        if (
+            shown is not None
+            and (shown[0] == value or (np.isnan(shown[0]) and np.isnan(value)))
+            and abs(shown[1] - float(t[0])) < HISTORY_S / 400
+        ):
+            self.skipped += 1
+            return True
+        self._shown[id(curve)] = (value, float(t[0]))
+        return False
 
     def _fit_y(self, title: str, peak: float) -> None:
         """Show 0 to a little above ``peak``; change the range only when that changes much,
@@ -156,7 +190,7 @@ class ChartsWidget(QWidget):
             plot.removeItem(self.worker_curves.pop())
         while len(self.worker_curves) < workers:
             colour = _COLOURS[len(self.worker_curves) % len(_COLOURS)]
-            self.worker_curves.append(plot.plot(pen=pg.mkPen(colour, width=1.5)))
+            self.worker_curves.append(plot.plot(pen=pg.mkPen(colour, width=1), antialias=False))
 
     # -- theme -------------------------------------------------------------------------------
     def apply_palette(self, palette: QPalette) -> None:
@@ -192,8 +226,9 @@ def _set_curve(
         if not finite.any():
             curve.setData([], [])
         elif points:
-            curve.setData(t[finite], y[finite])
+            curve.setData(t[finite], y[finite], skipFiniteCheck=True)
         else:
             curve.setData(t, y, connect="finite")
     else:
-        curve.setData(t, y)
+        # Known finite: pyqtgraph need not scan the arrays again.
+        curve.setData(t, y, skipFiniteCheck=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import QSortFilterProxyModel, Qt
+from PySide6.QtGui import QHideEvent, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -70,6 +71,15 @@ class AgentsView(QWidget):
         live.agents_filter.rowsRemoved.connect(self._update_count)
         live.agents_filter.modelReset.connect(self._update_count)
         self._update_count()
+
+    # The models poll a thousand agents only while someone can see them.
+    def showEvent(self, event: QShowEvent) -> None:
+        self._live.set_agents_visible(True)
+        super().showEvent(event)
+
+    def hideEvent(self, event: QHideEvent) -> None:
+        self._live.set_agents_visible(False)
+        super().hideEvent(event)
 
     def _update_count(self) -> None:
         shown = self._live.agents_filter.rowCount()

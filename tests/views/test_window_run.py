@@ -76,8 +76,9 @@ def test_buttons_drive_a_real_run_of_the_demo(qtbot: QtBot, run_window: MainWind
     assert result.status == "completed" and result.workers == 3
     _wait_state(qtbot, window, SessionState.COMPLETED)
     assert "Completed" in window.state_label.text()
-    assert window.live.agents.rowCount() == 17
-    assert window.agents_view.count_label.text() == "17 agents"
+    agents = len(result.agents)  # every agent of the demo, however many it has
+    assert agents > 1 and window.live.agents.rowCount() == agents
+    assert window.agents_view.count_label.text() == f"{agents} agents"
     assert window.adapter_label.text() == "GPU: none (numpy on the CPU)"
     assert window.charts.redraws > 0
     assert window.live.log.rowCount() > 0
