@@ -109,7 +109,11 @@ def _install_trampolines() -> tuple[Any, Any]:
 
         @ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # type: ignore[untyped-decorator,misc,unused-ignore]
         def finalizer(env: int) -> None:
-            _RAW_FUNCS.pop(env or 0, None)
+            # At interpreter exit wasmtime may free its stores after this module's globals
+            # were cleared (then _RAW_FUNCS is None): nothing is left to forget.
+            funcs = _RAW_FUNCS
+            if funcs is not None:
+                funcs.pop(env or 0, None)
 
         _raw_trampoline, _raw_finalizer = trampoline, finalizer
     return _raw_trampoline, _raw_finalizer
