@@ -223,14 +223,19 @@ def _measure_llama_cpp(config: LlmBenchConfig, report: LlmBenchReport, progress:
         offload.append(("gpu", -1))
     for placement, layers in offload:
         progress(f"llama.cpp {placement}: loading")
-        model = llama_cpp.Llama(
-            model_path=str(config.model),
-            n_ctx=n_ctx,
-            n_gpu_layers=layers,
-            n_threads=os.cpu_count() or 1,
-            seed=0,
-            verbose=False,
-        )
+        try:
+            model = llama_cpp.Llama(
+                model_path=str(config.model),
+                n_ctx=n_ctx,
+                n_gpu_layers=layers,
+                n_threads=os.cpu_count() or 1,
+                seed=0,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            # llama.cpp says why on its own stderr; its exception only says that it failed.
+            report.notes.append(f"llama.cpp could not load the model ({placement}): {exc}")
+            continue
         try:
             prompt = _prompt(_LlamaCppTokenizer(model), model.n_vocab(), config.prompt_tokens)
             prefill = decode = 0.0
