@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -199,13 +200,15 @@ class NumpyRunner:
         check_items(items, self.n_slots, self.n_ctx, self.config.n_vocab)
         c = self.config
         tokens = sum(len(item.tokens) for item in items)
-        if 2 * tokens * c.n_embd * c.n_ff > _SMALL_PRODUCT_FLOPS:
-            return self._forward(items)
-        # Small products (decode, short prompts of small models) run faster on one BLAS
-        # thread than on several: OpenBLAS's threads cost more than they save there, and much
-        # more on a busy machine (on the 2-core dev VM under load, tiny-stories: 8 decodes
-        # 8.2 -> 1.6 ms a step, a 128-token prefill 20 -> 6.4 ms).
-        with _blas_controller().limit(limits=1, user_api="blas"):
+        small = 2 * tokens * c.n_embd * c.n_ff <= _SMALL_PRODUCT_FLOPS
+        # OpenBLAS's threads spin while they wait: with more threads than idle cores (the
+        # worker processes and the GPU thread share them) a product gets many times slower,
+        # not faster. Measured on the 2-core dev VM under load: a 128-token prefill of a
+        # 34M-parameter model took 2,957 ms with its default threads, 116 ms with one; 8
+        # decodes of the shipped model 8.2 ms vs 1.6 ms. So small products (decode) run on one
+        # thread and large ones on half the cores.
+        threads = 1 if small else max(1, (os.cpu_count() or 1) // 2)
+        with _blas_controller().limit(limits=threads, user_api="blas"):
             return self._forward(items)
 
     def step(self, items: Sequence[SeqInput]) -> npt.NDArray[np.uint32]:
