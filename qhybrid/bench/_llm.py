@@ -228,7 +228,9 @@ def _measure_llama_cpp(config: LlmBenchConfig, report: LlmBenchReport, progress:
                 model_path=str(config.model),
                 n_ctx=n_ctx,
                 n_gpu_layers=layers,
-                n_threads=os.cpu_count() or 1,
+                # The threads qhybrid's CPU path uses for large products: half the cores
+                # (more threads than idle cores make both engines spin, not compute).
+                n_threads=max(1, (os.cpu_count() or 1) // 2),
                 seed=0,
                 verbose=False,
             )
