@@ -14,8 +14,9 @@ while a matrix-vector product streams several GB/s), so dequantizing per call ma
 slower on a 34M-parameter model (see docs/llm.md). Each weight is therefore dequantized on first
 use and kept as float32 while the total stays under ``dense_budget`` (default 2 GiB: models up
 to ~0.5B parameters fit whole); weights past the budget are dequantized per call: slow, but
-bounded in memory. F32 weights are used in place (the
-mapped file); norms and biases are small and converted once.
+bounded in memory. Kept weights are stored transposed and contiguous (F32 ones too), which
+makes batched decode ~4x faster than multiplying by a transposed view; norms and biases are
+small and converted once.
 """
 
 from __future__ import annotations
@@ -50,37 +51,39 @@ def _blas_controller() -> ThreadpoolController:
 
 
 class _Weights:
-    """Matrices of the model, dequantized on first use while under a byte budget."""
+    """Matrices of the model, dequantized on first use while under a byte budget.
+
+    A kept matrix is stored transposed, ``W.T`` contiguous (``[cols, rows]``): ``x @ W.T``
+    with a few rows of ``x`` is ~4x faster against a contiguous ``W.T`` than against a
+    transposed view (8 rows x 128 x 384: 10 vs 43 µs on the dev VM).
+    """
 
     def __init__(self, model: ModelFile, budget: int) -> None:
         self.model = model
         self.budget = budget
         self.used = 0
-        self._dense: dict[str, F32] = {}
+        self._dense_t: dict[str, F32] = {}
 
-    def matrix(self, t: TensorData) -> F32 | None:
-        """``t`` as float32 ``[rows, cols]`` if kept (or now kept); None: dequantize per call."""
-        got = self._dense.get(t.name)
+    def transposed(self, t: TensorData) -> F32 | None:
+        """``t`` as float32 ``W.T`` (``[cols, rows]``) if kept (or now kept); None: dequantize
+        per call."""
+        got = self._dense_t.get(t.name)
         if got is not None:
             return got
-        if t.qtype == "f32":  # the mapped file's pages, no copy
-            view = ref.dequantize(t.data, "f32", t.rows, t.cols)
-            self._dense[t.name] = view
-            return view
         size = t.rows * t.cols * 4
         if self.used + size > self.budget:
             return None
-        dense = np.ascontiguousarray(ref.dequantize(t.data, t.qtype, t.rows, t.cols))
-        self._dense[t.name] = dense
+        dense = np.ascontiguousarray(ref.dequantize(t.data, t.qtype, t.rows, t.cols).T)
+        self._dense_t[t.name] = dense
         self.used += size
         return dense
 
     def linear(self, x: F32, t: TensorData) -> F32:
         """``x @ W.T``: the kernels' ``linear`` on the GGUF blocks."""
-        w = self.matrix(t)
-        if w is None:
+        wt = self.transposed(t)
+        if wt is None:
             return ref.linear(x, t.data, t.qtype, t.rows, t.cols)
-        result: F32 = np.matmul(x, w.T)
+        result: F32 = np.matmul(x, wt)
         return result
 
 
@@ -147,6 +150,30 @@ def causal_attention(
     scores /= scores.sum(axis=-1, keepdims=True)
     out = np.matmul(scores, values.transpose(1, 0, 2)[:, None], dtype=np.float32)  # [Hkv,G,n,D]
     result: F32 = np.ascontiguousarray(out.transpose(2, 0, 1, 3).reshape(n, hq, d))
+    return result
+
+
+def decode_attention(
+    q: F32, k_cache: F32, v_cache: F32, slots: I64, pos: I64, factor: float
+) -> F32:
+    """``ref.attention`` for one query per sequence (a decode step of several sequences), in
+    one batched product: ``q[B, Hq, D]``, query ``b`` at ``pos[b]`` of ``slots[b]``."""
+    b, hq, d = q.shape
+    hkv = k_cache.shape[2]
+    group = hq // hkv
+    total = int(pos.max()) + 1
+    keys = k_cache[slots, :total].transpose(0, 2, 3, 1)  # [B, Hkv, D, P]
+    values = v_cache[slots, :total].transpose(0, 2, 1, 3)  # [B, Hkv, P, D]
+    qh = q.reshape(b, hkv, group, d)
+    scores = np.matmul(qh, keys, dtype=np.float32)  # [B, Hkv, G, P]
+    scores *= np.float32(factor)
+    future = np.arange(total)[None, :] > pos[:, None]  # [B, P]: past each query's position
+    scores[np.broadcast_to(future[:, None, None, :], scores.shape)] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores, values, dtype=np.float32)  # [B, Hkv, G, D]
+    result: F32 = out.reshape(b, hq, d)
     return result
 
 
@@ -237,6 +264,27 @@ class NumpyRunner:
             )
         return ref.rope(x, pos, c.rope_freq_base, c.rope_mode, c.rope_dims)
 
+    def _attention(
+        self,
+        q: F32,
+        kc: F32,
+        vc: F32,
+        items: Sequence[SeqInput],
+        lens: list[int],
+        slots: I64,
+        pos: I64,
+    ) -> F32:
+        if len(q) == len(items) > 1:  # decode: one query per sequence, all in one product
+            return decode_attention(q, kc, vc, slots, pos, self._factor)
+        attn = np.empty_like(q)
+        begin = 0
+        for it, n in zip(items, lens, strict=True):
+            attn[begin : begin + n] = causal_attention(
+                q[begin : begin + n], kc, vc, it.slot, it.start_pos, self._factor
+            )
+            begin += n
+        return attn
+
     def _forward(self, items: Sequence[SeqInput]) -> F32:
         c = self.config
         w = self._weights
@@ -270,13 +318,7 @@ class NumpyRunner:
             kc, vc = self.k_cache[li], self.v_cache[li]
             ref.kv_store(kc, k, slots, pos)
             ref.kv_store(vc, v, slots, pos)
-            attn = np.empty_like(q)
-            begin = 0
-            for it, n in zip(items, lens, strict=True):
-                attn[begin : begin + n] = causal_attention(
-                    q[begin : begin + n], kc, vc, it.slot, it.start_pos, self._factor
-                )
-                begin += n
+            attn = self._attention(q, kc, vc, items, lens, slots, pos)
             x = ref.add(x, w.linear(attn.reshape(t_count, c.n_embd_q), layer.wo))
             h = ref.rmsnorm(x, layer.ffn_norm, c.rms_eps)
             ff = ref.silu_mul(w.linear(h, layer.w_gate), w.linear(h, layer.w_up))

@@ -207,3 +207,17 @@ def test_bad_steps_are_refused_with_a_message(random_model, bad, message: str) -
     runner = NumpyRunner(load_model(random_model()), 2, 16)
     with pytest.raises(ValueError, match=message):
         runner.step(bad)
+
+
+def test_decode_attention_matches_the_reference() -> None:
+    from qhybrid.runtime.llm._numpy_model import decode_attention
+
+    rng = np.random.default_rng(7)
+    k_cache = rng.standard_normal((4, 16, 2, 8), dtype=np.float32)
+    v_cache = rng.standard_normal((4, 16, 2, 8), dtype=np.float32)
+    q = rng.standard_normal((3, 6, 8), dtype=np.float32)
+    slots = np.array([2, 0, 3])
+    pos = np.array([5, 0, 15])
+    want = ref.attention(q, k_cache, v_cache, slots, pos, 0.4)
+    got = decode_attention(q, k_cache, v_cache, slots, pos, 0.4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
