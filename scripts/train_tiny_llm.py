@@ -13,7 +13,7 @@ Needs PyTorch, a development tool only (qhybrid itself never imports it)::
     .venv/bin/python scripts/train_tiny_llm.py --verify   # check the shipped file only
 
 The export follows llama.cpp's conventions (the keys ``llama.*``, tensor names ``blk.N.*``,
-``tokenizer.ggml.*`` with model ``gpt2`` and pre-tokenizer ``gpt2``): 2-D weights in Q8_0,
+``tokenizer.ggml.*`` with model ``gpt2`` and pre-tokenizer ``gpt-2``): 2-D weights in Q8_0,
 norms in F32. Rotary embeddings are llama.cpp's "normal" mode (elements ``2i, 2i+1`` turn
 together), both in training and in the file, so no permutation of the q/k weights is needed.
 
@@ -289,7 +289,7 @@ def export_gguf(
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2")
+    writer.add_tokenizer_pre("gpt-2")  # llama.cpp's name for the GPT-2 regex
     writer.add_token_list(tokens)
     control = gguf.TokenType.CONTROL
     writer.add_token_types([control if t in (BOS, EOS) else gguf.TokenType.NORMAL for t in tokens])
@@ -612,12 +612,44 @@ def verify(path: Path, trained: Any | None = None) -> None:
         dt = time.perf_counter() - t0
         say(f"\n--- {prompt!r} -> {len(out)} tokens, {len(out) / dt:.0f} tok/s (numpy)")
         say(prompt + completion)
+    ok = verify_with_llama_cpp(path, npm, ids, ref_logits) and ok
     if not ok:
         raise SystemExit("verification FAILED")
     say("\nverification passed")
 
 
 args_max_tokens = 100
+
+
+def verify_with_llama_cpp(
+    path: Path, npm: NumpyModel, ids: list[int], ref_logits: np.ndarray
+) -> bool:
+    """llama.cpp itself (``llama-cpp-python``, the ``bench`` extra) on the same file, when
+    installed: same tokens, same logits up to its Q8_0 activations, same greedy text."""
+    try:
+        import llama_cpp
+    except ImportError:
+        say("\nllama-cpp-python is not installed: no check against llama.cpp")
+        return True
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=npm.context, n_threads=1, logits_all=True, verbose=False
+    )
+    text = npm.tokenizer.decode(ids[1:]) + " don't 12345 café ☕\n\n  x"
+    same_tokens = llm.tokenize(text.encode(), add_bos=True, special=False) == npm.encode(text)
+    llm.reset()
+    llm.eval(ids)
+    logits = np.array(llm.scores[: len(ids)])
+    diff = float(np.abs(logits - ref_logits).max())
+    agree = float(np.mean(logits.argmax(-1) == ref_logits.argmax(-1)))
+    prompt = PROMPTS[0]
+    theirs = llm(prompt, max_tokens=40, temperature=0.0, top_k=1)["choices"][0]["text"]
+    _, mine = npm.generate(prompt, max_tokens=40)
+    say(
+        f"\nllama.cpp {llama_cpp.__version__}: tokenization {'same' if same_tokens else 'DIFFERS'};"
+        f" logits max |diff| {diff:.3f}, argmax agrees at {agree:.0%};"
+        f" greedy text {'same' if theirs == mine else 'DIFFERS: ' + repr(theirs)}"
+    )
+    return same_tokens and agree >= 0.9 and theirs == mine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -633,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--ffn", type=int, default=384)
     p.add_argument("--context", type=int, default=256)
-    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup", type=int, default=60)
