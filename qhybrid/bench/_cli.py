@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,39 @@ def main(argv: list[str]) -> int:
     return _bad_input(parser, f"unknown benchmark {args.command!r}")
 
 
+def _measure(
+    args: argparse.Namespace,
+    what: str,
+    run: Callable[[Callable[[str], None]], Any],
+    errors: tuple[type[BaseException], ...],
+    show: Callable[[Any, Any], None],
+) -> int:
+    """Run one benchmark (``run(progress)`` returns a report with ``to_json()``), print it on
+    stderr (``show(console, report)``) and, with ``--json``, its JSON on stdout. A failure
+    named in ``errors`` is exit 1 with its message, Ctrl-C exit 130."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    _setup_logging()
+    err = Console(stderr=True, highlight=False)
+    try:
+        with _stdout_kept_for_json():
+            report = run(lambda text: err.print(f"[dim]{escape(text)}[/]"))
+    except errors as exc:
+        err.print(
+            f"[bold red]error:[/] the {what} benchmark failed: {escape(str(exc))}", soft_wrap=True
+        )
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
+    show(err, report)
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json(), sort_keys=True) + "\n")
+        sys.stdout.flush()
+    return EXIT_OK
+
+
 def _bad_input(parser: argparse.ArgumentParser, message: str) -> int:
     """What argparse does for a bad flag (usage and message on stderr), returned as exit 2."""
     parser.print_usage(sys.stderr)
@@ -232,8 +265,6 @@ def _bad_input(parser: argparse.ArgumentParser, message: str) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.markup import escape
 
     from qhybrid.bench._dispatch import BenchmarkError, DispatchConfig, run_dispatch
     from qhybrid.runtime import ScenarioError
@@ -252,56 +283,31 @@ def _dispatch(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         ray=args.ray,
     )
-    _setup_logging()
-    err = Console(stderr=True, highlight=False)
-    try:
-        with _stdout_kept_for_json():
-            report = run_dispatch(config, progress=lambda text: err.print(f"[dim]{text}[/]"))
-    except (BenchmarkError, WorkerError, AgentModuleError, ScenarioError, OSError) as exc:
-        err.print(
-            f"[bold red]error:[/] the dispatch benchmark failed: {escape(str(exc))}",
-            soft_wrap=True,
-        )
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]")
-        return EXIT_INTERRUPTED
-    payload = report.to_json()
-    _print_table(err, payload)
-    if args.json:
-        sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
-        sys.stdout.flush()
-    return EXIT_OK
+    return _measure(
+        args,
+        "dispatch",
+        lambda progress: run_dispatch(config, progress=progress),
+        (BenchmarkError, WorkerError, AgentModuleError, ScenarioError, OSError),
+        lambda console, report: _print_table(console, report.to_json()),
+    )
 
 
 def _gpu(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.markup import escape
 
     from qhybrid.bench._gpu import format_report, run_gpu_bench
     from qhybrid.runtime.wgpu_thread import GpuJobError
 
-    _setup_logging()
-    err = Console(stderr=True, highlight=False)
-    try:
-        with _stdout_kept_for_json():
-            report = run_gpu_bench(quick=args.quick)
-    except (GpuJobError, RuntimeError, OSError) as exc:
-        err.print(f"[bold red]error:[/] the GPU benchmark failed: {escape(str(exc))}")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]")
-        return EXIT_INTERRUPTED
-    err.print(escape(format_report(report)), soft_wrap=True)
-    if args.json:
-        sys.stdout.write(json.dumps(report.to_json(), sort_keys=True) + "\n")
-        sys.stdout.flush()
-    return EXIT_OK
+    return _measure(
+        args,
+        "GPU",
+        lambda _progress: run_gpu_bench(quick=args.quick),
+        (GpuJobError, RuntimeError, OSError),
+        lambda console, report: console.print(escape(format_report(report)), soft_wrap=True),
+    )
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.markup import escape
 
     if args.warmup < 0:
         return _bad_input(args.parser, f"--warmup must not be negative, got {args.warmup:g}")
@@ -318,23 +324,13 @@ def _ui(args: argparse.Namespace) -> int:
         fps_seconds=args.fps_seconds,
         repeat=args.repeat,
     )
-    _setup_logging()
-    err = Console(stderr=True, highlight=False)
-    try:
-        with _stdout_kept_for_json():
-            report = run_ui_bench(config, progress=lambda text: err.print(f"[dim]{text}[/]"))
-    except (UiBenchError, OSError) as exc:
-        err.print(f"[bold red]error:[/] the UI benchmark failed: {escape(str(exc))}")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]")
-        return EXIT_INTERRUPTED
-    payload = report.to_json()
-    _print_ui_table(err, payload)
-    if args.json:
-        sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
-        sys.stdout.flush()
-    return EXIT_OK
+    return _measure(
+        args,
+        "UI",
+        lambda progress: run_ui_bench(config, progress=progress),
+        (UiBenchError, OSError),
+        lambda console, report: _print_ui_table(console, report.to_json()),
+    )
 
 
 def _print_ui_table(console: Any, data: dict[str, Any]) -> None:
@@ -377,8 +373,6 @@ def _print_ui_table(console: Any, data: dict[str, Any]) -> None:
 
 
 def _llm(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.markup import escape
 
     from qhybrid._resources import resource_path
     from qhybrid.bench._llm import BenchmarkError, LlmBenchConfig, run_llm_bench
@@ -395,25 +389,13 @@ def _llm(args: argparse.Namespace) -> int:
         paths=tuple(args.paths or ("gpu", "cpu")),
         llama_cpp=args.llama_cpp,
     )
-    _setup_logging()
-    err = Console(stderr=True, highlight=False)
-    try:
-        with _stdout_kept_for_json():
-            report = run_llm_bench(
-                config, progress=lambda text: err.print(f"[dim]{escape(text)}[/]")
-            )
-    except BenchmarkError as exc:
-        err.print(f"[bold red]error:[/] the LLM benchmark failed: {escape(str(exc))}")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]")
-        return EXIT_INTERRUPTED
-    payload = report.to_json()
-    _print_llm_table(err, payload)
-    if args.json:
-        sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
-        sys.stdout.flush()
-    return EXIT_OK
+    return _measure(
+        args,
+        "LLM",
+        lambda progress: run_llm_bench(config, progress=progress),
+        (BenchmarkError,),
+        lambda console, report: _print_llm_table(console, report.to_json()),
+    )
 
 
 def _print_llm_table(console: Any, data: dict[str, Any]) -> None:
