@@ -393,12 +393,17 @@ class RuntimeController(QObject):
 
     async def _resume(self) -> None:
         runtime = self._runtime
-        if runtime is None or runtime.result is not None or self._loop_state != SessionState.PAUSED:
+        if runtime is None or self._step_lock is None:
             return
-        assert self._go is not None
-        runtime.resume()
-        self._set_state(SessionState.RUNNING, "")
-        self._go.set()
+        # A single step may still be running (Resume clicked right after Step): wait for it,
+        # or its "paused after tick N" would land after this "running" and win.
+        async with self._step_lock:
+            if runtime.result is not None or self._loop_state != SessionState.PAUSED:
+                return
+            assert self._go is not None
+            runtime.resume()
+            self._set_state(SessionState.RUNNING, "")
+            self._go.set()
 
     async def _step(self) -> None:
         runtime = self._runtime
