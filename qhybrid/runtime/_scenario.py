@@ -726,9 +726,14 @@ class _Builder:
         if n_ctx == 1:
             r.fail("llm.n_ctx", "expected 0 (the model's context) or at least 2, got 1")
         chat = r.boolean(raw.get("chat", False), "llm.chat")
-        temperature = 0.0
-        if raw.get("temperature", 0.8) != 0:
-            temperature = r.positive_number(raw.get("temperature", 0.8), "llm.temperature")
+        temperature = raw.get("temperature", 0.8)
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            r.fail("llm.temperature", f"expected a number >= 0, got {_describe(temperature)}")
+        if not math.isfinite(temperature) or temperature < 0:
+            r.fail(
+                "llm.temperature", f"expected a finite number >= 0 (0 is greedy), got {temperature}"
+            )
+        temperature = float(temperature)
         top_k = r.integer(raw.get("top_k", 40), "llm.top_k", 0, 1 << 20)
         top_p = r.positive_number(raw.get("top_p", 0.95), "llm.top_p")
         if top_p > 1:

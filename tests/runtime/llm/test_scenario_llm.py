@@ -117,6 +117,9 @@ def test_a_corrupt_model_is_a_scenario_error(tmp_path: Path, model: Path) -> Non
 def test_llm_section_is_checked(tmp_path: Path, model: Path) -> None:
     with pytest.raises(ScenarioError, match="model file not found"):
         parse_scenario(_scenario(tmp_path / "missing.gguf"))
+    with pytest.raises(ScenarioError, match=r"llm\.temperature: expected a finite number >= 0"):
+        parse_scenario(_scenario(model).replace("temperature = 0.9", "temperature = -1"))
+    assert parse_scenario(_scenario(model).replace("temperature = 0.9", "temperature = 0")).llm
     with pytest.raises(ScenarioError, match=r"llm\.top_p"):
         parse_scenario(_scenario(model, llm="top_p = 2"))
     with pytest.raises(ScenarioError, match=r"unknown field \"temprature\""):
