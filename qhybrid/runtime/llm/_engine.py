@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -116,44 +116,14 @@ class GenerationResult:
         }
 
 
-#: What the engine needs from a tokenizer: token ids to text.
-Decode = Callable[[Sequence[int]], str]
+class TextDecoder(Protocol):
+    """Text of a growing token sequence (a tokenizer's incremental decoder): ``push`` returns
+    the text the new token completes (``""`` while a multi-byte character is split across
+    tokens), ``flush`` whatever is left at the end."""
 
+    def push(self, token: int) -> str: ...
 
-class _Detokenizer:
-    """Incremental text for a growing token list.
-
-    Decodes a short window (from a few tokens back) and emits only what extends the text
-    already emitted, holding back a trailing U+FFFD: an incomplete UTF-8 sequence split across
-    byte tokens. Decoding the window rather than single tokens keeps tokenizers' leading-space
-    rules right.
-    """
-
-    __slots__ = ("_decode", "_prefix", "_read", "ids")
-
-    def __init__(self, decode: Decode) -> None:
-        self._decode = decode
-        self.ids: list[int] = []
-        self._prefix = 0  # window start
-        self._read = 0  # tokens whose text was emitted
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        before = self._decode(self.ids[self._prefix : self._read])
-        after = self._decode(self.ids[self._prefix :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            new = after[len(before) :]
-            self._prefix = self._read
-            self._read = len(self.ids)
-            return new
-        return ""
-
-    def flush(self) -> str:
-        before = self._decode(self.ids[self._prefix : self._read])
-        after = self._decode(self.ids[self._prefix :])
-        self._read = len(self.ids)
-        self._prefix = self._read
-        return after[len(before) :] if after.startswith(before) else ""
+    def flush(self) -> str: ...
 
 
 class _Request:
@@ -177,7 +147,11 @@ class _Request:
     )
 
     def __init__(
-        self, request_id: int, prompt: tuple[int, ...], params: GenerationParams, decode: Decode
+        self,
+        request_id: int,
+        prompt: tuple[int, ...],
+        params: GenerationParams,
+        detok: TextDecoder,
     ) -> None:
         self.request_id = request_id
         self.prompt = prompt
@@ -186,7 +160,7 @@ class _Request:
         self.slot = -1
         self.pos = 0
         self.tokens: list[int] = []
-        self.detok = _Detokenizer(decode)
+        self.detok = detok
         self.text = ""  # all text so far, stop strings not yet cut
         self.emitted = 0  # characters of self.text handed out
         self.held = ""
@@ -201,7 +175,8 @@ class _Request:
 class LlmEngine:
     """Continuous batching over a :class:`ModelRunner`'s slots (see the module docstring).
 
-    ``eos_ids`` end a sequence; ``decode`` turns token ids into text (a tokenizer's decode).
+    ``eos_ids`` end a sequence; ``new_decoder()`` gives each request its incremental decoder
+    (e.g. ``Tokenizer.incremental``).
     ``max_batch_tokens`` bounds the tokens of one step: a prompt that does not fit waits for
     the next step (one prompt alone may always run, up to the context).
     """
@@ -209,13 +184,13 @@ class LlmEngine:
     def __init__(
         self,
         runner: ModelRunner,
-        decode: Decode,
+        new_decoder: Callable[[], TextDecoder],
         eos_ids: Iterable[int],
         *,
         max_batch_tokens: int = 2048,
     ) -> None:
         self.runner = runner
-        self._decode = decode
+        self._new_decoder = new_decoder
         self._eos = frozenset(int(t) for t in eos_ids)
         self._max_batch_tokens = max_batch_tokens
         self._lock = threading.Lock()
@@ -247,7 +222,7 @@ class LlmEngine:
                 "(prompt and answer together)"
             )
         rid = next(self._ids) if request_id is None else request_id
-        request = _Request(rid, prompt, params, self._decode)
+        request = _Request(rid, prompt, params, self._new_decoder())
         with self._lock:
             self._inbox.append(request)
         return rid

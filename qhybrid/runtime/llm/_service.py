@@ -113,8 +113,7 @@ def open_engine(
             runner = NumpyRunner(model, options.n_slots, n_ctx)
         engine = LlmEngine(
             runner,
-            # Streaming decodes windows of tokens: keep every window's leading space.
-            lambda ids: tokenizer.decode(ids, strip_leading_space=False),
+            tokenizer.incremental,
             tokenizer.eog_ids,
             max_batch_tokens=options.max_batch_tokens,
         )

@@ -6,7 +6,8 @@ vocabulary), so every expectation is exact.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import codecs
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,8 +50,23 @@ class CountingRunner:
         self.resets.append(slot)
 
 
-def _letters(ids: Sequence[int]) -> str:
-    return "".join(chr(ord("a") + i % 26) for i in ids)
+class _Utf8Decoder:
+    """An incremental decoder over per-token bytes, as a tokenizer's would be."""
+
+    def __init__(self, piece: Callable[[int], bytes]) -> None:
+        self._piece = piece
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self._utf8.decode(self._piece(token))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+def _letters() -> _Utf8Decoder:
+    """Token i spells the letter a + i mod 26."""
+    return _Utf8Decoder(lambda i: chr(ord("a") + i % 26).encode())
 
 
 def _run(engine: LlmEngine, limit: int = 200) -> list[RequestUpdate]:
@@ -143,10 +159,10 @@ def test_stop_strings_are_cut_and_never_streamed() -> None:
 def test_multibyte_characters_split_across_tokens_stream_whole() -> None:
     pieces = {1: b"\xe2", 2: b"\x82", 3: b"\xac", 4: b"!"}  # the euro sign in three tokens
 
-    def decode(ids: Sequence[int]) -> str:
-        return b"".join(pieces.get(i, b"?") for i in ids).decode("utf-8", errors="replace")
+    def decoder() -> _Utf8Decoder:
+        return _Utf8Decoder(lambda i: pieces.get(i, b"?"))
 
-    engine = LlmEngine(CountingRunner(), decode, eos_ids=[])
+    engine = LlmEngine(CountingRunner(), decoder, eos_ids=[])
     rid = engine.submit([0], GenerationParams(max_tokens=4))
     updates = _run(engine)
     assert [u.text for u in updates] == ["", "", "\u20ac", "!"]
