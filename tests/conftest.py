@@ -33,11 +33,32 @@ if os.name == "posix":
 SHM = Path("/dev/shm")
 
 
+def _foreign(name: str) -> bool:
+    """Whether a segment belongs to a live process outside this test session's tree.
+
+    Segments are named ``qh_<pid>_...`` after the process that created them. Another test
+    session on the same machine (a second checkout, a developer's run) owns its own segments:
+    they are not this session's leftovers. A segment whose creator is gone, or is this
+    process or one of its descendants, is counted.
+    """
+    try:
+        pid = int(name.split("_")[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid() or not psutil.pid_exists(pid):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return all(parent.pid != os.getpid() for parent in proc.parents())
+    except psutil.Error:
+        return False
+
+
 def shm_segments() -> set[str]:
-    """Names of qhybrid segments that exist now (POSIX only)."""
+    """Names of this test session's qhybrid segments that exist now (POSIX only)."""
     if not SHM.is_dir():
         return set()
-    return {p.name for p in SHM.iterdir() if p.name.startswith("qh_")}
+    return {p.name for p in SHM.iterdir() if p.name.startswith("qh_") and not _foreign(p.name)}
 
 
 def _children() -> set[int]:
