@@ -16,6 +16,7 @@ Never imports Qt. See docs/llm.md.
 
 from __future__ import annotations
 
+from qhybrid.runtime.llm._arch import SUPPORTED_ARCHS
 from qhybrid.runtime.llm._engine import (
     GenerationParams,
     GenerationResult,
@@ -23,7 +24,6 @@ from qhybrid.runtime.llm._engine import (
     RequestUpdate,
 )
 from qhybrid.runtime.llm._gguf import (
-    SUPPORTED_ARCHS,
     SUPPORTED_QTYPES,
     ModelConfig,
     ModelError,

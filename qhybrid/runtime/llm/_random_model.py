@@ -1,6 +1,7 @@
 """Small random GGUF models written with gguf's own writer: for tests and benchmarks.
 
-:func:`write_random_model` writes a ``llama`` or ``qwen2`` model whose 2-D weights are in one
+:func:`write_random_model` writes a model of any supported architecture (llama, qwen2, qwen3,
+gemma2, gemma3, phi3, with each one's extra tensors) whose 2-D weights are in one
 quant type (valid random blocks from :func:`~._reference.random_quantized`, since gguf cannot
 quantize the k-quants), norms and biases in f32, and a byte-level tokenizer (the 256 GPT-2 byte
 symbols, then ``<s>``, ``</s>`` and unused fillers), so that an engine can run it end to end.
@@ -44,6 +45,11 @@ class RandomModelSpec:
     #: Quant type of the token embeddings (default: ``qtype``).
     embd_qtype: str | None = None
     seed: int = 0
+    #: gemma2/gemma3: the local layers' window (written as ``attention.sliding_window``).
+    sliding_window: int = 0
+    #: gemma2: attention and final logit soft-capping (0: not written, llama.cpp's defaults).
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
 
     @property
     def head_dim(self) -> int:
@@ -74,6 +80,12 @@ def write_random_model(path: str | os.PathLike[str], spec: RandomModelSpec) -> P
     w.add_head_count_kv(spec.n_head_kv)
     w.add_rope_freq_base(spec.rope_freq_base)
     w.add_layer_norm_rms_eps(spec.rms_eps)
+    if spec.arch in ("gemma2", "gemma3"):
+        w.add_sliding_window(spec.sliding_window)
+    if spec.attn_softcap:
+        w.add_attn_logit_softcapping(spec.attn_softcap)
+    if spec.final_softcap:
+        w.add_final_logit_softcapping(spec.final_softcap)
     tokens = [*byte_tokens(), "<s>", "</s>"]
     types = [int(TokenType.NORMAL)] * 256 + [int(TokenType.CONTROL)] * 2
     tokens += [f"<unused{i}>" for i in range(spec.n_vocab - len(tokens))]
@@ -107,20 +119,33 @@ def write_random_model(path: str | os.PathLike[str], spec: RandomModelSpec) -> P
     vector("output_norm.weight", e, norm)
     if not spec.tied:
         matrix("output.weight", spec.n_vocab, e)
+    gemma = spec.arch in ("gemma2", "gemma3")
     for i in range(spec.n_layer):
         b = f"blk.{i}."
         vector(b + "attn_norm.weight", e, norm)
-        matrix(b + "attn_q.weight", q_dim, e)
-        matrix(b + "attn_k.weight", kv_dim, e)
-        matrix(b + "attn_v.weight", kv_dim, e)
+        if spec.arch == "phi3":
+            matrix(b + "attn_qkv.weight", q_dim + 2 * kv_dim, e)
+        else:
+            matrix(b + "attn_q.weight", q_dim, e)
+            matrix(b + "attn_k.weight", kv_dim, e)
+            matrix(b + "attn_v.weight", kv_dim, e)
         if spec.arch == "qwen2":
             vector(b + "attn_q.bias", q_dim, 0.5, spread=1.0)
             vector(b + "attn_k.bias", kv_dim, 0.5, spread=1.0)
             vector(b + "attn_v.bias", kv_dim, 0.5, spread=1.0)
+        if spec.arch in ("qwen3", "gemma3"):
+            vector(b + "attn_q_norm.weight", spec.head_dim, 1.0)
+            vector(b + "attn_k_norm.weight", spec.head_dim, 1.0)
         matrix(b + "attn_output.weight", e, q_dim)
+        if gemma:
+            vector(b + "post_attention_norm.weight", e, 1.0)
+            vector(b + "post_ffw_norm.weight", e, 1.0)
         vector(b + "ffn_norm.weight", e, norm)
-        matrix(b + "ffn_gate.weight", spec.n_ff, e)
-        matrix(b + "ffn_up.weight", spec.n_ff, e)
+        if spec.arch == "phi3":
+            matrix(b + "ffn_up.weight", 2 * spec.n_ff, e)
+        else:
+            matrix(b + "ffn_gate.weight", spec.n_ff, e)
+            matrix(b + "ffn_up.weight", spec.n_ff, e)
         matrix(b + "ffn_down.weight", e, spec.n_ff)
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -93,7 +93,7 @@ def test_lists_the_usual_places(home: Path, capsys: pytest.CaptureFixture[str]) 
     assert not broken["supported"] and "not a GGUF file" in broken["reason"]
     mamba = by_name["pub/repo/mamba.gguf"]
     assert mamba["arch"] == "mamba" and not mamba["supported"]
-    assert "architecture 'mamba' is not supported" in mamba["reason"]
+    assert "architecture 'mamba' (a state-space model) is not supported" in mamba["reason"]
 
 
 def test_given_paths_only(
