@@ -843,6 +843,15 @@ class Recorder:
         """``out = silu(gate) * up`` (SwiGLU)."""
         self._elementwise("silu_mul", gate, up, out)
 
+    def gelu_mul(self, gate: GpuTensor, up: GpuTensor, out: GpuTensor) -> None:
+        """``out = gelu(gate) * up`` (GeGLU, the tanh GELU)."""
+        self._elementwise("gelu_mul", gate, up, out)
+
+    def softcap(self, a: GpuTensor, cap: float, out: GpuTensor) -> None:
+        """``out = cap * tanh(a / cap)`` (soft-capping; ``cap`` > 0)."""
+        self._check(cap > 0, f"softcap: cap must be > 0, got {cap}")
+        self._elementwise("softcap", a, None, out, cap)
+
     def copy(
         self,
         src: GpuTensor,
@@ -994,9 +1003,14 @@ class Recorder:
         pos: GpuTensor,
         out: GpuTensor,
         factor: float,
+        *,
+        window: int = 0,
+        softcap: float = 0.0,
     ) -> None:
         """Causal GQA attention of ``q[T, Hq, D]`` over caches ``[S, L, Hkv, D]``: query t
-        attends to positions ``0..pos[t]`` of slot ``slot[t]``. D <= 256."""
+        attends to positions ``0..pos[t]`` of slot ``slot[t]`` (only the last ``window`` of
+        them when ``window`` > 0: sliding-window layers); scores ``s`` become
+        ``softcap * tanh(s / softcap)`` when ``softcap`` > 0. D <= 256."""
         self._f32(q, "q")
         self._check(len(q.shape) == 3, f"q must be [T, Hq, D], got {q.shape}")
         self._check(
@@ -1024,7 +1038,7 @@ class Recorder:
                 (pos, "pos"),
                 (out, "out"),
             ],
-            _pack("5If", t, hq, hkv, d, length, factor),
+            _pack("5IfIf", t, hq, hkv, d, length, factor, max(window, 0), max(softcap, 0.0)),
             (hq, t, 1),
         )
 

@@ -240,6 +240,9 @@ ELEMENTWISE: dict[str, tuple[int, str]] = {
     "relu": (1, "relu(a[i])"),
     "silu": (1, "silu(a[i])"),
     "gelu": (1, "gelu(a[i])"),
+    # GeGLU (gemma's FFN) and soft-capping (gemma2's logits): factor * tanh(a / factor).
+    "gelu_mul": (2, "gelu(a[i]) * b[i % params.b_count]"),
+    "softcap": (1, "params.factor * tanh(clamp(a[i] / params.factor, -10.0, 10.0))"),
 }
 
 
