@@ -10,6 +10,7 @@ Norm weights are scaled so that activations stay near unit size whatever the wid
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,3 +157,75 @@ def write_random_model(path: str | os.PathLike[str], spec: RandomModelSpec) -> P
 
 def random_tokens(rng: np.random.Generator, n: int, n_vocab: int) -> npt.NDArray[np.int32]:
     return rng.integers(0, n_vocab, size=n, dtype=np.int32)
+
+
+#: Texts that tell pre-tokenizers apart: digits, contractions, case, spaces and newlines,
+#: punctuation runs, CJK, accents and emoji.
+PRE_TOKENIZER_TEXTS: tuple[str, ...] = (
+    "Hello world! I'm here, we'LL see: 12345 apples cost $3.14 (or 1,000,000?).",
+    "  leading spaces\n\n\ttabs\r\nand  double  spaces   end ",
+    "Café naïve façade — 日本語のテキスト 한국어 中文 🎉🎉 ok!!! ... ??? <tag>",
+    "def f(x):\n    return x**2 + 0x1F // 7;  # comment\n",
+    "CamelCaseWords ALLCAPS lowercase MiXeD don't DON'T they've",
+)
+
+
+def train_merges(texts: tuple[str, ...], n_merges: int) -> list[tuple[str, str]]:
+    """Byte-level BPE merges learnt from ``texts`` taken whole (pairs across spaces and
+    punctuation included), so that a pre-tokenizer's splits show in the ids it gives."""
+    from gguf.vocab import bytes_to_unicode
+
+    table = bytes_to_unicode()
+    seqs = [[table[b] for b in t.encode("utf-8")] for t in texts]
+    merges: list[tuple[str, str]] = []
+    for _ in range(n_merges):
+        counts: dict[tuple[str, str], int] = {}
+        for seq in seqs:
+            for pair in itertools.pairwise(seq):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            break
+        best = max(counts, key=lambda p: (counts[p], p))
+        merges.append(best)
+        joined = best[0] + best[1]
+        for k, seq in enumerate(seqs):
+            out: list[str] = []
+            i = 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == best:
+                    out.append(joined)
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            seqs[k] = out
+    return merges
+
+
+def write_vocab_model(path: str | os.PathLike[str], pre: str, n_merges: int = 400) -> Path:
+    """A tokenizer-only ``llama`` GGUF (no tensors: llama.cpp opens it with ``vocab_only``):
+    byte-level BPE with merges learnt from :data:`PRE_TOKENIZER_TEXTS`, pre-tokenizer ``pre``."""
+    merges = train_merges(PRE_TOKENIZER_TEXTS, n_merges)
+    tokens = [*byte_tokens(), *(a + b for a, b in merges), "<s>", "</s>"]
+    unique = list(dict.fromkeys(tokens))  # a merge can rebuild a token already there
+    types = [int(TokenType.NORMAL)] * (len(unique) - 2) + [int(TokenType.CONTROL)] * 2
+    p = Path(path)
+    w = GGUFWriter(p, "llama")
+    w.add_name(f"vocab-{pre}")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(64)
+    w.add_head_count(1)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(unique)
+    w.add_token_types(types)
+    w.add_token_merges([f"{a} {b}" for a, b in merges])
+    w.add_bos_token_id(len(unique) - 2)
+    w.add_eos_token_id(len(unique) - 1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return p
