@@ -166,7 +166,12 @@ PRE_TOKENIZER_TEXTS: tuple[str, ...] = (
     "  leading spaces\n\n\ttabs\r\nand  double  spaces   end ",
     "Café naïve façade — 日本語のテキスト 한국어 中文 🎉🎉 ok!!! ... ??? <tag>",
     "def f(x):\n    return x**2 + 0x1F // 7;  # comment\n",
-    "CamelCaseWords ALLCAPS lowercase MiXeD don't DON'T they've",
+    "CamelCaseWords ALLCAPS lowercase MiXeD don't DON'T they've 'tis",
+    "(word) [list] {map} $$$cash x<=y a+b=c ~tilde^ |pipe| `tick` @at #hash",
+    "3,141,592 and 1234567890 then 0.5e-10; 42nd 7th 2024-01-01 12:30",
+    "line one\n\n\nline two\r\n\r\n  indented\n\t\ttabbed \n",
+    "中文字符和日本語ひらがなカタカナ한국어 mixed with English words",
+    "cafe\u0301 nai\u0308ve (combining marks); end.\n\nnext!\n?\r\nok",
 )
 
 
@@ -202,7 +207,7 @@ def train_merges(texts: tuple[str, ...], n_merges: int) -> list[tuple[str, str]]
     return merges
 
 
-def write_vocab_model(path: str | os.PathLike[str], pre: str, n_merges: int = 400) -> Path:
+def write_vocab_model(path: str | os.PathLike[str], pre: str, n_merges: int = 3000) -> Path:
     """A tokenizer-only ``llama`` GGUF (no tensors: llama.cpp opens it with ``vocab_only``):
     byte-level BPE with merges learnt from :data:`PRE_TOKENIZER_TEXTS`, pre-tokenizer ``pre``."""
     merges = train_merges(PRE_TOKENIZER_TEXTS, n_merges)

@@ -69,6 +69,7 @@ PRE_REGEXES: dict[str, tuple[str, ...]] = {
     "default": (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"),
     "llama3": (_LLAMA3,),
     "chatglm4": (_LLAMA3,),
+    "dbrx": (_LLAMA3,),
     "qwen2": (_QWEN2,),
     "gpt2": (_GPT2,),
     "starcoder": (r"\p{N}", _GPT2),
@@ -116,7 +117,7 @@ PRE_NAMES: dict[str, str] = {
         ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"),
         "llama3",
     ),
-    **dict.fromkeys(("dbrx", "smaug-bpe"), "llama3"),
+    **dict.fromkeys(("dbrx", "smaug-bpe"), "dbrx"),
     **dict.fromkeys(
         (
             "qwen2",
