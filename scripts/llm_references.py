@@ -40,6 +40,8 @@ DEFAULT_OUT = ROOT / "tests" / "runtime" / "llm" / "data" / "llama_cpp_refs.json
 #: (name, text, chat, greedy steps): tokenization of all; greedy continuations of a few.
 PROMPTS: list[tuple[str, str, bool, int]] = [
     ("capital", "The capital of France is", False, 12),
+    ("count", "1, 2, 3, 4, 5, 6,", False, 12),
+    ("days", "Monday, Tuesday, Wednesday, Thursday,", False, 12),
     ("code", "def fibonacci(n):\n    ", False, 12),
     ("question", "What is the tallest mountain in the world?", True, 12),
     ("unicode", "Café crème, naïve façade — 日本語, emoji 🎉, Ünïcödé!", False, 0),
