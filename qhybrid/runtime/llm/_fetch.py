@@ -169,3 +169,23 @@ def fetch_model(name: str, *, download: bool = True) -> Path:
     stamp.write_text(f"{got}  {model.filename}\n", encoding="utf-8")
     logger.info("extracted %s (%d bytes, sha256 %s)", target, target.stat().st_size, got)
     return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m qhybrid.runtime.llm._fetch [NAME...]``: fetch the real models (all by
+    default) and print their paths; exit code 1 if one could not be had."""
+    import sys
+
+    names = (argv if argv is not None else sys.argv[1:]) or list(REAL_MODELS)
+    code = 0
+    for name in names:
+        try:
+            sys.stdout.write(f"{fetch_model(name)}\n")
+        except FetchError as exc:
+            sys.stderr.write(f"cannot fetch {name}: {exc}\n")
+            code = 1
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
