@@ -324,6 +324,9 @@ def _measure_llama_cpp(config: LlmBenchConfig, report: LlmBenchReport, progress:
                 # The threads qhybrid's CPU path uses for large products: half the cores
                 # (more threads than idle cores make both engines spin, not compute).
                 n_threads=max(1, (os.cpu_count() or 1) // 2),
+                # Its prompt batches default to every core, which spin against each other on a
+                # loaded machine (prefill 19 tok/s instead of 120 here): the same count.
+                n_threads_batch=max(1, (os.cpu_count() or 1) // 2),
                 seed=0,
                 verbose=False,
             )
