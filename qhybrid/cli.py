@@ -98,14 +98,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log messages with control characters escaped: agent text cannot drive the terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        from qhybrid.runtime import printable
+
+        return printable(super().formatMessage(record))
+
+
 def _setup_logging(verbosity: int) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
 
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    handler.setFormatter(_PrintableFormatter("%(message)s"))
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     os.environ.setdefault("QHYBRID_LOG_LEVEL", logging.getLevelName(level))
+
+
+def _shown(text: str, *, lines: bool = False) -> str:
+    """``text`` for the console: control characters escaped, then rich markup escaped."""
+    from rich.markup import escape
+
+    from qhybrid.runtime import printable, printable_lines
+
+    return escape(printable_lines(text) if lines else printable(text))
 
 
 def _default_scenario() -> Path:
@@ -146,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_headless(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.markup import escape
 
     from qhybrid.runtime import RuntimeConfig, ScenarioError, load_scenario
     from qhybrid.runtime.wasm_pool import WorkerError
@@ -159,7 +177,7 @@ def run_headless(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(path)
     except ScenarioError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {_shown(str(exc), lines=True)}", soft_wrap=True)
         return EXIT_BAD_INPUT
     if args.seed is not None:
         scenario = scenario.with_seed(args.seed)
@@ -180,12 +198,13 @@ def run_headless(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(_run(scenario, config, err, holder))
     except ScenarioError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {_shown(str(exc), lines=True)}", soft_wrap=True)
         return EXIT_BAD_INPUT
     except (WorkerError, GpuJobError, OSError) as exc:
         # The run could not start: workers, the GPU device, the trace file.
         err.print(
-            f"[bold red]error:[/] could not run {escape(str(path))}: {escape(str(exc))}",
+            f"[bold red]error:[/] could not run {_shown(str(path))}: "
+            f"{_shown(str(exc), lines=True)}",
             soft_wrap=True,
         )
         return EXIT_FAILED
@@ -236,15 +255,13 @@ class _Progress:
 
     def on_llm(self, event: Any) -> None:
         """Each LLM answer, once complete, on one line."""
-        from rich.markup import escape
-
         parts = self.answers.setdefault(event.request_id, [])
         parts.append(event.text)
         if not event.done:
             return
         words = "".join(self.answers.pop(event.request_id)).split()
-        text = f"[red]{escape(event.error)}[/]" if event.error else escape(" ".join(words))
-        self.console.print(f"  [cyan]{escape(event.agent)}[/] (llm): {text}", soft_wrap=True)
+        text = f"[red]{_shown(event.error)}[/]" if event.error else _shown(" ".join(words))
+        self.console.print(f"  [cyan]{_shown(event.agent)}[/] (llm): {text}", soft_wrap=True)
 
     def on_tick(self, event: Any) -> None:
         now = time.perf_counter()
@@ -260,12 +277,11 @@ class _Progress:
 
 
 def _print_summary(console: Any, result: RunResult) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     colour = "green" if result.ok else "red"
     console.print(
-        f"[{colour}]{result.status}[/]: {escape(result.reason)} - tick {result.ticks}, "
+        f"[{colour}]{result.status}[/]: {_shown(result.reason)} - tick {result.ticks}, "
         f"{result.messages_delivered} messages, {result.tasks_completed} tasks "
         f"({result.cpu_tasks} cpu, {result.gpu_tasks} gpu) in {result.wall_s:.2f} s",
         soft_wrap=True,
@@ -281,8 +297,8 @@ def _print_summary(console: Any, result: RunResult) -> None:
     for group, agents in groups.items():
         states = sorted({a.state for a in agents})
         table.add_row(
-            f"{group} x{len(agents)}" if len(agents) > 1 else group,
-            agents[0].module,
+            _shown(f"{group} x{len(agents)}" if len(agents) > 1 else group),
+            _shown(agents[0].module),
             str(sum(a.handled for a in agents)),
             ", ".join(states),
         )
@@ -290,17 +306,20 @@ def _print_summary(console: Any, result: RunResult) -> None:
     for agent in result.agents:
         if agent.error:
             again = f" (restarted {agent.restarts}x)" if agent.restarts else ""
-            console.print(f"  [red]{agent.name}[/]{again}: {escape(agent.error)}", soft_wrap=True)
+            console.print(
+                f"  [red]{_shown(agent.name)}[/]{again}: {_shown(agent.error)}", soft_wrap=True
+            )
     if result.worker_restarts:
         console.print(f"worker processes replaced after dying: {result.worker_restarts}")
     if result.llm:
         llm = result.llm
         console.print(
-            f"llm: {escape(str(llm['model']))} ({llm['arch']}, {llm['placement']}): "
+            f"llm: {_shown(str(llm['model']))} ({llm['arch']}, {llm['placement']}): "
             f"{llm['requests']} answers, {llm['tokens']} tokens"
         )
     device = result.device
     console.print(
-        f"device: {device.get('name')} ({device.get('kind')})   trace {result.trace_hash}",
+        f"device: {_shown(str(device.get('name')))} ({device.get('kind')})   "
+        f"trace {result.trace_hash}",
         soft_wrap=True,
     )
