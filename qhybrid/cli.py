@@ -33,6 +33,30 @@ if TYPE_CHECKING:
 logger = logging.getLogger("qhybrid")
 
 
+DEVICE_CHOICES = ("auto", "gpu", "cpu")
+
+
+def _environment(args: argparse.Namespace) -> str | None:
+    """Fill ``--workers`` and ``--device`` from ``QHYBRID_WORKERS`` and ``QHYBRID_DEVICE``,
+    checked as the flags are; the message when one is bad, else None. A flag wins over its
+    variable, except that the GPU thread itself reads ``QHYBRID_DEVICE`` under ``auto``."""
+    if args.workers is None:
+        text = os.environ.get("QHYBRID_WORKERS", "").strip()
+        try:
+            args.workers = positive_int(text) if text else 2
+        except argparse.ArgumentTypeError as exc:
+            return f"environment variable QHYBRID_WORKERS: {exc}"
+    env_device = os.environ.get("QHYBRID_DEVICE", "").strip().lower()
+    if args.device in (None, "auto") and env_device and env_device not in DEVICE_CHOICES:
+        return (
+            f"environment variable QHYBRID_DEVICE must be one of {', '.join(DEVICE_CHOICES)}; "
+            f"got {env_device!r}"
+        )
+    if args.device is None:
+        args.device = env_device or "auto"
+    return None
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text, 0)
@@ -74,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device",
-        choices=("auto", "gpu", "cpu"),
-        default=os.environ.get("QHYBRID_DEVICE", "auto"),
+        choices=DEVICE_CHOICES,
+        default=None,
         help="where GPU tasks run: auto (GPU when there is an adapter), gpu, or cpu (numpy)",
     )
     parser.add_argument(
@@ -153,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return models_main(raw[1:])
     args = build_parser().parse_args(raw)
+    problem = _environment(args)
+    if problem is not None:
+        sys.stderr.write(f"qhybrid: error: {problem}\n")
+        return EXIT_BAD_INPUT
     if not args.headless:
         if args.json or args.trace:
             sys.stderr.write("qhybrid: error: --json and --trace need --headless\n")
@@ -173,7 +201,7 @@ def run_headless(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     err = Console(stderr=True, highlight=False)
     path = Path(args.scenario) if args.scenario else _default_scenario()
-    workers = args.workers or int(os.environ.get("QHYBRID_WORKERS", "2") or 2)
+    workers = args.workers
     try:
         scenario = load_scenario(path)
     except ScenarioError as exc:

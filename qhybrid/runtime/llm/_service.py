@@ -27,6 +27,7 @@ from typing import Literal
 from qhybrid.runtime.llm._engine import GenerationParams, GenerationResult, LlmEngine, RequestUpdate
 from qhybrid.runtime.llm._gguf import ModelError, ModelFile, load_model
 from qhybrid.runtime.llm._gpu_model import GpuRunner, gpu_too_large, gpu_unsupported
+from qhybrid.runtime.llm._memory import check_kv_cache
 from qhybrid.runtime.llm._numpy_model import NumpyRunner
 from qhybrid.runtime.llm._runner import ModelRunner
 from qhybrid.runtime.llm._tokenizer import ChatTemplateError, Tokenizer
@@ -102,6 +103,9 @@ def open_engine(
         # (llvmpipe) numpy runs the same graph ~20x faster (docs/benchmarks.md).
         hardware = ctx is not None and ctx.info.kind == "hardware"
         use_gpu = options.runner == "gpu" or (options.runner == "auto" and hardware)
+        gpu_buffer = ctx.max_buffer_bytes if ctx is not None and use_gpu and not why_not else None
+        # Before allocating it: refuse a KV cache that cannot fit, saying what would.
+        check_kv_cache(model, options.n_slots, n_ctx, max_buffer=gpu_buffer)
         if ctx is not None and use_gpu and why_not is None:
             runner = GpuRunner(ctx, model, options.n_slots, n_ctx)
             placement = "gpu"
