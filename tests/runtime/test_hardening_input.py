@@ -121,3 +121,67 @@ max_ticks = 1
     assert "Traceback" not in proc.stderr
     assert "big.toml" in proc.stderr and "llm" in proc.stderr
     assert "KV cache" in proc.stderr and "256 slots x 1048576 positions" in proc.stderr
+
+
+# -- mutated GGUF files: a bad tokenizer is a bad model file ---------------------------------
+
+
+def _mutant(tmp_path: Path, field: bytes, old: bytes, new: bytes) -> Path:
+    data = TINY.read_bytes()
+    at = data.index(old, data.index(field))
+    path = tmp_path / "mutant.gguf"
+    path.write_bytes(data[:at] + new + data[at + len(old) :])
+    return path
+
+
+MUTANTS = {
+    # a merge without its separating space: the tokenizer's own check
+    "bad merge": (b"tokenizer.ggml.merges", b"\xc4\xa0 t", b"\xc4\xa0`t"),
+    # the token "Ġ" renamed: its merges refer to a token out of the vocabulary (tokenizers)
+    "out of vocabulary": (
+        b"tokenizer.ggml.tokens",
+        b"\x02\x00\x00\x00\x00\x00\x00\x00\xc4\xa0",
+        b"\x02\x00\x00\x00\x00\x00\x00\x00\xc4\xa1",
+    ),
+}
+
+
+@pytest.mark.parametrize("what", sorted(MUTANTS))
+def test_generate_with_a_broken_tokenizer_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str
+) -> None:
+    from qhybrid.runtime.llm._generate_cli import main as generate_main
+
+    path = _mutant(tmp_path, *MUTANTS[what])
+    code = generate_main([str(path), "hi", "--device", "cpu", "--max-tokens", "2"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert "mutant.gguf" in err and "tokenizer" in err and what in err
+
+
+def test_scenario_llm_with_a_broken_tokenizer_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _mutant(tmp_path, *MUTANTS["out of vocabulary"])
+    scenario = tmp_path / "broken.toml"
+    scenario.write_text(
+        f"""name = "broken"
+seed = 1
+[llm]
+model = "{model.as_posix()}"
+device = "cpu"
+slots = 1
+[[agents]]
+name = "echo"
+module = "{(ROOT / "resources" / "agents" / "echo.wasm").as_posix()}"
+[stop]
+max_ticks = 1
+""",
+        encoding="utf-8",
+    )
+    code = main(["--headless", "--workers", "1", "--device", "cpu", str(scenario)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "broken.toml" in err and "llm.model" in err and "mutant.gguf" in err
+    assert "tokenizer" in err

@@ -78,6 +78,15 @@ class LoadedModel:
         self.model.close()
 
 
+def _load_tokenizer(model: ModelFile) -> Tokenizer:
+    """The file's tokenizer; any failure to build it (our checks, the ``tokenizers`` library's
+    own, or metadata of the wrong type) is a :class:`ModelError` naming the file."""
+    try:
+        return Tokenizer.from_metadata(model.metadata)
+    except Exception as exc:  # tokenizers raises plain Exception
+        raise ModelError(f"{model.path}: bad tokenizer metadata: {exc}") from None
+
+
 def open_engine(
     ctx: ComputeContext | None, path: str | os.PathLike[str], options: LlmOptions
 ) -> LoadedModel:
@@ -87,7 +96,7 @@ def open_engine(
     """
     model = load_model(path)
     try:
-        tokenizer = Tokenizer.from_metadata(model.metadata)
+        tokenizer = _load_tokenizer(model)
         config = model.config
         n_ctx = options.n_ctx or min(config.n_ctx_train or DEFAULT_N_CTX, DEFAULT_N_CTX)
         runner: ModelRunner
