@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from qhybrid import __version__
@@ -223,6 +228,8 @@ def run_headless(args: argparse.Namespace) -> int:
         f"({sum(a.count for a in scenario.agents)} agents, {workers} workers, seed {scenario.seed})"
     )
     holder: dict[str, Runtime] = {}
+    stopped_by: list[int] = []
+    restore = _stop_on_hangup_and_term(stopped_by)
     try:
         result = asyncio.run(_run(scenario, config, err, holder))
     except ScenarioError as exc:
@@ -238,21 +245,63 @@ def run_headless(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         runtime = holder.get("runtime")
-        if runtime is not None:
-            err.print(
-                f"[yellow]interrupted[/] at tick {runtime.tick}: {runtime.delivered} messages "
-                f"delivered, {runtime.tasks_completed} tasks done; "
-                f"trace so far {runtime.trace_hash}"
-            )
-        else:
-            err.print("[yellow]interrupted[/] before the run started")
-        return EXIT_INTERRUPTED
+        how = f" by {signal.Signals(stopped_by[0]).name}" if stopped_by else ""
+        # After a hangup the terminal may be gone: the cleanup is done, a lost line is not.
+        with contextlib.suppress(OSError):
+            if runtime is not None:
+                err.print(
+                    f"[yellow]interrupted{how}[/] at tick {runtime.tick}: {runtime.delivered} "
+                    f"messages delivered, {runtime.tasks_completed} tasks done; "
+                    f"trace so far {runtime.trace_hash}"
+                )
+            else:
+                err.print(f"[yellow]interrupted{how}[/] before the run started")
+        return 128 + stopped_by[0] if stopped_by else EXIT_INTERRUPTED
+    finally:
+        restore()
     _print_summary(err, result)
     if args.json:
         payload = result.to_json()
         sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
         sys.stdout.flush()
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _stop_on_hangup_and_term(stopped_by: list[int]) -> Callable[[], None]:
+    """Handle SIGHUP (the terminal closed) and SIGTERM (``kill``) as Ctrl-C is handled: the
+    run is cancelled and cleans up (workers, shared memory), a partial summary is printed and
+    the exit code is 128 + the signal's number. Returns what puts the old handlers back."""
+    wanted = [getattr(signal, n) for n in ("SIGHUP", "SIGTERM") if hasattr(signal, n)]
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not stopped_by:
+            stopped_by.append(signum)
+        handler = signal.getsignal(signal.SIGINT)  # asyncio.run's own while it runs
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    if hasattr(signal, "SIGHUP"):
+        # The resource tracker (the helper that unlinks this process's segments should it be
+        # SIGKILLed) ignores SIGINT and SIGTERM but not SIGHUP: started with SIGHUP ignored,
+        # it inherits that and survives the hangup of the whole process group.
+        from multiprocessing import resource_tracker
+
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+    old = {sig: signal.signal(sig, on_signal) for sig in wanted}
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 async def _run(scenario: Any, config: Any, err: Any, holder: dict[str, Runtime]) -> RunResult:

@@ -12,6 +12,7 @@ from qhybrid.runtime.tensors._handle import SEGMENT_PREFIX, TensorHandle
 from qhybrid.runtime.tensors._map import AttachedTensor, attach
 from qhybrid.runtime.tensors._ops import OPS, OpError, OpSpec, get_op, run_numpy
 from qhybrid.runtime.tensors._segment import Segment
+from qhybrid.runtime.tensors._stale import remove_stale_segments
 from qhybrid.runtime.tensors._store import SharedTensor, TensorStore, TensorStoreStats
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "TensorStoreStats",
     "attach",
     "get_op",
+    "remove_stale_segments",
     "run_numpy",
 ]

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from qhybrid.runtime.tensors._handle import SEGMENT_PREFIX, TensorHandle
 from qhybrid.runtime.tensors._segment import Segment
+from qhybrid.runtime.tensors._stale import sweep_once
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class TensorStore:
     """
 
     def __init__(self) -> None:
+        sweep_once()  # the first store of a process removes what dead runs left (_stale.py)
         self._lock = threading.Lock()
         self._segments: dict[str, _Segment] = {}
         self._counter = itertools.count()
