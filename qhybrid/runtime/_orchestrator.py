@@ -160,7 +160,8 @@ class Runtime:
         self.events = RuntimeEvents()
         self.tensors = TensorStore()
         self.pool = WorkerPool(self.config.workers, start_timeout=self.config.start_timeout)
-        self.device = GpuDevice(prefer=self.config.device)
+        # A run places GPU jobs by a fixed rule, never by timings (the trace must not vary).
+        self.device = GpuDevice(prefer=self.config.device, placement="fixed")
         self.device_info: DeviceInfo | None = None
         self._llm: LoadedModel | None = None
         self._llm_requests: dict[int, tuple[int, int, int]] = {}  # id -> (agent, request, tag)
@@ -1123,6 +1124,7 @@ class Runtime:
         info: dict[str, object] = (
             self.device_info.to_json() if self.device_info else {"name": "cpu", "kind": "cpu"}
         )
+        info["placement"] = self.device.placement_rule  # what placed the GPU jobs (recorded)
         self._finished = RunResult(
             scenario=self.scenario.name,
             seed=self.scenario.seed,
