@@ -12,7 +12,6 @@ import ctypes
 import logging
 import math
 import pickle
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +34,9 @@ from qhybrid.runtime.wasm_pool._abi import (
     internal_mutable_globals,
 )
 from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
+from qhybrid.runtime.wasm_pool._limits import DEFAULT_WORKER_MEMORY_BYTES, effective_limits
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
+from qhybrid.runtime.wasm_pool._ticker import EPOCH_S, EpochTicker
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ _MAX_LOG = 4096
 _MAX_PAYLOAD = 16 << 20
 _MAX_NAME = 256
 _NO_FUEL_LIMIT = 1 << 62
-#: The epoch ticker's period: timeouts are accurate to about this.
-EPOCH_S = 0.002
 _NO_DEADLINE = 1 << 62
 
 #: ABI dtype codes.
@@ -110,8 +109,21 @@ class WorkerContext:
         self.directory: dict[str, int] = {}
         self.tensors: dict[str, TensorEntry] = {}
         self._segments: dict[str, Segment] = {}
-        self._ticker: threading.Thread | None = None
-        self._stop = threading.Event()
+        self.ticker = EpochTicker(self._engines)
+        #: Linear memory of this worker's instances together may not pass this (issue 12).
+        self.memory_limit = DEFAULT_WORKER_MEMORY_BYTES
+        self._memory_of: dict[int, int] = {}  # agent id -> its instance's memory, last seen
+        self.memory_used = 0
+
+    # -- the memory total across instances ------------------------------------------------
+    def memory_room(self, agent_id: int) -> int:
+        """How large ``agent_id``'s memory may grow, given what the others use."""
+        return self.memory_limit - (self.memory_used - self._memory_of.get(agent_id, 0))
+
+    def set_memory(self, agent_id: int, size: int) -> None:
+        """Record ``agent_id``'s memory size (a new instance of it replaces the old one's)."""
+        self.memory_used += size - self._memory_of.get(agent_id, 0)
+        self._memory_of[agent_id] = size
 
     # -- engines and modules ------------------------------------------------------------
     def engine(self, stack_bytes: int | None) -> wasmtime.Engine:
@@ -165,22 +177,8 @@ class WorkerContext:
         return segment.view((entry.handle.nbytes,), np.dtype(np.uint8), entry.handle.offset)
 
     # -- the epoch ticker (wall-clock timeouts) -----------------------------------------
-    def ensure_ticker(self) -> None:
-        if self._ticker is not None:
-            return
-
-        def tick() -> None:
-            while not self._stop.wait(EPOCH_S):
-                for engine in list(self._engines.values()):
-                    engine.increment_epoch()
-
-        self._ticker = threading.Thread(target=tick, name="qhybrid-epoch", daemon=True)
-        self._ticker.start()
-
     def close(self) -> None:
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(timeout=1.0)
+        self.ticker.close()
         for segment in self._segments.values():
             segment.close()
         self._segments.clear()
@@ -217,37 +215,48 @@ class AgentHost:
         self._next_job = 0
         self._next_request = 0
         self._call_state = _Call()
-        limits = load.limits
+        # Every limit the scenario leaves unset takes its default (_limits.py, docs/limits.md).
+        limits, self._defaulted = effective_limits(load.limits)
+        self.limits = limits
         self._fuel = limits.fuel if limits.fuel is not None else _NO_FUEL_LIMIT
         self._deadline = (
             math.ceil(limits.timeout_ms / 1000 / EPOCH_S) + 1
             if limits.timeout_ms is not None
             else _NO_DEADLINE
         )
-        if limits.timeout_ms is not None:
-            ctx.ensure_ticker()
-        # Without limits the budgets set at creation never run out: no per-message re-arming.
         self._limited = limits.fuel is not None or limits.timeout_ms is not None
+        self._timed = limits.timeout_ms is not None
         stack = limits.stack_bytes
         module = ctx.module(load.module_key, stack)
         self._store = wasmtime.Store(ctx.engine(stack))
-        if limits.memory_bytes is not None:
-            self._store.set_limits(memory_size=limits.memory_bytes)
+        self._memory_cap = limits.memory_bytes if limits.memory_bytes is not None else 1 << 32
+        self._memory_set = -1  # the store's memory limit now
+        self._memory_size = 0
+        self._limit_memory()
         self._wasi_used = any(imp.module == WASI_MODULE for imp in module.imports)
         if self._wasi_used:
             self._store.set_wasi(self._wasi_config())
         imports = [self._import(ctx, stack, imp) for imp in module.imports]
+        # Start-up runs under the limits too: the start function (here), _initialize,
+        # qh_abi_version and qh_init each get a fresh budget.
         self._arm()
         try:
             self._instance = wasmtime.Instance(self._store, module, imports)
         except wasmtime.Trap as exc:
-            raise AgentModuleError(f"{load.name}: instantiation trapped: {exc.message}") from None
+            raise AgentModuleError(
+                f"{load.name}: instantiation trapped (the start function): "
+                f"{self._describe_trap(exc)}"
+            ) from None
         except wasmtime.WasmtimeError as exc:
             raise AgentModuleError(f"{load.name}: instantiation failed: {exc}") from None
+        finally:
+            self._count_memory()
         exports = self._instance.exports(self._store)
         memory = exports["memory"]
         assert isinstance(memory, wasmtime.Memory)
         self._memory = memory
+        self._memory_size = -1
+        self._count_memory(ended=False)
         self._exports = exports
         alloc = exports["qh_alloc"]
         on_message = exports["qh_on_message"]
@@ -261,7 +270,15 @@ class AgentHost:
             outcome = self._call(lambda: int(initialize(self._store) or 0))
             if not outcome.ok:
                 raise AgentModuleError(f"{load.name}: _initialize failed: {outcome.error}")
-        got = version(self._store)
+        self._arm()
+        try:
+            got = version(self._store)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise AgentModuleError(
+                f"{load.name}: qh_abi_version failed: {self._error_of(exc)}"
+            ) from None
+        finally:
+            self._count_memory()
         if got != ABI_VERSION:
             raise AgentModuleError(
                 f"{load.name}: module speaks agent ABI version {got}, this runtime speaks "
@@ -564,9 +581,30 @@ class AgentHost:
 
     # -- calls ----------------------------------------------------------------------------
     def _arm(self) -> None:
-        """Reset the per-call budgets: fuel and the wall-clock deadline."""
+        """Reset the per-call budgets: fuel, the wall-clock deadline, the memory it may reach."""
         self._store.set_fuel(self._fuel)
         self._store.set_epoch_deadline(self._deadline)
+        self._limit_memory()
+        if self._timed:
+            self.ctx.ticker.call_started()
+
+    def _limit_memory(self) -> None:
+        """The store's memory limit: its own, or less when the worker's total says so."""
+        cap = min(self._memory_cap, max(self.ctx.memory_room(self.agent_id), self._memory_size))
+        if cap != self._memory_set:
+            self._store.set_limits(memory_size=cap)
+            self._memory_set = cap
+
+    def _count_memory(self, ended: bool = True) -> None:
+        """After a call: the memory it left, into the worker's total; the ticker may rest."""
+        if self._timed and ended:
+            self.ctx.ticker.call_ended()
+        memory: wasmtime.Memory | None = getattr(self, "_memory", None)
+        if memory is not None:
+            size = memory.data_len(self._store)
+            if size != self._memory_size:
+                self._memory_size = size
+                self.ctx.set_memory(self.agent_id, size)
 
     def _write_payload(self, payload: bytes) -> int:
         ptr = self._alloc(len(payload))
@@ -592,6 +630,8 @@ class AgentHost:
             code = body()
         except (GuestFault, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             return self._fail(self._error_of(exc), start)
+        finally:
+            self._count_memory()
         return self._finish(state, code, start)
 
     def _finish(self, state: _Call, code: int, start: int) -> Outcome:
@@ -618,27 +658,37 @@ class AgentHost:
 
     def _describe_trap(self, exc: wasmtime.Trap) -> str:
         code = exc.trap_code
-        limits = self.load.limits
+        limits = self.limits
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
-            return f"out of fuel (limit {limits.fuel} per message)"
+            return f"out of fuel (limit {limits.fuel} per message{self._default('fuel')})"
         if code == wasmtime.TrapCode.INTERRUPT:
-            return f"timeout (limit {limits.timeout_ms} ms per message)"
+            default = self._default("timeout_ms")
+            return f"timeout (limit {limits.timeout_ms} ms per message{default})"
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             return "stack overflow" + (
                 f" (limit {limits.stack_bytes // 1024} KiB)" if limits.stack_bytes else ""
             )
         reason = code.name.lower() if code is not None else "trap"
         text = f"trap ({reason}): {exc.message.splitlines()[0] if exc.message else ''}"
-        if limits.memory_bytes is not None:
+        memory: wasmtime.Memory | None = getattr(self, "_memory", None)  # None: instantiating
+        if memory is not None and self._memory_set > 0:
             # wasmtime refuses memory.grow past the limit with -1 rather than a trap, and
             # the guest then traps in its own way (malloc returning NULL, abort). A trap with
             # memory within a quarter of the limit (or 1 MiB) of it is taken for running out.
-            size = self._memory.data_len(self._store)
-            margin = max(65536, min(limits.memory_bytes // 4, 1 << 20))
-            if size + margin >= limits.memory_bytes:
-                limit_mib = limits.memory_bytes / (1 << 20)
-                return f"out of memory (limit {limit_mib:g} MiB, using {size >> 10} KiB): {text}"
+            cap = self._memory_set
+            size = memory.data_len(self._store)
+            margin = max(65536, min(cap // 4, 1 << 20))
+            if size + margin >= cap:
+                if cap < self._memory_cap:
+                    total = self.ctx.memory_limit / (1 << 20)
+                    why = f"the worker's total of {total:g} MiB across its agents is reached"
+                else:
+                    why = f"limit {cap / (1 << 20):g} MiB{self._default('memory')}"
+                return f"out of memory ({why}, using {size >> 10} KiB): {text}"
         return text
+
+    def _default(self, limit: str) -> str:
+        return ", the default" if limit in self._defaulted else ""
 
     def _fail(self, error: str, start: int) -> Outcome:
         self.failed = error
@@ -661,6 +711,8 @@ class AgentHost:
             code = self._on_message(sender, kind, ptr, len(payload))
         except (GuestFault, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             return self._fail(self._error_of(exc), start)
+        finally:
+            self._count_memory()
         outcome = self._finish(state, code, start)
         if outcome.ok:
             self.handled += 1
