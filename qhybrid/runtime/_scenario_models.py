@@ -260,8 +260,12 @@ class AgentTable(Table):
         default=DEFAULT_MAX_RESTARTS,
         description='How many times an instance is replaced (only with on_error = "restart").',
     )
-    limits: LimitsTable = Field(default_factory=LimitsTable)
-    grants: GrantsTable = Field(default_factory=GrantsTable)
+    limits: LimitsTable = Field(
+        default_factory=LimitsTable, description="What one message may cost an instance."
+    )
+    grants: GrantsTable = Field(
+        default_factory=GrantsTable, description="Directories and variables granted through WASI."
+    )
 
     @model_validator(mode="after")
     def _restarts_need_restart(self) -> AgentTable:
@@ -372,6 +376,12 @@ class TaskTable(Table):
     )
 
 
+def _at_least_one(schema: dict[str, Any]) -> None:
+    # Required in the schema: the model's own default () is only there to word the error.
+    schema.pop("default", None)
+    schema["minItems"] = 1
+
+
 class ScenarioFile(Table):
     """A qhybrid scenario: the agents, messages, tensors and tasks of one run, and its end."""
 
@@ -388,10 +398,14 @@ class ScenarioFile(Table):
     seed: Annotated[int, IntRange(0)] = Field(
         default=0, description="The seed of every random draw; the same seed gives the same trace."
     )
-    stop: StopTable = Field(default_factory=StopTable)
-    llm: LlmTable | None = None
+    stop: StopTable = Field(default_factory=StopTable, description="When the run ends.")
+    llm: LlmTable | None = Field(
+        default=None, description="The model that agents' llm_complete calls go to."
+    )
     agents: Annotated[tuple[AgentTable, ...], ArrayOfTables("agents")] = Field(
-        default=(), description="At least one group of agents.", json_schema_extra={"minItems": 1}
+        default=(),
+        description="At least one group of agents.",
+        json_schema_extra=_at_least_one,
     )
     messages: Annotated[tuple[MessageTable, ...], ArrayOfTables("messages")] = Field(
         default=(), description="The messages that start the run."
