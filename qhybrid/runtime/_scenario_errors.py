@@ -92,15 +92,21 @@ def problem(message: str, *below: str | int) -> PydanticCustomError:
 def from_validation_error(
     exc: ValidationError, path: str | None, lines: Mapping[str, int]
 ) -> ScenarioError:
-    """The first of pydantic's errors (in field order), at its field and line."""
-    first = exc.errors(include_url=False)[0]
-    loc: list[str | int] = list(first["loc"])
-    ctx = first.get("ctx") or {}
-    if first["type"] == _PROBLEM:
+    """The first of pydantic's errors in the file (by line, then in field order), located."""
+    located = [_located(error, path, lines) for error in exc.errors(include_url=False)]
+    never = 1 << 62
+    return min(located, key=lambda error: never if error.line is None else error.line)
+
+
+def _located(error: Any, path: str | None, lines: Mapping[str, int]) -> ScenarioError:
+    loc: list[str | int] = list(error["loc"])
+    ctx = error.get("ctx") or {}
+    if error["type"] == _PROBLEM:
         loc.extend(ctx.get("below", ()))
         message = str(ctx["message"])
     else:  # a pydantic check with no message of ours: still located, still no traceback
-        message = f"{first['msg'][:1].lower()}{first['msg'][1:]}, got {describe(first['input'])}"
+        text = str(error["msg"])
+        message = f"{text[:1].lower()}{text[1:]}, got {describe(error['input'])}"
     field = field_path(loc)
     return ScenarioError(message, path=path, line=line_for(lines, field), field=field or None)
 

@@ -23,6 +23,7 @@ from qhybrid.runtime._scenario import (
     AgentLimits,
     AgentSpec,
     DirGrant,
+    LlmSpec,
     MessageSpec,
     Scenario,
     ScenarioError,
@@ -1317,3 +1318,37 @@ def test_mutated_scenarios_give_a_located_error_or_load(
     if error is not None and error.message != "at least one [[agents]] entry is required":
         assert error.line is not None, str(error)
         assert str(error).startswith(f"{source}:{error.line}: "), str(error)
+
+
+# --- one declaration per key: every key of the file reaches what the runtime reads ---------------
+
+
+def test_every_key_of_every_table_reaches_its_spec() -> None:
+    """A key declared on a model but forgotten on its spec would be checked, then dropped."""
+    import dataclasses
+
+    from qhybrid.runtime import _scenario_models as models
+
+    # Each table's spec, and the keys the builder converts into differently named fields.
+    specs: dict[type, tuple[type, set[str]]] = {
+        models.ScenarioFile: (Scenario, set()),
+        models.StopTable: (StopSpec, set()),
+        models.LlmTable: (LlmSpec, set()),
+        models.AgentTable: (AgentSpec, set()),
+        models.LimitsTable: (AgentLimits, {"memory_mb", "stack_kb"}),
+        models.GrantsTable: (AgentGrants, set()),
+        models.DirGrantTable: (DirGrant, set()),
+        models.MessageTable: (MessageSpec, {"payload_i64", "payload_hex"}),
+        models.TensorTable: (TensorSpec, set()),
+        models.TaskTable: (TaskSpec, set()),
+    }
+    tables = {
+        cls
+        for cls in vars(models).values()
+        if isinstance(cls, type) and issubclass(cls, models.Table) and cls is not models.Table
+    }
+    assert tables == set(specs), "a new table: add it and its spec here"
+    for table, (spec, converted) in specs.items():
+        fields = {field.name for field in dataclasses.fields(spec)}
+        missing = set(table.model_fields) - fields - converted
+        assert not missing, f"{table.__name__} keys {missing} have no field on {spec.__name__}"
