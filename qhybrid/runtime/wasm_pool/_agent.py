@@ -36,6 +36,15 @@ from qhybrid.runtime.wasm_pool._abi import (
 from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
 from qhybrid.runtime.wasm_pool._limits import DEFAULT_WORKER_MEMORY_BYTES, effective_limits
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
+from qhybrid.runtime.wasm_pool._quotas import (
+    MAX_LLM_PROMPT_BYTES,
+    MAX_LLM_REQUESTS,
+    MAX_LOG_BYTES,
+    MAX_SEND_BYTES,
+    MAX_SENDS,
+    MAX_TENSOR_BYTES,
+    QuotaExceeded,
+)
 from qhybrid.runtime.wasm_pool._ticker import EPOCH_S, EpochTicker
 
 logger = logging.getLogger(__name__)
@@ -187,7 +196,19 @@ class WorkerContext:
 class _Call:
     """The per-message scratch state: what the handler has asked for so far."""
 
-    __slots__ = ("created", "effects", "logs", "outbox", "reads", "snapshot")
+    __slots__ = (
+        "created",
+        "effects",
+        "llm_requests",
+        "log_bytes",
+        "log_dropped",
+        "logs",
+        "outbox",
+        "reads",
+        "sent_bytes",
+        "snapshot",
+        "tensor_bytes",
+    )
 
     def __init__(self) -> None:
         self.outbox: list[tuple[int, int, bytes]] = []
@@ -196,6 +217,34 @@ class _Call:
         self.reads: list[str] = []
         self.created: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
         self.snapshot: bytes | None = None
+        # What the quotas count (_quotas.py).
+        self.sent_bytes = 0
+        self.log_bytes = 0
+        self.log_dropped = 0
+        self.tensor_bytes = 0
+        self.llm_requests = 0
+
+    def log(self, level: int, text: str) -> None:
+        """Keep a log line within the message's log quota; count what is dropped."""
+        size = len(text.encode("utf-8", "replace")) if not text.isascii() else len(text)
+        if self.log_bytes + size > MAX_LOG_BYTES:
+            if not self.log_dropped:
+                self.logs.append(
+                    (30, f"log quota of {MAX_LOG_BYTES} bytes per message reached: "
+                     "the rest of this message's log output is dropped")
+                )  # fmt: skip
+            self.log_dropped += size
+            return
+        self.log_bytes += size
+        self.logs.append((level, text))
+
+    def tensor(self, nbytes: int, what: str) -> None:
+        self.tensor_bytes += nbytes
+        if self.tensor_bytes > MAX_TENSOR_BYTES:
+            raise QuotaExceeded(
+                f"{what}: more than {MAX_TENSOR_BYTES >> 20} MiB of tensor bytes created or "
+                "written by one message"
+            )
 
 
 class AgentHost:
@@ -309,7 +358,7 @@ class AgentHost:
     def _output(self, level: int, data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
             if line:
-                self._call_state.logs.append((level, line[:_MAX_LOG]))
+                self._call_state.log(level, line[:_MAX_LOG])
 
     def _import(
         self, ctx: WorkerContext, stack: int | None, imp: wasmtime.ImportType
@@ -373,17 +422,25 @@ class AgentHost:
 
     # -- host functions: messages ---------------------------------------------------------
     def _h_send(self, to: int, kind: int, ptr: int, length: int) -> int:
+        state = self._call_state
+        if len(state.outbox) >= MAX_SENDS:
+            raise QuotaExceeded(f"send: more than {MAX_SENDS} messages sent by one message")
+        if state.sent_bytes + length > MAX_SEND_BYTES:
+            raise QuotaExceeded(
+                f"send: more than {MAX_SEND_BYTES >> 20} MiB of payload sent by one message"
+            )
         payload = self._read("send", ptr, length, _MAX_PAYLOAD)
         if not 0 <= to < self.load.agent_count:
             return SEND_UNKNOWN_AGENT
         if kind < 0 or kind >= RESERVED_KIND_BASE:
             return SEND_RESERVED_KIND
-        self._call_state.outbox.append((to, kind, payload))
+        state.sent_bytes += length
+        state.outbox.append((to, kind, payload))
         return SEND_OK
 
     def _h_log(self, level: int, ptr: int, length: int) -> None:
         text = self._read("log", ptr, length, _MAX_LOG).decode("utf-8", "replace")
-        self._call_state.logs.append((level, text))
+        self._call_state.log(level, text)
 
     def _h_random_u64(self) -> int:
         return _to_i64(self._rng.next())
@@ -473,6 +530,8 @@ class AgentHost:
         return length
 
     def _h_tensor_write(self, h: int, offset: int, src: int, length: int) -> int:
+        if length > 0:
+            self._call_state.tensor(length, "tensor_write")
         data = self._read("tensor_write", src, length, 1 << 30)
         name = self._resolve(h)
         if name is None:
@@ -507,6 +566,7 @@ class AgentHost:
         dt = DTYPE_CODES.get(dtype)
         if dt is None or any(d < 1 for d in shape) or math.prod(shape) > 1 << 28:
             return _BAD_SHAPE
+        self._call_state.tensor(dt.itemsize * math.prod(shape), "tensor_create")
         self._call_state.created[name] = (dt, shape)
         self._call_state.effects.append(("create", name, dt.str, shape))
         return self._handle(name)
@@ -548,6 +608,7 @@ class AgentHost:
             )
         except ValueError:
             return _BAD_OP
+        self._call_state.tensor(np.dtype(out_dtype).itemsize * math.prod(out_shape), "gpu_submit")
         job = self._next_job
         self._next_job += 1
         self._call_state.effects.append(("gpu", job, op, tuple(names), out_name, float(param)))
@@ -557,7 +618,18 @@ class AgentHost:
         return job
 
     def _h_llm_complete(self, ptr: int, length: int, max_tokens: int, tag: int) -> int:
-        prompt = self._read("llm_complete", ptr, length, 1 << 20)
+        state = self._call_state
+        if state.llm_requests >= MAX_LLM_REQUESTS:
+            raise QuotaExceeded(
+                f"llm_complete: more than {MAX_LLM_REQUESTS} LLM requests made by one message"
+            )
+        if length > MAX_LLM_PROMPT_BYTES:
+            raise QuotaExceeded(
+                f"llm_complete: a prompt of {length} bytes, more than the {MAX_LLM_PROMPT_BYTES}"
+                " a request may have"
+            )
+        prompt = self._read("llm_complete", ptr, length, MAX_LLM_PROMPT_BYTES)
+        state.llm_requests += 1
         request = self._next_request
         self._next_request += 1
         self._call_state.effects.append(("llm", request, tag, prompt, max_tokens))
@@ -628,7 +700,7 @@ class AgentHost:
         start = time.perf_counter_ns()
         try:
             code = body()
-        except (GuestFault, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+        except (GuestFault, QuotaExceeded, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             return self._fail(self._error_of(exc), start)
         finally:
             self._count_memory()
@@ -650,6 +722,8 @@ class AgentHost:
     def _error_of(self, exc: BaseException) -> str:
         if isinstance(exc, GuestFault):
             return f"fault: {exc}"
+        if isinstance(exc, QuotaExceeded):
+            return f"quota exceeded: {exc}"
         if isinstance(exc, wasmtime.ExitTrap):
             return f"exited with code {exc.code}"
         if isinstance(exc, wasmtime.Trap):
@@ -709,7 +783,7 @@ class AgentHost:
         try:
             ptr = self._write_payload(payload)
             code = self._on_message(sender, kind, ptr, len(payload))
-        except (GuestFault, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+        except (GuestFault, QuotaExceeded, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             return self._fail(self._error_of(exc), start)
         finally:
             self._count_memory()
