@@ -6,6 +6,7 @@
 ;;   kind 5   asks the LLM 100 times
 ;;   kind 6   asks the LLM once with a 1 MiB prompt
 ;;   kind 7   logs one short line (a well-behaved message)
+;;   kind 8   creates one tensor of 64 MiB (float32, 2^24 elements) named "t00"
 ;; The sender must be the runtime (-1) or nothing is done: sent messages are not re-handled.
 (module
   (import "qhybrid" "send" (func $send (param i32 i32 i32 i32) (result i32)))
@@ -21,6 +22,7 @@
   (data (i32.const 1024) "flood: one line of thirty-two b\n")
   (data (i32.const 2100) "t00")
   (data (i32.const 2200) "\00\00\00\10\01\00\00\00\01\00\00\00\01\00\00\00")
+  (data (i32.const 2216) "\00\00\00\01")
   (func (export "qh_abi_version") (result i32) (i32.const 1))
   (func (export "qh_alloc") (param i32) (result i32) (i32.const 512))
   (func (export "qh_on_message") (param $from i32) (param $kind i32) (param i32) (param i32)
@@ -60,6 +62,8 @@
         (br_if $l (i32.lt_u (local.get $i) (i32.const 100))))))
     (if (i32.eq (local.get $kind) (i32.const 6)) (then
       (drop (call $llm (i32.const 4096) (i32.const 1048576) (i32.const 4) (i32.const 0)))))
+    (if (i32.eq (local.get $kind) (i32.const 8)) (then
+      (drop (call $tcreate (i32.const 2100) (i32.const 3) (i32.const 0) (i32.const 1) (i32.const 2216)))))
     (if (i32.eq (local.get $kind) (i32.const 7)) (then
       (call $log (i32.const 20) (i32.const 1024) (i32.const 31))))
     (i32.const 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from qhybrid.runtime.tensors._handle import SEGMENT_PREFIX, TensorHandle
 from qhybrid.runtime.tensors._map import AttachedTensor, attach
 from qhybrid.runtime.tensors._ops import OPS, OpError, OpSpec, get_op, run_numpy
+from qhybrid.runtime.tensors._room import SharedMemoryFull
 from qhybrid.runtime.tensors._segment import Segment
 from qhybrid.runtime.tensors._stale import remove_stale_segments
 from qhybrid.runtime.tensors._store import SharedTensor, TensorStore, TensorStoreStats
@@ -22,6 +23,7 @@ __all__ = [
     "OpError",
     "OpSpec",
     "Segment",
+    "SharedMemoryFull",
     "SharedTensor",
     "TensorHandle",
     "TensorStore",
