@@ -82,7 +82,8 @@ def test_a_mutated_gguf_model_loads_or_is_refused_cleanly(
     try:
         loaded = open_engine(None, path, LlmOptions(n_slots=1, n_ctx=64, runner="cpu"))
     except ModelError as exc:
-        assert "mutant.gguf" in str(exc)
+        message = str(exc)
+        assert "mutant.gguf" in message
         return
     finally:
         logging.disable(logging.NOTSET)
@@ -101,7 +102,8 @@ def _run_module(path: Path) -> None:
     try:
         module, _, original, _ = load_module(make_engine(), path, None)
     except AgentModuleError as exc:
-        assert path.name in str(exc)
+        message = str(exc)
+        assert path.name in message
         return
     ctx = WorkerContext()
     try:
@@ -109,7 +111,8 @@ def _run_module(path: Path) -> None:
         try:
             host = AgentHost(ctx, AgentLoad(0, "mutant", "m", (0,), 1, 7, b"{}"))
         except AgentModuleError as exc:
-            assert "mutant" in str(exc)
+            message = str(exc)
+            assert "mutant" in message
             return
         outcome = host.deliver(1, -1, 1, b"\x05\x00\x00\x00\x00\x00\x00\x00")
         assert outcome.ok or outcome.error
