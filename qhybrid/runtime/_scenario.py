@@ -370,8 +370,12 @@ def parse_scenario(
     *,
     source: str | os.PathLike[str] | None = None,
     base_dir: Path | None = None,
+    require_model: bool = True,
 ) -> Scenario:
     """Check the scenario in ``text``.
+
+    ``require_model=False`` accepts an ``[llm]`` model file that is not there (a replay
+    answers from the run store and never opens it).
 
     ``source`` names the file in errors and gives the default scenario name (its stem);
     module paths are relative to ``base_dir``, by default the source's folder, else the
@@ -393,6 +397,7 @@ def parse_scenario(
         base_dir = source_path.parent if source_path is not None else Path.cwd()
     default_name = source_path.stem if source_path is not None and source_path.stem else ""
     builder = _Builder(_Reader(display, lines), base_dir, default_name or "scenario")
+    builder.require_model = require_model
     return builder.build(data, source_path)
 
 
@@ -662,6 +667,7 @@ class _Builder:
         self.base_dir = base_dir
         self.default_name = default_name
         self.max_ticks = DEFAULT_MAX_TICKS
+        self.require_model = True
 
     def build(self, data: dict[str, Any], source: Path | None) -> Scenario:
         r = self.r
@@ -718,7 +724,7 @@ class _Builder:
         raw = r.table(value, "llm", _LLM_KEYS, "[llm]")
         text = r.string(r.require(raw, "llm", "model", "[llm]"), "llm.model", non_empty=True)
         model = self._path(text, "llm.model")
-        if not model.is_file():
+        if self.require_model and not model.is_file():
             r.fail("llm.model", f"model file not found: {model}")
         device = r.choice(raw.get("device", "auto"), "llm.device", ("auto", "gpu", "cpu"))
         slots = r.integer(raw.get("slots", 8), "llm.slots", 1, 256)
