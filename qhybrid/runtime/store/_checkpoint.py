@@ -12,8 +12,10 @@ hash from the stored records, so a resumed run ends with the hash of an undistur
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pickle
+from types import MappingProxyType
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +96,7 @@ async def capture(rt: Runtime) -> SavedState:
             rt._llm_tokens,
             rt._llm_done,
         ),
-        "queue": [tuple(item) for item in rt._queue],
+        "queue": [_plain(item) for item in rt._queue],
         "seq": seq,
         "llm_ids": llm_ids,
         "job_owner": dict(rt._job_owner),
@@ -102,6 +104,21 @@ async def capture(rt: Runtime) -> SavedState:
         "tensors": tensors,
     }
     return SavedState(rt.tick, rt._trace.records, pickle.dumps(state, protocol=5), blobs)
+
+
+def _plain(item: Any) -> tuple[Any, ...]:
+    """A queue item as plain picklable values (a task's read-only params as a dict)."""
+    task = item.task
+    if task is not None:
+        task = dataclasses.replace(task, params=dict(task.params))
+    return (item.tick, item.neg_priority, item.seq, item.message, task)
+
+
+def unplain(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    tick, neg_priority, seq, message, task = item
+    if task is not None:
+        task = dataclasses.replace(task, params=MappingProxyType(dict(task.params)))
+    return (tick, neg_priority, seq, message, task)
 
 
 def load_state(data: bytes) -> dict[str, Any]:

@@ -312,6 +312,10 @@ class RunRecorder:
             self.checkpoint_problem = str(exc)
             logger.warning("no checkpoints for this run: %s", exc)
             return False
+        except Exception as exc:  # a checkpoint that cannot be made must not end the run
+            self.checkpoint_problem = f"{type(exc).__name__}: {exc}"
+            logger.exception("no checkpoints for this run")
+            return False
         self._send(rt)
         self._writer.queue.put(("checkpoint", saved))
         if self.checkpoint_every:

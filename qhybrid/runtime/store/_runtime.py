@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qhybrid.runtime._orchestrator import Runtime, RuntimeConfig, _Item
-from qhybrid.runtime.store._checkpoint import load_state
+from qhybrid.runtime.store._checkpoint import load_state, unplain
 from qhybrid.runtime.wasm_pool import TensorEntry
 
 if TYPE_CHECKING:
@@ -80,8 +80,8 @@ class TraceCheck:
             return
         for rec, line in zip(records, lines, strict=True):
             tick = rec[1] if type(rec[1]) is int else -1
-            if self.to_tick is not None and 0 <= self.to_tick < tick:
-                return
+            if self.to_tick is not None and (tick < 0 or self.to_tick < tick):
+                return  # past --to (or the replay's own end record, which --to made)
             want = next(self._recorded, None)
             if want is None:
                 self.divergence = Divergence(tick, self._n, None, line)
@@ -224,7 +224,7 @@ class DurableRuntime(Runtime):
             self._llm_tokens,
             self._llm_done,
         ) = st["counters"]
-        self._queue = [_Item(*item) for item in st["queue"]]
+        self._queue = [_Item(*unplain(item)) for item in st["queue"]]
         heapq.heapify(self._queue)
         self._queued_tasks = sum(1 for i in self._queue if i.task is not None)
         self._queued_gpu = sum(
