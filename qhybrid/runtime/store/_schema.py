@@ -15,8 +15,16 @@ from pathlib import Path
 #: The format this code writes; a store with a higher ``user_version`` is refused.
 SCHEMA_VERSION = 1
 
-#: How long a writer waits for another process's transaction before it calls the store locked.
+#: How long a writer waits for another process's transaction before it calls the store locked
+#: (``QHYBRID_STORE_TIMEOUT`` seconds overrides it).
 BUSY_TIMEOUT_MS = 5000
+
+
+def _busy_timeout_ms() -> int:
+    try:
+        return int(float(os.environ.get("QHYBRID_STORE_TIMEOUT", "")) * 1000)
+    except ValueError:
+        return BUSY_TIMEOUT_MS
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -139,6 +147,7 @@ def describe(path: Path, exc: BaseException) -> str:
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open (creating when writable) the store at ``path``, check its version, set WAL."""
+    timeout_ms = _busy_timeout_ms()
     try:
         if readonly:
             if not path.exists():
@@ -146,7 +155,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             conn = sqlite3.connect(
                 f"file:{path}?mode=ro",
                 uri=True,
-                timeout=BUSY_TIMEOUT_MS / 1000,
+                timeout=timeout_ms / 1000,
                 isolation_level=None,
                 check_same_thread=False,
             )
@@ -154,14 +163,14 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
                 path,
-                timeout=BUSY_TIMEOUT_MS / 1000,
+                timeout=timeout_ms / 1000,
                 isolation_level=None,
                 check_same_thread=False,
             )
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(describe(path, exc)) from None
     try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise StoreError(
