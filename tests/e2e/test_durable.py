@@ -146,7 +146,7 @@ def run_and_kill(
 ) -> tuple[int, int]:
     store = Path(env["QHYBRID_STORE"])
     proc = subprocess.Popen(
-        [*cmd, "--headless", str(scenario), *extra],
+        [*cmd, "--headless", "--device", "cpu", str(scenario), *extra],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -175,10 +175,12 @@ def test_runs_are_recorded_listed_and_shown(
     qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
 ) -> None:
     scenario = relays(tmp_path)
-    plain = cli_json(qhybrid_cmd, env, "--headless", str(scenario), "--no-store")
+    plain = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--no-store")
     assert "run_id" not in plain
     assert not Path(env["QHYBRID_STORE"]).exists()  # --no-store writes nothing
-    run = cli_json(qhybrid_cmd, env, "--headless", str(scenario), "--checkpoint-every", "20")
+    run = cli_json(
+        qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--checkpoint-every", "20"
+    )
     # Recording is observation: the same hash as with the store off.
     assert run["trace_hash"] == plain["trace_hash"]
     listed = cli_json(qhybrid_cmd, env, "runs")["runs"]
@@ -201,7 +203,16 @@ def test_export_writes_the_trace_and_a_perfetto_file(
     qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
 ) -> None:
     trace = tmp_path / "trace.jsonl"
-    run = cli_json(qhybrid_cmd, env, "--headless", str(relays(tmp_path)), "--trace", str(trace))
+    run = cli_json(
+        qhybrid_cmd,
+        env,
+        "--headless",
+        "--device",
+        "cpu",
+        str(relays(tmp_path)),
+        "--trace",
+        str(trace),
+    )
     out = tmp_path / "export.jsonl"
     proc = cli(qhybrid_cmd, env, "export", run["run_id"], "--jsonl", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -225,7 +236,9 @@ def test_resume_after_sigkill_at_random_ticks_gives_the_undisturbed_hash(
     qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
 ) -> None:
     scenario = relays(tmp_path)
-    undisturbed = cli_json(qhybrid_cmd, env, "--headless", str(scenario), "--no-store")
+    undisturbed = cli_json(
+        qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--no-store"
+    )
     rng = random.Random()
     for at in sorted(rng.sample(range(2, undisturbed["ticks"] * 2 // 3), 2)):
         code, seen = run_and_kill(
@@ -258,7 +271,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(
     show = cli_json(qhybrid_cmd, env, "show", "last")
     assert show["status"] == "interrupted"
     resumed = cli_json(qhybrid_cmd, env, "resume", show["run_id"])
-    plain = cli_json(qhybrid_cmd, env, "--headless", str(scenario), "--no-store")
+    plain = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--no-store")
     assert resumed["trace_hash"] == plain["trace_hash"]
 
 
@@ -268,7 +281,7 @@ def test_replay_answers_from_the_store_with_the_model_moved_away(
     qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
 ) -> None:
     scenario = stories(tmp_path)
-    run = cli_json(qhybrid_cmd, env, "--headless", str(scenario))
+    run = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario))
     assert run["llm"]["requests"] == 2
     shown = cli_json(qhybrid_cmd, env, "show", run["run_id"])
     assert shown["llm_requests"] == 2
@@ -278,18 +291,23 @@ def test_replay_answers_from_the_store_with_the_model_moved_away(
     assert replay["identical"] is True and replay["model_calls"] == 0
     assert replay["trace_hash"] == run["trace_hash"]
     # Resume and a plain run do need the model: a clear message, not a traceback.
-    proc = cli(qhybrid_cmd, env, "--headless", str(scenario))
+    proc = cli(qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario))
     assert proc.returncode == 2 and "model file not found" in proc.stderr
 
 
 def test_replay_with_another_module_stops_at_the_first_divergence(
     qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
 ) -> None:
-    run = cli_json(qhybrid_cmd, env, "--headless", str(relays(tmp_path)))
+    run = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(relays(tmp_path)))
     part = cli_json(qhybrid_cmd, env, "replay", run["run_id"], "--to", "20")
     assert part["identical"] is True and part["ticks"] == 20
     other = cli_json(
-        qhybrid_cmd, env, "replay", run["run_id"], "--module", f"relay={AGENTS / 'ping.wat'}",
+        qhybrid_cmd,
+        env,
+        "replay",
+        run["run_id"],
+        "--module",
+        f"relay={AGENTS / 'ping.wat'}",
         code=1,
     )
     assert other["status"] == "diverged" and other["model_calls"] == 0
@@ -305,7 +323,14 @@ def test_fork_with_another_seed_differs_only_from_its_tick_and_diff_shows_it(
     qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
 ) -> None:
     parent = cli_json(
-        qhybrid_cmd, env, "--headless", str(relays(tmp_path)), "--checkpoint-every", "25"
+        qhybrid_cmd,
+        env,
+        "--headless",
+        "--device",
+        "cpu",
+        str(relays(tmp_path)),
+        "--checkpoint-every",
+        "25",
     )
     fork = cli_json(qhybrid_cmd, env, "fork", parent["run_id"], "--at", "60", "--seed", "9")
     assert fork["parent"] == parent["run_id"] and fork["fork_tick"] == 60
@@ -330,7 +355,7 @@ def test_a_corrupt_or_newer_store_is_refused_with_a_message(
     store = Path(env["QHYBRID_STORE"])
     store.parent.mkdir()
     store.write_bytes(b"this is no database" * 100)
-    proc = cli(qhybrid_cmd, env, "--headless", str(relays(tmp_path)))
+    proc = cli(qhybrid_cmd, env, "--headless", "--device", "cpu", str(relays(tmp_path)))
     assert proc.returncode == 2
     assert str(store) in proc.stderr and "not a qhybrid run store" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -339,11 +364,19 @@ def test_a_corrupt_or_newer_store_is_refused_with_a_message(
     conn = sqlite3.connect(store)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    proc = cli(qhybrid_cmd, env, "--headless", str(relays(tmp_path)))
+    proc = cli(qhybrid_cmd, env, "--headless", "--device", "cpu", str(relays(tmp_path)))
     assert proc.returncode == 2 and "newer qhybrid" in proc.stderr
     # Another store still works (nothing is lost to the bad one).
-    ok = cli_json(qhybrid_cmd, env, "--headless", str(relays(tmp_path)), "--store",
-                  str(tmp_path / "other.sqlite"))
+    ok = cli_json(
+        qhybrid_cmd,
+        env,
+        "--headless",
+        "--device",
+        "cpu",
+        str(relays(tmp_path)),
+        "--store",
+        str(tmp_path / "other.sqlite"),
+    )
     assert ok["status"] == "completed"
 
 
@@ -351,12 +384,16 @@ def test_a_locked_store_is_named(
     qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
 ) -> None:
     store = Path(env["QHYBRID_STORE"])
-    cli_json(qhybrid_cmd, env, "--headless", str(relays(tmp_path)))
+    cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(relays(tmp_path)))
     holder = sqlite3.connect(store, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        proc = cli(qhybrid_cmd, {**env, "QHYBRID_STORE_TIMEOUT": "0.2"}, "--headless",
-                   str(relays(tmp_path)))
+        proc = cli(
+            qhybrid_cmd,
+            {**env, "QHYBRID_STORE_TIMEOUT": "0.2"},
+            "--headless",
+            str(relays(tmp_path)),
+        )
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -368,7 +405,7 @@ def test_a_full_disk_stops_the_recording_not_the_run(
     qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
 ) -> None:
     scenario = relays(tmp_path)
-    plain = cli_json(qhybrid_cmd, env, "--headless", str(scenario), "--no-store")
+    plain = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--no-store")
     limit = 160 * 1024  # the store outgrows this in a few ticks: the disk is "full"
 
     def small_files() -> None:
@@ -376,8 +413,21 @@ def test_a_full_disk_stops_the_recording_not_the_run(
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     proc = subprocess.run(
-        [*qhybrid_cmd, "--headless", str(scenario), "--json", "--checkpoint-every", "5"],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        [
+            *qhybrid_cmd,
+            "--headless",
+            "--device",
+            "cpu",
+            str(scenario),
+            "--json",
+            "--checkpoint-every",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
         preexec_fn=small_files,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

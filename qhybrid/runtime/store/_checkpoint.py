@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import pickle
-from types import MappingProxyType
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np

@@ -26,6 +26,7 @@ def _busy_timeout_ms() -> int:
     except ValueError:
         return BUSY_TIMEOUT_MS
 
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,

@@ -32,9 +32,9 @@ from qhybrid.runtime.wasm_pool._abi import (
     SEND_UNKNOWN_AGENT,
     WASI_MODULE,
     AgentModuleError,
-    internal_mutable_globals,
 )
 from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
+from qhybrid.runtime.wasm_pool._globals import host_snapshot_exact
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class WorkerContext:
     def add_module(self, key: str, serialized: bytes, original: bytes) -> None:
         self._serialized[key] = serialized
         try:
-            self._recoverable[key] = internal_mutable_globals(original) <= 1
+            self._recoverable[key] = host_snapshot_exact(original)
         except (ValueError, IndexError, wasmtime.WasmtimeError):
             self._recoverable[key] = False  # unknown (no or unreadable source): assume not
         for cached in [k for k in self._modules if k[0] == key]:
@@ -667,6 +667,17 @@ class AgentHost:
         return outcome
 
     # -- snapshots ------------------------------------------------------------------------
+    def unrecoverable(self) -> str | None:
+        """Why this agent's state cannot be brought back in a fresh instance, or None."""
+        if isinstance(self._exports.get("qh_snapshot"), wasmtime.Func):
+            return None
+        if self.ctx.host_snapshot_ok(self.load.module_key):
+            return None
+        return (
+            f"{self.name}: its module keeps state in non-exported mutable globals and has no "
+            "qh_snapshot/qh_restore, so it cannot be restored"
+        )
+
     def snapshot(self) -> bytes:
         """The agent's committed state: its own snapshot or its memory and globals, plus the
         host's state for it (random stream, handles, counters)."""
