@@ -43,11 +43,11 @@ class TraceRecorder:
     def record(self, *fields: Field) -> None:
         self._pending.append(fields)
 
-    def flush(self) -> None:
-        """Hash (and write) the buffered records."""
+    def flush(self) -> list[tuple[Field, ...]]:
+        """Hash (and write) the buffered records; returns them (oldest first)."""
         pending = self._pending
         if not pending:
-            return
+            return pending
         self._pending = []
         self.records += len(pending)
         lines = list(map(repr, pending))
@@ -57,6 +57,7 @@ class TraceRecorder:
         self._recent.extend(pending)
         if self._file is not None:
             self._file.writelines(_json(r) + "\n" for r in pending)
+        return pending
 
     def resume_from(self, lines: list[str]) -> None:
         """Continue a run restored from a checkpoint: drop what is buffered and hash the
