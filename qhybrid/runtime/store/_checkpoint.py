@@ -24,7 +24,7 @@ import numpy as np
 from qhybrid.runtime.store._store import blob_digest
 
 if TYPE_CHECKING:
-    from qhybrid.runtime._orchestrator import Runtime
+    from qhybrid.runtime.store._runtime import DurableRuntime
 
 #: Bumped when the pickled layout changes; an older checkpoint is refused, not misread.
 STATE_VERSION = 1
@@ -47,17 +47,19 @@ def _peek(counter: itertools.count[int]) -> tuple[int, itertools.count[int]]:
     return value, itertools.count(value)
 
 
-def checkpointable(rt: Runtime) -> bool:
+def checkpointable(rt: DurableRuntime) -> bool:
     """Whether the state after this tick can be saved: no LLM request in flight."""
-    llm = rt._llm
-    return not rt._llm_requests and (llm is None or not llm.engine.has_work())
+    llm = rt._parts.llm
+    return not llm._requests and not llm.busy
 
 
-async def capture(rt: Runtime) -> SavedState:
+async def capture(rt: DurableRuntime) -> SavedState:
     """The state after the tick just committed (call between ticks, on the runtime's loop)."""
+    parts = rt._parts
     blobs: dict[str, bytes] = {}
     by_worker: dict[int, list[int]] = {}
-    for agent in rt._agents:
+    agents_ = parts.roster.agents
+    for agent in agents_:
         if agent.state == "loaded":
             by_worker.setdefault(agent.worker, []).append(agent.agent_id)
     snaps: dict[int, str] = {}
@@ -69,10 +71,10 @@ async def capture(rt: Runtime) -> SavedState:
             key = blob_digest(snap)
             blobs[key] = snap
             snaps[agent_id] = key
-    agents = [(a.state, a.handled, a.error, a.restarts, snaps.get(a.agent_id)) for a in rt._agents]
-    entries = {e.name: e for e in rt.pool._tensors}
+    agents = [(a.state, a.handled, a.error, a.restarts, snaps.get(a.agent_id)) for a in agents_]
+    entries = rt.tensor_entries
     tensors = []
-    for name, tensor in rt._named_tensors.items():
+    for name, tensor in parts.named.by_name.items():
         data = np.ascontiguousarray(tensor.array).tobytes()
         key = blob_digest(data)
         blobs[key] = data
@@ -80,30 +82,31 @@ async def capture(rt: Runtime) -> SavedState:
         visible = entry.visible_from if entry is not None else 0
         writers = entry.writers if entry is not None else frozenset()
         tensors.append((name, tensor.handle.shape, tensor.handle.dtype, key, visible, writers))
-    seq, rt._seq = _peek(rt._seq)
-    llm_ids, rt._llm_ids = _peek(rt._llm_ids)
+    schedule, commit = parts.schedule, parts.commit
+    seq, schedule._seq = _peek(schedule._seq)
+    llm_ids, parts.llm._ids = _peek(parts.llm._ids)
     rt._trace.flush()
     state: dict[str, Any] = {
         "version": STATE_VERSION,
-        "tick": rt.tick,
+        "tick": schedule.tick,
         "counters": (
-            rt.delivered,
-            rt.tasks_completed,
-            rt.cpu_tasks,
-            rt.gpu_tasks,
-            rt._gpu_busy_s,
-            rt.worker_restarts,
-            rt._llm_tokens,
-            rt._llm_done,
+            commit.delivered,
+            commit.tasks_completed,
+            commit.cpu_tasks,
+            commit.gpu_tasks,
+            parts.gpu.busy_s,
+            parts.recovery.worker_restarts,
+            parts.llm.tokens,
+            parts.llm.done,
         ),
-        "queue": [_plain(item) for item in rt._queue],
+        "queue": [_plain(item) for item in schedule.queue],
         "seq": seq,
         "llm_ids": llm_ids,
-        "job_owner": dict(rt._job_owner),
+        "job_owner": dict(parts.gpu._job_owner),
         "agents": agents,
         "tensors": tensors,
     }
-    return SavedState(rt.tick, rt._trace.records, pickle.dumps(state, protocol=5), blobs)
+    return SavedState(schedule.tick, rt._trace.records, pickle.dumps(state, protocol=5), blobs)
 
 
 def _plain(item: Any) -> tuple[Any, ...]:

@@ -35,9 +35,9 @@ from qhybrid.runtime.store._store import RunStore
 
 if TYPE_CHECKING:
     from qhybrid.runtime._events import AgentLog, TaskFinished, TickFinished
-    from qhybrid.runtime._orchestrator import Runtime
     from qhybrid.runtime._trace import Field
     from qhybrid.runtime.llm import GenerationParams, LlmEngine, RequestUpdate
+    from qhybrid.runtime.store._runtime import DurableRuntime as Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -233,9 +233,11 @@ class RunRecorder:
 
     def attach_llm(self, rt: Runtime) -> None:
         """Record the LLM's traffic (after ``rt`` started, before its first tick)."""
-        llm = rt._llm
+        bridge = rt._parts.llm
+        llm = bridge.loaded
         if llm is not None and not isinstance(llm.engine, _RecordingEngine):
-            rt._llm = dataclasses.replace(llm, engine=_RecordingEngine(llm.engine, self, rt))  # type: ignore[arg-type]
+            engine = _RecordingEngine(llm.engine, self, rt)
+            bridge.loaded = dataclasses.replace(llm, engine=engine)  # type: ignore[arg-type]
 
     # -- observers (the orchestrator's thread) ------------------------------------------------
     def _on_records(self, records: list[tuple[Field, ...]], lines: list[str]) -> None:

@@ -14,20 +14,20 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qhybrid.runtime._orchestrator import Runtime, RuntimeConfig, _Item
+from qhybrid.runtime._orchestrator import Runtime, RuntimeConfig
+from qhybrid.runtime._schedule import Item
 from qhybrid.runtime.store._checkpoint import load_state, unplain
 from qhybrid.runtime.wasm_pool import TensorEntry
 
 if TYPE_CHECKING:
     from qhybrid.runtime._scenario import Scenario
     from qhybrid.runtime._trace import Field
-    from qhybrid.runtime.llm import LoadedModel
     from qhybrid.runtime.store._recorder import RunRecorder
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class DurableRuntime(Runtime):
         *,
         recorder: RunRecorder | None = None,
         restore: RestorePoint | None = None,
-        llm: Callable[[Runtime], LoadedModel] | None = None,
+        llm: Callable[[DurableRuntime], Any] | None = None,
         check: TraceCheck | None = None,
         stop_at: int | None = None,
     ) -> None:
@@ -121,6 +121,18 @@ class DurableRuntime(Runtime):
         self._llm_factory = llm
         self.check = check
         self.stop_at = stop_at
+        #: The latest pool entry of each named tensor (visibility and writers, for checkpoints).
+        self.tensor_entries: dict[str, TensorEntry] = {}
+        add_tensors = self.pool.add_tensors
+
+        def add(entries: Sequence[TensorEntry]) -> None:
+            for entry in entries:
+                self.tensor_entries[entry.name] = entry
+            add_tensors(entries)
+
+        setattr(self.pool, "add_tensors", add)  # noqa: B010 (an instance's own method)
+        if llm is not None:
+            setattr(self._parts.llm, "open", self._open_recorded)  # noqa: B010
         if recorder is not None:
             recorder.attach(self)
         if check is not None:
@@ -137,6 +149,12 @@ class DurableRuntime(Runtime):
 
     async def start(self) -> None:
         await super().start()
+        try:
+            if self._restore_state is not None:
+                await self._restore()
+        except BaseException:
+            await self.aclose()
+            raise
         if self.recorder is not None and self._llm_factory is None:
             self.recorder.attach_llm(self)
 
@@ -152,48 +170,44 @@ class DurableRuntime(Runtime):
             self.request_stop(f"reached tick {self.stop_at}")
         return going
 
-    # -- restoring --------------------------------------------------------------------------
-    def _create_tensors(self) -> None:
-        st, point = self._restore_state, self._restore_point
-        if st is None or point is None:
-            super()._create_tensors()
+    async def _open_recorded(self) -> None:
+        """The LLM bridge's ``open`` in a replay: the stand-in, not the model file."""
+        if self.scenario.llm is None or self._llm_factory is None:
             return
-        entries = []
-        for name, shape, dtype, key, visible, writers in st["tensors"]:
-            tensor = self.tensors.create(shape, dtype)
-            flat = tensor.array.reshape(-1).view(np.uint8)
-            flat[...] = np.frombuffer(point.blobs[key], np.uint8)
-            self._named_tensors[name] = tensor
-            entries.append(TensorEntry(name, tensor.handle, visible, writers))
-        self.pool.add_tensors(entries)
-
-    async def _open_llm(self) -> None:
-        if self._llm_factory is None or self.scenario.llm is None:
-            await super()._open_llm()
-            return
-        self._llm = loaded = self._llm_factory(self)
+        bridge = self._parts.llm
+        bridge.loaded = loaded = self._llm_factory(self)
         self._trace.record(
             "llm_model", 0, 0, loaded.model.name, loaded.model.config.arch, loaded.placement
         )
 
-    async def _load_agents(self) -> None:
-        await super()._load_agents()
-        st, point = self._restore_state, self._restore_point
-        if st is None or point is None:
-            return
+    # -- restoring --------------------------------------------------------------------------
+    async def _restore(self) -> None:
+        """Put the checkpoint's state in place of the scenario's start (after ``start``)."""
         from qhybrid.runtime.store._fork import reseed_snapshot
 
-        by_worker: dict[int, list[tuple[Any, bytes, list[Any]]]] = {}
-        restored = []
+        st, point = self._restore_state, self._restore_point
+        assert st is not None and point is not None
+        parts = self._parts
+        # Tensors: the checkpoint's contents, under the same names and visibility.
+        named = parts.named
+        entries = []
+        for name, shape, dtype, key, visible, writers in st["tensors"]:
+            old = named.by_name.pop(name, None)
+            if old is not None:
+                old.close()
+            tensor = self.tensors.create(shape, dtype)
+            flat = tensor.array.reshape(-1).view(np.uint8)
+            flat[...] = np.frombuffer(point.blobs[key], np.uint8)
+            named.by_name[name] = tensor
+            entries.append(TensorEntry(name, tensor.handle, visible, writers))
+        self.pool.add_tensors(entries)
+        # Agents: their states and counters, and their snapshots in fresh instances.
+        by_worker: dict[int, list[tuple[Any, bytes | None, list[Any]]]] = {}
         for agent, (state, handled, error, restarts, key) in zip(
-            self._agents, st["agents"], strict=True
+            parts.roster.agents, st["agents"], strict=True
         ):
-            agent.state, agent.handled, agent.error, agent.restarts = (
-                state,
-                handled,
-                error,
-                restarts,
-            )
+            agent.state, agent.handled, agent.error = state, handled, error
+            agent.restarts = restarts
             if key is None or agent.load is None:
                 continue
             snap = point.blobs[key]
@@ -201,36 +215,29 @@ class DurableRuntime(Runtime):
                 snap = reseed_snapshot(snap, point.reseed[agent.name])
             agent.snapshot, agent.log, agent.reads = snap, [], set()
             by_worker.setdefault(agent.worker, []).append((agent.load, snap, []))
-            restored.append(agent)
         for worker, items in by_worker.items():
-            problems = await self.pool.restore(worker, items)
-            for problem in problems:
+            for problem in await self.pool.restore(worker, items):
                 if problem is not None:
                     raise RuntimeError(f"the checkpoint cannot be restored: {problem}")
-
-    def _enqueue_initial(self) -> None:
-        st, point = self._restore_state, self._restore_point
-        if st is None or point is None:
-            super()._enqueue_initial()
-            return
-        self.tick = st["tick"]
+        # The queue, the clock and the counters.
+        schedule, commit = parts.schedule, parts.commit
+        schedule.tick = st["tick"]
+        schedule.queue = [Item(*unplain(item)) for item in st["queue"]]
+        heapq.heapify(schedule.queue)
+        tasks = [i.task for i in schedule.queue if i.task is not None]
+        schedule._queued_tasks = len(tasks)
+        schedule._queued_gpu = sum(1 for t in tasks if t.kind == "gpu")
+        schedule._seq = itertools.count(st["seq"])
+        parts.llm._ids = itertools.count(st["llm_ids"])
         (
-            self.delivered,
-            self.tasks_completed,
-            self.cpu_tasks,
-            self.gpu_tasks,
-            self._gpu_busy_s,
-            self.worker_restarts,
-            self._llm_tokens,
-            self._llm_done,
+            commit.delivered,
+            commit.tasks_completed,
+            commit.cpu_tasks,
+            commit.gpu_tasks,
+            parts.gpu.busy_s,
+            parts.recovery.worker_restarts,
+            parts.llm.tokens,
+            parts.llm.done,
         ) = st["counters"]
-        self._queue = [_Item(*unplain(item)) for item in st["queue"]]
-        heapq.heapify(self._queue)
-        self._queued_tasks = sum(1 for i in self._queue if i.task is not None)
-        self._queued_gpu = sum(
-            1 for i in self._queue if i.task is not None and i.task.kind == "gpu"
-        )
-        self._seq = itertools.count(st["seq"])
-        self._llm_ids = itertools.count(st["llm_ids"])
-        self._job_owner = dict(st["job_owner"])
+        parts.gpu._job_owner = dict(st["job_owner"])
         self._trace.resume_from(point.lines)
