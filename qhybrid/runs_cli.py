@@ -121,6 +121,8 @@ class Recording:
         self.path = path
         self.run_id = run_id
         self.recorder = recorder
+        self.namespace = ""
+        self._runtime: Runtime | None = None
 
     def runtime(
         self,
@@ -129,21 +131,38 @@ class Recording:
         restore: RestorePoint | None = None,
         **kwargs: Any,
     ) -> Runtime:
-        from qhybrid.runtime.store import DurableRuntime
+        """The runtime that records; with a persistent memory namespace, its agents start
+        from what the namespace holds (a restore brings its own)."""
+        from qhybrid.runtime.store import DurableRuntime, RunStore, StoreError
 
-        return DurableRuntime(scenario, config, recorder=self.recorder, restore=restore, **kwargs)
+        runtime = DurableRuntime(
+            scenario, config, recorder=self.recorder, restore=restore, **kwargs
+        )
+        self.namespace = scenario.memory.namespace
+        if self.namespace and restore is None:
+            try:
+                with RunStore(self.path) as store:
+                    runtime.memory.initial = store.load_memory(self.namespace)
+            except StoreError as exc:
+                raise BadInput(str(exc)) from None
+        self._runtime = runtime
+        return runtime
 
     def finish(self, runtime: Runtime | None, result: RunResult | None, status: str = "") -> None:
-        """Record the end; a store that failed during the run is reported, not fatal."""
+        """Record the end (and a persistent namespace's memory, when the run got to its end);
+        a store that failed during the run is reported, not fatal."""
         if result is not None:
             summary = result.to_json()
             summary["run_id"] = self.run_id
+            rt = self._runtime
+            memory = (self.namespace, rt.memory.everyone()) if rt and self.namespace else None
             error = self.recorder.finish(
                 runtime,
                 result.status,
                 result.reason,
                 trace_hash=result.trace_hash,
                 summary=summary,
+                memory=memory,
             )
         else:
             error = self.recorder.finish(runtime, status or "interrupted", None)
@@ -182,7 +201,7 @@ def start_recording(
 
     if getattr(args, "no_store", False):
         return None
-    every = _checkpoint_every(args)
+    every = _checkpoint_every(args, scenario)
     try:
         text = scenario_path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -214,8 +233,11 @@ def start_recording(
     return Recording(path, run_id, recorder)
 
 
-def _checkpoint_every(args: argparse.Namespace) -> int:
+def _checkpoint_every(args: argparse.Namespace, scenario: Scenario | None = None) -> int:
+    """--checkpoint-every, else the scenario's ``checkpoint_every``, else the default."""
     every = getattr(args, "checkpoint_every", None)
+    if every is None:
+        every = scenario.checkpoint_every if scenario and scenario.checkpoint_every else None
     if every is None:
         every = DEFAULT_CHECKPOINT_EVERY
     if every < 0:

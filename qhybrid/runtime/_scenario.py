@@ -85,7 +85,10 @@ _TOP_KEYS = (
     "messages",
     "tensors",
     "tasks",
+    "memory",
+    "checkpoint_every",
 )
+_MEMORY_KEYS = ("namespace", "max_keys", "max_bytes")
 _LLM_KEYS = (
     "model",
     "device",
@@ -296,6 +299,16 @@ class LlmSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MemorySpec:
+    """Agents' long-term memory (``[memory]``): quotas per agent, and the persistent
+    ``namespace`` (empty: none) under which the run store keeps it from one run to the next."""
+
+    namespace: str = ""
+    max_keys: int = 1024
+    max_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """A checked scenario: every name resolved, every path absolute, every shape inferred."""
 
@@ -309,6 +322,9 @@ class Scenario:
     tasks: tuple[TaskSpec, ...] = ()
     stop: StopSpec = StopSpec()
     llm: LlmSpec | None = None
+    memory: MemorySpec = MemorySpec()
+    #: Ticks between the run store's checkpoints (0: the command line's default).
+    checkpoint_every: int = 0
     #: Field path (``"agents[0].module"``) -> 1-based line in the source; best effort.
     field_lines: Mapping[str, int] = dataclasses.field(default_factory=_empty_mapping, hash=False)
 
@@ -683,6 +699,8 @@ class _Builder:
         tensors = self._tensors(data.get("tensors"))
         tasks = self._tasks(data.get("tasks"), tensors, targets)
         llm = self._llm(data["llm"]) if "llm" in data else None
+        memory = self._memory(data.get("memory", {}))
+        checkpoint_every = r.integer(data.get("checkpoint_every", 0), "checkpoint_every", 0)
         return Scenario(
             name=name,
             description=description,
@@ -694,6 +712,8 @@ class _Builder:
             tasks=tasks,
             stop=stop,
             llm=llm,
+            memory=memory,
+            checkpoint_every=checkpoint_every,
             field_lines=MappingProxyType(dict(r.lines)),
         )
 
@@ -718,6 +738,15 @@ class _Builder:
             max_messages = r.integer(raw["max_messages"], "stop.max_messages", 1)
         timeout_s = r.positive_number(raw.get("timeout_s", DEFAULT_TIMEOUT_S), "stop.timeout_s")
         return StopSpec(max_ticks=max_ticks, max_messages=max_messages, timeout_s=timeout_s)
+
+    def _memory(self, value: object) -> MemorySpec:
+        r = self.r
+        raw = r.table(value, "memory", _MEMORY_KEYS, "[memory]")
+        return MemorySpec(
+            namespace=r.string(raw.get("namespace", ""), "memory.namespace"),
+            max_keys=r.integer(raw.get("max_keys", 1024), "memory.max_keys", 1),
+            max_bytes=r.integer(raw.get("max_bytes", 1 << 20), "memory.max_bytes", 1),
+        )
 
     def _llm(self, value: object) -> LlmSpec:
         r = self.r

@@ -105,6 +105,7 @@ async def capture(rt: DurableRuntime) -> SavedState:
         "job_owner": dict(parts.gpu._job_owner),
         "agents": agents,
         "tensors": tensors,
+        "memory": (rt.memory.initial, rt.memory.everyone()),
     }
     return SavedState(schedule.tick, rt._trace.records, pickle.dumps(state, protocol=5), blobs)
 

@@ -134,6 +134,8 @@ class _Writer(threading.Thread):
                         run_id, saved.tick, saved.records, saved.state, saved.blobs
                     )
                     self.checkpoints.append(saved.tick)
+                elif what == "memory":
+                    store.save_memory(*arg)
                 elif what == "status":
                     store.set_status(run_id, *arg[:2], trace_hash=arg[2], summary=arg[3])
 
@@ -332,6 +334,7 @@ class RunRecorder:
         *,
         trace_hash: str | None = None,
         summary: dict[str, Any] | None = None,
+        memory: tuple[str, dict[str, dict[bytes, bytes]]] | None = None,
     ) -> str | None:
         """Write what is left and the run's status; stop the writer. Returns the recording's
         error, if it failed (the run itself is not affected)."""
@@ -340,6 +343,8 @@ class RunRecorder:
         self._closed = True
         if rt is not None:
             self._send(rt)
+        if memory is not None:
+            self._writer.queue.put(("memory", memory))
         self._writer.queue.put(("status", (status, reason, trace_hash, summary)))
         self._writer.queue.put(None)
         self._writer.join()

@@ -240,4 +240,5 @@ class DurableRuntime(Runtime):
             parts.llm.done,
         ) = st["counters"]
         parts.gpu._job_owner = dict(st["job_owner"])
+        self.memory.initial, self.memory.by_agent = st["memory"]
         self._trace.resume_from(point.lines)

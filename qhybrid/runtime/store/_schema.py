@@ -107,6 +107,13 @@ CREATE TABLE IF NOT EXISTS ticks (
     llm_s REAL NOT NULL,
     PRIMARY KEY (run_id, tick)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS memory (
+    namespace TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (namespace, agent, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
     data BLOB NOT NULL

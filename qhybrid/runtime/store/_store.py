@@ -353,6 +353,30 @@ class RunStore:
                 (tick, records, RUNNING, run_id),
             )
 
+    # -- agents' long-term memory ----------------------------------------------------------------
+    def load_memory(self, namespace: str) -> dict[str, dict[bytes, bytes]]:
+        """A persistent namespace's memory: agent name -> key -> value."""
+        rows = self._query(
+            "SELECT agent, key, value FROM memory WHERE namespace = ? ORDER BY agent, key",
+            (namespace,),
+        )
+        out: dict[str, dict[bytes, bytes]] = {}
+        for r in rows:
+            out.setdefault(str(r[0]), {})[bytes(r[1])] = bytes(r[2])
+        return out
+
+    def save_memory(self, namespace: str, memory: dict[str, dict[bytes, bytes]]) -> None:
+        """Replace what ``namespace`` holds for these agents, atomically."""
+        with self.transaction() as conn:
+            for agent, kv in memory.items():
+                conn.execute(
+                    "DELETE FROM memory WHERE namespace = ? AND agent = ?", (namespace, agent)
+                )
+                conn.executemany(
+                    "INSERT INTO memory (namespace, agent, key, value) VALUES (?,?,?,?)",
+                    ((namespace, agent, k, v) for k, v in kv.items()),
+                )
+
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(
         self, run_id: str, tick: int, records: int, state: bytes, blobs: dict[str, bytes]
