@@ -436,3 +436,69 @@ def test_a_full_disk_stops_the_recording_not_the_run(
     assert "stopped recording" in proc.stderr and "disk is full" in proc.stderr
     shown = cli_json(qhybrid_cmd, env, "show", result["run_id"])
     assert 0 < shown["records"] < 1500  # what was recorded before the disk filled is kept
+
+
+NOTES = """
+name = "notes"
+[memory]
+namespace = "e2e-notes"
+[[agents]]
+name = "notes"
+module = "@AGENTS@/notes.wasm"
+[[agents]]
+name = "ping"
+module = "@AGENTS@/ping.wat"
+[[messages]]
+to = "ping"
+kind = 1
+payload_i64 = [150]
+[[messages]]
+to = "notes"
+kind = 1
+payload = "first"
+at = 2
+[[messages]]
+to = "notes"
+kind = 1
+payload = "second"
+at = 40
+[[messages]]
+to = "notes"
+kind = 2
+at = 140
+"""
+
+
+def test_memory_survives_resume_and_a_namespace_keeps_it_across_runs(
+    qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    scenario = tmp_path / "notes.toml"
+    scenario.write_text(NOTES.replace("@AGENTS@", AGENTS.as_posix()), encoding="utf-8")
+    plain = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--no-store")
+    code, seen = run_and_kill(
+        qhybrid_cmd,
+        env,
+        scenario,
+        60,
+        signal.SIGKILL,
+        "--device",
+        "cpu",
+        "--checkpoint-every",
+        "10",
+    )
+    assert code == -signal.SIGKILL and 60 <= seen < 140
+    resumed = cli_json(qhybrid_cmd, env, "resume", "last")
+    assert resumed["resumed_from"] >= 40  # the checkpoint holds both notes ...
+    assert resumed["trace_hash"] == plain["trace_hash"]  # ... and the run goes on as it would
+    again = cli(qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "-v")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "notes: run 2, 2 notes remembered" in again.stderr
+    assert "note/000003 = second" in again.stderr
+    conn = sqlite3.connect(env["QHYBRID_STORE"])
+    rows = dict(
+        conn.execute(
+            "SELECT key, value FROM memory WHERE namespace = 'e2e-notes' AND agent = 'notes'"
+        ).fetchall()
+    )
+    conn.close()
+    assert rows[b"runs"] == b"2" and rows[b"notes"] == b"4"
