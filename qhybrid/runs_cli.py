@@ -636,7 +636,11 @@ def cmd_fork(args: argparse.Namespace) -> int:
         if args.seed is not None
         else None
     )
-    point = RestorePoint(saved.state, saved.blobs, lines[: saved.records], reseed)
+    changed = {spec.partition(".")[0] for spec in args.set}
+    fresh = frozenset(
+        name for group in scenario.agents if group.name in changed for name in group.instances
+    )
+    point = RestorePoint(saved.state, saved.blobs, lines[: saved.records], reseed, fresh)
     try:
         recording = start_recording(
             args,

@@ -43,6 +43,8 @@ class RestorePoint:
     blobs: dict[str, bytes]
     lines: list[str]
     reseed: dict[str, int] | None = None
+    #: Agents left as fresh instances (a fork that changed their group's config).
+    fresh: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -208,7 +210,7 @@ class DurableRuntime(Runtime):
         ):
             agent.state, agent.handled, agent.error = state, handled, error
             agent.restarts = restarts
-            if key is None or agent.load is None:
+            if key is None or agent.load is None or agent.name in point.fresh:
                 continue
             snap = point.blobs[key]
             if point.reseed and agent.name in point.reseed:
