@@ -288,6 +288,12 @@ def _runtime_config(run: dict[str, Any], args: argparse.Namespace) -> RuntimeCon
     )
 
 
+def _llm_window(store: RunStore, run_id: str, at: int) -> Any:
+    from qhybrid.runtime.store._llm_state import history, window
+
+    return window(history(store.llm_requests(run_id), store.llm_updates(run_id)), at)
+
+
 def _restore_point(store: RunStore, run_id: str, cp: Any) -> RestorePoint:
     from qhybrid.runtime.store import RestorePoint
     from qhybrid.runtime.store._checkpoint import load_state
@@ -295,7 +301,8 @@ def _restore_point(store: RunStore, run_id: str, cp: Any) -> RestorePoint:
     state = load_state(cp.state)
     keys = [a[4] for a in state["agents"] if a[4]] + [t[3] for t in state["tensors"]]
     lines = [line for n, _, line in store.records(run_id) if n < cp.records]
-    return RestorePoint(cp.state, store.blobs(keys), lines)
+    llm = _llm_window(store, run_id, cp.tick) if state.get("llm_requests") else None
+    return RestorePoint(cp.state, store.blobs(keys), lines, llm=llm)
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
@@ -640,7 +647,11 @@ def cmd_fork(args: argparse.Namespace) -> int:
     fresh = frozenset(
         name for group in scenario.agents if group.name in changed for name in group.instances
     )
-    point = RestorePoint(saved.state, saved.blobs, lines[: saved.records], reseed, fresh)
+    with _open(args, readonly=True) as store:
+        llm_window = _llm_window(store, parent_id, saved.tick)
+    point = RestorePoint(
+        saved.state, saved.blobs, lines[: saved.records], reseed, fresh, llm_window
+    )
     try:
         recording = start_recording(
             args,
@@ -670,7 +681,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
         f"qhybrid {__version__}: fork [bold]{recording.run_id}[/] of {parent_id} at tick "
         f"{saved.tick}"
         + (
-            f" (asked {args.at}; the first tick with no LLM request in flight)"
+            f" (asked {args.at}: the first tick the run reached from there)"
             if saved.tick != args.at
             else ""
         )

@@ -502,3 +502,46 @@ def test_memory_survives_resume_and_a_namespace_keeps_it_across_runs(
     )
     conn.close()
     assert rows[b"runs"] == b"2" and rows[b"notes"] == b"4"
+
+
+@pytest.mark.slow
+def test_the_demo_resumes_with_llm_requests_in_flight(
+    qhybrid_cmd: list[str], env: dict[str, str]
+) -> None:
+    """The storytellers' answers stream over most of the demo: the checkpoint a resume starts
+    from has requests in flight, and the engine's state is rebuilt from the recorded steps."""
+    # --device cpu: where "auto" puts the LLM and the matmul is measured per machine (a cost
+    # model cached beside the modules), and the trace names the placement.
+    undisturbed = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", "--no-store")
+    at = random.Random().randrange(12, 40)
+    demo = ROOT / "resources" / "scenarios" / "demo.toml"
+    code, seen = run_and_kill(
+        qhybrid_cmd, env, demo, at, signal.SIGKILL, "--device", "cpu", "--checkpoint-every", "5"
+    )
+    assert code == -signal.SIGKILL and seen >= at
+    resumed = cli_json(qhybrid_cmd, env, "resume", "last")
+    assert 5 <= resumed["resumed_from"] <= seen
+    assert resumed["trace_hash"] == undisturbed["trace_hash"], f"killed at tick {seen}"
+    assert resumed["llm"]["requests"] == 2
+
+
+def test_a_fork_with_llm_requests_in_flight_and_no_changes_is_its_parent(
+    qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    parent = cli_json(
+        qhybrid_cmd,
+        env,
+        "--headless",
+        "--device",
+        "cpu",
+        str(stories(tmp_path)),
+        "--checkpoint-every",
+        "4",
+    )
+    same = cli_json(qhybrid_cmd, env, "fork", parent["run_id"], "--at", "6")
+    assert same["fork_tick"] == 6 and same["trace_hash"] == parent["trace_hash"]
+    # Another seed changes the requests made after the fork (storyteller-1 asks at tick 3);
+    # the one in flight at tick 2 goes on with its own.
+    other = cli_json(qhybrid_cmd, env, "fork", parent["run_id"], "--at", "2", "--seed", "11")
+    diff = cli_json(qhybrid_cmd, env, "diff", parent["run_id"], other["run_id"], code=1)
+    assert diff["first_tick"] > 3 and "llm_done" in (diff["a"] or diff["b"])

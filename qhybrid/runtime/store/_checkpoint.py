@@ -5,9 +5,9 @@ crash-recovery machinery's, taken fresh), the named tensors' contents (deduplica
 digest in the store's blobs), the random states (each agent's stream lives in its snapshot;
 everything else derives from the scenario's seed), and the number of trace records so far.
 
-It is taken only at a tick where no LLM request is in flight (the engine's KV cache is not
-saved); :func:`checkpointable` says whether a tick qualifies. Restoring rebuilds the trace
-hash from the stored records, so a resumed run ends with the hash of an undisturbed one.
+LLM requests in flight are not saved with it: a restore rebuilds the engine's state by
+replaying its recorded steps (``_llm_state``). Restoring rebuilds the trace hash from the
+stored records, so a resumed run ends with the hash of an undisturbed one.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ def _peek(counter: itertools.count[int]) -> tuple[int, itertools.count[int]]:
 
 
 def checkpointable(rt: DurableRuntime) -> bool:
-    """Whether the state after this tick can be saved: no LLM request in flight."""
-    llm = rt._parts.llm
-    return not llm._requests and not llm.busy
+    """Whether the state after this tick can be saved (LLM requests in flight are rebuilt
+    from the store's history on restore, see ``_llm_state``; a replay's stand-in LLM has
+    no engine to rebuild)."""
+    return rt.checkpoints_ok
 
 
 async def capture(rt: DurableRuntime) -> SavedState:
@@ -106,6 +107,7 @@ async def capture(rt: DurableRuntime) -> SavedState:
         "agents": agents,
         "tensors": tensors,
         "memory": (rt.memory.initial, rt.memory.everyone()),
+        "llm_requests": dict(parts.llm._requests),
     }
     return SavedState(schedule.tick, rt._trace.records, pickle.dumps(state, protocol=5), blobs)
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import logging
@@ -28,6 +29,7 @@ from qhybrid.runtime.wasm_pool import TensorEntry
 if TYPE_CHECKING:
     from qhybrid.runtime._scenario import Scenario
     from qhybrid.runtime._trace import Field
+    from qhybrid.runtime.store._llm_state import RecordedRequest
     from qhybrid.runtime.store._recorder import RunRecorder
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class RestorePoint:
     reseed: dict[str, int] | None = None
     #: Agents left as fresh instances (a fork that changed their group's config).
     fresh: frozenset[str] = frozenset()
+    #: The LLM engine's history to replay (from tick ``t0``), for requests in flight.
+    llm: tuple[int, list[RecordedRequest]] | None = None
 
 
 @dataclass(slots=True)
@@ -123,6 +127,10 @@ class DurableRuntime(Runtime):
         self._llm_factory = llm
         self.check = check
         self.stop_at = stop_at
+        #: False when a checkpoint could not be restored as it was (a replay's stand-in LLM).
+        self.checkpoints_ok = llm is None
+        #: LLM engine steps replayed to rebuild requests in flight at the restore point.
+        self.llm_steps_rebuilt = 0
         #: The latest pool entry of each named tensor (visibility and writers, for checkpoints).
         self.tensor_entries: dict[str, TensorEntry] = {}
         add_tensors = self.pool.add_tensors
@@ -180,6 +188,22 @@ class DurableRuntime(Runtime):
         bridge.loaded = loaded = self._llm_factory(self)
         self._trace.record(
             "llm_model", 0, 0, loaded.model.name, loaded.model.config.arch, loaded.placement
+        )
+
+    async def _rebuild_llm(self, st: dict[str, Any], point: RestorePoint) -> None:
+        """Requests in flight at the checkpoint: the engine's recorded steps again."""
+        bridge = self._parts.llm
+        requests = st.get("llm_requests", {})
+        bridge._requests = dict(requests)
+        loaded = bridge.loaded
+        if not requests or loaded is None or point.llm is None:
+            return
+        from qhybrid.runtime.store._llm_state import rebuild
+
+        t0, history = point.llm
+        engine, at = loaded.engine, st["tick"]
+        self.llm_steps_rebuilt = await asyncio.wrap_future(
+            self.device.call(lambda _ctx: rebuild(engine, t0, at, history))
         )
 
     # -- restoring --------------------------------------------------------------------------
@@ -243,4 +267,5 @@ class DurableRuntime(Runtime):
         ) = st["counters"]
         parts.gpu._job_owner = dict(st["job_owner"])
         self.memory.initial, self.memory.by_agent = st["memory"]
+        await self._rebuild_llm(st, point)
         self._trace.resume_from(point.lines)
