@@ -94,6 +94,22 @@ def arch_config(
     need: Callable[[str], TensorData],
 ) -> ModelConfig:
     """The :class:`ModelConfig` of a supported architecture, every needed tensor checked."""
+    from qhybrid.runtime.llm._gguf import ModelError
+
+    try:
+        return _arch_config(p, meta, raw, need)
+    except (TypeError, ValueError, OverflowError) as exc:  # a metadata value of the wrong kind
+        if isinstance(exc, ModelError):
+            raise
+        raise ModelError(f"{p}: bad metadata value for {meta.arch}: {exc}") from None
+
+
+def _arch_config(
+    p: Path,
+    meta: _Meta,
+    raw: Mapping[str, Any],
+    need: Callable[[str], TensorData],
+) -> ModelConfig:
     from qhybrid.runtime.llm._gguf import ModelConfig, ModelError
 
     arch = meta.arch

@@ -199,3 +199,22 @@ def test_experts_in_a_llama_file_are_refused(tmp_path: Path) -> None:
     w.close()
     with pytest.raises(ModelError, match="mixture-of-experts model \\(8 experts\\)"):
         load_model(path)
+
+
+def test_a_metadata_value_of_the_wrong_kind_is_a_model_error(tmp_path: Path) -> None:
+    from gguf import GGUFWriter
+
+    path = tmp_path / "bad.gguf"
+    w = GGUFWriter(path, "gemma3")
+    w.add_block_count(2)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(64)
+    w.add_head_count(2)
+    w.add_string("gemma3.attention.sliding_window", "wide")
+    w.add_tensor("token_embd.weight", np.zeros((4, 64), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelError, match="bad metadata value for gemma3"):
+        load_model(path)
