@@ -172,6 +172,48 @@ def reference(name: str, threads: int) -> dict[str, Any]:
     return {"file": path.name, "sha256": stamp, "cases": cases}
 
 
+#: Random f32 models of each architecture llama.cpp loads from our writer (phi3's vocabulary it
+#: does not: "unordered_map::at"), and the tokens fed to both engines.
+ARCH_SPECS: dict[str, dict[str, Any]] = {
+    "llama": {},
+    "qwen2": {},
+    "qwen3": {},
+    "gemma2": {"sliding_window": 3, "attn_softcap": 1.5, "final_softcap": 4.0, "tied": True},
+    "gemma3": {"sliding_window": 3, "n_layer": 7, "tied": True},
+}
+ARCH_COMMON: dict[str, Any] = {"qtype": "f32", "n_embd": 128, "n_ff": 256, "one_merge": True}
+ARCH_TOKENS = [256, 5, 77, 190, 3, 42, 9, 250, 101]
+
+
+def architectures() -> dict[str, Any]:
+    """llama.cpp's logits on random models of each architecture: every position's argmax and
+    the last position's logits (f32 weights: llama.cpp's only rounding is its f16 KV cache)."""
+    import tempfile
+
+    import llama_cpp
+
+    from qhybrid.runtime.llm._random_model import RandomModelSpec, write_random_model
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch, fields in ARCH_SPECS.items():
+            spec = RandomModelSpec(arch=arch, **ARCH_COMMON, **fields)
+            path = write_random_model(Path(tmp) / f"{arch}.gguf", spec)
+            llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=64, n_threads=1, logits_all=True, verbose=False
+            )
+            llm.eval(ARCH_TOKENS)
+            logits = np.array(llm.scores[: len(ARCH_TOKENS)], dtype=np.float32)
+            out[arch] = {
+                "spec": {**ARCH_COMMON, **fields},
+                "tokens": ARCH_TOKENS,
+                "argmax": [int(i) for i in logits.argmax(axis=1)],
+                "last_logits": [round(float(v), 5) for v in logits[-1]],
+            }
+            del llm
+    return out
+
+
 def pre_tokenizers() -> dict[str, Any]:
     """llama.cpp's ids for :data:`PRE_TOKENIZER_TEXTS` under each pre-tokenizer, on the
     tokenizer-only GGUF that ``write_vocab_model`` writes (merges learnt from those texts)."""
@@ -199,6 +241,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", action="append", choices=MODELS, help="default: all")
+    parser.add_argument(
+        "--no-models", action="store_true", help="only the pre-tokenizers and architectures"
+    )
     args = parser.parse_args()
     import llama_cpp
 
@@ -210,7 +255,8 @@ def main() -> int:
     if args.out.is_file():
         data["models"] = json.loads(args.out.read_text())["models"]
     data["pre_tokenizers"] = pre_tokenizers()
-    for name in args.model or MODELS:
+    data["architectures"] = architectures()
+    for name in [] if args.no_models else args.model or MODELS:
         data["models"][name] = reference(name, args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -51,6 +51,8 @@ class RandomModelSpec:
     #: gemma2: attention and final logit soft-capping (0: not written, llama.cpp's defaults).
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
+    #: Give the tokenizer one merge ("ĠĠ"): llama.cpp refuses a BPE vocabulary without any.
+    one_merge: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -93,9 +95,12 @@ def write_random_model(path: str | os.PathLike[str], spec: RandomModelSpec) -> P
     types += [int(TokenType.UNUSED)] * (spec.n_vocab - len(types))
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
+    if spec.one_merge:
+        tokens[258] = "ĠĠ"
+        types[258] = int(TokenType.NORMAL)
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges([])
+    w.add_token_merges(["Ġ Ġ"] if spec.one_merge else [])
     w.add_bos_token_id(256)
     w.add_eos_token_id(257)
     w.add_add_bos_token(True)

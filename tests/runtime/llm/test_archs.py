@@ -1,5 +1,7 @@
 """Every architecture's graph against an independent float64 reference written from llama.cpp's
-graph builders (src/models/{llama,qwen2,qwen3,gemma2-iswa,gemma3,phi3}.cpp), on random models.
+graph builders (src/models/{llama,qwen2,qwen3,gemma2-iswa,gemma3,phi3}.cpp), on random models,
+and against llama.cpp itself on random f32 models (references in data/llama_cpp_refs.json; all
+but phi3, whose vocabulary from our writer llama.cpp does not load).
 
 The reference is plain loops over heads and positions with its own rules for which layers are
 local and which rope base they use, so that a wrong mask, norm, scale or split in the runner's
@@ -8,6 +10,7 @@ config or graph shows up as a logit difference.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -218,3 +221,24 @@ def test_a_metadata_value_of_the_wrong_kind_is_a_model_error(tmp_path: Path) -> 
     w.close()
     with pytest.raises(ModelError, match="bad metadata value for gemma3"):
         load_model(path)
+
+
+_REFS = json.loads((Path(__file__).parent / "data" / "llama_cpp_refs.json").read_text("utf-8"))
+
+
+@pytest.mark.parametrize("arch", sorted(_REFS["architectures"]))
+def test_graph_matches_llama_cpp_on_a_random_model(tmp_path: Path, arch: str) -> None:
+    """The same random f32 model through llama.cpp (scripts/llm_references.py): every
+    position's top token, and the last position's logits to llama.cpp's f16 KV-cache rounding."""
+    from qhybrid.runtime.llm._random_model import RandomModelSpec, write_random_model
+
+    ref = _REFS["architectures"][arch]
+    path = write_random_model(tmp_path / "m.gguf", RandomModelSpec(arch=arch, **ref["spec"]))
+    runner = NumpyRunner(load_model(path), n_slots=1, n_ctx=32)
+    rows = [
+        runner.logits([SeqInput(0, np.array([t], dtype=np.int32), i)])[0]
+        for i, t in enumerate(ref["tokens"])
+    ]
+    assert [int(r.argmax()) for r in rows] == ref["argmax"]
+    want = np.array(ref["last_logits"], dtype=np.float32)
+    np.testing.assert_allclose(rows[-1], want, atol=1e-2, rtol=0)
