@@ -168,8 +168,9 @@ def _keys(m: FoundModel) -> set[str]:
     keys = {m.path.name, m.path.stem}
     if m.name:
         keys |= {m.name, m.name.removesuffix(":latest"), Path(m.name).name, Path(m.name).stem}
-        if m.source == "huggingface":
-            keys.add(m.name.rsplit("/", 1)[0])  # the repository, "owner/Repo-GGUF"
+        if m.source in ("huggingface", "lmstudio") and "/" in m.name:
+            # the repository or LM Studio's publisher/model folder, "owner/Repo-GGUF"
+            keys.add(m.name.rsplit("/", 1)[0])
     return {k.lower() for k in keys if k}
 
 

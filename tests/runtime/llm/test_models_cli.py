@@ -137,7 +137,8 @@ def test_names_resolve_as_the_listing_shows_them(home: Path) -> None:
     hf = resolve_model("someone/Tiny-GGUF")  # a Hugging Face repository ...
     assert hf.name == "tiny-q4_k.gguf"
     assert resolve_model("tiny-q4_k") == hf  # ... or its file's stem
-    assert resolve_model("mamba").name == "mamba.gguf"  # LM Studio, by stem
+    assert resolve_model("mamba").name == "mamba.gguf"  # LM Studio, by stem ...
+    assert resolve_model("pub/repo").name == "mamba.gguf"  # ... or its publisher/model folder
     with pytest.raises(ModelNameError) as ambiguous:
         resolve_model("t")
     names = {m.name for m in ambiguous.value.candidates}
