@@ -41,9 +41,6 @@ def gpu_unsupported(config: ModelConfig) -> str | None:
     """Why the GPU graph cannot run this model (the CPU path then does), or None."""
     if config.rope_freq_factors:
         return "per-pair rope frequency factors (rope_freqs.weight)"
-    scales = {config.layer_rope(i)[1] for i in range(config.n_layer)}
-    if scales != {1.0}:
-        return f"linear rope scaling (freq_scale {min(scales):g})"
     if config.head_dim > 256:
         return f"a head size of {config.head_dim} (the attention kernel takes up to 256)"
     return None
@@ -62,6 +59,7 @@ class _Layer:
         "post_ffn_norm",
         "q_norm",
         "rope_base",
+        "rope_scale",
         "v_cache",
         "w_down",
         "w_gate",
@@ -92,6 +90,7 @@ class _Layer:
     k_cache: GpuTensor
     v_cache: GpuTensor
     rope_base: float
+    rope_scale: float
     window: int
 
 
@@ -181,7 +180,7 @@ class GpuRunner:
             if c.post_norms:
                 layer.post_attn_norm = self._vector(t(i, "post_attention_norm.weight"))
                 layer.post_ffn_norm = self._vector(t(i, "post_ffw_norm.weight"))
-            layer.rope_base = c.layer_rope(i)[0]
+            layer.rope_base, layer.rope_scale = c.layer_rope(i)
             layer.window = c.swa_window if c.is_swa(i) else 0
             for name in ("k_cache", "v_cache"):
                 cache = self._ctx.empty(cache_shape, np.float32, label=f"blk.{i}.{name}")
@@ -321,8 +320,8 @@ class GpuRunner:
                 rec.rmsnorm(q_in, layer.q_norm, normed_qk[0], c.rms_eps)
                 rec.rmsnorm(k_in, layer.k_norm, normed_qk[1], c.rms_eps)
                 q_in, k_in = normed_qk
-            rec.rope(q_in, g_pos, q_in, layer.rope_base, c.rope_mode, rope_dims)
-            rec.rope(k_in, g_pos, k_in, layer.rope_base, c.rope_mode, rope_dims)
+            rec.rope(q_in, g_pos, q_in, layer.rope_base, c.rope_mode, rope_dims, layer.rope_scale)
+            rec.rope(k_in, g_pos, k_in, layer.rope_base, c.rope_mode, rope_dims, layer.rope_scale)
             rec.kv_store(layer.k_cache, k_in, g_slot, g_pos)
             rec.kv_store(layer.v_cache, v_in, g_slot, g_pos)
             rec.attention(

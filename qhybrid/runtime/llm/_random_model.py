@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGMLQuantizationType, GGUFWriter, TokenType
+from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType, TokenType
 
 from qhybrid.runtime.wgpu_thread import _reference as ref
 
@@ -51,6 +51,8 @@ class RandomModelSpec:
     #: gemma2: attention and final logit soft-capping (0: not written, llama.cpp's defaults).
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
+    #: Linear rope scaling factor written as ``rope.scaling.*`` (0: none).
+    rope_linear_factor: float = 0.0
     #: Give the tokenizer one merge ("ĠĠ"): llama.cpp refuses a BPE vocabulary without any.
     one_merge: bool = False
 
@@ -85,6 +87,9 @@ def write_random_model(path: str | os.PathLike[str], spec: RandomModelSpec) -> P
     w.add_layer_norm_rms_eps(spec.rms_eps)
     if spec.arch in ("gemma2", "gemma3"):
         w.add_sliding_window(spec.sliding_window)
+    if spec.rope_linear_factor:
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(spec.rope_linear_factor)
     if spec.attn_softcap:
         w.add_attn_logit_softcapping(spec.attn_softcap)
     if spec.final_softcap:

@@ -951,8 +951,10 @@ class Recorder:
         base: float,
         mode: str = "normal",
         n_dims: int | None = None,
+        freq_scale: float = 1.0,
     ) -> None:
-        """Rotary embeddings on ``x[T, H, D]`` at ``pos[T]``; ``out`` may be ``x`` (in place)."""
+        """Rotary embeddings on ``x[T, H, D]`` at ``pos[T]``; ``out`` may be ``x`` (in place).
+        ``freq_scale`` multiplies the positions (linear rope scaling)."""
         self._f32(x, "x")
         self._check(len(x.shape) == 3, f"rope takes x[T, H, D], got {x.shape}")
         self._check(mode in ("normal", "neox"), f"unknown rope mode {mode!r}")
@@ -971,7 +973,7 @@ class Recorder:
             "rope",
             lib.rope(inplace),
             tensors,
-            _pack("5If", t, h, d, nd, 1 if mode == "neox" else 0, base),
+            _pack("5Iff", t, h, d, nd, 1 if mode == "neox" else 0, base, freq_scale),
             (-(-(d // 2) // 64), t * h, 1),
         )
 

@@ -8,7 +8,8 @@ struct Params {
     n_dims: u32,
     neox: u32,
     base: f32,
-    _pad0: u32,
+    // Linear rope scaling: positions are multiplied by this (1 / rope.scaling.factor).
+    freq_scale: f32,
     _pad1: u32,
 }
 
@@ -32,7 +33,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let inv = pow(params.base, -f32(i) * (2.0 / f32(params.n_dims)));
-    let theta = f32(pos[t]) * inv;
+    let theta = f32(pos[t]) * params.freq_scale * inv;
     let c = cos(theta);
     let s = sin(theta);
     var i0 = base + 2u * i;

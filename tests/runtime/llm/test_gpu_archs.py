@@ -19,7 +19,8 @@ CASES = {
     "qwen3": {},
     "phi3": {},
     "gemma2": {"sliding_window": 3, "attn_softcap": 1.5, "final_softcap": 4.0, "n_layer": 2},
-    "gemma3": {"sliding_window": 3, "n_layer": 7, "tied": True},
+    "gemma3": {"sliding_window": 3, "n_layer": 7, "tied": True, "rope_linear_factor": 8.0},
+    "llama": {"rope_linear_factor": 4.0},
 }
 
 
