@@ -39,8 +39,6 @@ def gpu_too_large(ctx: ComputeContext, model: ModelFile) -> str | None:
 
 def gpu_unsupported(config: ModelConfig) -> str | None:
     """Why the GPU graph cannot run this model (the CPU path then does), or None."""
-    if config.rope_freq_factors:
-        return "per-pair rope frequency factors (rope_freqs.weight)"
     if config.head_dim > 256:
         return f"a head size of {config.head_dim} (the attention kernel takes up to 256)"
     return None
@@ -139,6 +137,9 @@ class GpuRunner:
         out = model.output_weight()
         self.output = self.token_embd if out.name == "token_embd.weight" else self._weight(out)
         self.output_norm = self._vector(model.tensor("output_norm.weight"))
+        self.rope_factors: GpuTensor | None = None
+        if c.rope_freq_factors:
+            self.rope_factors = self._vector(model.tensor("rope_freqs.weight"))
         cache_shape = (self.n_slots, self.n_ctx, c.n_head_kv, c.head_dim)
         q, kv, ff = c.n_embd_q, c.n_embd_kv, c.n_ff
         self.layers: list[_Layer] = []
@@ -320,8 +321,17 @@ class GpuRunner:
                 rec.rmsnorm(q_in, layer.q_norm, normed_qk[0], c.rms_eps)
                 rec.rmsnorm(k_in, layer.k_norm, normed_qk[1], c.rms_eps)
                 q_in, k_in = normed_qk
-            rec.rope(q_in, g_pos, q_in, layer.rope_base, c.rope_mode, rope_dims, layer.rope_scale)
-            rec.rope(k_in, g_pos, k_in, layer.rope_base, c.rope_mode, rope_dims, layer.rope_scale)
+            for t_in in (q_in, k_in):
+                rec.rope(
+                    t_in,
+                    g_pos,
+                    t_in,
+                    layer.rope_base,
+                    c.rope_mode,
+                    rope_dims,
+                    layer.rope_scale,
+                    self.rope_factors,
+                )
             rec.kv_store(layer.k_cache, k_in, g_slot, g_pos)
             rec.kv_store(layer.v_cache, v_in, g_slot, g_pos)
             rec.attention(

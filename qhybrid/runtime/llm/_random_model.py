@@ -53,6 +53,8 @@ class RandomModelSpec:
     final_softcap: float = 0.0
     #: Linear rope scaling factor written as ``rope.scaling.*`` (0: none).
     rope_linear_factor: float = 0.0
+    #: Write ``rope_freqs.weight`` (Llama 3.1+'s per-pair divisors, here from 1 to 8).
+    rope_freqs: bool = False
     #: Give the tokenizer one merge ("ĠĠ"): llama.cpp refuses a BPE vocabulary without any.
     one_merge: bool = False
 
@@ -127,6 +129,10 @@ def write_random_model(path: str | os.PathLike[str], spec: RandomModelSpec) -> P
     # rmsnorm output has unit rms; dividing by sqrt(cols) keeps x @ W.T near unit size.
     norm = 1.0 / float(np.sqrt(e))
     matrix("token_embd.weight", spec.n_vocab, e, spec.embd_qtype)
+    if spec.rope_freqs:
+        w.add_tensor(
+            "rope_freqs.weight", np.linspace(1.0, 8.0, spec.head_dim // 2, dtype=np.float32)
+        )
     vector("output_norm.weight", e, norm)
     if not spec.tied:
         matrix("output.weight", spec.n_vocab, e)

@@ -952,9 +952,11 @@ class Recorder:
         mode: str = "normal",
         n_dims: int | None = None,
         freq_scale: float = 1.0,
+        factors: GpuTensor | None = None,
     ) -> None:
         """Rotary embeddings on ``x[T, H, D]`` at ``pos[T]``; ``out`` may be ``x`` (in place).
-        ``freq_scale`` multiplies the positions (linear rope scaling)."""
+        ``freq_scale`` multiplies the positions (linear rope scaling); ``factors[n_dims/2]``
+        divides each pair's angle (Llama 3.1+'s ``rope_freqs.weight``)."""
         self._f32(x, "x")
         self._check(len(x.shape) == 3, f"rope takes x[T, H, D], got {x.shape}")
         self._check(mode in ("normal", "neox"), f"unknown rope mode {mode!r}")
@@ -967,13 +969,26 @@ class Recorder:
         self._ints(pos, "pos", t)
         self._same(out, x.size)
         inplace = out is x or (out._buf is not None and out._buf is x._buf)
-        tensors: list[tuple[GpuTensor | None, str]] = [(pos, "pos")]
+        if factors is not None:
+            self._f32(factors, "factors")
+            self._same(factors, nd // 2, "factors")
+        tensors: list[tuple[GpuTensor | None, str]] = [(pos, "pos"), (factors, "factors")]
         tensors += [(out, "out")] if inplace else [(x, "x"), (out, "out")]
         self._dispatch(
             "rope",
             lib.rope(inplace),
             tensors,
-            _pack("5Iff", t, h, d, nd, 1 if mode == "neox" else 0, base, freq_scale),
+            _pack(
+                "5IffI",
+                t,
+                h,
+                d,
+                nd,
+                1 if mode == "neox" else 0,
+                base,
+                freq_scale,
+                0 if factors is None else 1,
+            ),
             (-(-(d // 2) // 64), t * h, 1),
         )
 

@@ -21,6 +21,7 @@ CASES = {
     "gemma2": {"sliding_window": 3, "attn_softcap": 1.5, "final_softcap": 4.0, "n_layer": 2},
     "gemma3": {"sliding_window": 3, "n_layer": 7, "tied": True, "rope_linear_factor": 8.0},
     "llama": {"rope_linear_factor": 4.0},
+    "llama-rope-freqs": {"rope_freqs": True},  # Llama 3.1+'s per-pair divisors
 }
 
 
@@ -38,7 +39,13 @@ def device() -> Iterator[GpuDevice]:
 
 @pytest.mark.parametrize("arch", list(CASES))
 def test_gpu_graph_matches_numpy(device: GpuDevice, tmp_path: Path, arch: str) -> None:
-    spec = RandomModelSpec(arch=arch, qtype="q8_0", n_embd=128, n_ff=256, **CASES[arch])  # type: ignore[arg-type]
+    spec = RandomModelSpec(
+        arch=arch.split("-")[0],
+        qtype="q8_0",
+        n_embd=128,
+        n_ff=256,
+        **CASES[arch],  # type: ignore[arg-type]
+    )
     model = load_model(write_random_model(tmp_path / f"{arch}.gguf", spec))
     cpu = NumpyRunner(model, 2, 32)
     gpu = device.call(lambda ctx: GpuRunner(ctx, model, 2, 32)).result()
