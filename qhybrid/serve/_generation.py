@@ -384,10 +384,13 @@ class Job:
 
     def cancel(self) -> None:
         """End every sequence still running at the next engine step; thread of the loop."""
+        first = not self._released
+        self._released = True
         for stream in self.streams:
+            if stream.result is None and first:
+                self.served.cancelled_total += 1
             stream.cancel()
-        if not self._released:
-            self._released = True
+        if first:
             self.served.release(self.sampling.n)
 
     @property

@@ -68,6 +68,7 @@ class ServedModel:
     in_flight: int = 0  # sequences submitted and not finished (n counts n)
     requests_total: int = 0
     tokens_total: int = 0
+    cancelled_total: int = 0  # sequences ended before they finished (clients gone)
     _vocab: TokenVocabulary | None = None
     _grammars: dict[str, TokenGrammar] = field(default_factory=dict)
 

@@ -1,8 +1,10 @@
-"""A server on an ephemeral loopback port, one per test module (the model loads once).
+"""Servers on ephemeral loopback ports.
 
-The server's own threads (uvicorn's loop, the model's device thread) start before the first
-test and stop after the last, so the autouse ``no_leftovers`` check sees only what a test
-itself leaves; the fixture then checks that stopping left no thread behind.
+``server`` is one per test module (the model loads once): its threads (uvicorn's loop, the
+model's device thread) start before the module's first test and stop after its last, and the
+fixture then checks that stopping left no thread behind. ``make_server(**options)`` starts
+servers with other options for one test; they stop when it ends, and the autouse
+``no_leftovers`` check sees that nothing stayed.
 """
 
 from __future__ import annotations
@@ -14,33 +16,32 @@ import pytest
 
 from qhybrid.serve import BackgroundServer, ServeOptions
 
-MODEL = "tiny-stories"
 
-
-def _threads() -> set[int]:
-    return {t.ident for t in threading.enumerate() if t.ident is not None}
+def _start(**fields: object) -> BackgroundServer:
+    fields.setdefault("port", 0)
+    fields.setdefault("device", "cpu")
+    return BackgroundServer(ServeOptions(**fields), timeout=60).start()  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
+def server() -> Iterator[BackgroundServer]:
+    before = {t.ident for t in threading.enumerate()}
+    srv = _start(slots=4)
+    yield srv
+    srv.stop()
+    left = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert not left, f"the server left threads running: {left}"
+
+
+@pytest.fixture
 def make_server() -> Iterator[Callable[..., BackgroundServer]]:
-    """``make_server(**options)``: a started server, stopped (and checked) at the module's end."""
-    before = _threads()
     servers: list[BackgroundServer] = []
 
     def make(**fields: object) -> BackgroundServer:
-        fields.setdefault("port", 0)
-        fields.setdefault("device", "cpu")
-        srv = BackgroundServer(ServeOptions(**fields), timeout=60).start()  # type: ignore[arg-type]
+        srv = _start(**fields)
         servers.append(srv)
         return srv
 
     yield make
     for srv in servers:
         srv.stop()
-    left = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
-    assert not left, f"the servers left threads running: {left}"
-
-
-@pytest.fixture(scope="module")
-def server(make_server: Callable[..., BackgroundServer]) -> BackgroundServer:
-    return make_server(slots=4)
