@@ -200,8 +200,6 @@ async def _load(url: str, model: str, config: ServeBenchConfig, run: ServerRun) 
         "stream_options": {"include_usage": True},
     }
     limits = httpx.Limits(max_connections=config.clients + 4)
-    start = time.perf_counter()
-    stop_at = start + config.seconds
     ends: list[float] = []
 
     async def one(http: httpx.AsyncClient, seed: int) -> None:
@@ -246,14 +244,20 @@ async def _load(url: str, model: str, config: ServeBenchConfig, run: ServerRun) 
             run.ttft_s.append(first - sent)
         ends.append(time.perf_counter())
 
-    async def client(index: int) -> None:
-        async with httpx.AsyncClient(timeout=120.0, limits=limits) as http:
-            seed = index * 100_000
-            while time.perf_counter() < stop_at:
-                await one(http, seed)
-                seed += 1
+    async def client(http: httpx.AsyncClient, index: int) -> None:
+        seed = index * 100_000
+        while True:  # at least one request each
+            await one(http, seed)
+            seed += 1
+            if time.perf_counter() >= stop_at:
+                return
 
-    await asyncio.gather(*(client(i) for i in range(config.clients)))
+    # One client object for all (each makes its own TLS context, tens of ms of CPU), with a
+    # connection per concurrent stream.
+    async with httpx.AsyncClient(timeout=120.0, limits=limits) as http:
+        start = time.perf_counter()
+        stop_at = start + config.seconds
+        await asyncio.gather(*(client(http, i) for i in range(config.clients)))
     run.wall_s = (max(ends) if ends else time.perf_counter()) - start
 
 
@@ -281,6 +285,17 @@ async def _measure(
     try:
         url = f"http://127.0.0.1:{port}"
         await _wait_ready(url, proc, config.startup_s)
+        # One request first, outside the figures: a server's first request pays one-time
+        # costs (weights prepared on first use, caches), on both servers alike.
+        warm = ServerRun(name)
+        await _load(
+            url,
+            model_name,
+            ServeBenchConfig(clients=1, seconds=0.0, max_tokens=4, prompt=config.prompt),
+            warm,
+        )
+        if warm.errors:
+            raise ServeBenchError(f"{name} failed its first request: {warm.error_samples[0]}")
         run = ServerRun(name)
         await _load(url, model_name, config, run)
         return run
