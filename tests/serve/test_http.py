@@ -33,8 +33,9 @@ def _sse_events(raw: str) -> list[str]:
 def test_raw_sse_stream(server: BackgroundServer) -> None:
     body = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": "hello"}],
+        "messages": [{"role": "user", "content": "tell me a story about a cat"}],
         "max_tokens": 8,
+        "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
