@@ -194,6 +194,11 @@ class BackgroundServer:
         return f"http://{host}:{self.port}"
 
     @property
+    def connections(self) -> int:
+        """HTTP connections open now (uvicorn's count; read from any thread)."""
+        return len(self.server.server_state.connections)
+
+    @property
     def registry(self) -> ModelRegistry:
         reg: ModelRegistry = self.app.state.registry
         return reg
