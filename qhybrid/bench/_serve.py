@@ -275,6 +275,9 @@ def _llama_cpp_argv(config: ServeBenchConfig, model: str, port: int, n_ctx: int)
         sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
         "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", threads,
         "--n_threads_batch", threads,
+        # By default its server cuts the request in flight short when a new one comes in (one
+        # model, one sequence at a time): every client would get about one token. Queue them.
+        "--interrupt_requests", "False",
     ]  # fmt: skip
 
 
