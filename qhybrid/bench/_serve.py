@@ -43,6 +43,7 @@ class ServeBenchConfig:
     llama_cpp: bool = True
     repeat: int = 1
     device: str = "auto"
+    n_ctx: int | None = None  # context per sequence, both servers (default: the model's, <= 2048)
     startup_s: float = 120.0
 
 
@@ -95,6 +96,7 @@ class ServeBenchReport:
     model_path: str
     runs: list[ServerRun] = field(default_factory=list)
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    n_ctx: int = 0
     llama_cpp_skipped: str | None = None
 
     def best(self, server: str) -> ServerRun | None:
@@ -109,6 +111,7 @@ class ServeBenchReport:
             "seconds": c.seconds,
             "max_tokens": c.max_tokens,
             "slots": c.slots,
+            "n_ctx": self.n_ctx,
             "repeat": c.repeat,
             "load_average": [round(x, 2) for x in self.load_average],
             "runs": [r.to_json() for r in self.runs],
@@ -261,11 +264,11 @@ async def _load(url: str, model: str, config: ServeBenchConfig, run: ServerRun) 
     run.wall_s = (max(ends) if ends else time.perf_counter()) - start
 
 
-def _qhybrid_argv(config: ServeBenchConfig, model: str, port: int) -> list[str]:
+def _qhybrid_argv(config: ServeBenchConfig, model: str, port: int, n_ctx: int) -> list[str]:
     return [
         sys.executable, "-m", "qhybrid", "serve", model, "--port", str(port),
         "--slots", str(config.slots), "--max-queue", str(config.clients * 2),
-        "--device", config.device,
+        "--device", config.device, "--ctx", str(n_ctx),
     ]  # fmt: skip
 
 
@@ -317,9 +320,9 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress) -> ServeBenchR
         spec = str(resource_path("models", "tiny-stories.gguf"))
     path = resolve_model(spec).path
     model = load_model(path)
-    n_ctx = min(model.config.n_ctx_train or 2048, 2048)
+    n_ctx = config.n_ctx or min(model.config.n_ctx_train or 2048, 2048)
     model.close()
-    report = ServeBenchReport(config, str(path))
+    report = ServeBenchReport(config, str(path), n_ctx=n_ctx)
     have_llama = False
     if config.llama_cpp:
         try:
@@ -332,7 +335,7 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress) -> ServeBenchR
         port = _free_port()
         progress(f"qhybrid serve, run {i + 1}/{config.repeat}: {config.clients} clients")
         run = asyncio.run(
-            _measure("qhybrid", _qhybrid_argv(config, str(path), port), port, spec, config)
+            _measure("qhybrid", _qhybrid_argv(config, str(path), port, n_ctx), port, spec, config)
         )
         run.detail["slots"] = config.slots
         report.runs.append(run)
@@ -393,6 +396,13 @@ def add_parser(commands: Any) -> None:
     )
     serve.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto")
     serve.add_argument(
+        "--ctx",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="context per sequence on both servers (default: the model's, <= 2048)",
+    )
+    serve.add_argument(
         "--no-llama-cpp", dest="llama_cpp", action="store_false", help="skip the llama.cpp server"
     )
     serve.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -411,6 +421,7 @@ def config_from_args(args: Any) -> ServeBenchConfig:
         llama_cpp=args.llama_cpp,
         repeat=args.repeat,
         device=args.device,
+        n_ctx=args.ctx,
     )
 
 
