@@ -44,6 +44,7 @@ class ServeBenchConfig:
     repeat: int = 1
     device: str = "auto"
     n_ctx: int | None = None  # context per sequence, both servers (default: the model's, <= 2048)
+    llama_threads: int | None = None  # llama.cpp's threads (default: every core)
     startup_s: float = 120.0
 
 
@@ -273,7 +274,7 @@ def _qhybrid_argv(config: ServeBenchConfig, model: str, port: int, n_ctx: int) -
 
 
 def _llama_cpp_argv(config: ServeBenchConfig, model: str, port: int, n_ctx: int) -> list[str]:
-    threads = str(max(1, (os.cpu_count() or 2)))
+    threads = str(config.llama_threads or max(1, (os.cpu_count() or 2)))
     return [
         sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
         "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", threads,
@@ -291,15 +292,14 @@ async def _measure(
     try:
         url = f"http://127.0.0.1:{port}"
         await _wait_ready(url, proc, config.startup_s)
-        # One request first, outside the figures: a server's first request pays one-time
-        # costs (weights prepared on first use, caches), on both servers alike.
+        # One round of short requests first, outside the figures, from every client at once:
+        # a server's first requests pay one-time costs (weights prepared on first use, kernels
+        # compiled for each batch shape, caches), on both servers alike.
         warm = ServerRun(name)
-        await _load(
-            url,
-            model_name,
-            ServeBenchConfig(clients=1, seconds=0.0, max_tokens=4, prompt=config.prompt),
-            warm,
+        warm_config = ServeBenchConfig(
+            clients=config.clients, seconds=0.0, max_tokens=4, prompt=config.prompt
         )
+        await _load(url, model_name, warm_config, warm)
         if warm.errors:
             raise ServeBenchError(f"{name} failed its first request: {warm.error_samples[0]}")
         run = ServerRun(name)
@@ -345,6 +345,7 @@ def run_serve_bench(config: ServeBenchConfig, progress: Progress) -> ServeBenchR
             argv = _llama_cpp_argv(config, str(path), port, n_ctx)
             ll = asyncio.run(_measure("llama.cpp", argv, port, str(path), config))
             ll.detail["version"] = _llama_version()
+            ll.detail["threads"] = int(argv[argv.index("--n_threads") + 1])
             report.runs.append(ll)
     with contextlib.suppress(OSError):
         report.load_average = os.getloadavg()
@@ -403,6 +404,14 @@ def add_parser(commands: Any) -> None:
         help="context per sequence on both servers (default: the model's, <= 2048)",
     )
     serve.add_argument(
+        "--llama-threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="llama.cpp's threads (default: every core; 1 on a busy machine, where spinning "
+        "threads slow it down)",
+    )
+    serve.add_argument(
         "--no-llama-cpp", dest="llama_cpp", action="store_false", help="skip the llama.cpp server"
     )
     serve.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -422,6 +431,7 @@ def config_from_args(args: Any) -> ServeBenchConfig:
         repeat=args.repeat,
         device=args.device,
         n_ctx=args.ctx,
+        llama_threads=args.llama_threads,
     )
 
 
