@@ -94,3 +94,29 @@ def test_unknown_model_is_a_404(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as err:
         client.generate(model="no-such-model", prompt="hi")
     assert err.value.status_code == 404 and "no-such-model" in err.value.error
+
+
+def test_chat_tool_call_comes_back_as_tool_calls(client: ollama.Client) -> None:
+    # Ollama has no tool_choice; a format that spells a call (what "required" compiles to on
+    # the OpenAI side) makes the tiny model call the tool.
+    params = {
+        "type": "object",
+        "properties": {"city": {"enum": ["Paris", "Rome"]}},
+        "required": ["city"],
+    }
+    call = {
+        "type": "object",
+        "properties": {"name": {"const": "get_weather"}, "arguments": params},
+        "required": ["name", "arguments"],
+    }
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": params}}
+    r = client.chat(
+        model=MODEL,
+        messages=[{"role": "user", "content": "weather in Paris?"}],
+        tools=[tool],
+        format=call,
+        options={"num_predict": 100, "seed": 2},
+    )
+    calls = r.message.tool_calls or []
+    assert len(calls) == 1 and calls[0].function.name == "get_weather"
+    jsonschema.validate(dict(calls[0].function.arguments), params)

@@ -224,3 +224,25 @@ def test_tool_results_go_back_through_the_template(client: openai.OpenAI) -> Non
         max_tokens=10,
     )
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_chat_stream_with_n_choices(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "tell me a story"}],
+            max_tokens=10,
+            n=2,
+            seed=1,
+            stream=True,
+        )
+    )
+    texts = {0: "", 1: ""}
+    finishes = {}
+    for chunk in chunks:
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+    assert texts[0] and texts[1] and texts[0] != texts[1]
+    assert finishes == {0: "length", 1: "length"}
