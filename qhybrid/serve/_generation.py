@@ -198,14 +198,8 @@ def encode_chat(
             item["tool_calls"] = calls
             if not text:
                 item["content"] = "\n".join(
-                    json.dumps(
-                        {
-                            "name": c["function"]["name"],
-                            "arguments": _arguments(c["function"].get("arguments")),
-                        }
-                    )
-                    for c in calls
-                    if isinstance(c, Mapping) and "function" in c
+                    json.dumps({"name": name, "arguments": args})
+                    for name, args in _calls(calls, f"messages[{i}].tool_calls")
                 )
         rendered.append(item)
     template = tokenizer.chat_template or ""
@@ -225,6 +219,19 @@ def encode_chat(
     bos = tokenizer.bos_id
     writes_bos = bos is not None and text.startswith(tokenizer.token_text(bos))
     return tokenizer.encode(text, add_bos=None if not writes_bos else False)
+
+
+def _calls(calls: Any, where: str) -> list[tuple[str, Any]]:
+    """``(name, arguments)`` of an assistant message's ``tool_calls`` (400 when malformed)."""
+    if not isinstance(calls, list):
+        raise bad_param(where, "expected a list")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            raise bad_param(f"{where}[{j}]", 'expected {"function": {"name", "arguments"}}')
+        out.append((fn["name"], _arguments(fn.get("arguments"))))
+    return out
 
 
 def _arguments(value: Any) -> Any:

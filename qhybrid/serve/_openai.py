@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}
 
 
-def _sampling(body: Mapping[str, Any], served: ServedModel, *, chat: bool) -> Sampling:
+def _sampling(body: Mapping[str, Any], *, chat: bool) -> Sampling:
     for name in ("presence_penalty", "frequency_penalty"):
         get_number(body, name, 0.0, -2.0, 2.0)  # accepted for compatibility, not applied
     if body.get("logprobs") not in (None, False) and chat:
@@ -136,7 +136,7 @@ class OpenAiApi:
         if not all(isinstance(m, Mapping) for m in messages):
             raise bad_param("messages", "each message must be an object")
         stream, include_usage = _stream_flags(body)
-        sampling = _sampling(body, served, chat=True)
+        sampling = _sampling(body, chat=True)
         tools = tool_specs(body)
         choice = body.get("tool_choice", "auto" if tools else "none")
         forced = self._tool_grammar(served, tools, choice)
@@ -328,7 +328,7 @@ class OpenAiApi:
                 "not supported",
             )
         stream, include_usage = _stream_flags(body)
-        sampling = _sampling(body, served, chat=False)
+        sampling = _sampling(body, chat=False)
         if body.get("response_format") is not None:
             sampling.grammar = self._response_format(served, body["response_format"])
         check_prompt(served, ids, "prompt")

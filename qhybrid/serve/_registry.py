@@ -22,6 +22,7 @@ from qhybrid.runtime.llm import (
     ModelError,
     TokenGrammar,
     TokenVocabulary,
+    _models_cli,
     compile_json_schema,
 )
 from qhybrid.runtime.llm._models_cli import FoundModel, find_models
@@ -42,9 +43,22 @@ def _aliases(found: FoundModel) -> list[str]:
 
 def resolve_model(spec: str) -> FoundModel:
     """A path to a GGUF file, or a name as ``qhybrid models`` lists it (its file name and stem
-    also match; ``NAME:latest`` matches ``NAME``)."""
+    also match; ``NAME:latest`` matches ``NAME``). Where ``qhybrid models`` has its own
+    ``resolve_model`` (name matching, fetching the known real models), that decides the file;
+    the served name is then the listing's name for it. Raises :class:`ModelNotFound`."""
     path = Path(spec).expanduser()
     if path.is_file():
+        return FoundModel(path, "path", path.name)
+    shared = getattr(_models_cli, "resolve_model", None)
+    if shared is not None:
+        refused = getattr(_models_cli, "ModelNameError", LookupError)
+        try:
+            path = Path(shared(spec.removesuffix(":latest")))
+        except refused as exc:
+            raise ModelNotFound(str(exc)) from None
+        for found in find_models([], usual_places=True):
+            if found.path == path:
+                return found
         return FoundModel(path, "path", path.name)
     wanted = {spec, spec.removesuffix(":latest")}
     for found in find_models([], usual_places=True):

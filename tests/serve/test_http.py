@@ -82,6 +82,11 @@ def _error(r: httpx.Response) -> dict[str, object]:
             "response_format.json_schema.schema",
         ),
         ({"tool_choice": "required"}, "tool_choice"),
+        (
+            {"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "x"}]}]},
+            "messages[0].tool_calls[0]",
+        ),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
     ],
 )
 def test_bad_parameters_are_400_naming_them(
