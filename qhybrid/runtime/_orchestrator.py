@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from qhybrid.runtime._commit import EffectKind
 from qhybrid.runtime._events import GpuAdapter, RunStateChanged, RuntimeEvents
+from qhybrid.runtime._memory import install_memory
 from qhybrid.runtime._metrics import MetricsRecorder, MetricsSnapshot
 from qhybrid.runtime._parts import Parts
 from qhybrid.runtime._ports import AgentPool, TickHook
@@ -100,7 +101,8 @@ class Runtime:
         self.events = RuntimeEvents()
         self.tensors = TensorStore()
         self.pool: AgentPool = pool or WorkerPool(cfg.workers, start_timeout=cfg.start_timeout)
-        self.device = GpuDevice(prefer=cfg.device)
+        # A run places GPU jobs by a fixed rule, never by timings (the trace must not vary).
+        self.device = GpuDevice(prefer=cfg.device, placement="fixed")
         self.device_info: DeviceInfo | None = None
         self._metrics = MetricsRecorder(cfg.workers)
         self._trace = TraceRecorder(path=cfg.trace_path)
@@ -118,6 +120,8 @@ class Runtime:
         )
         self._schedule, self._roster, self._commit = parts.schedule, parts.roster, parts.commit
         self._tick_hooks: list[TickHook] = []
+        #: Agents' long-term memory (the ``mem_*`` ABI): quotas, trace records, persistence.
+        self.memory = install_memory(self)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resume = asyncio.Event()
         self._resume.set()
@@ -367,6 +371,7 @@ class Runtime:
             self.device_info,
             time.perf_counter() - self._t_start,
             self.worker_restarts,
+            placement=self.device.placement_rule,  # what placed the GPU jobs (recorded)
         )
         self._emit_state(status, reason)
 

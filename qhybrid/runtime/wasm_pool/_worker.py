@@ -101,6 +101,10 @@ class Worker:
         for load, snapshot, replay in items:
             self.load([load])
             agent = self.agents[load.agent_id]
+            why = agent.unrecoverable() if snapshot is not None or replay else None
+            if why is not None:
+                problems.append(why)  # a fresh instance would diverge silently
+                continue
             try:
                 if snapshot is not None:
                     agent.restore(snapshot)
@@ -178,6 +182,8 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
 def main() -> int:
     # Ctrl-C reaches the whole process group; the parent decides how to stop us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):  # so does the hangup of a closed terminal (issue 12)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(
         level=os.environ.get("QHYBRID_LOG_LEVEL", "WARNING").upper(),
         format=f"worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
