@@ -448,10 +448,11 @@ module = "@AGENTS@/notes.wasm"
 [[agents]]
 name = "ping"
 module = "@AGENTS@/ping.wat"
+count = 32
 [[messages]]
 to = "ping"
 kind = 1
-payload_i64 = [150]
+payload_i64 = [1500]
 [[messages]]
 to = "notes"
 kind = 1
@@ -465,7 +466,7 @@ at = 40
 [[messages]]
 to = "notes"
 kind = 2
-at = 140
+at = 1490
 """
 
 
@@ -486,7 +487,7 @@ def test_memory_survives_resume_and_a_namespace_keeps_it_across_runs(
         "--checkpoint-every",
         "10",
     )
-    assert code == -signal.SIGKILL and 60 <= seen < 140
+    assert code == -signal.SIGKILL and 60 <= seen < 1490
     resumed = cli_json(qhybrid_cmd, env, "resume", "last")
     assert resumed["resumed_from"] >= 40  # the checkpoint holds both notes ...
     assert resumed["trace_hash"] == plain["trace_hash"]  # ... and the run goes on as it would
