@@ -283,7 +283,7 @@ def _runtime_config(run: dict[str, Any], args: argparse.Namespace) -> RuntimeCon
     workers = getattr(args, "workers", None) or int(cfg.get("workers", 2))
     return RuntimeConfig(
         workers=workers,
-        device=cfg.get("device", "auto"),
+        device=getattr(args, "device", None) or cfg.get("device", "auto"),
         max_worker_restarts=int(cfg.get("max_worker_restarts", 3)),
     )
 
@@ -468,6 +468,22 @@ def _run_recorded(
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _gpu_results(store: RunStore, run_id: str) -> dict[tuple[int, str], tuple[bytes, str]]:
+    """(tick, task) -> (output bytes, placement) of every GPU job the run kept."""
+    jobs = [
+        j
+        for j in store.jobs(run_id)
+        if j["kind"] == "gpu" and j["error"] is None and j["digest"] and len(j["digest"]) == 64
+    ]
+    from qhybrid.runtime.store import StoreError
+
+    try:
+        blobs = store.blobs(j["digest"] for j in jobs)
+    except StoreError:
+        return {}  # an older recording without the contents: the jobs run again
+    return {(j["tick"], j["name"]): (blobs[j["digest"]], j["placement"]) for j in jobs}
+
+
 # -- qhybrid replay --------------------------------------------------------------------------------
 def _module_overrides(scenario: Scenario, specs: list[str]) -> Scenario:
     agents = list(scenario.agents)
@@ -496,6 +512,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         config = _runtime_config(run, args)
         head = [line for _, _, line in store.records(run_id, to_tick=0)]
         updates = store.llm_updates(run_id)
+        gpu_results = _gpu_results(store, run_id)
         recorded = list(store.records(run_id))
     if not recorded:
         raise BadInput(f"run {run_id} has no recorded trace to replay")
@@ -512,7 +529,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         box["llm"] = llm = recorded_llm(rt, head, updates)
         return llm
 
-    runtime = DurableRuntime(scenario, config, llm=make_llm, check=check, stop_at=args.to)
+    runtime = DurableRuntime(
+        scenario, config, llm=make_llm, check=check, stop_at=args.to, gpu_results=gpu_results
+    )
     try:
         result = _execute(runtime, err, holder)
     except KeyboardInterrupt:
@@ -542,6 +561,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "trace_hash": result.trace_hash,
             "recorded_trace_hash": run["trace_hash"],
             "model_calls": model_calls,
+            "gpu_jobs_from_store": runtime.gpu_jobs_replayed,
             "identical": identical,
             "records_checked": check.checked,
             "ticks": result.ticks,
@@ -832,6 +852,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, default=None, metavar="TICK", help="stop after TICK")
     p.add_argument("--module", action="append", default=[], metavar="GROUP=PATH")
     p.add_argument("--workers", type=positive_int, default=None, metavar="N")
+    p.add_argument(
+        "--device",
+        choices=("auto", "gpu", "cpu"),
+        default=None,
+        help="where CPU-side work runs (GPU jobs come from the store); default: the run's",
+    )
     p = command("fork", "a new run from a run's state at a tick, with changes")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--at", type=int, required=True, metavar="TICK")

@@ -301,6 +301,7 @@ def test_replay_with_another_module_stops_at_the_first_divergence(
     run = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(relays(tmp_path)))
     part = cli_json(qhybrid_cmd, env, "replay", run["run_id"], "--to", "20")
     assert part["identical"] is True and part["ticks"] == 20
+    assert part["gpu_jobs_from_store"] == 1  # the matmul at tick 5: its recorded output
     other = cli_json(
         qhybrid_cmd,
         env,

@@ -31,7 +31,7 @@ from qhybrid.runtime.store._checkpoint import (
     checkpointable,
 )
 from qhybrid.runtime.store._schema import StoreError
-from qhybrid.runtime.store._store import RunStore
+from qhybrid.runtime.store._store import RunStore, blob_digest
 
 if TYPE_CHECKING:
     from qhybrid.runtime._events import AgentLog, TaskFinished, TickFinished
@@ -57,7 +57,7 @@ def result_json(update: RequestUpdate) -> str | None:
 
 
 class _Batch:
-    __slots__ = ("jobs", "llm_requests", "llm_updates", "logs", "rows", "ticks")
+    __slots__ = ("blobs", "jobs", "llm_requests", "llm_updates", "logs", "rows", "ticks")
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, int, str]] = []
@@ -66,6 +66,7 @@ class _Batch:
         self.llm_updates: list[tuple[int, int, str, str, int, str | None]] = []
         self.jobs: list[tuple[int, str, str, str, str, float, str | None, str | None]] = []
         self.ticks: list[tuple[int, float, float, int, str, float]] = []
+        self.blobs: dict[str, bytes] = {}
 
 
 class _Writer(threading.Thread):
@@ -127,6 +128,7 @@ class _Writer(threading.Thread):
                         b.llm_updates,
                         b.jobs,
                         b.ticks,
+                        b.blobs,
                     )
                 elif what == "checkpoint":
                     saved: SavedState = arg
@@ -249,8 +251,6 @@ class RunRecorder:
         for rec, line in zip(records, lines, strict=True):
             tick = rec[1] if type(rec[1]) is int else fallback
             rows.append((n, tick, line))
-            if rec[0] == "task":
-                self._digests[str(rec[3])] = str(rec[5])
             n += 1
         self._n = n
 
@@ -284,6 +284,12 @@ class RunRecorder:
                 0.0,
             )
         )
+
+    def job_output(self, name: str, data: bytes) -> None:
+        """A GPU job's output, kept (once per content) so that a replay can use it."""
+        key = blob_digest(data)
+        self._batch.blobs[key] = data
+        self._digests[name] = key
 
     # -- per tick -------------------------------------------------------------------------------
     def _send(self, rt: Runtime) -> None:

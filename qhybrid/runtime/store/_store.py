@@ -236,6 +236,7 @@ class RunStore:
         llm_updates: Iterable[tuple[int, int, str, str, int, str | None]] = (),
         jobs: Iterable[tuple[int, str, str, str, str, float, str | None, str | None]] = (),
         ticks: Iterable[tuple[int, float, float, int, str, float]] = (),
+        blobs: dict[str, bytes] | None = None,
     ) -> None:
         """Add trace records ``(n, tick, line)`` and what came with them; call inside a
         :meth:`transaction` to batch several ticks."""
@@ -263,6 +264,10 @@ class RunStore:
                 " digest) VALUES (?,?,?,?,?,?,?,?,?)",
                 ((run_id, *row) for row in jobs),
             )
+            if blobs:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", blobs.items()
+                )
             conn.executemany(
                 "INSERT OR REPLACE INTO ticks (run_id, tick, t_s, dur_s, delivered, busy, llm_s)"
                 " VALUES (?,?,?,?,?,?,?)",
