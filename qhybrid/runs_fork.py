@@ -148,12 +148,8 @@ def cmd_fork(args: argparse.Namespace) -> int:
     assert recording is not None
     # The fork's trace before the fork tick is its parent's: copy those records.
     try:
-        with _open(args) as store, store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO records (run_id, n, tick, line) SELECT ?, n, tick, line FROM records"
-                " WHERE run_id = ? AND n < ?",
-                (recording.run_id, parent_id, saved.records),
-            )
+        with _open(args) as store:
+            store.copy_records(recording.run_id, lines[: saved.records], saved.tick)
     except StoreError as exc:
         raise BadInput(str(exc)) from None
     err.print(
