@@ -22,7 +22,14 @@ from qhybrid.models._chat import ChatEntry, ChatModel
 from qhybrid.models._controller import ASK_KIND, RuntimeController, SessionState
 from qhybrid.models._feed import FeedBatch, RuntimeFeed
 from qhybrid.models._live import LiveModels, adapter_text
-from qhybrid.models._log import LEVELS, LogFilterModel, LogLine, LogModel, PythonLogCollector
+from qhybrid.models._log import (
+    LEVELS,
+    LogFilterModel,
+    LogLine,
+    LogModel,
+    PythonLogCollector,
+    plain_tooltip,
+)
 from qhybrid.models._series import CHANNELS, LiveSeries
 from qhybrid.models._stall import StallMonitor
 
@@ -47,4 +54,5 @@ __all__ = [
     "SessionState",
     "StallMonitor",
     "adapter_text",
+    "plain_tooltip",
 ]

@@ -35,7 +35,8 @@ from PySide6.QtWidgets import (
 )
 
 import qhybrid
-from qhybrid.models import LiveModels, RuntimeController, SessionState
+from qhybrid.models import LiveModels, RuntimeController, SessionState, plain_tooltip
+from qhybrid.runtime import printable
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
 from qhybrid.views._tables import AgentsView, LogView
@@ -353,9 +354,9 @@ class MainWindow(QMainWindow):
     def _state_changed(self, state: str, detail: str) -> None:
         text = _STATE_TEXT.get(state, state)
         self.state_label.setText(f"<b>{text}</b>")
-        self.state_label.setToolTip(detail)
+        self.state_label.setToolTip(plain_tooltip(detail) if detail else "")
         if state in (SessionState.COMPLETED, SessionState.FAILED) and detail:
-            self.statusBar().showMessage(f"{text}: {detail}")
+            self.statusBar().showMessage(f"{text}: {printable(detail)}")
         self._update_actions()
 
     def _update_actions(self) -> None:
@@ -377,7 +378,7 @@ class MainWindow(QMainWindow):
         self.adapter_label.setText(text)
 
     def _show_error(self, message: str) -> None:
-        self.statusBar().showMessage(f"Error: {message}", 15_000)
+        self.statusBar().showMessage(f"Error: {printable(message)}", 15_000)
 
     def _run_finished(self, result: object) -> None:
         self.workers_spin.setValue(self.controller.workers)

@@ -27,6 +27,7 @@ from typing import Literal
 from qhybrid.runtime.llm._engine import GenerationParams, GenerationResult, LlmEngine, RequestUpdate
 from qhybrid.runtime.llm._gguf import ModelError, ModelFile, load_model
 from qhybrid.runtime.llm._gpu_model import GpuRunner, gpu_too_large, gpu_unsupported
+from qhybrid.runtime.llm._memory import check_kv_cache
 from qhybrid.runtime.llm._numpy_model import NumpyRunner
 from qhybrid.runtime.llm._runner import ModelRunner
 from qhybrid.runtime.llm._tokenizer import ChatTemplateError, Tokenizer
@@ -77,6 +78,15 @@ class LoadedModel:
         self.model.close()
 
 
+def _load_tokenizer(model: ModelFile) -> Tokenizer:
+    """The file's tokenizer; any failure to build it (our checks, the ``tokenizers`` library's
+    own, or metadata of the wrong type) is a :class:`ModelError` naming the file."""
+    try:
+        return Tokenizer.from_metadata(model.metadata)
+    except Exception as exc:  # tokenizers raises plain Exception
+        raise ModelError(f"{model.path}: bad tokenizer metadata: {exc}") from None
+
+
 def open_engine(
     ctx: ComputeContext | None, path: str | os.PathLike[str], options: LlmOptions
 ) -> LoadedModel:
@@ -86,7 +96,7 @@ def open_engine(
     """
     model = load_model(path)
     try:
-        tokenizer = Tokenizer.from_metadata(model.metadata)
+        tokenizer = _load_tokenizer(model)
         config = model.config
         n_ctx = options.n_ctx or min(config.n_ctx_train or DEFAULT_N_CTX, DEFAULT_N_CTX)
         runner: ModelRunner
@@ -102,6 +112,9 @@ def open_engine(
         # (llvmpipe) numpy runs the same graph ~20x faster (docs/benchmarks.md).
         hardware = ctx is not None and ctx.info.kind == "hardware"
         use_gpu = options.runner == "gpu" or (options.runner == "auto" and hardware)
+        gpu_buffer = ctx.max_buffer_bytes if ctx is not None and use_gpu and not why_not else None
+        # Before allocating it: refuse a KV cache that cannot fit, saying what would.
+        check_kv_cache(model, options.n_slots, n_ctx, max_buffer=gpu_buffer)
         if ctx is not None and use_gpu and why_not is None:
             runner = GpuRunner(ctx, model, options.n_slots, n_ctx)
             placement = "gpu"
