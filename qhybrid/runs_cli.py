@@ -95,9 +95,13 @@ def store_path(args: argparse.Namespace) -> Path:
     return path if path is not None else default_store_path()
 
 
-def _open(args: argparse.Namespace, *, readonly: bool = False) -> RunStore:
+def _open(
+    args: argparse.Namespace, *, readonly: bool = False, must_exist: bool = False
+) -> RunStore:
     from qhybrid.runtime.store import RunStore, StoreError
 
+    if must_exist and not store_path(args).exists():
+        raise BadInput(f"run store {store_path(args)}: no such file (no run was recorded there)")
     try:
         return RunStore(store_path(args), readonly=readonly)
     except StoreError as exc:
@@ -313,8 +317,10 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
 
 # -- qhybrid runs / show ---------------------------------------------------------------------------
 def cmd_runs(args: argparse.Namespace) -> int:
-    with _open(args, readonly=store_path(args).exists()) as store:
-        runs = store.runs() if store_path(args).exists() else []
+    runs = []
+    if store_path(args).exists():
+        with _open(args, readonly=True) as store:
+            runs = store.runs()
     if args.json:
         _emit(args, {"store": str(store_path(args)), "runs": runs})
         return EXIT_OK
@@ -405,7 +411,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from qhybrid.runtime.store import RunRecorder
 
-    with _open(args) as store:
+    with _open(args, must_exist=True) as store:
         run_id = _resolve(store, args.run)
         run = store.run(run_id)
         if run["status"] not in ("running", "interrupted"):

@@ -71,7 +71,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
 
     if args.at < 0:
         raise BadInput(f"--at must be >= 0, got {args.at}")
-    with _open(args) as store:
+    with _open(args, must_exist=True) as store:
         parent_id = _resolve(store, args.run)
         parent = store.run(parent_id)
         base = _scenario_of(parent)
