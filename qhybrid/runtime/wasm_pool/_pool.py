@@ -331,6 +331,10 @@ class WorkerPool:
                 logger.warning("worker %d (pid %d) did not exit; killing it", w.index, w.pid)
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.kill()
-                await w.proc.wait()
+                # Bounded too: shutdown always ends (issue 12), even if the exit is not seen.
+                try:
+                    await asyncio.wait_for(w.proc.wait(), timeout=timeout)
+                except (TimeoutError, asyncio.CancelledError):
+                    logger.error("worker %d (pid %d) was killed but not reaped", w.index, w.pid)
 
         await asyncio.gather(*(reap(w) for w in workers), return_exceptions=True)
