@@ -121,9 +121,9 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
 
 
 def test_unsupported_quant_type_names_the_tensor(tmp_path: Path) -> None:
-    q5k = np.zeros((320, 176), dtype=np.uint8)  # Q5_K: 256 per block, 176 bytes
-    path = _minimal(tmp_path / "m.gguf", "llama", {"token_embd.weight": (q5k, "q5_k")})
-    with pytest.raises(ModelError, match=r"'token_embd.weight' is Q5_K.*not support.*Q4_K"):
+    iq2 = np.zeros((320, 66), dtype=np.uint8)  # IQ2_XXS: 256 per block, 66 bytes
+    path = _minimal(tmp_path / "m.gguf", "llama", {"token_embd.weight": (iq2, "iq2_xxs")})
+    with pytest.raises(ModelError, match=r"'token_embd.weight' is IQ2_XXS.*not support.*IQ4_XS"):
         load_model(path)
 
 
