@@ -68,7 +68,12 @@ def run_llama_cpp(path: str, threads: int, repeat: int) -> dict[str, float]:
     from llama_cpp import Llama
 
     llm = Llama(
-        model_path=path, n_ctx=PROMPT + DECODE + 8, n_threads=threads, n_batch=512, verbose=False
+        model_path=path,
+        n_ctx=PROMPT + DECODE + 8,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=512,
+        verbose=False,
     )
     prompt = _prompt(llm.n_vocab())
     prefill = decode = 0.0

@@ -58,7 +58,7 @@ class _Weights:
     """
 
     #: Rows of x up to which the kernel decodes W once per row of x; above, tile + BLAS.
-    MATVEC_MAX_ROWS = 2
+    MATVEC_MAX_ROWS = 3
     #: Bytes of the float32 tile a prefill product dequantizes into.
     TILE_BYTES = 1 << 20
 
