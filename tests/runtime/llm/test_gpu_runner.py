@@ -18,7 +18,7 @@ from qhybrid.runtime.llm._gpu_model import GpuRunner
 from qhybrid.runtime.llm._random_model import RandomModelSpec, write_random_model
 from qhybrid.runtime.wgpu_thread import GpuDevice
 
-QTYPES = ("f32", "f16", "q8_0", "q4_0", "q4_k", "q6_k")
+QTYPES = ("f32", "f16", "q8_0", "q4_0", "q4_k", "q6_k", "q4_1", "q5_0", "q5_k")
 
 
 @pytest.fixture(scope="module")
