@@ -4,8 +4,9 @@
 
 With no model: a random-weight Q8_0 model of SmolLM-135M's shape (made once under
 ~/.cache/qhybrid/bench/). For each engine: prefill tokens/s (a 128-token prompt in one step),
-decode tokens/s (64 greedy tokens, one step each), the best of ``--repeat`` runs, and the
-process's peak resident memory (VmHWM) after loading and running. llama.cpp through
+decode tokens/s (64 greedy tokens, one step each), the best of ``--repeat`` runs, in wall-clock
+time and per CPU second of the process (less sensitive to a loaded machine), and the process's
+peak resident memory (VmHWM) after loading and running. llama.cpp through
 llama-cpp-python (the ``bench`` extra). Prints one JSON object per model.
 """
 
@@ -44,24 +45,32 @@ def run_qhybrid(path: str, threads: int, repeat: int) -> dict[str, float]:
     model = load_model(path)
     runner = NumpyRunner(model, 1, PROMPT + DECODE + 8)
     prompt = np.array(_prompt(model.config.n_vocab), dtype=np.int32)
-    prefill = decode = 0.0
+    prefill = decode = prefill_cpu = decode_cpu = 0.0
     tokens: list[int] = []
     with threadpool_limits(threads):
         runner.step([SeqInput(0, prompt[:8], 0)])  # compile / warm
         for _ in range(repeat):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             tok = int(runner.step([SeqInput(0, prompt, 0)])[0])
             prefill = max(prefill, PROMPT / (time.perf_counter() - started))
+            prefill_cpu = max(prefill_cpu, PROMPT / (time.process_time() - cpu))
             run = [tok]
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             for i in range(DECODE):
                 tok = int(runner.step([SeqInput(0, np.array([tok], np.int32), PROMPT + i)])[0])
                 run.append(tok)
             decode = max(decode, DECODE / (time.perf_counter() - started))
+            decode_cpu = max(decode_cpu, DECODE / (time.process_time() - cpu))
             if tokens and run != tokens:
                 raise SystemExit("the CPU path gave different tokens for the same input")
             tokens = run
-    return {"prefill_tok_s": prefill, "decode_tok_s": decode, "peak_rss_mb": _peak_rss_mb()}
+    return {
+        "prefill_tok_s": prefill,
+        "decode_tok_s": decode,
+        "prefill_tok_per_cpu_s": prefill_cpu,
+        "decode_tok_per_cpu_s": decode_cpu,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def run_llama_cpp(path: str, threads: int, repeat: int) -> dict[str, float]:
@@ -76,19 +85,27 @@ def run_llama_cpp(path: str, threads: int, repeat: int) -> dict[str, float]:
         verbose=False,
     )
     prompt = _prompt(llm.n_vocab())
-    prefill = decode = 0.0
+    prefill = decode = prefill_cpu = decode_cpu = 0.0
     llm.eval(prompt[:8])
     for _ in range(repeat):
         llm.reset()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         llm.eval(prompt)
         prefill = max(prefill, PROMPT / (time.perf_counter() - started))
-        started = time.perf_counter()
+        prefill_cpu = max(prefill_cpu, PROMPT / (time.process_time() - cpu))
+        started, cpu = time.perf_counter(), time.process_time()
         for _ in range(DECODE):
             tok = llm.sample(temp=0.0)
             llm.eval([tok])
         decode = max(decode, DECODE / (time.perf_counter() - started))
-    return {"prefill_tok_s": prefill, "decode_tok_s": decode, "peak_rss_mb": _peak_rss_mb()}
+        decode_cpu = max(decode_cpu, DECODE / (time.process_time() - cpu))
+    return {
+        "prefill_tok_s": prefill,
+        "decode_tok_s": decode,
+        "prefill_tok_per_cpu_s": prefill_cpu,
+        "decode_tok_per_cpu_s": decode_cpu,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def _random_model() -> Path:
@@ -137,6 +154,10 @@ def main() -> None:
         if isinstance(ours, dict) and isinstance(theirs, dict) and "error" not in ours | theirs:
             row["decode_vs_llama_cpp"] = round(ours["decode_tok_s"] / theirs["decode_tok_s"], 2)
             row["prefill_vs_llama_cpp"] = round(ours["prefill_tok_s"] / theirs["prefill_tok_s"], 2)
+            for k in ("decode", "prefill"):
+                row[f"{k}_per_cpu_s_vs_llama_cpp"] = round(
+                    ours[f"{k}_tok_per_cpu_s"] / theirs[f"{k}_tok_per_cpu_s"], 2
+                )
         row["load_avg_after"] = os.getloadavg()[0]
         sys.stdout.write(json.dumps(row) + "\n")
         sys.stdout.flush()

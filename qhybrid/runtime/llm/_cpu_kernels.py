@@ -56,39 +56,36 @@ def _h(row: Any, o: int) -> Any:
 
 
 @_inline
-def _b_q8_0(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 34
-        xo = b * 32
-        d = _h(row, o)
-        for j in range(32):
-            _put(acc, lanes, x, xo, j, np.float32(np.int8(row[o + 2 + j])) * d)
+def _b_q8_0(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 34
+    xo = b * 32
+    d = _h(row, o)
+    for j in range(32):
+        _put(acc, lanes, x, xo, j, np.float32(np.int8(row[o + 2 + j])) * d)
 
 
 @_inline
-def _b_q4_0(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 18
-        xo = b * 32
-        d = _h(row, o)
-        m = np.float32(-8.0) * d
-        for j in range(16):
-            v = row[o + 2 + j]
-            _put(acc, lanes, x, xo, j, np.float32(v & 15) * d + m)
-            _put(acc, lanes, x, xo, 16 + j, np.float32(v >> 4) * d + m)
+def _b_q4_0(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 18
+    xo = b * 32
+    d = _h(row, o)
+    m = np.float32(-8.0) * d
+    for j in range(16):
+        v = row[o + 2 + j]
+        _put(acc, lanes, x, xo, j, np.float32(v & 15) * d + m)
+        _put(acc, lanes, x, xo, 16 + j, np.float32(v >> 4) * d + m)
 
 
 @_inline
-def _b_q4_1(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 20
-        xo = b * 32
-        d = _h(row, o)
-        m = _h(row, o + 2)
-        for j in range(16):
-            v = row[o + 4 + j]
-            _put(acc, lanes, x, xo, j, np.float32(v & 15) * d + m)
-            _put(acc, lanes, x, xo, 16 + j, np.float32(v >> 4) * d + m)
+def _b_q4_1(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 20
+    xo = b * 32
+    d = _h(row, o)
+    m = _h(row, o + 2)
+    for j in range(16):
+        v = row[o + 4 + j]
+        _put(acc, lanes, x, xo, j, np.float32(v & 15) * d + m)
+        _put(acc, lanes, x, xo, 16 + j, np.float32(v >> 4) * d + m)
 
 
 @_inline
@@ -102,69 +99,65 @@ def _qh32(row: Any, o: int) -> Any:
 
 
 @_inline
-def _b_q5_0(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 22
-        xo = b * 32
-        d = _h(row, o)
-        m = np.float32(-16.0) * d
-        qh = _qh32(row, o + 2)
-        for j in range(16):
-            v = np.int64(row[o + 6 + j])
-            lo = (v & 15) | (((qh >> j) & 1) << 4)
-            hi = (v >> 4) | (((qh >> (j + 16)) & 1) << 4)
-            _put(acc, lanes, x, xo, j, np.float32(lo) * d + m)
-            _put(acc, lanes, x, xo, 16 + j, np.float32(hi) * d + m)
+def _b_q5_0(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 22
+    xo = b * 32
+    d = _h(row, o)
+    m = np.float32(-16.0) * d
+    qh = _qh32(row, o + 2)
+    for j in range(16):
+        v = np.int64(row[o + 6 + j])
+        lo = (v & 15) | (((qh >> j) & 1) << 4)
+        hi = (v >> 4) | (((qh >> (j + 16)) & 1) << 4)
+        _put(acc, lanes, x, xo, j, np.float32(lo) * d + m)
+        _put(acc, lanes, x, xo, 16 + j, np.float32(hi) * d + m)
 
 
 @_inline
-def _b_q5_1(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 24
-        xo = b * 32
-        d = _h(row, o)
-        m = _h(row, o + 2)
-        qh = _qh32(row, o + 4)
-        for j in range(16):
-            v = np.int64(row[o + 8 + j])
-            lo = (v & 15) | (((qh >> j) & 1) << 4)
-            hi = (v >> 4) | (((qh >> (j + 16)) & 1) << 4)
-            _put(acc, lanes, x, xo, j, np.float32(lo) * d + m)
-            _put(acc, lanes, x, xo, 16 + j, np.float32(hi) * d + m)
+def _b_q5_1(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 24
+    xo = b * 32
+    d = _h(row, o)
+    m = _h(row, o + 2)
+    qh = _qh32(row, o + 4)
+    for j in range(16):
+        v = np.int64(row[o + 8 + j])
+        lo = (v & 15) | (((qh >> j) & 1) << 4)
+        hi = (v >> 4) | (((qh >> (j + 16)) & 1) << 4)
+        _put(acc, lanes, x, xo, j, np.float32(lo) * d + m)
+        _put(acc, lanes, x, xo, 16 + j, np.float32(hi) * d + m)
 
 
 @_inline
-def _b_iq4_nl(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 18
-        xo = b * 32
-        d = _h(row, o)
-        for j in range(16):
-            v = row[o + 2 + j]
-            _put(acc, lanes, x, xo, j, _KV[v & 15] * d)
-            _put(acc, lanes, x, xo, 16 + j, _KV[v >> 4] * d)
+def _b_iq4_nl(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 18
+    xo = b * 32
+    d = _h(row, o)
+    for j in range(16):
+        v = row[o + 2 + j]
+        _put(acc, lanes, x, xo, j, _KV[v & 15] * d)
+        _put(acc, lanes, x, xo, 16 + j, _KV[v >> 4] * d)
 
 
 @_inline
-def _b_q2_k(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 84
-        xo = b * 256
-        d = _h(row, o + 80)
-        dmin = _h(row, o + 82)
-        for h in range(2):
-            for j in range(4):
-                s0 = row[o + 8 * h + 2 * j]
-                s1 = row[o + 8 * h + 2 * j + 1]
-                d0, m0 = d * np.float32(s0 & 15), dmin * np.float32(s0 >> 4)
-                d1, m1 = d * np.float32(s1 & 15), dmin * np.float32(s1 >> 4)
-                q = o + 16 + 32 * h
-                e = xo + 128 * h + 32 * j
-                sh = 2 * j
-                for lane in range(16):
-                    _put(acc, lanes, x, e, lane, np.float32((row[q + lane] >> sh) & 3) * d0 - m0)
-                    w1 = np.float32((row[q + 16 + lane] >> sh) & 3) * d1 - m1
-                    _put(acc, lanes, x, e, 16 + lane, w1)
+def _b_q2_k(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 84
+    xo = b * 256
+    d = _h(row, o + 80)
+    dmin = _h(row, o + 82)
+    for h in range(2):
+        for j in range(4):
+            s0 = row[o + 8 * h + 2 * j]
+            s1 = row[o + 8 * h + 2 * j + 1]
+            d0, m0 = d * np.float32(s0 & 15), dmin * np.float32(s0 >> 4)
+            d1, m1 = d * np.float32(s1 & 15), dmin * np.float32(s1 >> 4)
+            q = o + 16 + 32 * h
+            e = xo + 128 * h + 32 * j
+            sh = 2 * j
+            for lane in range(16):
+                _put(acc, lanes, x, e, lane, np.float32((row[q + lane] >> sh) & 3) * d0 - m0)
+                w1 = np.float32((row[q + 16 + lane] >> sh) & 3) * d1 - m1
+                _put(acc, lanes, x, e, 16 + lane, w1)
 
 
 @_inline
@@ -175,25 +168,24 @@ def _q3_scale(row: Any, s: int, i: int) -> Any:
 
 
 @_inline
-def _b_q3_k(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 110
-        xo = b * 256
-        d = _h(row, o + 108)
-        for h in range(2):
-            for j in range(4):
-                i = 8 * h + 2 * j
-                d0 = d * _q3_scale(row, o + 96, i)
-                d1 = d * _q3_scale(row, o + 96, i + 1)
-                q = o + 32 + 32 * h
-                e = xo + 128 * h + 32 * j
-                sh = 2 * j
-                hs = 4 * h + j
-                for lane in range(16):
-                    q0 = ((row[q + lane] >> sh) & 3) - 4 + 4 * ((row[o + lane] >> hs) & 1)
-                    q1 = ((row[q + 16 + lane] >> sh) & 3) - 4 + 4 * ((row[o + 16 + lane] >> hs) & 1)
-                    _put(acc, lanes, x, e, lane, np.float32(q0) * d0)
-                    _put(acc, lanes, x, e, 16 + lane, np.float32(q1) * d1)
+def _b_q3_k(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 110
+    xo = b * 256
+    d = _h(row, o + 108)
+    for h in range(2):
+        for j in range(4):
+            i = 8 * h + 2 * j
+            d0 = d * _q3_scale(row, o + 96, i)
+            d1 = d * _q3_scale(row, o + 96, i + 1)
+            q = o + 32 + 32 * h
+            e = xo + 128 * h + 32 * j
+            sh = 2 * j
+            hs = 4 * h + j
+            for lane in range(16):
+                q0 = ((row[q + lane] >> sh) & 3) - 4 + 4 * ((row[o + lane] >> hs) & 1)
+                q1 = ((row[q + 16 + lane] >> sh) & 3) - 4 + 4 * ((row[o + 16 + lane] >> hs) & 1)
+                _put(acc, lanes, x, e, lane, np.float32(q0) * d0)
+                _put(acc, lanes, x, e, 16 + lane, np.float32(q1) * d1)
 
 
 @_inline
@@ -206,95 +198,89 @@ def _k_scale_min(row: Any, s: int, j: int) -> Any:
 
 
 @_inline
-def _b_q4_k(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 144
-        xo = b * 256
-        d = _h(row, o)
-        dmin = _h(row, o + 2)
-        for p in range(4):
-            sc0, mn0 = _k_scale_min(row, o + 4, 2 * p)
-            sc1, mn1 = _k_scale_min(row, o + 4, 2 * p + 1)
-            d0, m0 = d * np.float32(sc0), dmin * np.float32(mn0)
-            d1, m1 = d * np.float32(sc1), dmin * np.float32(mn1)
-            q = o + 16 + 32 * p
-            e0 = xo + 64 * p
-            e1 = e0 + 32
-            for lane in range(32):
-                v = row[q + lane]
-                _put(acc, lanes, x, e0, lane, np.float32(v & 15) * d0 - m0)
-            for lane in range(32):
-                v = row[q + lane]
-                _put(acc, lanes, x, e1, lane, np.float32(v >> 4) * d1 - m1)
+def _b_q4_k(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 144
+    xo = b * 256
+    d = _h(row, o)
+    dmin = _h(row, o + 2)
+    for p in range(4):
+        sc0, mn0 = _k_scale_min(row, o + 4, 2 * p)
+        sc1, mn1 = _k_scale_min(row, o + 4, 2 * p + 1)
+        d0, m0 = d * np.float32(sc0), dmin * np.float32(mn0)
+        d1, m1 = d * np.float32(sc1), dmin * np.float32(mn1)
+        q = o + 16 + 32 * p
+        e0 = xo + 64 * p
+        e1 = e0 + 32
+        for lane in range(32):
+            v = row[q + lane]
+            _put(acc, lanes, x, e0, lane, np.float32(v & 15) * d0 - m0)
+        for lane in range(32):
+            v = row[q + lane]
+            _put(acc, lanes, x, e1, lane, np.float32(v >> 4) * d1 - m1)
 
 
 @_inline
-def _b_q5_k(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 176
-        xo = b * 256
-        d = _h(row, o)
-        dmin = _h(row, o + 2)
-        for p in range(4):
-            sc0, mn0 = _k_scale_min(row, o + 4, 2 * p)
-            sc1, mn1 = _k_scale_min(row, o + 4, 2 * p + 1)
-            d0, m0 = d * np.float32(sc0), dmin * np.float32(mn0)
-            d1, m1 = d * np.float32(sc1), dmin * np.float32(mn1)
-            q = o + 48 + 32 * p
-            e0 = xo + 64 * p
-            e1 = e0 + 32
-            b0 = 2 * p
-            for lane in range(32):
-                v = (row[q + lane] & 15) | (((row[o + 16 + lane] >> b0) & 1) << 4)
-                _put(acc, lanes, x, e0, lane, np.float32(v) * d0 - m0)
-            for lane in range(32):
-                v = (row[q + lane] >> 4) | (((row[o + 16 + lane] >> (b0 + 1)) & 1) << 4)
-                _put(acc, lanes, x, e1, lane, np.float32(v) * d1 - m1)
+def _b_q5_k(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 176
+    xo = b * 256
+    d = _h(row, o)
+    dmin = _h(row, o + 2)
+    for p in range(4):
+        sc0, mn0 = _k_scale_min(row, o + 4, 2 * p)
+        sc1, mn1 = _k_scale_min(row, o + 4, 2 * p + 1)
+        d0, m0 = d * np.float32(sc0), dmin * np.float32(mn0)
+        d1, m1 = d * np.float32(sc1), dmin * np.float32(mn1)
+        q = o + 48 + 32 * p
+        e0 = xo + 64 * p
+        e1 = e0 + 32
+        b0 = 2 * p
+        for lane in range(32):
+            v = (row[q + lane] & 15) | (((row[o + 16 + lane] >> b0) & 1) << 4)
+            _put(acc, lanes, x, e0, lane, np.float32(v) * d0 - m0)
+        for lane in range(32):
+            v = (row[q + lane] >> 4) | (((row[o + 16 + lane] >> (b0 + 1)) & 1) << 4)
+            _put(acc, lanes, x, e1, lane, np.float32(v) * d1 - m1)
 
 
 @_inline
-def _b_q6_k(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 210
-        xo = b * 256
-        d = _h(row, o + 208)
-        for n in range(2):
-            for quarter in range(4):
-                ql = o + 64 * n + (quarter & 1) * 32
-                qh = o + 128 + 32 * n
-                shl = (quarter >> 1) * 4
-                shh = 2 * quarter
-                s = o + 192 + 8 * n + 2 * quarter
-                d0 = d * np.float32(rowi[s])
-                d1 = d * np.float32(rowi[s + 1])
-                e = xo + 128 * n + 32 * quarter
-                for lane in range(16):
-                    q0 = ((row[ql + lane] >> shl) & 15) | (((row[qh + lane] >> shh) & 3) << 4)
-                    q1 = ((row[ql + 16 + lane] >> shl) & 15) | (
-                        ((row[qh + 16 + lane] >> shh) & 3) << 4
-                    )
-                    _put(acc, lanes, x, e, lane, np.float32(q0 - 32) * d0)
-                    _put(acc, lanes, x, e, 16 + lane, np.float32(q1 - 32) * d1)
-
-
-@_inline
-def _b_iq4_xs(acc: bool, row: Any, rowi: Any, n_blocks: int, x: Any, lanes: Any) -> None:
-    for b in range(n_blocks):
-        o = b * 136
-        xo = b * 256
-        d = _h(row, o)
-        sh = np.int64(row[o + 2]) | (np.int64(row[o + 3]) << 8)
-        for ib in range(8):
-            ls = ((np.int64(row[o + 4 + (ib >> 1)]) >> (4 * (ib & 1))) & 15) | (
-                ((sh >> (2 * ib)) & 3) << 4
-            )
-            dl = d * np.float32(ls - 32)
-            q = o + 8 + 16 * ib
-            e = xo + 32 * ib
+def _b_q6_k(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 210
+    xo = b * 256
+    d = _h(row, o + 208)
+    for n in range(2):
+        for quarter in range(4):
+            ql = o + 64 * n + (quarter & 1) * 32
+            qh = o + 128 + 32 * n
+            shl = (quarter >> 1) * 4
+            shh = 2 * quarter
+            s = o + 192 + 8 * n + 2 * quarter
+            d0 = d * np.float32(rowi[s])
+            d1 = d * np.float32(rowi[s + 1])
+            e = xo + 128 * n + 32 * quarter
             for lane in range(16):
-                v = row[q + lane]
-                _put(acc, lanes, x, e, lane, _KV[v & 15] * dl)
-                _put(acc, lanes, x, e, 16 + lane, _KV[v >> 4] * dl)
+                q0 = ((row[ql + lane] >> shl) & 15) | (((row[qh + lane] >> shh) & 3) << 4)
+                q1 = ((row[ql + 16 + lane] >> shl) & 15) | (((row[qh + 16 + lane] >> shh) & 3) << 4)
+                _put(acc, lanes, x, e, lane, np.float32(q0 - 32) * d0)
+                _put(acc, lanes, x, e, 16 + lane, np.float32(q1 - 32) * d1)
+
+
+@_inline
+def _b_iq4_xs(acc: bool, row: Any, rowi: Any, b: int, x: Any, lanes: Any) -> None:
+    o = b * 136
+    xo = b * 256
+    d = _h(row, o)
+    sh = np.int64(row[o + 2]) | (np.int64(row[o + 3]) << 8)
+    for ib in range(8):
+        ls = ((np.int64(row[o + 4 + (ib >> 1)]) >> (4 * (ib & 1))) & 15) | (
+            ((sh >> (2 * ib)) & 3) << 4
+        )
+        dl = d * np.float32(ls - 32)
+        q = o + 8 + 16 * ib
+        e = xo + 32 * ib
+        for lane in range(16):
+            v = row[q + lane]
+            _put(acc, lanes, x, e, lane, _KV[v & 15] * dl)
+            _put(acc, lanes, x, e, 16 + lane, _KV[v >> 4] * dl)
 
 
 @_inline
@@ -310,217 +296,409 @@ def _sum32(lanes: Any) -> Any:
 @_jit
 def _mv_q8_0(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 34
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_q8_0(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_q8_0(True, r0, i0, b, xm, l0)
+                _b_q8_0(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_q8_0(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_q8_0(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 34
     for n in range(raw.shape[0]):
-        _b_q8_0(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_q8_0(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 @_jit
 def _mv_q4_0(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 18
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_q4_0(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_q4_0(True, r0, i0, b, xm, l0)
+                _b_q4_0(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_q4_0(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_q4_0(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 18
     for n in range(raw.shape[0]):
-        _b_q4_0(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_q4_0(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 @_jit
 def _mv_q4_1(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 20
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_q4_1(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_q4_1(True, r0, i0, b, xm, l0)
+                _b_q4_1(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_q4_1(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_q4_1(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 20
     for n in range(raw.shape[0]):
-        _b_q4_1(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_q4_1(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 @_jit
 def _mv_q5_0(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 22
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_q5_0(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_q5_0(True, r0, i0, b, xm, l0)
+                _b_q5_0(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_q5_0(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_q5_0(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 22
     for n in range(raw.shape[0]):
-        _b_q5_0(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_q5_0(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 @_jit
 def _mv_q5_1(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 24
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_q5_1(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_q5_1(True, r0, i0, b, xm, l0)
+                _b_q5_1(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_q5_1(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_q5_1(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 24
     for n in range(raw.shape[0]):
-        _b_q5_1(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_q5_1(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 @_jit
 def _mv_iq4_nl(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 18
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_iq4_nl(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_iq4_nl(True, r0, i0, b, xm, l0)
+                _b_iq4_nl(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_iq4_nl(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_iq4_nl(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 18
     for n in range(raw.shape[0]):
-        _b_iq4_nl(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_iq4_nl(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 @_jit
 def _mv_q2_k(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 84
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_q2_k(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_q2_k(True, r0, i0, b, xm, l0)
+                _b_q2_k(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_q2_k(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_q2_k(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 84
     for n in range(raw.shape[0]):
-        _b_q2_k(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_q2_k(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 @_jit
 def _mv_q3_k(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 110
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_q3_k(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_q3_k(True, r0, i0, b, xm, l0)
+                _b_q3_k(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_q3_k(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_q3_k(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 110
     for n in range(raw.shape[0]):
-        _b_q3_k(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_q3_k(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 @_jit
 def _mv_q4_k(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 144
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_q4_k(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_q4_k(True, r0, i0, b, xm, l0)
+                _b_q4_k(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_q4_k(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_q4_k(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 144
     for n in range(raw.shape[0]):
-        _b_q4_k(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_q4_k(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 @_jit
 def _mv_q5_k(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 176
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_q5_k(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_q5_k(True, r0, i0, b, xm, l0)
+                _b_q5_k(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_q5_k(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_q5_k(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 176
     for n in range(raw.shape[0]):
-        _b_q5_k(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_q5_k(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 @_jit
 def _mv_q6_k(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 210
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_q6_k(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_q6_k(True, r0, i0, b, xm, l0)
+                _b_q6_k(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_q6_k(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_q6_k(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 210
     for n in range(raw.shape[0]):
-        _b_q6_k(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_q6_k(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 @_jit
 def _mv_iq4_xs(raw: Any, rawi: Any, x: Any, y: Any, col0: int) -> None:
     n_blocks = raw.shape[1] // 136
-    lanes = np.zeros(32, dtype=np.float32)
-    for n in range(raw.shape[0]):
+    rows = raw.shape[0]
+    l0 = np.zeros(32, dtype=np.float32)
+    l1 = np.zeros(32, dtype=np.float32)
+    for n in range(0, rows - 1, 2):  # two rows at a time: twice the independent sums
+        r0, i0, r1, i1 = raw[n], rawi[n], raw[n + 1], rawi[n + 1]
         for m in range(x.shape[0]):
-            lanes[:] = 0.0
-            _b_iq4_xs(True, raw[n], rawi[n], n_blocks, x[m], lanes)
-            y[m, col0 + n] = _sum32(lanes)
+            xm = x[m]
+            l0[:] = 0.0
+            l1[:] = 0.0
+            for b in range(n_blocks):
+                _b_iq4_xs(True, r0, i0, b, xm, l0)
+                _b_iq4_xs(True, r1, i1, b, xm, l1)
+            y[m, col0 + n] = _sum32(l0)
+            y[m, col0 + n + 1] = _sum32(l1)
+    if rows % 2:
+        n = rows - 1
+        for m in range(x.shape[0]):
+            l0[:] = 0.0
+            for b in range(n_blocks):
+                _b_iq4_xs(True, raw[n], rawi[n], b, x[m], l0)
+            y[m, col0 + n] = _sum32(l0)
 
 
 @_jit
 def _dq_iq4_xs(raw: Any, rawi: Any, out: Any) -> None:
     n_blocks = raw.shape[1] // 136
     for n in range(raw.shape[0]):
-        _b_iq4_xs(False, raw[n], rawi[n], n_blocks, out[n], out[n])
+        for b in range(n_blocks):
+            _b_iq4_xs(False, raw[n], rawi[n], b, out[n], out[n])
 
 
 #: The formats the numba kernels decode: (matrix x vector, dequantize) drivers. The float
