@@ -91,3 +91,24 @@ def test_the_cpu_weights_keep_no_float_copy_and_tile_the_prefill(qtype: str) -> 
     assert w._tile.nbytes <= w.TILE_BYTES
     ids = np.array([0, 299, 17, 17])
     np.testing.assert_allclose(w.rows(t, ids), dense[ids], rtol=1e-6)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
+def test_int8_activation_products_are_close_and_deterministic(qtype: str) -> None:
+    """``exact=False`` (the engine's CPU path): int8 activations against the blocks, as
+    llama.cpp does; within the activations' rounding of the float32 product, the same floats
+    every run."""
+    raw, cols = _blocks(qtype, 37, 3, 6)
+    x = np.random.default_rng(6).standard_normal((3, cols), dtype=np.float32)
+    want = x @ _gguf(raw, qtype, cols).T
+    out = np.empty((3, 37), dtype=np.float32)
+    cpu.matvec(x, raw, qtype, out, exact=False)
+    np.testing.assert_allclose(out, want, rtol=0, atol=2e-2 * float(np.abs(want).max()))
+    again = np.empty_like(out)
+    cpu.matvec(x, raw, qtype, again, exact=False)
+    np.testing.assert_array_equal(again, out)
+    q, d = cpu.quantize_q8(x)
+    assert q.dtype == np.int8 and np.abs(q).max() == 127
+    np.testing.assert_allclose(
+        q.reshape(3, -1, 32) * d[:, :, None], x.reshape(3, -1, 32), atol=float(d.max())
+    )
