@@ -635,8 +635,8 @@ def _dot32_nibbles(typingctx: Any, w: Any, wo: Any, qh: Any, x: Any, xo: Any) ->
 _dot_nib: Any = _dot32_nibbles
 
 
-@_jit
-def _mv_q45_i8(
+@_inline
+def _mv_q45_body(
     kind: int, raw: Any, xq: Any, xd: Any, xqs: Any, xsum: Any, y: Any, col0: int
 ) -> None:
     # kind 0 q4_0, 1 q4_1, 2 q5_0, 3 q5_1: sum over a block of (d q + m) x, with x ~ xd * xq:
@@ -664,7 +664,27 @@ def _mv_q45_i8(
             y[m, col0 + n] = total
 
 
-_Q45 = {"q4_0": 0, "q4_1": 1, "q5_0": 2, "q5_1": 3}
+@_jit
+def _mv_q4_0_i8(raw: Any, xq: Any, xd: Any, xqs: Any, xsum: Any, y: Any, col0: int) -> None:
+    _mv_q45_body(0, raw, xq, xd, xqs, xsum, y, col0)  # the format a constant: no branches
+
+
+@_jit
+def _mv_q4_1_i8(raw: Any, xq: Any, xd: Any, xqs: Any, xsum: Any, y: Any, col0: int) -> None:
+    _mv_q45_body(1, raw, xq, xd, xqs, xsum, y, col0)  # the format a constant: no branches
+
+
+@_jit
+def _mv_q5_0_i8(raw: Any, xq: Any, xd: Any, xqs: Any, xsum: Any, y: Any, col0: int) -> None:
+    _mv_q45_body(2, raw, xq, xd, xqs, xsum, y, col0)  # the format a constant: no branches
+
+
+@_jit
+def _mv_q5_1_i8(raw: Any, xq: Any, xd: Any, xqs: Any, xsum: Any, y: Any, col0: int) -> None:
+    _mv_q45_body(3, raw, xq, xd, xqs, xsum, y, col0)  # the format a constant: no branches
+
+
+_Q45 = {"q4_0": _mv_q4_0_i8, "q4_1": _mv_q4_1_i8, "q5_0": _mv_q5_0_i8, "q5_1": _mv_q5_1_i8}
 
 
 def quantize_q8(x: F32) -> tuple[npt.NDArray[np.int8], F32]:
@@ -725,6 +745,6 @@ def matvec(x: F32, raw: U8, qtype: str, out: F32, col0: int = 0, *, exact: bool 
         xq, xd = quantize_q8(x)
         xqs = xq.reshape(xq.shape[0], -1, 32).sum(axis=2, dtype=np.int64)
         xsum = x.reshape(x.shape[0], -1, 32).sum(axis=2, dtype=np.float32)
-        _mv_q45_i8(_Q45[qtype], raw, xq, xd, xqs, xsum, out, col0)
+        _Q45[qtype](raw, xq, xd, xqs, xsum, out, col0)
         return
     KERNELS[qtype][0](raw, raw.view(np.int8), x, out, col0)
