@@ -684,7 +684,70 @@ def _mv_q5_1_i8(raw: Any, xq: Any, xd: Any, xqs: Any, xsum: Any, y: Any, col0: i
     _mv_q45_body(3, raw, xq, xd, xqs, xsum, y, col0)  # the format a constant: no branches
 
 
-_Q45 = {"q4_0": _mv_q4_0_i8, "q4_1": _mv_q4_1_i8, "q5_0": _mv_q5_0_i8, "q5_1": _mv_q5_1_i8}
+@intrinsic
+def _dot32_nibble_run(typingctx: Any, w: Any, wo: Any, shift: Any, x: Any, xo: Any) -> Any:
+    """``sum(((w[wo + j] >> shift) & 15) * x[xo + j] for j < 32)`` as int32 (a q4_k
+    sub-block: 32 low or high nibbles of 32 bytes)."""
+    sig = types.int32(w, types.intp, types.intp, x, types.intp)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        w_arr, w_off, sh, x_arr, x_off = args
+        i8, i32 = ir.IntType(8), ir.IntType(32)
+        v32i8, v32i32 = ir.VectorType(i8, 32), ir.VectorType(i32, 32)
+        arr_w = context.make_array(signature.args[0])(context, builder, w_arr)
+        arr_x = context.make_array(signature.args[3])(context, builder, x_arr)
+        pw = builder.bitcast(builder.gep(arr_w.data, [w_off]), v32i8.as_pointer())
+        raw = builder.zext(builder.load(pw, align=1), v32i32)
+        splat = builder.insert_element(
+            ir.Constant(v32i32, None), builder.trunc(sh, i32), ir.Constant(i32, 0)
+        )
+        splat = builder.shuffle_vector(
+            splat, ir.Constant(v32i32, None), ir.Constant(v32i32, [0] * 32)
+        )
+        q = builder.and_(builder.lshr(raw, splat), ir.Constant(v32i32, [15] * 32))
+        px = builder.bitcast(builder.gep(arr_x.data, [x_off]), v32i8.as_pointer())
+        prod = builder.mul(q, builder.sext(builder.load(px, align=1), v32i32))
+        name = "llvm.vector.reduce.add.v32i32"
+        fn = builder.module.globals.get(name) or ir.Function(
+            builder.module, ir.FunctionType(i32, [v32i32]), name
+        )
+        return builder.call(fn, [prod])
+
+    return sig, codegen
+
+
+_dot_run: Any = _dot32_nibble_run
+
+
+@_jit
+def _mv_q4_k_i8(raw: Any, xq: Any, xd: Any, xqs: Any, xsum: Any, y: Any, col0: int) -> None:
+    # Sub-block j of 32: d sc_j xd sum(q xq) - dmin m_j sum(x).
+    n_blocks = raw.shape[1] // 144
+    for n in range(raw.shape[0]):
+        r = raw[n]
+        for m in range(xq.shape[0]):
+            xqm, xdm, xfm = xq[m], xd[m], xsum[m]
+            total = np.float32(0.0)
+            for b in range(n_blocks):
+                o = b * 144
+                d = _h(r, o)
+                dmin = _h(r, o + 2)
+                for j in range(8):
+                    sc, mn = _k_scale_min(r, o + 4, j)
+                    k = 8 * b + j
+                    dot = _dot_run(r, o + 16 + 32 * (j >> 1), 4 * (j & 1), xqm, 32 * k)
+                    total += np.float32(dot) * (d * np.float32(sc) * xdm[k])
+                    total -= dmin * np.float32(mn) * xfm[k]
+            y[m, col0 + n] = total
+
+
+_Q45 = {
+    "q4_0": _mv_q4_0_i8,
+    "q4_1": _mv_q4_1_i8,
+    "q5_0": _mv_q5_0_i8,
+    "q5_1": _mv_q5_1_i8,
+    "q4_k": _mv_q4_k_i8,
+}
 
 
 def quantize_q8(x: F32) -> tuple[npt.NDArray[np.int8], F32]:
@@ -728,7 +791,7 @@ def matvec(x: F32, raw: U8, qtype: str, out: F32, col0: int = 0, *, exact: bool 
 
     Quantized formats: the weights are decoded in registers, one pass over them per row of
     ``x`` (meant for decode, a few rows). Float formats: BLAS on the rows. ``exact`` False:
-    Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 weights multiply int8-quantized activations in int32, as
+    Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K weights multiply int8-quantized activations in int32, as
     llama.cpp does (about twice as fast; the product then differs from the float32 one by the
     activations' rounding, ~1e-2 relative).
     """
