@@ -23,6 +23,7 @@ dequantize-then-matmul only by summation order (tests check it against ``gguf.qu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numba as nb
@@ -41,8 +42,23 @@ U8 = npt.NDArray[np.uint8]
 _F16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 _KV = np.array(IQ4_KVALUES, dtype=np.float32)
 _FLAGS = {"reassoc", "contract"}  # vectorized sums; no finite-math assumptions
-_jit = nb.njit(cache=True, fastmath=_FLAGS, boundscheck=False, nogil=True)
-_inline = nb.njit(cache=True, fastmath=_FLAGS, boundscheck=False, inline="always")
+
+
+def _njit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """numba.njit with the machine code cached on disk (next to this file, or numba's user
+    cache folder); where no cache folder can be found (a frozen app), compiled per process."""
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        try:
+            return nb.njit(cache=True, fastmath=_FLAGS, boundscheck=False, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return nb.njit(cache=False, fastmath=_FLAGS, boundscheck=False, **options)(fn)
+
+    return decorate
+
+
+_jit = _njit(nogil=True)
+_inline = _njit(inline="always")
 
 
 @_inline
