@@ -7,6 +7,7 @@
 ;;   kind 6   asks the LLM once with a 1 MiB prompt
 ;;   kind 7   logs one short line (a well-behaved message)
 ;;   kind 8   creates one tensor of 64 MiB (float32, 2^24 elements) named "t00"
+;;   kind 10  asks the LLM 10 times (under the per-message quota), 2 tokens each
 ;; The sender must be the runtime (-1) or nothing is done: sent messages are not re-handled.
 (module
   (import "qhybrid" "send" (func $send (param i32 i32 i32 i32) (result i32)))
@@ -62,6 +63,11 @@
         (br_if $l (i32.lt_u (local.get $i) (i32.const 100))))))
     (if (i32.eq (local.get $kind) (i32.const 6)) (then
       (drop (call $llm (i32.const 4096) (i32.const 1048576) (i32.const 4) (i32.const 0)))))
+    (if (i32.eq (local.get $kind) (i32.const 10)) (then
+      (loop $l
+        (drop (call $llm (i32.const 1024) (i32.const 10) (i32.const 2) (local.get $i)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $l (i32.lt_u (local.get $i) (i32.const 10))))))
     (if (i32.eq (local.get $kind) (i32.const 8)) (then
       (drop (call $tcreate (i32.const 2100) (i32.const 3) (i32.const 0) (i32.const 1) (i32.const 2216)))))
     (if (i32.eq (local.get $kind) (i32.const 7)) (then

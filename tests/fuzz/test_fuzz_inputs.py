@@ -44,9 +44,7 @@ GGUF_HEAD = _header_end(GGUF)
 
 #: One mutation: (offset, how, value); how 0 sets a byte, 1 flips a bit, 2 writes 4 bytes,
 #: 3 deletes a byte, 4 truncates the file there.
-_mutation = st.tuples(
-    st.integers(0, GGUF_HEAD - 1), st.integers(0, 4), st.integers(0, 2**32 - 1)
-)
+_mutation = st.tuples(st.integers(0, GGUF_HEAD - 1), st.integers(0, 4), st.integers(0, 2**32 - 1))
 
 
 def _mutate(data: bytes, mutations: list[tuple[int, int, int]]) -> bytes:

@@ -102,3 +102,41 @@ def test_log_output_past_its_quota_is_dropped_with_one_line_saying_so() -> None:
     notes = [e for e in mine if "log quota" in e.text]
     assert len(notes) == 1 and str(MAX_LOG_BYTES) in notes[0].text
     assert len(mine) < 3000  # not 200 000 lines
+
+
+def test_one_agent_holds_at_most_its_share_of_the_model() -> None:
+    from qhybrid.runtime import LlmTokens
+    from qhybrid.runtime._llm_bridge import MAX_LLM_IN_FLIGHT
+
+    model = (ROOT / "resources" / "models" / "tiny-stories.gguf").as_posix()
+    text = f"""
+name = "greedy"
+seed = 1
+[stop]
+max_ticks = 40
+[llm]
+model = "{model}"
+device = "cpu"
+slots = 8
+[[agents]]
+name = "flood"
+module = "{HOSTILE}/flood.wat"
+on_error = "skip"
+[[messages]]
+to = "flood"
+kind = 10
+payload = ""
+"""
+    scenario = parse_scenario(text, source="greedy.toml")
+    done: list[LlmTokens] = []
+
+    async def main() -> RunResult:
+        async with Runtime(scenario, RuntimeConfig(workers=1, device="cpu")) as rt:
+            rt.events.llm_tokens.connect(lambda e: done.append(e) if e.done else None)
+            return await rt.run()
+
+    result = asyncio.run(main())
+    assert result.ok, result.reason
+    # Ten asked at once: four ran on the model, six were answered "in flight already".
+    assert len([e for e in done if e.agent == "flood"]) == MAX_LLM_IN_FLIGHT
+    assert result.llm is not None and result.llm["requests"] == MAX_LLM_IN_FLIGHT
