@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Subcommands: qhybrid generate MODEL PROMPT (text from a GGUF model), "
-            "qhybrid models (GGUF files found here), qhybrid bench {dispatch,gpu,llm,ui}, "
+            "qhybrid models (GGUF files found here), "
+            "qhybrid serve [MODEL...] (OpenAI/Ollama HTTP API), "
+            "qhybrid bench {dispatch,gpu,llm,ui,serve}, "
             "qhybrid scenario {schema,check} (the scenario format's JSON Schema; check files)."
         ),
     )
@@ -181,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         from qhybrid.runtime.llm._generate_cli import main as generate_main
 
         return generate_main(raw[1:])
+    if raw[:1] == ["serve"]:
+        from qhybrid.serve._cli import main as serve_main
+
+        return serve_main(raw[1:])
     if raw[:1] == ["models"]:
         from qhybrid.runtime.llm._models_cli import main as models_main
 

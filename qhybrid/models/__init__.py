@@ -11,6 +11,8 @@ without a display; widgets and charts live in ``qhybrid.views``.
 - :class:`LiveModels` drains the feed and polls the metrics once per frame (about 30 a
   second) into :class:`AgentsTableModel`, :class:`LogModel`, :class:`ChatModel` and
   :class:`LiveSeries` (the charts' ring buffers).
+- :class:`ServerModel` starts and stops ``qhybrid serve`` (an HTTP API over a model) for the
+  window's Server panel, and polls its counters.
 
 Layering: ``qhybrid.app`` -> ``qhybrid.views`` -> ``qhybrid.models`` -> ``qhybrid.runtime``.
 """
@@ -31,6 +33,7 @@ from qhybrid.models._log import (
     plain_tooltip,
 )
 from qhybrid.models._series import CHANNELS, LiveSeries
+from qhybrid.models._server import ServerModel, ServerState, ServerStats
 from qhybrid.models._stall import StallMonitor
 
 __all__ = [
@@ -51,6 +54,9 @@ __all__ = [
     "PythonLogCollector",
     "RuntimeController",
     "RuntimeFeed",
+    "ServerModel",
+    "ServerState",
+    "ServerStats",
     "SessionState",
     "StallMonitor",
     "adapter_text",

@@ -35,10 +35,11 @@ from PySide6.QtWidgets import (
 )
 
 import qhybrid
-from qhybrid.models import LiveModels, RuntimeController, SessionState, plain_tooltip
+from qhybrid.models import LiveModels, RuntimeController, ServerModel, SessionState, plain_tooltip
 from qhybrid.runtime import printable
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
+from qhybrid.views._server import ServerPanel
 from qhybrid.views._tables import AgentsView, LogView
 from qhybrid.views._theme import THEMES, apply_theme
 
@@ -110,9 +111,14 @@ class MainWindow(QMainWindow):
         self.agents_dock = self._dock("Agents", "agents_dock", self.agents_view)
         self.log_dock = self._dock("Log", "log_dock", self.log_view)
         self.chat_dock = self._dock("Chat", "chat_dock", self.chat_panel)
+        self.server_model = ServerModel(self)
+        self.server_panel = ServerPanel(self.server_model, self)
+        self.server_dock = self._dock("Server", "server_dock", self.server_panel)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.agents_dock)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.log_dock)
         self.splitDockWidget(self.log_dock, self.chat_dock, Qt.Orientation.Horizontal)
+        self.tabifyDockWidget(self.chat_dock, self.server_dock)
+        self.chat_dock.raise_()
         self.log_view.set_min_level(_int(settings.value(_LOG_LEVEL_KEY), 20))
 
         self._create_actions()
@@ -326,7 +332,7 @@ class MainWindow(QMainWindow):
 
         self.view_menu = menu_bar.addMenu("&View")
         self.view_menu.setObjectName("view_menu")
-        for dock in (self.agents_dock, self.log_dock, self.chat_dock):
+        for dock in (self.agents_dock, self.log_dock, self.chat_dock, self.server_dock):
             self.view_menu.addAction(dock.toggleViewAction())
         self.view_menu.addSeparator()
         theme_menu = self.view_menu.addMenu("&Theme")
@@ -446,6 +452,7 @@ class MainWindow(QMainWindow):
             # GPU thread and the shared memory, then the runtime's thread.
             self.live.close()
             self.controller.shutdown()
+            self.server_model.close()
         finally:
             QApplication.restoreOverrideCursor()
         super().closeEvent(event)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -123,7 +124,7 @@ def open_engine(
                 logger.warning(
                     "%s: the model runs on the CPU: no GPU support for %s", model.path, why_not
                 )
-            runner = NumpyRunner(model, options.n_slots, n_ctx)
+            runner = NumpyRunner(model, options.n_slots, n_ctx, exact=False)
         engine = LlmEngine(
             runner,
             tokenizer.incremental,
@@ -208,6 +209,8 @@ class Llm:
         self._streams: dict[int, TokenStream] = {}
         self._driver: asyncio.Task[None] | None = None
         self._closed = False
+        #: Longest run of back-to-back engine steps per device job (see _drive).
+        self._step_budget_s = 0.05
 
     @classmethod
     async def open(
@@ -293,15 +296,25 @@ class Llm:
 
     async def _drive(self) -> None:
         engine = self.engine
+        loop = asyncio.get_running_loop()
+        budget = self._step_budget_s
+
+        def run_steps(_ctx: object) -> None:
+            # On the device thread: steps back to back for up to `budget` seconds, each step's
+            # updates handed to the loop at once. The loop streams them out (HTTP, printing)
+            # while the next step computes, instead of the device waiting for the loop between
+            # steps; the budget gives the device back to its other jobs now and then.
+            deadline = time.perf_counter() + budget
+            while not self._closed:
+                updates = engine.step()
+                if updates:
+                    loop.call_soon_threadsafe(self._dispatch, updates)
+                if time.perf_counter() >= deadline or not engine.has_work():
+                    return
+
         try:
             while engine.has_work() and not self._closed:
-                updates = await asyncio.wrap_future(self.device.call(lambda _ctx: engine.step()))
-                for update in updates:
-                    stream = self._streams.get(update.request_id)
-                    if stream is not None:
-                        stream._push(update)
-                        if update.done:
-                            del self._streams[update.request_id]
+                await asyncio.wrap_future(self.device.call(run_steps))
         except BaseException as exc:
             for stream in self._streams.values():
                 stream._push(exc if isinstance(exc, Exception) else RuntimeError("the LLM closed"))
@@ -309,6 +322,14 @@ class Llm:
             if not isinstance(exc, Exception):
                 raise
             logger.error("the LLM driver stopped: %s", exc)
+
+    def _dispatch(self, updates: list[RequestUpdate]) -> None:
+        for update in updates:
+            stream = self._streams.get(update.request_id)
+            if stream is not None:
+                stream._push(update)
+                if update.done:
+                    del self._streams[update.request_id]
 
     # -- closing -------------------------------------------------------------------------------
     async def aclose(self) -> None:
