@@ -24,6 +24,7 @@ from qhybrid.runtime.wasm_pool import (
     AgentLoad,
     AgentModuleError,
     Limits,
+    Quotas,
     default_cache_dir,
     load_module,
     make_engine,
@@ -186,4 +187,6 @@ class Roster:
             limits=Limits(lim.fuel, lim.memory_bytes, lim.timeout_ms, lim.stack_bytes),
             dirs=tuple((str(d.host), d.guest, d.mode == "rw") for d in spec.grants.dirs),
             env=tuple(spec.grants.env),
+            quotas=Quotas(**spec.quotas.model_dump()),
+            worker_memory_bytes=self.scenario.workers.memory_mb << 20,
         )

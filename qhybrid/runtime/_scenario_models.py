@@ -43,6 +43,8 @@ from qhybrid.runtime._scenario_types import (
     Text,
     Variables,
 )
+from qhybrid.runtime.wasm_pool import _limits as limits_defaults
+from qhybrid.runtime.wasm_pool import _quotas as quota_defaults
 
 __all__ = [
     "AgentTable",
@@ -218,6 +220,52 @@ class LimitsTable(Table):
     )
 
 
+class QuotasTable(Table):
+    """What one message may ask of the runtime (issue 12); absent: the defaults of docs/limits.md.
+
+    Past a quota the message fails (``quota exceeded: ...``) and the group's ``on_error`` applies;
+    log output past ``log_bytes`` is dropped instead. Frozen and hashable: it is its own spec.
+    """
+
+    WHAT = ENTRY = "[agents.quotas]"
+
+    sends: Annotated[int, IntRange(1, 1 << 40)] = Field(
+        default=quota_defaults.MAX_SENDS, description="Messages one handler may send."
+    )
+    send_bytes: Annotated[int, IntRange(1, 1 << 40)] = Field(
+        default=quota_defaults.MAX_SEND_BYTES,
+        description="Payload bytes one handler may send, all its messages together.",
+    )
+    log_bytes: Annotated[int, IntRange(1, 1 << 40)] = Field(
+        default=quota_defaults.MAX_LOG_BYTES,
+        description="Log bytes one handler may write (its log calls and WASI stdout/stderr); "
+        "the rest is dropped.",
+    )
+    tensor_bytes: Annotated[int, IntRange(1, 1 << 40)] = Field(
+        default=quota_defaults.MAX_TENSOR_BYTES,
+        description="Tensor bytes one handler may create or write (GPU job outputs included).",
+    )
+    llm_requests: Annotated[int, IntRange(1, 1 << 20)] = Field(
+        default=quota_defaults.MAX_LLM_REQUESTS, description="LLM requests one handler may make."
+    )
+    llm_prompt_bytes: Annotated[int, IntRange(1, 1 << 30)] = Field(
+        default=quota_defaults.MAX_LLM_PROMPT_BYTES,
+        description="Bytes of one LLM prompt (checked before anything tokenises it).",
+    )
+
+
+class WorkersTable(Table):
+    """What the worker processes share between the instances each hosts."""
+
+    WHAT = ENTRY = "[workers]"
+
+    memory_mb: Annotated[int, IntRange(1, 1 << 20)] = Field(
+        default=limits_defaults.DEFAULT_WORKER_MEMORY_BYTES >> 20,
+        description="Linear memory of all the agent instances of one worker process together, "
+        "in MiB.",
+    )
+
+
 class DirGrantTable(Table):
     """A host directory the agent may open through WASI, at `guest` inside its sandbox."""
 
@@ -281,6 +329,9 @@ class AgentTable(Table):
     )
     grants: GrantsTable = Field(
         default_factory=GrantsTable, description="Directories and variables granted through WASI."
+    )
+    quotas: QuotasTable = Field(
+        default_factory=QuotasTable, description="What one message may ask of the runtime."
     )
 
     @model_validator(mode="after")
@@ -434,6 +485,9 @@ class ScenarioFile(Table):
     )
     memory: MemoryTable = Field(
         default_factory=MemoryTable, description="Agents' long-term memory (the mem_* ABI)."
+    )
+    workers: WorkersTable = Field(
+        default_factory=WorkersTable, description="What the worker processes share."
     )
     checkpoint_every: Annotated[int, IntRange(0)] = Field(
         default=0,

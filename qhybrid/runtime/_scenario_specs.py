@@ -21,6 +21,8 @@ from qhybrid.runtime._scenario_models import (
     DEFAULT_MAX_RESTARTS,
     DEFAULT_MAX_TICKS,
     DEFAULT_TIMEOUT_S,
+    QuotasTable,
+    WorkersTable,
 )
 from qhybrid.runtime._scenario_types import INT64_MAX
 
@@ -95,6 +97,8 @@ class AgentSpec:
     config: Mapping[str, Any] = dataclasses.field(default_factory=_empty_mapping, hash=False)
     limits: AgentLimits = AgentLimits()
     grants: AgentGrants = AgentGrants()
+    #: What one message may ask of the runtime (``[agents.quotas]``, docs/limits.md).
+    quotas: QuotasTable = dataclasses.field(default_factory=QuotasTable)
     #: How many times an instance is replaced after errors (with ``on_error = "restart"``).
     max_restarts: int = DEFAULT_MAX_RESTARTS
 
@@ -203,6 +207,8 @@ class Scenario:
     stop: StopSpec = StopSpec()
     llm: LlmSpec | None = None
     memory: MemorySpec = MemorySpec()
+    #: What the worker processes share (``[workers]``): the memory total of their instances.
+    workers: WorkersTable = dataclasses.field(default_factory=WorkersTable)
     #: Ticks between the run store's checkpoints (0: the command line's default).
     checkpoint_every: int = 0
     #: Field path (``"agents[0].module"``) -> 1-based line in the source; best effort.

@@ -1344,12 +1344,14 @@ def test_every_key_of_every_table_reaches_its_spec() -> None:
         models.TensorTable: (TensorSpec, set()),
         models.TaskTable: (TaskSpec, set()),
     }
+    # Tables that are their own spec (frozen models): every key reaches the runtime as is.
+    own_specs = {models.QuotasTable, models.WorkersTable}
     tables = {
         cls
         for cls in vars(models).values()
         if isinstance(cls, type) and issubclass(cls, models.Table) and cls is not models.Table
     }
-    assert tables == set(specs), "a new table: add it and its spec here"
+    assert tables == set(specs) | own_specs, "a new table: add it and its spec here"
     for table, (spec, converted) in specs.items():
         fields = {field.name for field in dataclasses.fields(spec)}
         missing = set(table.model_fields) - fields - converted

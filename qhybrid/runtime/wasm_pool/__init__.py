@@ -37,6 +37,7 @@ from qhybrid.runtime.wasm_pool._protocol import (
     TaskRun,
     TensorEntry,
 )
+from qhybrid.runtime.wasm_pool._quotas import Quotas
 from qhybrid.runtime.wasm_pool._worker import main as run_worker
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "Limits",
     "ModuleInfo",
     "Outcome",
+    "Quotas",
     "TaskOutcome",
     "TaskRun",
     "TensorEntry",

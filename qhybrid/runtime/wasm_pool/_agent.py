@@ -38,13 +38,8 @@ from qhybrid.runtime.wasm_pool._limits import DEFAULT_WORKER_MEMORY_BYTES, effec
 from qhybrid.runtime.wasm_pool._memory_abi import AgentMemory, MemoryHost
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
 from qhybrid.runtime.wasm_pool._quotas import (
-    MAX_LLM_PROMPT_BYTES,
-    MAX_LLM_REQUESTS,
-    MAX_LOG_BYTES,
-    MAX_SEND_BYTES,
-    MAX_SENDS,
-    MAX_TENSOR_BYTES,
     QuotaExceeded,
+    Quotas,
 )
 from qhybrid.runtime.wasm_pool._ticker import EPOCH_S, EpochTicker
 
@@ -101,6 +96,13 @@ class SplitMix64:
         z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
         return z ^ (z >> 31)
+
+
+def _amount(nbytes: int) -> str:
+    """A quota in bytes as the messages say it: whole MiB as MiB, else bytes."""
+    if nbytes >= 1 << 20 and not nbytes % (1 << 20):
+        return f"{nbytes >> 20} MiB"
+    return f"{nbytes} bytes"
 
 
 def _to_i64(value: int) -> int:
@@ -206,13 +208,15 @@ class _Call:
         "logs",
         "mem",
         "outbox",
+        "quotas",
         "reads",
         "sent_bytes",
         "snapshot",
         "tensor_bytes",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, quotas: Quotas) -> None:
+        self.quotas = quotas
         self.outbox: list[tuple[int, int, bytes]] = []
         self.logs: list[tuple[int, str]] = []
         self.effects: list[Effect] = []
@@ -230,10 +234,10 @@ class _Call:
     def log(self, level: int, text: str) -> None:
         """Keep a log line within the message's log quota; count what is dropped."""
         size = len(text.encode("utf-8", "replace")) if not text.isascii() else len(text)
-        if self.log_bytes + size > MAX_LOG_BYTES:
+        if self.log_bytes + size > self.quotas.log_bytes:
             if not self.log_dropped:
                 self.logs.append(
-                    (30, f"log quota of {MAX_LOG_BYTES} bytes per message reached: "
+                    (30, f"log quota of {self.quotas.log_bytes} bytes per message reached: "
                      "the rest of this message's log output is dropped")
                 )  # fmt: skip
             self.log_dropped += size
@@ -243,9 +247,9 @@ class _Call:
 
     def tensor(self, nbytes: int, what: str) -> None:
         self.tensor_bytes += nbytes
-        if self.tensor_bytes > MAX_TENSOR_BYTES:
+        if self.tensor_bytes > self.quotas.tensor_bytes:
             raise QuotaExceeded(
-                f"{what}: more than {MAX_TENSOR_BYTES >> 20} MiB of tensor bytes created or "
+                f"{what}: more than {_amount(self.quotas.tensor_bytes)} of tensor bytes created or "
                 "written by one message"
             )
 
@@ -256,6 +260,8 @@ class AgentHost(MemoryHost):
     def __init__(self, ctx: WorkerContext, load: AgentLoad) -> None:
         self.ctx = ctx
         self.load = load
+        if load.worker_memory_bytes is not None:  # the scenario's [workers] memory_mb
+            ctx.memory_limit = load.worker_memory_bytes
         self.name = load.name
         self.agent_id = load.agent_id
         self.failed: str | None = None
@@ -266,7 +272,7 @@ class AgentHost(MemoryHost):
         self._handle_of: dict[str, int] = {}
         self._next_job = 0
         self._next_request = 0
-        self._call_state = _Call()
+        self._call_state = _Call(self.load.quotas)
         # Every limit the scenario leaves unset takes its default (_limits.py, docs/limits.md).
         limits, self._defaulted = effective_limits(load.limits)
         self.limits = limits
@@ -426,11 +432,12 @@ class AgentHost(MemoryHost):
     # -- host functions: messages ---------------------------------------------------------
     def _h_send(self, to: int, kind: int, ptr: int, length: int) -> int:
         state = self._call_state
-        if len(state.outbox) >= MAX_SENDS:
-            raise QuotaExceeded(f"send: more than {MAX_SENDS} messages sent by one message")
-        if state.sent_bytes + length > MAX_SEND_BYTES:
+        quotas = state.quotas
+        if len(state.outbox) >= quotas.sends:
+            raise QuotaExceeded(f"send: more than {quotas.sends} messages sent by one message")
+        if state.sent_bytes + length > quotas.send_bytes:
             raise QuotaExceeded(
-                f"send: more than {MAX_SEND_BYTES >> 20} MiB of payload sent by one message"
+                f"send: more than {_amount(quotas.send_bytes)} of payload sent by one message"
             )
         payload = self._read("send", ptr, length, _MAX_PAYLOAD)
         if not 0 <= to < self.load.agent_count:
@@ -622,16 +629,17 @@ class AgentHost(MemoryHost):
 
     def _h_llm_complete(self, ptr: int, length: int, max_tokens: int, tag: int) -> int:
         state = self._call_state
-        if state.llm_requests >= MAX_LLM_REQUESTS:
+        quotas = state.quotas
+        if state.llm_requests >= quotas.llm_requests:
             raise QuotaExceeded(
-                f"llm_complete: more than {MAX_LLM_REQUESTS} LLM requests made by one message"
+                f"llm_complete: more than {quotas.llm_requests} LLM requests made by one message"
             )
-        if length > MAX_LLM_PROMPT_BYTES:
+        if length > quotas.llm_prompt_bytes:
             raise QuotaExceeded(
-                f"llm_complete: a prompt of {length} bytes, more than the {MAX_LLM_PROMPT_BYTES}"
-                " a request may have"
+                f"llm_complete: a prompt of {length} bytes, more than the "
+                f"{quotas.llm_prompt_bytes} a request may have"
             )
-        prompt = self._read("llm_complete", ptr, length, MAX_LLM_PROMPT_BYTES)
+        prompt = self._read("llm_complete", ptr, length, quotas.llm_prompt_bytes)
         state.llm_requests += 1
         request = self._next_request
         self._next_request += 1
@@ -698,7 +706,7 @@ class AgentHost(MemoryHost):
         return int(init(self._store, ptr, len(config)))
 
     def _call(self, body: Callable[[], int]) -> Outcome:
-        self._call_state = state = _Call()
+        self._call_state = state = _Call(self.load.quotas)
         self._arm()
         start = time.perf_counter_ns()
         try:
@@ -781,7 +789,7 @@ class AgentHost(MemoryHost):
         self._now = now
         if self._mem is not None:
             self._mem.at_tick(now)
-        self._call_state = state = _Call()
+        self._call_state = state = _Call(self.load.quotas)
         if self._limited:
             self._arm()
         start = time.perf_counter_ns()

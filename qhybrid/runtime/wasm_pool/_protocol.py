@@ -20,6 +20,7 @@ from qhybrid.runtime.wasm_pool._frames import (
     read_body,
     read_body_sync,
 )
+from qhybrid.runtime.wasm_pool._quotas import Quotas
 
 #: The largest message (every chunk of it); one frame's chunk is at most CHUNK_BYTES.
 MAX_FRAME = MAX_MESSAGE_BYTES
@@ -59,6 +60,11 @@ class AgentLoad:
     memory: tuple[tuple[bytes, bytes], ...] = ()
     memory_keys: int = 1024
     memory_bytes: int = 1 << 20
+    #: What one message may ask of the runtime (``_quotas.py``; ``[agents.quotas]``).
+    quotas: Quotas = field(default_factory=Quotas)
+    #: Linear memory of the worker's instances together; ``None``: the default (``_limits.py``).
+    #: The scenario's ``[workers] memory_mb``, the same in every load.
+    worker_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

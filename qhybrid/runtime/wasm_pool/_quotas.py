@@ -6,10 +6,13 @@ is counted per message, in the worker, as the handler asks (so a handler that lo
 ``send`` is stopped at the quota, not after it has filled the host's memory). Past a quota the
 message fails (``quota exceeded: ...``), nothing it asked for takes effect, and the agent's
 ``on_error`` policy applies; log output past its quota is dropped instead, with one line that
-says how much. The defaults are in ``docs/limits.md``.
+says how much. The defaults are in ``docs/limits.md``; a scenario changes them per agent group
+in ``[agents.quotas]`` (:class:`Quotas` carries them to the worker).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 __all__ = [
     "MAX_LLM_PROMPT_BYTES",
@@ -19,6 +22,7 @@ __all__ = [
     "MAX_SEND_BYTES",
     "MAX_TENSOR_BYTES",
     "QuotaExceeded",
+    "Quotas",
 ]
 
 #: Messages one handler may send.
@@ -37,3 +41,15 @@ MAX_LLM_PROMPT_BYTES = 64 << 10
 
 class QuotaExceeded(Exception):
     """A handler asked for more than its message's quota; the message fails."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """One agent's quotas per message; each field defaults to the runtime's default above."""
+
+    sends: int = MAX_SENDS
+    send_bytes: int = MAX_SEND_BYTES
+    log_bytes: int = MAX_LOG_BYTES
+    tensor_bytes: int = MAX_TENSOR_BYTES
+    llm_requests: int = MAX_LLM_REQUESTS
+    llm_prompt_bytes: int = MAX_LLM_PROMPT_BYTES
