@@ -155,7 +155,8 @@ class LlmBridge:
                 seed=derive_seed(self.scenario.seed, "llm", agent.name, str(request)),
                 stop=spec.stop,
             )
-            rid = llm.engine.submit(ids, params, request_id=next(self._ids))
+            # Slots are shared fairly between agents (round-robin by the slots each holds).
+            rid = llm.engine.submit(ids, params, request_id=next(self._ids), owner=agent.agent_id)
         except ValueError as exc:
             self._answer(agent.agent_id, tick, request, tag, 1, str(exc))
             return

@@ -4,8 +4,12 @@
 :meth:`LlmEngine.submit` and :meth:`LlmEngine.cancel` (which only touch a locked inbox) happens
 on the thread that owns the runner, the GPU device thread. Each :meth:`LlmEngine.step`:
 
-1. takes new requests from the inbox and gives each a free KV-cache slot, in arrival order
-   (requests beyond the slots wait);
+1. takes new requests from the inbox and gives each a free KV-cache slot (requests beyond the
+   slots wait), fairly between owners (``submit(owner=...)``, e.g. an agent): the next
+   admitted is the earliest waiting request of the owner holding the fewest slots, and among
+   those of the owner served least recently (round-robin), so one owner with many requests
+   cannot keep the others out; without owners, in arrival order. The
+   order depends only on the queue and the running requests, never on timing;
 2. builds one batch: every new request's whole prompt (prefill) and every running request's
    last token (decode), as :class:`SeqInput` items, and runs it through the runner once, which
    samples one token per item on the device (only the token ids come back);
@@ -26,8 +30,8 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -165,6 +169,7 @@ class _Request:
         "emitted",
         "first_token_at",
         "held",
+        "owner",
         "params",
         "pos",
         "prefill_s",
@@ -184,8 +189,10 @@ class _Request:
         prompt: tuple[int, ...],
         params: GenerationParams,
         detok: TextDecoder,
+        owner: Hashable = None,
     ) -> None:
         self.request_id = request_id
+        self.owner = owner
         self.prompt = prompt
         self.params = params
         self.rng = np.random.Generator(np.random.PCG64(params.seed))
@@ -233,6 +240,9 @@ class LlmEngine:
         self._waiting: deque[_Request] = deque()
         self._running: dict[int, _Request] = {}  # slot -> request, in admission order
         self._free_slots = list(range(runner.n_slots - 1, -1, -1))
+        #: Owner -> when it was last admitted (fair admission, see the module docstring).
+        self._served: dict[Hashable, int] = {}
+        self._admissions = itertools.count()
         #: Tokens generated and prompt tokens read, since the engine was made.
         self.generated_total = 0
         self.prompt_total = 0
@@ -240,9 +250,16 @@ class LlmEngine:
 
     # -- any thread -------------------------------------------------------------------------
     def submit(
-        self, prompt_tokens: Sequence[int], params: GenerationParams, request_id: int | None = None
+        self,
+        prompt_tokens: Sequence[int],
+        params: GenerationParams,
+        request_id: int | None = None,
+        owner: Hashable = None,
     ) -> int:
-        """Queue a request; thread-safe. Returns its id. Bad input raises ``ValueError``."""
+        """Queue a request; thread-safe. Returns its id. Bad input raises ``ValueError``.
+
+        ``owner`` (any hashable, e.g. an agent id) is whom slots are shared fairly between.
+        """
         prompt = tuple(int(t) for t in prompt_tokens)
         n_vocab = self.runner.config.n_vocab
         if not prompt:
@@ -255,7 +272,7 @@ class LlmEngine:
                 "(prompt and answer together)"
             )
         rid = next(self._ids) if request_id is None else request_id
-        request = _Request(rid, prompt, params, self._new_decoder())
+        request = _Request(rid, prompt, params, self._new_decoder(), owner)
         with self._lock:
             self._inbox.append(request)
         return rid
@@ -346,20 +363,28 @@ class LlmEngine:
         admitted: set[_Request] = set()
         budget = self._max_batch_tokens - len(self._running)
         while self._waiting and self._free_slots:
-            request = self._waiting[0]
+            request = self._next_waiting()
             if admitted and len(request.prompt) > budget:
                 break  # the next step takes it; a lone prompt always runs
             if not admitted and not self._running and len(request.prompt) > budget:
                 budget = len(request.prompt)
             elif len(request.prompt) > budget:
                 break
-            self._waiting.popleft()
+            self._waiting.remove(request)
+            self._served[request.owner] = next(self._admissions)
             request.slot = self._free_slots.pop()
             self.runner.reset_slot(request.slot)
             self._running[request.slot] = request
             admitted.add(request)
             budget -= len(request.prompt)
         return admitted
+
+    def _next_waiting(self) -> _Request:
+        """The earliest request of the owner holding fewest slots, then served least recently."""
+        held = Counter(r.owner for r in self._running.values())
+        served = self._served
+        # min() keeps the first of equals: arrival order within an owner.
+        return min(self._waiting, key=lambda r: (held[r.owner], served.get(r.owner, -1)))
 
     def _advance(self, request: _Request, token: int) -> RequestUpdate:
         params = request.params
