@@ -3,7 +3,9 @@
 MODEL is a file or a name as ``qhybrid models`` lists it (``llama3.2:1b``, a file stem such as
 ``smollm2``; an ambiguous name lists the candidates). Like llama.cpp's CLI, the prompt is
 printed, then the generated text as it comes, and a one-line timing summary goes to stderr;
-``--json`` prints one object instead (no prompt echo). ``--chat`` formats the prompt with the
+``--json`` prints one object instead (no prompt echo). The text shown to a person has its control
+characters escaped (``\\x1b``, ``\\r``: a model cannot clear the screen or forge a line);
+``--json`` keeps the exact text. ``--chat`` formats the prompt with the
 model's chat template and keeps the conversation going: each line read from stdin is the next
 user turn, until end of input. A model file larger than 64 MB is read in with a progress bar on
 a terminal. Exit codes: 0 done, 1 the device failed, 2 bad input (flags, model, prompt), 130
@@ -28,6 +30,7 @@ from qhybrid._argparse import (
     Parser,
     positive_int,
 )
+from qhybrid.runtime._text import printable, printable_lines
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +282,7 @@ async def _generate(args: argparse.Namespace) -> int:
                 except ChatTemplateError as exc:
                     return _bad(str(exc))
                 if not args.json and not typed:  # a typed line is on the terminal already
-                    sys.stdout.write(f"> {user}\n")
+                    sys.stdout.write(f"> {printable(user)}\n")
                 code, answer = await _stream(llm, args, params, ids)
                 if code != EXIT_OK:
                     return code
@@ -300,7 +303,7 @@ async def _one_turn(
     except ValueError as exc:
         return _bad(str(exc))
     if not args.json:
-        sys.stdout.write(prompt)
+        sys.stdout.write(printable_lines(prompt))
         sys.stdout.flush()
     code, _text = await _stream(llm, args, params, ids)
     return code
@@ -319,7 +322,8 @@ async def _stream(
         async for text in stream:
             parts.append(text)
             if not args.json:
-                sys.stdout.write(text)
+                # Model text is shown, not obeyed: ESC sequences and \r escaped (issue 12).
+                sys.stdout.write(printable_lines(text))
                 sys.stdout.flush()
     except asyncio.CancelledError:
         await stream.aclose()
