@@ -10,15 +10,18 @@ the scenario's modules and loading every agent onto its worker at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qhybrid.runtime._events import AgentStateChanged, RuntimeEvents
 from qhybrid.runtime._ports import AgentPool
 from qhybrid.runtime._result import AgentSummary
-from qhybrid.runtime._scenario import AgentSpec, Scenario
+from qhybrid.runtime._scenario import Scenario
 from qhybrid.runtime._seeding import derive_seed
 from qhybrid.runtime.wasm_pool import (
     AgentLoad,
@@ -36,6 +39,7 @@ __all__ = [
     "SKIPPED",
     "AgentRecord",
     "Roster",
+    "collector_paused",
     "compile_modules",
 ]
 
@@ -79,6 +83,19 @@ class AgentRecord:
             self.error,
             self.restarts,
         )
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector while making many long-lived objects (an agent
+    table of 100,000): it would otherwise scan the growing heap again and again."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def compile_modules(scenario: Scenario, cache_dir: Path | None) -> dict[str, tuple[bytes, bytes]]:
@@ -138,12 +155,30 @@ class Roster:
         """Instantiate every agent on its worker (all workers in parallel)."""
         count = len(self.agents)
         loads: list[list[AgentLoad]] = [[] for _ in range(self.workers)]
+        seed = self.scenario.seed
         for spec in self.scenario.agents:
+            # What the instances of a group share is made once, and shared (also in pickles).
             peers = tuple(self.by_name[n] for n in spec.instances)
             config_json = json.dumps(dict(spec.config), sort_keys=True).encode("utf-8")
+            lim = spec.limits
+            limits = Limits(lim.fuel, lim.memory_bytes, lim.timeout_ms, lim.stack_bytes)
+            dirs = tuple((str(d.host), d.guest, d.mode == "rw") for d in spec.grants.dirs)
+            env = tuple(spec.grants.env)
+            key = str(spec.module)
             for name in spec.instances:
                 agent = self.agents[self.by_name[name]]
-                agent.load = self._agent_load(spec, agent, peers, count, config_json)
+                agent.load = AgentLoad(
+                    agent.agent_id,
+                    name,
+                    key,
+                    peers,
+                    count,
+                    derive_seed(seed, "agent", name),
+                    config_json,
+                    limits,
+                    dirs,
+                    env,
+                )
                 loads[agent.worker].append(agent.load)
         try:
             await asyncio.gather(
@@ -165,25 +200,3 @@ class Roster:
             events.agent_state.emit(
                 AgentStateChanged(agent.name, agent.agent_id, agent.worker, LOADED, 0)
             )
-
-    def _agent_load(
-        self,
-        spec: AgentSpec,
-        agent: AgentRecord,
-        peers: tuple[int, ...],
-        count: int,
-        config: bytes,
-    ) -> AgentLoad:
-        lim = spec.limits
-        return AgentLoad(
-            agent_id=agent.agent_id,
-            name=agent.name,
-            module_key=str(spec.module),
-            peers=peers,
-            agent_count=count,
-            rng_seed=derive_seed(self.scenario.seed, "agent", agent.name),
-            config_json=config,
-            limits=Limits(lim.fuel, lim.memory_bytes, lim.timeout_ms, lim.stack_bytes),
-            dirs=tuple((str(d.host), d.guest, d.mode == "rw") for d in spec.grants.dirs),
-            env=tuple(spec.grants.env),
-        )

@@ -31,6 +31,11 @@ class Limits:
     timeout_ms: int | None = None
     stack_bytes: int | None = None
 
+    def __reduce__(self) -> tuple[type[Limits], tuple[int | None, ...]]:
+        # A plain tuple pickles several times faster than the dataclass's field-by-field
+        # state, which matters with one per agent at start-up.
+        return Limits, (self.fuel, self.memory_bytes, self.timeout_ms, self.stack_bytes)
+
 
 @dataclass(frozen=True, slots=True)
 class AgentLoad:
@@ -48,6 +53,21 @@ class AgentLoad:
     dirs: tuple[tuple[str, str, bool], ...] = ()
     #: Environment variables the agent sees through WASI.
     env: tuple[tuple[str, str], ...] = ()
+
+    def __reduce__(self) -> tuple[type[AgentLoad], tuple[Any, ...]]:
+        # As Limits: tens of thousands go to the workers at start-up.
+        return AgentLoad, (
+            self.agent_id,
+            self.name,
+            self.module_key,
+            self.peers,
+            self.agent_count,
+            self.rng_seed,
+            self.config_json,
+            self.limits,
+            self.dirs,
+            self.env,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ the pool.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -74,9 +75,19 @@ class Worker:
         raise ValueError(f"unknown request {op!r}")
 
     def load(self, loads: list[AgentLoad]) -> None:
-        for load in loads:
-            self.loads[load.agent_id] = load
-            self.agents[load.agent_id] = AgentHost(self.ctx, load)
+        # Each agent is some dozens of long-lived objects: with the cyclic collector on, it
+        # scans the growing heap again and again (half the time of loading 10,000 agents).
+        # Off while loading; afterwards what was loaded is frozen out of later collections.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for load in loads:
+                self.loads[load.agent_id] = load
+                self.agents[load.agent_id] = AgentHost(self.ctx, load)
+        finally:
+            if collecting:
+                gc.freeze()
+                gc.enable()
 
     def snapshot(self, agent_ids: list[int]) -> dict[int, bytes | str]:
         """Each agent's snapshot, or why it cannot be taken."""
