@@ -1,4 +1,4 @@
-"""The ``qhybrid bench`` subcommand: ``qhybrid bench dispatch|llm|gpu|ui [options]``.
+"""The ``qhybrid bench`` subcommand: ``qhybrid bench dispatch|llm|gpu|ui|scale [options]``.
 
 A human-readable table goes to stderr; ``--json`` prints one JSON object on stdout (nothing
 else is ever written there, not even by Ray or a worker process). Exit codes: 0 measured,
@@ -90,7 +90,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_llm_parser(commands)
     _add_gpu_parser(commands)
     _add_ui_parser(commands)
+    _add_scale_parser(commands)
     return parser
+
+
+def _add_scale_parser(commands: Any) -> None:
+    scale = commands.add_parser(
+        "scale",
+        help="start-up time, memory per agent and steps/s at 1k, 10k and 100k agents",
+        description=(
+            "Relay agents (relay.wat, and hop.wasm, the same agent in C) pass tokens to random "
+            "peers: how long the runtime takes to start that many, the resident memory of all "
+            "its processes per agent, and messages per second."
+        ),
+    )
+    scale.add_argument(
+        "--agents",
+        type=positive_int,
+        action="append",
+        metavar="N",
+        help="an agent count to measure; repeat for several (default 1000, 10000, 100000)",
+    )
+    scale.add_argument(
+        "--module",
+        choices=("wat", "c", "both"),
+        default="both",
+        help="which relay agent: the WAT one, the C one or both (default both)",
+    )
+    scale.add_argument(
+        "--workers", type=positive_int, default=2, metavar="N", help="worker processes (2)"
+    )
+    scale.add_argument(
+        "--hops", type=positive_int, default=3, metavar="H", help="hops per token (3)"
+    )
+    scale.add_argument(
+        "--json", action="store_true", help="print the figures as one JSON object on stdout"
+    )
+    scale.set_defaults(parser=scale)
 
 
 def _positive_float(text: str) -> float:
@@ -221,6 +257,8 @@ def main(argv: list[str]) -> int:
         return _gpu(args)
     if args.command == "ui":
         return _ui(args)
+    if args.command == "scale":
+        return _scale(args)
     return _bad_input(parser, f"unknown benchmark {args.command!r}")
 
 
@@ -290,6 +328,47 @@ def _dispatch(args: argparse.Namespace) -> int:
         (BenchmarkError, WorkerError, AgentModuleError, ScenarioError, OSError),
         lambda console, report: _print_table(console, report.to_json()),
     )
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from qhybrid.bench._dispatch import BenchmarkError
+    from qhybrid.bench._scale import DEFAULT_AGENTS, MODULES, ScaleConfig, run_scale
+    from qhybrid.runtime import ScenarioError
+    from qhybrid.runtime.wasm_pool import AgentModuleError, WorkerError
+
+    config = ScaleConfig(
+        agents=tuple(args.agents or DEFAULT_AGENTS),
+        modules=tuple(MODULES) if args.module == "both" else (args.module,),
+        workers=args.workers,
+        hops=args.hops,
+    )
+    return _measure(
+        args,
+        "scale",
+        lambda progress: run_scale(config, progress=progress),
+        (BenchmarkError, WorkerError, AgentModuleError, ScenarioError, OSError),
+        _print_scale,
+    )
+
+
+def _print_scale(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    from qhybrid.bench._scale import format_runs
+
+    data = report.to_json()
+    machine = data["machine"]
+    console.print(
+        f"[bold]scale[/]: relay agents, {data['workers']} workers, {data['hops']} hops - "
+        f"{machine['cpu_count']} CPUs, load average {machine['load_avg_1m']}",
+        soft_wrap=True,
+    )
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("agents", "module", "start-up", "KiB/agent", "steps/s"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for row in format_runs(report.runs):
+        table.add_row(*row)
+    console.print(table)
 
 
 def _gpu(args: argparse.Namespace) -> int:
