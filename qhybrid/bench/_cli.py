@@ -553,7 +553,11 @@ def _print_table(console: Any, data: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from qhybrid.bench._dispatch import GOAL_VS_INPROCESS_PER_WORKER, GOAL_VS_RAY
+    from qhybrid.bench._dispatch import (
+        GOAL_RUNTIME_US_PER_MSG,
+        GOAL_VS_INPROCESS_PER_WORKER,
+        GOAL_VS_RAY,
+    )
 
     machine = data["machine"]
     console.print(
@@ -598,9 +602,15 @@ def _print_table(console: Any, data: dict[str, Any]) -> None:
     console.print(
         f"vs ray: {_ratio(data['vs_ray'], GOAL_VS_RAY)}   "
         f"vs in-process per worker: "
-        f"{_ratio(data['vs_inprocess_per_worker'], GOAL_VS_INPROCESS_PER_WORKER)}",
+        f"{_ratio(data['vs_inprocess_per_worker'], GOAL_VS_INPROCESS_PER_WORKER)}   "
+        f"runtime cost: {_cost(data['runtime_us_per_msg'], GOAL_RUNTIME_US_PER_MSG)}",
         soft_wrap=True,
     )
+
+
+def _cost(value: float, goal: float) -> str:
+    mark = "[green]met[/]" if value < goal else "[red]missed[/]"
+    return f"{value:.2f} us/message (goal < {goal:g}: {mark})"
 
 
 def _ratio(value: float | None, goal: float) -> str:

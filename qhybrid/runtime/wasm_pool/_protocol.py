@@ -142,6 +142,7 @@ class TaskOutcome(NamedTuple):
 class BatchReply(NamedTuple):
     outcomes: tuple[Outcome, ...]
     tasks: tuple[TaskOutcome, ...]
+    #: CPU time the worker spent in the batch (its handlers and tasks, not the framing).
     busy_ns: int
 
 
@@ -151,6 +152,10 @@ class Request:
 
     op: str
     args: tuple[Any, ...] = field(default=())
+
+    def __reduce__(self) -> tuple[type[Request], tuple[str, tuple[Any, ...]]]:
+        # Two or more per tick: a tuple pickles several times faster than a dataclass.
+        return Request, (self.op, self.args)
 
 
 def encode(obj: object) -> bytes:
