@@ -1,4 +1,4 @@
-"""The ``qhybrid bench`` subcommand: ``qhybrid bench dispatch|llm|gpu|ui|scale [options]``.
+"""The ``qhybrid bench`` subcommand: ``qhybrid bench dispatch|llm|gpu|ui|scale|store [options]``.
 
 A human-readable table goes to stderr; ``--json`` prints one JSON object on stdout (nothing
 else is ever written there, not even by Ray or a worker process). Exit codes: 0 measured,
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gpu_parser(commands)
     _add_ui_parser(commands)
     _add_scale_parser(commands)
+    _add_store_parser(commands)
     return parser
 
 
@@ -127,6 +128,42 @@ def _add_scale_parser(commands: Any) -> None:
         "--json", action="store_true", help="print the figures as one JSON object on stdout"
     )
     scale.set_defaults(parser=scale)
+
+
+def _add_store_parser(commands: Any) -> None:
+    store = commands.add_parser(
+        "store",
+        help="what recording into the run store costs, against recording off",
+        description=(
+            "A heavy scenario (ping agents, one trace record per message) with recording off "
+            "and on (every record, tick and a checkpoint every N ticks), taking turns."
+        ),
+    )
+    store.add_argument("--workers", type=positive_int, default=2, metavar="N")
+    store.add_argument("--agents", type=positive_int, default=64, metavar="A")
+    store.add_argument("--steps", type=positive_int, default=64_000, metavar="S")
+    store.add_argument("--repeat", type=positive_int, default=3, metavar="R")
+    store.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N")
+    store.add_argument(
+        "--json", action="store_true", help="print the figures as one JSON object on stdout"
+    )
+    store.set_defaults(parser=store)
+
+
+def _store(args: argparse.Namespace) -> int:
+    from qhybrid.bench._dispatch import BenchmarkError
+    from qhybrid.bench._store import StoreBenchConfig, run_store_bench, show
+
+    config = StoreBenchConfig(
+        args.workers, args.agents, args.steps, args.repeat, args.checkpoint_every
+    )
+    return _measure(
+        args,
+        "store",
+        lambda progress: run_store_bench(config, progress),
+        (BenchmarkError, OSError, RuntimeError),
+        show,
+    )
 
 
 def _positive_float(text: str) -> float:
@@ -259,6 +296,8 @@ def main(argv: list[str]) -> int:
         return _ui(args)
     if args.command == "scale":
         return _scale(args)
+    if args.command == "store":
+        return _store(args)
     return _bad_input(parser, f"unknown benchmark {args.command!r}")
 
 

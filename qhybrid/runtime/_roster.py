@@ -21,7 +21,7 @@ from pathlib import Path
 from qhybrid.runtime._events import AgentStateChanged, RuntimeEvents
 from qhybrid.runtime._ports import AgentPool
 from qhybrid.runtime._result import AgentSummary
-from qhybrid.runtime._scenario import Scenario
+from qhybrid.runtime._scenario import AgentSpec, Scenario
 from qhybrid.runtime._seeding import derive_seed
 from qhybrid.runtime.wasm_pool import (
     AgentLoad,
@@ -125,6 +125,9 @@ class Roster:
         self.workers = workers
         self.agents: list[AgentRecord] = []
         self.by_name: dict[str, int] = {}
+        self._shared: dict[
+            str, tuple[str, Limits, tuple[tuple[str, str, bool], ...], tuple[tuple[str, str], ...]]
+        ] = {}
 
     def create(self) -> None:
         """One record per instance, in scenario order, placed round-robin over the workers."""
@@ -155,30 +158,12 @@ class Roster:
         """Instantiate every agent on its worker (all workers in parallel)."""
         count = len(self.agents)
         loads: list[list[AgentLoad]] = [[] for _ in range(self.workers)]
-        seed = self.scenario.seed
         for spec in self.scenario.agents:
-            # What the instances of a group share is made once, and shared (also in pickles).
             peers = tuple(self.by_name[n] for n in spec.instances)
             config_json = json.dumps(dict(spec.config), sort_keys=True).encode("utf-8")
-            lim = spec.limits
-            limits = Limits(lim.fuel, lim.memory_bytes, lim.timeout_ms, lim.stack_bytes)
-            dirs = tuple((str(d.host), d.guest, d.mode == "rw") for d in spec.grants.dirs)
-            env = tuple(spec.grants.env)
-            key = str(spec.module)
             for name in spec.instances:
                 agent = self.agents[self.by_name[name]]
-                agent.load = AgentLoad(
-                    agent.agent_id,
-                    name,
-                    key,
-                    peers,
-                    count,
-                    derive_seed(seed, "agent", name),
-                    config_json,
-                    limits,
-                    dirs,
-                    env,
-                )
+                agent.load = self._agent_load(spec, agent, peers, count, config_json)
                 loads[agent.worker].append(agent.load)
         try:
             await asyncio.gather(
@@ -200,3 +185,36 @@ class Roster:
             events.agent_state.emit(
                 AgentStateChanged(agent.name, agent.agent_id, agent.worker, LOADED, 0)
             )
+
+    def _agent_load(
+        self,
+        spec: AgentSpec,
+        agent: AgentRecord,
+        peers: tuple[int, ...],
+        count: int,
+        config: bytes,
+    ) -> AgentLoad:
+        """One agent's load (the agents' memory wraps this to add its quotas)."""
+        shared = self._shared.get(spec.name)
+        if shared is None:
+            # What a group's instances share is made once and shared (in pickles too).
+            lim = spec.limits
+            shared = self._shared[spec.name] = (
+                str(spec.module),
+                Limits(lim.fuel, lim.memory_bytes, lim.timeout_ms, lim.stack_bytes),
+                tuple((str(d.host), d.guest, d.mode == "rw") for d in spec.grants.dirs),
+                tuple(spec.grants.env),
+            )
+        key, limits, dirs, env = shared
+        return AgentLoad(
+            agent.agent_id,
+            agent.name,
+            key,
+            peers,
+            count,
+            derive_seed(self.scenario.seed, "agent", agent.name),
+            config,
+            limits,
+            dirs,
+            env,
+        )

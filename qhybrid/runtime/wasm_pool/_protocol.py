@@ -7,8 +7,11 @@ and message payloads travel this way; tensors travel as handles.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import operator
 import pickle
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
 
@@ -31,10 +34,10 @@ class Limits:
     timeout_ms: int | None = None
     stack_bytes: int | None = None
 
-    def __reduce__(self) -> tuple[type[Limits], tuple[int | None, ...]]:
+    def __reduce__(self) -> tuple[type[Limits], tuple[Any, ...]]:
         # A plain tuple pickles several times faster than the dataclass's field-by-field
-        # state, which matters with one per agent at start-up.
-        return Limits, (self.fuel, self.memory_bytes, self.timeout_ms, self.stack_bytes)
+        # state, which matters with one per agent at start-up. Every field, in order.
+        return Limits, _limits_fields(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,21 +56,25 @@ class AgentLoad:
     dirs: tuple[tuple[str, str, bool], ...] = ()
     #: Environment variables the agent sees through WASI.
     env: tuple[tuple[str, str], ...] = ()
+    #: Long-term memory to start with (a persistent namespace's), and its quotas.
+    memory: tuple[tuple[bytes, bytes], ...] = ()
+    memory_keys: int = 1024
+    memory_bytes: int = 1 << 20
 
     def __reduce__(self) -> tuple[type[AgentLoad], tuple[Any, ...]]:
-        # As Limits: tens of thousands go to the workers at start-up.
-        return AgentLoad, (
-            self.agent_id,
-            self.name,
-            self.module_key,
-            self.peers,
-            self.agent_count,
-            self.rng_seed,
-            self.config_json,
-            self.limits,
-            self.dirs,
-            self.env,
-        )
+        # As Limits: tens of thousands go to the workers at start-up. Every field, in order.
+        return AgentLoad, _load_fields(self)
+
+
+def _field_getter(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """``obj -> (every field of cls, in order)``, in C (operator.attrgetter)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    get = operator.attrgetter(*names)
+    return (lambda obj: (get(obj),)) if len(names) == 1 else get
+
+
+_limits_fields = _field_getter(Limits)
+_load_fields = _field_getter(AgentLoad)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +160,12 @@ class Request:
     op: str
     args: tuple[Any, ...] = field(default=())
 
-    def __reduce__(self) -> tuple[type[Request], tuple[str, tuple[Any, ...]]]:
+    def __reduce__(self) -> tuple[type[Request], tuple[Any, ...]]:
         # Two or more per tick: a tuple pickles several times faster than a dataclass.
-        return Request, (self.op, self.args)
+        return Request, _request_fields(self)
+
+
+_request_fields = _field_getter(Request)
 
 
 def encode(obj: object) -> bytes:
