@@ -221,6 +221,8 @@ def test_every_abi_import_is_declared_with_its_signature(
         (void)qh_tensor_create("y", 1, QH_DTYPE_F32, 1, shape);
         (void)qh_gpu_submit("relu", 4, &h, 1, "z", 1, 1.5f);
         (void)qh_llm_complete("hi", 2, 8, 0);
+        (void)qh_mem_get("k", 1, b, 8); (void)qh_mem_put("k", 1, b, 8);
+        (void)qh_mem_delete("k", 1); (void)qh_mem_list("", 0, b, 8);
     """
     source = (
         '#define QH_IMPLEMENTATION\n#include "qhybrid.h"\n'
