@@ -66,10 +66,12 @@ def test_a_lowered_send_quota_names_the_scenarios_figure() -> None:
     assert error is not None and "send: more than 5 messages sent by one message" in error, error
 
 
-def test_the_worker_memory_total_can_be_lowered_and_raised() -> None:
-    # Instances growing by 250 MiB each on one worker: nine pass the default 2 GiB total.
-    per = 250 * 16
-    count = DEFAULT_WORKER_MEMORY_BYTES // (per * 65536) + 1
+def test_a_lowered_worker_memory_total_refuses_the_instance_past_it() -> None:
+    # Four instances on one worker growing by 25 MiB each: the default 2 GiB holds them all,
+    # a 64 MiB total two; every later one is refused, the scenario's total named. (Small
+    # figures: since linear memories have no reservations, growing copies, and 2 GiB of growth
+    # takes a minute on a loaded machine.)
+    per, count = 25 * 16, 4
 
     def hungry(workers_table: str) -> RunResult:
         text = f"""
@@ -86,19 +88,43 @@ on_error = "skip"
 """
         for i in range(count):
             text += f'[[messages]]\nto = "grow-{i}"\nkind = 1\n'
-            text += f"payload_i64 = [{per}]\nat = {i % 2}\n"
+            text += f"payload_i64 = [{per}]\nat = {i}\n"
         return run(text, workers=1)
 
-    raised = hungry("[workers]\nmemory_mb = 4096")
-    assert raised.ok, raised.reason
-    assert [a.state for a in raised.agents] == ["loaded"] * count, [
-        (a.name, a.error) for a in raised.agents
-    ]
-    lowered = hungry("[workers]\nmemory_mb = 600")
+    default = hungry("")
+    assert default.ok, default.reason
+    assert [a.state for a in default.agents] == ["loaded"] * count
+    lowered = hungry("[workers]\nmemory_mb = 64")
+    assert lowered.ok, lowered.reason
     failed = [a for a in lowered.agents if a.state == "skipped"]
-    # 600 MiB holds two instances of 250 MiB: every later one is refused, the total named.
-    assert len(failed) == count - 2, [(a.name, a.error) for a in lowered.agents]
-    assert all("the worker's total of 600 MiB" in (a.error or "") for a in failed), failed[0].error
+    assert [a.name for a in failed] == ["grow-2", "grow-3"], [
+        (a.name, a.error) for a in lowered.agents
+    ]
+    assert all("the worker's total of 64 MiB" in (a.error or "") for a in failed), failed[0].error
+
+
+def test_a_raised_worker_memory_total_reaches_every_agent_load() -> None:
+    from qhybrid.runtime._roster import Roster
+
+    text = f"""
+[workers]
+memory_mb = 4096
+[[agents]]
+name = "a"
+module = "{AGENTS}/echo.wasm"
+count = 2
+[agents.quotas]
+sends = 100000
+"""
+    scenario = parse_scenario(text, source="raised.toml")
+    assert scenario.workers.memory_mb == 4096 > DEFAULT_WORKER_MEMORY_BYTES >> 20
+    assert scenario.agents[0].quotas.sends == 100_000
+    roster = Roster(scenario, 1)
+    roster.create()
+    spec = scenario.agents[0]
+    loads = [roster._agent_load(spec, agent, (), 2, b"{}") for agent in roster.agents]
+    assert {load.worker_memory_bytes for load in loads} == {4096 << 20}
+    assert {load.quotas.sends for load in loads} == {100_000}
 
 
 @pytest.mark.parametrize(
