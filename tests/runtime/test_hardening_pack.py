@@ -23,6 +23,10 @@ CULPRITS = {
     "sender": "quota exceeded: send: more than 10000 messages",
     "bulk": "quota exceeded: send: more than 64 MiB of payload",
     "hoarder": "quota exceeded: tensor_create: more than 1024 MiB",
+    # The C agents, built with the SDK (tests/agents/hog.c, bad_pointer.c).
+    "c_spin": "out of fuel (limit 1000000000 per message, the default)",
+    "c_malloc": "out of memory (limit 256 MiB, the default",
+    "c_pointer": "fault: ",
 }
 
 
@@ -32,6 +36,13 @@ def test_the_hostile_pack_completes_naming_every_culprit(
     text = PACK.read_text(encoding="utf-8")
     text = text.replace("@HOSTILE@", (ROOT / "tests" / "agents").as_posix())
     text = text.replace("@AGENTS@", (ROOT / "resources" / "agents").as_posix())
+    built = tmp_path / "built"
+    build = subprocess.run(
+        [sys.executable, str(ROOT / "sdk" / "build.py"), "--tests", "--out", str(built)],
+        capture_output=True, text=True, timeout=170, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr + build.stdout  # CI installs clang
+    text = text.replace("@BUILT@", built.as_posix())
     path = tmp_path / "hostile.toml"
     path.write_text(text, encoding="utf-8")
     proc = subprocess.run(
