@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Build the Linux installers and smoke-test them as a user would (CI runs this after the tests):
+#
+#   bash packaging/smoke.sh
+#
+# 1. installs the build tools (Debian: squashfs-tools, the static libsquashfuse for the AppImage
+#    runtime, a C compiler; PyPI: the `packaging` extra) when missing;
+# 2. python packaging/build.py --target deb --target appimage (PyInstaller reuses its work
+#    folder under ~/.cache/qhybrid/pyinstaller/);
+# 3. the .deb: dpkg -i, `qhybrid --headless --json` from PATH must give the source checkout's
+#    trace hash; dpkg --purge must leave none of its files behind;
+# 4. the AppImage: under Xvfb, the window opens (`--start` runs the demo), closes on SIGINT,
+#    exits 0 and leaves no process, /dev/shm/qh_* segment or extracted folder behind.
+# Needs root (or passwordless sudo) for apt-get and dpkg. Exit code 1 when a check fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=.venv/bin/python
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+started=$SECONDS
+
+step() { printf '\n== smoke: %s (%ss)\n' "$*" "$((SECONDS - started))"; }
+fail() { printf 'smoke: FAILED: %s\n' "$*" >&2; exit 1; }
+
+# --- 1. tools ---------------------------------------------------------------------------------
+step "build tools"
+BUILD_DEBS=(squashfs-tools libsquashfuse-dev zlib1g-dev liblzma-dev libzstd-dev liblz4-dev
+            liblzo2-dev libc6-dev gcc xvfb x11-utils)
+missing=()
+for pkg in "${BUILD_DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -x "$PY" ] || fail "$PY not found: run scripts/test.sh (or create .venv) first"
+"$PY" -m pip install --quiet -e '.[packaging]'
+
+# --- 2. build ---------------------------------------------------------------------------------
+step "build"
+rm -rf dist
+"$PY" packaging/build.py --target deb --target appimage
+deb=$(ls dist/qhybrid_*.deb)
+appimage=$(ls dist/qhybrid-*.AppImage)
+ls -l "$deb" "$appimage"
+
+# The source checkout's answer, to compare with.
+expected=$(.venv/bin/qhybrid --headless --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["trace_hash"])')
+echo "source checkout trace_hash: $expected"
+
+shm_count() { find /dev/shm -maxdepth 1 -name 'qh_*' 2>/dev/null | wc -l; }
+shm_before=$(shm_count)
+
+# --- 3. the .deb ------------------------------------------------------------------------------
+step "dpkg -i $deb"
+if dpkg-query -W -f='${Status}' qhybrid 2>/dev/null | grep -q "install ok installed"; then
+  $sudo dpkg --purge qhybrid >/dev/null
+fi
+$sudo dpkg -i "$deb" || { $sudo apt-get install -y -qq -f >/dev/null; dpkg -s qhybrid >/dev/null; }
+[ "$(command -v qhybrid)" = /usr/bin/qhybrid ] || fail "qhybrid on PATH is $(command -v qhybrid || echo nothing), not /usr/bin/qhybrid"
+for f in /usr/share/applications/qhybrid.desktop /usr/share/icons/hicolor/256x256/apps/qhybrid.png \
+         /usr/share/icons/hicolor/scalable/apps/qhybrid.svg /usr/lib/qhybrid/qhybrid; do
+  [ -e "$f" ] || fail "the .deb did not install $f"
+done
+# From another folder, with only the system's PATH: nothing of the checkout or .venv is used.
+got=$(cd / && env -i PATH=/usr/bin:/bin HOME="$HOME" qhybrid --headless --json |
+      "$PY" -c 'import json,sys; print(json.load(sys.stdin)["trace_hash"])')
+echo "installed .deb trace_hash: $got"
+[ "$got" = "$expected" ] || fail "the installed qhybrid's trace hash $got differs from $expected"
+version=$(env -i PATH=/usr/bin:/bin qhybrid --version)
+echo "installed: $version"
+
+step "dpkg --purge qhybrid"
+files=$(dpkg -L qhybrid | grep -v '^/usr$\|^/usr/share$\|^/usr/lib$\|^/usr/bin$\|^/\.$')
+$sudo dpkg --purge qhybrid >/dev/null
+left=""
+while IFS= read -r f; do
+  [ -e "$f" ] && [ ! -d "$f" ] && left+="$f "
+done <<<"$files"
+[ -z "$left" ] || fail "dpkg --purge left files behind: $left"
+[ ! -e /usr/lib/qhybrid ] || fail "dpkg --purge left /usr/lib/qhybrid"
+! command -v qhybrid >/dev/null || [ "$(command -v qhybrid)" != /usr/bin/qhybrid ] || fail "/usr/bin/qhybrid still there"
+
+# --- 4. the AppImage under Xvfb ---------------------------------------------------------------
+step "AppImage window under Xvfb"
+tmp=$(mktemp -d)
+xvfb_pid=""
+app_pid=""
+cleanup() {
+  [ -z "$app_pid" ] || kill "$app_pid" 2>/dev/null || true
+  [ -z "$xvfb_pid" ] || kill "$xvfb_pid" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+display=":$((90 + RANDOM % 100))"
+Xvfb "$display" -screen 0 1280x800x24 -nolisten tcp >"$tmp/xvfb.log" 2>&1 &
+xvfb_pid=$!
+for _ in $(seq 50); do xwininfo -display "$display" -root >/dev/null 2>&1 && break; sleep 0.2; done
+# Its own HOME and TMPDIR: the window's settings go there, and the extracted AppDir too.
+mkdir -p "$tmp/home" "$tmp/tmp"
+env -i PATH=/usr/bin:/bin HOME="$tmp/home" TMPDIR="$tmp/tmp" DISPLAY="$display" \
+  QT_QPA_PLATFORM=xcb "$appimage" --appimage-extract-and-run --start >"$tmp/app.log" 2>&1 &
+app_pid=$!
+window=""
+for _ in $(seq 120); do
+  window=$(xwininfo -display "$display" -root -tree 2>/dev/null | grep -o '"[^"]*qhybrid"' | head -n 1 || true)
+  [ -n "$window" ] && break
+  kill -0 "$app_pid" 2>/dev/null || break
+  sleep 0.5
+done
+[ -n "$window" ] || { cat "$tmp/app.log"; fail "no qhybrid window appeared under Xvfb"; }
+echo "window: $window"
+sleep 15  # the demo runs (--start); it takes a few seconds
+if command -v import >/dev/null && import -version 2>/dev/null | grep -q ImageMagick; then
+  import -display "$display" -window root dist/smoke-window.png && echo "screenshot: dist/smoke-window.png"
+fi
+kill -INT "$app_pid"
+rc=0
+for _ in $(seq 60); do kill -0 "$app_pid" 2>/dev/null || break; sleep 0.5; done
+if kill -0 "$app_pid" 2>/dev/null; then cat "$tmp/app.log"; fail "the window did not close on SIGINT within 30 s"; fi
+wait "$app_pid" || rc=$?
+app_pid=""
+[ "$rc" -eq 0 ] || { cat "$tmp/app.log"; fail "the AppImage exited with $rc"; }
+leftover=$(find "$tmp/tmp" -mindepth 1 -maxdepth 1 | head -n 5)
+[ -z "$leftover" ] || fail "the AppImage left its extracted folder behind: $leftover"
+if pgrep -f "$tmp" >/dev/null; then fail "processes of the AppImage still run: $(pgrep -af "$tmp")"; fi
+[ "$(shm_count)" -le "$shm_before" ] || fail "shared-memory segments left in /dev/shm"
+
+step "done: all smoke checks passed"
