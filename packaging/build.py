@@ -170,16 +170,28 @@ def freeze(dist: Path, version: str) -> Path:
     started = time.monotonic()
     _run(
         [
-            sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",
-            "--distpath", dist, "--workpath", work / "build", PACKAGING / "qhybrid.spec",
+            sys.executable,
+            "-m",
+            "PyInstaller",
+            "--noconfirm",
+            "--log-level",
+            "WARN",
+            "--distpath",
+            dist,
+            "--workpath",
+            work / "build",
+            PACKAGING / "qhybrid.spec",
         ],
         env=env,
         cwd=REPO_ROOT,
     )
     bundle = dist / ("qhybrid.app" if sys.platform == "darwin" else "qhybrid")
     size, files = tree_size(dist / "qhybrid")
-    print(f"frozen app: {dist / 'qhybrid'}: {size / 2**20:.1f} MiB in {files} files, "
-          f"{time.monotonic() - started:.0f} s", flush=True)
+    print(
+        f"frozen app: {dist / 'qhybrid'}: {size / 2**20:.1f} MiB in {files} files, "
+        f"{time.monotonic() - started:.0f} s",
+        flush=True,
+    )
     return bundle
 
 
@@ -240,8 +252,10 @@ def build_deb(frozen: Path, dist: Path, version: str, work: Path) -> Path:
     _desktop_integration(root)
     doc = root / "usr" / "share" / "doc" / "qhybrid" / "copyright"
     doc.parent.mkdir(parents=True)
-    doc.write_text("qhybrid is licensed under the Apache License 2.0;\n"
-                   "see /usr/share/common-licenses/Apache-2.0.\n")
+    doc.write_text(
+        "qhybrid is licensed under the Apache License 2.0;\n"
+        "see /usr/share/common-licenses/Apache-2.0.\n"
+    )
     size, _ = tree_size(root)
     control = root / "DEBIAN" / "control"
     control.parent.mkdir()
@@ -265,11 +279,24 @@ def build_runtime(work: Path) -> Path:
         raise BuildError("no C compiler (cc, gcc or clang) on PATH for the AppImage runtime")
     header = Path("/usr/include/squashfuse/squashfuse.h")
     if not header.is_file():
-        raise BuildError(f"{header} not found: install libsquashfuse-dev (and zlib1g-dev, "
-                         "liblzma-dev, libzstd-dev, liblz4-dev, liblzo2-dev)")
+        raise BuildError(
+            f"{header} not found: install libsquashfuse-dev (and zlib1g-dev, "
+            "liblzma-dev, libzstd-dev, liblz4-dev, liblzo2-dev)"
+        )
     out = work / "appimage-runtime"
-    _run([cc, "-O2", "-s", "-static", "-I/usr/include/squashfuse", "-o", out,
-          PACKAGING / "appimage" / "runtime.c", *RUNTIME_LIBS])
+    _run(
+        [
+            cc,
+            "-O2",
+            "-s",
+            "-static",
+            "-I/usr/include/squashfuse",
+            "-o",
+            out,
+            PACKAGING / "appimage" / "runtime.c",
+            *RUNTIME_LIBS,
+        ]
+    )
     mark_appimage(out)
     return out
 
@@ -297,8 +324,23 @@ def build_appimage(frozen: Path, dist: Path, version: str, work: Path) -> Path:
     (appdir / ".DirIcon").symlink_to("qhybrid.png")
     image = work / "qhybrid.squashfs"
     image.unlink(missing_ok=True)
-    _run([mksquashfs, appdir, image, "-root-owned", "-noappend", "-quiet", "-no-progress",
-          "-comp", "xz", "-b", "1M", "-processors", str(os.cpu_count() or 1)])
+    _run(
+        [
+            mksquashfs,
+            appdir,
+            image,
+            "-root-owned",
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-comp",
+            "xz",
+            "-b",
+            "1M",
+            "-processors",
+            str(os.cpu_count() or 1),
+        ]
+    )
     runtime = build_runtime(work)
     out = dist / f"qhybrid-{file_version(version)}-{platform.machine()}.AppImage"
     with out.open("wb") as f:
@@ -330,10 +372,18 @@ def build_windows_installer(frozen: Path, dist: Path, version: str) -> Path | No
     if iscc is None:
         raise BuildError("Inno Setup's iscc not found (choco install innosetup)")
     icons = cache_dir() / f"{sys.platform}-{platform.machine()}" / "icons"
-    _run([iscc, f"/DAppVersion={numeric_version(version)}", f"/DAppFullVersion={version}",
-          f"/DSourceDir={frozen}", f"/DOutputDir={dist}", f"/DIconFile={icons / 'qhybrid.ico'}",
-          f"/DOutputBaseName=qhybrid-{file_version(version)}-windows-setup",
-          PACKAGING / "windows" / "qhybrid.iss"])
+    _run(
+        [
+            iscc,
+            f"/DAppVersion={numeric_version(version)}",
+            f"/DAppFullVersion={version}",
+            f"/DSourceDir={frozen}",
+            f"/DOutputDir={dist}",
+            f"/DIconFile={icons / 'qhybrid.ico'}",
+            f"/DOutputBaseName=qhybrid-{file_version(version)}-windows-setup",
+            PACKAGING / "windows" / "qhybrid.iss",
+        ]
+    )
     return dist / f"qhybrid-{file_version(version)}-windows-setup.exe"
 
 
@@ -349,8 +399,10 @@ def resolve_targets(requested: Sequence[str], os_name: str) -> list[str]:
         names = own if target == "all-for-this-os" else (target,)
         for name in names:
             if name not in own:
-                raise BuildError(f"--target {name} cannot be built on {os_name}; "
-                                 f"this OS builds: {', '.join(own) or 'nothing'}")
+                raise BuildError(
+                    f"--target {name} cannot be built on {os_name}; "
+                    f"this OS builds: {', '.join(own) or 'nothing'}"
+                )
             if name not in out:
                 out.append(name)
     if not out:
@@ -370,12 +422,33 @@ def _compressed_size(path: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="packaging/build.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--target", action="append", choices=TARGETS, default=[],
-                        help="what to build (repeatable; default: all-for-this-os)")
-    parser.add_argument("--dist", type=Path, default=REPO_ROOT / "dist",
-                        help="where the installers go (default: dist/)")
-    parser.add_argument("--measure", action="store_true",
-                        help="also print the frozen folder's gzipped size (slow)")
+    parser.add_argument(
+        "--target",
+        action="append",
+        choices=TARGETS,
+        default=[],
+        help="what to build (repeatable; default: all-for-this-os)",
+    )
+    parser.add_argument(
+        "--dist",
+        type=Path,
+        default=REPO_ROOT / "dist",
+        help="where the installers go (default: dist/)",
+    )
+    stage = parser.add_mutually_exclusive_group()
+    stage.add_argument(
+        "--no-installer",
+        action="store_true",
+        help="only freeze the app (then sign it, then run again with --installer-only)",
+    )
+    stage.add_argument(
+        "--installer-only",
+        action="store_true",
+        help="reuse the frozen app already in --dist and build only the installers",
+    )
+    parser.add_argument(
+        "--measure", action="store_true", help="also print the frozen folder's gzipped size (slow)"
+    )
     args = parser.parse_args(argv)
     try:
         targets = resolve_targets(args.target, sys.platform)
@@ -383,8 +456,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"qhybrid {version}: building {', '.join(targets)}", flush=True)
         dist: Path = args.dist.resolve()
         dist.mkdir(parents=True, exist_ok=True)
-        bundle = freeze(dist, version)
         frozen = dist / "qhybrid"
+        if args.installer_only:
+            bundle = dist / ("qhybrid.app" if sys.platform == "darwin" else "qhybrid")
+            if not bundle.is_dir():
+                raise BuildError(f"--installer-only: no frozen app at {bundle}")
+        else:
+            bundle = freeze(dist, version)
+        if args.no_installer:
+            return 0
         if args.measure:
             print(f"frozen app, gzipped: {_compressed_size(frozen) / 2**20:.1f} MiB", flush=True)
         work = cache_dir() / f"{sys.platform}-{platform.machine()}"
