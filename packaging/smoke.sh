@@ -21,7 +21,9 @@ sudo=""
 started=$SECONDS
 
 step() { printf '\n== smoke: %s (%ss)\n' "$*" "$((SECONDS - started))"; }
-fail() { printf 'smoke: FAILED: %s\n' "$*" >&2; exit 1; }
+passed=0
+ok() { passed=$((passed + 1)); printf 'ok: %s\n' "$*"; }
+fail() { printf 'smoke: FAILED: %s\n' "$*" >&2; printf 'smoke: %s passed, 1 failed\n' "$passed"; exit 1; }
 
 # --- 1. tools ---------------------------------------------------------------------------------
 step "build tools"
@@ -46,6 +48,7 @@ rm -rf dist
 deb=$(ls dist/qhybrid_*.deb)
 appimage=$(ls dist/qhybrid-*.AppImage)
 ls -l "$deb" "$appimage"
+ok "built $deb and $appimage"
 
 # The source checkout's answer, to compare with.
 expected=$(.venv/bin/qhybrid --headless --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["trace_hash"])')
@@ -65,11 +68,13 @@ for f in /usr/share/applications/qhybrid.desktop /usr/share/icons/hicolor/256x25
          /usr/share/icons/hicolor/scalable/apps/qhybrid.svg /usr/lib/qhybrid/qhybrid; do
   [ -e "$f" ] || fail "the .deb did not install $f"
 done
+ok "dpkg -i installed /usr/bin/qhybrid, the app, the .desktop file and the icons"
 # From another folder, with only the system's PATH: nothing of the checkout or .venv is used.
 got=$(cd / && env -i PATH=/usr/bin:/bin HOME="$HOME" qhybrid --headless --json |
       "$PY" -c 'import json,sys; print(json.load(sys.stdin)["trace_hash"])')
 echo "installed .deb trace_hash: $got"
 [ "$got" = "$expected" ] || fail "the installed qhybrid's trace hash $got differs from $expected"
+ok "qhybrid --headless --json from PATH gives the source checkout's trace hash"
 version=$(env -i PATH=/usr/bin:/bin qhybrid --version)
 echo "installed: $version"
 
@@ -83,6 +88,7 @@ done <<<"$files"
 [ -z "$left" ] || fail "dpkg --purge left files behind: $left"
 [ ! -e /usr/lib/qhybrid ] || fail "dpkg --purge left /usr/lib/qhybrid"
 ! command -v qhybrid >/dev/null || [ "$(command -v qhybrid)" != /usr/bin/qhybrid ] || fail "/usr/bin/qhybrid still there"
+ok "dpkg --purge removed every file of the package"
 
 # --- 4. the AppImage under Xvfb ---------------------------------------------------------------
 step "AppImage window under Xvfb"
@@ -113,6 +119,7 @@ for _ in $(seq 120); do
 done
 [ -n "$window" ] || { cat "$tmp/app.log"; fail "no qhybrid window appeared under Xvfb"; }
 echo "window: $window"
+ok "the AppImage's window opened under Xvfb"
 sleep 15  # the demo runs (--start); it takes a few seconds
 if command -v import >/dev/null && import -version 2>/dev/null | grep -q ImageMagick; then
   import -display "$display" -window root dist/smoke-window.png && echo "screenshot: dist/smoke-window.png"
@@ -128,5 +135,7 @@ leftover=$(find "$tmp/tmp" -mindepth 1 -maxdepth 1 | head -n 5)
 [ -z "$leftover" ] || fail "the AppImage left its extracted folder behind: $leftover"
 if pgrep -f "$tmp" >/dev/null; then fail "processes of the AppImage still run: $(pgrep -af "$tmp")"; fi
 [ "$(shm_count)" -le "$shm_before" ] || fail "shared-memory segments left in /dev/shm"
+ok "the window closed on SIGINT with exit code 0, leaving no process, segment or extracted folder"
 
-step "done: all smoke checks passed"
+step "done"
+echo "smoke: $passed passed, 0 failed"
