@@ -186,6 +186,8 @@ def freeze(dist: Path, version: str) -> Path:
         cwd=REPO_ROOT,
     )
     bundle = dist / ("qhybrid.app" if sys.platform == "darwin" else "qhybrid")
+    if sys.platform == "linux":
+        strip_debug_info(dist / "qhybrid")
     size, files = tree_size(dist / "qhybrid")
     print(
         f"frozen app: {dist / 'qhybrid'}: {size / 2**20:.1f} MiB in {files} files, "
@@ -196,6 +198,40 @@ def freeze(dist: Path, version: str) -> Path:
 
 
 # --- Linux ------------------------------------------------------------------------------------
+
+
+def _has_debug_info(path: Path) -> bool:
+    """Whether an ELF file carries DWARF sections (a locally built libpython does: 23 MB, of
+    which 16 MB debug info)."""
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"\x7fELF":
+                return False
+            f.seek(0)
+            data = f.read()
+    except OSError:
+        return False
+    return b".debug_info" in data
+
+
+def strip_debug_info(frozen: Path) -> None:
+    """``strip --strip-debug`` the bundle's ELF files that have debug sections, except those
+    under ``*.libs/`` (auditwheel's vendored libraries, which strip can break after patchelf);
+    symbols stay, so nothing that loads them changes. Without ``strip`` it says so and skips."""
+    strip = shutil.which("strip")
+    if strip is None:
+        print("strip not found (binutils): the bundle keeps its debug info", flush=True)
+        return
+    saved = 0
+    for path in sorted(frozen.rglob("*")):
+        if not path.is_file() or path.is_symlink() or any(p.endswith(".libs") for p in path.parts):
+            continue
+        if not _has_debug_info(path):
+            continue
+        before = path.stat().st_size
+        _run([strip, "--strip-debug", path])
+        saved += before - path.stat().st_size
+    print(f"strip --strip-debug: {saved / 2**20:.1f} MiB less", flush=True)
 
 
 def _install(src: Path, dest: Path, mode: int = 0o644) -> None:
