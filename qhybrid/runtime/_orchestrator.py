@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from qhybrid.runtime._commit import EffectKind
 from qhybrid.runtime._events import GpuAdapter, RunStateChanged, RuntimeEvents
+from qhybrid.runtime._memory import install_memory
 from qhybrid.runtime._metrics import MetricsRecorder, MetricsSnapshot
 from qhybrid.runtime._parts import Parts
 from qhybrid.runtime._ports import AgentPool, TickHook
@@ -118,6 +119,8 @@ class Runtime:
         )
         self._schedule, self._roster, self._commit = parts.schedule, parts.roster, parts.commit
         self._tick_hooks: list[TickHook] = []
+        #: Agents' long-term memory (the ``mem_*`` ABI): quotas, trace records, persistence.
+        self.memory = install_memory(self)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resume = asyncio.Event()
         self._resume.set()

@@ -55,6 +55,11 @@ HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "llm_complete": ((_I32, _I32, _I32, _I32), (_I32,)),
 }
 
+# Agents' long-term memory (#13): its own module, registered here.
+from qhybrid.runtime.wasm_pool._memory_abi import MEMORY_FUNCTIONS  # noqa: E402
+
+HOST_FUNCTIONS.update(MEMORY_FUNCTIONS)
+
 #: name -> (params, results) of every required export that is a function.
 REQUIRED_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "qh_abi_version": ((), (_I32,)),

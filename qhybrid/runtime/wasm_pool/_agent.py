@@ -32,9 +32,10 @@ from qhybrid.runtime.wasm_pool._abi import (
     SEND_UNKNOWN_AGENT,
     WASI_MODULE,
     AgentModuleError,
-    internal_mutable_globals,
 )
 from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
+from qhybrid.runtime.wasm_pool._globals import host_snapshot_exact
+from qhybrid.runtime.wasm_pool._memory_abi import AgentMemory, MemoryHost
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
 
 logger = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ class WorkerContext:
     def add_module(self, key: str, serialized: bytes, original: bytes) -> None:
         self._serialized[key] = serialized
         try:
-            self._recoverable[key] = internal_mutable_globals(original) <= 1
+            self._recoverable[key] = host_snapshot_exact(original)
         except (ValueError, IndexError, wasmtime.WasmtimeError):
             self._recoverable[key] = False  # unknown (no or unreadable source): assume not
         for cached in [k for k in self._modules if k[0] == key]:
@@ -189,7 +190,7 @@ class WorkerContext:
 class _Call:
     """The per-message scratch state: what the handler has asked for so far."""
 
-    __slots__ = ("created", "effects", "logs", "outbox", "reads", "snapshot")
+    __slots__ = ("created", "effects", "logs", "mem", "outbox", "reads", "snapshot")
 
     def __init__(self) -> None:
         self.outbox: list[tuple[int, int, bytes]] = []
@@ -198,9 +199,10 @@ class _Call:
         self.reads: list[str] = []
         self.created: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
         self.snapshot: bytes | None = None
+        self.mem: list[tuple[bytes, bytes | None]] | None = None
 
 
-class AgentHost:
+class AgentHost(MemoryHost):
     """Owns one instance; :meth:`deliver` runs its handler for one message."""
 
     def __init__(self, ctx: WorkerContext, load: AgentLoad) -> None:
@@ -652,6 +654,8 @@ class AgentHost:
         if self.failed is not None:
             return Outcome(False, error=f"agent already failed: {self.failed}")
         self._now = now
+        if self._mem is not None:
+            self._mem.at_tick(now)
         self._call_state = state = _Call()
         if self._limited:
             self._arm()
@@ -664,9 +668,22 @@ class AgentHost:
         outcome = self._finish(state, code, start)
         if outcome.ok:
             self.handled += 1
+            if state.mem:
+                self.mem_commit(now, state)
         return outcome
 
     # -- snapshots ------------------------------------------------------------------------
+    def unrecoverable(self) -> str | None:
+        """Why this agent's state cannot be brought back in a fresh instance, or None."""
+        if isinstance(self._exports.get("qh_snapshot"), wasmtime.Func):
+            return None
+        if self.ctx.host_snapshot_ok(self.load.module_key):
+            return None
+        return (
+            f"{self.name}: its module keeps state in non-exported mutable globals and has no "
+            "qh_snapshot/qh_restore, so it cannot be restored"
+        )
+
     def snapshot(self) -> bytes:
         """The agent's committed state: its own snapshot or its memory and globals, plus the
         host's state for it (random stream, handles, counters)."""
@@ -676,6 +693,7 @@ class AgentHost:
             tuple(self._handles),
             self._next_job,
             self._next_request,
+            self.memory.state() if self._mem is not None else (),
         )
         snap = self._exports.get("qh_snapshot")
         if isinstance(snap, wasmtime.Func):
@@ -702,7 +720,10 @@ class AgentHost:
     def restore(self, data: bytes) -> None:
         """Restore a state made by :meth:`snapshot` into this fresh instance."""
         how, host, state = pickle.loads(data)
-        rng, self.handled, handles, self._next_job, self._next_request = host
+        rng, self.handled, handles, self._next_job, self._next_request = host[:5]
+        if len(host) > 5 and host[5]:
+            mem = self.memory
+            self._mem = AgentMemory(host[5], mem.max_keys, mem.max_bytes)
         self._rng.state = rng
         self._handles = list(handles)
         self._handle_of = {name: i for i, name in enumerate(self._handles)}

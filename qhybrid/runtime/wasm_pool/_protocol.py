@@ -48,6 +48,10 @@ class AgentLoad:
     dirs: tuple[tuple[str, str, bool], ...] = ()
     #: Environment variables the agent sees through WASI.
     env: tuple[tuple[str, str], ...] = ()
+    #: Long-term memory to start with (a persistent namespace's), and its quotas.
+    memory: tuple[tuple[bytes, bytes], ...] = ()
+    memory_keys: int = 1024
+    memory_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
