@@ -54,8 +54,15 @@ ok "built $deb and $appimage"
 expected=$(.venv/bin/qhybrid --headless --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["trace_hash"])')
 echo "source checkout trace_hash: $expected"
 
-shm_count() { find /dev/shm -maxdepth 1 -name 'qh_*' 2>/dev/null | wc -l; }
-shm_before=$(shm_count)
+# qhybrid's segments are /dev/shm/qh_<pid>_...: a new one whose creator is gone was leaked
+# (segments of other live processes on a shared machine are not ours to judge).
+shm_names() { find /dev/shm -maxdepth 1 -name 'qh_*' -printf '%f\n' 2>/dev/null | sort; }
+shm_before=$(shm_names)
+shm_leaked() {
+  comm -13 <(printf '%s\n' "$shm_before") <(shm_names) | while IFS=_ read -r _ pid _; do
+    [ -n "$pid" ] && [ ! -d "/proc/$pid" ] && echo "qh_${pid}_*"
+  done | sort -u
+}
 
 # --- 3. the .deb ------------------------------------------------------------------------------
 step "dpkg -i $deb"
@@ -70,7 +77,7 @@ for f in /usr/share/applications/qhybrid.desktop /usr/share/icons/hicolor/256x25
 done
 ok "dpkg -i installed /usr/bin/qhybrid, the app, the .desktop file and the icons"
 # From another folder, with only the system's PATH: nothing of the checkout or .venv is used.
-got=$(cd / && env -i PATH=/usr/bin:/bin HOME="$HOME" qhybrid --headless --json |
+got=$(cd / && env -i PATH=/usr/bin:/bin HOME="$HOME" LANG=C.UTF-8 qhybrid --headless --json |
       "$PY" -c 'import json,sys; print(json.load(sys.stdin)["trace_hash"])')
 echo "installed .deb trace_hash: $got"
 [ "$got" = "$expected" ] || fail "the installed qhybrid's trace hash $got differs from $expected"
@@ -107,12 +114,13 @@ xvfb_pid=$!
 for _ in $(seq 50); do xwininfo -display "$display" -root >/dev/null 2>&1 && break; sleep 0.2; done
 # Its own HOME and TMPDIR: the window's settings go there, and the extracted AppDir too.
 mkdir -p "$tmp/home" "$tmp/tmp"
-env -i PATH=/usr/bin:/bin HOME="$tmp/home" TMPDIR="$tmp/tmp" DISPLAY="$display" \
+env -i PATH=/usr/bin:/bin HOME="$tmp/home" TMPDIR="$tmp/tmp" DISPLAY="$display" LANG=C.UTF-8 \
   QT_QPA_PLATFORM=xcb "$appimage" --appimage-extract-and-run --start >"$tmp/app.log" 2>&1 &
 app_pid=$!
 window=""
 for _ in $(seq 120); do
-  window=$(xwininfo -display "$display" -root -tree 2>/dev/null | grep -o '"[^"]*qhybrid"' | head -n 1 || true)
+  # The main window: class ("qhybrid" "qhybrid"), titled "<scenario> — qhybrid".
+  window=$(xwininfo -display "$display" -root -tree 2>/dev/null | grep -F '("qhybrid" "qhybrid")' | head -n 1 || true)
   [ -n "$window" ] && break
   kill -0 "$app_pid" 2>/dev/null || break
   sleep 0.5
@@ -134,7 +142,8 @@ app_pid=""
 leftover=$(find "$tmp/tmp" -mindepth 1 -maxdepth 1 | head -n 5)
 [ -z "$leftover" ] || fail "the AppImage left its extracted folder behind: $leftover"
 if pgrep -f "$tmp" >/dev/null; then fail "processes of the AppImage still run: $(pgrep -af "$tmp")"; fi
-[ "$(shm_count)" -le "$shm_before" ] || fail "shared-memory segments left in /dev/shm"
+leaked=$(shm_leaked)
+[ -z "$leaked" ] || fail "shared-memory segments left in /dev/shm: $leaked"
 ok "the window closed on SIGINT with exit code 0, leaving no process, segment or extracted folder"
 
 step "done"
