@@ -97,3 +97,18 @@ def test_the_check_at_start_is_off_by_default_and_remembered(qtbot: QtBot, feed:
     checker2.wait(5)
     assert feed.requests == 1
     assert "99.0.0" in window2.statusBar().currentMessage()
+
+
+def test_the_main_window_has_the_actions_and_checks_nothing_by_default(
+    qtbot: QtBot, feed: _Feed
+) -> None:
+    from qhybrid.views import MainWindow
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    help_menu = window.help_menu
+    assert _action(help_menu, "check_updates_action").text() == "Check for &updates now"
+    assert not _action(help_menu, "check_updates_at_start_action").isChecked()
+    qtbot.wait(100)
+    assert feed.requests == 0 and not window.update_checker.running
+    window.close()
