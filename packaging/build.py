@@ -38,7 +38,7 @@ ICON_SIZES = (16, 24, 32, 48, 64, 128, 256)
 # What the frozen app needs on a Debian/Ubuntu system besides itself: the X11/xcb libraries
 # Qt's xcb plugin loads (not in PySide6's wheels), OpenGL/EGL, fontconfig, D-Bus.
 DEB_DEPENDS = (
-    "libc6 (>= 2.28), libegl1, libgl1, libfontconfig1, libdbus-1-3, libglib2.0-0, "
+    "libegl1, libgl1, libfontconfig1, libdbus-1-3, libglib2.0-0, "
     "libxkbcommon0, libxkbcommon-x11-0, libxcb-cursor0, libxcb-icccm4, libxcb-keysyms1"
 )
 DEB_RECOMMENDS = "libvulkan1, mesa-vulkan-drivers"
@@ -248,7 +248,8 @@ def _desktop_integration(root: Path) -> None:
     _install(RESOURCES / "icons" / "qhybrid.svg", share / "icons/hicolor/scalable/apps/qhybrid.svg")
 
 
-def deb_control(version: str, arch: str, installed_kib: int) -> str:
+def deb_control(version: str, arch: str, installed_kib: int, glibc: str = "2.28") -> str:
+    """DEBIAN/control. ``glibc``: the build machine's, which the bundled libraries need."""
     return (
         "Package: qhybrid\n"
         f"Version: {debian_version(version)}\n"
@@ -256,7 +257,7 @@ def deb_control(version: str, arch: str, installed_kib: int) -> str:
         "Priority: optional\n"
         f"Architecture: {arch}\n"
         f"Installed-Size: {installed_kib}\n"
-        f"Depends: {DEB_DEPENDS}\n"
+        f"Depends: libc6 (>= {glibc}), {DEB_DEPENDS}\n"
         f"Recommends: {DEB_RECOMMENDS}\n"
         "Maintainer: qhybrid developers <qhybrid@users.noreply.github.com>\n"
         "Homepage: https://github.com/qhybrid/qhybrid\n"
@@ -295,7 +296,8 @@ def build_deb(frozen: Path, dist: Path, version: str, work: Path) -> Path:
     size, _ = tree_size(root)
     control = root / "DEBIAN" / "control"
     control.parent.mkdir()
-    control.write_text(deb_control(version, arch, size // 1024 + 1))
+    glibc = platform.libc_ver()[1] or "2.28"
+    control.write_text(deb_control(version, arch, size // 1024 + 1, glibc))
     out = dist / f"qhybrid_{debian_version(version)}_{arch}.deb"
     _run([dpkg_deb, "--root-owner-group", "-Zxz", "-z6", "--build", root, out])
     return out

@@ -94,12 +94,13 @@ def test_the_appimage_magic_goes_into_the_elf_padding(tmp_path: Path) -> None:
 
 
 def test_the_deb_control_file_is_what_dpkg_reads() -> None:
-    control = build.deb_control("0.2.0rc1", "amd64", 1234)
+    control = build.deb_control("0.2.0rc1", "amd64", 1234, "2.36")
     fields = dict(line.split(": ", 1) for line in control.splitlines() if not line[0].isspace())
     assert fields["Package"] == "qhybrid"
     assert fields["Version"] == "0.2.0~rc1"
     assert fields["Architecture"] == "amd64"
     assert fields["Installed-Size"] == "1234"
+    assert fields["Depends"].startswith("libc6 (>= 2.36), ")
     assert "libxcb-cursor0" in fields["Depends"]
     assert control.endswith("\n")
 
