@@ -139,12 +139,17 @@ if kill -0 "$app_pid" 2>/dev/null; then cat "$tmp/app.log"; fail "the window did
 wait "$app_pid" || rc=$?
 app_pid=""
 [ "$rc" -eq 0 ] || { cat "$tmp/app.log"; fail "the AppImage exited with $rc"; }
+# Closing saved the window's state (QSettings), as a normal close does.
+settings=$(find "$tmp/home/.config" -name 'qhybrid*.conf' 2>/dev/null | head -n 1)
+if [ -z "$settings" ] || ! grep -q geometry "$settings"; then
+  fail "the window did not save its settings on close"
+fi
 leftover=$(find "$tmp/tmp" -mindepth 1 -maxdepth 1 | head -n 5)
 [ -z "$leftover" ] || fail "the AppImage left its extracted folder behind: $leftover"
 if pgrep -f "$tmp" >/dev/null; then fail "processes of the AppImage still run: $(pgrep -af "$tmp")"; fi
 leaked=$(shm_leaked)
 [ -z "$leaked" ] || fail "shared-memory segments left in /dev/shm: $leaked"
-ok "the window closed on SIGINT with exit code 0, leaving no process, segment or extracted folder"
+ok "the window closed on SIGINT with exit code 0, saved its settings, left no process, segment or extracted folder"
 
 step "done"
 echo "smoke: $passed passed, 0 failed"
