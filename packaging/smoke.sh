@@ -55,8 +55,15 @@ appimage=$(ls dist/qhybrid-*.AppImage)
 ls -l "$deb" "$appimage"
 ok "built $deb and $appimage"
 
-# The source checkout's answer, to compare with.
-expected=$(.venv/bin/qhybrid --headless --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["trace_hash"])')
+# The source checkout's answer, to compare with, from a fresh HOME as the installed app's.
+source_hash() {
+  local home
+  home=$(mktemp -d)
+  env -i PATH=/usr/bin:/bin HOME="$home" LANG=C.UTF-8 "$PWD/.venv/bin/qhybrid" --headless --json |
+    "$PY" -c 'import json,sys; print(json.load(sys.stdin)["trace_hash"])'
+  rm -rf "$home"
+}
+expected=$(source_hash)
 echo "source checkout trace_hash: $expected"
 
 # qhybrid's segments are /dev/shm/qh_<pid>_...: a new one whose creator is gone was leaked
@@ -86,7 +93,14 @@ home=$(mktemp -d)  # the run store and caches of the installed app go there, not
 got=$(cd / && env -i PATH=/usr/bin:/bin HOME="$home" LANG=C.UTF-8 qhybrid --headless --json |
       "$PY" -c 'import json,sys; print(json.load(sys.stdin)["trace_hash"])')
 echo "installed .deb trace_hash: $got"
-[ "$got" = "$expected" ] || fail "the installed qhybrid's trace hash $got differs from $expected"
+if [ "$got" != "$expected" ]; then
+  # On 2026-12-01 the demo of main gave one of two hashes from one run to the next, source
+  # checkout and frozen app alike: a second source run tells that apart from a broken bundle.
+  again=$(source_hash)
+  echo "source checkout trace_hash, again: $again"
+  [ "$got" = "$again" ] || fail "the installed qhybrid's trace hash $got differs from $expected and $again"
+  echo "warning: the source checkout's own trace hash changed between two runs ($expected, $again)"
+fi
 ok "qhybrid --headless --json from PATH gives the source checkout's trace hash"
 version=$(env -i PATH=/usr/bin:/bin HOME="$home" qhybrid --version)
 echo "installed: $version"
