@@ -22,15 +22,6 @@
 #define QH_IMPLEMENTATION
 #include "qhybrid.h"
 
-/* The memory imports (docs/agent-abi.md, "Long-term memory"). */
-#define QH_MEM_IMPORT(name) __attribute__((import_module("qhybrid"), import_name(name)))
-QH_MEM_IMPORT("mem_get") int32_t qh_mem_get(const void *key, int32_t key_len, void *out, int32_t cap);
-QH_MEM_IMPORT("mem_put")
-int32_t qh_mem_put(const void *key, int32_t key_len, const void *value, int32_t value_len);
-QH_MEM_IMPORT("mem_delete") int32_t qh_mem_delete(const void *key, int32_t key_len);
-QH_MEM_IMPORT("mem_list")
-int32_t qh_mem_list(const void *prefix, int32_t prefix_len, void *out, int32_t cap);
-
 enum { KIND_NOTE = 1, KIND_SHOW = 2 };
 
 static int started; /* this run's first message seen (memory, so snapshots keep it) */

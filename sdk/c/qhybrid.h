@@ -224,6 +224,24 @@ int32_t qh_gpu_submit(const char *op, size_t op_len, const int32_t *inputs, int3
 QH_IMPORT(llm_complete)
 int32_t qh_llm_complete(const char *prompt, size_t len, int32_t max_tokens, int32_t tag);
 
+/* Long-term memory (docs/agent-abi.md, "Long-term memory"): a key-value store of the agent's
+ * own; reads see the memory as the tick began, writes apply at the tick's end. */
+enum { QH_MEM_NOT_FOUND = -1, QH_MEM_QUOTA_KEYS = -2, QH_MEM_QUOTA_BYTES = -3, QH_MEM_BAD_KEY = -4 };
+
+/** The value's length (copying at most cap bytes to out), or QH_MEM_NOT_FOUND. */
+QH_IMPORT(mem_get) int32_t qh_mem_get(const void *key, int32_t key_len, void *out, int32_t cap);
+
+/** 0, or QH_MEM_QUOTA_KEYS, QH_MEM_QUOTA_BYTES, QH_MEM_BAD_KEY. */
+QH_IMPORT(mem_put)
+int32_t qh_mem_put(const void *key, int32_t key_len, const void *value, int32_t value_len);
+
+/** 1 if the key was there, else 0. */
+QH_IMPORT(mem_delete) int32_t qh_mem_delete(const void *key, int32_t key_len);
+
+/** The bytes the sorted keys with this prefix take (u32 length + key each); written if they fit. */
+QH_IMPORT(mem_list)
+int32_t qh_mem_list(const void *prefix, int32_t prefix_len, void *out, int32_t cap);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Helpers                                                                                    */
 /* ------------------------------------------------------------------------------------------ */

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "sdk" / "build.py"
 SAMPLES = ROOT / "resources" / "agents"
 TEST_AGENTS = ROOT / "tests" / "agents"
-SAMPLE_NAMES = ("ask", "counter", "echo", "planner", "prep", "worker")
+SAMPLE_NAMES = ("ask", "counter", "echo", "notes", "planner", "prep", "worker")
 TEST_AGENT_NAMES = ("bad_pointer", "fs_probe", "hog")
 
 # The runtime's own tables are the single source of truth the header must match.
@@ -221,6 +221,8 @@ def test_every_abi_import_is_declared_with_its_signature(
         (void)qh_tensor_create("y", 1, QH_DTYPE_F32, 1, shape);
         (void)qh_gpu_submit("relu", 4, &h, 1, "z", 1, 1.5f);
         (void)qh_llm_complete("hi", 2, 8, 0);
+        (void)qh_mem_get("k", 1, b, 8); (void)qh_mem_put("k", 1, b, 8);
+        (void)qh_mem_delete("k", 1); (void)qh_mem_list("", 0, b, 8);
     """
     source = (
         '#define QH_IMPLEMENTATION\n#include "qhybrid.h"\n'

@@ -315,7 +315,8 @@ _VALID_EXPORTS = """
               (import "qhybrid" "open_file" (func (param i32 i32) (result i32)))
               {_VALID_EXPORTS})""",
             "imports unknown host function qhybrid.open_file (ABI has: agent_count, "
-            "gpu_submit, llm_complete, log, lookup, now, peer, peer_count, random_u64, "
+            "gpu_submit, llm_complete, log, lookup, mem_delete, mem_get, mem_list, mem_put, "
+            "now, peer, peer_count, random_u64, "
             "self_id, send, snapshot_put, tensor_create, tensor_info, tensor_open, "
             "tensor_read, tensor_write)",
             id="unknown-host-function",
