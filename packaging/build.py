@@ -222,16 +222,20 @@ def strip_debug_info(frozen: Path) -> None:
     if strip is None:
         print("strip not found (binutils): the bundle keeps its debug info", flush=True)
         return
-    saved = 0
+    saved = count = 0
     for path in sorted(frozen.rglob("*")):
         if not path.is_file() or path.is_symlink() or any(p.endswith(".libs") for p in path.parts):
             continue
         if not _has_debug_info(path):
             continue
         before = path.stat().st_size
-        _run([strip, "--strip-debug", path])
+        try:
+            subprocess.run([strip, "--strip-debug", str(path)], check=True)
+        except subprocess.CalledProcessError as exc:
+            raise BuildError(f"strip --strip-debug {path} failed ({exc.returncode})") from None
         saved += before - path.stat().st_size
-    print(f"strip --strip-debug: {saved / 2**20:.1f} MiB less", flush=True)
+        count += 1
+    print(f"strip --strip-debug: {count} files, {saved / 2**20:.1f} MiB less", flush=True)
 
 
 def _install(src: Path, dest: Path, mode: int = 0o644) -> None:
