@@ -23,6 +23,8 @@ started=$SECONDS
 
 step() { printf '\n== smoke: %s (%ss)\n' "$*" "$((SECONDS - started))"; }
 passed=0
+# A command that fails under `set -e` says where, instead of ending the script in silence.
+trap 'printf "smoke: FAILED at line %s: %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 ok() { passed=$((passed + 1)); printf 'ok: %s\n' "$*"; }
 fail() { printf 'smoke: FAILED: %s\n' "$*" >&2; printf 'smoke: %s passed, 1 failed\n' "$passed"; exit 1; }
 
@@ -72,7 +74,7 @@ shm_names() { find /dev/shm -maxdepth 1 -name 'qh_*' -printf '%f\n' 2>/dev/null 
 shm_before=$(shm_names)
 shm_leaked() {
   comm -13 <(printf '%s\n' "$shm_before") <(shm_names) | while IFS=_ read -r _ pid _; do
-    [ -n "$pid" ] && [ ! -d "/proc/$pid" ] && echo "qh_${pid}_*"
+    if [ -n "$pid" ] && [ ! -d "/proc/$pid" ]; then echo "qh_${pid}_*"; fi
   done | sort -u
 }
 
@@ -161,8 +163,10 @@ wait "$app_pid" || rc=$?
 app_pid=""
 [ "$rc" -eq 0 ] || { cat "$tmp/app.log"; fail "the AppImage exited with $rc"; }
 # Closing saved the window's state (QSettings), as a normal close does.
-settings=$(find "$tmp/home/.config" -name 'qhybrid*.conf' 2>/dev/null | head -n 1)
+settings=$(find "$tmp/home" -name 'qhybrid*.conf' 2>/dev/null | head -n 1 || true)
 if [ -z "$settings" ] || ! grep -q geometry "$settings"; then
+  cat "$tmp/app.log"
+  find "$tmp/home" | head -n 20
   fail "the window did not save its settings on close"
 fi
 leftover=$(find "$tmp/tmp" -mindepth 1 -maxdepth 1 | head -n 5)
