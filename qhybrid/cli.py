@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--headless", action="store_true", help="run without a window (no Qt)")
     parser.add_argument(
+        "--start", action="store_true", help="window: start the scenario as soon as it opens"
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         default=None,
@@ -212,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         from qhybrid.app import run_app
 
-        return run_app(scenario=args.scenario, workers=args.workers, device=args.device)
+        return run_app(
+            scenario=args.scenario, workers=args.workers, device=args.device, start=args.start
+        )
     return run_headless(args)
 
 

@@ -17,7 +17,10 @@ PYTHON=${PYTHON:-python3}
 DEB_PACKAGES=(mesa-vulkan-drivers libvulkan1 libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0
               clang lld wasi-libc libclang-rt-14-dev-wasm32
               libfontconfig1 libdbus-1-3 libglib2.0-0 xvfb
-              libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1)
+              libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1
+              shellcheck
+              squashfs-tools libsquashfuse-dev zlib1g-dev liblzma-dev libzstd-dev liblz4-dev
+              liblzo2-dev gcc)
 
 if command -v dpkg-query >/dev/null 2>&1; then
   missing=()

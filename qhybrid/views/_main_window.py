@@ -42,6 +42,7 @@ from qhybrid.views._chat import ChatPanel
 from qhybrid.views._server import ServerPanel
 from qhybrid.views._tables import AgentsView, LogView
 from qhybrid.views._theme import THEMES, apply_theme
+from qhybrid.views._update import add_update_actions
 
 __all__ = ["MainWindow"]
 
@@ -343,6 +344,7 @@ class MainWindow(QMainWindow):
         self.help_menu.setObjectName("help_menu")
         self.help_menu.addAction(self.about_action)
         self.help_menu.addAction(self.about_qt_action)
+        self.update_checker = add_update_actions(self, self.help_menu)  # off by default
 
     def _create_status_bar(self) -> None:
         bar = self.statusBar()
