@@ -299,14 +299,22 @@ def _llm_window(store: RunStore, run_id: str, at: int) -> Any:
 
 
 def _restore_point(store: RunStore, run_id: str, cp: Any) -> RestorePoint:
-    from qhybrid.runtime.store import RestorePoint
-    from qhybrid.runtime.store._checkpoint import load_state
+    from qhybrid.runtime.store import CheckpointUnavailable, RestorePoint, StoreError
+    from qhybrid.runtime.store._checkpoint import check_restorable, load_state
 
-    state = load_state(cp.state)
-    keys = [a[4] for a in state["agents"] if a[4]] + [t[3] for t in state["tensors"]]
+    where = f"run {run_id}'s checkpoint at tick {cp.tick} in {store.path}"
+    try:
+        state = load_state(cp.state)
+        keys = [a[4] for a in state["agents"] if a[4]] + [t[3] for t in state["tensors"]]
+        blobs = store.blobs(keys)
+        check_restorable(state, blobs)
+    except (CheckpointUnavailable, StoreError) as exc:
+        raise BadInput(f"{where}: {exc}") from None
+    except (KeyError, IndexError, TypeError) as exc:
+        raise BadInput(f"{where}: it is corrupt ({type(exc).__name__}: {exc})") from None
     lines = [line for n, _, line in store.records(run_id) if n < cp.records]
     llm = _llm_window(store, run_id, cp.tick) if state.get("llm_requests") else None
-    return RestorePoint(cp.state, store.blobs(keys), lines, llm=llm)
+    return RestorePoint(cp.state, blobs, lines, llm=llm)
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
@@ -408,13 +416,28 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 # -- qhybrid resume --------------------------------------------------------------------------------
+def _owner_here(run: dict[str, Any]) -> bool:
+    """Whether a ``running`` run's process is known to run on this host (and so is alive:
+    the store reads a dead one as interrupted). A run from an older store, or from another
+    host, has no owner this process can check: resuming it is the user's call."""
+    import socket
+
+    return run.get("owner_pid") is not None and run.get("owner_host") == socket.gethostname()
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from qhybrid.runtime.store import RunRecorder
 
     with _open(args, must_exist=True) as store:
         run_id = _resolve(store, args.run)
         run = store.run(run_id)
-        if run["status"] not in ("running", "interrupted"):
+        if run["status"] == "running" and _owner_here(run):
+            where = f"pid {run['owner_pid']} on {run['owner_host']}"
+            raise BadInput(
+                f"run {run_id} is still running ({where}); stop that process first "
+                "(a run whose process is gone reads as interrupted)"
+            )
+        if run["status"] != "interrupted":
             raise BadInput(f"run {run_id} is {run['status']}: there is nothing to resume")
         scenario = _scenario_of(run)
         config = _runtime_config(run, args)
@@ -425,7 +448,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     every = int(run["config"].get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
     err = _err()
     err.print(
-        f"qhybrid {__version__}: resuming run [bold]{run_id}[/] ({scenario.name}) "
+        f"qhybrid {__version__}: resuming interrupted run [bold]{run_id}[/] ({scenario.name}"
+        + (f"; {run['reason']}" if run["reason"] else "")
+        + ") "
         + (
             f"from its checkpoint at tick {tick}"
             if cp is not None

@@ -246,7 +246,10 @@ def test_resume_after_sigkill_at_random_ticks_gives_the_undisturbed_hash(
         )
         assert code == -signal.SIGKILL and seen >= at
         show = cli_json(qhybrid_cmd, env, "show", "last")
-        assert show["status"] == "running"  # nobody could say otherwise: it was killed
+        # The row still says running (nobody recorded the end), but its process is gone.
+        assert show["status"] == "interrupted" and "is gone" in show["reason"]
+        listed = cli_json(qhybrid_cmd, env, "runs")["runs"]
+        assert [r["status"] for r in listed if r["run_id"] == show["run_id"]] == ["interrupted"]
         resumed = cli_json(qhybrid_cmd, env, "resume", "last")
         assert resumed["run_id"] == show["run_id"]
         assert resumed["resumed_from"] <= seen
@@ -273,6 +276,54 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(
     resumed = cli_json(qhybrid_cmd, env, "resume", show["run_id"])
     plain = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--no-store")
     assert resumed["trace_hash"] == plain["trace_hash"]
+
+
+class _Evil:
+    """A pickle that would run a shell command when loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_hostile_checkpoint_is_refused_and_runs_nothing(
+    qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    import pickle
+
+    scenario = relays(tmp_path)
+    run = cli_json(
+        qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--checkpoint-every", "50"
+    )
+    store, marker = Path(env["QHYBRID_STORE"]), tmp_path / "pwned"
+    evil = pickle.dumps({"version": 1, "x": _Evil(marker)})
+    conn = sqlite3.connect(store)
+    tick, good = conn.execute(
+        "SELECT tick, state FROM checkpoints WHERE run_id = ? ORDER BY tick DESC LIMIT 1",
+        (run["run_id"],),
+    ).fetchone()
+    with conn:
+        conn.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", (run["run_id"],))
+        conn.execute("UPDATE checkpoints SET state = ? WHERE tick = ?", (evil, tick))
+    for args in (("resume", "last"), ("fork", "last", "--at", str(tick))):
+        proc = cli(qhybrid_cmd, env, *args)
+        assert proc.returncode == 2, proc.stderr
+        assert f"checkpoint at tick {tick}" in proc.stderr and "pickle" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    # The state is good again, but an agent's snapshot blob is the hostile pickle.
+    snap = json.loads(good[len(b"QHCK2\n") :])
+    state = dict(snap["d"])  # (the codec's JSON: a dict is {"d": pairs}, a tuple {"t": [...]})
+    key = next(a["t"][4] for a in state["agents"] if a["t"][4] is not None)
+    with conn:
+        conn.execute("UPDATE checkpoints SET state = ? WHERE tick = ?", (good, tick))
+        conn.execute("UPDATE blobs SET data = ? WHERE digest = ?", (evil, key))
+    conn.close()
+    proc = cli(qhybrid_cmd, env, "resume", "last")
+    assert proc.returncode == 2 and "snapshot is refused" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()
 
 
 # -- replay ---------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 
 from qhybrid.runtime._orchestrator import Runtime, RuntimeConfig
 from qhybrid.runtime._schedule import Item
-from qhybrid.runtime.store._checkpoint import load_state, unplain
+from qhybrid.runtime.store._checkpoint import check_restorable, load_state, unplain
 from qhybrid.runtime.tensors import TensorHandle
 from qhybrid.runtime.wasm_pool import TensorEntry
 from qhybrid.runtime.wgpu_thread import GpuJobResult
@@ -263,6 +263,7 @@ class DurableRuntime(Runtime):
 
         st, point = self._restore_state, self._restore_point
         assert st is not None and point is not None
+        check_restorable(st, point.blobs)  # nothing but values reaches a worker
         parts = self._parts
         # Tensors: the checkpoint's contents, under the same names and visibility.
         named = parts.named
