@@ -499,12 +499,14 @@ def _run_recorded(
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _gpu_results(store: RunStore, run_id: str) -> dict[tuple[int, str], tuple[bytes, str]]:
-    """(tick, task) -> (output bytes, placement) of every GPU job the run kept."""
+def _job_results(
+    store: RunStore, run_id: str, kind: str
+) -> dict[tuple[int, str], tuple[bytes, str]]:
+    """(tick, task) -> (output bytes, placement) of every job of ``kind`` the run kept."""
     jobs = [
         j
         for j in store.jobs(run_id)
-        if j["kind"] == "gpu" and j["error"] is None and j["digest"] and len(j["digest"]) == 64
+        if j["kind"] == kind and j["error"] is None and j["digest"] and len(j["digest"]) == 64
     ]
     from qhybrid.runtime.store import StoreError
 
@@ -513,6 +515,17 @@ def _gpu_results(store: RunStore, run_id: str) -> dict[tuple[int, str], tuple[by
     except StoreError:
         return {}  # an older recording without the contents: the jobs run again
     return {(j["tick"], j["name"]): (blobs[j["digest"]], j["placement"]) for j in jobs}
+
+
+def _gpu_results(store: RunStore, run_id: str) -> dict[tuple[int, str], tuple[bytes, str]]:
+    """(tick, task) -> (output bytes, placement) of every GPU job the run kept."""
+    return _job_results(store, run_id, "gpu")
+
+
+def _cpu_results(store: RunStore, run_id: str) -> dict[tuple[int, str], bytes]:
+    """(tick, task) -> output bytes of every CPU task the run kept (runs recorded before
+    CPU outputs were kept have none: their tasks run again in the workers)."""
+    return {key: data for key, (data, _) in _job_results(store, run_id, "cpu").items()}
 
 
 # -- qhybrid replay --------------------------------------------------------------------------------
@@ -544,6 +557,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         head = [line for _, _, line in store.records(run_id, to_tick=0)]
         updates = store.llm_updates(run_id)
         gpu_results = _gpu_results(store, run_id)
+        cpu_results = _cpu_results(store, run_id)
         recorded = list(store.records(run_id))
     if not recorded:
         raise BadInput(f"run {run_id} has no recorded trace to replay")
@@ -561,7 +575,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return llm
 
     runtime = DurableRuntime(
-        scenario, config, llm=make_llm, check=check, stop_at=args.to, gpu_results=gpu_results
+        scenario,
+        config,
+        llm=make_llm,
+        check=check,
+        stop_at=args.to,
+        gpu_results=gpu_results,
+        cpu_results=cpu_results,
     )
     try:
         result = _execute(runtime, err, holder)
@@ -593,6 +613,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "recorded_trace_hash": run["trace_hash"],
             "model_calls": model_calls,
             "gpu_jobs_from_store": runtime.gpu_jobs_replayed,
+            "cpu_tasks_from_store": runtime.cpu_tasks_replayed,
             "identical": identical,
             "records_checked": check.checked,
             "ticks": result.ticks,

@@ -370,6 +370,28 @@ def test_replay_with_another_module_stops_at_the_first_divergence(
     assert bad.returncode == 2 and "no agent group 'nobody'" in bad.stderr
 
 
+def test_replay_takes_cpu_task_results_from_the_store(
+    qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    run = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(relays(tmp_path)))
+    replay = cli_json(qhybrid_cmd, env, "replay", run["run_id"])
+    assert replay["identical"] is True and replay["trace_hash"] == run["trace_hash"]
+    assert replay["cpu_tasks_from_store"] == 1 and replay["gpu_jobs_from_store"] == 1
+    # Taken from the store, not computed again: a changed recorded output shows in the replay.
+    conn = sqlite3.connect(Path(env["QHYBRID_STORE"]))
+    tick, digest = conn.execute(
+        "SELECT tick, digest FROM jobs WHERE run_id = ? AND name = 'act'", (run["run_id"],)
+    ).fetchone()
+    (data,) = conn.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
+    with conn:
+        conn.execute("UPDATE blobs SET data = ? WHERE digest = ?", (bytes(len(data)), digest))
+    conn.close()
+    changed = cli_json(qhybrid_cmd, env, "replay", run["run_id"], code=1)
+    assert changed["cpu_tasks_from_store"] == 1
+    div = changed["identical"]
+    assert div["tick"] == tick and div["expected"].startswith("('task', ")
+
+
 # -- fork and diff --------------------------------------------------------------------------------
 def test_fork_with_another_seed_differs_only_from_its_tick_and_diff_shows_it(
     qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
