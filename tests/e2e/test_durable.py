@@ -579,6 +579,93 @@ def test_memory_survives_resume_and_a_namespace_keeps_it_across_runs(
     assert rows[b"runs"] == b"2" and rows[b"notes"] == b"4"
 
 
+KEEPER_WAT = """
+(module
+  (import "qhybrid" "send" (func $send (param i32 i32 i32 i32) (result i32)))
+  (import "qhybrid" "self_id" (func $self_id (result i32)))
+  (import "qhybrid" "mem_get" (func $mem_get (param i32 i32 i32 i32) (result i32)))
+  (import "qhybrid" "mem_put" (func $mem_put (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "k")
+  (func (export "qh_abi_version") (result i32) (i32.const 1))
+  (func (export "qh_alloc") (param $size i32) (result i32) (i32.const 1024))
+  ;; kind 1: remember the payload as "k"; kind 3: trap; kind 2: send "k"'s value to itself.
+  (func (export "qh_on_message")
+    (param $from i32) (param $kind i32) (param $ptr i32) (param $len i32) (result i32)
+    (local $n i32)
+    (if (i32.eq (local.get $kind) (i32.const 1))
+      (then (return (call $mem_put (i32.const 0) (i32.const 1) (local.get $ptr) (local.get $len)))))
+    (if (i32.eq (local.get $kind) (i32.const 3)) (then unreachable))
+    (if (i32.eq (local.get $kind) (i32.const 2))
+      (then
+        (local.set $n (call $mem_get (i32.const 0) (i32.const 1) (i32.const 512) (i32.const 256)))
+        (if (i32.lt_s (local.get $n) (i32.const 0)) (then (local.set $n (i32.const 0))))
+        (return (call $send (call $self_id) (i32.const 4) (i32.const 512) (local.get $n)))))
+    (i32.const 0))
+)
+"""
+
+KEEPER = """
+name = "keeper"
+[memory]
+namespace = "e2e-keeper"
+[[agents]]
+name = "keeper"
+module = "@DIR@/keeper.wat"
+on_error = "restart"
+[[agents]]
+name = "ping"
+module = "@AGENTS@/ping.wat"
+[[messages]]
+to = "ping"
+kind = 1
+payload_i64 = [80]
+[[messages]]
+to = "keeper"
+kind = 1
+payload = "v2"
+at = 20
+[[messages]]
+to = "keeper"
+kind = 3
+at = 50
+[[messages]]
+to = "keeper"
+kind = 2
+at = 60
+"""
+
+
+def test_a_restarted_agent_after_a_fork_starts_from_the_runs_starting_memory(
+    qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """`restart` gives an agent the memory its run started with (docs/agent-abi.md), also in
+    a run restored from a checkpoint, whose process did not read the namespace itself."""
+    from qhybrid.runtime.store import RunStore
+
+    (tmp_path / "keeper.wat").write_text(KEEPER_WAT, encoding="utf-8")
+    scenario = tmp_path / "keeper.toml"
+    text = KEEPER.replace("@DIR@", tmp_path.as_posix()).replace("@AGENTS@", AGENTS.as_posix())
+    scenario.write_text(text, encoding="utf-8")
+    with RunStore(Path(env["QHYBRID_STORE"])) as store:
+        store.save_memory("e2e-keeper", {"keeper": {b"k": b"v0"}})
+    parent = cli_json(
+        qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--checkpoint-every", "10"
+    )
+    assert parent["status"] == "completed"
+    conn = sqlite3.connect(env["QHYBRID_STORE"])
+    (lines,) = conn.execute(
+        "SELECT group_concat(lines, char(10)) FROM records WHERE run_id = ?", (parent["run_id"],)
+    ).fetchone()
+    conn.close()
+    # The trap at tick 50 restarted it; at 60 it read "k" as the run started: v0, not v2.
+    assert "('agent-failed', 50," in lines and ", 0, 4, b'v0', 0)" in lines
+    # A fork at tick 30 with no changes restores the checkpoint; its restart must bring back
+    # v0 (the run's starting memory), as the parent's did, or the trace differs at tick 60.
+    same = cli_json(qhybrid_cmd, env, "fork", parent["run_id"], "--at", "30")
+    assert same["trace_hash"] == parent["trace_hash"]
+
+
 @pytest.mark.slow
 def test_the_demo_resumes_with_llm_requests_in_flight(
     qhybrid_cmd: list[str], env: dict[str, str]

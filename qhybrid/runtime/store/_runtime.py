@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -340,6 +341,10 @@ class DurableRuntime(Runtime):
             named.by_name[name] = tensor
             entries.append(TensorEntry(name, tensor.handle, visible, writers))
         self.pool.add_tensors(entries)
+        # The memory first: an agent's load carries the memory a ``restart`` starts it from,
+        # which is the memory its run started with (docs/agent-abi.md), not what this
+        # process's start found (nothing: a restore does not read a persistent namespace).
+        self.memory.initial, self.memory.by_agent = st["memory"]
         # Agents: their states and counters, and their snapshots in fresh instances.
         by_worker: dict[int, list[tuple[Any, bytes | None, list[Any]]]] = {}
         for agent, (state, handled, error, restarts, key) in zip(
@@ -353,6 +358,8 @@ class DurableRuntime(Runtime):
             if point.reseed and agent.name in point.reseed:
                 snap = reseed_snapshot(snap, point.reseed[agent.name])
             agent.snapshot, agent.log, agent.reads = snap, [], set()
+            start = self.memory.initial.get(agent.name, {})
+            agent.load = dataclasses.replace(agent.load, memory=tuple(sorted(start.items())))
             by_worker.setdefault(agent.worker, []).append((agent.load, snap, []))
         for worker, items in by_worker.items():
             for problem in await self.pool.restore(worker, items):
@@ -379,6 +386,5 @@ class DurableRuntime(Runtime):
             parts.llm.done,
         ) = st["counters"]
         parts.gpu._job_owner = dict(st["job_owner"])
-        self.memory.initial, self.memory.by_agent = st["memory"]
         await self._rebuild_llm(st, point)
         self._trace.resume_from(point.lines)
