@@ -326,6 +326,27 @@ def test_a_hostile_checkpoint_is_refused_and_runs_nothing(
     assert not marker.exists()
 
 
+def test_resume_refuses_a_run_whose_process_is_alive(
+    qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    from qhybrid.runtime.store import RunStore
+
+    text = relays(tmp_path).read_text(encoding="utf-8")
+    with RunStore(Path(env["QHYBRID_STORE"])) as store:  # owned by this (live) process
+        run_id = store.new_run(
+            scenario_name="relays",
+            scenario_path=str(tmp_path / "relays.toml"),
+            scenario_text=text,
+            seed=7,
+            config={"workers": 2},
+            version="test",
+        )
+    proc = cli(qhybrid_cmd, env, "resume", run_id)
+    assert proc.returncode == 2 and "still running" in proc.stderr
+    assert f"pid {os.getpid()}" in proc.stderr and "Traceback" not in proc.stderr
+    assert cli_json(qhybrid_cmd, env, "show", run_id)["status"] == "running"
+
+
 # -- replay ---------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_replay_answers_from_the_store_with_the_model_moved_away(
