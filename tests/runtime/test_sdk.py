@@ -28,6 +28,7 @@ import pytest
 import wasmtime
 
 from qhybrid.runtime.wasm_pool._abi import (
+    ABI_VERSION,
     HOST_FUNCTIONS,
     KIND_GPU_DONE,
     KIND_LLM_DONE,
@@ -210,18 +211,12 @@ def test_test_agents_build_and_have_the_abi(engine: wasmtime.Engine, test_agents
 def test_every_abi_import_is_declared_with_its_signature(
     engine: wasmtime.Engine, tmp_path: Path
 ) -> None:
-    """An agent that calls every host function of qhybrid.h imports exactly the ABI's list."""
-    calls = """
-        int32_t h = qh_tensor_open("x", 1); qh_tensor_info_t info; int32_t shape[1] = {4};
-        uint8_t b[8];
-        qh_send(0, 1, b, 8); qh_log(20, "x", 1); (void)qh_random_u64(); (void)qh_now();
-        (void)qh_self_id(); (void)qh_agent_count(); (void)qh_peer_count(); (void)qh_peer(0);
-        (void)qh_lookup("x", 1); qh_snapshot_put(b, 8); (void)qh_tensor_info(h, &info);
-        (void)qh_tensor_read(h, 0, b, 8); (void)qh_tensor_write(h, 0, b, 8);
-        (void)qh_tensor_create("y", 1, QH_DTYPE_F32, 1, shape);
-        (void)qh_gpu_submit("relu", 4, &h, 1, "z", 1, 1.5f);
-        (void)qh_llm_complete("hi", 2, 8, 0);
-    """
+    """An agent that calls every host function of qhybrid.h imports exactly the ABI's list,
+    with the ABI's signatures (the header's C types map to the right WebAssembly types)."""
+    calls = "\n".join(
+        f"(void)qh_{name}({', '.join('0' for _ in params)});"
+        for name, (params, _results) in ABI_IMPORTS.items()
+    )
     source = (
         '#define QH_IMPLEMENTATION\n#include "qhybrid.h"\n'
         "int32_t qh_on_message(int32_t from, int32_t kind, const uint8_t *p, size_t len) {\n"
@@ -300,7 +295,7 @@ class FakeAgent:
         init = self.exports.get("_initialize")
         if init is not None:
             init(self.store)
-        assert self.exports["qh_abi_version"](self.store) == 1
+        assert self.exports["qh_abi_version"](self.store) == ABI_VERSION
         if config is not None:
             text = config if isinstance(config, str) else json.dumps(config, sort_keys=True)
             self.init_result = self._call_with_bytes("qh_init", text.encode())

@@ -23,8 +23,9 @@ import wasmtime
 
 from qhybrid.runtime.tensors import Segment, get_op
 from qhybrid.runtime.wasm_pool._abi import (
-    ABI_VERSION,
+    ABI_VERSIONS,
     HOST_FUNCTIONS,
+    IMPORT_SINCE,
     HOST_MODULE,
     RESERVED_KIND_BASE,
     SEND_OK,
@@ -34,6 +35,7 @@ from qhybrid.runtime.wasm_pool._abi import (
     AgentModuleError,
     internal_mutable_globals,
 )
+from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
 from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
 
@@ -108,6 +110,7 @@ class WorkerContext:
         self._modules: dict[tuple[str, int | None], wasmtime.Module] = {}
         self._recoverable: dict[str, bool] = {}
         self.directory: dict[str, int] = {}
+        self._groups: dict[str, list[int]] = {}
         self.tensors: dict[str, TensorEntry] = {}
         self._segments: dict[str, Segment] = {}
         self._ticker: threading.Thread | None = None
@@ -139,6 +142,24 @@ class WorkerContext:
             self._recoverable[key] = False  # unknown (no or unreadable source): assume not
         for cached in [k for k in self._modules if k[0] == key]:
             del self._modules[cached]
+
+    def group_members(self, group: str) -> list[int]:
+        """The ids of a group's instances, in instance order: ``group`` alone when it has
+        one instance, else ``group-0``, ``group-1``, ... (how the orchestrator names them)."""
+        members = self._groups.get(group)
+        if members is None:
+            members = []
+            while (i := self.directory.get(f"{group}-{len(members)}")) is not None:
+                members.append(i)
+            if not members and group in self.directory:
+                members = [self.directory[group]]
+            self._groups[group] = members
+        return members
+
+    def set_directory(self, names: list[str] | tuple[str, ...]) -> None:
+        self.directory.clear()
+        self.directory.update((name, i) for i, name in enumerate(names))
+        self._groups.clear()
 
     def module(self, key: str, stack_bytes: int | None) -> wasmtime.Module:
         module = self._modules.get((key, stack_bytes))
@@ -217,6 +238,7 @@ class AgentHost:
         self._next_job = 0
         self._next_request = 0
         self._call_state = _Call()
+        self._v2 = V2Calls(self, load.tools)
         limits = load.limits
         self._fuel = limits.fuel if limits.fuel is not None else _NO_FUEL_LIMIT
         self._deadline = (
@@ -262,10 +284,21 @@ class AgentHost:
             if not outcome.ok:
                 raise AgentModuleError(f"{load.name}: _initialize failed: {outcome.error}")
         got = version(self._store)
-        if got != ABI_VERSION:
+        if got not in ABI_VERSIONS:
             raise AgentModuleError(
                 f"{load.name}: module speaks agent ABI version {got}, this runtime speaks "
-                f"{ABI_VERSION}"
+                f"{', '.join(map(str, sorted(ABI_VERSIONS)))}"
+            )
+        newer = sorted(
+            imp.name or ""
+            for imp in module.imports
+            if imp.module == HOST_MODULE and IMPORT_SINCE.get(imp.name or "", 1) > got
+        )
+        if newer:
+            raise AgentModuleError(
+                f"{load.name}: module says ABI version {got} but imports {', '.join(newer)} "
+                f"of version {max(IMPORT_SINCE[n] for n in newer)}: return that version from "
+                "qh_abi_version"
             )
         init = exports.get("qh_init")
         if isinstance(init, wasmtime.Func):
@@ -300,7 +333,9 @@ class AgentHost:
         name = imp.name or ""
         if imp.module == HOST_MODULE:
             params, results = HOST_FUNCTIONS[name]
-            impl: Callable[..., Any] = getattr(self, f"_h_{name}")
+            impl: Callable[..., Any] = (
+                getattr(self, f"_h_{name}") if IMPORT_SINCE[name] == 1 else self._v2.function(name)
+            )
             return host_func(self._store, params, results, impl)
         # WASI: the clock and randomness are the run's own, everything else is wasmtime's
         # (with nothing granted unless the scenario says so).
@@ -350,6 +385,25 @@ class AgentHost:
         self._check(what, ptr, len(data))
         if data:
             ctypes.memmove(self._base() + ptr, data, len(data))
+
+    # For the version 2 calls (``_agent_v2``).
+    def read_guest(self, what: str, ptr: int, length: int, limit: int) -> bytes:
+        return self._read(what, ptr, length, limit)
+
+    def write_guest(self, what: str, ptr: int, data: bytes) -> None:
+        self._write(what, ptr, data)
+
+    @property
+    def call_state(self) -> _Call:
+        return self._call_state
+
+    def new_request(self) -> int:
+        request = self._next_request
+        self._next_request += 1
+        return request
+
+    def requests_made(self) -> int:
+        return self._next_request
 
     def _name(self, what: str, ptr: int, length: int) -> str:
         return self._read(what, ptr, length, _MAX_NAME).decode("utf-8", "replace")
@@ -586,6 +640,7 @@ class AgentHost:
 
     def _call(self, body: Callable[[], int]) -> Outcome:
         self._call_state = state = _Call()
+        self._v2.begin()
         self._arm()
         start = time.perf_counter_ns()
         try:
@@ -596,7 +651,8 @@ class AgentHost:
 
     def _finish(self, state: _Call, code: int, start: int) -> Outcome:
         if code != 0:
-            return self._fail(f"handler returned error code {code}", start)
+            return self._fail(self._v2.error_text or f"handler returned error code {code}", start)
+        self._v2.commit()
         return Outcome(
             True,
             tuple(state.outbox),
@@ -653,6 +709,10 @@ class AgentHost:
             return Outcome(False, error=f"agent already failed: {self.failed}")
         self._now = now
         self._call_state = state = _Call()
+        unwrapped = self._v2.unwrap(sender, kind, payload)
+        if unwrapped is None:  # a fire of a timer cancelled since
+            return Outcome(True)
+        sender, kind, payload = unwrapped
         if self._limited:
             self._arm()
         start = time.perf_counter_ns()
@@ -676,6 +736,7 @@ class AgentHost:
             tuple(self._handles),
             self._next_job,
             self._next_request,
+            self._v2.state(),
         )
         snap = self._exports.get("qh_snapshot")
         if isinstance(snap, wasmtime.Func):
@@ -702,7 +763,9 @@ class AgentHost:
     def restore(self, data: bytes) -> None:
         """Restore a state made by :meth:`snapshot` into this fresh instance."""
         how, host, state = pickle.loads(data)
-        rng, self.handled, handles, self._next_job, self._next_request = host
+        rng, self.handled, handles, self._next_job, self._next_request = host[:5]
+        if len(host) > 5:
+            self._v2.set_state(host[5])
         self._rng.state = rng
         self._handles = list(handles)
         self._handle_of = {name: i for i, name in enumerate(self._handles)}

@@ -48,6 +48,8 @@ class AgentLoad:
     dirs: tuple[tuple[str, str, bool], ...] = ()
     #: Environment variables the agent sees through WASI.
     env: tuple[tuple[str, str], ...] = ()
+    #: ABI v2: the tools (``[[tools]]`` names) the scenario grants the agent.
+    tools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

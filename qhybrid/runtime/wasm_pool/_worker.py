@@ -51,8 +51,7 @@ class Worker:
         if op == "directory":
             (names,) = request.args
             # Updated in place: agents already loaded hold this same mapping.
-            self.ctx.directory.clear()
-            self.ctx.directory.update((name, i) for i, name in enumerate(names))
+            self.ctx.set_directory(names)
             return None
         if op == "tensors":
             (entries,) = request.args
