@@ -114,9 +114,7 @@ def doc_blocks(spec: object) -> dict[str, str]:
         rows = ["| import | type | since | meaning |", "|---|---|---|---|"]
         for fn in spec.imports:  # type: ignore[attr-defined]
             if fn.section == section:
-                rows.append(
-                    f"| `{fn.name}` | {_wasm_sig(fn)} | {fn.since} | {_one_line(fn.doc)} |"
-                )
+                rows.append(f"| `{fn.name}` | {_wasm_sig(fn)} | {fn.since} | {_one_line(fn.doc)} |")
         blocks[f"imports-{section}"] = "\n".join(rows)
     rows = ["| kind | name | since | payload |", "|---|---|---|---|"]
     for kind in spec.kinds:  # type: ignore[attr-defined]
@@ -287,12 +285,18 @@ def expected_files() -> dict[Path, str]:
     spec = load_spec_module().load_spec()
     return {
         DOC: splice(
-            DOC.read_text("utf-8"), doc_blocks(spec), "<!-- abi:{name}:begin -->",
-            "<!-- abi:{name}:end -->", DOC,
+            DOC.read_text("utf-8"),
+            doc_blocks(spec),
+            "<!-- abi:{name}:begin -->",
+            "<!-- abi:{name}:end -->",
+            DOC,
         ),
         C_HEADER: splice(
-            C_HEADER.read_text("utf-8"), c_blocks(spec), "/* abi:{name}:begin */",
-            "/* abi:{name}:end */", C_HEADER,
+            C_HEADER.read_text("utf-8"),
+            c_blocks(spec),
+            "/* abi:{name}:begin */",
+            "/* abi:{name}:end */",
+            C_HEADER,
         ),
         RUST_ABI: rust_file(spec),
         AS_ABI: as_file(spec),

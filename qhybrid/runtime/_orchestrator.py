@@ -19,7 +19,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
@@ -43,6 +43,7 @@ from qhybrid.runtime._result import AgentSummary, RunResult
 from qhybrid.runtime._scenario import AgentSpec, Scenario, TaskSpec, TensorSpec
 from qhybrid.runtime._seeding import derive_seed
 from qhybrid.runtime._trace import TraceRecorder, digest
+from qhybrid.runtime._v2_bridge import chat_effect, finish_chat, make_services
 from qhybrid.runtime.tensors import OPS, SharedTensor, TensorStore, get_op
 from qhybrid.runtime.wasm_pool import (
     KIND_GPU_DONE,
@@ -50,6 +51,7 @@ from qhybrid.runtime.wasm_pool import (
     KIND_TASK_DONE,
     RESERVED_KIND_BASE,
     RUNTIME_SENDER,
+    V2_EFFECTS,
     AgentLoad,
     AgentModuleError,
     BatchReply,
@@ -67,7 +69,7 @@ from qhybrid.runtime.wasm_pool import (
 from qhybrid.runtime.wgpu_thread import DeviceInfo, GpuDevice, GpuJobError, GpuJobResult
 
 if TYPE_CHECKING:
-    from qhybrid.runtime.llm import LoadedModel, RequestUpdate
+    from qhybrid.runtime.llm import GenerationResult, LoadedModel, RequestUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +145,9 @@ class RuntimeConfig:
     checkpoint_every: int = 256
     max_worker_restarts: int = 3
     cache_dir: Path | None = DEFAULT_CACHE
+    #: ABI v2 ``ask``: where people's answers come from, one line each ("-": standard input);
+    #: ``None``: nobody answers (the agent gets ``"answer": null``).
+    answers_path: Path | None = None
 
 
 class Runtime:
@@ -197,6 +202,8 @@ class Runtime:
         self._pending_writes: list[tuple[str, int, bytes]] = []
         self._checkpoint_due: list[_Agent] = []
         self.worker_restarts = 0
+        self._services = make_services(self)
+        self._chat_requests: dict[int, tuple[int, int, int]] = {}  # id -> (agent, request, tag)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Runtime:
@@ -283,6 +290,8 @@ class Runtime:
             config_json = json.dumps(dict(spec.config), sort_keys=True).encode("utf-8")
             for name in spec.instances:
                 agent = self._agents[self._by_name[name]]
+                if spec.overrides or any(isinstance(v, Mapping) for v in spec.config.values()):
+                    config_json = json.dumps(spec.instance_config(name), sort_keys=True).encode()
                 agent.load = self._agent_load(spec, agent, peers, count, config_json)
                 loads[agent.worker].append(agent.load)
         try:
@@ -321,6 +330,7 @@ class Runtime:
             limits=Limits(lim.fuel, lim.memory_bytes, lim.timeout_ms, lim.stack_bytes),
             dirs=tuple((str(d.host), d.guest, d.mode == "rw") for d in spec.grants.dirs),
             env=tuple(spec.grants.env),
+            tools=tuple(getattr(spec.grants, "tools", ())),
         )
 
     def _create_tensors(self) -> None:
@@ -902,6 +912,14 @@ class Runtime:
                 assert isinstance(prompt, bytes) and isinstance(max_tokens, int)
                 record("llm", tick, item.seq, request)
                 self._submit_llm(agent, tick, request, tag, prompt, max_tokens)
+            elif what in V2_EFFECTS:
+                if what in ("llm_chat", "llm_cancel"):
+                    self._chat_effect(agent, tick, item.seq, effect)
+                else:
+                    priority = -item.neg_priority
+                    self._services.apply(
+                        agent.agent_id, agent.name, tick, item.seq, priority, effect
+                    )
         return None
 
     # -- the LLM ----------------------------------------------------------------------------
@@ -972,6 +990,12 @@ class Runtime:
         for update in updates:
             owner = self._llm_requests.get(update.request_id)
             if owner is None:
+                owner = self._chat_requests.get(update.request_id)
+                if owner is not None and update.result is not None:
+                    self._llm_tokens += len(update.new_tokens)
+                    self._finish_chat(tick, update.request_id, update.result)
+                elif owner is not None:
+                    self._llm_tokens += len(update.new_tokens)
                 continue
             agent_id, request, tag = owner
             self._llm_tokens += len(update.new_tokens)
@@ -1001,6 +1025,20 @@ class Runtime:
                 "llm_done", tick, update.request_id, result.finish, repr(result.tokens)
             )
             self._answer_llm(agent_id, tick, request, tag, 0 if ok else 1, text)
+
+    def _chat_effect(self, agent: _Agent, tick: int, seq: int, effect: tuple[object, ...]) -> None:
+        chat_effect(self, agent.agent_id, agent.name, tick, seq, effect)
+
+    def _finish_chat(self, tick: int, rid: int, result: GenerationResult) -> None:
+        finish_chat(self, tick, rid, result)
+
+    def _stop_agent(self, agent_id: int, tick: int) -> None:
+        """ABI v2 ``stop_self``: the agent stops; later messages to it are dropped."""
+        agent = self._agents[agent_id]
+        agent.state = SKIPPED
+        self.events.agent_state.emit(
+            AgentStateChanged(agent.name, agent.agent_id, agent.worker, SKIPPED, tick, "stopped")
+        )
 
     def _llm_summary(self) -> dict[str, object] | None:
         llm = self._llm

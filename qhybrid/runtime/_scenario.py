@@ -85,7 +85,10 @@ _TOP_KEYS = (
     "messages",
     "tensors",
     "tasks",
+    "tools",
 )
+_TOOL_KEYS = ("name", "kind", "function", "hosts", "max_bytes", "timeout_s")
+TOOL_KINDS = ("python", "http")
 _LLM_KEYS = (
     "model",
     "device",
@@ -99,9 +102,19 @@ _LLM_KEYS = (
     "stop",
 )
 _STOP_KEYS = ("max_ticks", "max_messages", "timeout_s")
-_AGENT_KEYS = ("name", "module", "count", "on_error", "config", "max_restarts", "limits", "grants")
+_AGENT_KEYS = (
+    "name",
+    "module",
+    "count",
+    "on_error",
+    "config",
+    "overrides",
+    "max_restarts",
+    "limits",
+    "grants",
+)
 _LIMIT_KEYS = ("fuel", "memory_mb", "timeout_ms", "stack_kb")
-_GRANT_KEYS = ("dirs", "env")
+_GRANT_KEYS = ("dirs", "env", "tools")
 _DIR_GRANT_KEYS = ("host", "guest", "mode")
 _PAYLOAD_KEYS = ("payload", "payload_i64", "payload_hex")
 _MESSAGE_KEYS = ("to", "kind", *_PAYLOAD_KEYS, "at", "priority")
@@ -195,6 +208,22 @@ class AgentGrants:
     dirs: tuple[DirGrant, ...] = ()
     #: ``(name, value)`` pairs, sorted by name.
     env: tuple[tuple[str, str], ...] = ()
+    #: ABI v2: the ``[[tools]]`` the agent may call, by name.
+    tools: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool agents may call (ABI v2 ``tool_call``) where their grants name it: ``kind``
+    "python" calls ``function`` (``"package.module:name"``) with the JSON arguments; "http"
+    requests a URL on one of ``hosts``, reading at most ``max_bytes``."""
+
+    name: str
+    kind: str
+    function: str = ""
+    hosts: tuple[str, ...] = ()
+    max_bytes: int = 1 << 20
+    timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +243,29 @@ class AgentSpec:
     grants: AgentGrants = AgentGrants()
     #: How many times an instance is replaced after errors (with ``on_error = "restart"``).
     max_restarts: int = DEFAULT_MAX_RESTARTS
+    #: Instance name -> config keys that replace the group's for that instance (merged into
+    #: nested tables).
+    overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=_empty_mapping, hash=False
+    )
+
+    def instance_config(self, instance: str) -> dict[str, Any]:
+        """The config one instance sees: the group's, with its overrides merged in."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Mapping):
+                return {k: plain(v) for k, v in value.items()}
+            return list(value) if isinstance(value, tuple) else value
+
+        def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+            for key, value in over.items():
+                if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+                    base[key] = merge(base[key], value)
+                else:
+                    base[key] = plain(value)
+            return base
+
+        return merge(plain(self.config), self.overrides.get(instance, {}))
 
     @property
     def instances(self) -> tuple[str, ...]:
@@ -309,6 +361,7 @@ class Scenario:
     tasks: tuple[TaskSpec, ...] = ()
     stop: StopSpec = StopSpec()
     llm: LlmSpec | None = None
+    tools: tuple[ToolSpec, ...] = ()
     #: Field path (``"agents[0].module"``) -> 1-based line in the source; best effort.
     field_lines: Mapping[str, int] = dataclasses.field(default_factory=_empty_mapping, hash=False)
 
@@ -526,6 +579,11 @@ class _Reader:
                 self.fail(f"{field}[{index}]", f"expected a table, got {_describe(item)}")
         return value
 
+    def array(self, value: object, field: str) -> list[Any]:
+        if not isinstance(value, list):
+            self.fail(field, f"expected a list, got {_describe(value)}")
+        return value
+
     def string(self, value: object, field: str, *, non_empty: bool = False) -> str:
         if not isinstance(value, str):
             self.fail(field, f"expected a string, got {_describe(value)}")
@@ -662,6 +720,7 @@ class _Builder:
         self.base_dir = base_dir
         self.default_name = default_name
         self.max_ticks = DEFAULT_MAX_TICKS
+        self.tool_names: set[str] = set()
 
     def build(self, data: dict[str, Any], source: Path | None) -> Scenario:
         r = self.r
@@ -671,6 +730,8 @@ class _Builder:
         seed = r.integer(data.get("seed", 0), "seed", 0)
         stop = self._stop(data.get("stop", {}))
         self.max_ticks = stop.max_ticks
+        tools = self._tools(data.get("tools"))
+        self.tool_names = {t.name for t in tools}
         agents = self._agents(data.get("agents"))
         targets = _Targets(agents)
         messages = self._messages(data.get("messages"), targets)
@@ -688,6 +749,7 @@ class _Builder:
             tasks=tasks,
             stop=stop,
             llm=llm,
+            tools=tools,
             field_lines=MappingProxyType(dict(r.lines)),
         )
 
@@ -770,6 +832,7 @@ class _Builder:
             on_error = r.choice(raw.get("on_error", "fail"), f"{at}.on_error", AGENT_ON_ERROR)
             max_restarts = self._max_restarts(raw, at, on_error)
             config = self._config(raw.get("config", {}), f"{at}.config")
+            overrides = self._overrides(raw.get("overrides", {}), f"{at}.overrides", name, raw)
             limits = self._limits(raw.get("limits", {}), f"{at}.limits")
             grants = self._grants(raw.get("grants", {}), f"{at}.grants")
             agent = AgentSpec(
@@ -781,6 +844,7 @@ class _Builder:
                 limits=limits,
                 grants=grants,
                 max_restarts=max_restarts,
+                overrides=overrides,
             )
             # Names cannot contain "-", so "relay-0" never clashes with a group; kept as a guard.
             for instance in agent.instances:
@@ -875,7 +939,63 @@ class _Builder:
             mode = r.choice(item.get("mode", "ro"), f"{at}.mode", GRANT_MODES)
             dirs.append(DirGrant(host, guest, mode))
         env = self._env(raw.get("env", {}), f"{field}.env")
-        return AgentGrants(dirs=tuple(dirs), env=env)
+        tools: list[str] = []
+        for index, item in enumerate(r.array(raw.get("tools", []), f"{field}.tools")):
+            tool = r.string(item, f"{field}.tools[{index}]", non_empty=True)
+            if tool not in self.tool_names:
+                known = ", ".join(sorted(self.tool_names)) or "none"
+                r.fail(f"{field}.tools[{index}]", f"no [[tools]] entry named {tool!r} ({known})")
+            tools.append(tool)
+        return AgentGrants(dirs=tuple(dirs), env=env, tools=tuple(tools))
+
+    def _tools(self, value: object) -> tuple[ToolSpec, ...]:
+        r = self.r
+        tools: list[ToolSpec] = []
+        seen: dict[str, str] = {}
+        for index, raw in enumerate(r.tables(value, "tools")):
+            at = f"tools[{index}]"
+            r.table(raw, at, _TOOL_KEYS, "[[tools]]")
+            name = r.identifier(r.require(raw, at, "name", "this [[tools]] entry"), f"{at}.name")
+            if name in seen:
+                self._duplicate(f"{at}.name", "tool name", name, seen[name])
+            seen[name] = at
+            kind = r.choice(r.require(raw, at, "kind", "this tool"), f"{at}.kind", TOOL_KINDS)
+            function = ""
+            hosts: tuple[str, ...] = ()
+            if kind == "python":
+                function = r.string(
+                    r.require(raw, at, "function", "a python tool"), f"{at}.function"
+                )
+                if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", function):
+                    r.fail(
+                        f"{at}.function", f'expected "package.module:function", got {function!r}'
+                    )
+            else:
+                items = r.array(r.require(raw, at, "hosts", "an http tool"), f"{at}.hosts")
+                hosts = tuple(
+                    r.string(h, f"{at}.hosts[{i}]", non_empty=True) for i, h in enumerate(items)
+                )
+            max_bytes = r.integer(raw.get("max_bytes", 1 << 20), f"{at}.max_bytes", 1, 1 << 30)
+            timeout = r.positive_number(raw.get("timeout_s", 10.0), f"{at}.timeout_s")
+            tools.append(ToolSpec(name, kind, function, hosts, max_bytes, timeout))
+        return tuple(tools)
+
+    def _overrides(
+        self, value: object, field: str, group: str, raw: Mapping[str, Any]
+    ) -> Mapping[str, Mapping[str, Any]]:
+        r = self.r
+        if not isinstance(value, dict):
+            r.fail(
+                field, f"expected a table of instance name -> config table, got {_describe(value)}"
+            )
+        count = raw.get("count", 1)
+        names = {group} if count == 1 else {f"{group}-{i}" for i in range(count)}
+        out: dict[str, Mapping[str, Any]] = {}
+        for instance, table in value.items():
+            if instance not in names:
+                r.fail(_join(field, instance), f"no instance {instance!r} in group {group!r}")
+            out[instance] = self._config(table, _join(field, instance))
+        return MappingProxyType(out)
 
     def _grant_dir(self, value: object, field: str) -> Path:
         path = self._path(value, field)
@@ -924,7 +1044,9 @@ class _Builder:
         config: dict[str, Any] = {}
         for key, item in value.items():
             key_field = _join(field, key)
-            if isinstance(item, list):
+            if isinstance(item, dict):  # nested tables (read at run time with config_get)
+                config[key] = self._config(item, key_field)
+            elif isinstance(item, list):
                 config[key] = tuple(
                     self._config_scalar(element, f"{key_field}[{i}]")
                     for i, element in enumerate(item)

@@ -409,8 +409,8 @@ def test_unknown_fields_everywhere(
         ),
         (
             "config = { hops = 5,",
-            "config = { hops = { a = 1 },",
-            "agents[0].config.hops",
+            "config = { hops = [{ a = 1 }],",
+            "agents[0].config.hops[0]",
             "got a table",
         ),
     ],

@@ -484,7 +484,9 @@ def test_failing_qh_init_refuses_the_agent(tmp_path: Path) -> None:
 def test_wrong_abi_version_refuses_the_agent(tmp_path: Path) -> None:
     with pytest.raises(AgentModuleError) as err:
         host(tmp_path, agent_wat(version=3), load(0, "future", name="future-0"))
-    assert str(err.value) == ("future-0: module speaks agent ABI version 3, this runtime speaks 1, 2")
+    assert str(err.value) == (
+        "future-0: module speaks agent ABI version 3, this runtime speaks 1, 2"
+    )
     assert ABI_VERSION == 2
 
 

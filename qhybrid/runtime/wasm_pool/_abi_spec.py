@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 SPEC_PATH = Path(__file__).with_name("abi") / "abi.toml"
 
@@ -100,16 +101,15 @@ class AbiSpec:
         raise KeyError(name)
 
 
-def _function(raw: dict[str, object], where: str) -> Function:
+def _function(raw: dict[str, Any], where: str) -> Function:
     try:
         params = tuple(
-            Param(str(p["name"]), str(p["type"]), p.get("c"))  # type: ignore[index, union-attr, arg-type]
-            for p in raw.get("params", [])  # type: ignore[union-attr]
+            Param(str(p["name"]), str(p["type"]), p.get("c")) for p in raw.get("params", [])
         )
         for p in params:
             if p.type not in WASM_TYPES:
                 raise AbiSpecError(f"{SPEC_PATH}: {where}: parameter {p.name}: type {p.type!r}")
-        results = tuple(str(r) for r in raw.get("results", []))  # type: ignore[union-attr]
+        results = tuple(str(r) for r in raw.get("results", []))
         for r in results:
             if r not in WASM_TYPES:
                 raise AbiSpecError(f"{SPEC_PATH}: {where}: result type {r!r}")
@@ -118,16 +118,16 @@ def _function(raw: dict[str, object], where: str) -> Function:
             params=params,
             results=results,
             doc=str(raw.get("doc", "")),
-            since=int(raw.get("since", 1)),  # type: ignore[call-overload]
+            since=int(raw.get("since", 1)),
             section=str(raw.get("section", "")),
             required=bool(raw.get("required", False)),
-            c_result=raw.get("c_result"),  # type: ignore[arg-type]
+            c_result=raw.get("c_result"),
         )
     except KeyError as exc:
         raise AbiSpecError(f"{SPEC_PATH}: {where}: missing {exc.args[0]!r}") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_spec(path: Path = SPEC_PATH) -> AbiSpec:
     """Read and check the description (once per process)."""
     try:
@@ -147,12 +147,8 @@ def load_spec(path: Path = SPEC_PATH) -> AbiSpec:
             Kind(str(k["name"]), int(k["value"]), int(k["since"]), str(k["payload"]))
             for k in raw.get("kinds", [])
         ),
-        exports=tuple(
-            _function(e, f"exports[{i}]") for i, e in enumerate(raw.get("exports", []))
-        ),
-        imports=tuple(
-            _function(e, f"imports[{i}]") for i, e in enumerate(raw.get("imports", []))
-        ),
+        exports=tuple(_function(e, f"exports[{i}]") for i, e in enumerate(raw.get("exports", []))),
+        imports=tuple(_function(e, f"imports[{i}]") for i, e in enumerate(raw.get("imports", []))),
     )
     names = [f.name for f in spec.imports] + [f.name for f in spec.exports]
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -25,8 +25,8 @@ from qhybrid.runtime.tensors import Segment, get_op
 from qhybrid.runtime.wasm_pool._abi import (
     ABI_VERSIONS,
     HOST_FUNCTIONS,
-    IMPORT_SINCE,
     HOST_MODULE,
+    IMPORT_SINCE,
     RESERVED_KIND_BASE,
     SEND_OK,
     SEND_RESERVED_KIND,

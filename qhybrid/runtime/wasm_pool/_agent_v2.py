@@ -41,13 +41,29 @@ _MAX_REQUEST = _SPEC.constant("LLM_PROMPT_MAX")
 ENVELOPE_HEADER = struct.Struct("<iiqii")
 #: The effects this module produces (the orchestrator hands them to its agent services).
 V2_EFFECTS = frozenset(
-    {"delay", "publish", "subscribe", "unsubscribe", "stop_self", "llm_chat", "llm_cancel",
-     "tool", "ask"}
+    {
+        "delay",
+        "publish",
+        "subscribe",
+        "unsubscribe",
+        "stop_self",
+        "llm_chat",
+        "llm_cancel",
+        "tool",
+        "ask",
+    }
 )
 
 
-def wrap(kind: int, payload: bytes, *, reply_to: int = -1, corr: int = 0, timer: int = -1,
-         period: int = 0) -> bytes:
+def wrap(
+    kind: int,
+    payload: bytes,
+    *,
+    reply_to: int = -1,
+    corr: int = 0,
+    timer: int = -1,
+    period: int = 0,
+) -> bytes:
     """The wire payload of an enveloped message (sent with kind ``ENVELOPE``)."""
     return ENVELOPE_HEADER.pack(kind, reply_to, corr, timer, period) + payload
 
@@ -81,8 +97,13 @@ class V2Calls:
 
     # -- state --------------------------------------------------------------------------
     def state(self) -> tuple[object, ...]:
-        return (self.next_corr, self.next_timer, tuple(sorted(self.timers.items())),
-                self.next_call, self.next_question)
+        return (
+            self.next_corr,
+            self.next_timer,
+            tuple(sorted(self.timers.items())),
+            self.next_call,
+            self.next_question,
+        )
 
     def set_state(self, state: tuple[Any, ...]) -> None:
         self.next_corr, self.next_timer, timers, self.next_call, self.next_question = state
@@ -138,8 +159,9 @@ class V2Calls:
         return self.host.ctx.group_members(group)
 
     # -- envelopes ----------------------------------------------------------------------
-    def _h_send_env(self, to: int, kind: int, corr: int, reply_to: int, ptr: int,
-                    length: int) -> int:
+    def _h_send_env(
+        self, to: int, kind: int, corr: int, reply_to: int, ptr: int, length: int
+    ) -> int:
         payload = self._payload("send_env", ptr, length)
         count = self.host.load.agent_count
         if not 0 <= to < count or reply_to >= count:
@@ -175,8 +197,9 @@ class V2Calls:
         return value - (1 << 64) if value >= 1 << 63 else value
 
     # -- timers -------------------------------------------------------------------------
-    def _set_timer(self, what: str, delay: int, kind: int, ptr: int, length: int,
-                   repeat: bool) -> int:
+    def _set_timer(
+        self, what: str, delay: int, kind: int, ptr: int, length: int, repeat: bool
+    ) -> int:
         payload = self._payload(what, ptr, length)
         if _bad_kind(kind):
             return ERR_RESERVED_KIND
