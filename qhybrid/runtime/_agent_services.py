@@ -12,6 +12,7 @@ recording is given, read from it instead of being asked again.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import urllib.parse
@@ -46,10 +47,18 @@ class ToolError(Exception):
 
 
 def _call_python(spec: ToolSpec, args: Any) -> Any:
-    module_name, _, func_name = spec.function.partition(":")
+    module_name, _, func_name = spec.function.rpartition(":")
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as exc:
+        if module_name.endswith(".py"):
+            loader = importlib.util.spec_from_file_location(f"qh_tool_{spec.name}", module_name)
+            if loader is None or loader.loader is None:
+                raise ImportError(f"cannot load {module_name}")
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+        func = getattr(module, func_name)
+    except (ImportError, AttributeError, OSError, SyntaxError) as exc:
         raise ToolError(f"tool {spec.name}: cannot import {spec.function}: {exc}") from None
     try:
         return func(**args) if isinstance(args, dict) else func(args)

@@ -966,9 +966,17 @@ class _Builder:
                 function = r.string(
                     r.require(raw, at, "function", "a python tool"), f"{at}.function"
                 )
-                if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", function):
+                module, _, func = function.rpartition(":")
+                if module.endswith(".py") and re.fullmatch(r"[A-Za-z_]\w*", func):
+                    script = self._path(module, f"{at}.function")
+                    if not script.is_file():
+                        r.fail(f"{at}.function", f"tool script not found: {script}")
+                    function = f"{script}:{func}"
+                elif not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", function):
                     r.fail(
-                        f"{at}.function", f'expected "package.module:function", got {function!r}'
+                        f"{at}.function",
+                        'expected "package.module:function" or "file.py:function", '
+                        f"got {function!r}",
                     )
             else:
                 items = r.array(r.require(raw, at, "hosts", "an http tool"), f"{at}.hosts")

@@ -639,6 +639,113 @@ static inline int qh_json_get_int(const char *json, size_t len, const char *key,
 /* Default exports: #define QH_IMPLEMENTATION in one .c file before including this header     */
 /* ------------------------------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------------------------------ */
+/* Version 2 helpers: strings, envelopes, JSON building                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+/** qh_send_env / qh_reply with a NUL-terminated string payload. */
+static inline int32_t qh_send_env_str(int32_t to, int32_t kind, int64_t corr, int32_t reply_to,
+                                      const char *text) {
+    return qh_send_env(to, kind, corr, reply_to, text, strlen(text));
+}
+static inline int32_t qh_reply_str(int32_t kind, const char *text) {
+    return qh_reply(kind, text, strlen(text));
+}
+/** Group and topic calls with NUL-terminated names (and string payloads). */
+static inline int32_t qh_group_size_str(const char *group) {
+    return qh_group_size(group, strlen(group));
+}
+static inline int32_t qh_group_member_str(const char *group, int32_t index) {
+    return qh_group_member(group, strlen(group), index);
+}
+static inline int32_t qh_group_send_str(const char *group, int32_t kind, const char *text) {
+    return qh_group_send(group, strlen(group), kind, text, strlen(text));
+}
+static inline int32_t qh_subscribe_str(const char *topic) {
+    return qh_subscribe(topic, strlen(topic));
+}
+static inline int32_t qh_publish_str(const char *topic, int32_t kind, const char *text) {
+    return qh_publish(topic, strlen(topic), kind, text, strlen(text));
+}
+/** The config value at a dotted path as JSON, NUL-terminated in buf; its length, or -1 (no
+ *  such key) or -2 (it does not fit in cap - 1 bytes). */
+static inline int32_t qh_config_get_str(const char *path, char *buf, size_t cap) {
+    int32_t n = qh_config_get(path, strlen(path), buf, cap ? cap - 1 : 0);
+    if (n < 0) return n;
+    if ((size_t)n >= cap) return -2;
+    buf[n] = 0;
+    return n;
+}
+/** Services with NUL-terminated JSON or text. */
+static inline int32_t qh_llm_chat_str(const char *request_json, int32_t tag) {
+    return qh_llm_chat(request_json, strlen(request_json), tag);
+}
+static inline int32_t qh_tool_call_str(const char *tool, const char *args_json, int32_t tag) {
+    return qh_tool_call(tool, strlen(tool), args_json, strlen(args_json), tag);
+}
+static inline int32_t qh_ask_str(const char *question, int32_t tag) {
+    return qh_ask(question, strlen(question), tag);
+}
+static inline void qh_set_error_str(const char *text) { qh_set_error(text, strlen(text)); }
+
+/** A JSON text built in a caller's buffer: qh_jb_init, then qh_jb_* calls, then buf holds
+ *  NUL-terminated JSON unless `overflow` is set. Strings are escaped. */
+typedef struct qh_json_builder {
+    char *buf;
+    size_t cap, len;
+    int overflow, need_comma;
+} qh_json_builder_t;
+
+static inline void qh__jb_raw(qh_json_builder_t *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) { b->overflow = 1; return; }
+    memcpy(b->buf + b->len, s, n);
+    b->len += n;
+    b->buf[b->len] = 0;
+}
+static inline void qh__jb_sep(qh_json_builder_t *b) {
+    if (b->need_comma) qh__jb_raw(b, ",", 1);
+    b->need_comma = 0;
+}
+static inline void qh_jb_init(qh_json_builder_t *b, char *buf, size_t cap) {
+    b->buf = buf; b->cap = cap; b->len = 0; b->overflow = cap == 0; b->need_comma = 0;
+    if (cap) buf[0] = 0;
+}
+static inline void qh_jb_begin(qh_json_builder_t *b, char open) {
+    qh__jb_sep(b); qh__jb_raw(b, &open, 1);
+}
+static inline void qh_jb_end(qh_json_builder_t *b, char close) {
+    qh__jb_raw(b, &close, 1); b->need_comma = 1;
+}
+static inline void qh_jb_string(qh_json_builder_t *b, const char *s, size_t n) {
+    qh__jb_sep(b);
+    qh__jb_raw(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[7];
+        if (c == '"' || c == '\\') { esc[0] = '\\'; esc[1] = (char)c; qh__jb_raw(b, esc, 2); }
+        else if (c < 0x20) { snprintf(esc, sizeof esc, "\\u%04x", c); qh__jb_raw(b, esc, 6); }
+        else qh__jb_raw(b, (const char *)&s[i], 1);
+    }
+    qh__jb_raw(b, "\"", 1);
+    b->need_comma = 1;
+}
+static inline void qh_jb_str(qh_json_builder_t *b, const char *s) { qh_jb_string(b, s, strlen(s)); }
+/** An object key (follow it with one value). */
+static inline void qh_jb_key(qh_json_builder_t *b, const char *key) {
+    qh_jb_str(b, key); qh__jb_raw(b, ":", 1); b->need_comma = 0;
+}
+static inline void qh_jb_int(qh_json_builder_t *b, int64_t v) {
+    char num[24];
+    qh__jb_sep(b);
+    int n = snprintf(num, sizeof num, "%lld", (long long)v);
+    qh__jb_raw(b, num, (size_t)n);
+    b->need_comma = 1;
+}
+/** Raw JSON (a schema, a nested value) as it is. */
+static inline void qh_jb_json(qh_json_builder_t *b, const char *json) {
+    qh__jb_sep(b); qh__jb_raw(b, json, strlen(json)); b->need_comma = 1;
+}
+
 #ifdef QH_IMPLEMENTATION
 #include <stdlib.h>
 
