@@ -41,7 +41,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "sdk" / "build.py"
 SAMPLES = ROOT / "resources" / "agents"
 TEST_AGENTS = ROOT / "tests" / "agents"
-SAMPLE_NAMES = ("ask", "counter", "echo", "planner", "prep", "worker")
+SAMPLE_NAMES = ("ask", "counter", "crew", "echo", "manager", "planner", "prep", "worker")
+RUST_SAMPLES = ("rs_chat", "rs_echo", "rs_worker")
+AS_SAMPLES = ("as_chat", "as_echo", "as_worker")
 TEST_AGENT_NAMES = ("bad_pointer", "fs_probe", "hog")
 
 # The runtime's own tables are the single source of truth the header must match.
@@ -89,17 +91,21 @@ def test_agents(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_shipped_modules_match_their_sources() -> None:
-    """The CI staleness check: every shipped .wasm is what its .c builds to, today."""
+    """The CI staleness check: every shipped .wasm is what its .c, .rs or .ts builds to, today
+    (with Debian's clang and rustc, and the pinned AssemblyScript compiler)."""
     out = _ok(run_build("--check"))
-    assert "match their sources" in out
+    assert f"{len(SAMPLE_NAMES) + len(RUST_SAMPLES) + len(AS_SAMPLES)} agent modules" in out
     assert sorted(p.stem for p in SAMPLES.glob("*.c")) == sorted(SAMPLE_NAMES)
+    assert sorted(p.stem for p in SAMPLES.glob("*.rs")) == sorted(RUST_SAMPLES)
+    assert sorted(p.stem for p in SAMPLES.glob("*.ts")) == sorted(AS_SAMPLES)
 
 
 def test_check_reports_stale_missing_and_orphaned_modules(tmp_path: Path) -> None:
     agents = tmp_path / "agents"
     agents.mkdir()
-    for path in [*SAMPLES.glob("*.c"), *SAMPLES.glob("*.wasm")]:
+    for path in SAMPLES.glob("*.c"):
         shutil.copy(path, agents / path.name)
+        shutil.copy(path.with_suffix(".wasm"), agents / f"{path.stem}.wasm")
     counter = agents / "counter.c"
     source = counter.read_text(encoding="utf-8")
     assert "KIND_VALUE = 3" in source
@@ -107,7 +113,7 @@ def test_check_reports_stale_missing_and_orphaned_modules(tmp_path: Path) -> Non
     (agents / "worker.wasm").unlink()
     (agents / "stray.wasm").write_bytes(b"\0asm\1\0\0\0")
 
-    proc = run_build("--check", "--agents-dir", agents)
+    proc = run_build("--check", "--lang", "c", "--agents-dir", agents)
 
     assert proc.returncode == 1, proc.stdout + proc.stderr
     problems = [line.strip() for line in proc.stderr.splitlines() if line.startswith("  ")]
@@ -125,8 +131,8 @@ def test_check_reports_stale_missing_and_orphaned_modules(tmp_path: Path) -> Non
 
 def test_build_is_reproducible(tmp_path: Path) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
-    _ok(run_build("--out", first))
-    _ok(run_build("--out", second))
+    _ok(run_build("--lang", "c", "--out", first))
+    _ok(run_build("--lang", "c", "--out", second))
     for name in SAMPLE_NAMES:
         assert (first / f"{name}.wasm").read_bytes() == (second / f"{name}.wasm").read_bytes()
         assert str(ROOT).encode() not in (first / f"{name}.wasm").read_bytes()
