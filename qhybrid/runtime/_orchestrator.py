@@ -287,7 +287,7 @@ class Runtime:
         loads: list[list[AgentLoad]] = [[] for _ in range(self.config.workers)]
         for spec in self.scenario.agents:
             peers = tuple(self._by_name[n] for n in spec.instances)
-            config_json = json.dumps(dict(spec.config), sort_keys=True).encode("utf-8")
+            config_json = json.dumps(dict(spec.config), sort_keys=True, default=dict).encode()
             for name in spec.instances:
                 agent = self._agents[self._by_name[name]]
                 if spec.overrides or any(isinstance(v, Mapping) for v in spec.config.values()):

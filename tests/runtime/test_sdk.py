@@ -44,7 +44,7 @@ TEST_AGENTS = ROOT / "tests" / "agents"
 SAMPLE_NAMES = ("ask", "counter", "crew", "echo", "manager", "planner", "prep", "worker")
 RUST_SAMPLES = ("rs_chat", "rs_echo", "rs_worker")
 AS_SAMPLES = ("as_chat", "as_echo", "as_worker")
-TEST_AGENT_NAMES = ("bad_pointer", "fs_probe", "hog")
+TEST_AGENT_NAMES = ("bad_pointer", "fs_probe", "hog", "v2_probe")
 
 # The runtime's own tables are the single source of truth the header must match.
 ABI_IMPORTS = HOST_FUNCTIONS
