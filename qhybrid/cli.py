@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--trace", type=Path, metavar="FILE", help="write the full trace (JSON lines) to FILE"
     )
     parser.add_argument(
+        "--answers",
+        metavar="FILE",
+        help="answers to agents' questions (ABI v2 ask), one line each; '-' reads standard input",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
     parser.add_argument("--version", action="version", version=f"qhybrid {__version__}")
@@ -166,11 +171,16 @@ def run_headless(args: argparse.Namespace) -> int:
     if args.max_worker_restarts < 0:
         err.print("[bold red]error:[/] --max-worker-restarts must be >= 0")
         return EXIT_BAD_INPUT
+    answers = getattr(args, "answers", None)
+    if answers not in (None, "-") and not Path(answers).is_file():
+        err.print(f"[bold red]error:[/] --answers: no such file: {escape(str(answers))}")
+        return EXIT_BAD_INPUT
     config = RuntimeConfig(
         workers=workers,
         device=args.device,
         trace_path=args.trace,
         max_worker_restarts=args.max_worker_restarts,
+        answers_path=Path(answers) if answers is not None else None,
     )
     err.print(
         f"qhybrid {__version__}: running [bold]{scenario.name}[/] "
