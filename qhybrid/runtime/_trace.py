@@ -40,17 +40,18 @@ class TraceRecorder:
     def record(self, *fields: Field) -> None:
         self._pending.append(fields)
 
-    def flush(self) -> None:
-        """Hash (and write) the buffered records."""
+    def flush(self) -> list[tuple[Field, ...]]:
+        """Hash (and write) the buffered records; returns them (oldest first)."""
         pending = self._pending
         if not pending:
-            return
+            return pending
         self._pending = []
         self.records += len(pending)
         self._hash.update(("\n".join(map(repr, pending)) + "\n").encode("utf-8"))
         self._recent.extend(pending)
         if self._file is not None:
             self._file.writelines(_json(r) + "\n" for r in pending)
+        return pending
 
     @property
     def hash(self) -> str:

@@ -1,79 +1,129 @@
-"""Joins ABI version 2's services (:mod:`._agent_services`, :mod:`._llm_chat`) to the
-orchestrator: what the :class:`~qhybrid.runtime._orchestrator.Runtime` calls from its commit,
-on its loop thread. Kept apart so the orchestrator only gains a few hooks."""
+"""The part that joins ABI version 2's services to the orchestrator's other parts.
+
+Owns: the run's :class:`~qhybrid.runtime._agent_services.AgentServices` (topics, timers,
+tools, questions) and agents' chat requests in flight (engine id -> ``(agent, request,
+tag)``). It registers an effect kind with the commit for each v2 effect
+(``wasm_pool.V2_EFFECTS``), so they are applied in queue order like every other effect, and
+answers chat requests from the LLM bridge's engine steps (kind ``LLM_CHAT_DONE``). Runs on
+the orchestrator's loop thread.
+"""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qhybrid.runtime._agent_services import AgentServices, answers_from_lines
+from qhybrid.runtime._commit import EffectKind
+from qhybrid.runtime._events import AgentStateChanged
 from qhybrid.runtime._llm_chat import chat_answer, chat_params, chat_prompt_ids, parse_chat_request
-from qhybrid.runtime._scenario import ToolSpec
+from qhybrid.runtime._roster import LOADED, SKIPPED, AgentRecord
 from qhybrid.runtime._seeding import derive_seed
-from qhybrid.runtime.wasm_pool import KIND_LLM_CHAT_DONE, RUNTIME_SENDER
+from qhybrid.runtime.wasm_pool import KIND_LLM_CHAT_DONE, RUNTIME_SENDER, V2_EFFECTS
 
 if TYPE_CHECKING:
-    from qhybrid.runtime._orchestrator import Runtime
-    from qhybrid.runtime.llm import GenerationResult
+    from qhybrid.runtime._parts import Parts
+    from qhybrid.runtime._schedule import Item
+    from qhybrid.runtime._trace import TraceRecorder
+    from qhybrid.runtime.llm import RequestUpdate
+
+__all__ = ["V2Bridge"]
 
 
-def make_services(rt: Runtime) -> AgentServices:
-    tools = {t.name: t for t in getattr(rt.scenario, "tools", ())}
-    answer = None
-    path = rt.config.answers_path
-    if path is not None:
-        if str(path) == "-":
-            answer = answers_from_lines(iter(sys.stdin))
-        else:
-            answer = answers_from_lines(iter(path.read_text("utf-8").splitlines()))
-    return AgentServices(
-        push=rt._push_message,
-        record=rt._trace.record,
-        stop_agent=rt._stop_agent,
-        tools={name: spec for name, spec in tools.items() if isinstance(spec, ToolSpec)},
-        answer=answer,
-    )
+class V2Bridge:
+    def __init__(self, parts: Parts, trace: TraceRecorder, answers_path: Path | None) -> None:
+        self.parts = parts
+        self.trace = trace
+        scenario = parts.llm.scenario
+        answer = None
+        if answers_path is not None:
+            lines = (
+                iter(sys.stdin)
+                if str(answers_path) == "-"
+                else iter(answers_path.read_text("utf-8").splitlines())
+            )
+            answer = answers_from_lines(lines)
+        self.services = AgentServices(
+            push=parts.schedule.push_message,
+            record=trace.record,
+            stop_agent=self.stop_agent,
+            tools={t.name: t for t in scenario.tools},
+            answer=answer,
+        )
+        self.chats: dict[int, tuple[int, int, int]] = {}
+        for kind in V2_EFFECTS:
+            apply = self._chat if kind in ("llm_chat", "llm_cancel") else self._service
+            parts.commit.register_effect(kind, EffectKind(apply))
+        parts.llm.other_updates = self.llm_updates
 
+    def _service(
+        self, agent: AgentRecord, tick: int, item: Item, effect: tuple[object, ...]
+    ) -> None:
+        self.services.apply(agent.agent_id, agent.name, tick, item.seq, -item.neg_priority, effect)
 
-def chat_effect(
-    rt: Runtime, agent_id: int, agent_name: str, tick: int, seq: int, effect: tuple[object, ...]
-) -> None:
-    """``("llm_chat", request, tag, json)`` or ``("llm_cancel", request)`` of an agent."""
-    if effect[0] == "llm_cancel":
-        request = effect[1]
-        for rid, (owner, req, _tag) in [*rt._chat_requests.items(), *rt._llm_requests.items()]:
-            if owner == agent_id and req == request and rt._llm is not None:
-                rt._trace.record("llm_cancel", tick, seq, rid)
-                rt._llm.engine.cancel(rid)
-        return
-    _, request, tag, data = effect
-    assert isinstance(request, int) and isinstance(tag, int) and isinstance(data, bytes)
-    rt._trace.record("llm_chat", tick, seq, request)
+    def stop_agent(self, agent_id: int, tick: int) -> None:
+        """``stop_self``: the agent stops; later messages to it are dropped and recorded."""
+        agent = self.parts.roster.agents[agent_id]
+        if agent.state != LOADED:
+            return
+        agent.state = SKIPPED
+        self.parts.llm.events.agent_state.emit(
+            AgentStateChanged(agent.name, agent.agent_id, agent.worker, SKIPPED, tick, "stopped")
+        )
 
-    def fail(message: str) -> None:
-        payload = chat_answer(request, tag, error=message)
-        rt._push_message(tick + 1, 0, RUNTIME_SENDER, agent_id, KIND_LLM_CHAT_DONE, payload)
+    # -- chat -----------------------------------------------------------------------------
+    def _chat(self, agent: AgentRecord, tick: int, item: Item, effect: tuple[object, ...]) -> None:
+        llm = self.parts.llm
+        loaded, spec = llm.loaded, llm.scenario.llm
+        if effect[0] == "llm_cancel":
+            request = effect[1]
+            owned = [*self.chats.items(), *llm.requests.items()]
+            for rid, (owner, req, _tag) in owned:
+                if owner == agent.agent_id and req == request and loaded is not None:
+                    self.trace.record("llm_cancel", tick, item.seq, rid)
+                    loaded.engine.cancel(rid)
+            return
+        _, request, tag, data = effect
+        assert isinstance(request, int) and isinstance(tag, int) and isinstance(data, bytes)
+        self.trace.record("llm_chat", tick, item.seq, request)
 
-    llm, spec = rt._llm, rt.scenario.llm
-    if llm is None or spec is None:
-        fail("no LLM model is configured for this scenario")
-        return
-    try:
-        chat = parse_chat_request(data)
-        ids = chat_prompt_ids(llm.tokenizer, chat)
-        seed = derive_seed(rt.scenario.seed, "llm", agent_name, str(request))
-        params = chat_params(chat, spec, llm.runner.n_ctx, seed)
-        rid = llm.engine.submit(ids, params, request_id=next(rt._llm_ids))
-    except ValueError as exc:
-        fail(str(exc))
-        return
-    rt._chat_requests[rid] = (agent_id, request, tag)
+        def fail(message: str) -> None:
+            payload = chat_answer(request, tag, error=message)
+            self.parts.schedule.push_message(
+                tick + 1, 0, RUNTIME_SENDER, agent.agent_id, KIND_LLM_CHAT_DONE, payload
+            )
 
+        if loaded is None or spec is None:
+            fail("no LLM model is configured for this scenario")
+            return
+        try:
+            chat = parse_chat_request(data)
+            ids = chat_prompt_ids(loaded.tokenizer, chat)
+            seed = derive_seed(llm.scenario.seed, "llm", agent.name, str(request))
+            params = chat_params(chat, spec, loaded.runner.n_ctx, seed)
+            rid = loaded.engine.submit(ids, params, request_id=llm.new_id())
+        except ValueError as exc:
+            fail(str(exc))
+            return
+        self.chats[rid] = (agent.agent_id, request, tag)
 
-def finish_chat(rt: Runtime, tick: int, rid: int, result: GenerationResult) -> None:
-    agent_id, request, tag = rt._chat_requests.pop(rid)
-    rt._llm_done += 1
-    rt._trace.record("llm_done", tick, rid, result.finish, repr(result.tokens))
-    payload = chat_answer(request, tag, result)
-    rt._push_message(tick + 1, 0, RUNTIME_SENDER, agent_id, KIND_LLM_CHAT_DONE, payload)
+    def llm_updates(self, tick: int, update: RequestUpdate) -> bool:
+        """An engine update the LLM bridge does not own: a chat request's (True), or not."""
+        owner = self.chats.get(update.request_id)
+        if owner is None:
+            return False
+        llm = self.parts.llm
+        llm.tokens += len(update.new_tokens)
+        result = update.result
+        if result is None:
+            return True
+        del self.chats[update.request_id]
+        llm.done += 1
+        agent_id, request, tag = owner
+        self.trace.record("llm_done", tick, update.request_id, result.finish, repr(result.tokens))
+        payload = chat_answer(request, tag, result)
+        self.parts.schedule.push_message(
+            tick + 1, 0, RUNTIME_SENDER, agent_id, KIND_LLM_CHAT_DONE, payload
+        )
+        return True

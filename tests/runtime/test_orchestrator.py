@@ -279,3 +279,76 @@ def test_invalid_module_is_a_scenario_error(tmp_path: Path) -> None:
     message = str(info.value)
     assert message.startswith("bad.toml:3: agents[0].module:")
     assert "missing required export qh_abi_version" in message
+
+
+# -- the seams other parts plug into -----------------------------------------------------------
+
+
+def test_tick_hooks_see_every_trace_record_once_in_order() -> None:
+    """A durable-runs store records the trace through tick hooks: hashing what the hooks got
+    gives the run's trace hash, and the ticks they are called with never go back."""
+    import hashlib
+
+    calls: list[tuple[int, int]] = []
+    digest = hashlib.sha256()
+
+    def hook(tick: int, records: object) -> None:
+        assert isinstance(records, list) and records
+        calls.append((tick, len(records)))
+        digest.update(("\n".join(map(repr, records)) + "\n").encode("utf-8"))
+
+    async def go() -> RunResult:
+        async with Runtime(scenario(), RuntimeConfig(workers=2, device="cpu")) as rt:
+            rt.add_tick_hook(hook)
+            return await rt.run()
+
+    result = asyncio.run(go())
+    assert result.ok
+    assert digest.hexdigest() == result.trace_hash
+    ticks = [t for t, _ in calls]
+    assert ticks == sorted(ticks) and ticks[-1] == result.ticks
+    assert len(calls) > 10  # one call per tick, not one per run
+
+
+def test_another_pool_and_a_new_effect_kind_plug_in() -> None:
+    """A pool that implements AgentPool (here: the worker pool, adding a "note" effect to each
+    handled message) replaces the worker pool; the commit applies the new kind through
+    register_effect, in queue order, and the trace does not change."""
+    from qhybrid.runtime._commit import EffectKind
+    from qhybrid.runtime._roster import AgentRecord
+    from qhybrid.runtime._schedule import Item
+    from qhybrid.runtime.wasm_pool import BatchReply, WorkerPool
+
+    class NotingPool(WorkerPool):
+        async def run_batch(self, index, tick, deliveries, tasks=()):  # type: ignore[no-untyped-def]
+            reply = await super().run_batch(index, tick, deliveries, tasks)
+            outcomes = tuple(
+                o._replace(effects=(*o.effects, ("note", d[0], tick))) if o.ok else o
+                for o, d in zip(reply.outcomes, deliveries, strict=True)
+            )
+            return BatchReply(outcomes, reply.tasks, reply.busy_ns)
+
+    notes: list[tuple[int, int, int]] = []
+
+    def apply(agent: AgentRecord, tick: int, item: Item, effect: tuple[object, ...]) -> None:
+        assert isinstance(effect[1], int) and effect[1] == agent.agent_id
+        notes.append((tick, item.seq, effect[1]))
+
+    async def go(workers: int) -> RunResult:
+        pool = NotingPool(workers)
+        async with Runtime(
+            scenario(), RuntimeConfig(workers=workers, device="cpu"), pool=pool
+        ) as rt:
+            assert rt.pool is pool
+            rt.register_effect("note", EffectKind(apply))
+            return await rt.run()
+
+    plain = run(scenario())
+    result = asyncio.run(go(2))
+    assert result.trace_hash == plain.trace_hash
+    assert len(notes) == result.messages_delivered
+    assert notes == sorted(notes)  # queue order: by tick, then sequence
+    first = list(notes)
+    notes.clear()
+    asyncio.run(go(3))
+    assert notes == first  # the same effects in the same order with any number of workers

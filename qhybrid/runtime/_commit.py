@@ -1,0 +1,292 @@
+"""The commit: a tick's results applied in queue order, and the trace records they make.
+
+Owns: the run's totals (messages delivered, tasks completed, CPU and GPU tasks) and the table
+of effect kinds (:attr:`Commit.effects`). For each item of the tick, in queue order: a message
+to an agent that stopped is recorded as dropped; a handled message records its logs, applies
+its effects, queues what the handler sent (due at the next tick, with the next sequence
+numbers) and appends it to the agent's replay log; a task publishes its output and notifies.
+Nothing here depends on which worker answered first, so the trace does not either.
+
+New effect kinds plug in with :meth:`Commit.register_effect`: ``check`` runs for every effect
+of a handler before any is applied (return an error to fail the handler and apply none),
+``apply`` then runs in order. An effect kind the table does not know is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from qhybrid.runtime._dispatch import TickPlan, TickResults
+from qhybrid.runtime._events import AgentLog, RuntimeEvents, TaskFinished
+from qhybrid.runtime._gpu_bridge import GpuBridge
+from qhybrid.runtime._llm_bridge import LlmBridge
+from qhybrid.runtime._named_tensors import NamedTensors
+from qhybrid.runtime._recovery import Recovery
+from qhybrid.runtime._roster import LOADED, AgentRecord, Roster
+from qhybrid.runtime._schedule import Item, Schedule
+from qhybrid.runtime._trace import TraceRecorder, digest
+from qhybrid.runtime.wasm_pool import KIND_TASK_DONE, RUNTIME_SENDER, Outcome
+from qhybrid.runtime.wasm_pool._protocol import Effect
+
+__all__ = ["Commit", "EffectKind", "TickCounts"]
+
+# Agents' log lines go through logging under the orchestrator's historical name, which the
+# window's log collector recognises (and skips: it has them from the AgentLog event).
+agent_logger = logging.getLogger("qhybrid.runtime._orchestrator")
+
+_LEVELS = (10, 20, 30, 40, 50)
+
+
+def payload_field(payload: bytes) -> bytes | str:
+    """How the trace records a payload: small ones as they are, others by digest."""
+    return payload if len(payload) <= 32 else digest(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class EffectKind:
+    """How the commit handles one kind of effect (``effect[0]``).
+
+    ``apply(agent, tick, item, effect)`` carries it out; ``check(effect, taken)`` (optional)
+    says why it cannot be, given ``taken``, the tensor names in use (a check that claims a
+    name adds it to ``taken``).
+    """
+
+    apply: Callable[[AgentRecord, int, Item, Effect], None]
+    check: Callable[[Effect, set[str]], str | None] | None = None
+
+
+@dataclass(slots=True)
+class TickCounts:
+    delivered: int = 0
+    failed: int = 0
+    tasks: int = 0
+
+
+class Commit:
+    def __init__(
+        self,
+        schedule: Schedule,
+        roster: Roster,
+        tensors: NamedTensors,
+        gpu: GpuBridge,
+        llm: LlmBridge,
+        recovery: Recovery,
+        trace: TraceRecorder,
+        events: RuntimeEvents,
+        *,
+        checkpoint_every: int,
+    ) -> None:
+        self.schedule = schedule
+        self.roster = roster
+        self.tensors = tensors
+        self.gpu = gpu
+        self.llm = llm
+        self.recovery = recovery
+        self.trace = trace
+        self.events = events
+        self.checkpoint_every = checkpoint_every
+        self.delivered = 0
+        self.tasks_completed = 0
+        self.cpu_tasks = 0
+        self.gpu_tasks = 0
+        self.effects: dict[str, EffectKind] = {
+            "create": EffectKind(self._create, _claim_name(1)),
+            "write": EffectKind(self._write),
+            "gpu": EffectKind(self._gpu, _claim_name(4)),
+            "llm": EffectKind(self._llm),
+        }
+
+    def register_effect(self, kind: str, effect: EffectKind) -> None:
+        """Handle effects whose first field is ``kind`` (replacing any handler of it)."""
+        self.effects[kind] = effect
+
+    # -- the tick ---------------------------------------------------------------------------
+    def apply(self, plan: TickPlan, results: TickResults) -> TickCounts:
+        """Apply the tick's results in queue order; the tick's counts."""
+        counts = TickCounts()
+        tick = plan.tick
+        replies = results.replies
+        for pos, (item, worker, index) in enumerate(plan.placements):
+            if item.message is not None:
+                outcome = replies[worker].outcomes[index] if worker >= 0 else None
+                self._message(tick, item, item.message, outcome, counts)
+            else:
+                self._task(plan, results, pos, item, worker, index, counts)
+        self.delivered += counts.delivered
+        return counts
+
+    def _message(
+        self,
+        tick: int,
+        item: Item,
+        message: tuple[int, int, int, bytes],
+        outcome: Outcome | None,
+        counts: TickCounts,
+    ) -> None:
+        record = self.trace.record
+        sender, dst, kind, payload = message
+        agent = self.roster.agents[dst]
+        if outcome is None or agent.state != LOADED or agent.restart_pending:
+            # To an agent that stopped, before this tick or earlier in it.
+            state = "restarting" if agent.restart_pending else agent.state
+            record("drop", tick, item.seq, sender, dst, kind, payload_field(payload), state)
+            return
+        counts.delivered += 1
+        for level, text in outcome.logs:
+            record("log", tick, item.seq, level, text)
+            self.events.agent_log.emit(AgentLog(agent.name, level, text, tick))
+            agent_logger.log(level if level in _LEVELS else 20, "%s: %s", agent.name, text)
+        error = outcome.error
+        if outcome.ok and outcome.effects:
+            error = self._apply_effects(agent, tick, item, outcome)
+        if error is not None:
+            counts.failed += 1
+            record("fail", tick, item.seq, sender, dst, kind, payload_field(payload))
+            self.recovery.agent_failed(agent, tick, item.seq, error)
+            return
+        agent.handled += 1
+        self.tasks_completed += 1
+        sent = outcome.sent
+        record("ok", tick, item.seq, sender, dst, kind, payload_field(payload), len(sent))
+        if sent:
+            push = self.schedule.push_message
+            priority = -item.neg_priority
+            for to, out_kind, out_payload in sent:
+                push(tick + 1, priority, dst, to, out_kind, out_payload)
+        every = self.checkpoint_every
+        if every > 0:
+            log = agent.log
+            log.append((tick, sender, kind, payload))
+            if len(log) == every:
+                self.recovery.checkpoint_due.append(agent)
+            if outcome.reads:
+                agent.reads.update(outcome.reads)
+
+    def _task(
+        self,
+        plan: TickPlan,
+        results: TickResults,
+        pos: int,
+        item: Item,
+        worker: int,
+        index: int,
+        counts: TickCounts,
+    ) -> None:
+        task = item.task
+        assert task is not None
+        tick = plan.tick
+        if pos not in plan.outputs:
+            return  # an agent's GPU job that could not start; already answered
+        out = plan.outputs[pos]
+        elapsed = 0.0
+        placement = "worker"
+        error = None
+        if task.kind == "gpu":
+            res = results.gpu[pos]
+            if isinstance(res, BaseException):
+                error = str(res)
+            else:
+                placement, elapsed = res.placement, res.elapsed_s
+                self.gpu.busy_s += elapsed
+        else:
+            t_out = results.replies[worker].tasks[index]
+            error = t_out.error
+            elapsed = t_out.elapsed_ns / 1e9
+        self.events.task_finished.emit(
+            TaskFinished(task.name, task.kind, task.op, tick, placement, elapsed, error)
+        )
+        if error is not None:
+            out.close()
+            self.gpu.task_failed(task, tick, item.seq, error)
+            return
+        counts.tasks += 1
+        self.tasks_completed += 1
+        if task.kind == "gpu":
+            self.gpu_tasks += 1
+        else:
+            self.cpu_tasks += 1
+        self.tensors.publish(task.output, out, tick, frozenset())
+        content = digest(np.ascontiguousarray(out.array).view(np.uint8).data)
+        self.trace.record("task", tick, item.seq, task.name, task.op, content)
+        self.gpu.finished(task, tick, None)
+        if task.notify:
+            note = json.dumps(
+                {
+                    "task": task.name,
+                    "op": task.op,
+                    "output": task.output,
+                    "shape": list(task.output_shape),
+                    "sum": float(np.sum(out.array, dtype=np.float64)),
+                },
+                sort_keys=True,
+            ).encode("utf-8")
+            by_name = self.roster.by_name
+            for name in task.notify:
+                self.schedule.push_message(
+                    tick + 1, task.priority, RUNTIME_SENDER, by_name[name], KIND_TASK_DONE, note
+                )
+
+    # -- effects of handlers ----------------------------------------------------------------
+    def _apply_effects(
+        self, agent: AgentRecord, tick: int, item: Item, outcome: Outcome
+    ) -> str | None:
+        """Apply what a successful handler asked for, or say why none of it can be."""
+        table = self.effects
+        taken = set(self.tensors.by_name)
+        for effect in outcome.effects:
+            kind = table.get(str(effect[0]))
+            if kind is not None and kind.check is not None:
+                problem = kind.check(effect, taken)
+                if problem is not None:
+                    return problem
+        for effect in outcome.effects:
+            kind = table.get(str(effect[0]))
+            if kind is not None:
+                kind.apply(agent, tick, item, effect)
+        return None
+
+    def _create(self, agent: AgentRecord, tick: int, item: Item, effect: Effect) -> None:
+        _, name, dtype, shape = effect
+        assert isinstance(name, str) and isinstance(dtype, str)
+        assert isinstance(shape, tuple)
+        tensor = self.tensors.store.create(shape, dtype)
+        self.tensors.publish(name, tensor, tick, frozenset({agent.agent_id}))
+        self.trace.record("create", tick, item.seq, name, dtype, "x".join(map(str, shape)))
+
+    def _write(self, agent: AgentRecord, tick: int, item: Item, effect: Effect) -> None:
+        _, name, offset, data = effect
+        assert isinstance(name, str) and isinstance(offset, int)
+        assert isinstance(data, bytes)
+        self.tensors.pending_writes.append((name, offset, data))
+        self.trace.record("write", tick, item.seq, name, offset, digest(data))
+
+    def _gpu(self, agent: AgentRecord, tick: int, item: Item, effect: Effect) -> None:
+        _, job, op, inputs, out_name, param = effect
+        assert isinstance(job, int) and isinstance(op, str) and isinstance(inputs, tuple)
+        assert isinstance(out_name, str) and isinstance(param, float)
+        self.gpu.queue_agent_job(agent, tick, item, job, op, inputs, out_name, param)
+
+    def _llm(self, agent: AgentRecord, tick: int, item: Item, effect: Effect) -> None:
+        _, request, tag, prompt, max_tokens = effect
+        assert isinstance(request, int) and isinstance(tag, int)
+        assert isinstance(prompt, bytes) and isinstance(max_tokens, int)
+        self.trace.record("llm", tick, item.seq, request)
+        self.llm.submit(agent, tick, request, tag, prompt, max_tokens)
+
+
+def _claim_name(field_index: int) -> Callable[[Effect, set[str]], str | None]:
+    """A check for an effect that makes a tensor named by ``effect[field_index]``."""
+
+    def check(effect: Effect, taken: set[str]) -> str | None:
+        new = str(effect[field_index])
+        if new in taken:
+            return f"tensor name {new!r} is already taken"
+        taken.add(new)
+        return None
+
+    return check

@@ -1,0 +1,192 @@
+"""The roster: every agent of the run, where it lives, and how it is loaded there.
+
+Owns: the agent table (:class:`AgentRecord` per agent, by id and by name) and each agent's
+placement (agent ``i`` lives on worker ``i % workers``), state, counters and crash-recovery
+fields (the last snapshot, the replay log since, the tensors read since). The commit updates
+the counters and the replay log; recovery updates state, snapshot and log. Also here: compiling
+the scenario's modules and loading every agent onto its worker at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qhybrid.runtime._events import AgentStateChanged, RuntimeEvents
+from qhybrid.runtime._ports import AgentPool
+from qhybrid.runtime._result import AgentSummary
+from qhybrid.runtime._scenario import AgentSpec, Scenario
+from qhybrid.runtime._seeding import derive_seed
+from qhybrid.runtime.wasm_pool import (
+    AgentLoad,
+    AgentModuleError,
+    Limits,
+    default_cache_dir,
+    load_module,
+    make_engine,
+)
+
+__all__ = [
+    "DEFAULT_CACHE",
+    "FAILED",
+    "LOADED",
+    "SKIPPED",
+    "AgentRecord",
+    "Roster",
+    "compile_modules",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Agent states.
+LOADED, FAILED, SKIPPED = "loaded", "failed", "skipped"
+
+#: ``RuntimeConfig.cache_dir`` default: the user's cache folder (or ``QHYBRID_CACHE_DIR``).
+DEFAULT_CACHE = Path("<default>")
+
+
+@dataclass(slots=True)
+class AgentRecord:
+    agent_id: int
+    name: str
+    group: str
+    module: Path
+    worker: int
+    on_error: str
+    max_restarts: int = 3
+    state: str = LOADED
+    handled: int = 0
+    error: str | None = None
+    restarts: int = 0
+    load: AgentLoad | None = None
+    # Crash recovery: the last snapshot (None: fresh from its module) and what it handled since.
+    snapshot: bytes | None = None
+    log: list[tuple[int, int, int, bytes]] = field(default_factory=list)
+    reads: set[str] = field(default_factory=set)
+    # Set when a message failed this tick and the agent is to be restarted after the commit.
+    restart_pending: bool = False
+
+    def summary(self) -> AgentSummary:
+        return AgentSummary(
+            self.name,
+            self.module.name,
+            self.worker,
+            self.state,
+            self.handled,
+            self.error,
+            self.restarts,
+        )
+
+
+def compile_modules(scenario: Scenario, cache_dir: Path | None) -> dict[str, tuple[bytes, bytes]]:
+    """Every distinct module of the scenario, compiled (or from the cache): key -> (serialized,
+    original). Raises :class:`ScenarioError` naming the agent whose module is not valid."""
+    engine = make_engine()
+    cache = default_cache_dir() if cache_dir == DEFAULT_CACHE else cache_dir
+    compiled: dict[str, tuple[bytes, bytes]] = {}
+    for index, spec in enumerate(scenario.agents):
+        key = str(spec.module)
+        if key in compiled:
+            continue
+        try:
+            module, _, original, cached = load_module(engine, spec.module, cache)
+        except AgentModuleError as exc:
+            raise scenario.error(f"agents[{index}].module", str(exc)) from None
+        logger.debug("module %s %s", spec.module, "from cache" if cached else "compiled")
+        compiled[key] = (bytes(module.serialize()), original)
+    return compiled
+
+
+class Roster:
+    """The agent table; ``agents[i].agent_id == i``."""
+
+    def __init__(self, scenario: Scenario, workers: int) -> None:
+        self.scenario = scenario
+        self.workers = workers
+        self.agents: list[AgentRecord] = []
+        self.by_name: dict[str, int] = {}
+
+    def create(self) -> None:
+        """One record per instance, in scenario order, placed round-robin over the workers."""
+        for spec in self.scenario.agents:
+            for name in spec.instances:
+                agent_id = len(self.agents)
+                self.agents.append(
+                    AgentRecord(
+                        agent_id,
+                        name,
+                        spec.name,
+                        spec.module,
+                        agent_id % self.workers,
+                        spec.on_error,
+                        spec.max_restarts,
+                    )
+                )
+                self.by_name[name] = agent_id
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.agents]
+
+    def summaries(self) -> tuple[AgentSummary, ...]:
+        return tuple(a.summary() for a in list(self.agents))
+
+    async def load_all(self, pool: AgentPool, events: RuntimeEvents) -> None:
+        """Instantiate every agent on its worker (all workers in parallel)."""
+        count = len(self.agents)
+        loads: list[list[AgentLoad]] = [[] for _ in range(self.workers)]
+        for spec in self.scenario.agents:
+            peers = tuple(self.by_name[n] for n in spec.instances)
+            config_json = json.dumps(dict(spec.config), sort_keys=True, default=dict).encode()
+            for name in spec.instances:
+                agent = self.agents[self.by_name[name]]
+                if spec.overrides:  # ABI v2: per-instance config
+                    config_json = json.dumps(spec.instance_config(name), sort_keys=True).encode()
+                agent.load = self._agent_load(spec, agent, peers, count, config_json)
+                loads[agent.worker].append(agent.load)
+        try:
+            await asyncio.gather(
+                *(pool.load_agents(w, batch) for w, batch in enumerate(loads) if batch)
+            )
+        except AgentModuleError as exc:
+            name = str(exc).split(":", 1)[0]
+            failed = self.agents[self.by_name[name]] if name in self.by_name else None
+            index = next(
+                (
+                    i
+                    for i, s in enumerate(self.scenario.agents)
+                    if failed and s.name == failed.group
+                ),
+                0,
+            )
+            raise self.scenario.error(f"agents[{index}].module", str(exc)) from None
+        for agent in self.agents:
+            events.agent_state.emit(
+                AgentStateChanged(agent.name, agent.agent_id, agent.worker, LOADED, 0)
+            )
+
+    def _agent_load(
+        self,
+        spec: AgentSpec,
+        agent: AgentRecord,
+        peers: tuple[int, ...],
+        count: int,
+        config: bytes,
+    ) -> AgentLoad:
+        lim = spec.limits
+        return AgentLoad(
+            agent_id=agent.agent_id,
+            name=agent.name,
+            module_key=str(spec.module),
+            peers=peers,
+            agent_count=count,
+            rng_seed=derive_seed(self.scenario.seed, "agent", agent.name),
+            config_json=config,
+            limits=Limits(lim.fuel, lim.memory_bytes, lim.timeout_ms, lim.stack_bytes),
+            dirs=tuple((str(d.host), d.guest, d.mode == "rw") for d in spec.grants.dirs),
+            env=tuple(spec.grants.env),
+            tools=spec.grants.tools,
+        )
