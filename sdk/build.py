@@ -172,8 +172,13 @@ AS_DIR = REPO_ROOT / "sdk" / "assemblyscript"
 AS_HINT = "install it with: sdk/assemblyscript/install.sh (needs node and npm)"
 #: asc options: the incremental GC (the stub runtime never frees: a long run runs out of
 #: memory), and aborts routed to a log line before the trap.
-AS_OPTIONS = ("-O3", "--runtime", "incremental", "--use",
-              "abort=sdk/assemblyscript/assembly/index/qhAbort")
+AS_OPTIONS = (
+    "-O3",
+    "--runtime",
+    "incremental",
+    "--use",
+    "abort=sdk/assemblyscript/assembly/index/qhAbort",
+)
 
 
 @dataclass(frozen=True)
@@ -184,11 +189,24 @@ class RustToolchain:
 
     def command(self, source: Path, output: Path) -> list[str]:
         return [
-            self.rustc, "--edition", "2021", "--crate-type", "cdylib", "-O",
-            f"--target={RUST_TARGET}", "--extern", f"qhybrid={self.rlib_dir / 'libqhybrid.rlib'}",
-            "-C", "strip=debuginfo", "-C", "metadata=qhybrid-agent",
-            f"--remap-path-prefix={REPO_ROOT}=.", f"--remap-path-prefix={self.rlib_dir}=.",
-            "-o", str(output), source.name,
+            self.rustc,
+            "--edition",
+            "2021",
+            "--crate-type",
+            "cdylib",
+            "-O",
+            f"--target={RUST_TARGET}",
+            "--extern",
+            f"qhybrid={self.rlib_dir / 'libqhybrid.rlib'}",
+            "-C",
+            "strip=debuginfo",
+            "-C",
+            "metadata=qhybrid-agent",
+            f"--remap-path-prefix={REPO_ROOT}=.",
+            f"--remap-path-prefix={self.rlib_dir}=.",
+            "-o",
+            str(output),
+            source.name,
         ]
 
 
@@ -196,20 +214,38 @@ def find_rust(work: Path) -> RustToolchain:
     """Debian's rustc with the wasm32 standard library; builds the SDK crate into ``work``."""
     candidates = ["/usr/bin/rustc", shutil.which("rustc") or ""]
     for rustc in dict.fromkeys(c for c in candidates if c and Path(c).is_file()):
-        proc = subprocess.run([rustc, "--print", "sysroot"], capture_output=True, text=True,
-                              timeout=60, check=False)
+        proc = subprocess.run(
+            [rustc, "--print", "sysroot"], capture_output=True, text=True, timeout=60, check=False
+        )
         if proc.returncode != 0:
             continue
         if not (Path(proc.stdout.strip()) / "lib" / "rustlib" / RUST_TARGET).is_dir():
             continue
-        version = subprocess.run([rustc, "--version"], capture_output=True, text=True,
-                                 timeout=60, check=False).stdout.strip()
+        version = subprocess.run(
+            [rustc, "--version"], capture_output=True, text=True, timeout=60, check=False
+        ).stdout.strip()
         build = subprocess.run(
-            [rustc, "--edition", "2021", "--crate-type", "rlib", "--crate-name", "qhybrid", "-O",
-             f"--target={RUST_TARGET}", "-C", "metadata=qhybrid-sdk",
-             f"--remap-path-prefix={REPO_ROOT}=.", "-o", str(work / "libqhybrid.rlib"),
-             str(RUST_SDK)],
-            capture_output=True, text=True, timeout=300, check=False,
+            [
+                rustc,
+                "--edition",
+                "2021",
+                "--crate-type",
+                "rlib",
+                "--crate-name",
+                "qhybrid",
+                "-O",
+                f"--target={RUST_TARGET}",
+                "-C",
+                "metadata=qhybrid-sdk",
+                f"--remap-path-prefix={REPO_ROOT}=.",
+                "-o",
+                str(work / "libqhybrid.rlib"),
+                str(RUST_SDK),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         if build.returncode != 0:
             raise CompileError(f"{RUST_SDK}: rustc failed:\n{build.stderr}")
@@ -234,8 +270,9 @@ def find_asc() -> AscToolchain:
     asc = AS_DIR / "node_modules" / ".bin" / "asc"
     if not asc.is_file():
         raise ToolchainError(f"the AssemblyScript compiler {asc} is missing; {AS_HINT}")
-    proc = subprocess.run([str(asc), "--version"], capture_output=True, text=True, timeout=120,
-                          check=False)
+    proc = subprocess.run(
+        [str(asc), "--version"], capture_output=True, text=True, timeout=120, check=False
+    )
     if proc.returncode != 0:
         raise ToolchainError(f"{asc} --version failed: {proc.stderr.strip()}; {AS_HINT}")
     return AscToolchain(str(asc), proc.stdout.strip())
