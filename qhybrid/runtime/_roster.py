@@ -26,6 +26,7 @@ from qhybrid.runtime.wasm_pool import (
     Limits,
     default_cache_dir,
     load_module,
+    load_python_module,
     make_engine,
 )
 
@@ -92,6 +93,9 @@ def compile_modules(scenario: Scenario, cache_dir: Path | None) -> dict[str, tup
         if key in compiled:
             continue
         try:
+            if spec.module.suffix == ".py":
+                compiled[key] = load_python_module(engine, spec.module, cache)
+                continue
             module, _, original, cached = load_module(engine, spec.module, cache)
         except AgentModuleError as exc:
             raise scenario.error(f"agents[{index}].module", str(exc)) from None

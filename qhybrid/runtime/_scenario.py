@@ -73,7 +73,7 @@ GRANT_MODES = ("ro", "rw")
 TASK_KINDS = ("gpu", "cpu")
 TENSOR_DTYPES = ("float32",)
 TENSOR_INITS = ("random", "zeros", "ones", "arange")
-MODULE_SUFFIXES = (".wasm", ".wat")
+MODULE_SUFFIXES = (".wasm", ".wat", ".py")
 
 _TOP_KEYS = (
     "name",

@@ -204,16 +204,16 @@ def test_a_tool_must_be_declared_to_be_granted(tmp_path: Path) -> None:
 
 
 def test_the_tour_same_trace_for_1_and_4_workers() -> None:
-    """docs/tour.md: C, Rust, AssemblyScript and WAT agents in one run."""
+    """docs/tour.md: Python, C, Rust, AssemblyScript and WAT agents in one run."""
     sc = load_scenario(ROOT / "resources" / "scenarios" / "tour.toml")
     runs = [run_logged(sc, workers=w) for w in (1, 4)]
     assert runs[0][0].trace_hash == runs[1][0].trace_hash
     result, logs = runs[0]
     assert result.status == "completed", result.reason
-    # Six jobs (two per language), Collatz steps of 1..6: 0+1+7+2+5+8.
-    assert "manager: sent 6 jobs" in texts(logs, "manager")
-    assert "manager: all 6 results in, total 23" in texts(logs, "manager")
-    assert texts(logs, "listener") == ['listener: done {"total":23}']
+    # Eight jobs (two per language), Collatz steps of 1..8: 0+1+7+2+5+8+16+3.
+    assert "manager: sent 8 jobs" in texts(logs, "manager")
+    assert "manager: all 8 results in, total 42" in texts(logs, "manager")
+    assert texts(logs, "listener") == ['listener: done {"total":42}']
     # The chat agents got an answer that is either structured output that parsed or the
     # engine's reason for not constraining it.
     for agent, prefix in (("mood", "rs_chat: "), ("topic", "as_chat: ")):

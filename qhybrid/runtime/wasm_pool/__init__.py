@@ -44,6 +44,7 @@ from qhybrid.runtime.wasm_pool._protocol import (
     TaskRun,
     TensorEntry,
 )
+from qhybrid.runtime.wasm_pool._python_agent import load_python_module
 from qhybrid.runtime.wasm_pool._worker import main as run_worker
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "compile_module",
     "default_cache_dir",
     "load_module",
+    "load_python_module",
     "make_engine",
     "run_worker",
     "worker_command",

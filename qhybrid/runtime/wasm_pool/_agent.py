@@ -110,6 +110,8 @@ class WorkerContext:
         self._modules: dict[tuple[str, int | None], wasmtime.Module] = {}
         self._recoverable: dict[str, bool] = {}
         self.directory: dict[str, int] = {}
+        #: Python agents' sources, by module key.
+        self.sources: dict[str, bytes] = {}
         self._groups: dict[str, list[int]] = {}
         self.tensors: dict[str, TensorEntry] = {}
         self._segments: dict[str, Segment] = {}
@@ -136,6 +138,12 @@ class WorkerContext:
 
     def add_module(self, key: str, serialized: bytes, original: bytes) -> None:
         self._serialized[key] = serialized
+        if key.endswith(".py"):  # a Python agent: the module is the interpreter
+            self.sources[key] = original
+            self._recoverable[key] = False
+            for cached in [k for k in self._modules if k[0] == key]:
+                del self._modules[cached]
+            return
         try:
             self._recoverable[key] = internal_mutable_globals(original) <= 1
         except (ValueError, IndexError, wasmtime.WasmtimeError):
@@ -725,6 +733,9 @@ class AgentHost:
         if outcome.ok:
             self.handled += 1
         return outcome
+
+    def close(self) -> None:
+        """Release what the instance holds beyond its store (nothing, for a compiled agent)."""
 
     # -- snapshots ------------------------------------------------------------------------
     def snapshot(self) -> bytes:

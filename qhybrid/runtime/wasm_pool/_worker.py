@@ -75,7 +75,16 @@ class Worker:
     def load(self, loads: list[AgentLoad]) -> None:
         for load in loads:
             self.loads[load.agent_id] = load
-            self.agents[load.agent_id] = AgentHost(self.ctx, load)
+            old = self.agents.get(load.agent_id)
+            if old is not None:
+                old.close()
+            if load.module_key.endswith(".py"):
+                from qhybrid.runtime.wasm_pool._python_agent import PythonAgentHost
+
+                source = self.ctx.sources[load.module_key]
+                self.agents[load.agent_id] = PythonAgentHost(self.ctx, load, source)
+            else:
+                self.agents[load.agent_id] = AgentHost(self.ctx, load)
 
     def snapshot(self, agent_ids: list[int]) -> dict[int, bytes | str]:
         """Each agent's snapshot, or why it cannot be taken."""
@@ -150,6 +159,8 @@ class Worker:
         return TaskOutcome(True, None, time.perf_counter_ns() - start)
 
     def close(self) -> None:
+        for agent in self.agents.values():
+            agent.close()
         self.agents.clear()
         self.ctx.close()
 
