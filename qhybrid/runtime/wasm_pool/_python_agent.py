@@ -70,7 +70,9 @@ def _call(name, *args):
     wire = [{"b": _b(a)} if isinstance(a, (bytes, bytearray)) else a for a in args]
     _send({"c": name, "a": wire})
     r = _recv()["r"]
-    return base64.b64decode(r["b"]) if isinstance(r, dict) and "b" in r else r
+    if isinstance(r, list):
+        return tuple(base64.b64decode(x["b"]) if isinstance(x, dict) else x for x in r)
+    return r
 api = types.ModuleType("qhybrid")
 exec(compile(_API, "qhybrid.py", "exec"), api.__dict__)
 api._call = _call
