@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,10 @@ PY_ECHO = (
 )
 
 
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000)
@@ -46,8 +51,8 @@ def main() -> None:
     src.write_text(PY_ECHO)
     t = time.perf_counter()
     serialized, source = load_python_module(engine, src, default_cache_dir())
-    print(
-        f"interpreter load (from the module cache after the first run): {time.perf_counter() - t:.2f} s"
+    say(
+        f"interpreter load (from the module cache after a first run): {time.perf_counter() - t:.2f} s"
     )
     ctx.add_module("echo.py", serialized, source)
     results: dict[str, list[float]] = {"c": [], "py": []}
@@ -76,13 +81,14 @@ def main() -> None:
             memory[kind] = mem.data_len(host._store) if mem is not None else 0
             host.close()
     ctx.close()
-    print(f"load average: {os.getloadavg()}")
+    say(f"load average: {os.getloadavg()}")
     for kind, name in (("c", "C echo.wasm"), ("py", "Python echo (CPython 3.12 for WASI)")):
-        print(
-            f"{name}: start-up {min(starts[kind]) * 1000:.1f} ms, memory {memory[kind] / 2**20:.1f} MiB, "
+        say(
+            f"{name}: start-up {min(starts[kind]) * 1000:.1f} ms, "
+            f"memory {memory[kind] / 2**20:.1f} MiB, "
             f"{max(results[kind]):,.0f} messages/s"
         )
-    print(f"ratio C / Python, messages/s: {max(results['c']) / max(results['py']):.1f}x")
+    say(f"ratio C / Python, messages/s: {max(results['c']) / max(results['py']):.1f}x")
 
 
 if __name__ == "__main__":
