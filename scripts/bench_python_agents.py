@@ -51,9 +51,7 @@ def main() -> None:
     src.write_text(PY_ECHO)
     t = time.perf_counter()
     serialized, source = load_python_module(engine, src, default_cache_dir())
-    say(
-        f"interpreter load (from the module cache after a first run): {time.perf_counter() - t:.2f} s"
-    )
+    say(f"interpreter load (module cache after a first run): {time.perf_counter() - t:.2f} s")
     ctx.add_module("echo.py", serialized, source)
     results: dict[str, list[float]] = {"c": [], "py": []}
     starts: dict[str, list[float]] = {"c": [], "py": []}
