@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Subcommands: qhybrid generate MODEL PROMPT (text from a GGUF model), "
-            "qhybrid models (GGUF files found here), qhybrid bench {dispatch,gpu,llm,ui}."
+            "qhybrid models (GGUF files found here), qhybrid bench {dispatch,gpu,llm,ui}, "
+            "qhybrid scenario {schema,check} (the scenario format's JSON Schema; check files)."
         ),
     )
     parser.add_argument(
@@ -138,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         from qhybrid.runtime.llm._models_cli import main as models_main
 
         return models_main(raw[1:])
+    if raw[:1] == ["scenario"]:
+        from qhybrid.runtime._scenario_schema import main as scenario_main
+
+        return scenario_main(raw[1:])
     args = build_parser().parse_args(raw)
     if not args.headless:
         if args.json or args.trace:

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import resource
 import struct
+import subprocess
+import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qhybrid.runtime._scenario import (
+    MAX_SCENARIO_BYTES,
     AgentGrants,
     AgentLimits,
     AgentSpec,
     DirGrant,
+    LlmSpec,
     MessageSpec,
     Scenario,
     ScenarioError,
     StopSpec,
     TaskSpec,
     TensorSpec,
+    ToolSpec,
     load_scenario,
     parse_scenario,
 )
@@ -442,7 +453,7 @@ def test_missing_module_file_gives_the_resolved_path(scenario_dir: Path) -> None
 
 def test_module_suffix_and_directory(scenario_dir: Path) -> None:
     error = load_error(scenario_dir, replaced("../agents/relay.wat", "../agents/relay.txt"))
-    assert "expected a .wasm or .wat file" in str(error)
+    assert "expected a .wasm, .wat or .py file" in str(error)
     (scenario_dir / "dir.wasm").mkdir()
     error = load_error(scenario_dir, replaced("../agents/relay.wat", "dir.wasm"))
     assert "not a file" in str(error)
@@ -1006,3 +1017,340 @@ def test_scenario_built_in_code_has_defaults(tmp_path: Path) -> None:
     assert scenario.stop == StopSpec()
     assert scenario.agent_names == ("a",)
     assert scenario.error("agents[0]", "x").line is None
+
+
+# --- the file is bounded and regular (issue 12: `qhybrid --headless /dev/zero` read forever) ------
+
+
+def _limit_memory_to_2_gib() -> None:
+    # Before the fix the whole of /dev/zero was read: without a limit that takes the machine's
+    # memory, with it the child ends in a MemoryError traceback, and this test fails cleanly.
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def test_headless_on_a_character_device_exits_2_without_reading_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "qhybrid", "--headless", "/dev/zero"],
+        preexec_fn=_limit_memory_to_2_gib,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "/dev/zero: not a regular file (a character device), so not a scenario file" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(20)
+def test_a_named_pipe_is_refused_without_opening_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "scenario.toml"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+    with pytest.raises(ScenarioError, match="not a regular file \\(a named pipe\\)"):
+        load_scenario(fifo)
+
+
+def test_a_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge.toml"
+    with path.open("wb") as stream:
+        stream.truncate(MAX_SCENARIO_BYTES + 1)  # sparse: nothing is written
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert f"at most {MAX_SCENARIO_BYTES} bytes" in str(caught.value)
+    assert str(caught.value).startswith(f"{path}: the file is too large for a scenario")
+
+
+# --- every error has a line (issue 12: mutated files exited 2 with no line number) ----------------
+
+
+def test_an_unknown_table_created_by_a_dotted_header_has_a_line(scenario_dir: Path) -> None:
+    # [ages.grants] creates the top-level key "ages", which no line used to be recorded for.
+    error = load_error(scenario_dir, replaced("[agents.config]", "[ages.config]"))
+    assert (error.field, error.line) == ("ages", 21)
+    assert 'unknown field "ages" in the top level (did you mean "agents"?)' in error.message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "expected"),
+    [
+        (
+            "params = { factor = 2 }",
+            "params = { factor = 1" + "0" * 400 + " }",
+            "tasks[1].params.factor",
+            "expected a finite number, got 1000",
+        ),
+        (
+            "timeout_s = 120",
+            "timeout_s = -1" + "0" * 400,
+            "stop.timeout_s",
+            "expected a finite number > 0",
+        ),
+        (
+            '[[tensors]]\nname = "a"',
+            '[llm]\nmodel = "../agents/sink.wasm"\ntemperature = 1'
+            + "0" * 400
+            + '\n\n[[tensors]]\nname = "a"',
+            "llm.temperature",
+            "expected a finite number >= 0 (0 is greedy), got 1000",
+        ),
+    ],
+)
+def test_integers_too_large_for_a_float_are_errors_not_tracebacks(
+    scenario_dir: Path, old: str, new: str, field: str, expected: str
+) -> None:
+    text = replaced(old, new)
+    error = load_error(scenario_dir, text)
+    assert error.field == field
+    edited = new.split("\n")[2] if "\n" in new else new  # the line with the big number
+    assert error.line == text[: text.index(edited)].count("\n") + 1
+    assert expected in error.message
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("seed = " + "[" * 3000 + "]" * 3000 + "\n", 1),
+        ('name = "x"\n\nseed = ' + "1" * 5000 + "\n", 3),
+    ],
+)
+def test_toml_that_python_cannot_hold_names_its_line(
+    scenario_dir: Path, text: str, line: int
+) -> None:
+    error = load_error(scenario_dir, text)
+    assert error.line == line
+    assert "invalid TOML" in error.message
+
+
+# --- the JSON Schema (docs/scenario.schema.json) --------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA_FILE = REPO / "docs" / "scenario.schema.json"
+
+
+def test_the_published_json_schema_is_generated_from_the_models() -> None:
+    from qhybrid.runtime._scenario_schema import scenario_json_schema_text
+
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == scenario_json_schema_text(), (
+        "docs/scenario.schema.json is out of date: run "
+        "`qhybrid scenario schema --write docs/scenario.schema.json`"
+    )
+
+
+class _BothDrafts:
+    """The schema under JSON Schema 2020-12 (its dialect) and draft 7 (what older editors use)."""
+
+    def __init__(self) -> None:
+        import jsonschema  # the test extra
+
+        schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+        self.validators = []
+        for draft in (jsonschema.Draft202012Validator, jsonschema.Draft7Validator):
+            draft.check_schema(schema)
+            self.validators.append(draft(schema))
+
+    def iter_errors(self, data: object) -> list[object]:
+        return [error for v in self.validators for error in v.iter_errors(data)]
+
+    def is_valid(self, data: object) -> bool:
+        results = {v.is_valid(data) for v in self.validators}
+        assert len(results) == 1, "the two drafts disagree"
+        return results.pop()
+
+
+def _schema_validator() -> _BothDrafts:
+    return _BothDrafts()
+
+
+SHIPPED = sorted((REPO / "resources" / "scenarios").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_scenario_validates_against_the_json_schema(path: Path) -> None:
+    errors = _schema_validator().iter_errors(tomllib.loads(path.read_text("utf-8")))
+    assert errors == []
+    load_scenario(path)  # and the loader agrees
+
+
+def test_the_json_schema_accepts_what_the_loader_accepts_and_catches_mistakes() -> None:
+    validator = _schema_validator()
+    assert SHIPPED, "no shipped scenario found"
+    for text in (FULL, SANDBOX):
+        assert validator.iter_errors(tomllib.loads(text)) == []
+    for old, new in [
+        ("count = 3", "count = 0"),
+        ("count = 3", "cuont = 3"),
+        ('on_error = "skip"', 'on_error = "skp"'),
+        ("shape = [128, 64]", "shape = [1, 1, 1, 1, 1]"),
+        ('module = "../agents/relay.wat"', 'module = "../agents/relay.txt"'),
+        ('op = "matmul"', 'op = "matmull"'),
+    ]:
+        assert not validator.is_valid(tomllib.loads(replaced(old, new))), new
+    assert not validator.is_valid(tomllib.loads('name = "no agents"\n'))
+
+
+def test_qhybrid_scenario_schema_and_check(
+    scenario_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qhybrid.cli import main
+    from qhybrid.runtime._scenario_schema import scenario_json_schema_text
+
+    assert main(["scenario", "schema"]) == 0
+    assert capsys.readouterr().out == scenario_json_schema_text()
+    out = scenario_dir / "schema.json"
+    assert main(["scenario", "schema", "--write", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == scenario_json_schema_text()
+
+    good = write(scenario_dir, FULL, name="good.toml")
+    bad = write(scenario_dir, replaced("count = 3", "count = 0"), name="bad.toml")
+    assert main(["scenario", "check", str(good)]) == 0
+    assert "good.toml: ok (demo: 4 agents)" in capsys.readouterr().out
+    assert main(["scenario", "check", str(good), str(bad)]) == 2
+    assert f"{bad}:13: agents[0].count: expected an integer from 1 to 100000, got 0" in (
+        capsys.readouterr().err
+    )
+
+
+# --- mutated files: a clean error with its line, or a clean load; never a traceback ---------------
+
+DEMO = REPO / "resources" / "scenarios" / "demo.toml"
+_ODD_VALUES = [
+    "0",
+    "-1",
+    "1.5",
+    "true",
+    '"x"',
+    '""',
+    '"\\u0000"',
+    "[]",
+    '[1, "a"]',
+    "[[1]]",
+    "{}",
+    "{ a = 1 }",
+    '{ name = "x" }',
+    "1979-05-27",
+    "07:32:00",
+    "nan",
+    "-inf",
+    "1e400",
+    "9223372036854775808",
+    "-1" + "0" * 400,
+    '"../agents/relay.wat"',
+    '"/"',
+    '"relay-0"',
+]
+_ODD_LINES = [
+    "[agents]",
+    "[[agents]]",
+    "[stop]",
+    "[llm]",
+    "[[tasks]]",
+    "[[messages]]",
+    "[tensors]",
+    "[agents.limits]",
+    "[[agents.grants.dirs]]",
+    "[agents.config]",
+    "[ages.grants]",
+    "[stop.x]",
+    "agents = 1",
+    "x.y.z = 1",
+]
+
+
+@st.composite
+def _mutated_scenarios(draw: st.DrawFn) -> tuple[str, str]:
+    """One of the example scenarios with one to three lines or characters changed."""
+    which = draw(st.sampled_from(["full", "sandbox", "demo"]))
+    text = {"full": FULL, "sandbox": SANDBOX, "demo": DEMO.read_text(encoding="utf-8")}[which]
+    for _ in range(draw(st.integers(1, 3))):
+        lines = text.splitlines()
+        i = draw(st.integers(0, len(lines) - 1))
+        how = draw(st.sampled_from(["delete", "copy", "value", "rename", "insert", "char"]))
+        if how == "delete":
+            del lines[i]
+        elif how == "copy":
+            lines.insert(i, lines[draw(st.integers(0, len(lines) - 1))])
+        elif how == "value" and "=" in lines[i]:
+            lines[i] = lines[i].split("=", 1)[0] + "= " + draw(st.sampled_from(_ODD_VALUES))
+        elif how == "rename" and "=" in lines[i]:
+            key, value = lines[i].split("=", 1)
+            lines[i] = f"{key.strip()[:-1] or 'k'} ={value}"
+        elif how == "insert":
+            lines.insert(i, draw(st.sampled_from(_ODD_LINES)))
+        elif lines[i]:
+            at = draw(st.integers(0, len(lines[i]) - 1))
+            char = draw(st.sampled_from([*"x[]{}\"'=,.#0_ ", "", "\t"]))
+            lines[i] = lines[i][:at] + char + lines[i][at + 1 :]
+        text = "\n".join(lines) + "\n"
+    return which, text
+
+
+@pytest.fixture(scope="module")
+def fuzz_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fuzz")
+    agents = root / "agents"
+    agents.mkdir()
+    (agents / "relay.wat").write_text("(module)")
+    (agents / "sink.wasm").write_bytes(b"\0asm\1\0\0\0")
+    (root / "scenarios" / "data").mkdir(parents=True)
+    return {"full": root / "scenarios", "sandbox": root / "scenarios", "demo": DEMO.parent}
+
+
+@settings(
+    max_examples=250,
+    deadline=None,
+    derandomize=True,  # the same cases on every CI run: a failure is a bug, never a flake
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(case=_mutated_scenarios())
+def test_mutated_scenarios_give_a_located_error_or_load(
+    fuzz_dirs: dict[str, Path], case: tuple[str, str]
+) -> None:
+    which, text = case
+    source = fuzz_dirs[which] / "mutated.toml"
+    error: ScenarioError | None = None
+    try:
+        parse_scenario(text, source=source)
+    except ScenarioError as exc:  # anything else fails the test with its traceback
+        error = exc
+    # With no [[agents]] at all there is no line to point at (see test_no_agents).
+    if error is not None and error.message != "at least one [[agents]] entry is required":
+        assert error.line is not None, str(error)
+        assert str(error).startswith(f"{source}:{error.line}: "), str(error)
+
+
+# --- one declaration per key: every key of the file reaches what the runtime reads ---------------
+
+
+def test_every_key_of_every_table_reaches_its_spec() -> None:
+    """A key declared on a model but forgotten on its spec would be checked, then dropped."""
+    import dataclasses
+
+    from qhybrid.runtime import _scenario_models as models
+
+    # Each table's spec, and the keys the builder converts into differently named fields.
+    specs: dict[type, tuple[type, set[str]]] = {
+        models.ScenarioFile: (Scenario, set()),
+        models.StopTable: (StopSpec, set()),
+        models.LlmTable: (LlmSpec, set()),
+        models.AgentTable: (AgentSpec, set()),
+        models.LimitsTable: (AgentLimits, {"memory_mb", "stack_kb"}),
+        models.GrantsTable: (AgentGrants, set()),
+        models.DirGrantTable: (DirGrant, set()),
+        models.MessageTable: (MessageSpec, {"payload_i64", "payload_hex"}),
+        models.TensorTable: (TensorSpec, set()),
+        models.TaskTable: (TaskSpec, set()),
+        models.ToolTable: (ToolSpec, set()),
+    }
+    tables = {
+        cls
+        for cls in vars(models).values()
+        if isinstance(cls, type) and issubclass(cls, models.Table) and cls is not models.Table
+    }
+    assert tables == set(specs), "a new table: add it and its spec here"
+    for table, (spec, converted) in specs.items():
+        fields = {field.name for field in dataclasses.fields(spec)}
+        missing = set(table.model_fields) - fields - converted
+        assert not missing, f"{table.__name__} keys {missing} have no field on {spec.__name__}"
