@@ -79,6 +79,10 @@ class RuntimeConfig:
     #: ABI v2 ``ask``: where people's answers come from, one line each ("-": standard input);
     #: ``None``: nobody answers (the agent gets ``"answer": null``).
     answers_path: Path | None = None
+    #: ABI v2 tools and questions: a JSON file of their results. Results found in it are
+    #: replayed instead of being asked again (so a replay gives the same trace); new ones are
+    #: added to it after each tick.
+    recording_path: Path | None = None
 
 
 class Runtime:
@@ -122,7 +126,9 @@ class Runtime:
         )
         self._schedule, self._roster, self._commit = parts.schedule, parts.roster, parts.commit
         self._tick_hooks: list[TickHook] = []
-        self._v2 = V2Bridge(parts, self._trace, cfg.answers_path)
+        self._v2 = V2Bridge(parts, self._trace, cfg.answers_path, cfg.recording_path)
+        if cfg.recording_path is not None:
+            self._tick_hooks.append(self._v2.save_recording)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resume = asyncio.Event()
         self._resume.set()

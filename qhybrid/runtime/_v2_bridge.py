@@ -10,6 +10,7 @@ the orchestrator's loop thread.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,8 +33,29 @@ __all__ = ["V2Bridge"]
 
 
 class V2Bridge:
-    def __init__(self, parts: Parts, trace: TraceRecorder, answers_path: Path | None) -> None:
+    def __init__(
+        self,
+        parts: Parts,
+        trace: TraceRecorder,
+        answers_path: Path | None,
+        recording_path: Path | None = None,
+    ) -> None:
         self.parts = parts
+        self.recording_path = recording_path
+        recording: dict[str, str] = {}
+        if recording_path is not None and recording_path.is_file():
+            try:
+                loaded = json.loads(recording_path.read_text("utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(
+                    f"{recording_path}: not a recording of tool results: {exc}"
+                ) from None
+            if not isinstance(loaded, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()
+            ):
+                raise ValueError(f"{recording_path}: expected a JSON object of strings")
+            recording = loaded
+        self._saved = len(recording)
         self.trace = trace
         scenario = parts.llm.scenario
         answer = None
@@ -50,12 +72,23 @@ class V2Bridge:
             stop_agent=self.stop_agent,
             tools={t.name: t for t in scenario.tools},
             answer=answer,
+            recording=recording,
         )
         self.chats: dict[int, tuple[int, int, int]] = {}
         for kind in V2_EFFECTS:
             apply = self._chat if kind in ("llm_chat", "llm_cancel") else self._service
             parts.commit.register_effect(kind, EffectKind(apply))
         parts.llm.other_updates = self.llm_updates
+
+    def save_recording(self, tick: int, records: object) -> None:
+        """A tick hook: write the recording when the tick added results to it."""
+        recording = self.services.recording
+        if self.recording_path is None or len(recording) == self._saved:
+            return
+        tmp = self.recording_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(recording, sort_keys=True, indent=1), "utf-8")
+        tmp.replace(self.recording_path)
+        self._saved = len(recording)
 
     def _service(
         self, agent: AgentRecord, tick: int, item: Item, effect: tuple[object, ...]
