@@ -120,3 +120,57 @@ def test_the_cli_says_what_is_wrong_with_a_python_agent(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "must define on_message(msg)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+CHATTER = """
+import qhybrid
+
+def on_message(msg):
+    if msg.kind == 1:
+        qhybrid.chat(
+            [{"role": "system", "content": "You tell stories."},
+             {"role": "user", "content": "Once upon a time"}],
+            5, max_tokens=6, temperature=0, stop=["zzz"],
+        )
+        qhybrid.chat([{"role": "user", "content": "Tom had a dog"}], 6, max_tokens=40, seed=3)
+        qhybrid.chat([{"role": "wizard", "content": "x"}], 7)
+    elif msg.kind == 2:
+        qhybrid.llm_cancel(1)
+    elif msg.kind == qhybrid.KIND_LLM_CHAT_DONE:
+        a = msg.json()
+        qhybrid.info("chat %(tag)s %(status)s %(finish)s %(completion_tokens)s" % a)
+        if a["status"]:
+            qhybrid.info("error " + a["error"])
+"""
+
+
+def test_chat_requests_reach_the_model_with_their_own_sampling(tmp_path: Path) -> None:
+    (tmp_path / "chatter.py").write_text(CHATTER)
+    model = (ROOT / "resources" / "models" / "tiny-stories.gguf").as_posix()
+    text = f"""
+seed = 2
+[llm]
+model = "{model}"
+device = "cpu"
+[[agents]]
+name = "chatter"
+module = "chatter.py"
+[[messages]]
+to = "chatter"
+kind = 1
+[[messages]]
+to = "chatter"
+kind = 2
+at = 3
+"""
+    sc = parse_scenario(text, source=str(tmp_path / "s.toml"), base_dir=tmp_path)
+    result, logs = run_logged(sc, workers=1)
+    lines = texts(logs, "chatter")
+    # The bad role is answered at once; the first request ends at its own max_tokens; the
+    # second is cancelled by the agent before its 40 tokens.
+    assert lines[0] == "chat 7 1 error 0"
+    assert lines[1].startswith("error messages[0] must be")
+    assert "chat 5 0 length 6" in lines
+    cancelled = [t for t in lines if t.startswith("chat 6 ")]
+    assert len(cancelled) == 1 and cancelled[0].startswith("chat 6 0 cancelled")
+    assert result.llm is not None and result.llm["requests"] == 2
