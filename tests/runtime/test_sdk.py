@@ -694,3 +694,59 @@ def test_hog_printf_goes_to_stdout(
     assert on_message(store, -1, 4, 0, 0) == 0
     assert (tmp_path / "out").read_text() == "hog: hello from printf\n"
     assert (tmp_path / "err").read_text() == "hog: warning from stderr\n"
+
+
+# -- Rust and AssemblyScript samples in the real host ------------------------------------------
+
+
+def _host(name: str, memory_mb: int | None = None) -> Any:
+    from qhybrid.runtime.wasm_pool import Limits
+    from qhybrid.runtime.wasm_pool._agent import AgentHost, WorkerContext
+    from qhybrid.runtime.wasm_pool._protocol import AgentLoad
+
+    ctx = WorkerContext()
+    ctx.set_directory([name, "peer"])
+    engine = ctx.engine(None)
+    module = wasmtime.Module.from_file(engine, str(SAMPLES / f"{name}.wasm"))
+    ctx.add_module(name, bytes(module.serialize()), (SAMPLES / f"{name}.wasm").read_bytes())
+    limits = Limits(memory_bytes=memory_mb << 20 if memory_mb else None)
+    load = AgentLoad(0, name, name, (0,), 2, 5, b"{}", limits)
+    return ctx, AgentHost(ctx, load)
+
+
+@pytest.mark.parametrize("name", ["as_echo", "rs_echo"])
+def test_echo_samples_do_not_run_out_of_memory_on_a_long_run(name: str) -> None:
+    """The AssemblyScript runtime collects garbage (the stub runtime would grow until the
+    limit); Rust frees as it goes."""
+    ctx, echo = _host(name, memory_mb=2)
+    try:
+        payload = bytes(range(256)) * 16
+        for i in range(3000):
+            outcome = echo.deliver(i, 1, 7, payload)
+            assert outcome.ok, (i, outcome.error)
+            assert outcome.sent == ((1, 7, payload),)
+        # Their agent-defined snapshot holds the count, and restores it.
+        state = echo.snapshot()
+        ctx2, fresh = _host(name)
+        fresh.restore(state)
+        assert fresh.deliver(0, 1, 7, b"x").ok
+        ctx2.close()
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("rs_worker", "rs_worker: a job is"), ("as_worker", "as_worker: a job is")],
+)
+def test_worker_samples_reply_and_fail_with_their_own_text(name: str, text: str) -> None:
+    ctx, worker = _host(name)
+    try:
+        ok = worker.deliver(1, 1, 10, b'{"n": 26}')
+        assert ok.ok, ok.error
+        ((to, kind, wire),) = ok.sent
+        assert to == 1 and wire.endswith(b'{"n":26,"steps":111}')
+        bad = worker.deliver(2, 1, 10, b'{"n": -3}')
+        assert not bad.ok and bad.error is not None and bad.error.startswith(text)
+    finally:
+        ctx.close()
