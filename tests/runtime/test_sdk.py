@@ -29,6 +29,7 @@ import wasmtime
 
 from qhybrid.runtime.wasm_pool._abi import (
     ABI_VERSION,
+    KIND_ENVELOPE,
     HOST_FUNCTIONS,
     KIND_GPU_DONE,
     KIND_LLM_DONE,
@@ -745,7 +746,8 @@ def test_worker_samples_reply_and_fail_with_their_own_text(name: str, text: str)
         ok = worker.deliver(1, 1, 10, b'{"n": 26}')
         assert ok.ok, ok.error
         ((to, kind, wire),) = ok.sent
-        assert to == 1 and wire.endswith(b'{"n":26,"steps":111}')
+        assert (to, kind) == (1, KIND_ENVELOPE)  # a reply: enveloped, with its correlation id
+        assert wire.endswith(b'{"n":26,"steps":111}')
         bad = worker.deliver(2, 1, 10, b'{"n": -3}')
         assert not bad.ok and bad.error is not None and bad.error.startswith(text)
     finally:
