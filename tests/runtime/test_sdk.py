@@ -29,8 +29,8 @@ import wasmtime
 
 from qhybrid.runtime.wasm_pool._abi import (
     ABI_VERSION,
-    KIND_ENVELOPE,
     HOST_FUNCTIONS,
+    KIND_ENVELOPE,
     KIND_GPU_DONE,
     KIND_LLM_DONE,
     KIND_TASK_DONE,
