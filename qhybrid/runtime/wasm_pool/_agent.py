@@ -12,16 +12,14 @@ import ctypes
 import logging
 import math
 import pickle
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import wasmtime
 
-from qhybrid.runtime.tensors import Segment, get_op
+from qhybrid.runtime.tensors import get_op
 from qhybrid.runtime.wasm_pool._abi import (
     ABI_VERSIONS,
     HOST_FUNCTIONS,
@@ -33,11 +31,13 @@ from qhybrid.runtime.wasm_pool._abi import (
     SEND_UNKNOWN_AGENT,
     WASI_MODULE,
     AgentModuleError,
-    internal_mutable_globals,
 )
 from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
 from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
+from qhybrid.runtime.wasm_pool._worker_context import EPOCH_S, WorkerContext
+
+__all__ = ["DTYPE_CODES", "EPOCH_S", "AgentHost", "GuestFault", "SplitMix64", "WorkerContext"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,6 @@ _MAX_LOG = 4096
 _MAX_PAYLOAD = 16 << 20
 _MAX_NAME = 256
 _NO_FUEL_LIMIT = 1 << 62
-#: The epoch ticker's period: timeouts are accurate to about this.
-EPOCH_S = 0.002
 _NO_DEADLINE = 1 << 62
 
 #: ABI dtype codes.
@@ -98,121 +96,6 @@ class SplitMix64:
 
 def _to_i64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
-
-
-class WorkerContext:
-    """What the agents of one worker share: engines, modules, names, tensors, the ticker."""
-
-    def __init__(self) -> None:
-        self._engines: dict[int | None, wasmtime.Engine] = {}
-        self._linkers: dict[int | None, wasmtime.Linker] = {}
-        self._serialized: dict[str, bytes] = {}
-        self._modules: dict[tuple[str, int | None], wasmtime.Module] = {}
-        self._recoverable: dict[str, bool] = {}
-        self.directory: dict[str, int] = {}
-        #: Python agents' sources, by module key.
-        self.sources: dict[str, bytes] = {}
-        self._groups: dict[str, list[int]] = {}
-        self.tensors: dict[str, TensorEntry] = {}
-        self._segments: dict[str, Segment] = {}
-        self._ticker: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    # -- engines and modules ------------------------------------------------------------
-    def engine(self, stack_bytes: int | None) -> wasmtime.Engine:
-        engine = self._engines.get(stack_bytes)
-        if engine is None:
-            from qhybrid.runtime.wasm_pool._abi import make_engine
-
-            engine = make_engine(stack_bytes)
-            self._engines[stack_bytes] = engine
-        return engine
-
-    def linker(self, stack_bytes: int | None) -> wasmtime.Linker:
-        linker = self._linkers.get(stack_bytes)
-        if linker is None:
-            linker = wasmtime.Linker(self.engine(stack_bytes))
-            linker.define_wasi()
-            self._linkers[stack_bytes] = linker
-        return linker
-
-    def add_module(self, key: str, serialized: bytes, original: bytes) -> None:
-        self._serialized[key] = serialized
-        if key.endswith(".py"):  # a Python agent: the module is the interpreter
-            self.sources[key] = original
-            self._recoverable[key] = False
-            for cached in [k for k in self._modules if k[0] == key]:
-                del self._modules[cached]
-            return
-        try:
-            self._recoverable[key] = internal_mutable_globals(original) <= 1
-        except (ValueError, IndexError, wasmtime.WasmtimeError):
-            self._recoverable[key] = False  # unknown (no or unreadable source): assume not
-        for cached in [k for k in self._modules if k[0] == key]:
-            del self._modules[cached]
-
-    def group_members(self, group: str) -> list[int]:
-        """The ids of a group's instances, in instance order: ``group`` alone when it has
-        one instance, else ``group-0``, ``group-1``, ... (how the orchestrator names them)."""
-        members = self._groups.get(group)
-        if members is None:
-            members = []
-            while (i := self.directory.get(f"{group}-{len(members)}")) is not None:
-                members.append(i)
-            if not members and group in self.directory:
-                members = [self.directory[group]]
-            self._groups[group] = members
-        return members
-
-    def set_directory(self, names: list[str] | tuple[str, ...]) -> None:
-        self.directory.clear()
-        self.directory.update((name, i) for i, name in enumerate(names))
-        self._groups.clear()
-
-    def module(self, key: str, stack_bytes: int | None) -> wasmtime.Module:
-        module = self._modules.get((key, stack_bytes))
-        if module is None:
-            module = wasmtime.Module.deserialize(self.engine(stack_bytes), self._serialized[key])
-            self._modules[(key, stack_bytes)] = module
-        return module
-
-    def host_snapshot_ok(self, key: str) -> bool:
-        """Whether memory plus exported globals hold all of a module's state."""
-        return self._recoverable.get(key, False)
-
-    # -- tensors ------------------------------------------------------------------------
-    def add_tensors(self, entries: list[TensorEntry]) -> None:
-        for entry in entries:
-            self.tensors[entry.name] = entry
-
-    def tensor_bytes(self, entry: TensorEntry) -> npt.NDArray[np.uint8]:
-        """The tensor's bytes as a flat uint8 view of its (cached) mapping."""
-        segment = self._segments.get(entry.handle.segment)
-        if segment is None:
-            segment = Segment.open(entry.handle.segment)
-            self._segments[entry.handle.segment] = segment
-        return segment.view((entry.handle.nbytes,), np.dtype(np.uint8), entry.handle.offset)
-
-    # -- the epoch ticker (wall-clock timeouts) -----------------------------------------
-    def ensure_ticker(self) -> None:
-        if self._ticker is not None:
-            return
-
-        def tick() -> None:
-            while not self._stop.wait(EPOCH_S):
-                for engine in list(self._engines.values()):
-                    engine.increment_epoch()
-
-        self._ticker = threading.Thread(target=tick, name="qhybrid-epoch", daemon=True)
-        self._ticker.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(timeout=1.0)
-        for segment in self._segments.values():
-            segment.close()
-        self._segments.clear()
 
 
 class _Call:

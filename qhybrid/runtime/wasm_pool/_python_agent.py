@@ -36,10 +36,11 @@ import wasmtime
 
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
 from qhybrid.runtime.wasm_pool._abi_spec import load_spec
-from qhybrid.runtime.wasm_pool._agent import AgentHost, GuestFault, SplitMix64, WorkerContext, _Call
+from qhybrid.runtime.wasm_pool._agent import AgentHost, GuestFault, SplitMix64, _Call
 from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
 from qhybrid.runtime.wasm_pool._guest_api import GUEST_API
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Outcome
+from qhybrid.runtime.wasm_pool._worker_context import EPOCH_S, WorkerContext
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +179,6 @@ class PythonAgentHost(AgentHost):
         self._limited = True
         if limits.timeout_ms is not None:
             ctx.ensure_ticker()
-        from qhybrid.runtime.wasm_pool._agent import EPOCH_S
-
         self._deadline = (
             int(limits.timeout_ms / 1000 / EPOCH_S) + 2
             if limits.timeout_ms is not None

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from qhybrid.runtime.tensors import attach, run_numpy
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
-from qhybrid.runtime.wasm_pool._agent import AgentHost, WorkerContext
+from qhybrid.runtime.wasm_pool._agent import AgentHost
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
     Outcome,
@@ -27,6 +27,7 @@ from qhybrid.runtime.wasm_pool._protocol import (
     read_frame_sync,
     write_frame_sync,
 )
+from qhybrid.runtime.wasm_pool._worker_context import WorkerContext
 
 logger = logging.getLogger("qhybrid.worker")
 
