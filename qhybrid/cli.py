@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
+    from qhybrid.runs_cli import add_store_arguments
+
+    add_store_arguments(parser, run=True)
     parser.add_argument("--version", action="version", version=f"qhybrid {__version__}")
     return parser
 
@@ -144,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         from qhybrid.runtime.llm._models_cli import main as models_main
 
         return models_main(raw[1:])
+    from qhybrid.runs_cli import COMMANDS
+
+    if raw[:1] and raw[0] in COMMANDS:
+        from qhybrid.runs_cli import main as runs_main
+
+        return runs_main(raw)
     if raw[:1] == ["scenario"]:
         from qhybrid.runtime._scenario_schema import main as scenario_main
 
@@ -206,9 +215,22 @@ def run_headless(args: argparse.Namespace) -> int:
         f"qhybrid {__version__}: running [bold]{scenario.name}[/] "
         f"({sum(a.count for a in scenario.agents)} agents, {workers} workers, seed {scenario.seed})"
     )
+    from qhybrid.runs_cli import BadInput, start_recording
+
+    try:
+        recording = start_recording(args, path, scenario, config)
+    except BadInput as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return EXIT_BAD_INPUT
     holder: dict[str, Runtime] = {}
     try:
-        result = asyncio.run(_run(scenario, config, err, holder))
+        try:
+            result = asyncio.run(_run(scenario, config, err, holder, recording))
+        except BaseException as exc:
+            if recording is not None:
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                recording.finish(holder.get("runtime"), None, status)
+            raise
     except ScenarioError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return EXIT_BAD_INPUT
@@ -230,18 +252,26 @@ def run_headless(args: argparse.Namespace) -> int:
         else:
             err.print("[yellow]interrupted[/] before the run started")
         return EXIT_INTERRUPTED
+    if recording is not None:
+        recording.finish(holder.get("runtime"), result)
     _print_summary(err, result)
+    if recording is not None:
+        err.print(f"run {recording.run_id} recorded in {recording.path}")
     if args.json:
         payload = result.to_json()
+        if recording is not None:
+            payload["run_id"] = recording.run_id
         sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
         sys.stdout.flush()
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-async def _run(scenario: Any, config: Any, err: Any, holder: dict[str, Runtime]) -> RunResult:
+async def _run(
+    scenario: Any, config: Any, err: Any, holder: dict[str, Runtime], recording: Any = None
+) -> RunResult:
     from qhybrid.runtime import Runtime
 
-    runtime = Runtime(scenario, config)
+    runtime = recording.runtime(scenario, config) if recording else Runtime(scenario, config)
     holder["runtime"] = runtime
     progress = _Progress(err, runtime)
     runtime.events.tick_finished.connect(progress.on_tick)

@@ -39,6 +39,7 @@ SECTIONS = {
     "messages": "Messages, time, randomness",
     "tensors": "Shared tensors",
     "gpu": "GPU jobs and the LLM",
+    "memory": "Long-term memory",
     "envelopes": "Envelopes and replies (v2)",
     "timers": "Timers (v2)",
     "groups": "Groups and topics (v2)",

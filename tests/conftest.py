@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Compiled modules go to a cache of the test session's own, not the user's.
 _CACHE = tempfile.TemporaryDirectory(prefix="qhybrid-test-cache-")
 os.environ["QHYBRID_CACHE_DIR"] = _CACHE.name
+# Runs the CLI records go to a store of the test session's own, not the user's data folder.
+os.environ["QHYBRID_STORE"] = os.path.join(_CACHE.name, "runs.sqlite")
 
 if os.name == "posix":
     # The resource tracker is one helper process per interpreter that the first shared-memory

@@ -234,3 +234,32 @@ def test_dispatch_against_ray_leaves_no_ray_process(
         time.sleep(0.2)
     assert not left, f"Ray processes left running: {sorted(left)}"
     assert set(Path(tempfile.gettempdir()).glob("qh-ray-*")) == temp_before
+
+
+def test_store_bench_json_through_the_cli(qhybrid_cmd: list[str], cli_env: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [
+            *qhybrid_cmd,
+            "bench",
+            "store",
+            "--agents",
+            "8",
+            "--steps",
+            "800",
+            "--repeat",
+            "1",
+            "--checkpoint-every",
+            "20",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["records"] == 801 and data["checkpoints"] >= 3 and data["store_bytes"] > 0
+    assert data["off_msgs_per_s"] > 0 and data["on_msgs_per_s"] > 0
+    assert abs(data["overhead"] - (1 - data["on_msgs_per_s"] / data["off_msgs_per_s"])) < 1e-3

@@ -90,7 +90,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_llm_parser(commands)
     _add_gpu_parser(commands)
     _add_ui_parser(commands)
+    _add_store_parser(commands)
     return parser
+
+
+def _add_store_parser(commands: Any) -> None:
+    store = commands.add_parser(
+        "store",
+        help="what recording into the run store costs, against recording off",
+        description=(
+            "A heavy scenario (ping agents, one trace record per message) with recording off "
+            "and on (every record, tick and a checkpoint every N ticks), taking turns."
+        ),
+    )
+    store.add_argument("--workers", type=positive_int, default=2, metavar="N")
+    store.add_argument("--agents", type=positive_int, default=64, metavar="A")
+    store.add_argument("--steps", type=positive_int, default=64_000, metavar="S")
+    store.add_argument("--repeat", type=positive_int, default=3, metavar="R")
+    store.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N")
+    store.add_argument(
+        "--json", action="store_true", help="print the figures as one JSON object on stdout"
+    )
+    store.set_defaults(parser=store)
+
+
+def _store(args: argparse.Namespace) -> int:
+    from qhybrid.bench._dispatch import BenchmarkError
+    from qhybrid.bench._store import StoreBenchConfig, run_store_bench, show
+
+    config = StoreBenchConfig(
+        args.workers, args.agents, args.steps, args.repeat, args.checkpoint_every
+    )
+    return _measure(
+        args,
+        "store",
+        lambda progress: run_store_bench(config, progress),
+        (BenchmarkError, OSError, RuntimeError),
+        show,
+    )
 
 
 def _positive_float(text: str) -> float:
@@ -221,6 +258,8 @@ def main(argv: list[str]) -> int:
         return _gpu(args)
     if args.command == "ui":
         return _ui(args)
+    if args.command == "store":
+        return _store(args)
     return _bad_input(parser, f"unknown benchmark {args.command!r}")
 
 

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from qhybrid.runtime._commit import EffectKind
 from qhybrid.runtime._events import GpuAdapter, RunStateChanged, RuntimeEvents
+from qhybrid.runtime._memory import install_memory
 from qhybrid.runtime._metrics import MetricsRecorder, MetricsSnapshot
 from qhybrid.runtime._parts import Parts
 from qhybrid.runtime._ports import AgentPool, TickHook
@@ -129,6 +130,8 @@ class Runtime:
         self._v2 = V2Bridge(parts, self._trace, cfg.answers_path, cfg.recording_path)
         if cfg.recording_path is not None:
             self._tick_hooks.append(self._v2.save_recording)
+        #: Agents' long-term memory (the ``mem_*`` ABI): quotas, trace records, persistence.
+        self.memory = install_memory(self)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resume = asyncio.Event()
         self._resume.set()

@@ -94,6 +94,7 @@ from qhybrid.runtime._scenario_specs import (
     AgentSpec,
     DirGrant,
     LlmSpec,
+    MemorySpec,
     MessageSpec,
     Scenario,
     StopSpec,
@@ -136,6 +137,7 @@ __all__ = [
     "AgentSpec",
     "DirGrant",
     "LlmSpec",
+    "MemorySpec",
     "MessageSpec",
     "Scenario",
     "ScenarioError",
@@ -161,8 +163,12 @@ def parse_scenario(
     *,
     source: str | os.PathLike[str] | None = None,
     base_dir: Path | None = None,
+    require_model: bool = True,
 ) -> Scenario:
     """Check the scenario in ``text``.
+
+    ``require_model=False`` accepts an ``[llm]`` model file that is not there (a replay
+    answers from the run store and never opens it).
 
     ``source`` names the file in errors and gives the default scenario name (its stem);
     module paths are relative to ``base_dir``, by default the source's folder, else the
@@ -187,4 +193,5 @@ def parse_scenario(
         lines=lines,
         base_dir=base_dir,
         default_name=default_name or "scenario",
+        require_model=require_model,
     )

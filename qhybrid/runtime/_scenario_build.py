@@ -43,6 +43,7 @@ from qhybrid.runtime._scenario_specs import (
     AgentSpec,
     DirGrant,
     LlmSpec,
+    MemorySpec,
     MessageSpec,
     Scenario,
     StopSpec,
@@ -77,11 +78,15 @@ def build_scenario(
     lines: Mapping[str, int],
     base_dir: Path,
     default_name: str,
+    require_model: bool = True,
 ) -> Scenario:
-    """The :class:`Scenario` of a checked file, or the :class:`ScenarioError` of its first flaw."""
+    """The :class:`Scenario` of a checked file, or the :class:`ScenarioError` of its first flaw.
+    ``require_model=False`` accepts an ``[llm]`` model file that is not there (a replay
+    answers from the run store)."""
     builder = _Builder(display, lines, base_dir, file.stop.max_ticks)
     tools = builder.tools(file.tools)
     builder.tool_names = {t.name for t in tools}
+    builder.require_model = require_model
     agents = builder.agents(file.agents)
     targets = _Targets(agents)
     messages = builder.messages(file.messages, targets)
@@ -100,6 +105,7 @@ def build_scenario(
         stop=_copy(StopSpec, file.stop),
         llm=llm,
         tools=tools,
+        memory=_copy(MemorySpec, file.memory),
         field_lines=MappingProxyType(dict(lines)),
     )
 
@@ -164,6 +170,7 @@ class _Builder:
         self.base_dir = base_dir
         self.max_ticks = max_ticks
         self.tool_names: set[str] = set()
+        self.require_model = True
 
     def fail(self, field: str, message: str) -> NoReturn:
         raise ScenarioError(
@@ -295,7 +302,7 @@ class _Builder:
 
     def llm(self, table: LlmTable) -> LlmSpec:
         model = self._path(table.model)
-        if not model.is_file():
+        if self.require_model and not model.is_file():
             self.fail("llm.model", f"model file not found: {model}")
         return _copy(LlmSpec, table, model=model)
 

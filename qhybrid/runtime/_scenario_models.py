@@ -135,6 +135,22 @@ class StopTable(Table):
     )
 
 
+class MemoryTable(Table):
+    """Agents' long-term memory: quotas per agent and a persistent namespace."""
+
+    WHAT = ENTRY = "[memory]"
+
+    namespace: Annotated[str, Text()] = Field(
+        default="",
+        description="Keep each agent's memory under this name in the run store, from one run "
+        "to the next (default: none).",
+    )
+    max_keys: Annotated[int, IntRange(1)] = Field(default=1024, description="Keys per agent.")
+    max_bytes: Annotated[int, IntRange(1)] = Field(
+        default=1 << 20, description="Bytes of keys plus values per agent."
+    )
+
+
 class LlmTable(Table):
     """The scenario's LLM: the GGUF model that agents' `llm_complete` calls go to."""
 
@@ -455,6 +471,13 @@ class ScenarioFile(Table):
     )
     tools: Annotated[tuple[ToolTable, ...], ArrayOfTables("tools")] = Field(
         default=(), description="Tools agents may call where their grants name them (ABI v2)."
+    )
+    memory: MemoryTable = Field(
+        default_factory=MemoryTable, description="Agents' long-term memory (the mem_* ABI)."
+    )
+    checkpoint_every: Annotated[int, IntRange(0)] = Field(
+        default=0,
+        description="Ticks between the run store's checkpoints (0: the command line's default).",
     )
 
     @model_validator(mode="after")

@@ -219,6 +219,16 @@ class LlmSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MemorySpec:
+    """Agents' long-term memory (``[memory]``): quotas per agent, and the persistent
+    ``namespace`` (empty: none) under which the run store keeps it from one run to the next."""
+
+    namespace: str = ""
+    max_keys: int = 1024
+    max_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """A checked scenario: every name resolved, every path absolute, every shape inferred."""
 
@@ -233,6 +243,9 @@ class Scenario:
     stop: StopSpec = StopSpec()
     llm: LlmSpec | None = None
     tools: tuple[ToolSpec, ...] = ()
+    memory: MemorySpec = MemorySpec()
+    #: Ticks between the run store's checkpoints (0: the command line's default).
+    checkpoint_every: int = 0
     #: Field path (``"agents[0].module"``) -> 1-based line in the source; best effort.
     field_lines: Mapping[str, int] = dataclasses.field(default_factory=_empty_mapping, hash=False)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -36,6 +37,8 @@ class TraceRecorder:
         self._recent: deque[tuple[Field, ...]] = deque(maxlen=keep)
         self.records = 0
         self._file: IO[str] | None = path.open("w", encoding="utf-8") if path else None
+        #: Called with each flushed batch and its ``repr`` lines (the run store records them).
+        self.sink: Callable[[list[tuple[Field, ...]], list[str]], None] | None = None
 
     def record(self, *fields: Field) -> None:
         self._pending.append(fields)
@@ -47,11 +50,22 @@ class TraceRecorder:
             return pending
         self._pending = []
         self.records += len(pending)
-        self._hash.update(("\n".join(map(repr, pending)) + "\n").encode("utf-8"))
+        lines = list(map(repr, pending))
+        self._hash.update(("\n".join(lines) + "\n").encode("utf-8"))
+        if self.sink is not None:
+            self.sink(pending, lines)
         self._recent.extend(pending)
         if self._file is not None:
             self._file.writelines(_json(r) + "\n" for r in pending)
         return pending
+
+    def resume_from(self, lines: list[str]) -> None:
+        """Continue a run restored from a checkpoint: drop what is buffered and hash the
+        recorded ``repr`` lines of the records before it, so the hash goes on as it would."""
+        self._pending = []
+        if lines:
+            self._hash.update(("\n".join(lines) + "\n").encode("utf-8"))
+        self.records = len(lines)
 
     @property
     def hash(self) -> str:

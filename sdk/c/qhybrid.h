@@ -103,6 +103,14 @@
 #define QH_ERR_BAD_SHAPE (-6)
 /** gpu_submit: unknown op, or shapes that do not fit */
 #define QH_ERR_BAD_OP (-7)
+/** mem_get: no such key */
+#define QH_MEM_NOT_FOUND (-1)
+/** mem_put: the agent's key quota is full */
+#define QH_MEM_QUOTA_KEYS (-2)
+/** mem_put: the agent's byte quota is full */
+#define QH_MEM_QUOTA_BYTES (-3)
+/** mem_put: an empty key, or one longer than 256 bytes */
+#define QH_MEM_BAD_KEY (-4)
 /** v2: an argument out of its range (a delay < 1, a bad kind, ...) */
 #define QH_ERR_BAD_ARG (-8)
 /** v2: the scenario grants this agent no such tool or capability */
@@ -232,6 +240,17 @@ QH_IMPORT(gpu_submit) int32_t qh_gpu_submit(const char *op_ptr, size_t op_len, c
  *  the answer comes the tick after it ends. A scenario with no model, a prompt longer than the
  *  context, or a failed step answers with status `1` and the reason. See `docs/llm.md`. */
 QH_IMPORT(llm_complete) int32_t qh_llm_complete(const char *prompt_ptr, size_t prompt_len, int32_t max_tokens, int32_t tag);
+/** v1: the value stored under the key as the tick began: its length (copying at most `out_cap`
+ *  bytes of it to `out_ptr`), or `-1` no such key. */
+QH_IMPORT(mem_get) int32_t qh_mem_get(const void *key_ptr, size_t key_len, void *out_ptr, size_t out_cap);
+/** v1: store a value (at most 1 MiB) under a key (1 to 256 bytes), at the end of the tick if
+ *  the handler succeeds. `0`; `-2` over the key quota, `-3` over the byte quota, `-4` bad key. */
+QH_IMPORT(mem_put) int32_t qh_mem_put(const void *key_ptr, size_t key_len, const void *val_ptr, size_t val_len);
+/** v1: delete a key at the end of the tick: `1` if it was there, else `0`. */
+QH_IMPORT(mem_delete) int32_t qh_mem_delete(const void *key_ptr, size_t key_len);
+/** v1: the keys with this prefix, sorted, each as a little-endian `u32` length and the key:
+ *  returns the bytes that takes, written at `out_ptr` only if it fits in `out_cap`. */
+QH_IMPORT(mem_list) int32_t qh_mem_list(const void *prefix_ptr, size_t prefix_len, void *out_ptr, size_t out_cap);
 /** v2: `send` with an envelope: a correlation id `corr` (any `i64`; `new_corr` makes unique
  *  ones) and `reply_to`, the agent a `reply` goes to (`-1`: the sender). Codes as `send`. */
 QH_IMPORT(send_env) int32_t qh_send_env(int32_t to, int32_t kind, int64_t corr, int32_t reply_to, const void *ptr, size_t len);

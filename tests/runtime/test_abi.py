@@ -43,6 +43,15 @@ V1_IMPORTS = {
 }
 
 
+#: Long-term memory (issue 13), added to version 1: the host's own table must agree.
+MEMORY_IMPORTS = {
+    "mem_get": ((I32, I32, I32, I32), (I32,)),
+    "mem_put": ((I32, I32, I32, I32), (I32,)),
+    "mem_delete": ((I32, I32), (I32,)),
+    "mem_list": ((I32, I32, I32, I32), (I32,)),
+}
+
+
 def load_generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location("qh_sdk_abi", ROOT / "sdk" / "abi.py")
     assert spec is not None and spec.loader is not None
@@ -54,7 +63,11 @@ def load_generator() -> ModuleType:
 
 def test_version_1_is_unchanged() -> None:
     assert {n: HOST_FUNCTIONS[n] for n in V1_IMPORTS} == V1_IMPORTS
-    assert {n for n, v in IMPORT_SINCE.items() if v == 1} == set(V1_IMPORTS)
+    assert {n for n, v in IMPORT_SINCE.items() if v == 1} == set(V1_IMPORTS) | set(MEMORY_IMPORTS)
+    from qhybrid.runtime.wasm_pool._memory_abi import MEMORY_FUNCTIONS
+
+    assert MEMORY_FUNCTIONS == MEMORY_IMPORTS
+    assert {n: HOST_FUNCTIONS[n] for n in MEMORY_IMPORTS} == MEMORY_IMPORTS
     assert set(REQUIRED_EXPORTS) == {"qh_abi_version", "qh_alloc", "qh_on_message"}
     assert set(OPTIONAL_EXPORTS) == {"qh_init", "qh_snapshot", "qh_restore", "_initialize"}
     assert set(ABI_VERSIONS) == {1, 2}

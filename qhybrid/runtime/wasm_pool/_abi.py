@@ -52,6 +52,12 @@ HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 #: name -> the ABI version that added the host function.
 IMPORT_SINCE: dict[str, int] = {f.name: f.since for f in _SPEC.imports}
 
+# Agents' long-term memory (#13): its own module; abi.toml describes its functions too, and
+# the two must agree (tests/runtime/test_abi.py).
+from qhybrid.runtime.wasm_pool._memory_abi import MEMORY_FUNCTIONS  # noqa: E402
+
+HOST_FUNCTIONS.update(MEMORY_FUNCTIONS)
+
 #: name -> (params, results) of every required export that is a function.
 REQUIRED_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     f.name: f.signature for f in _SPEC.exports if f.required

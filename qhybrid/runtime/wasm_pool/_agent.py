@@ -34,6 +34,7 @@ from qhybrid.runtime.wasm_pool._abi import (
 )
 from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
 from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
+from qhybrid.runtime.wasm_pool._memory_abi import AgentMemory, MemoryHost
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
 from qhybrid.runtime.wasm_pool._worker_context import EPOCH_S, WorkerContext
 
@@ -101,7 +102,7 @@ def _to_i64(value: int) -> int:
 class _Call:
     """The per-message scratch state: what the handler has asked for so far."""
 
-    __slots__ = ("created", "effects", "logs", "outbox", "reads", "snapshot")
+    __slots__ = ("created", "effects", "logs", "mem", "outbox", "reads", "snapshot")
 
     def __init__(self) -> None:
         self.outbox: list[tuple[int, int, bytes]] = []
@@ -110,9 +111,10 @@ class _Call:
         self.reads: list[str] = []
         self.created: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
         self.snapshot: bytes | None = None
+        self.mem: list[tuple[bytes, bytes | None]] | None = None
 
 
-class AgentHost:
+class AgentHost(MemoryHost):
     """Owns one instance; :meth:`deliver` runs its handler for one message."""
 
     def __init__(self, ctx: WorkerContext, load: AgentLoad) -> None:
@@ -599,6 +601,8 @@ class AgentHost:
         if self.failed is not None:
             return Outcome(False, error=f"agent already failed: {self.failed}")
         self._now = now
+        if self._mem is not None:
+            self._mem.at_tick(now)
         self._call_state = state = _Call()
         unwrapped = self._v2.unwrap(sender, kind, payload)
         if unwrapped is None:  # a fire of a timer cancelled since
@@ -615,12 +619,25 @@ class AgentHost:
         outcome = self._finish(state, code, start)
         if outcome.ok:
             self.handled += 1
+            if state.mem:
+                self.mem_commit(now, state)
         return outcome
 
     def close(self) -> None:
         """Release what the instance holds beyond its store (nothing, for a compiled agent)."""
 
     # -- snapshots ------------------------------------------------------------------------
+    def unrecoverable(self) -> str | None:
+        """Why this agent's state cannot be brought back in a fresh instance, or None."""
+        if isinstance(self._exports.get("qh_snapshot"), wasmtime.Func):
+            return None
+        if self.ctx.host_snapshot_ok(self.load.module_key):
+            return None
+        return (
+            f"{self.name}: its module keeps state in non-exported mutable globals and has no "
+            "qh_snapshot/qh_restore, so it cannot be restored"
+        )
+
     def snapshot(self) -> bytes:
         """The agent's committed state: its own snapshot or its memory and globals, plus the
         host's state for it (random stream, handles, counters)."""
@@ -630,6 +647,7 @@ class AgentHost:
             tuple(self._handles),
             self._next_job,
             self._next_request,
+            self.memory.state() if self._mem is not None else (),
             self._v2.state(),
         )
         snap = self._exports.get("qh_snapshot")
@@ -658,8 +676,11 @@ class AgentHost:
         """Restore a state made by :meth:`snapshot` into this fresh instance."""
         how, host, state = pickle.loads(data)
         rng, self.handled, handles, self._next_job, self._next_request = host[:5]
-        if len(host) > 5:
-            self._v2.set_state(host[5])
+        if len(host) > 5 and host[5]:
+            mem = self.memory
+            self._mem = AgentMemory(host[5], mem.max_keys, mem.max_bytes)
+        if len(host) > 6:
+            self._v2.set_state(host[6])
         self._rng.state = rng
         self._handles = list(handles)
         self._handle_of = {name: i for i, name in enumerate(self._handles)}

@@ -50,6 +50,10 @@ class AgentLoad:
     env: tuple[tuple[str, str], ...] = ()
     #: ABI v2: the tools (``[[tools]]`` names) the scenario grants the agent.
     tools: tuple[str, ...] = ()
+    #: Long-term memory to start with (a persistent namespace's), and its quotas.
+    memory: tuple[tuple[bytes, bytes], ...] = ()
+    memory_keys: int = 1024
+    memory_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)

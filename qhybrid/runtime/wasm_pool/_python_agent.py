@@ -39,6 +39,7 @@ from qhybrid.runtime.wasm_pool._abi_spec import load_spec
 from qhybrid.runtime.wasm_pool._agent import AgentHost, GuestFault, SplitMix64, _Call
 from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
 from qhybrid.runtime.wasm_pool._guest_api import GUEST_API
+from qhybrid.runtime.wasm_pool._memory_abi import AgentMemory
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Outcome
 from qhybrid.runtime.wasm_pool._worker_context import EPOCH_S, WorkerContext
 
@@ -414,7 +415,9 @@ class PythonAgentHost(AgentHost):
         if self.failed is not None:
             return Outcome(False, error=f"agent already failed: {self.failed}")
         self._now = now
-        self._call_state = _Call()
+        if self._mem is not None:
+            self._mem.at_tick(now)
+        self._call_state = state = _Call()
         unwrapped = self._v2.unwrap(sender, kind, payload)
         if unwrapped is None:
             return Outcome(True)
@@ -423,6 +426,8 @@ class PythonAgentHost(AgentHost):
         outcome = self._exchange(frame)
         if outcome.ok:
             self.handled += 1
+            if state.mem:
+                self.mem_commit(now, state)
         elif self._thread.is_alive() and self.failed is None:
             self.failed = None  # a failed message; the interpreter goes on
         return outcome
@@ -444,6 +449,7 @@ class PythonAgentHost(AgentHost):
             tuple(self._handles),
             self._next_job,
             self._next_request,
+            self.memory.state() if self._mem is not None else (),
             self._v2.state(),
         )
         return pickle.dumps(("agent", host, self._call_state.snapshot))
@@ -453,7 +459,10 @@ class PythonAgentHost(AgentHost):
 
         _how, host, state = pickle.loads(data)
         rng, self.handled, handles, self._next_job, self._next_request = host[:5]
-        self._v2.set_state(host[5])
+        if host[5]:
+            mem = self.memory
+            self._mem = AgentMemory(host[5], mem.max_keys, mem.max_bytes)
+        self._v2.set_state(host[6])
         self._rng.state = rng
         self._handles = list(handles)
         self._handle_of = {n: i for i, n in enumerate(self._handles)}

@@ -110,6 +110,10 @@ class Worker:
         for load, snapshot, replay in items:
             self.load([load])
             agent = self.agents[load.agent_id]
+            why = agent.unrecoverable() if snapshot is not None or replay else None
+            if why is not None:
+                problems.append(why)  # a fresh instance would diverge silently
+                continue
             try:
                 if snapshot is not None:
                     agent.restore(snapshot)

@@ -9,7 +9,7 @@ import numpy.typing as npt
 import wasmtime
 
 from qhybrid.runtime.tensors import Segment
-from qhybrid.runtime.wasm_pool._abi import internal_mutable_globals
+from qhybrid.runtime.wasm_pool._globals import host_snapshot_exact
 from qhybrid.runtime.wasm_pool._protocol import TensorEntry
 
 #: The epoch ticker's period: timeouts are accurate to about this.
@@ -61,7 +61,7 @@ class WorkerContext:
                 del self._modules[cached]
             return
         try:
-            self._recoverable[key] = internal_mutable_globals(original) <= 1
+            self._recoverable[key] = host_snapshot_exact(original)
         except (ValueError, IndexError, wasmtime.WasmtimeError):
             self._recoverable[key] = False  # unknown (no or unreadable source): assume not
         for cached in [k for k in self._modules if k[0] == key]:

@@ -45,6 +45,14 @@ export const ERR_NAME_TAKEN: i32 = -5;
 export const ERR_BAD_SHAPE: i32 = -6;
 /** gpu_submit: unknown op, or shapes that do not fit */
 export const ERR_BAD_OP: i32 = -7;
+/** mem_get: no such key */
+export const MEM_NOT_FOUND: i32 = -1;
+/** mem_put: the agent's key quota is full */
+export const MEM_QUOTA_KEYS: i32 = -2;
+/** mem_put: the agent's byte quota is full */
+export const MEM_QUOTA_BYTES: i32 = -3;
+/** mem_put: an empty key, or one longer than 256 bytes */
+export const MEM_BAD_KEY: i32 = -4;
 /** v2: an argument out of its range (a delay < 1, a bad kind, ...) */
 export const ERR_BAD_ARG: i32 = -8;
 /** v2: the scenario grants this agent no such tool or capability */
@@ -146,6 +154,21 @@ export declare function gpu_submit(op_ptr: usize, op_len: usize, inputs_ptr: usi
 /** context, or a failed step answers with status `1` and the reason. See `docs/llm.md`. */
 @external("qhybrid", "llm_complete")
 export declare function llm_complete(prompt_ptr: usize, prompt_len: usize, max_tokens: i32, tag: i32): i32;
+/** v1: the value stored under the key as the tick began: its length (copying at most `out_cap`
+/** bytes of it to `out_ptr`), or `-1` no such key. */
+@external("qhybrid", "mem_get")
+export declare function mem_get(key_ptr: usize, key_len: usize, out_ptr: usize, out_cap: usize): i32;
+/** v1: store a value (at most 1 MiB) under a key (1 to 256 bytes), at the end of the tick if
+/** the handler succeeds. `0`; `-2` over the key quota, `-3` over the byte quota, `-4` bad key. */
+@external("qhybrid", "mem_put")
+export declare function mem_put(key_ptr: usize, key_len: usize, val_ptr: usize, val_len: usize): i32;
+/** v1: delete a key at the end of the tick: `1` if it was there, else `0`. */
+@external("qhybrid", "mem_delete")
+export declare function mem_delete(key_ptr: usize, key_len: usize): i32;
+/** v1: the keys with this prefix, sorted, each as a little-endian `u32` length and the key:
+/** returns the bytes that takes, written at `out_ptr` only if it fits in `out_cap`. */
+@external("qhybrid", "mem_list")
+export declare function mem_list(prefix_ptr: usize, prefix_len: usize, out_ptr: usize, out_cap: usize): i32;
 /** v2: `send` with an envelope: a correlation id `corr` (any `i64`; `new_corr` makes unique
 /** ones) and `reply_to`, the agent a `reply` goes to (`-1`: the sender). Codes as `send`. */
 @external("qhybrid", "send_env")

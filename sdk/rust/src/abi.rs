@@ -47,6 +47,14 @@ pub const ERR_NAME_TAKEN: i32 = -5;
 pub const ERR_BAD_SHAPE: i32 = -6;
 /// gpu_submit: unknown op, or shapes that do not fit
 pub const ERR_BAD_OP: i32 = -7;
+/// mem_get: no such key
+pub const MEM_NOT_FOUND: i32 = -1;
+/// mem_put: the agent's key quota is full
+pub const MEM_QUOTA_KEYS: i32 = -2;
+/// mem_put: the agent's byte quota is full
+pub const MEM_QUOTA_BYTES: i32 = -3;
+/// mem_put: an empty key, or one longer than 256 bytes
+pub const MEM_BAD_KEY: i32 = -4;
 /// v2: an argument out of its range (a delay < 1, a bad kind, ...)
 pub const ERR_BAD_ARG: i32 = -8;
 /// v2: the scenario grants this agent no such tool or capability
@@ -153,6 +161,22 @@ extern "C" {
     /// See `docs/llm.md`.
     #[link_name = "llm_complete"]
     pub fn llm_complete(prompt_ptr: *const u8, prompt_len: usize, max_tokens: i32, tag: i32) -> i32;
+    /// v1: the value stored under the key as the tick began: its length (copying at most
+    /// `out_cap` bytes of it to `out_ptr`), or `-1` no such key.
+    #[link_name = "mem_get"]
+    pub fn mem_get(key_ptr: *const u8, key_len: usize, out_ptr: *mut u8, out_cap: usize) -> i32;
+    /// v1: store a value (at most 1 MiB) under a key (1 to 256 bytes), at the end of the tick
+    /// if the handler succeeds. `0`; `-2` over the key quota, `-3` over the byte quota, `-4`
+    /// bad key.
+    #[link_name = "mem_put"]
+    pub fn mem_put(key_ptr: *const u8, key_len: usize, val_ptr: *const u8, val_len: usize) -> i32;
+    /// v1: delete a key at the end of the tick: `1` if it was there, else `0`.
+    #[link_name = "mem_delete"]
+    pub fn mem_delete(key_ptr: *const u8, key_len: usize) -> i32;
+    /// v1: the keys with this prefix, sorted, each as a little-endian `u32` length and the key:
+    /// returns the bytes that takes, written at `out_ptr` only if it fits in `out_cap`.
+    #[link_name = "mem_list"]
+    pub fn mem_list(prefix_ptr: *const u8, prefix_len: usize, out_ptr: *mut u8, out_cap: usize) -> i32;
     /// v2: `send` with an envelope: a correlation id `corr` (any `i64`; `new_corr` makes unique
     /// ones) and `reply_to`, the agent a `reply` goes to (`-1`: the sender). Codes as `send`.
     #[link_name = "send_env"]

@@ -1,0 +1,271 @@
+"""A :class:`Runtime` that records into the store, checkpoints, resumes and replays.
+
+:class:`DurableRuntime` adds three things to the orchestrator, each optional:
+
+- a :class:`RunRecorder` that observes every tick (and checkpoints every N ticks);
+- a restore point (a checkpoint's state and the trace lines before it) that ``start`` puts
+  back instead of the scenario's initial tensors, agents and messages;
+- a stand-in LLM (:class:`RecordedLlm`) that answers from the store, and a per-record check
+  against the recorded trace that stops the run at the first divergence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qhybrid.runtime._orchestrator import Runtime, RuntimeConfig
+from qhybrid.runtime._schedule import Item
+from qhybrid.runtime.store._checkpoint import load_state, unplain
+from qhybrid.runtime.wasm_pool import TensorEntry
+
+if TYPE_CHECKING:
+    from qhybrid.runtime._scenario import Scenario
+    from qhybrid.runtime._trace import Field
+    from qhybrid.runtime.store._llm_state import RecordedRequest
+    from qhybrid.runtime.store._recorder import RunRecorder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePoint:
+    """What a resume or a fork starts from: a checkpoint's state, its blobs (snapshots and
+    tensor contents by digest) and the ``repr`` lines of the trace records before it.
+    ``reseed``: agent name -> a new random-stream state (a fork with another seed)."""
+
+    state: bytes
+    blobs: dict[str, bytes]
+    lines: list[str]
+    reseed: dict[str, int] | None = None
+    #: Agents left as fresh instances (a fork that changed their group's config).
+    fresh: frozenset[str] = frozenset()
+    #: The LLM engine's history to replay (from tick ``t0``), for requests in flight.
+    llm: tuple[int, list[RecordedRequest]] | None = None
+
+
+@dataclass(slots=True)
+class Divergence:
+    """The first record where a replay differs from the recording."""
+
+    tick: int
+    record: int
+    expected: str | None
+    got: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tick": self.tick,
+            "record": self.record,
+            "expected": self.expected,
+            "got": self.got,
+        }
+
+
+class TraceCheck:
+    """Compares each record a replay makes with the recorded one, in order."""
+
+    def __init__(
+        self, recorded: Iterator[tuple[int, int, str]], *, base: int = 0, to_tick: int | None = None
+    ) -> None:
+        self._recorded = recorded
+        self._n = base
+        self.to_tick = to_tick
+        self.divergence: Divergence | None = None
+        self.checked = 0
+
+    def __call__(self, records: list[tuple[Field, ...]], lines: list[str]) -> None:
+        if self.divergence is not None:
+            return
+        for rec, line in zip(records, lines, strict=True):
+            tick = rec[1] if type(rec[1]) is int else -1
+            if self.to_tick is not None and (tick < 0 or self.to_tick < tick):
+                return  # past --to (or the replay's own end record, which --to made)
+            want = next(self._recorded, None)
+            if want is None:
+                self.divergence = Divergence(tick, self._n, None, line)
+                return
+            if want[2] != line:
+                self.divergence = Divergence(want[1], self._n, want[2], line)
+                return
+            self._n += 1
+            self.checked += 1
+
+    def finish(self, last_tick: int) -> None:
+        """At the end of a full replay: the recording must have nothing left."""
+        if self.divergence is None and self.to_tick is None:
+            want = next(self._recorded, None)
+            if want is not None:
+                self.divergence = Divergence(want[1], self._n, want[2], None)
+
+
+class DurableRuntime(Runtime):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        config: RuntimeConfig | None = None,
+        *,
+        recorder: RunRecorder | None = None,
+        restore: RestorePoint | None = None,
+        llm: Callable[[DurableRuntime], Any] | None = None,
+        check: TraceCheck | None = None,
+        stop_at: int | None = None,
+    ) -> None:
+        super().__init__(scenario, config)
+        self.recorder = recorder
+        self._restore_point = restore
+        self._restore_state: dict[str, Any] | None = load_state(restore.state) if restore else None
+        self._llm_factory = llm
+        self.check = check
+        self.stop_at = stop_at
+        #: False when a checkpoint could not be restored as it was (a replay's stand-in LLM).
+        self.checkpoints_ok = llm is None
+        #: LLM engine steps replayed to rebuild requests in flight at the restore point.
+        self.llm_steps_rebuilt = 0
+        #: The latest pool entry of each named tensor (visibility and writers, for checkpoints).
+        self.tensor_entries: dict[str, TensorEntry] = {}
+        add_tensors = self.pool.add_tensors
+
+        def add(entries: Sequence[TensorEntry]) -> None:
+            for entry in entries:
+                self.tensor_entries[entry.name] = entry
+            add_tensors(entries)
+
+        setattr(self.pool, "add_tensors", add)  # noqa: B010 (an instance's own method)
+        if llm is not None:
+            setattr(self._parts.llm, "open", self._open_recorded)  # noqa: B010
+        if recorder is not None:
+            recorder.attach(self)
+        if check is not None:
+            sink = self._trace.sink
+            if sink is None:
+                self._trace.sink = check
+            else:
+
+                def both(records: list[tuple[Field, ...]], lines: list[str]) -> None:
+                    sink(records, lines)
+                    check(records, lines)
+
+                self._trace.sink = both
+
+    async def start(self) -> None:
+        await super().start()
+        try:
+            if self._restore_state is not None:
+                await self._restore()
+        except BaseException:
+            await self.aclose()
+            raise
+        if self.recorder is not None and self._llm_factory is None:
+            self.recorder.attach_llm(self)
+
+    async def step(self) -> bool:
+        going = await super().step()
+        if self.recorder is not None:
+            await self.recorder.end_tick(self)
+        else:
+            self._trace.flush()
+        if self.check is not None and self.check.divergence is not None:
+            self.request_stop("diverged from the recording")
+        if self.stop_at is not None and self.tick >= self.stop_at:
+            self.request_stop(f"reached tick {self.stop_at}")
+        return going
+
+    async def _open_recorded(self) -> None:
+        """The LLM bridge's ``open`` in a replay: the stand-in, not the model file."""
+        if self.scenario.llm is None or self._llm_factory is None:
+            return
+        bridge = self._parts.llm
+        bridge.loaded = loaded = self._llm_factory(self)
+        self._trace.record(
+            "llm_model", 0, 0, loaded.model.name, loaded.model.config.arch, loaded.placement
+        )
+
+    async def _rebuild_llm(self, st: dict[str, Any], point: RestorePoint) -> None:
+        """Requests in flight at the checkpoint: the engine's recorded steps again."""
+        bridge = self._parts.llm
+        requests = st.get("llm_requests", {})
+        bridge._requests = dict(requests)
+        loaded = bridge.loaded
+        if not requests or loaded is None or point.llm is None:
+            return
+        from qhybrid.runtime.store._llm_state import rebuild
+
+        t0, history = point.llm
+        engine, at = loaded.engine, st["tick"]
+        self.llm_steps_rebuilt = await asyncio.wrap_future(
+            self.device.call(lambda _ctx: rebuild(engine, t0, at, history))
+        )
+
+    # -- restoring --------------------------------------------------------------------------
+    async def _restore(self) -> None:
+        """Put the checkpoint's state in place of the scenario's start (after ``start``)."""
+        from qhybrid.runtime.store._fork import reseed_snapshot
+
+        st, point = self._restore_state, self._restore_point
+        assert st is not None and point is not None
+        parts = self._parts
+        # Tensors: the checkpoint's contents, under the same names and visibility.
+        named = parts.named
+        entries = []
+        for name, shape, dtype, key, visible, writers in st["tensors"]:
+            old = named.by_name.pop(name, None)
+            if old is not None:
+                old.close()
+            tensor = self.tensors.create(shape, dtype)
+            flat = tensor.array.reshape(-1).view(np.uint8)
+            flat[...] = np.frombuffer(point.blobs[key], np.uint8)
+            named.by_name[name] = tensor
+            entries.append(TensorEntry(name, tensor.handle, visible, writers))
+        self.pool.add_tensors(entries)
+        # Agents: their states and counters, and their snapshots in fresh instances.
+        by_worker: dict[int, list[tuple[Any, bytes | None, list[Any]]]] = {}
+        for agent, (state, handled, error, restarts, key) in zip(
+            parts.roster.agents, st["agents"], strict=True
+        ):
+            agent.state, agent.handled, agent.error = state, handled, error
+            agent.restarts = restarts
+            if key is None or agent.load is None or agent.name in point.fresh:
+                continue
+            snap = point.blobs[key]
+            if point.reseed and agent.name in point.reseed:
+                snap = reseed_snapshot(snap, point.reseed[agent.name])
+            agent.snapshot, agent.log, agent.reads = snap, [], set()
+            by_worker.setdefault(agent.worker, []).append((agent.load, snap, []))
+        for worker, items in by_worker.items():
+            for problem in await self.pool.restore(worker, items):
+                if problem is not None:
+                    raise RuntimeError(f"the checkpoint cannot be restored: {problem}")
+        # The queue, the clock and the counters.
+        schedule, commit = parts.schedule, parts.commit
+        schedule.tick = st["tick"]
+        schedule.queue = [Item(*unplain(item)) for item in st["queue"]]
+        heapq.heapify(schedule.queue)
+        tasks = [i.task for i in schedule.queue if i.task is not None]
+        schedule._queued_tasks = len(tasks)
+        schedule._queued_gpu = sum(1 for t in tasks if t.kind == "gpu")
+        schedule._seq = itertools.count(st["seq"])
+        parts.llm._ids = itertools.count(st["llm_ids"])
+        (
+            commit.delivered,
+            commit.tasks_completed,
+            commit.cpu_tasks,
+            commit.gpu_tasks,
+            parts.gpu.busy_s,
+            parts.recovery.worker_restarts,
+            parts.llm.tokens,
+            parts.llm.done,
+        ) = st["counters"]
+        parts.gpu._job_owner = dict(st["job_owner"])
+        self.memory.initial, self.memory.by_agent = st["memory"]
+        await self._rebuild_llm(st, point)
+        self._trace.resume_from(point.lines)

@@ -1,0 +1,425 @@
+"""The run store: every run's scenario, settings, trace records, logs, LLM traffic, job
+results, checkpoints and summary, in one SQLite file (see ``_schema``).
+
+One :class:`RunStore` is one connection; it is not shared between threads (the recorder's
+writer thread opens its own). Writes are grouped into transactions by the caller
+(:meth:`RunStore.transaction`), which is what makes one tick's records, or one checkpoint,
+all-or-nothing: a crash during a checkpoint leaves the previous one valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qhybrid.runtime.store._schema import StoreError, connect, describe
+
+#: Statuses: "running" (or a run that died: no process updates it any more), "interrupted"
+#: (Ctrl-C), "completed", "failed", "diverged" (a replay that differed).
+RUNNING = "running"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A saved state: the tick after whose commit it was taken, how many trace records the
+    run had then, and the orchestrator's state (see ``_checkpoint``)."""
+
+    run_id: str
+    tick: int
+    records: int
+    state: bytes
+
+
+def blob_digest(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def new_run_id() -> str:
+    """Sortable by creation time and short enough to type: ``20261201-094512-3fa9``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+class RunStore:
+    """The store at ``path``; ``readonly`` opens it for reading only (a second process)."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self._conn = connect(path, readonly=readonly)
+        self._depth = 0
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One all-or-nothing transaction (nested calls join the outer one)."""
+        conn = self._conn
+        if self._depth:
+            self._depth += 1
+            try:
+                yield conn
+            finally:
+                self._depth -= 1
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(describe(self.path, exc)) from None
+        self._depth = 1
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(describe(self.path, exc)) from None
+            raise
+        finally:
+            self._depth = 0
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            cur = self._conn.execute(sql, args)
+            cur.row_factory = sqlite3.Row
+            return list(cur.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(describe(self.path, exc)) from None
+
+    # -- runs -------------------------------------------------------------------------------
+    def new_run(
+        self,
+        *,
+        scenario_name: str,
+        scenario_path: str,
+        scenario_text: str,
+        seed: int,
+        config: dict[str, Any],
+        version: str,
+        kind: str = "run",
+        parent: str | None = None,
+        fork_tick: int | None = None,
+    ) -> str:
+        run_id = new_run_id()
+        now = time.time()
+        digest = hashlib.sha256(scenario_text.encode("utf-8")).hexdigest()
+        with self.transaction() as conn:
+            while conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+                run_id = new_run_id()
+            conn.execute(
+                "INSERT INTO runs (run_id, parent, fork_tick, kind, scenario_name, scenario_path,"
+                " scenario_text, scenario_digest, seed, config, version, status, created,"
+                " updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    parent,
+                    fork_tick,
+                    kind,
+                    scenario_name,
+                    scenario_path,
+                    scenario_text,
+                    digest,
+                    seed,
+                    json.dumps(config, sort_keys=True),
+                    version,
+                    RUNNING,
+                    now,
+                    now,
+                ),
+            )
+        return run_id
+
+    def resolve(self, ref: str) -> str:
+        """A run id from what a user typed: the id, a unique prefix of it, or ``last``."""
+        if ref in ("last", "latest"):
+            rows = self._query("SELECT run_id FROM runs ORDER BY created DESC, run_id DESC LIMIT 1")
+            if not rows:
+                raise StoreError(f"run store {self.path}: it holds no runs")
+            return str(rows[0]["run_id"])
+        rows = self._query(
+            "SELECT run_id FROM runs WHERE run_id = ? OR run_id LIKE ? ESCAPE '\\' LIMIT 3",
+            (ref, ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"),
+        )
+        ids = [str(r["run_id"]) for r in rows]
+        if ref in ids:
+            return ref
+        if not ids:
+            raise StoreError(f"run store {self.path}: no run {ref!r} (see `qhybrid runs`)")
+        if len(ids) > 1:
+            raise StoreError(f"run store {self.path}: {ref!r} names several runs; type more of it")
+        return ids[0]
+
+    def runs(self) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT run_id, parent, fork_tick, kind, scenario_name, seed, status, reason,"
+            " created, finished, last_tick, records, trace_hash FROM runs ORDER BY created, run_id"
+        )
+        return [dict(r) for r in rows]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise StoreError(f"run store {self.path}: no run {run_id!r}")
+        data = dict(rows[0])
+        data["config"] = json.loads(data["config"])
+        data["summary"] = json.loads(data["summary"]) if data["summary"] else None
+        counts = self._query(
+            "SELECT (SELECT count(*) FROM logs WHERE run_id = ?) AS logs,"
+            " (SELECT count(*) FROM llm_requests WHERE run_id = ?) AS llm_requests,"
+            " (SELECT count(*) FROM jobs WHERE run_id = ?) AS jobs,"
+            " (SELECT count(*) FROM checkpoints WHERE run_id = ?) AS checkpoints,"
+            " (SELECT max(tick) FROM checkpoints WHERE run_id = ?) AS last_checkpoint",
+            (run_id,) * 5,
+        )
+        data.update(dict(counts[0]))
+        data["children"] = [
+            str(r["run_id"])
+            for r in self._query(
+                "SELECT run_id FROM runs WHERE parent = ? ORDER BY created", (run_id,)
+            )
+        ]
+        return data
+
+    def set_status(
+        self,
+        run_id: str,
+        status: str,
+        reason: str | None = None,
+        *,
+        trace_hash: str | None = None,
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        now = time.time()
+        finished = None if status == RUNNING else now
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET status = ?, reason = ?, updated = ?, finished = ?,"
+                " trace_hash = coalesce(?, trace_hash), summary = coalesce(?, summary)"
+                " WHERE run_id = ?",
+                (
+                    status,
+                    reason,
+                    now,
+                    finished,
+                    trace_hash,
+                    json.dumps(summary, sort_keys=True) if summary is not None else None,
+                    run_id,
+                ),
+            )
+
+    # -- what a tick recorded -----------------------------------------------------------------
+    def append_tick(
+        self,
+        run_id: str,
+        last_tick: int,
+        records: int,
+        rows: Iterable[tuple[int, int, str]],
+        logs: Iterable[tuple[int, str, int, str]] = (),
+        llm_requests: Iterable[tuple[int, int, str, str, str]] = (),
+        llm_updates: Iterable[tuple[int, int, str, str, int, str | None]] = (),
+        jobs: Iterable[tuple[int, str, str, str, str, float, str | None, str | None]] = (),
+        ticks: Iterable[tuple[int, float, float, int, str, float]] = (),
+    ) -> None:
+        """Add trace records ``(n, tick, line)`` and what came with them; call inside a
+        :meth:`transaction` to batch several ticks."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO records (run_id, n, tick, line) VALUES (?,?,?,?)",
+                ((run_id, n, t, line) for n, t, line in rows),
+            )
+            conn.executemany(
+                "INSERT INTO logs (run_id, tick, agent, level, text) VALUES (?,?,?,?,?)",
+                ((run_id, *row) for row in logs),
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO llm_requests (run_id, request_id, tick, prompt_ids,"
+                " params, seed) VALUES (?,?,?,?,?,?)",
+                ((run_id, *row) for row in llm_requests),
+            )
+            conn.executemany(
+                "INSERT INTO llm_updates (run_id, tick, request_id, text, new_tokens, done,"
+                " result) VALUES (?,?,?,?,?,?,?)",
+                ((run_id, *row) for row in llm_updates),
+            )
+            conn.executemany(
+                "INSERT INTO jobs (run_id, tick, name, kind, op, placement, elapsed_s, error,"
+                " digest) VALUES (?,?,?,?,?,?,?,?,?)",
+                ((run_id, *row) for row in jobs),
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO ticks (run_id, tick, t_s, dur_s, delivered, busy, llm_s)"
+                " VALUES (?,?,?,?,?,?,?)",
+                ((run_id, *row) for row in ticks),
+            )
+            conn.execute(
+                "UPDATE runs SET last_tick = ?, records = ?, updated = ? WHERE run_id = ?",
+                (last_tick, records, time.time(), run_id),
+            )
+
+    def records(
+        self, run_id: str, *, from_tick: int | None = None, to_tick: int | None = None
+    ) -> Iterator[tuple[int, int, str]]:
+        """``(n, tick, line)`` in order; ``line`` is the record's ``repr``, the text the
+        trace hash covers."""
+        sql = "SELECT n, tick, line FROM records WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if from_tick is not None:
+            sql += " AND tick >= ?"
+            args.append(from_tick)
+        if to_tick is not None:
+            sql += " AND tick <= ?"
+            args.append(to_tick)
+        try:
+            cur = self._conn.execute(sql + " ORDER BY n", args)
+            while batch := cur.fetchmany(4096):
+                for n, tick, line in batch:
+                    yield int(n), int(tick), str(line)
+        except sqlite3.Error as exc:
+            raise StoreError(describe(self.path, exc)) from None
+
+    def logs(self, run_id: str) -> list[tuple[int, str, int, str]]:
+        rows = self._query(
+            "SELECT tick, agent, level, text FROM logs WHERE run_id = ? ORDER BY rowid", (run_id,)
+        )
+        return [(int(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows]
+
+    def jobs(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM jobs WHERE run_id = ? ORDER BY rowid", (run_id,))
+        return [dict(r) for r in rows]
+
+    def ticks(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM ticks WHERE run_id = ? ORDER BY tick", (run_id,))
+        return [{**dict(r), "busy": json.loads(r["busy"])} for r in rows]
+
+    def llm_requests(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT request_id, tick, prompt_ids, params, seed FROM llm_requests"
+            " WHERE run_id = ? ORDER BY request_id",
+            (run_id,),
+        )
+        return [
+            {
+                **dict(r),
+                "prompt_ids": json.loads(r["prompt_ids"]),
+                "params": json.loads(r["params"]),
+            }
+            for r in rows
+        ]
+
+    def llm_updates(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT tick, request_id, text, new_tokens, done, result FROM llm_updates"
+            " WHERE run_id = ? ORDER BY rowid",
+            (run_id,),
+        )
+        return [
+            {
+                **dict(r),
+                "new_tokens": json.loads(r["new_tokens"]),
+                "done": bool(r["done"]),
+                "result": json.loads(r["result"]) if r["result"] else None,
+            }
+            for r in rows
+        ]
+
+    def truncate_after(self, run_id: str, tick: int, records: int) -> None:
+        """Forget what a run recorded after ``tick`` (and records from number ``records`` on):
+        what a resume from the checkpoint at ``tick`` will record again."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM records WHERE run_id = ? AND n >= ?", (run_id, records))
+            for table in ("logs", "llm_updates", "jobs", "llm_requests", "ticks"):
+                conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND tick > ?", (run_id, tick))
+            conn.execute("DELETE FROM checkpoints WHERE run_id = ? AND tick > ?", (run_id, tick))
+            conn.execute(
+                "UPDATE runs SET last_tick = ?, records = ?, status = ?, reason = NULL,"
+                " finished = NULL, trace_hash = NULL, summary = NULL WHERE run_id = ?",
+                (tick, records, RUNNING, run_id),
+            )
+
+    # -- agents' long-term memory ----------------------------------------------------------------
+    def load_memory(self, namespace: str) -> dict[str, dict[bytes, bytes]]:
+        """A persistent namespace's memory: agent name -> key -> value."""
+        rows = self._query(
+            "SELECT agent, key, value FROM memory WHERE namespace = ? ORDER BY agent, key",
+            (namespace,),
+        )
+        out: dict[str, dict[bytes, bytes]] = {}
+        for r in rows:
+            out.setdefault(str(r[0]), {})[bytes(r[1])] = bytes(r[2])
+        return out
+
+    def save_memory(self, namespace: str, memory: dict[str, dict[bytes, bytes]]) -> None:
+        """Replace what ``namespace`` holds for these agents, atomically."""
+        with self.transaction() as conn:
+            for agent, kv in memory.items():
+                conn.execute(
+                    "DELETE FROM memory WHERE namespace = ? AND agent = ?", (namespace, agent)
+                )
+                conn.executemany(
+                    "INSERT INTO memory (namespace, agent, key, value) VALUES (?,?,?,?)",
+                    ((namespace, agent, k, v) for k, v in kv.items()),
+                )
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(
+        self, run_id: str, tick: int, records: int, state: bytes, blobs: dict[str, bytes]
+    ) -> None:
+        """Save a checkpoint and the blobs it names (deduplicated by digest), atomically."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", blobs.items()
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO checkpoints (run_id, tick, records, created, state)"
+                " VALUES (?,?,?,?,?)",
+                (run_id, tick, records, time.time(), state),
+            )
+
+    def checkpoint(self, run_id: str, at_or_before: int | None = None) -> Checkpoint | None:
+        """The latest checkpoint of a run, or the latest at or before a tick."""
+        sql = "SELECT tick, records, state FROM checkpoints WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if at_or_before is not None:
+            sql += " AND tick <= ?"
+            args.append(at_or_before)
+        rows = self._query(sql + " ORDER BY tick DESC LIMIT 1", args)
+        if not rows:
+            return None
+        r = rows[0]
+        return Checkpoint(run_id, int(r["tick"]), int(r["records"]), bytes(r["state"]))
+
+    def checkpoint_ticks(self, run_id: str) -> list[int]:
+        rows = self._query("SELECT tick FROM checkpoints WHERE run_id = ? ORDER BY tick", (run_id,))
+        return [int(r[0]) for r in rows]
+
+    def blobs(self, digests: Iterable[str]) -> dict[str, bytes]:
+        wanted = list(dict.fromkeys(digests))
+        found: dict[str, bytes] = {}
+        for i in range(0, len(wanted), 500):
+            part = wanted[i : i + 500]
+            rows = self._query(
+                f"SELECT digest, data FROM blobs WHERE digest IN ({','.join('?' * len(part))})",
+                part,
+            )
+            found.update((str(r[0]), bytes(r[1])) for r in rows)
+        missing = [d for d in wanted if d not in found]
+        if missing:
+            raise StoreError(f"run store {self.path}: a checkpoint names missing data {missing[0]}")
+        return found

@@ -1,0 +1,100 @@
+"""The run store's file: transactions all-or-nothing, checkpoints that survive a failed write,
+readers beside a writer, run ids as users type them, refusals with messages."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from qhybrid.runtime.store import SCHEMA_VERSION, RunStore, StoreError
+
+
+def _run(store: RunStore) -> str:
+    return store.new_run(
+        scenario_name="s",
+        scenario_path="/x/s.toml",
+        scenario_text="name = 's'",
+        seed=1,
+        config={"workers": 2},
+        version="test",
+    )
+
+
+def _crash_while_checkpointing(store: RunStore, run: str) -> None:
+    with store.transaction():
+        # The next checkpoint is half written (its blobs are in, its row too) when it fails.
+        store.save_checkpoint(run, 20, 200, b"state-20", {"b" * 64: b"other"})
+        raise ZeroDivisionError
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        run = _run(store)
+        store.save_checkpoint(run, 10, 100, b"state-10", {"a" * 64: b"blob"})
+        with pytest.raises(ZeroDivisionError):
+            _crash_while_checkpointing(store, run)
+        cp = store.checkpoint(run)
+        assert cp is not None and (cp.tick, cp.records, cp.state) == (10, 100, b"state-10")
+        assert store.blobs(["a" * 64]) == {"a" * 64: b"blob"}
+        with pytest.raises(StoreError, match="missing data"):
+            store.blobs(["b" * 64])
+
+
+def test_a_reader_reads_while_a_writer_holds_a_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    with RunStore(path) as writer:
+        run = _run(writer)
+        writer.append_tick(run, 1, 1, [(0, 1, "('ok', 1)")])
+        with writer.transaction():
+            writer.append_tick(run, 2, 2, [(1, 2, "('ok', 2)")])
+            with RunStore(path, readonly=True) as reader:  # WAL: it sees the last commit
+                assert [line for _, _, line in reader.records(run)] == ["('ok', 1)"]
+        with RunStore(path, readonly=True) as reader:
+            assert reader.run(run)["records"] == 2
+
+
+def test_run_ids_resolve_from_what_a_user_types(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        first, second = _run(store), _run(store)
+        assert store.resolve("last") == second
+        assert store.resolve(first) == first
+        if first[:-1] != second[:-1]:
+            assert store.resolve(second[:-1]) == second  # a unique prefix
+        with pytest.raises(StoreError, match="no run 'zzz'"):
+            store.resolve("zzz")
+        common = first[:8]  # both start with the same date
+        with pytest.raises(StoreError, match="names several runs"):
+            store.resolve(common)
+
+
+def test_a_newer_or_foreign_file_is_refused_with_its_path(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.sqlite"
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer qhybrid") as err:
+        RunStore(newer)
+    assert str(newer) in str(err.value)
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"\x00not sqlite" * 500)
+    with pytest.raises(StoreError, match="not a qhybrid run store"):
+        RunStore(junk)
+    with pytest.raises(StoreError, match="no such file"):
+        RunStore(tmp_path / "missing.sqlite", readonly=True)
+
+
+def test_a_resume_forgets_what_came_after_its_checkpoint(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        run = _run(store)
+        store.append_tick(run, 5, 3, [(0, 0, "a"), (1, 5, "b"), (2, 5, "c")])
+        store.save_checkpoint(run, 5, 3, b"s5", {})
+        store.append_tick(run, 9, 5, [(3, 9, "d"), (4, 9, "e")], logs=[(9, "x", 20, "late")])
+        store.save_checkpoint(run, 9, 5, b"s9", {})
+        store.set_status(run, "interrupted")
+        store.truncate_after(run, 5, 3)
+        assert [line for _, _, line in store.records(run)] == ["a", "b", "c"]
+        assert store.logs(run) == []
+        assert store.checkpoint_ticks(run) == [5]
+        assert store.run(run)["status"] == "running"
