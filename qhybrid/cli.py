@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from qhybrid import __version__
@@ -31,6 +36,30 @@ if TYPE_CHECKING:
     from qhybrid.runtime import RunResult, Runtime
 
 logger = logging.getLogger("qhybrid")
+
+
+DEVICE_CHOICES = ("auto", "gpu", "cpu")
+
+
+def _environment(args: argparse.Namespace) -> str | None:
+    """Fill ``--workers`` and ``--device`` from ``QHYBRID_WORKERS`` and ``QHYBRID_DEVICE``,
+    checked as the flags are; the message when one is bad, else None. A flag wins over its
+    variable, except that the GPU thread itself reads ``QHYBRID_DEVICE`` under ``auto``."""
+    if args.workers is None:
+        text = os.environ.get("QHYBRID_WORKERS", "").strip()
+        try:
+            args.workers = positive_int(text) if text else 2
+        except argparse.ArgumentTypeError as exc:
+            return f"environment variable QHYBRID_WORKERS: {exc}"
+    env_device = os.environ.get("QHYBRID_DEVICE", "").strip().lower()
+    if args.device in (None, "auto") and env_device and env_device not in DEVICE_CHOICES:
+        return (
+            f"environment variable QHYBRID_DEVICE must be one of {', '.join(DEVICE_CHOICES)}; "
+            f"got {env_device!r}"
+        )
+    if args.device is None:
+        args.device = env_device or "auto"
+    return None
 
 
 def _seed(text: str) -> int:
@@ -52,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Subcommands: qhybrid generate MODEL PROMPT (text from a GGUF model), "
-            "qhybrid models (GGUF files found here), qhybrid bench {dispatch,gpu,llm,ui}, "
+            "qhybrid models (GGUF files found here), "
+            "qhybrid serve [MODEL...] (OpenAI/Ollama HTTP API), "
+            "qhybrid bench {dispatch,gpu,llm,ui,serve}, "
             "qhybrid scenario {schema,check} (the scenario format's JSON Schema; check files)."
         ),
     )
@@ -75,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device",
-        choices=("auto", "gpu", "cpu"),
-        default=os.environ.get("QHYBRID_DEVICE", "auto"),
+        choices=DEVICE_CHOICES,
+        default=None,
         help="where GPU tasks run: auto (GPU when there is an adapter), gpu, or cpu (numpy)",
     )
     parser.add_argument(
@@ -112,14 +143,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log messages with control characters escaped: agent text cannot drive the terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        from qhybrid.runtime import printable
+
+        return printable(super().formatMessage(record))
+
+
 def _setup_logging(verbosity: int) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
 
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    handler.setFormatter(_PrintableFormatter("%(message)s"))
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     os.environ.setdefault("QHYBRID_LOG_LEVEL", logging.getLevelName(level))
+
+
+def _shown(text: str, *, lines: bool = False) -> str:
+    """``text`` for the console: control characters escaped, then rich markup escaped."""
+    from rich.markup import escape
+
+    from qhybrid.runtime import printable, printable_lines
+
+    return escape(printable_lines(text) if lines else printable(text))
 
 
 def _default_scenario() -> Path:
@@ -143,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         from qhybrid.runtime.llm._generate_cli import main as generate_main
 
         return generate_main(raw[1:])
+    if raw[:1] == ["serve"]:
+        from qhybrid.serve._cli import main as serve_main
+
+        return serve_main(raw[1:])
     if raw[:1] == ["models"]:
         from qhybrid.runtime.llm._models_cli import main as models_main
 
@@ -158,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return scenario_main(raw[1:])
     args = build_parser().parse_args(raw)
+    problem = _environment(args)
+    if problem is not None:
+        sys.stderr.write(f"qhybrid: error: {problem}\n")
+        return EXIT_BAD_INPUT
     if not args.headless:
         if args.json or args.trace:
             sys.stderr.write("qhybrid: error: --json and --trace need --headless\n")
@@ -170,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_headless(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.markup import escape
 
     from qhybrid.runtime import RuntimeConfig, ScenarioError, load_scenario
     from qhybrid.runtime.wasm_pool import WorkerError
@@ -179,11 +236,11 @@ def run_headless(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     err = Console(stderr=True, highlight=False)
     path = Path(args.scenario) if args.scenario else _default_scenario()
-    workers = args.workers or int(os.environ.get("QHYBRID_WORKERS", "2") or 2)
+    workers = args.workers
     try:
         scenario = load_scenario(path)
     except ScenarioError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {_shown(str(exc), lines=True)}", soft_wrap=True)
         return EXIT_BAD_INPUT
     if args.seed is not None:
         scenario = scenario.with_seed(args.seed)
@@ -197,11 +254,11 @@ def run_headless(args: argparse.Namespace) -> int:
             if not isinstance(loaded, dict):
                 raise ValueError("expected a JSON object")
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            err.print(f"[bold red]error:[/] --record {escape(str(record))}: {escape(str(exc))}")
+            err.print(f"[bold red]error:[/] --record {_shown(str(record))}: {_shown(str(exc))}")
             return EXIT_BAD_INPUT
     answers = getattr(args, "answers", None)
     if answers not in (None, "-") and not Path(answers).is_file():
-        err.print(f"[bold red]error:[/] --answers: no such file: {escape(str(answers))}")
+        err.print(f"[bold red]error:[/] --answers: no such file: {_shown(str(answers))}")
         return EXIT_BAD_INPUT
     config = RuntimeConfig(
         workers=workers,
@@ -220,9 +277,11 @@ def run_headless(args: argparse.Namespace) -> int:
     try:
         recording = start_recording(args, path, scenario, config)
     except BadInput as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {_shown(str(exc), lines=True)}", soft_wrap=True)
         return EXIT_BAD_INPUT
     holder: dict[str, Runtime] = {}
+    stopped_by: list[int] = []
+    restore = _stop_on_hangup_and_term(stopped_by)
     try:
         try:
             result = asyncio.run(_run(scenario, config, err, holder, recording))
@@ -232,26 +291,32 @@ def run_headless(args: argparse.Namespace) -> int:
                 recording.finish(holder.get("runtime"), None, status)
             raise
     except ScenarioError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {_shown(str(exc), lines=True)}", soft_wrap=True)
         return EXIT_BAD_INPUT
     except (WorkerError, GpuJobError, OSError) as exc:
         # The run could not start: workers, the GPU device, the trace file.
         err.print(
-            f"[bold red]error:[/] could not run {escape(str(path))}: {escape(str(exc))}",
+            f"[bold red]error:[/] could not run {_shown(str(path))}: "
+            f"{_shown(str(exc), lines=True)}",
             soft_wrap=True,
         )
         return EXIT_FAILED
     except KeyboardInterrupt:
         runtime = holder.get("runtime")
-        if runtime is not None:
-            err.print(
-                f"[yellow]interrupted[/] at tick {runtime.tick}: {runtime.delivered} messages "
-                f"delivered, {runtime.tasks_completed} tasks done; "
-                f"trace so far {runtime.trace_hash}"
-            )
-        else:
-            err.print("[yellow]interrupted[/] before the run started")
-        return EXIT_INTERRUPTED
+        how = f" by {signal.Signals(stopped_by[0]).name}" if stopped_by else ""
+        # After a hangup the terminal may be gone: the cleanup is done, a lost line is not.
+        with contextlib.suppress(OSError):
+            if runtime is not None:
+                err.print(
+                    f"[yellow]interrupted{how}[/] at tick {runtime.tick}: {runtime.delivered} "
+                    f"messages delivered, {runtime.tasks_completed} tasks done; "
+                    f"trace so far {runtime.trace_hash}"
+                )
+            else:
+                err.print(f"[yellow]interrupted{how}[/] before the run started")
+        return 128 + stopped_by[0] if stopped_by else EXIT_INTERRUPTED
+    finally:
+        restore()
     if recording is not None:
         recording.finish(holder.get("runtime"), result)
     _print_summary(err, result)
@@ -264,6 +329,43 @@ def run_headless(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
         sys.stdout.flush()
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _stop_on_hangup_and_term(stopped_by: list[int]) -> Callable[[], None]:
+    """Handle SIGHUP (the terminal closed) and SIGTERM (``kill``) as Ctrl-C is handled: the
+    run is cancelled and cleans up (workers, shared memory), a partial summary is printed and
+    the exit code is 128 + the signal's number. Returns what puts the old handlers back."""
+    wanted = [getattr(signal, n) for n in ("SIGHUP", "SIGTERM") if hasattr(signal, n)]
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not stopped_by:
+            stopped_by.append(signum)
+        handler = signal.getsignal(signal.SIGINT)  # asyncio.run's own while it runs
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    if hasattr(signal, "SIGHUP"):
+        # The resource tracker (the helper that unlinks this process's segments should it be
+        # SIGKILLed) ignores SIGINT and SIGTERM but not SIGHUP: started with SIGHUP ignored,
+        # it inherits that and survives the hangup of the whole process group.
+        from multiprocessing import resource_tracker
+
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+    old = {sig: signal.signal(sig, on_signal) for sig in wanted}
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 async def _run(
@@ -296,15 +398,13 @@ class _Progress:
 
     def on_llm(self, event: Any) -> None:
         """Each LLM answer, once complete, on one line."""
-        from rich.markup import escape
-
         parts = self.answers.setdefault(event.request_id, [])
         parts.append(event.text)
         if not event.done:
             return
         words = "".join(self.answers.pop(event.request_id)).split()
-        text = f"[red]{escape(event.error)}[/]" if event.error else escape(" ".join(words))
-        self.console.print(f"  [cyan]{escape(event.agent)}[/] (llm): {text}", soft_wrap=True)
+        text = f"[red]{_shown(event.error)}[/]" if event.error else _shown(" ".join(words))
+        self.console.print(f"  [cyan]{_shown(event.agent)}[/] (llm): {text}", soft_wrap=True)
 
     def on_tick(self, event: Any) -> None:
         now = time.perf_counter()
@@ -320,12 +420,11 @@ class _Progress:
 
 
 def _print_summary(console: Any, result: RunResult) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     colour = "green" if result.ok else "red"
     console.print(
-        f"[{colour}]{result.status}[/]: {escape(result.reason)} - tick {result.ticks}, "
+        f"[{colour}]{result.status}[/]: {_shown(result.reason)} - tick {result.ticks}, "
         f"{result.messages_delivered} messages, {result.tasks_completed} tasks "
         f"({result.cpu_tasks} cpu, {result.gpu_tasks} gpu) in {result.wall_s:.2f} s",
         soft_wrap=True,
@@ -341,8 +440,8 @@ def _print_summary(console: Any, result: RunResult) -> None:
     for group, agents in groups.items():
         states = sorted({a.state for a in agents})
         table.add_row(
-            f"{group} x{len(agents)}" if len(agents) > 1 else group,
-            agents[0].module,
+            _shown(f"{group} x{len(agents)}" if len(agents) > 1 else group),
+            _shown(agents[0].module),
             str(sum(a.handled for a in agents)),
             ", ".join(states),
         )
@@ -350,17 +449,20 @@ def _print_summary(console: Any, result: RunResult) -> None:
     for agent in result.agents:
         if agent.error:
             again = f" (restarted {agent.restarts}x)" if agent.restarts else ""
-            console.print(f"  [red]{agent.name}[/]{again}: {escape(agent.error)}", soft_wrap=True)
+            console.print(
+                f"  [red]{_shown(agent.name)}[/]{again}: {_shown(agent.error)}", soft_wrap=True
+            )
     if result.worker_restarts:
         console.print(f"worker processes replaced after dying: {result.worker_restarts}")
     if result.llm:
         llm = result.llm
         console.print(
-            f"llm: {escape(str(llm['model']))} ({llm['arch']}, {llm['placement']}): "
+            f"llm: {_shown(str(llm['model']))} ({llm['arch']}, {llm['placement']}): "
             f"{llm['requests']} answers, {llm['tokens']} tokens"
         )
     device = result.device
     console.print(
-        f"device: {device.get('name')} ({device.get('kind')})   trace {result.trace_hash}",
+        f"device: {_shown(str(device.get('name')))} ({device.get('kind')})   "
+        f"trace {result.trace_hash}",
         soft_wrap=True,
     )

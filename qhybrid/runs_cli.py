@@ -95,9 +95,13 @@ def store_path(args: argparse.Namespace) -> Path:
     return path if path is not None else default_store_path()
 
 
-def _open(args: argparse.Namespace, *, readonly: bool = False) -> RunStore:
+def _open(
+    args: argparse.Namespace, *, readonly: bool = False, must_exist: bool = False
+) -> RunStore:
     from qhybrid.runtime.store import RunStore, StoreError
 
+    if must_exist and not store_path(args).exists():
+        raise BadInput(f"run store {store_path(args)}: no such file (no run was recorded there)")
     try:
         return RunStore(store_path(args), readonly=readonly)
     except StoreError as exc:
@@ -283,7 +287,7 @@ def _runtime_config(run: dict[str, Any], args: argparse.Namespace) -> RuntimeCon
     workers = getattr(args, "workers", None) or int(cfg.get("workers", 2))
     return RuntimeConfig(
         workers=workers,
-        device=cfg.get("device", "auto"),
+        device=getattr(args, "device", None) or cfg.get("device", "auto"),
         max_worker_restarts=int(cfg.get("max_worker_restarts", 3)),
     )
 
@@ -313,8 +317,10 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
 
 # -- qhybrid runs / show ---------------------------------------------------------------------------
 def cmd_runs(args: argparse.Namespace) -> int:
-    with _open(args, readonly=store_path(args).exists()) as store:
-        runs = store.runs() if store_path(args).exists() else []
+    runs = []
+    if store_path(args).exists():
+        with _open(args, readonly=True) as store:
+            runs = store.runs()
     if args.json:
         _emit(args, {"store": str(store_path(args)), "runs": runs})
         return EXIT_OK
@@ -405,7 +411,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from qhybrid.runtime.store import RunRecorder
 
-    with _open(args) as store:
+    with _open(args, must_exist=True) as store:
         run_id = _resolve(store, args.run)
         run = store.run(run_id)
         if run["status"] not in ("running", "interrupted"):
@@ -468,6 +474,22 @@ def _run_recorded(
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _gpu_results(store: RunStore, run_id: str) -> dict[tuple[int, str], tuple[bytes, str]]:
+    """(tick, task) -> (output bytes, placement) of every GPU job the run kept."""
+    jobs = [
+        j
+        for j in store.jobs(run_id)
+        if j["kind"] == "gpu" and j["error"] is None and j["digest"] and len(j["digest"]) == 64
+    ]
+    from qhybrid.runtime.store import StoreError
+
+    try:
+        blobs = store.blobs(j["digest"] for j in jobs)
+    except StoreError:
+        return {}  # an older recording without the contents: the jobs run again
+    return {(j["tick"], j["name"]): (blobs[j["digest"]], j["placement"]) for j in jobs}
+
+
 # -- qhybrid replay --------------------------------------------------------------------------------
 def _module_overrides(scenario: Scenario, specs: list[str]) -> Scenario:
     agents = list(scenario.agents)
@@ -496,6 +518,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         config = _runtime_config(run, args)
         head = [line for _, _, line in store.records(run_id, to_tick=0)]
         updates = store.llm_updates(run_id)
+        gpu_results = _gpu_results(store, run_id)
         recorded = list(store.records(run_id))
     if not recorded:
         raise BadInput(f"run {run_id} has no recorded trace to replay")
@@ -512,7 +535,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         box["llm"] = llm = recorded_llm(rt, head, updates)
         return llm
 
-    runtime = DurableRuntime(scenario, config, llm=make_llm, check=check, stop_at=args.to)
+    runtime = DurableRuntime(
+        scenario, config, llm=make_llm, check=check, stop_at=args.to, gpu_results=gpu_results
+    )
     try:
         result = _execute(runtime, err, holder)
     except KeyboardInterrupt:
@@ -542,249 +567,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "trace_hash": result.trace_hash,
             "recorded_trace_hash": run["trace_hash"],
             "model_calls": model_calls,
+            "gpu_jobs_from_store": runtime.gpu_jobs_replayed,
             "identical": identical,
             "records_checked": check.checked,
             "ticks": result.ticks,
         },
     )
     return EXIT_OK if div is None else EXIT_FAILED
-
-
-# -- qhybrid fork ----------------------------------------------------------------------------------
-class _Captured(Exception):
-    pass
-
-
-def _set_overrides(scenario: Scenario, specs: list[str]) -> Scenario:
-    import tomllib
-    from types import MappingProxyType
-
-    agents = list(scenario.agents)
-    for spec in specs:
-        key, sep, raw = spec.partition("=")
-        parts = key.split(".")
-        if not sep or len(parts) < 3 or parts[1] != "config":
-            raise BadInput(f"--set {spec!r}: expected GROUP.config.KEY=VALUE")
-        group, name = parts[0], ".".join(parts[2:])
-        index = next((i for i, a in enumerate(agents) if a.name == group), None)
-        if index is None:
-            raise BadInput(f"--set {spec!r}: no agent group {group!r}")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # a bare word: a string
-        config = dict(agents[index].config)
-        config[name] = value
-        agents[index] = dataclasses.replace(agents[index], config=MappingProxyType(config))
-    return dataclasses.replace(scenario, agents=tuple(agents))
-
-
-def cmd_fork(args: argparse.Namespace) -> int:
-    from qhybrid.runtime import LlmSpec
-    from qhybrid.runtime.store import (
-        DurableRuntime,
-        RestorePoint,
-        StoreError,
-        capture,
-        checkpointable,
-        fork_seed,
-    )
-
-    if args.at < 0:
-        raise BadInput(f"--at must be >= 0, got {args.at}")
-    with _open(args) as store:
-        parent_id = _resolve(store, args.run)
-        parent = store.run(parent_id)
-        base = _scenario_of(parent)
-        config = _runtime_config(parent, args)
-        cp = store.checkpoint(parent_id, at_or_before=args.at)
-        restore = _restore_point(store, parent_id, cp) if cp is not None else None
-    err = _err()
-    # 1. The parent's history up to --at, re-executed from its checkpoint at or before it,
-    #    held in memory at the first tick from --at on where a checkpoint can be taken.
-    holder: dict[str, Any] = {}
-
-    class _Until(DurableRuntime):
-        async def step(self) -> bool:
-            going = await super().step()
-            if going and self.tick >= args.at and checkpointable(self):
-                holder["saved"] = await capture(self)
-                raise _Captured
-            return going
-
-    lines: list[str] = list(restore.lines) if restore else []
-    phase1 = _Until(base, config, restore=restore)
-    phase1._trace.sink = lambda _records, new: lines.extend(new)
-    try:
-        result = _execute(phase1, err, {})
-    except _Captured:
-        result = None
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    if result is not None:
-        raise BadInput(
-            f"run {parent_id} ends ({result.reason}) before tick {args.at} could be forked"
-        )
-    saved = holder["saved"]
-    # 2. The changes, and the fork itself, live from that tick.
-    scenario = _set_overrides(_module_overrides(base, args.module), args.set)
-    if args.seed is not None:
-        scenario = scenario.with_seed(args.seed)
-    if args.model is not None:
-        if base.llm is None:
-            raise BadInput("--model: the scenario has no [llm]")
-        model = Path(args.model).resolve()
-        if not model.is_file():
-            raise BadInput(f"--model: no such file {model}")
-        llm: LlmSpec = dataclasses.replace(base.llm, model=model)
-        scenario = dataclasses.replace(scenario, llm=llm)
-    reseed = (
-        {name: fork_seed(args.seed, name, saved.tick) for name in scenario.agent_names}
-        if args.seed is not None
-        else None
-    )
-    changed = {spec.partition(".")[0] for spec in args.set}
-    fresh = frozenset(
-        name for group in scenario.agents if group.name in changed for name in group.instances
-    )
-    with _open(args, readonly=True) as store:
-        llm_window = _llm_window(store, parent_id, saved.tick)
-    point = RestorePoint(
-        saved.state, saved.blobs, lines[: saved.records], reseed, fresh, llm_window
-    )
-    try:
-        recording = start_recording(
-            args,
-            Path(parent["scenario_path"]),
-            scenario,
-            config,
-            kind="fork",
-            parent=parent_id,
-            fork_tick=saved.tick,
-            base_records=saved.records,
-            start_tick=saved.tick,
-        )
-    except BadInput:
-        raise
-    assert recording is not None
-    # The fork's trace before the fork tick is its parent's: copy those records.
-    try:
-        with _open(args) as store, store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO records (run_id, n, tick, line) SELECT ?, n, tick, line FROM records"
-                " WHERE run_id = ? AND n < ?",
-                (recording.run_id, parent_id, saved.records),
-            )
-    except StoreError as exc:
-        raise BadInput(str(exc)) from None
-    err.print(
-        f"qhybrid {__version__}: fork [bold]{recording.run_id}[/] of {parent_id} at tick "
-        f"{saved.tick}"
-        + (
-            f" (asked {args.at}: the first tick the run reached from there)"
-            if saved.tick != args.at
-            else ""
-        )
-    )
-    return _run_recorded(
-        args,
-        recording,
-        scenario,
-        config,
-        point,
-        err,
-        {"parent": parent_id, "fork_tick": saved.tick},
-    )
-
-
-# -- qhybrid diff ----------------------------------------------------------------------------------
-def _agents_of(run: dict[str, Any]) -> list[str]:
-    summary = run.get("summary") or {}
-    return [a["name"] for a in summary.get("agents", [])]
-
-
-def cmd_diff(args: argparse.Namespace) -> int:
-    import ast
-    import itertools
-
-    with _open(args, readonly=True) as store:
-        a_id, b_id = _resolve(store, args.run_a), _resolve(store, args.run_b)
-        a_run, b_run = store.run(a_id), store.run(b_id)
-        a = list(store.records(a_id))
-        b = list(store.records(b_id))
-    first = next(
-        (
-            i
-            for i, (x, y) in enumerate(itertools.zip_longest(a, b))
-            if x is None or y is None or x[2] != y[2]
-        ),
-        None,
-    )
-    names = _agents_of(a_run) or _agents_of(b_run)
-
-    def per_agent(records: list[tuple[int, int, str]]) -> dict[int, list[tuple[int, str]]]:
-        out: dict[int, list[tuple[int, str]]] = {}
-        for _, tick, line in records:
-            if line.startswith(("('ok'", "('fail'", "('drop'")):
-                rec = ast.literal_eval(line)
-                out.setdefault(int(rec[4]), []).append((tick, line))
-        return out
-
-    agents: dict[str, int] = {}
-    if first is not None:
-        pa, pb = per_agent(a), per_agent(b)
-        for agent_id in sorted(set(pa) | set(pb)):
-            xa, xb = pa.get(agent_id, []), pb.get(agent_id, [])
-            for x, y in itertools.zip_longest(xa, xb):
-                if x is None or y is None or x != y:
-                    tick = (x or y)[0] if (x or y) else -1
-                    if x and y:
-                        tick = min(x[0], y[0])
-                    name = names[agent_id] if agent_id < len(names) else str(agent_id)
-                    agents[name] = tick
-                    break
-    context = max(0, args.context)
-    around: dict[str, list[str]] = {}
-    payload: dict[str, Any] = {"run_a": a_id, "run_b": b_id, "identical": first is None}
-    if first is not None:
-        lo = max(0, first - context)
-        around = {
-            "a": [r[2] for r in a[lo : first + context + 1]],
-            "b": [r[2] for r in b[lo : first + context + 1]],
-        }
-        ref = a[first] if first < len(a) else b[first]
-        payload.update(
-            first_record=first,
-            first_tick=ref[1],
-            a=a[first][2] if first < len(a) else None,
-            b=b[first][2] if first < len(b) else None,
-            context=around,
-            agents=agents,
-        )
-    if args.json:
-        _emit(args, payload)
-    else:
-        from rich.markup import escape
-
-        err = _err()
-        if first is None:
-            err.print(f"[green]identical[/]: {len(a)} records")
-        else:
-            err.print(f"runs differ from tick {payload['first_tick']}, record {first}:")
-            lo = max(0, first - context)
-            for i in range(lo, first + context + 1):
-                x = a[i][2] if i < len(a) else "(end)"
-                y = b[i][2] if i < len(b) else "(end)"
-                if x == y:
-                    err.print(f"    {escape(x)}", soft_wrap=True)
-                else:
-                    err.print(f"  [red]- {escape(x)}[/]", soft_wrap=True)
-                    err.print(f"  [green]+ {escape(y)}[/]", soft_wrap=True)
-            if agents:
-                err.print("agents whose messages differ, from tick:")
-                for name, tick in sorted(agents.items(), key=lambda kv: (kv[1], kv[0])):
-                    err.print(f"  {escape(name)}: {tick}")
-    return EXIT_OK if first is None else EXIT_FAILED
 
 
 # -- qhybrid export --------------------------------------------------------------------------------
@@ -832,6 +621,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, default=None, metavar="TICK", help="stop after TICK")
     p.add_argument("--module", action="append", default=[], metavar="GROUP=PATH")
     p.add_argument("--workers", type=positive_int, default=None, metavar="N")
+    p.add_argument(
+        "--device",
+        choices=("auto", "gpu", "cpu"),
+        default=None,
+        help="where CPU-side work runs (GPU jobs come from the store); default: the run's",
+    )
     p = command("fork", "a new run from a run's state at a tick, with changes")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--at", type=int, required=True, metavar="TICK")
@@ -852,6 +647,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perfetto", type=Path, default=None, metavar="FILE")
     p.add_argument("--jsonl", type=Path, default=None, metavar="FILE")
     return parser
+
+
+def cmd_fork(args: argparse.Namespace) -> int:
+    from qhybrid.runs_fork import cmd_fork as fork
+
+    return fork(args)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from qhybrid.runs_fork import cmd_diff as diff
+
+    return diff(args)
 
 
 HANDLERS = {

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gpu_parser(commands)
     _add_ui_parser(commands)
     _add_store_parser(commands)
+    from qhybrid.bench._serve import add_parser as add_serve_parser
+
+    add_serve_parser(commands)
     return parser
 
 
@@ -260,6 +263,8 @@ def main(argv: list[str]) -> int:
         return _ui(args)
     if args.command == "store":
         return _store(args)
+    if args.command == "serve":
+        return _serve(args)
     return _bad_input(parser, f"unknown benchmark {args.command!r}")
 
 
@@ -343,6 +348,24 @@ def _gpu(args: argparse.Namespace) -> int:
         lambda _progress: run_gpu_bench(quick=args.quick),
         (GpuJobError, RuntimeError, OSError),
         lambda console, report: console.print(escape(format_report(report)), soft_wrap=True),
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from qhybrid.bench._serve import ServeBenchError, config_from_args, run_serve_bench, show
+    from qhybrid.runtime.llm import ModelError
+    from qhybrid.serve import ModelNotFound
+
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        return _bad_input(args.parser, str(exc))
+    return _measure(
+        args,
+        "serve",
+        lambda progress: run_serve_bench(config, progress),
+        (ServeBenchError, ModelNotFound, ModelError, OSError),
+        show,
     )
 
 

@@ -11,6 +11,8 @@ without a display; widgets and charts live in ``qhybrid.views``.
 - :class:`LiveModels` drains the feed and polls the metrics once per frame (about 30 a
   second) into :class:`AgentsTableModel`, :class:`LogModel`, :class:`ChatModel` and
   :class:`LiveSeries` (the charts' ring buffers).
+- :class:`ServerModel` starts and stops ``qhybrid serve`` (an HTTP API over a model) for the
+  window's Server panel, and polls its counters.
 
 Layering: ``qhybrid.app`` -> ``qhybrid.views`` -> ``qhybrid.models`` -> ``qhybrid.runtime``.
 """
@@ -22,8 +24,16 @@ from qhybrid.models._chat import ChatEntry, ChatModel
 from qhybrid.models._controller import ASK_KIND, RuntimeController, SessionState
 from qhybrid.models._feed import FeedBatch, RuntimeFeed
 from qhybrid.models._live import LiveModels, adapter_text
-from qhybrid.models._log import LEVELS, LogFilterModel, LogLine, LogModel, PythonLogCollector
+from qhybrid.models._log import (
+    LEVELS,
+    LogFilterModel,
+    LogLine,
+    LogModel,
+    PythonLogCollector,
+    plain_tooltip,
+)
 from qhybrid.models._series import CHANNELS, LiveSeries
+from qhybrid.models._server import ServerModel, ServerState, ServerStats
 from qhybrid.models._stall import StallMonitor
 
 __all__ = [
@@ -44,7 +54,11 @@ __all__ = [
     "PythonLogCollector",
     "RuntimeController",
     "RuntimeFeed",
+    "ServerModel",
+    "ServerState",
+    "ServerStats",
     "SessionState",
     "StallMonitor",
     "adapter_text",
+    "plain_tooltip",
 ]

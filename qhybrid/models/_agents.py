@@ -20,7 +20,8 @@ from PySide6.QtCore import (
     Qt,
 )
 
-from qhybrid.runtime import AgentSummary
+from qhybrid.models._log import plain_tooltip
+from qhybrid.runtime import AgentSummary, printable
 
 __all__ = ["SORT_ROLE", "AgentsFilterModel", "AgentsTableModel"]
 
@@ -146,16 +147,16 @@ class AgentsTableModel(QAbstractTableModel):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == Qt.ItemDataRole.ToolTipRole:
             if column == self.NAME:
-                return f"{self._names[row]} ({self._modules[row]})"
+                return plain_tooltip(f"{self._names[row]} ({self._modules[row]})")
             if column == self.ERROR and self._columns[self.ERROR - 1][row]:
-                return self._columns[self.ERROR - 1][row]
+                return plain_tooltip(self._columns[self.ERROR - 1][row])
             if column in (self.FUEL, self.MEMORY) and self._columns[column - 1][row] is None:
                 return "not reported per agent by this runtime"
         return None
 
     def _display(self, row: int, column: int) -> str:
         if column == self.NAME:
-            return self._names[row]
+            return printable(self._names[row])
         value = self._columns[column - 1][row]
         if column in (self.FUEL, self.MEMORY):
             if value is None:
@@ -163,7 +164,7 @@ class AgentsTableModel(QAbstractTableModel):
             return f"{value / 1024:,.0f} KiB" if column == self.MEMORY else f"{value:,}"
         if column in (self.HANDLED, self.RESTARTS):
             return f"{value:,}"
-        return str(value)
+        return printable(str(value))
 
 
 class AgentsFilterModel(QSortFilterProxyModel):

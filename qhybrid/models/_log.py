@@ -8,6 +8,7 @@ lines below a chosen level.
 from __future__ import annotations
 
 import collections
+import html
 import logging
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -20,6 +21,8 @@ from PySide6.QtCore import (
     QSortFilterProxyModel,
     Qt,
 )
+
+from qhybrid.runtime import printable
 
 __all__ = ["LEVELS", "LogFilterModel", "LogLine", "LogModel", "PythonLogCollector"]
 
@@ -40,6 +43,12 @@ class LogLine(NamedTuple):
     level: int
     source: str  # an agent's name, "runtime" or "run"
     text: str
+
+
+def plain_tooltip(text: str) -> str:
+    """A tooltip that shows ``text`` as text: Qt renders tooltips that look like HTML as
+    HTML, so agent text is escaped and wrapped in a rich-text block of its own."""
+    return f"<p style='white-space:pre-wrap'>{html.escape(printable(text))}</p>"
 
 
 def level_name(level: int) -> str:
@@ -111,12 +120,12 @@ class LogModel(QAbstractTableModel):
             if column == 1:
                 return level_name(line.level)
             if column == 2:
-                return line.source
-            return line.text
+                return printable(line.source)
+            return printable(line.text)
         if role == LEVEL_ROLE:
             return line.level
         if role == Qt.ItemDataRole.ToolTipRole and index.column() == 3:
-            return line.text
+            return plain_tooltip(line.text)
         return None
 
 

@@ -45,6 +45,7 @@ from qhybrid.runtime._scenario import (
     load_scenario,
     parse_scenario,
 )
+from qhybrid.runtime._text import printable, printable_lines
 from qhybrid.runtime.tensors import SharedTensor, TensorHandle, TensorStore
 
 __all__ = [
@@ -81,5 +82,7 @@ __all__ = [
     "WorkerRestarted",
     "load_scenario",
     "parse_scenario",
+    "printable",
+    "printable_lines",
     "run_scenario",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -95,7 +96,7 @@ class Commit:
         self.cpu_tasks = 0
         self.gpu_tasks = 0
         self.effects: dict[str, EffectKind] = {
-            "create": EffectKind(self._create, _claim_name(1)),
+            "create": EffectKind(self._create, self._check_create),
             "write": EffectKind(self._write),
             "gpu": EffectKind(self._gpu, _claim_name(4)),
             "llm": EffectKind(self._llm),
@@ -250,6 +251,16 @@ class Commit:
                 kind.apply(agent, tick, item, effect)
         return None
 
+    def _check_create(self, effect: Effect, taken: set[str]) -> str | None:
+        """The name is free and the tensor fits in shared memory (issue 12: a full /dev/shm
+        fails the creating agent's message, not the run)."""
+        problem = _CLAIM_CREATE_NAME(effect, taken)
+        if problem is not None:
+            return problem
+        _, _, dtype, shape = effect
+        assert isinstance(dtype, str) and isinstance(shape, tuple)
+        return self.tensors.store.room_problem(np.dtype(dtype).itemsize * math.prod(shape))
+
     def _create(self, agent: AgentRecord, tick: int, item: Item, effect: Effect) -> None:
         _, name, dtype, shape = effect
         assert isinstance(name, str) and isinstance(dtype, str)
@@ -290,3 +301,6 @@ def _claim_name(field_index: int) -> Callable[[Effect, set[str]], str | None]:
         return None
 
     return check
+
+
+_CLAIM_CREATE_NAME = _claim_name(1)

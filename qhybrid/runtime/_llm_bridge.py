@@ -34,6 +34,9 @@ __all__ = ["LlmBridge"]
 
 logger = logging.getLogger(__name__)
 
+#: LLM requests one agent may have in flight at once (docs/limits.md).
+MAX_LLM_IN_FLIGHT = 4
+
 
 class LlmBridge:
     def __init__(
@@ -138,6 +141,20 @@ class LlmBridge:
             return
         from qhybrid.runtime.llm import GenerationParams, SamplingParams, encode_prompt
 
+        # One agent must not monopolise the model (issue 12): at most MAX_LLM_IN_FLIGHT of its
+        # requests hold engine slots at once; the others are answered at once, with why.
+        mine = sum(1 for owner, _, _ in self._requests.values() if owner == agent.agent_id)
+        if mine >= MAX_LLM_IN_FLIGHT:
+            self._answer(
+                agent.agent_id,
+                tick,
+                request,
+                tag,
+                1,
+                f"quota exceeded: {MAX_LLM_IN_FLIGHT} LLM requests of this agent are in flight "
+                "already",
+            )
+            return
         try:
             ids = encode_prompt(llm.tokenizer, prompt.decode("utf-8", "replace"), chat=spec.chat)
             params = GenerationParams(

@@ -9,9 +9,8 @@ The request (``docs/agent-abi.md``)::
 
 Unset sampling keys come from the scenario's ``[llm]``; the seed, when not given, from the
 scenario's seed, the agent and the request, as for ``llm_complete``. ``json_schema`` asks for
-output that follows the schema: the engine constrains sampling with a grammar when it has
-one (``GenerationParams.json_schema``), and otherwise the answer says so (status 1) rather
-than return text that might not parse.
+output that follows the schema: the engine constrains every token with a grammar compiled
+from it (``llm._grammar``), so the answer always parses.
 """
 
 from __future__ import annotations
@@ -118,10 +117,19 @@ def chat_prompt_ids(tokenizer: Tokenizer, request: ChatRequest) -> list[int]:
     return tokenizer.encode(text)
 
 
+_VOCABS: dict[int, Any] = {}  # id(tokenizer) -> its TokenVocabulary (one model per run)
+
+
 def chat_params(
-    request: ChatRequest, spec: LlmSpec, n_ctx: int, default_seed: int
+    request: ChatRequest,
+    spec: LlmSpec,
+    n_ctx: int,
+    default_seed: int,
+    tokenizer: Tokenizer | None = None,
 ) -> GenerationParams:
-    from qhybrid.runtime.llm import GenerationParams, SamplingParams
+    """The engine's parameters; a ``json_schema`` becomes a grammar bound to the model's
+    tokens (``ValueError`` for a schema it cannot compile)."""
+    from qhybrid.runtime.llm import GenerationParams, GrammarError, SamplingParams
 
     sampling = SamplingParams(
         temperature=spec.temperature if request.temperature is None else request.temperature,
@@ -136,13 +144,21 @@ def chat_params(
         stop=spec.stop if request.stop is None else request.stop,
     )
     if request.json_schema is not None:
-        fields = {f.name for f in dataclasses.fields(params)}
-        if "json_schema" not in fields:
-            raise ValueError(
-                "json_schema: this engine has no grammar-constrained sampling yet, so the "
-                "answer could not be guaranteed to parse"
-            )
-        params = dataclasses.replace(params, json_schema=request.json_schema)  # type: ignore[call-arg]
+        from qhybrid.runtime.llm import TokenVocabulary, compile_json_schema
+
+        if tokenizer is None:
+            raise ValueError("json_schema: no tokenizer to bind the grammar to")
+        try:
+            grammar = compile_json_schema(request.json_schema)
+        except GrammarError as exc:
+            raise ValueError(f"json_schema: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"json_schema: not a usable JSON Schema: {exc}") from None
+        vocab = _VOCABS.get(id(tokenizer))
+        if vocab is None:
+            _VOCABS.clear()
+            vocab = _VOCABS[id(tokenizer)] = TokenVocabulary.from_tokenizer(tokenizer)
+        params = dataclasses.replace(params, grammar=grammar.for_vocabulary(vocab))
     return params
 
 

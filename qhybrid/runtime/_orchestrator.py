@@ -109,7 +109,8 @@ class Runtime:
         self.events = RuntimeEvents()
         self.tensors = TensorStore()
         self.pool: AgentPool = pool or WorkerPool(cfg.workers, start_timeout=cfg.start_timeout)
-        self.device = GpuDevice(prefer=cfg.device)
+        # A run places GPU jobs by a fixed rule, never by timings (the trace must not vary).
+        self.device = GpuDevice(prefer=cfg.device, placement="fixed")
         self.device_info: DeviceInfo | None = None
         self._metrics = MetricsRecorder(cfg.workers)
         self._trace = TraceRecorder(path=cfg.trace_path)
@@ -381,6 +382,7 @@ class Runtime:
             self.device_info,
             time.perf_counter() - self._t_start,
             self.worker_restarts,
+            placement=self.device.placement_rule,  # what placed the GPU jobs (recorded)
         )
         self._emit_state(status, reason)
 

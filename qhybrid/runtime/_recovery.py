@@ -102,21 +102,33 @@ class Recovery:
             written = self.tensors.pending_names()
             readers = [a for a in self.roster.agents if a.reads & written]
             if readers and self.checkpoint_every > 0:
-                await self.checkpoint(readers)
+                await self.checkpoint(readers, tick)
             self.tensors.apply_writes()
         if self.checkpoint_due:
             due, self.checkpoint_due = self.checkpoint_due, []
-            await self.checkpoint(due)
+            await self.checkpoint(due, tick)
 
-    async def checkpoint(self, agents: list[AgentRecord]) -> None:
-        """Snapshot ``agents`` (by worker, in parallel) and drop their replay logs."""
+    async def checkpoint(self, agents: list[AgentRecord], tick: int) -> None:
+        """Snapshot ``agents`` (by worker, in parallel) and drop their replay logs.
+
+        A worker that dies meanwhile is replaced like any other (its agents restored from
+        their last snapshot and replay log, which hold everything up to this tick), and the
+        snapshot is taken again on the new one (issue 12)."""
         by_worker: dict[int, list[AgentRecord]] = {}
         for agent in agents:
             if agent.state == LOADED:
                 by_worker.setdefault(agent.worker, []).append(agent)
 
         async def one(worker: int, group: list[AgentRecord]) -> None:
-            snaps = await self.pool.snapshot(worker, [a.agent_id for a in group])
+            while True:
+                try:
+                    snaps = await self.pool.snapshot(worker, [a.agent_id for a in group])
+                    break
+                except WorkerCrashed as exc:
+                    await self.recover_worker(worker, tick, exc)  # RunFailed past the limit
+                    group = [a for a in group if a.state == LOADED]
+                    if not group:
+                        return
             for agent in group:
                 snap = snaps.get(agent.agent_id)
                 if isinstance(snap, bytes):

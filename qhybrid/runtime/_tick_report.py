@@ -87,8 +87,12 @@ class Reporter:
         device: DeviceInfo | None,
         wall_s: float,
         worker_restarts: int,
+        placement: str | None = None,
     ) -> RunResult:
         commit, scenario = self.commit, self.roster.scenario
+        info: dict[str, object] = device.to_json() if device else {"name": "cpu", "kind": "cpu"}
+        if placement is not None:
+            info["placement"] = placement
         return RunResult(
             scenario=scenario.name,
             seed=scenario.seed,
@@ -102,7 +106,7 @@ class Reporter:
             gpu_tasks=commit.gpu_tasks,
             agents=self.roster.summaries(),
             workers=self.roster.workers,
-            device=device.to_json() if device else {"name": "cpu", "kind": "cpu"},
+            device=info,
             wall_s=round(wall_s, 6),
             worker_restarts=worker_restarts,
             llm=self.llm.summary(),

@@ -134,7 +134,7 @@ class V2Bridge:
             chat = parse_chat_request(data)
             ids = chat_prompt_ids(loaded.tokenizer, chat)
             seed = derive_seed(llm.scenario.seed, "llm", agent.name, str(request))
-            params = chat_params(chat, spec, loaded.runner.n_ctx, seed)
+            params = chat_params(chat, spec, loaded.runner.n_ctx, seed, loaded.tokenizer)
             rid = loaded.engine.submit(ids, params, request_id=llm.new_id())
         except ValueError as exc:
             fail(str(exc))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
 from qhybrid.views._main_window import MainWindow
+from qhybrid.views._server import ServerPanel
 from qhybrid.views._tables import AgentsView, LogView
 from qhybrid.views._theme import THEMES, apply_theme, is_dark
 
@@ -19,6 +20,7 @@ __all__ = [
     "ChatPanel",
     "LogView",
     "MainWindow",
+    "ServerPanel",
     "apply_theme",
     "is_dark",
 ]

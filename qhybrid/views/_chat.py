@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from qhybrid.models import ChatEntry, LiveModels, RuntimeController, SessionState
+from qhybrid.runtime import printable, printable_lines
 
 __all__ = ["ChatPanel"]
 
@@ -112,8 +113,8 @@ class ChatPanel(QWidget):
 
 
 def _entry_html(entry: ChatEntry) -> str:
-    text = html.escape(entry.text).replace("\n", "<br>")
-    who = html.escape(entry.agent)
+    text = html.escape(printable_lines(entry.text)).replace("\n", "<br>")
+    who = html.escape(printable(entry.agent))
     if entry.role == "user":
         return f"<p><b>you \N{RIGHTWARDS ARROW} {who}:</b> {text}</p>"
     if entry.role == "agent":
@@ -122,7 +123,7 @@ def _entry_html(entry: ChatEntry) -> str:
     if not entry.done:
         status = " \N{HORIZONTAL ELLIPSIS}"
     elif entry.error:
-        status = f" <span style='color:#D55E00'>[{html.escape(entry.error)}]</span>"
+        status = f" <span style='color:#D55E00'>[{html.escape(printable(entry.error))}]</span>"
     elif entry.finish and entry.finish != "stop":
         status = f" <span style='color:gray'>[{html.escape(entry.finish)}]</span>"
     rate = f" <span style='color:gray'>({entry.tok_s:.1f} tok/s)</span>" if entry.tok_s else ""

@@ -35,9 +35,11 @@ from PySide6.QtWidgets import (
 )
 
 import qhybrid
-from qhybrid.models import LiveModels, RuntimeController, SessionState
+from qhybrid.models import LiveModels, RuntimeController, ServerModel, SessionState, plain_tooltip
+from qhybrid.runtime import printable
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
+from qhybrid.views._server import ServerPanel
 from qhybrid.views._tables import AgentsView, LogView
 from qhybrid.views._theme import THEMES, apply_theme
 
@@ -109,9 +111,14 @@ class MainWindow(QMainWindow):
         self.agents_dock = self._dock("Agents", "agents_dock", self.agents_view)
         self.log_dock = self._dock("Log", "log_dock", self.log_view)
         self.chat_dock = self._dock("Chat", "chat_dock", self.chat_panel)
+        self.server_model = ServerModel(self)
+        self.server_panel = ServerPanel(self.server_model, self)
+        self.server_dock = self._dock("Server", "server_dock", self.server_panel)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.agents_dock)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.log_dock)
         self.splitDockWidget(self.log_dock, self.chat_dock, Qt.Orientation.Horizontal)
+        self.tabifyDockWidget(self.chat_dock, self.server_dock)
+        self.chat_dock.raise_()
         self.log_view.set_min_level(_int(settings.value(_LOG_LEVEL_KEY), 20))
 
         self._create_actions()
@@ -325,7 +332,7 @@ class MainWindow(QMainWindow):
 
         self.view_menu = menu_bar.addMenu("&View")
         self.view_menu.setObjectName("view_menu")
-        for dock in (self.agents_dock, self.log_dock, self.chat_dock):
+        for dock in (self.agents_dock, self.log_dock, self.chat_dock, self.server_dock):
             self.view_menu.addAction(dock.toggleViewAction())
         self.view_menu.addSeparator()
         theme_menu = self.view_menu.addMenu("&Theme")
@@ -353,9 +360,9 @@ class MainWindow(QMainWindow):
     def _state_changed(self, state: str, detail: str) -> None:
         text = _STATE_TEXT.get(state, state)
         self.state_label.setText(f"<b>{text}</b>")
-        self.state_label.setToolTip(detail)
+        self.state_label.setToolTip(plain_tooltip(detail) if detail else "")
         if state in (SessionState.COMPLETED, SessionState.FAILED) and detail:
-            self.statusBar().showMessage(f"{text}: {detail}")
+            self.statusBar().showMessage(f"{text}: {printable(detail)}")
         self._update_actions()
 
     def _update_actions(self) -> None:
@@ -377,7 +384,7 @@ class MainWindow(QMainWindow):
         self.adapter_label.setText(text)
 
     def _show_error(self, message: str) -> None:
-        self.statusBar().showMessage(f"Error: {message}", 15_000)
+        self.statusBar().showMessage(f"Error: {printable(message)}", 15_000)
 
     def _run_finished(self, result: object) -> None:
         self.workers_spin.setValue(self.controller.workers)
@@ -445,6 +452,7 @@ class MainWindow(QMainWindow):
             # GPU thread and the shared memory, then the runtime's thread.
             self.live.close()
             self.controller.shutdown()
+            self.server_model.close()
         finally:
             QApplication.restoreOverrideCursor()
         super().closeEvent(event)

@@ -22,8 +22,6 @@
 #define QH_IMPLEMENTATION
 #include "qhybrid.h"
 
-/* The memory imports (docs/agent-abi.md, "Long-term memory") are in qhybrid.h. */
-
 enum { KIND_NOTE = 1, KIND_SHOW = 2 };
 
 static int started; /* this run's first message seen (memory, so snapshots keep it) */

@@ -301,6 +301,7 @@ def test_replay_with_another_module_stops_at_the_first_divergence(
     run = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(relays(tmp_path)))
     part = cli_json(qhybrid_cmd, env, "replay", run["run_id"], "--to", "20")
     assert part["identical"] is True and part["ticks"] == 20
+    assert part["gpu_jobs_from_store"] == 1  # the matmul at tick 5: its recorded output
     other = cli_json(
         qhybrid_cmd,
         env,
@@ -448,10 +449,11 @@ module = "@AGENTS@/notes.wasm"
 [[agents]]
 name = "ping"
 module = "@AGENTS@/ping.wat"
+count = 32
 [[messages]]
 to = "ping"
 kind = 1
-payload_i64 = [150]
+payload_i64 = [1500]
 [[messages]]
 to = "notes"
 kind = 1
@@ -465,7 +467,7 @@ at = 40
 [[messages]]
 to = "notes"
 kind = 2
-at = 140
+at = 1490
 """
 
 
@@ -486,7 +488,7 @@ def test_memory_survives_resume_and_a_namespace_keeps_it_across_runs(
         "--checkpoint-every",
         "10",
     )
-    assert code == -signal.SIGKILL and 60 <= seen < 140
+    assert code == -signal.SIGKILL and 60 <= seen < 1490
     resumed = cli_json(qhybrid_cmd, env, "resume", "last")
     assert resumed["resumed_from"] >= 40  # the checkpoint holds both notes ...
     assert resumed["trace_hash"] == plain["trace_hash"]  # ... and the run goes on as it would

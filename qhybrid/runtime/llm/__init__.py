@@ -7,6 +7,10 @@
   once per tick (:func:`open_engine`) for agents' ``llm_complete`` calls.
 - :class:`ModelRunner` is what the engine drives (one step: feed tokens, sample one token per
   sequence); :class:`NumpyRunner` is the CPU implementation and the reference of the graph.
+- :func:`compile_json_schema` turns a JSON Schema into a grammar; bound to a model's
+  :class:`TokenVocabulary` (``grammar.for_vocabulary(vocab)``) it is a :class:`TokenGrammar`
+  that :class:`GenerationParams` takes as ``grammar``: every token is then constrained so that
+  the answer parses and validates (structured output, tool calls).
 - :class:`Tokenizer` is built from the file's metadata (``Tokenizer.from_metadata(
   model.metadata)``): byte-level BPE or SentencePiece, special tokens, streaming decode, the
   chat template.
@@ -17,10 +21,12 @@ Never imports Qt. See docs/llm.md.
 from __future__ import annotations
 
 from qhybrid.runtime.llm._engine import (
+    Constraint,
     GenerationParams,
     GenerationResult,
     LlmEngine,
     RequestUpdate,
+    sample_host,
 )
 from qhybrid.runtime.llm._gguf import (
     SUPPORTED_ARCHS,
@@ -33,6 +39,14 @@ from qhybrid.runtime.llm._gguf import (
     load_model,
     read_metadata,
     read_model_info,
+)
+from qhybrid.runtime.llm._grammar import (
+    GrammarError,
+    JsonGrammar,
+    TokenConstraint,
+    TokenGrammar,
+    TokenVocabulary,
+    compile_json_schema,
 )
 from qhybrid.runtime.llm._numpy_model import NumpyRunner
 from qhybrid.runtime.llm._runner import GREEDY, ModelRunner, SamplingParams, SeqInput
@@ -58,9 +72,12 @@ __all__ = [
     "SUPPORTED_ARCHS",
     "SUPPORTED_QTYPES",
     "ChatTemplateError",
+    "Constraint",
     "GenerationParams",
     "GenerationResult",
+    "GrammarError",
     "IncrementalDecoder",
+    "JsonGrammar",
     "Llm",
     "LlmEngine",
     "LlmOptions",
@@ -76,13 +93,18 @@ __all__ = [
     "SamplingParams",
     "SeqInput",
     "TensorData",
+    "TokenConstraint",
+    "TokenGrammar",
     "TokenStream",
+    "TokenVocabulary",
     "Tokenizer",
     "TokenizerError",
+    "compile_json_schema",
     "encode_prompt",
     "load_model",
     "open_engine",
     "read_metadata",
     "read_model_info",
     "render_chat_template",
+    "sample_host",
 ]

@@ -9,6 +9,9 @@ on the thread that owns the runner, the GPU device thread. Each :meth:`LlmEngine
 2. builds one batch: every new request's whole prompt (prefill) and every running request's
    last token (decode), as :class:`SeqInput` items, and runs it through the runner once, which
    samples one token per item on the device (only the token ids come back);
+   A step with a grammar-constrained request (:class:`GenerationParams.grammar`, e.g. a JSON
+   Schema from :mod:`._grammar`) asks the runner for the logits instead and samples on the
+   host, every item the same way the runner would, with the disallowed tokens masked out;
 3. turns each request's new token into text, checks end of sequence, stop strings, the token
    budget and the context, and returns what changed as :class:`RequestUpdate` values.
 
@@ -29,12 +32,38 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from qhybrid.runtime.llm._runner import ModelRunner, SamplingParams, SeqInput
+from qhybrid.runtime.wgpu_thread import _reference as ref
 
 logger = logging.getLogger(__name__)
 
 Finish = Literal["stop", "length", "cancelled", "error"]
+
+
+class Constraint(Protocol):
+    """One request's token-level constraint (:class:`~._grammar.TokenConstraint`)."""
+
+    def mask(self) -> npt.NDArray[np.bool_]:
+        """The tokens allowed next, ``bool[n_vocab]``."""
+        ...
+
+    def advance(self, token: int) -> None:
+        """Consume the picked token (``ValueError`` if it was not allowed)."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """Complete, and nothing may follow: the request ends here."""
+        ...
+
+
+class Grammar(Protocol):
+    """What :attr:`GenerationParams.grammar` holds (:class:`~._grammar.TokenGrammar`): one
+    fresh :class:`Constraint` per request."""
+
+    def start(self) -> Constraint: ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +73,8 @@ class GenerationParams:
     ``max_tokens`` counts generated tokens; generation also ends at the model's end-of-sequence
     tokens (unless ``ignore_eos``), at the first stop string (which is left out of the text) or
     when the context is full. ``seed`` fixes the sampling stream: the same prompt, parameters
-    and seed give the same tokens on a given device.
+    and seed give the same tokens on a given device. ``grammar`` constrains every token (the
+    request ends when the grammar's document is complete and nothing may follow).
     """
 
     max_tokens: int = 128
@@ -52,6 +82,7 @@ class GenerationParams:
     seed: int = 0
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -129,6 +160,7 @@ class TextDecoder(Protocol):
 class _Request:
     __slots__ = (
         "cancelled",
+        "constraint",
         "detok",
         "emitted",
         "first_token_at",
@@ -170,6 +202,7 @@ class _Request:
         self.prefill_s = 0.0
         n = params.sampling.repeat_last_n
         self.recent: deque[int] = deque(prompt[-n:] if n else (), maxlen=max(n, 1))
+        self.constraint = params.grammar.start() if params.grammar is not None else None
 
 
 class LlmEngine:
@@ -269,7 +302,11 @@ class LlmEngine:
             )
         started = time.perf_counter()
         try:
-            sampled = self.runner.step(items)
+            masks = [r.constraint.mask() if r.constraint is not None else None for r in order]
+            if any(m is not None for m in masks):
+                sampled = sample_host(self.runner.logits(items), items, masks)
+            else:
+                sampled = self.runner.step(items)
         except Exception as exc:
             # One failed step fails the requests in it, not the engine.
             logger.exception("an LLM step failed")
@@ -330,6 +367,12 @@ class LlmEngine:
         request.recent.append(token)
         self.generated_total += 1
         new_tokens = (token,)
+        constraint = request.constraint
+        if constraint is not None:
+            try:
+                constraint.advance(token)
+            except ValueError as exc:
+                return self._finish(request, "error", f"constrained sampling: {exc}")
         if token in self._eos and not params.ignore_eos:
             text = self._visible(request, request.detok.flush(), final=True)
             return self._finish(request, "stop", None, text, new_tokens)
@@ -340,6 +383,9 @@ class LlmEngine:
             request.text = request.text[:cut]
             text = request.text[request.emitted :]
             request.emitted = len(request.text)
+            return self._finish(request, "stop", None, text, new_tokens)
+        if constraint is not None and constraint.finished:
+            text = self._visible(request, request.detok.flush(), final=True)
             return self._finish(request, "stop", None, text, new_tokens)
         if len(request.tokens) >= params.max_tokens or request.pos >= self.runner.n_ctx:
             text = self._visible(request, request.detok.flush(), final=True)
@@ -383,6 +429,33 @@ class LlmEngine:
             decode_s,
         )
         return RequestUpdate(request.request_id, text, new_tokens, True, result)
+
+
+def sample_host(
+    logits: npt.NDArray[np.float32],
+    items: Sequence[SeqInput],
+    masks: Sequence[npt.NDArray[np.bool_] | None],
+) -> npt.NDArray[np.uint32]:
+    """One token per item from its logits row, as the runners sample on their device (the
+    repetition penalty, then :func:`~qhybrid.runtime.wgpu_thread._reference.sample`), with
+    the tokens outside ``masks[b]`` (when given) excluded."""
+    out = np.empty(len(items), dtype=np.uint32)
+    for b, item in enumerate(items):
+        row = logits[b : b + 1]
+        s = item.sampling
+        recent = np.asarray(item.recent, dtype=np.int64)
+        recent = recent[-s.repeat_last_n :] if s.repeat_last_n else recent[:0]
+        if s.repeat_penalty != 1.0 and recent.size:
+            row = ref.repeat_penalty(
+                row, recent[None, :], np.array([recent.size]), s.repeat_penalty
+            )
+        mask = masks[b]
+        if mask is not None:
+            row = np.where(mask[None, :], row, np.float32(-np.inf)).astype(np.float32)
+        out[b] = ref.sample(
+            row, s.temperature, s.top_k, s.top_p, np.array([item.uniform], np.float32)
+        )[0]
+    return out
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -27,6 +28,7 @@ from typing import Literal
 from qhybrid.runtime.llm._engine import GenerationParams, GenerationResult, LlmEngine, RequestUpdate
 from qhybrid.runtime.llm._gguf import ModelError, ModelFile, load_model
 from qhybrid.runtime.llm._gpu_model import GpuRunner, gpu_too_large, gpu_unsupported
+from qhybrid.runtime.llm._memory import check_kv_cache
 from qhybrid.runtime.llm._numpy_model import NumpyRunner
 from qhybrid.runtime.llm._runner import ModelRunner
 from qhybrid.runtime.llm._tokenizer import ChatTemplateError, Tokenizer
@@ -77,6 +79,15 @@ class LoadedModel:
         self.model.close()
 
 
+def _load_tokenizer(model: ModelFile) -> Tokenizer:
+    """The file's tokenizer; any failure to build it (our checks, the ``tokenizers`` library's
+    own, or metadata of the wrong type) is a :class:`ModelError` naming the file."""
+    try:
+        return Tokenizer.from_metadata(model.metadata)
+    except Exception as exc:  # tokenizers raises plain Exception
+        raise ModelError(f"{model.path}: bad tokenizer metadata: {exc}") from None
+
+
 def open_engine(
     ctx: ComputeContext | None, path: str | os.PathLike[str], options: LlmOptions
 ) -> LoadedModel:
@@ -86,7 +97,7 @@ def open_engine(
     """
     model = load_model(path)
     try:
-        tokenizer = Tokenizer.from_metadata(model.metadata)
+        tokenizer = _load_tokenizer(model)
         config = model.config
         n_ctx = options.n_ctx or min(config.n_ctx_train or DEFAULT_N_CTX, DEFAULT_N_CTX)
         runner: ModelRunner
@@ -102,6 +113,9 @@ def open_engine(
         # (llvmpipe) numpy runs the same graph ~20x faster (docs/benchmarks.md).
         hardware = ctx is not None and ctx.info.kind == "hardware"
         use_gpu = options.runner == "gpu" or (options.runner == "auto" and hardware)
+        gpu_buffer = ctx.max_buffer_bytes if ctx is not None and use_gpu and not why_not else None
+        # Before allocating it: refuse a KV cache that cannot fit, saying what would.
+        check_kv_cache(model, options.n_slots, n_ctx, max_buffer=gpu_buffer)
         if ctx is not None and use_gpu and why_not is None:
             runner = GpuRunner(ctx, model, options.n_slots, n_ctx)
             placement = "gpu"
@@ -195,6 +209,8 @@ class Llm:
         self._streams: dict[int, TokenStream] = {}
         self._driver: asyncio.Task[None] | None = None
         self._closed = False
+        #: Longest run of back-to-back engine steps per device job (see _drive).
+        self._step_budget_s = 0.05
 
     @classmethod
     async def open(
@@ -280,15 +296,25 @@ class Llm:
 
     async def _drive(self) -> None:
         engine = self.engine
+        loop = asyncio.get_running_loop()
+        budget = self._step_budget_s
+
+        def run_steps(_ctx: object) -> None:
+            # On the device thread: steps back to back for up to `budget` seconds, each step's
+            # updates handed to the loop at once. The loop streams them out (HTTP, printing)
+            # while the next step computes, instead of the device waiting for the loop between
+            # steps; the budget gives the device back to its other jobs now and then.
+            deadline = time.perf_counter() + budget
+            while not self._closed:
+                updates = engine.step()
+                if updates:
+                    loop.call_soon_threadsafe(self._dispatch, updates)
+                if time.perf_counter() >= deadline or not engine.has_work():
+                    return
+
         try:
             while engine.has_work() and not self._closed:
-                updates = await asyncio.wrap_future(self.device.call(lambda _ctx: engine.step()))
-                for update in updates:
-                    stream = self._streams.get(update.request_id)
-                    if stream is not None:
-                        stream._push(update)
-                        if update.done:
-                            del self._streams[update.request_id]
+                await asyncio.wrap_future(self.device.call(run_steps))
         except BaseException as exc:
             for stream in self._streams.values():
                 stream._push(exc if isinstance(exc, Exception) else RuntimeError("the LLM closed"))
@@ -296,6 +322,14 @@ class Llm:
             if not isinstance(exc, Exception):
                 raise
             logger.error("the LLM driver stopped: %s", exc)
+
+    def _dispatch(self, updates: list[RequestUpdate]) -> None:
+        for update in updates:
+            stream = self._streams.get(update.request_id)
+            if stream is not None:
+                stream._push(update)
+                if update.done:
+                    del self._streams[update.request_id]
 
     # -- closing -------------------------------------------------------------------------------
     async def aclose(self) -> None:

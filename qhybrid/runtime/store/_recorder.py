@@ -31,7 +31,7 @@ from qhybrid.runtime.store._checkpoint import (
     checkpointable,
 )
 from qhybrid.runtime.store._schema import StoreError
-from qhybrid.runtime.store._store import RunStore
+from qhybrid.runtime.store._store import RunStore, blob_digest
 
 if TYPE_CHECKING:
     from qhybrid.runtime._events import AgentLog, TaskFinished, TickFinished
@@ -41,9 +41,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: How often the tick loop hands what it recorded to the writer thread (seconds).
+HAND_OVER_S = 0.05
+
 
 def params_json(params: GenerationParams) -> str:
-    return json.dumps(dataclasses.asdict(params), sort_keys=True)
+    # Field by field: a grammar (an ABI v2 chat request's JSON Schema, bound to the model's
+    # tokens) is no JSON and large; its schema is kept instead (a resume mid-answer rebuilds
+    # such a request without it, see _llm_state._params).
+    data = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    data["sampling"] = dataclasses.asdict(params.sampling)
+    grammar = data.get("grammar")
+    if grammar is not None:
+        data["grammar"] = None
+        data["json_schema"] = getattr(getattr(grammar, "grammar", None), "schema", None)
+    return json.dumps(data, sort_keys=True)
 
 
 def result_json(update: RequestUpdate) -> str | None:
@@ -57,7 +69,7 @@ def result_json(update: RequestUpdate) -> str | None:
 
 
 class _Batch:
-    __slots__ = ("jobs", "llm_requests", "llm_updates", "logs", "rows", "ticks")
+    __slots__ = ("blobs", "jobs", "llm_requests", "llm_updates", "logs", "rows", "ticks")
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, int, str]] = []
@@ -66,6 +78,7 @@ class _Batch:
         self.llm_updates: list[tuple[int, int, str, str, int, str | None]] = []
         self.jobs: list[tuple[int, str, str, str, str, float, str | None, str | None]] = []
         self.ticks: list[tuple[int, float, float, int, str, float]] = []
+        self.blobs: dict[str, bytes] = {}
 
 
 class _Writer(threading.Thread):
@@ -115,19 +128,20 @@ class _Writer(threading.Thread):
         run_id = self.run_id
         with store.transaction():
             for what, arg in ops:
-                if what == "tick":
-                    last_tick, records, b = arg
-                    store.append_tick(
-                        run_id,
-                        last_tick,
-                        records,
-                        b.rows,
-                        b.logs,
-                        b.llm_requests,
-                        b.llm_updates,
-                        b.jobs,
-                        b.ticks,
-                    )
+                if what == "ticks":
+                    for last_tick, records, b in arg:
+                        store.append_tick(
+                            run_id,
+                            last_tick,
+                            records,
+                            b.rows,
+                            b.logs,
+                            b.llm_requests,
+                            b.llm_updates,
+                            b.jobs,
+                            b.ticks,
+                            b.blobs,
+                        )
                 elif what == "checkpoint":
                     saved: SavedState = arg
                     store.save_checkpoint(
@@ -221,6 +235,8 @@ class RunRecorder:
         self._llm_s: dict[int, float] = {}
         self._t0 = time.perf_counter()
         self.checkpoint_problem: str | None = None
+        self._waiting: list[tuple[int, int, _Batch]] = []
+        self._handed = time.perf_counter()
         self._writer = _Writer(path, run_id)
         self._writer.start()
         self._closed = False
@@ -243,16 +259,9 @@ class RunRecorder:
 
     # -- observers (the orchestrator's thread) ------------------------------------------------
     def _on_records(self, records: list[tuple[Field, ...]], lines: list[str]) -> None:
-        rows = self._batch.rows
-        n = self._n
-        fallback = self._tick
-        for rec, line in zip(records, lines, strict=True):
-            tick = rec[1] if type(rec[1]) is int else fallback
-            rows.append((n, tick, line))
-            if rec[0] == "task":
-                self._digests[str(rec[3])] = str(rec[5])
-            n += 1
-        self._n = n
+        # One row per flush: the lines joined (each record's tick is read back from its line).
+        self._batch.rows.append((self._n, self._tick, "\n".join(lines)))
+        self._n += len(lines)
 
     def _on_log(self, event: AgentLog) -> None:
         self._batch.logs.append((event.tick, event.agent, event.level, event.text))
@@ -285,8 +294,14 @@ class RunRecorder:
             )
         )
 
+    def job_output(self, name: str, data: bytes) -> None:
+        """A GPU job's output, kept (once per content) so that a replay can use it."""
+        key = blob_digest(data)
+        self._batch.blobs[key] = data
+        self._digests[name] = key
+
     # -- per tick -------------------------------------------------------------------------------
-    def _send(self, rt: Runtime) -> None:
+    def _send(self, rt: Runtime, *, force: bool = False) -> None:
         rt._trace.flush()
         b, self._batch = self._batch, _Batch()
         if self._llm_s:
@@ -295,7 +310,14 @@ class RunRecorder:
             ]
         if b.jobs and self._digests:
             b.jobs = [(*j[:7], self._digests.pop(j[1], None)) for j in b.jobs]
-        self._writer.queue.put(("tick", (rt.tick, self._n, b)))
+        self._waiting.append((rt.tick, self._n, b))
+        now = time.perf_counter()
+        if force or now - self._handed >= HAND_OVER_S:
+            # Every few ticks, not every tick: each hand-over wakes the writer thread, which
+            # then competes for the interpreter with the tick loop.
+            self._writer.queue.put(("ticks", self._waiting))
+            self._waiting = []
+            self._handed = now
 
     async def end_tick(self, rt: Runtime) -> None:
         """After each tick: hand its records to the writer; checkpoint when one is due."""
@@ -320,7 +342,7 @@ class RunRecorder:
             self.checkpoint_problem = f"{type(exc).__name__}: {exc}"
             logger.exception("no checkpoints for this run")
             return False
-        self._send(rt)
+        self._send(rt, force=True)
         self._writer.queue.put(("checkpoint", saved))
         if self.checkpoint_every:
             self._next_checkpoint = rt.tick + self.checkpoint_every
@@ -342,7 +364,10 @@ class RunRecorder:
             return self._writer.error
         self._closed = True
         if rt is not None:
-            self._send(rt)
+            self._send(rt, force=True)
+        elif self._waiting:
+            self._writer.queue.put(("ticks", self._waiting))
+            self._waiting = []
         if memory is not None:
             self._writer.queue.put(("memory", memory))
         self._writer.queue.put(("status", (status, reason, trace_hash, summary)))

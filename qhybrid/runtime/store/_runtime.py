@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import heapq
 import itertools
 import logging
@@ -24,10 +25,12 @@ import numpy as np
 from qhybrid.runtime._orchestrator import Runtime, RuntimeConfig
 from qhybrid.runtime._schedule import Item
 from qhybrid.runtime.store._checkpoint import load_state, unplain
+from qhybrid.runtime.tensors import TensorHandle
 from qhybrid.runtime.wasm_pool import TensorEntry
+from qhybrid.runtime.wgpu_thread import GpuJobResult
 
 if TYPE_CHECKING:
-    from qhybrid.runtime._scenario import Scenario
+    from qhybrid.runtime._scenario import Scenario, TaskSpec
     from qhybrid.runtime._trace import Field
     from qhybrid.runtime.store._llm_state import RecordedRequest
     from qhybrid.runtime.store._recorder import RunRecorder
@@ -119,6 +122,7 @@ class DurableRuntime(Runtime):
         llm: Callable[[DurableRuntime], Any] | None = None,
         check: TraceCheck | None = None,
         stop_at: int | None = None,
+        gpu_results: dict[tuple[int, str], tuple[bytes, str]] | None = None,
     ) -> None:
         super().__init__(scenario, config)
         self.recorder = recorder
@@ -141,6 +145,11 @@ class DurableRuntime(Runtime):
             add_tensors(entries)
 
         setattr(self.pool, "add_tensors", add)  # noqa: B010 (an instance's own method)
+        #: A replay's GPU job results: (tick, task) -> (output bytes, placement).
+        self.gpu_results = gpu_results
+        self.gpu_jobs_replayed = 0
+        self._gpu_outputs: list[tuple[str, TensorHandle]] = []
+        self._wrap_gpu()
         if llm is not None:
             setattr(self._parts.llm, "open", self._open_recorded)  # noqa: B010
         if recorder is not None:
@@ -168,8 +177,49 @@ class DurableRuntime(Runtime):
         if self.recorder is not None and self._llm_factory is None:
             self.recorder.attach_llm(self)
 
+    def _wrap_gpu(self) -> None:
+        """GPU jobs: a recording keeps each output; a replay takes it from the recording
+        instead of running the job (the device, and where it places an op, may differ)."""
+        gpu = self._parts.gpu
+        submit = gpu.submit
+
+        def wrapped(
+            task: TaskSpec, inputs: tuple[TensorHandle, ...], out: TensorHandle
+        ) -> concurrent.futures.Future[GpuJobResult]:
+            found = self.gpu_results.get((self.tick, task.name)) if self.gpu_results else None
+            if found is not None:
+                data, placement = found
+                tensor = self.tensors.open(out)
+                try:
+                    tensor.array.reshape(-1).view(np.uint8)[...] = np.frombuffer(data, np.uint8)
+                finally:
+                    tensor.close()
+                done: concurrent.futures.Future[GpuJobResult] = concurrent.futures.Future()
+                done.set_result(GpuJobResult(-1, task.op, placement, 0.0))  # type: ignore[arg-type]
+                self.gpu_jobs_replayed += 1
+                return done
+            if self.recorder is not None:
+                self._gpu_outputs.append((task.name, out))
+            return submit(task, inputs, out)
+
+        setattr(gpu, "submit", wrapped)  # noqa: B010 (this bridge's own method)
+
+    def _keep_gpu_outputs(self) -> None:
+        outputs, self._gpu_outputs = self._gpu_outputs, []
+        assert self.recorder is not None
+        for name, handle in outputs:
+            if self.tensors.refcount(handle) == 0:
+                continue  # the job failed: its output is gone
+            tensor = self.tensors.open(handle)
+            try:
+                self.recorder.job_output(name, tensor.array.tobytes())
+            finally:
+                tensor.close()
+
     async def step(self) -> bool:
         going = await super().step()
+        if self._gpu_outputs:
+            self._keep_gpu_outputs()
         if self.recorder is not None:
             await self.recorder.end_tick(self)
         else:

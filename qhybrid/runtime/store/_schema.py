@@ -54,10 +54,10 @@ CREATE TABLE IF NOT EXISTS records (
     run_id TEXT NOT NULL,
     n INTEGER NOT NULL,
     tick INTEGER NOT NULL,
-    line TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    lines TEXT NOT NULL,
     PRIMARY KEY (run_id, n)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS records_tick ON records (run_id, tick);
 CREATE TABLE IF NOT EXISTS logs (
     run_id TEXT NOT NULL,
     tick INTEGER NOT NULL,

@@ -38,6 +38,16 @@ class Checkpoint:
     state: bytes
 
 
+def tick_of(line: str, default: int) -> int:
+    """The tick a record's ``repr`` names (its second field), or ``default`` (``end``)."""
+    parts = line.split(", ", 2)
+    if len(parts) > 1:
+        field = parts[1].rstrip(")")
+        if field.lstrip("-").isdigit():
+            return int(field)
+    return default
+
+
 def blob_digest(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -236,13 +246,16 @@ class RunStore:
         llm_updates: Iterable[tuple[int, int, str, str, int, str | None]] = (),
         jobs: Iterable[tuple[int, str, str, str, str, float, str | None, str | None]] = (),
         ticks: Iterable[tuple[int, float, float, int, str, float]] = (),
+        blobs: dict[str, bytes] | None = None,
     ) -> None:
-        """Add trace records ``(n, tick, line)`` and what came with them; call inside a
-        :meth:`transaction` to batch several ticks."""
+        """Add trace records and what came with them; call inside a :meth:`transaction` to
+        batch several ticks. ``rows`` are ``(n, tick, lines)``: the records from number ``n``
+        on, their ``repr`` lines joined by newlines (one row per flush of the trace, not one
+        per record: what keeps recording cheap), ``tick`` the tick they were flushed in."""
         with self.transaction() as conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO records (run_id, n, tick, line) VALUES (?,?,?,?)",
-                ((run_id, n, t, line) for n, t, line in rows),
+                "INSERT OR REPLACE INTO records (run_id, n, tick, count, lines) VALUES (?,?,?,?,?)",
+                ((run_id, n, t, text.count("\n") + 1, text) for n, t, text in rows),
             )
             conn.executemany(
                 "INSERT INTO logs (run_id, tick, agent, level, text) VALUES (?,?,?,?,?)",
@@ -263,6 +276,10 @@ class RunStore:
                 " digest) VALUES (?,?,?,?,?,?,?,?,?)",
                 ((run_id, *row) for row in jobs),
             )
+            if blobs:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", blobs.items()
+                )
             conn.executemany(
                 "INSERT OR REPLACE INTO ticks (run_id, tick, t_s, dur_s, delivered, busy, llm_s)"
                 " VALUES (?,?,?,?,?,?,?)",
@@ -278,21 +295,25 @@ class RunStore:
     ) -> Iterator[tuple[int, int, str]]:
         """``(n, tick, line)`` in order; ``line`` is the record's ``repr``, the text the
         trace hash covers."""
-        sql = "SELECT n, tick, line FROM records WHERE run_id = ?"
-        args: list[Any] = [run_id]
-        if from_tick is not None:
-            sql += " AND tick >= ?"
-            args.append(from_tick)
-        if to_tick is not None:
-            sql += " AND tick <= ?"
-            args.append(to_tick)
+        sql = "SELECT n, tick, lines FROM records WHERE run_id = ? ORDER BY n"
         try:
-            cur = self._conn.execute(sql + " ORDER BY n", args)
-            while batch := cur.fetchmany(4096):
-                for n, tick, line in batch:
-                    yield int(n), int(tick), str(line)
+            cur = self._conn.execute(sql, (run_id,))
+            while batch := cur.fetchmany(256):
+                for n, chunk_tick, text in batch:
+                    for i, line in enumerate(str(text).split("\n")):
+                        tick = tick_of(line, int(chunk_tick))
+                        if from_tick is not None and tick < from_tick:
+                            continue
+                        if to_tick is not None and tick > to_tick:
+                            return
+                        yield int(n) + i, tick, line
         except sqlite3.Error as exc:
             raise StoreError(describe(self.path, exc)) from None
+
+    def copy_records(self, run_id: str, lines: list[str], tick: int) -> None:
+        """Give ``run_id`` these records as its first ones (a fork's past)."""
+        if lines:
+            self.append_tick(run_id, tick, len(lines), [(0, tick, "\n".join(lines))])
 
     def logs(self, run_id: str) -> list[tuple[int, str, int, str]]:
         rows = self._query(
@@ -344,6 +365,16 @@ class RunStore:
         what a resume from the checkpoint at ``tick`` will record again."""
         with self.transaction() as conn:
             conn.execute("DELETE FROM records WHERE run_id = ? AND n >= ?", (run_id, records))
+            row = conn.execute(
+                "SELECT n, tick, lines FROM records WHERE run_id = ? AND n + count > ?",
+                (run_id, records),
+            ).fetchone()
+            if row is not None:  # a row that straddles the cut keeps its first records
+                keep = str(row[2]).split("\n")[: records - int(row[0])]
+                conn.execute(
+                    "UPDATE records SET count = ?, lines = ? WHERE run_id = ? AND n = ?",
+                    (len(keep), "\n".join(keep), run_id, row[0]),
+                )
             for table in ("logs", "llm_updates", "jobs", "llm_requests", "ticks"):
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND tick > ?", (run_id, tick))
             conn.execute("DELETE FROM checkpoints WHERE run_id = ? AND tick > ?", (run_id, tick))

@@ -11,7 +11,9 @@ from __future__ import annotations
 from qhybrid.runtime.tensors._handle import SEGMENT_PREFIX, TensorHandle
 from qhybrid.runtime.tensors._map import AttachedTensor, attach
 from qhybrid.runtime.tensors._ops import OPS, OpError, OpSpec, get_op, run_numpy
+from qhybrid.runtime.tensors._room import SharedMemoryFull
 from qhybrid.runtime.tensors._segment import Segment
+from qhybrid.runtime.tensors._stale import remove_stale_segments
 from qhybrid.runtime.tensors._store import SharedTensor, TensorStore, TensorStoreStats
 
 __all__ = [
@@ -21,11 +23,13 @@ __all__ = [
     "OpError",
     "OpSpec",
     "Segment",
+    "SharedMemoryFull",
     "SharedTensor",
     "TensorHandle",
     "TensorStore",
     "TensorStoreStats",
     "attach",
     "get_op",
+    "remove_stale_segments",
     "run_numpy",
 ]

@@ -11,6 +11,7 @@ when that process exits.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 from typing import Any
@@ -19,6 +20,25 @@ import numpy as np
 import numpy.typing as npt
 
 _POSIX = os.name == "posix"
+
+
+def _reserve(fd: int, size: int, name: str) -> None:
+    """Back every page now: on a full tmpfs this fails with ENOSPC, where writing to an
+    unbacked page later would kill the writer with SIGBUS."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return
+    try:
+        fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            from qhybrid.runtime.tensors._room import SharedMemoryFull
+
+            raise SharedMemoryFull(
+                errno.ENOSPC, f"shared memory is full: no room for {size} bytes in {name}"
+            ) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
 
 
 class Segment:
@@ -47,6 +67,7 @@ class Segment:
         fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         try:
             os.ftruncate(fd, size)
+            _reserve(fd, size, name)
             mapping = mmap.mmap(fd, size)
         except BaseException:
             _posixshmem.shm_unlink("/" + name)

@@ -16,8 +16,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from qhybrid.runtime.tensors import _room
 from qhybrid.runtime.tensors._handle import SEGMENT_PREFIX, TensorHandle
+from qhybrid.runtime.tensors._room import SharedMemoryFull
 from qhybrid.runtime.tensors._segment import Segment
+from qhybrid.runtime.tensors._stale import sweep_once
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +109,7 @@ class TensorStore:
     """
 
     def __init__(self) -> None:
+        sweep_once()  # the first store of a process removes what dead runs left (_stale.py)
         self._lock = threading.Lock()
         self._segments: dict[str, _Segment] = {}
         self._counter = itertools.count()
@@ -118,6 +122,11 @@ class TensorStore:
         atexit.register(self.close)
 
     # -- creating -----------------------------------------------------------------------
+    @staticmethod
+    def room_problem(nbytes: int) -> str | None:
+        """Why a tensor of ``nbytes`` cannot be created now (shared memory is full), or None."""
+        return _room.room_problem(nbytes)
+
     def create(self, shape: tuple[int, ...] | list[int], dtype: npt.DTypeLike) -> SharedTensor:
         """A new zero-filled tensor."""
         shape_t = tuple(int(d) for d in shape)
@@ -128,6 +137,9 @@ class TensorStore:
                 raise RuntimeError("the tensor store is closed")
             name = f"{self._prefix}{next(self._counter)}"
             handle = TensorHandle(name, 0, shape_t, dt.str)  # validates before anything exists
+            problem = _room.room_problem(nbytes)
+            if problem is not None:
+                raise SharedMemoryFull(problem)
             # A zero-size segment is not allowed; one byte keeps empty tensors uniform.
             shm = Segment.create(name, nbytes)
             segment = _Segment(shm, handle)

@@ -34,9 +34,20 @@ from qhybrid.runtime.wasm_pool._abi import (
 )
 from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
 from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
+from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._memory_abi import AgentMemory, MemoryHost
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
-from qhybrid.runtime.wasm_pool._worker_context import EPOCH_S, WorkerContext
+from qhybrid.runtime.wasm_pool._quotas import (
+    MAX_LLM_PROMPT_BYTES,
+    MAX_LLM_REQUESTS,
+    MAX_LOG_BYTES,
+    MAX_SEND_BYTES,
+    MAX_SENDS,
+    MAX_TENSOR_BYTES,
+    QuotaExceeded,
+)
+from qhybrid.runtime.wasm_pool._ticker import EPOCH_S
+from qhybrid.runtime.wasm_pool._worker_context import WorkerContext
 
 __all__ = ["DTYPE_CODES", "EPOCH_S", "AgentHost", "GuestFault", "SplitMix64", "WorkerContext"]
 
@@ -102,7 +113,20 @@ def _to_i64(value: int) -> int:
 class _Call:
     """The per-message scratch state: what the handler has asked for so far."""
 
-    __slots__ = ("created", "effects", "logs", "mem", "outbox", "reads", "snapshot")
+    __slots__ = (
+        "created",
+        "effects",
+        "llm_requests",
+        "log_bytes",
+        "log_dropped",
+        "logs",
+        "mem",
+        "outbox",
+        "reads",
+        "sent_bytes",
+        "snapshot",
+        "tensor_bytes",
+    )
 
     def __init__(self) -> None:
         self.outbox: list[tuple[int, int, bytes]] = []
@@ -112,6 +136,34 @@ class _Call:
         self.created: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {}
         self.snapshot: bytes | None = None
         self.mem: list[tuple[bytes, bytes | None]] | None = None
+        # What the quotas count (_quotas.py).
+        self.sent_bytes = 0
+        self.log_bytes = 0
+        self.log_dropped = 0
+        self.tensor_bytes = 0
+        self.llm_requests = 0
+
+    def log(self, level: int, text: str) -> None:
+        """Keep a log line within the message's log quota; count what is dropped."""
+        size = len(text.encode("utf-8", "replace")) if not text.isascii() else len(text)
+        if self.log_bytes + size > MAX_LOG_BYTES:
+            if not self.log_dropped:
+                self.logs.append(
+                    (30, f"log quota of {MAX_LOG_BYTES} bytes per message reached: "
+                     "the rest of this message's log output is dropped")
+                )  # fmt: skip
+            self.log_dropped += size
+            return
+        self.log_bytes += size
+        self.logs.append((level, text))
+
+    def tensor(self, nbytes: int, what: str) -> None:
+        self.tensor_bytes += nbytes
+        if self.tensor_bytes > MAX_TENSOR_BYTES:
+            raise QuotaExceeded(
+                f"{what}: more than {MAX_TENSOR_BYTES >> 20} MiB of tensor bytes created or "
+                "written by one message"
+            )
 
 
 class AgentHost(MemoryHost):
@@ -132,37 +184,48 @@ class AgentHost(MemoryHost):
         self._next_request = 0
         self._call_state = _Call()
         self._v2 = V2Calls(self, load.tools)
-        limits = load.limits
+        # Every limit the scenario leaves unset takes its default (_limits.py, docs/limits.md).
+        limits, self._defaulted = effective_limits(load.limits)
+        self.limits = limits
         self._fuel = limits.fuel if limits.fuel is not None else _NO_FUEL_LIMIT
         self._deadline = (
             math.ceil(limits.timeout_ms / 1000 / EPOCH_S) + 1
             if limits.timeout_ms is not None
             else _NO_DEADLINE
         )
-        if limits.timeout_ms is not None:
-            ctx.ensure_ticker()
-        # Without limits the budgets set at creation never run out: no per-message re-arming.
         self._limited = limits.fuel is not None or limits.timeout_ms is not None
+        self._timed = limits.timeout_ms is not None
         stack = limits.stack_bytes
         module = ctx.module(load.module_key, stack)
         self._store = wasmtime.Store(ctx.engine(stack))
-        if limits.memory_bytes is not None:
-            self._store.set_limits(memory_size=limits.memory_bytes)
+        self._memory_cap = limits.memory_bytes if limits.memory_bytes is not None else 1 << 32
+        self._memory_set = -1  # the store's memory limit now
+        self._memory_size = 0
+        self._limit_memory()
         self._wasi_used = any(imp.module == WASI_MODULE for imp in module.imports)
         if self._wasi_used:
             self._store.set_wasi(self._wasi_config())
         imports = [self._import(ctx, stack, imp) for imp in module.imports]
+        # Start-up runs under the limits too: the start function (here), _initialize,
+        # qh_abi_version and qh_init each get a fresh budget.
         self._arm()
         try:
             self._instance = wasmtime.Instance(self._store, module, imports)
         except wasmtime.Trap as exc:
-            raise AgentModuleError(f"{load.name}: instantiation trapped: {exc.message}") from None
+            raise AgentModuleError(
+                f"{load.name}: instantiation trapped (the start function): "
+                f"{self._describe_trap(exc)}"
+            ) from None
         except wasmtime.WasmtimeError as exc:
             raise AgentModuleError(f"{load.name}: instantiation failed: {exc}") from None
+        finally:
+            self._count_memory()
         exports = self._instance.exports(self._store)
         memory = exports["memory"]
         assert isinstance(memory, wasmtime.Memory)
         self._memory = memory
+        self._memory_size = -1
+        self._count_memory(ended=False)
         self._exports = exports
         alloc = exports["qh_alloc"]
         on_message = exports["qh_on_message"]
@@ -176,7 +239,15 @@ class AgentHost(MemoryHost):
             outcome = self._call(lambda: int(initialize(self._store) or 0))
             if not outcome.ok:
                 raise AgentModuleError(f"{load.name}: _initialize failed: {outcome.error}")
-        got = version(self._store)
+        self._arm()
+        try:
+            got = version(self._store)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise AgentModuleError(
+                f"{load.name}: qh_abi_version failed: {self._error_of(exc)}"
+            ) from None
+        finally:
+            self._count_memory()
         if got not in ABI_VERSIONS:
             raise AgentModuleError(
                 f"{load.name}: module speaks agent ABI version {got}, this runtime speaks "
@@ -218,7 +289,7 @@ class AgentHost(MemoryHost):
     def _output(self, level: int, data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
             if line:
-                self._call_state.logs.append((level, line[:_MAX_LOG]))
+                self._call_state.log(level, line[:_MAX_LOG])
 
     def _import(
         self, ctx: WorkerContext, stack: int | None, imp: wasmtime.ImportType
@@ -303,17 +374,25 @@ class AgentHost(MemoryHost):
 
     # -- host functions: messages ---------------------------------------------------------
     def _h_send(self, to: int, kind: int, ptr: int, length: int) -> int:
+        state = self._call_state
+        if len(state.outbox) >= MAX_SENDS:
+            raise QuotaExceeded(f"send: more than {MAX_SENDS} messages sent by one message")
+        if state.sent_bytes + length > MAX_SEND_BYTES:
+            raise QuotaExceeded(
+                f"send: more than {MAX_SEND_BYTES >> 20} MiB of payload sent by one message"
+            )
         payload = self._read("send", ptr, length, _MAX_PAYLOAD)
         if not 0 <= to < self.load.agent_count:
             return SEND_UNKNOWN_AGENT
         if kind < 0 or kind >= RESERVED_KIND_BASE:
             return SEND_RESERVED_KIND
-        self._call_state.outbox.append((to, kind, payload))
+        state.sent_bytes += length
+        state.outbox.append((to, kind, payload))
         return SEND_OK
 
     def _h_log(self, level: int, ptr: int, length: int) -> None:
         text = self._read("log", ptr, length, _MAX_LOG).decode("utf-8", "replace")
-        self._call_state.logs.append((level, text))
+        self._call_state.log(level, text)
 
     def _h_random_u64(self) -> int:
         return _to_i64(self._rng.next())
@@ -403,6 +482,8 @@ class AgentHost(MemoryHost):
         return length
 
     def _h_tensor_write(self, h: int, offset: int, src: int, length: int) -> int:
+        if length > 0:
+            self._call_state.tensor(length, "tensor_write")
         data = self._read("tensor_write", src, length, 1 << 30)
         name = self._resolve(h)
         if name is None:
@@ -437,6 +518,7 @@ class AgentHost(MemoryHost):
         dt = DTYPE_CODES.get(dtype)
         if dt is None or any(d < 1 for d in shape) or math.prod(shape) > 1 << 28:
             return _BAD_SHAPE
+        self._call_state.tensor(dt.itemsize * math.prod(shape), "tensor_create")
         self._call_state.created[name] = (dt, shape)
         self._call_state.effects.append(("create", name, dt.str, shape))
         return self._handle(name)
@@ -478,6 +560,7 @@ class AgentHost(MemoryHost):
             )
         except ValueError:
             return _BAD_OP
+        self._call_state.tensor(np.dtype(out_dtype).itemsize * math.prod(out_shape), "gpu_submit")
         job = self._next_job
         self._next_job += 1
         self._call_state.effects.append(("gpu", job, op, tuple(names), out_name, float(param)))
@@ -487,7 +570,18 @@ class AgentHost(MemoryHost):
         return job
 
     def _h_llm_complete(self, ptr: int, length: int, max_tokens: int, tag: int) -> int:
-        prompt = self._read("llm_complete", ptr, length, 1 << 20)
+        state = self._call_state
+        if state.llm_requests >= MAX_LLM_REQUESTS:
+            raise QuotaExceeded(
+                f"llm_complete: more than {MAX_LLM_REQUESTS} LLM requests made by one message"
+            )
+        if length > MAX_LLM_PROMPT_BYTES:
+            raise QuotaExceeded(
+                f"llm_complete: a prompt of {length} bytes, more than the {MAX_LLM_PROMPT_BYTES}"
+                " a request may have"
+            )
+        prompt = self._read("llm_complete", ptr, length, MAX_LLM_PROMPT_BYTES)
+        state.llm_requests += 1
         request = self._next_request
         self._next_request += 1
         self._call_state.effects.append(("llm", request, tag, prompt, max_tokens))
@@ -511,9 +605,30 @@ class AgentHost(MemoryHost):
 
     # -- calls ----------------------------------------------------------------------------
     def _arm(self) -> None:
-        """Reset the per-call budgets: fuel and the wall-clock deadline."""
+        """Reset the per-call budgets: fuel, the wall-clock deadline, the memory it may reach."""
         self._store.set_fuel(self._fuel)
         self._store.set_epoch_deadline(self._deadline)
+        self._limit_memory()
+        if self._timed:
+            self.ctx.ticker.call_started()
+
+    def _limit_memory(self) -> None:
+        """The store's memory limit: its own, or less when the worker's total says so."""
+        cap = min(self._memory_cap, max(self.ctx.memory_room(self.agent_id), self._memory_size))
+        if cap != self._memory_set:
+            self._store.set_limits(memory_size=cap)
+            self._memory_set = cap
+
+    def _count_memory(self, ended: bool = True) -> None:
+        """After a call: the memory it left, into the worker's total; the ticker may rest."""
+        if self._timed and ended:
+            self.ctx.ticker.call_ended()
+        memory: wasmtime.Memory | None = getattr(self, "_memory", None)
+        if memory is not None:
+            size = memory.data_len(self._store)
+            if size != self._memory_size:
+                self._memory_size = size
+                self.ctx.set_memory(self.agent_id, size)
 
     def _write_payload(self, payload: bytes) -> int:
         ptr = self._alloc(len(payload))
@@ -538,8 +653,10 @@ class AgentHost(MemoryHost):
         start = time.perf_counter_ns()
         try:
             code = body()
-        except (GuestFault, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+        except (GuestFault, QuotaExceeded, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             return self._fail(self._error_of(exc), start)
+        finally:
+            self._count_memory()
         return self._finish(state, code, start)
 
     def _finish(self, state: _Call, code: int, start: int) -> Outcome:
@@ -559,6 +676,8 @@ class AgentHost(MemoryHost):
     def _error_of(self, exc: BaseException) -> str:
         if isinstance(exc, GuestFault):
             return f"fault: {exc}"
+        if isinstance(exc, QuotaExceeded):
+            return f"quota exceeded: {exc}"
         if isinstance(exc, wasmtime.ExitTrap):
             return f"exited with code {exc.code}"
         if isinstance(exc, wasmtime.Trap):
@@ -567,27 +686,37 @@ class AgentHost(MemoryHost):
 
     def _describe_trap(self, exc: wasmtime.Trap) -> str:
         code = exc.trap_code
-        limits = self.load.limits
+        limits = self.limits
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
-            return f"out of fuel (limit {limits.fuel} per message)"
+            return f"out of fuel (limit {limits.fuel} per message{self._default('fuel')})"
         if code == wasmtime.TrapCode.INTERRUPT:
-            return f"timeout (limit {limits.timeout_ms} ms per message)"
+            default = self._default("timeout_ms")
+            return f"timeout (limit {limits.timeout_ms} ms per message{default})"
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             return "stack overflow" + (
                 f" (limit {limits.stack_bytes // 1024} KiB)" if limits.stack_bytes else ""
             )
         reason = code.name.lower() if code is not None else "trap"
         text = f"trap ({reason}): {exc.message.splitlines()[0] if exc.message else ''}"
-        if limits.memory_bytes is not None:
+        memory: wasmtime.Memory | None = getattr(self, "_memory", None)  # None: instantiating
+        if memory is not None and self._memory_set > 0:
             # wasmtime refuses memory.grow past the limit with -1 rather than a trap, and
             # the guest then traps in its own way (malloc returning NULL, abort). A trap with
             # memory within a quarter of the limit (or 1 MiB) of it is taken for running out.
-            size = self._memory.data_len(self._store)
-            margin = max(65536, min(limits.memory_bytes // 4, 1 << 20))
-            if size + margin >= limits.memory_bytes:
-                limit_mib = limits.memory_bytes / (1 << 20)
-                return f"out of memory (limit {limit_mib:g} MiB, using {size >> 10} KiB): {text}"
+            cap = self._memory_set
+            size = memory.data_len(self._store)
+            margin = max(65536, min(cap // 4, 1 << 20))
+            if size + margin >= cap:
+                if cap < self._memory_cap:
+                    total = self.ctx.memory_limit / (1 << 20)
+                    why = f"the worker's total of {total:g} MiB across its agents is reached"
+                else:
+                    why = f"limit {cap / (1 << 20):g} MiB{self._default('memory')}"
+                return f"out of memory ({why}, using {size >> 10} KiB): {text}"
         return text
+
+    def _default(self, limit: str) -> str:
+        return ", the default" if limit in self._defaulted else ""
 
     def _fail(self, error: str, start: int) -> Outcome:
         self.failed = error
@@ -614,8 +743,10 @@ class AgentHost(MemoryHost):
         try:
             ptr = self._write_payload(payload)
             code = self._on_message(sender, kind, ptr, len(payload))
-        except (GuestFault, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+        except (GuestFault, QuotaExceeded, wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             return self._fail(self._error_of(exc), start)
+        finally:
+            self._count_memory()
         outcome = self._finish(state, code, start)
         if outcome.ok:
             self.handled += 1

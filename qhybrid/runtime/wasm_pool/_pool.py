@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
+from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
     BatchReply,
@@ -24,6 +25,12 @@ from qhybrid.runtime.wasm_pool._protocol import (
     TensorEntry,
     encode,
     read_frame,
+)
+from qhybrid.runtime.wasm_pool._watchdog import (
+    BASE_DEADLINE_S,
+    WorkerUnresponsive,
+    batch_deadline,
+    watched,
 )
 
 logger = logging.getLogger(__name__)
@@ -98,6 +105,7 @@ class WorkerPool:
         self._directory: tuple[str, ...] = ()
         self._modules: dict[str, tuple[bytes, bytes]] = {}
         self._tensors: list[TensorEntry] = []
+        self._time_limits: dict[int, int] = {}  # agent id -> ms per message (the watchdog's)
         self.restarts = 0
 
     @property
@@ -152,7 +160,9 @@ class WorkerPool:
             await asyncio.wait_for(worker.proc.wait(), timeout=2.0)
         return WorkerCrashed(worker.index, worker.pid, worker.proc.returncode, detail)
 
-    async def _request(self, index: int, request: Request) -> Any:
+    async def _request(
+        self, index: int, request: Request, deadline_s: float = BASE_DEADLINE_S
+    ) -> Any:
         if self._closed:
             raise WorkerError("the worker pool is closed")
         worker = self._workers[index]
@@ -162,10 +172,18 @@ class WorkerPool:
             start = time.perf_counter_ns()
             try:
                 proc.stdin.write(encode(request))
-                await proc.stdin.drain()
-                reply = await read_frame(proc.stdout)
+                # The watchdog (_watchdog.py): a stopped or silent worker is killed and
+                # reported as crashed, so the usual recovery replaces it.
+                what = f"a {request.op!r} request"
+                await watched(proc.stdin.drain(), worker.pid, deadline_s, what)
+                reply = await watched(read_frame(proc.stdout), worker.pid, deadline_s, what)
             except (ProtocolError, ConnectionError) as exc:
                 raise await self._crashed(worker, str(exc)) from None
+            except WorkerUnresponsive as exc:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                logger.warning("worker %d (pid %d) %s: killed", index, worker.pid, exc)
+                raise await self._crashed(worker, f"unresponsive: {exc}") from None
             worker.requests += 1
             worker.busy_ns += time.perf_counter_ns() - start
         status, value = reply
@@ -214,7 +232,14 @@ class WorkerPool:
     ) -> list[str | None]:
         """Recreate agents on worker ``index`` from snapshots plus the messages to replay."""
         await self._sync_tensors(index)
-        reply = await self._request(index, Request("restore", (list(items),)))
+        budget = 0
+        for load, _, replay in items:  # a replay may take what its messages may take
+            per = effective_limits(load.limits)[0].timeout_ms or 0
+            self._time_limits[load.agent_id] = per
+            budget += per * (len(replay) + 2)  # + start-up and the restore itself
+        reply = await self._request(
+            index, Request("restore", (list(items),)), batch_deadline(budget, 0)
+        )
         assert isinstance(reply, list)
         return reply
 
@@ -253,7 +278,11 @@ class WorkerPool:
 
     async def load_agents(self, index: int, loads: Sequence[AgentLoad]) -> None:
         """Instantiate agents on worker ``index`` (their module must be installed)."""
-        await self._request(index, Request("load", (list(loads),)))
+        for load in loads:  # what each may take per message: the batches' deadlines
+            self._time_limits[load.agent_id] = effective_limits(load.limits)[0].timeout_ms or 0
+        # Start-up is four limited calls at most (start, _initialize, version, qh_init).
+        budget = 4 * sum(self._time_limits[load.agent_id] for load in loads)
+        await self._request(index, Request("load", (list(loads),)), batch_deadline(budget, 0))
 
     async def run_batch(
         self,
@@ -268,8 +297,10 @@ class WorkerPool:
             raise WorkerError("the worker pool is closed")
         worker = self._workers[index]
         new = self._tensors[worker.tensors_seen :]
+        limits = self._time_limits
+        deadline = batch_deadline(sum(limits.get(d[0], 0) for d in deliveries), len(tasks))
         reply = await self._request(
-            index, Request("batch", (tick, list(deliveries), list(tasks), new))
+            index, Request("batch", (tick, list(deliveries), list(tasks), new)), deadline
         )
         worker.tensors_seen += len(new)
         outcomes, tasks_done, busy_ns = reply
@@ -300,6 +331,10 @@ class WorkerPool:
                 logger.warning("worker %d (pid %d) did not exit; killing it", w.index, w.pid)
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.kill()
-                await w.proc.wait()
+                # Bounded too: shutdown always ends (issue 12), even if the exit is not seen.
+                try:
+                    await asyncio.wait_for(w.proc.wait(), timeout=timeout)
+                except (TimeoutError, asyncio.CancelledError):
+                    logger.error("worker %d (pid %d) was killed but not reaped", w.index, w.pid)
 
         await asyncio.gather(*(reap(w) for w in workers), return_exceptions=True)

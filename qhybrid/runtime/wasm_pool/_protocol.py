@@ -1,21 +1,28 @@
 """Messages between the pool (parent) and a worker process, and their framing.
 
-Each frame is a 4-byte little-endian length followed by a pickle. Only small control data
-and message payloads travel this way; tensors travel as handles.
+Each message is a pickle in a frame: a 4-byte little-endian length and the body, cut into
+bounded chunks when it is large (``_frames.py``). Only control data and message payloads travel
+this way; tensors travel as handles.
 """
 
 from __future__ import annotations
 
 import asyncio
 import pickle
-import struct
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
 
 from qhybrid.runtime.tensors import TensorHandle
+from qhybrid.runtime.wasm_pool._frames import (
+    MAX_MESSAGE_BYTES,
+    FrameError,
+    frame,
+    read_body,
+    read_body_sync,
+)
 
-_HEADER = struct.Struct("<I")
-MAX_FRAME = 1 << 30
+#: The largest message (every chunk of it); one frame's chunk is at most CHUNK_BYTES.
+MAX_FRAME = MAX_MESSAGE_BYTES
 
 
 class ProtocolError(RuntimeError):
@@ -140,35 +147,28 @@ class Request:
 
 
 def encode(obj: object) -> bytes:
-    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(body)) + body
+    """``obj`` pickled, in one frame or in bounded chunks (``_frames.py``)."""
+    return frame(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Any:
-    """Read one frame; :class:`ProtocolError` when the stream ends or is corrupt."""
+    """Read one message; :class:`ProtocolError` when the stream ends or is corrupt."""
     try:
-        header = await reader.readexactly(_HEADER.size)
-        (size,) = _HEADER.unpack(header)
-        if size > MAX_FRAME:
-            raise ProtocolError(f"frame of {size} bytes is too large")
-        body = await reader.readexactly(size)
+        body = await read_body(reader)
     except asyncio.IncompleteReadError:
         raise ProtocolError("the stream ended") from None
+    except FrameError as exc:
+        raise ProtocolError(str(exc)) from None
     return pickle.loads(body)
 
 
 def read_frame_sync(stream: IO[bytes]) -> Any:
-    """Blocking read of one frame; ``None`` at a clean end of stream."""
-    header = stream.read(_HEADER.size)
-    if not header:
-        return None
-    if len(header) != _HEADER.size:
-        raise ProtocolError("the stream ended inside a frame header")
-    (size,) = _HEADER.unpack(header)
-    body = stream.read(size)
-    if len(body) != size:
-        raise ProtocolError("the stream ended inside a frame")
-    return pickle.loads(body)
+    """Blocking read of one message; ``None`` at a clean end of stream."""
+    try:
+        body = read_body_sync(stream)
+    except FrameError as exc:
+        raise ProtocolError(str(exc)) from None
+    return None if body is None else pickle.loads(body)
 
 
 def write_frame_sync(stream: IO[bytes], obj: object) -> None:

@@ -178,8 +178,6 @@ class PythonAgentHost(AgentHost):
         limits = load.limits
         self._fuel = limits.fuel if limits.fuel is not None else _NO_LIMIT
         self._limited = True
-        if limits.timeout_ms is not None:
-            ctx.ensure_ticker()
         self._deadline = (
             int(limits.timeout_ms / 1000 / EPOCH_S) + 2
             if limits.timeout_ms is not None
@@ -400,8 +398,15 @@ class PythonAgentHost(AgentHost):
     def _exchange(self, frame: bytes, *, limited: bool = True) -> Outcome:
         self._turn_limited = limited and self.load.limits != type(self.load.limits)()
         start = time.perf_counter_ns()
-        self._to_guest.put(len(frame).to_bytes(4, "little") + frame)
-        what, value = self._from_guest.get()
+        ticking = self.load.limits.timeout_ms is not None
+        if ticking:
+            self.ctx.ticker.call_started()
+        try:
+            self._to_guest.put(len(frame).to_bytes(4, "little") + frame)
+            what, value = self._from_guest.get()
+        finally:
+            if ticking:
+                self.ctx.ticker.call_ended()
         if what == "done":
             if "error" in value:
                 return self._fail(self._v2.error_text or str(value["error"]), start)

@@ -193,6 +193,8 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
 def main() -> int:
     # Ctrl-C reaches the whole process group; the parent decides how to stop us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):  # so does the hangup of a closed terminal (issue 12)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(
         level=os.environ.get("QHYBRID_LOG_LEVEL", "WARNING").upper(),
         format=f"worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s",

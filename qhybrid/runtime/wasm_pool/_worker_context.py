@@ -1,8 +1,7 @@
-"""What the agents of one worker share: engines, modules, names, groups, tensors, the ticker."""
+"""What the agents of one worker share: engines, modules, names, groups, tensors, the ticker,
+the memory total."""
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import numpy.typing as npt
@@ -10,10 +9,11 @@ import wasmtime
 
 from qhybrid.runtime.tensors import Segment
 from qhybrid.runtime.wasm_pool._globals import host_snapshot_exact
+from qhybrid.runtime.wasm_pool._limits import DEFAULT_WORKER_MEMORY_BYTES
 from qhybrid.runtime.wasm_pool._protocol import TensorEntry
+from qhybrid.runtime.wasm_pool._ticker import EPOCH_S, EpochTicker
 
-#: The epoch ticker's period: timeouts are accurate to about this.
-EPOCH_S = 0.002
+__all__ = ["EPOCH_S", "WorkerContext"]
 
 
 class WorkerContext:
@@ -26,13 +26,26 @@ class WorkerContext:
         self._modules: dict[tuple[str, int | None], wasmtime.Module] = {}
         self._recoverable: dict[str, bool] = {}
         self.directory: dict[str, int] = {}
+        self._groups: dict[str, list[int]] = {}
         #: Python agents' sources, by module key.
         self.sources: dict[str, bytes] = {}
-        self._groups: dict[str, list[int]] = {}
         self.tensors: dict[str, TensorEntry] = {}
         self._segments: dict[str, Segment] = {}
-        self._ticker: threading.Thread | None = None
-        self._stop = threading.Event()
+        self.ticker = EpochTicker(self._engines)
+        #: Linear memory of this worker's instances together may not pass this (issue 12).
+        self.memory_limit = DEFAULT_WORKER_MEMORY_BYTES
+        self._memory_of: dict[int, int] = {}  # agent id -> its instance's memory, last seen
+        self.memory_used = 0
+
+    # -- the memory total across instances ------------------------------------------------
+    def memory_room(self, agent_id: int) -> int:
+        """How large ``agent_id``'s memory may grow, given what the others use."""
+        return self.memory_limit - (self.memory_used - self._memory_of.get(agent_id, 0))
+
+    def set_memory(self, agent_id: int, size: int) -> None:
+        """Record ``agent_id``'s memory size (a new instance of it replaces the old one's)."""
+        self.memory_used += size - self._memory_of.get(agent_id, 0)
+        self._memory_of[agent_id] = size
 
     # -- engines and modules ------------------------------------------------------------
     def engine(self, stack_bytes: int | None) -> wasmtime.Engine:
@@ -110,22 +123,8 @@ class WorkerContext:
         return segment.view((entry.handle.nbytes,), np.dtype(np.uint8), entry.handle.offset)
 
     # -- the epoch ticker (wall-clock timeouts) -----------------------------------------
-    def ensure_ticker(self) -> None:
-        if self._ticker is not None:
-            return
-
-        def tick() -> None:
-            while not self._stop.wait(EPOCH_S):
-                for engine in list(self._engines.values()):
-                    engine.increment_epoch()
-
-        self._ticker = threading.Thread(target=tick, name="qhybrid-epoch", daemon=True)
-        self._ticker.start()
-
     def close(self) -> None:
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(timeout=1.0)
+        self.ticker.close()
         for segment in self._segments.values():
             segment.close()
         self._segments.clear()

@@ -21,7 +21,12 @@ from qhybrid.runtime.wgpu_thread._context import (
     _Gpu,
 )
 from qhybrid.runtime.wgpu_thread._kernels import Shape, get_kernel
-from qhybrid.runtime.wgpu_thread._placement import CostModel, best_time, load_or_calibrate
+from qhybrid.runtime.wgpu_thread._placement import (
+    CostModel,
+    best_time,
+    fixed_placement,
+    load_or_calibrate,
+)
 from qhybrid.runtime.wgpu_thread._types import (
     CPU_DEVICE_INFO,
     DeviceInfo,
@@ -123,11 +128,14 @@ class WgpuBackend:
     pooled buffers; the output comes back through the context's persistent staging buffer.
     """
 
-    def __init__(self, ctx: ComputeContext, prefer: Prefer, cost: CostModel | None) -> None:
+    def __init__(
+        self, ctx: ComputeContext, prefer: Prefer, cost: CostModel | None, fixed: bool = False
+    ) -> None:
         self.context: ComputeContext | None = ctx
         self._ctx = ctx
         self._prefer = prefer
         self.cost = cost
+        self._fixed = fixed
         self._lost: str | None = None
 
     @property
@@ -145,6 +153,8 @@ class WgpuBackend:
                     "%s: a %s tensor exceeds the GPU binding limit; numpy runs it", op, shape
                 )
                 return "cpu"
+        if self._prefer == "auto" and self._fixed:
+            return fixed_placement(self._ctx.info, op, shapes, out_shape)
         if self._prefer == "auto" and self.cost is not None:
             return self.cost.placement(op, shapes, out_shape)
         return "gpu"
@@ -234,11 +244,12 @@ def _describe(info: Mapping[str, Any]) -> DeviceInfo:
     )
 
 
-def open_backend(prefer: Prefer) -> Backend:
+def open_backend(prefer: Prefer, fixed: bool = False) -> Backend:
     """The backend for ``prefer``, logging one warning when numpy stands in for a GPU.
 
     Raises :class:`GpuJobError` when ``prefer`` is ``"gpu"`` and no device can be opened.
-    With ``prefer="auto"`` the placement cost model is loaded or calibrated here.
+    With ``prefer="auto"`` the placement cost model is loaded or calibrated here, unless
+    ``fixed`` (then :func:`fixed_placement` decides, with no timing).
     """
     if prefer == "cpu":
         logger.warning(
@@ -266,12 +277,12 @@ def open_backend(prefer: Prefer) -> Backend:
         ctx.features.timestamps,
     )
     cost: CostModel | None = None
-    if prefer == "auto":
+    if prefer == "auto" and not fixed:
         try:
             cost = load_or_calibrate(info, gpu.driver, lambda: measure_gpu(ctx))
         except Exception:
             logger.exception("calibrating the placement model failed; every kernel runs on the GPU")
-    return WgpuBackend(ctx, prefer, cost)
+    return WgpuBackend(ctx, prefer, cost, fixed)
 
 
 def _open_gpu() -> tuple[_Gpu, DeviceInfo]:

@@ -21,7 +21,7 @@ from psygnal import Signal, SignalInstance
 from qhybrid.runtime.tensors import AttachedTensor, OpError, TensorHandle, attach, get_op
 from qhybrid.runtime.wgpu_thread._backends import Backend, open_backend
 from qhybrid.runtime.wgpu_thread._context import ComputeContext, GpuDeviceLost
-from qhybrid.runtime.wgpu_thread._placement import CostModel
+from qhybrid.runtime.wgpu_thread._placement import CostModel, placement_rule
 from qhybrid.runtime.wgpu_thread._types import (
     CPU_DEVICE_INFO,
     PREFER_CHOICES,
@@ -116,8 +116,11 @@ class GpuDevice:
     #: opened again (or with the CPU description when numpy takes over).
     device_changed = Signal(DeviceInfo)
 
-    def __init__(self, *, prefer: str = "auto") -> None:
+    def __init__(self, *, prefer: str = "auto", placement: str = "measured") -> None:
+        if placement not in ("measured", "fixed"):
+            raise ValueError(f"placement must be 'measured' or 'fixed'; got {placement!r}")
         self._prefer: Prefer = _resolve_prefer(prefer)
+        self._fixed = placement == "fixed"
         self._name = f"qhybrid-gpu-{next(_device_ids)}"
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[_Job | _Call | None] = queue.SimpleQueue()
@@ -253,6 +256,14 @@ class GpuDevice:
         return cast("concurrent.futures.Future[T]", item.future)
 
     @property
+    def placement_rule(self) -> str:
+        """What decides where jobs run (for a run's recorded configuration), once started."""
+        info = self._info
+        if info is None:
+            return "not started"
+        return placement_rule(self._prefer, info, self._fixed)
+
+    @property
     def cost_model(self) -> CostModel | None:
         """The placement model (``prefer="auto"`` with a GPU), once started; else None."""
         backend = self._backend
@@ -266,7 +277,7 @@ class GpuDevice:
     # -- the device thread ------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            backend = open_backend(self._prefer)
+            backend = open_backend(self._prefer, self._fixed)
         except BaseException as exc:
             self._start_error = exc
             self._ready.set()

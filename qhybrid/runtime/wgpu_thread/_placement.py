@@ -9,6 +9,11 @@ On a software adapter (llvmpipe) numpy wins large matrix products; on a real GPU
 The rates are cached as JSON in ``$QHYBRID_CACHE_DIR/gpu`` (or the platform's user cache
 folder), keyed by the adapter, its driver and the qhybrid version, so later starts skip the
 measurement.
+
+Measured rates are timings: two calibrations differ, and a job near the crossover changes side,
+and with it the bits of its result. A run, whose trace must be the same every time, therefore
+places jobs by :func:`fixed_placement` instead: a rule of the adapter's kind and the job's size
+only, named by :func:`placement_rule` in the run's recorded configuration (issue 12).
 """
 
 from __future__ import annotations
@@ -66,6 +71,47 @@ class CostModel:
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
+
+
+#: The fixed rule, on a hardware adapter: a matrix product of at least this many flops, or any
+#: other job moving at least this many bytes, runs on the GPU; smaller jobs run with numpy.
+FIXED_GPU_MIN_FLOPS = 1 << 24
+FIXED_GPU_MIN_BYTES = 1 << 22
+
+
+def fixed_placement(
+    info: DeviceInfo, op: str, shapes: Sequence[Shape], out_shape: Shape
+) -> Placement:
+    """Where the fixed rule puts a job: no timing enters it, so every run agrees.
+
+    numpy on a software adapter (on llvmpipe numpy wins every job, docs/gpu.md); on a hardware
+    adapter the GPU for jobs of at least :data:`FIXED_GPU_MIN_FLOPS` (matmul) or
+    :data:`FIXED_GPU_MIN_BYTES` (other ops), numpy below, where a round trip costs more than
+    the job.
+    """
+    if info.kind != "hardware":
+        return "cpu"
+    if op == "matmul" and len(shapes) == 2 and len(shapes[0]) == 2:
+        (m, k), n = shapes[0], shapes[1][-1]
+        return "gpu" if 2 * m * n * k >= FIXED_GPU_MIN_FLOPS else "cpu"
+    nbytes = 4 * (sum(math.prod(s) for s in shapes) + math.prod(out_shape))
+    return "gpu" if nbytes >= FIXED_GPU_MIN_BYTES else "cpu"
+
+
+def placement_rule(prefer: str, info: DeviceInfo, fixed: bool) -> str:
+    """What decides placement, in words, for the run's recorded configuration."""
+    if info.kind == "cpu" or prefer == "cpu":
+        return "cpu: every job with numpy"
+    if prefer == "gpu":
+        return "gpu: every job with a kernel on the GPU"
+    if not fixed:
+        return "measured: a cost model of timings on this machine (not reproducible)"
+    if info.kind != "hardware":
+        return f"fixed: every job with numpy on a {info.kind} adapter"
+    return (
+        f"fixed: on the GPU a matmul of >= {FIXED_GPU_MIN_FLOPS} flops or another job of "
+        f">= {FIXED_GPU_MIN_BYTES} bytes, numpy below"
+    )
 
 
 def cache_dir() -> Path:
