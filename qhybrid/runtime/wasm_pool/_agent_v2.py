@@ -152,8 +152,21 @@ class V2Calls:
     def _text(self, what: str, ptr: int, length: int, limit: int = _MAX_NAME) -> str:
         return self.host.read_guest(what, ptr, length, limit).decode("utf-8", "replace")
 
-    def _payload(self, what: str, ptr: int, length: int) -> bytes:
-        return self.host.read_guest(what, ptr, length, _MAX_PAYLOAD)
+    def _payload(self, what: str, ptr: int, length: int, copies: int = 1) -> bytes:
+        """A payload about to be sent ``copies`` times, within the per-message send quotas
+        that ``send`` has (a QuotaExceeded fails the message)."""
+        from qhybrid.runtime.wasm_pool._quotas import MAX_SEND_BYTES, MAX_SENDS, QuotaExceeded
+
+        state = self.host.call_state
+        if len(state.outbox) + len(state.effects) + copies > MAX_SENDS:
+            raise QuotaExceeded(f"{what}: more than {MAX_SENDS} messages sent by one message")
+        if state.sent_bytes + copies * length > MAX_SEND_BYTES:
+            raise QuotaExceeded(
+                f"{what}: more than {MAX_SEND_BYTES >> 20} MiB of payload sent by one message"
+            )
+        data = self.host.read_guest(what, ptr, length, _MAX_PAYLOAD)
+        state.sent_bytes += copies * length
+        return data
 
     def members(self, group: str) -> list[int]:
         return self.host.ctx.group_members(group)
@@ -237,8 +250,8 @@ class V2Calls:
 
     def _h_group_send(self, ptr: int, length: int, kind: int, data: int, size: int) -> int:
         group = self._text("group_send", ptr, length)
-        payload = self._payload("group_send", data, size)
         members = self.members(group)
+        payload = self._payload("group_send", data, size, max(1, len(members)))
         if not members:
             return ERR_NOT_FOUND
         if _bad_kind(kind):
@@ -295,6 +308,14 @@ class V2Calls:
 
     # -- LLM chat, tools, people --------------------------------------------------------
     def _h_llm_chat(self, ptr: int, length: int, tag: int) -> int:
+        from qhybrid.runtime.wasm_pool._quotas import MAX_LLM_REQUESTS, QuotaExceeded
+
+        state = self.host.call_state
+        if state.llm_requests >= MAX_LLM_REQUESTS:
+            raise QuotaExceeded(
+                f"llm_chat: more than {MAX_LLM_REQUESTS} LLM requests made by one message"
+            )
+        state.llm_requests += 1
         request = self.host.read_guest("llm_chat", ptr, length, _MAX_REQUEST)
         rid = self.host.new_request()
         self.host.call_state.effects.append(("llm_chat", rid, tag, request))
