@@ -39,6 +39,7 @@ from qhybrid.runtime.wasm_pool._abi_spec import load_spec
 from qhybrid.runtime.wasm_pool._agent import AgentHost, GuestFault, SplitMix64, _Call
 from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
 from qhybrid.runtime.wasm_pool._guest_api import GUEST_API
+from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._memory_abi import AgentMemory
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Outcome
 from qhybrid.runtime.wasm_pool._worker_context import EPOCH_S, WorkerContext
@@ -175,14 +176,21 @@ class PythonAgentHost(AgentHost):
         self._next_request = 0
         self._call_state = _Call()
         self._v2 = V2Calls(self, load.tools)
-        limits = load.limits
+        # The same limits as a compiled agent's, defaults included (the interpreter's start-up
+        # is not limited: it is the runtime's, not the agent's).
+        limits, self._defaulted = effective_limits(load.limits)
+        self.limits = limits
         self._fuel = limits.fuel if limits.fuel is not None else _NO_LIMIT
         self._limited = True
+        self._timed = limits.timeout_ms is not None
         self._deadline = (
             int(limits.timeout_ms / 1000 / EPOCH_S) + 2
             if limits.timeout_ms is not None
             else _NO_LIMIT
         )
+        self._memory_cap = limits.memory_bytes if limits.memory_bytes is not None else 1 << 32
+        self._memory_set = -1
+        self._memory_size = 0
         module = ctx.module(load.module_key, limits.stack_bytes)
         self._store = wasmtime.Store(ctx.engine(limits.stack_bytes))
         if limits.memory_bytes is not None:
@@ -396,9 +404,9 @@ class PythonAgentHost(AgentHost):
 
     # -- the host's side ----------------------------------------------------------------------
     def _exchange(self, frame: bytes, *, limited: bool = True) -> Outcome:
-        self._turn_limited = limited and self.load.limits != type(self.load.limits)()
+        self._turn_limited = limited
         start = time.perf_counter_ns()
-        ticking = self.load.limits.timeout_ms is not None
+        ticking = limited and self._timed
         if ticking:
             self.ctx.ticker.call_started()
         try:
