@@ -308,8 +308,9 @@ QH_IMPORT(set_error) void qh_set_error(const char *ptr, size_t len);
 /** v2: a chat request to the scenario's LLM, as UTF-8 JSON (at most 1 MiB): `{"messages":
  *  [{"role", "content"}], "max_tokens", "temperature", "top_k", "top_p", "seed", "stop": [...],
  *  "json_schema": {...}}` (all but `messages` optional; unset sampling keys come from `[llm]`).
- *  Returns a request id `>= 0`; the answer comes as an `LLM_CHAT_DONE` message. A malformed
- *  request is answered with status `1` and the reason. */
+ *  A `json_schema` is compiled into a grammar that constrains every token, so the answer parses
+ *  and follows it. Returns a request id `>= 0`; the answer comes as an `LLM_CHAT_DONE` message.
+ *  A malformed request or schema is answered with status `1` and the reason. */
 QH_IMPORT(llm_chat) int32_t qh_llm_chat(const char *req_ptr, size_t req_len, int32_t tag);
 /** v2: cancel a request of this agent (`llm_complete` or `llm_chat`) at the end of the tick;
  *  its answer still comes, with finish `cancelled` and the text so far. `0`; `-1` no such

@@ -244,8 +244,9 @@ export declare function set_error(ptr: usize, len: usize): void;
 /** v2: a chat request to the scenario's LLM, as UTF-8 JSON (at most 1 MiB): `{"messages":
 /** [{"role", "content"}], "max_tokens", "temperature", "top_k", "top_p", "seed", "stop": [...],
 /** "json_schema": {...}}` (all but `messages` optional; unset sampling keys come from `[llm]`).
-/** Returns a request id `>= 0`; the answer comes as an `LLM_CHAT_DONE` message. A malformed
-/** request is answered with status `1` and the reason. */
+/** A `json_schema` is compiled into a grammar that constrains every token, so the answer parses
+/** and follows it. Returns a request id `>= 0`; the answer comes as an `LLM_CHAT_DONE` message.
+/** A malformed request or schema is answered with status `1` and the reason. */
 @external("qhybrid", "llm_chat")
 export declare function llm_chat(req_ptr: usize, req_len: usize, tag: i32): i32;
 /** v2: cancel a request of this agent (`llm_complete` or `llm_chat`) at the end of the tick;
