@@ -17,7 +17,7 @@ from qhybrid.serve._cli import main as serve_main
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["no-such-model-anywhere"], "no model named 'no-such-model-anywhere'"),
+        (["no-such-model-anywhere"], "model named 'no-such-model-anywhere'"),
         (["--port", "70000"], "expected a port in 0..65535"),
         (["--slots", "0"], "expected a positive integer"),
         (["--max-queue", "-1"], "expected an integer >= 0"),

@@ -279,6 +279,36 @@ class _CheckedReader(GGUFReader):
         self._size = size
         super().__init__(path, "r")
 
+    def _get_field_parts(
+        self, orig_offs: int, raw_type: int
+    ) -> tuple[int, list[Any], list[int], list[Any]]:
+        """As the stock reader, but an array is one part: a numpy view for numbers, ``bytes``
+        per string. The stock reader makes one or two numpy views per element: ~160 MB for a
+        150k-token vocabulary and its merges, more than a small model's weights."""
+        if raw_type != GGUFValueType.ARRAY:
+            return super()._get_field_parts(orig_offs, raw_type)
+        raw_itype = self._get(orig_offs, np.uint32)
+        alen = self._get(orig_offs + 4, np.uint64)
+        n = int(alen[0])
+        offs = orig_offs + 12
+        itype = GGUFValueType(int(raw_itype[0]))
+        if n == 0:
+            return offs - orig_offs, [raw_itype, alen], [], [GGUFValueType.ARRAY]
+        if itype == GGUFValueType.STRING and self.byte_order == "I":
+            view = self.data.data  # a memoryview of the mapped file
+            strings: list[Any] = []
+            for _ in range(n):
+                size = int.from_bytes(view[offs : offs + 8], "little")
+                strings.append(bytes(view[offs + 8 : offs + 8 + size]))
+                offs += 8 + size
+            parts = [raw_itype, alen, *strings]
+            return offs - orig_offs, parts, list(range(2, 2 + n)), [GGUFValueType.ARRAY, itype]
+        nptype = self.gguf_scalar_to_np.get(itype)
+        if nptype is None:  # nested arrays: the stock way
+            return super()._get_field_parts(orig_offs, raw_type)
+        values = self._get(offs, nptype, n)
+        return 12 + int(values.nbytes), [raw_itype, alen, values], [2], [GGUFValueType.ARRAY, itype]
+
     def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
         for fld in fields:
             try:

@@ -27,13 +27,16 @@ logger = logging.getLogger(__name__)
 
 
 def gpu_too_large(ctx: ComputeContext, model: ModelFile) -> str | None:
-    """Why the device cannot hold one of the model's tensors in a binding, or None."""
+    """Why the device cannot hold one of the model's tensors, or None. A matrix larger than the
+    largest binding is split by rows across buffers (``upload_weight``); only a single row
+    larger than a binding cannot be."""
     limit = ctx.max_buffer_bytes
     for t in model.tensors.values():
-        if t.data.nbytes > limit:
+        row = t.data.nbytes // max(t.rows, 1)
+        if row > limit:
             return (
-                f"tensor {t.name} ({t.data.nbytes / 2**20:.0f} MiB) is larger than the GPU's "
-                f"largest binding ({limit / 2**20:.0f} MiB)"
+                f"tensor {t.name} (rows of {row / 2**20:.0f} MiB) has rows larger than the "
+                f"GPU's largest binding ({limit / 2**20:.0f} MiB)"
             )
     return None
 

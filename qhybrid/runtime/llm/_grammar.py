@@ -425,11 +425,51 @@ def compile_json_schema(
 
 
 class _Trie:
-    __slots__ = ("children", "ids")
+    """The vocabulary's tokens as a trie of byte edges, in flat lists indexed by node (the
+    root is 0): ``children[n]`` maps a byte to a node, ``ends[n]`` are the tokens spelled by
+    the path to ``n``, ``below[n]`` is a bitset of every byte under ``n``, and the tokens of
+    ``n``'s subtree are ``order[lo[n]:hi[n]]``. Dicts and tuples of ints only: the cyclic
+    collector does not track them, so a 50k-token trie (about 200k nodes) costs it nothing."""
 
-    def __init__(self) -> None:
-        self.children: dict[int, _Trie] = {}
-        self.ids: list[int] = []
+    __slots__ = ("below", "children", "ends", "hi", "lo", "order")
+
+    def __init__(self, pieces: Sequence[bytes]) -> None:
+        children: list[dict[int, int]] = [{}]
+        ends: list[list[int]] = [[]]
+        for tid, piece in enumerate(pieces):
+            if not piece:
+                continue  # control tokens write no text: never part of a document
+            node = 0
+            for byte in piece:
+                nxt = children[node].get(byte)
+                if nxt is None:
+                    nxt = children[node][byte] = len(children)
+                    children.append({})
+                    ends.append([])
+                node = nxt
+            ends[node].append(tid)
+        n = len(children)
+        self.children = children
+        self.ends: list[tuple[int, ...]] = [tuple(e) for e in ends]
+        self.below = [0] * n
+        self.lo = [0] * n
+        self.hi = [0] * n
+        order: list[int] = []
+        stack: list[tuple[int, bool]] = [(0, False)]
+        while stack:
+            node, done = stack.pop()
+            if done:
+                self.hi[node] = len(order)
+                below = 0
+                for byte, child in children[node].items():
+                    below |= (1 << byte) | self.below[child]
+                self.below[node] = below
+                continue
+            self.lo[node] = len(order)
+            order.extend(self.ends[node])
+            stack.append((node, True))
+            stack.extend((child, False) for child in children[node].values())
+        self.order = np.asarray(order, dtype=np.int64)
 
 
 class _HasTokenBytes(Protocol):
@@ -452,18 +492,8 @@ class TokenVocabulary:
 
     @classmethod
     def from_tokens(cls, pieces: Sequence[bytes], eos_ids: Iterable[int]) -> TokenVocabulary:
-        root = _Trie()
-        for tid, piece in enumerate(pieces):
-            if not piece:
-                continue  # control tokens write no text: never part of a document
-            node = root
-            for b in piece:
-                nxt = node.children.get(b)
-                if nxt is None:
-                    nxt = node.children[b] = _Trie()
-                node = nxt
-            node.ids.append(tid)
-        return cls(list(pieces), frozenset(int(t) for t in eos_ids), root)
+        trie = _Trie(pieces)
+        return cls(list(pieces), frozenset(int(t) for t in eos_ids), trie)
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> TokenVocabulary:
@@ -494,6 +524,7 @@ class TokenGrammar:
         self._stacks: list[frozenset[_Stack]] = []
         self._trans: dict[tuple[int, int], int] = {}  # (state, byte) -> state, -1 = dead
         self._masks: dict[int, Mask] = {}
+        self._loops: dict[int, int] = {}  # state -> bitset of the bytes that lead back to it
         self._leaves: list[list[tuple[_Stack, _Class]]] = []
         self.initial = self._intern(self._expand([((grammar.root, 0, 0),)]))
 
@@ -578,25 +609,51 @@ class TokenGrammar:
         mask = self._masks.get(sid)
         if mask is not None:
             return mask
-        mask = np.zeros(self.vocab.n_vocab, dtype=np.bool_)
-        if self.can_continue(sid):
-            todo: list[tuple[_Trie, int]] = [(self.vocab.trie, sid)]
-            step = self.step_byte
-            while todo:
-                node, state = todo.pop()
-                for byte, child in node.children.items():
-                    nxt = step(state, byte)
-                    if nxt < 0:
-                        continue
-                    if child.ids:
-                        mask[child.ids] = True
-                    if child.children:
-                        todo.append((child, nxt))
+        mask = self._walk(sid, shortcut=True)
         if self.accepts(sid):
             mask[list(self.vocab.eos_ids)] = True
         mask.setflags(write=False)
         self._masks[sid] = mask
         return mask
+
+    def _walk(self, sid: int, *, shortcut: bool) -> Mask:
+        """The tokens whose bytes the grammar takes from ``sid`` (EOS aside). With
+        ``shortcut``, a subtree all of whose bytes lead a state back to itself (the characters
+        of a JSON string, the digits of a number) is taken whole, not walked token by token:
+        inside a string that leaves only the tokens with a quote, a backslash or a non-ASCII
+        byte to walk."""
+        mask = np.zeros(self.vocab.n_vocab, dtype=np.bool_)
+        if not self.can_continue(sid):
+            return mask
+        trie = self.vocab.trie
+        children, ends, below, lo, hi = trie.children, trie.ends, trie.below, trie.lo, trie.hi
+        order = trie.order
+        todo: list[tuple[int, int]] = [(0, sid)]
+        step = self.step_byte
+        while todo:
+            node, state = todo.pop()
+            for byte, child in children[node].items():
+                nxt = step(state, byte)
+                if nxt < 0:
+                    continue
+                if shortcut and below[child] & ~self._loop_bytes(nxt) == 0:
+                    mask[order[lo[child] : hi[child]]] = True
+                    continue
+                if ends[child]:
+                    mask[list(ends[child])] = True
+                if children[child]:
+                    todo.append((child, nxt))
+        return mask
+
+    def _loop_bytes(self, sid: int) -> int:
+        loops = self._loops.get(sid)
+        if loops is None:
+            loops = 0
+            for byte in range(256):
+                if self.step_byte(sid, byte) == sid:
+                    loops |= 1 << byte
+            self._loops[sid] = loops
+        return loops
 
 
 class TokenConstraint:

@@ -8,15 +8,10 @@ as llama.cpp applies it (normal for llama, neox for qwen2), ``kv_store``, ``silu
 vectorized per sequence (its per-query, per-head Python loop costs seconds on a prompt of a
 few hundred tokens); a test checks the two agree.
 
-Weights: dequantizing a matrix costs more than multiplying by it once (gguf's numpy
-dequantizer gives ~0.4 GB/s of float32 for Q4_K and ~1.4 GB/s for Q8_0 on the 2-core dev VM,
-while a matrix-vector product streams several GB/s), so dequantizing per call made decode 2-7x
-slower on a 34M-parameter model (see docs/llm.md). Each weight is therefore dequantized on first
-use and kept as float32 while the total stays under ``dense_budget`` (default 2 GiB: models up
-to ~0.5B parameters fit whole); weights past the budget are dequantized per call: slow, but
-bounded in memory. Kept weights are stored transposed and contiguous (F32 ones too), which
-makes batched decode ~4x faster than multiplying by a transposed view; norms and biases are
-small and converted once.
+Weights stay as the GGUF blocks in the mapped file (:class:`_Weights`, with the numba kernels
+of :mod:`._cpu_kernels`): a decode step multiplies straight from the blocks; a prefill
+dequantizes a few rows at a time into a small float32 tile that BLAS multiplies. No float32
+copy of a quantized matrix is kept unless ``dense_budget`` asks for one.
 """
 
 from __future__ import annotations
@@ -30,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import ThreadpoolController
 
+from qhybrid.runtime.llm import _cpu_kernels as cpu
 from qhybrid.runtime.llm._gguf import ModelConfig, ModelFile, TensorData
 from qhybrid.runtime.llm._runner import SeqInput, check_items
 from qhybrid.runtime.wgpu_thread import _reference as ref
@@ -38,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
-DEFAULT_DENSE_BUDGET = 2 << 30
+#: Bytes of float32 weight copies kept by default: none (weights are read from their blocks).
+DEFAULT_DENSE_BUDGET = 0
 #: Steps whose largest matrix product (tokens x n_embd x n_ff) is below this many floating
 #: point operations run on one BLAS thread.
 _SMALL_PRODUCT_FLOPS = 64e6
@@ -51,40 +48,67 @@ def _blas_controller() -> ThreadpoolController:
 
 
 class _Weights:
-    """Matrices of the model, dequantized on first use while under a byte budget.
+    """The model's matrices, read from their GGUF blocks (the mapped file) on every call.
 
-    A kept matrix is stored transposed, ``W.T`` contiguous (``[cols, rows]``): ``x @ W.T``
-    with a few rows of ``x`` is ~4x faster against a contiguous ``W.T`` than against a
-    transposed view (8 rows x 128 x 384: 10 vs 43 µs on the dev VM).
+    ``x @ W.T`` for a few rows of ``x`` (decode) runs the numba kernel that decodes the blocks
+    in registers (:func:`._cpu_kernels.matvec`); for more rows (prefill) ``TILE_BYTES`` of
+    ``W`` at a time are dequantized into a reused float32 tile that BLAS multiplies. Memory:
+    the file's pages plus one tile. ``budget`` bytes of float32 ``W.T`` copies may be kept
+    (the old speed-for-memory trade; default 0, none).
     """
 
-    def __init__(self, model: ModelFile, budget: int) -> None:
+    #: Rows of x up to which the kernel decodes W once per row of x; above, tile + BLAS.
+    MATVEC_MAX_ROWS = 3
+    #: Bytes of the float32 tile a prefill product dequantizes into.
+    TILE_BYTES = 1 << 20
+
+    def __init__(self, model: ModelFile, budget: int, exact: bool = True) -> None:
         self.model = model
         self.budget = budget
+        #: False: Q8_0 decode products take int8 activations (llama.cpp's way, ~2x faster).
+        self.exact = exact
         self.used = 0
         self._dense_t: dict[str, F32] = {}
+        self._tile = np.empty(0, dtype=np.float32)
 
     def transposed(self, t: TensorData) -> F32 | None:
-        """``t`` as float32 ``W.T`` (``[cols, rows]``) if kept (or now kept); None: dequantize
-        per call."""
+        """``t`` as float32 ``W.T`` (``[cols, rows]``) if kept (or now kept, within the
+        budget); None: read from the blocks."""
         got = self._dense_t.get(t.name)
-        if got is not None:
+        if got is not None or not self.budget:
             return got
         size = t.rows * t.cols * 4
         if self.used + size > self.budget:
             return None
-        dense = np.ascontiguousarray(ref.dequantize(t.data, t.qtype, t.rows, t.cols).T)
+        dense = np.ascontiguousarray(cpu.dequantize_rows(t.data, t.qtype, t.cols).T)
         self._dense_t[t.name] = dense
         self.used += size
         return dense
 
     def linear(self, x: F32, t: TensorData) -> F32:
-        """``x @ W.T``: the kernels' ``linear`` on the GGUF blocks."""
+        """``x @ W.T`` on the GGUF blocks (the kernels' ``linear``)."""
         wt = self.transposed(t)
-        if wt is None:
-            return ref.linear(x, t.data, t.qtype, t.rows, t.cols)
-        result: F32 = np.matmul(x, wt)
-        return result
+        if wt is not None:
+            kept: F32 = np.matmul(x, wt)
+            return kept
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty((x.shape[0], t.rows), dtype=np.float32)
+        if x.shape[0] <= self.MATVEC_MAX_ROWS or t.qtype == "f32":
+            cpu.matvec(x, t.data, t.qtype, out, exact=self.exact)
+            return out
+        step = max(1, self.TILE_BYTES // (4 * t.cols))
+        if self._tile.size < step * t.cols:
+            self._tile = np.empty(step * t.cols, dtype=np.float32)
+        for r0 in range(0, t.rows, step):
+            r1 = min(r0 + step, t.rows)
+            tile = self._tile[: (r1 - r0) * t.cols].reshape(r1 - r0, t.cols)
+            cpu.dequantize_rows(t.data[r0:r1], t.qtype, t.cols, tile)
+            np.matmul(x, tile.T, out=out[:, r0:r1])
+        return out
+
+    def rows(self, t: TensorData, ids: I64) -> F32:
+        """Rows ``ids`` of ``t`` as float32 (embedding lookup), dequantized from the blocks."""
+        return cpu.dequantize_rows(t.data[ids], t.qtype, t.cols)
 
 
 class _Layer:
@@ -191,6 +215,7 @@ class NumpyRunner:
         n_ctx: int = 2048,
         *,
         dense_budget: int = DEFAULT_DENSE_BUDGET,
+        exact: bool = True,
     ) -> None:
         if n_slots < 1 or n_ctx < 1:
             raise ValueError(f"n_slots and n_ctx must be >= 1, got {n_slots}, {n_ctx}")
@@ -199,7 +224,9 @@ class NumpyRunner:
         self.n_slots = n_slots
         self.n_ctx = n_ctx
         c = self.config
-        self._weights = _Weights(model, dense_budget)
+        # exact: every product in float32 (the reference the GPU path is tested against);
+        # False: Q8_0 decode products on int8 activations, as llama.cpp (the engine's default).
+        self._weights = _Weights(model, dense_budget, exact)
         self._embd = model.tensor("token_embd.weight")
         self._output = model.output_weight()
         self._output_norm = model.tensor("output_norm.weight").vector()
@@ -301,8 +328,7 @@ class NumpyRunner:
         last = np.cumsum(lens) - 1
         t_count = len(tokens)
         e = self._embd
-        # ref.get_rows on only the rows asked for: for f16/f32 it converts the whole table.
-        x = ref.get_rows(e.data[tokens], e.qtype, len(tokens), e.cols, np.arange(len(tokens)))
+        x = w.rows(e, tokens)
         for li, layer in enumerate(self._layers):
             h = ref.rmsnorm(x, layer.attn_norm, c.rms_eps)
             q = w.linear(h, layer.wq)

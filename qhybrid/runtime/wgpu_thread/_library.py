@@ -114,7 +114,7 @@ _MV_REDUCE_SHARED = """
             s = s + partial[lid * WG + t];
         }
         if (row < n_count && m < m_count) {
-            y[m * n_count + row] = s;
+            y[m * params.y_stride + params.row0 + row] = s;
         }
     }
 """
@@ -138,7 +138,7 @@ _MV_REDUCE_SUBGROUPS = """
             s = s + partial[lid * 16u + t];
         }
         if (row < n_count && m < m_count) {
-            y[m * n_count + row] = s;
+            y[m * params.y_stride + params.row0 + row] = s;
         }
     }
 """

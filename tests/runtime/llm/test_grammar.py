@@ -177,3 +177,20 @@ def test_engine_constrains_a_request_and_leaves_the_others_alone() -> None:
         assert solo is not None and solo.tokens == results[free].tokens
     finally:
         model.close()
+
+
+@pytest.mark.parametrize("schema", [*SCHEMAS, None])
+def test_the_subtree_shortcut_allows_exactly_what_a_full_walk_allows(schema: object) -> None:
+    vocab = _vocab()
+    grammar = compile_json_schema(schema, root_object=schema is None).for_vocabulary(vocab)  # type: ignore[arg-type]
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        c = grammar.start()
+        for _ in range(60):
+            sid = c.state
+            full = grammar._walk(sid, shortcut=False)
+            assert np.array_equal(grammar._walk(sid, shortcut=True), full)
+            allowed = [t for t in np.flatnonzero(c.mask()) if t != 1]
+            if not allowed or c.finished:
+                break
+            c.advance(int(rng.choice(allowed)))
