@@ -42,7 +42,18 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "sdk" / "build.py"
 SAMPLES = ROOT / "resources" / "agents"
 TEST_AGENTS = ROOT / "tests" / "agents"
-SAMPLE_NAMES = ("ask", "counter", "crew", "echo", "manager", "notes", "planner", "prep", "worker")
+SAMPLE_NAMES = (
+    "ask",
+    "counter",
+    "crew",
+    "echo",
+    "hop",
+    "manager",
+    "notes",
+    "planner",
+    "prep",
+    "worker",
+)
 RUST_SAMPLES = ("rs_chat", "rs_echo", "rs_worker")
 AS_SAMPLES = ("as_chat", "as_echo", "as_worker")
 TEST_AGENT_NAMES = ("bad_pointer", "fs_probe", "hog", "v2_probe")

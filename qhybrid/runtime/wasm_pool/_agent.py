@@ -202,10 +202,11 @@ class AgentHost(MemoryHost):
         self._memory_set = -1  # the store's memory limit now
         self._memory_size = 0
         self._limit_memory()
-        self._wasi_used = any(imp.module == WASI_MODULE for imp in module.imports)
+        wanted = ctx.imports(load.module_key, module)
+        self._wasi_used = any(where == WASI_MODULE for where, _ in wanted)
         if self._wasi_used:
             self._store.set_wasi(self._wasi_config())
-        imports = [self._import(ctx, stack, imp) for imp in module.imports]
+        imports = [self._import(ctx, stack, where, name) for where, name in wanted]
         # Start-up runs under the limits too: the start function (here), _initialize,
         # qh_abi_version and qh_init each get a fresh budget.
         self._arm()
@@ -241,7 +242,7 @@ class AgentHost(MemoryHost):
                 raise AgentModuleError(f"{load.name}: _initialize failed: {outcome.error}")
         self._arm()
         try:
-            got = version(self._store)
+            got = i32_caller(self._store, version, 0)()
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise AgentModuleError(
                 f"{load.name}: qh_abi_version failed: {self._error_of(exc)}"
@@ -292,10 +293,9 @@ class AgentHost(MemoryHost):
                 self._call_state.log(level, line[:_MAX_LOG])
 
     def _import(
-        self, ctx: WorkerContext, stack: int | None, imp: wasmtime.ImportType
+        self, ctx: WorkerContext, stack: int | None, where: str, name: str
     ) -> wasmtime.Func:
-        name = imp.name or ""
-        if imp.module == HOST_MODULE:
+        if where == HOST_MODULE:
             params, results = HOST_FUNCTIONS[name]
             impl: Callable[..., Any] = (
                 getattr(self, f"_h_{name}") if IMPORT_SINCE[name] == 1 else self._v2.function(name)

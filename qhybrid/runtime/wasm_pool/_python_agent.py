@@ -206,7 +206,8 @@ class PythonAgentHost(AgentHost):
         config.argv = ["python", "-c", GUEST_API_BOOT]
         config.env = [("PYTHONHASHSEED", "0"), ("PYTHONDONTWRITEBYTECODE", "1")]
         self._store.set_wasi(config)
-        imports = [self._import(ctx, limits.stack_bytes, imp) for imp in module.imports]
+        wanted = ctx.imports(load.module_key, module)
+        imports = [self._import(ctx, limits.stack_bytes, where, name) for where, name in wanted]
         self._store.set_fuel(_NO_LIMIT)
         self._store.set_epoch_deadline(_NO_LIMIT)
         try:
@@ -244,23 +245,23 @@ class PythonAgentHost(AgentHost):
         except BaseException as exc:
             self._from_guest.put(("trap", exc))
 
-    def _import(self, ctx: WorkerContext, stack: int | None, imp: wasmtime.ImportType) -> Any:
+    def _import(self, ctx: WorkerContext, stack: int | None, where: str, name: str) -> Any:
         i32 = wasmtime.ValType.i32()
-        if imp.name in ("fd_read", "fd_write"):
+        if name in ("fd_read", "fd_write"):
             ty = wasmtime.FuncType([i32, i32, i32, i32], [i32])
-            fn = self._fd_read if imp.name == "fd_read" else self._fd_write
+            fn = self._fd_read if name == "fd_read" else self._fd_write
             return wasmtime.Func(self._store, ty, fn, access_caller=True)
         i64 = wasmtime.ValType.i64()
-        if imp.name == "clock_time_get":
+        if name == "clock_time_get":
             ty = wasmtime.FuncType([i32, i64, i32], [i32])
             return wasmtime.Func(self._store, ty, self._clock, access_caller=True)
-        if imp.name == "clock_res_get":
+        if name == "clock_res_get":
             ty = wasmtime.FuncType([i32, i32], [i32])
             return wasmtime.Func(self._store, ty, self._clock_res, access_caller=True)
-        if imp.name == "random_get":
+        if name == "random_get":
             ty = wasmtime.FuncType([i32, i32], [i32])
             return wasmtime.Func(self._store, ty, self._random, access_caller=True)
-        return super()._import(ctx, stack, imp)
+        return super()._import(ctx, stack, where, name)
 
     # The run's clock and random stream, written into the interpreter's memory.
     def _guest_write(self, caller: wasmtime.Caller, ptr: int, data: bytes) -> None:

@@ -24,6 +24,7 @@ class WorkerContext:
         self._linkers: dict[int | None, wasmtime.Linker] = {}
         self._serialized: dict[str, bytes] = {}
         self._modules: dict[tuple[str, int | None], wasmtime.Module] = {}
+        self._imports: dict[str, tuple[tuple[str, str], ...]] = {}
         self._recoverable: dict[str, bool] = {}
         self.directory: dict[str, int] = {}
         self._groups: dict[str, list[int]] = {}
@@ -79,6 +80,7 @@ class WorkerContext:
             self._recoverable[key] = False  # unknown (no or unreadable source): assume not
         for cached in [k for k in self._modules if k[0] == key]:
             del self._modules[cached]
+        self._imports.pop(key, None)
 
     def group_members(self, group: str) -> list[int]:
         """The ids of a group's instances, in instance order: ``group`` alone when it has
@@ -104,6 +106,15 @@ class WorkerContext:
             module = wasmtime.Module.deserialize(self.engine(stack_bytes), self._serialized[key])
             self._modules[(key, stack_bytes)] = module
         return module
+
+    def imports(self, key: str, module: wasmtime.Module) -> tuple[tuple[str, str], ...]:
+        """``(module, name)`` of each of the module's imports, in order (read once per module:
+        asking wasmtime for them costs a few microseconds per import and agent)."""
+        found = self._imports.get(key)
+        if found is None:
+            found = tuple((imp.module, imp.name or "") for imp in module.imports)
+            self._imports[key] = found
+        return found
 
     def host_snapshot_ok(self, key: str) -> bool:
         """Whether memory plus exported globals hold all of a module's state."""
