@@ -19,7 +19,7 @@ Layering: ``qhybrid.app`` -> ``qhybrid.views`` -> ``qhybrid.models`` -> ``qhybri
 
 from __future__ import annotations
 
-from qhybrid.models._agents import SORT_ROLE, AgentsFilterModel, AgentsTableModel
+from qhybrid.models._agents import SORT_ROLE, AgentsFilterModel, AgentsTableModel, natural_key
 from qhybrid.models._chat import ChatEntry, ChatModel
 from qhybrid.models._controller import ASK_KIND, RuntimeController, SessionState
 from qhybrid.models._feed import FeedBatch, RuntimeFeed
@@ -60,5 +60,6 @@ __all__ = [
     "SessionState",
     "StallMonitor",
     "adapter_text",
+    "natural_key",
     "plain_tooltip",
 ]

@@ -66,6 +66,7 @@ _STATE_TEXT = {
     SessionState.PAUSED: "Paused",
     SessionState.STOPPING: "Stopping\N{HORIZONTAL ELLIPSIS}",
     SessionState.COMPLETED: "Completed",
+    SessionState.STOPPED: "Stopped",
     SessionState.FAILED: "Failed",
 }
 
@@ -361,7 +362,7 @@ class MainWindow(QMainWindow):
         text = _STATE_TEXT.get(state, state)
         self.state_label.setText(f"<b>{text}</b>")
         self.state_label.setToolTip(plain_tooltip(detail) if detail else "")
-        if state in (SessionState.COMPLETED, SessionState.FAILED) and detail:
+        if state in SessionState.ENDED and detail:
             self.statusBar().showMessage(f"{text}: {printable(detail)}")
         self._update_actions()
 
