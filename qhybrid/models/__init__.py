@@ -32,6 +32,7 @@ from qhybrid.models._log import (
     PythonLogCollector,
     plain_tooltip,
 )
+from qhybrid.models._scenario import ScenarioCheck, scenario_outline
 from qhybrid.models._series import CHANNELS, LiveSeries
 from qhybrid.models._server import ServerModel, ServerState, ServerStats
 from qhybrid.models._stall import StallMonitor
@@ -54,6 +55,7 @@ __all__ = [
     "PythonLogCollector",
     "RuntimeController",
     "RuntimeFeed",
+    "ScenarioCheck",
     "ServerModel",
     "ServerState",
     "ServerStats",
@@ -62,4 +64,5 @@ __all__ = [
     "adapter_text",
     "natural_key",
     "plain_tooltip",
+    "scenario_outline",
 ]

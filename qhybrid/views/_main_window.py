@@ -35,10 +35,18 @@ from PySide6.QtWidgets import (
 )
 
 import qhybrid
-from qhybrid.models import LiveModels, RuntimeController, ServerModel, SessionState, plain_tooltip
+from qhybrid.models import (
+    LiveModels,
+    RuntimeController,
+    ScenarioCheck,
+    ServerModel,
+    SessionState,
+    plain_tooltip,
+)
 from qhybrid.runtime import printable
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
+from qhybrid.views._scenario import ScenarioPanel
 from qhybrid.views._server import ServerPanel
 from qhybrid.views._tables import AgentsView, LogView
 from qhybrid.views._theme import THEMES, apply_theme
@@ -115,7 +123,13 @@ class MainWindow(QMainWindow):
         self.server_model = ServerModel(self)
         self.server_panel = ServerPanel(self.server_model, self)
         self.server_dock = self._dock("Server", "server_dock", self.server_panel)
+        self.scenario_check = ScenarioCheck(self)
+        self.scenario_panel = ScenarioPanel(self.scenario_check, self)
+        self.scenario_dock = self._dock("Scenario", "scenario_dock", self.scenario_panel)
+        self.scenario_check.checked.connect(self._scenario_checked)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.agents_dock)
+        self.tabifyDockWidget(self.agents_dock, self.scenario_dock)
+        self.agents_dock.raise_()
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.log_dock)
         self.splitDockWidget(self.log_dock, self.chat_dock, Qt.Orientation.Horizontal)
         self.tabifyDockWidget(self.chat_dock, self.server_dock)
@@ -187,8 +201,17 @@ class MainWindow(QMainWindow):
         self.setWindowFilePath(str(self.scenario_path))
         self.setWindowTitle(f"{self.scenario_path.name} \N{EM DASH} qhybrid")
         _settings().setValue(_SCENARIO_KEY, str(self.scenario_path))
+        self.scenario_check.check(self.scenario_path)  # shows its outline, or its error
+        if not self.controller.active:
+            self.scenario_dock.raise_()
         self._update_actions()
         self.scenario_changed.emit(self.scenario_path)
+
+    def _scenario_checked(self, ok: bool) -> None:
+        if not ok:
+            self.scenario_dock.show()
+            self.scenario_dock.raise_()
+        self._update_actions()
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if _dropped_scenario(event) is not None:
@@ -333,7 +356,13 @@ class MainWindow(QMainWindow):
 
         self.view_menu = menu_bar.addMenu("&View")
         self.view_menu.setObjectName("view_menu")
-        for dock in (self.agents_dock, self.log_dock, self.chat_dock, self.server_dock):
+        for dock in (
+            self.agents_dock,
+            self.scenario_dock,
+            self.log_dock,
+            self.chat_dock,
+            self.server_dock,
+        ):
             self.view_menu.addAction(dock.toggleViewAction())
         self.view_menu.addSeparator()
         theme_menu = self.view_menu.addMenu("&Theme")
@@ -368,13 +397,18 @@ class MainWindow(QMainWindow):
 
     def _update_actions(self) -> None:
         state = self.controller.state
-        have = self.scenario_path is not None
+        have = self.scenario_path is not None and self.scenario_check.ok
         active = state in SessionState.ACTIVE
         paused = state == SessionState.PAUSED
         self.start_action.setText("&Resume" if paused else "&Start")
-        self.start_action.setEnabled(have and (paused or not active))
+        self.start_action.setEnabled(paused or (have and not active))
+        self.start_action.setToolTip(
+            "Start the scenario (F5)"
+            if have or self.scenario_path is None
+            else "The scenario has an error: see the Scenario panel"
+        )
         self.pause_action.setEnabled(state == SessionState.RUNNING)
-        self.step_action.setEnabled(have and (paused or not active))
+        self.step_action.setEnabled(paused or (have and not active))
         self.stop_action.setEnabled(
             state in (SessionState.STARTING, SessionState.RUNNING, SessionState.PAUSED)
         )
