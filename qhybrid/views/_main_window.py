@@ -391,6 +391,8 @@ class MainWindow(QMainWindow):
         text = _STATE_TEXT.get(state, state)
         self.state_label.setText(f"<b>{text}</b>")
         self.state_label.setToolTip(plain_tooltip(detail) if detail else "")
+        if state == SessionState.STARTING:
+            self.agents_dock.raise_()  # the run's agents, rather than the scenario's outline
         if state in SessionState.ENDED and detail:
             self.statusBar().showMessage(f"{text}: {printable(detail)}")
         self._update_actions()
