@@ -32,6 +32,14 @@ from qhybrid.models._log import (
     PythonLogCollector,
     plain_tooltip,
 )
+from qhybrid.models._messages import (
+    MessageRecord,
+    MessagesFilterModel,
+    MessagesModel,
+    decode_payload,
+    parse_messages,
+)
+from qhybrid.models._runs import RunCommand, RunsModel, format_duration
 from qhybrid.models._scenario import ScenarioCheck, scenario_outline
 from qhybrid.models._series import CHANNELS, LiveSeries
 from qhybrid.models._server import ServerModel, ServerState, ServerStats
@@ -52,7 +60,12 @@ __all__ = [
     "LogFilterModel",
     "LogLine",
     "LogModel",
+    "MessageRecord",
+    "MessagesFilterModel",
+    "MessagesModel",
     "PythonLogCollector",
+    "RunCommand",
+    "RunsModel",
     "RuntimeController",
     "RuntimeFeed",
     "ScenarioCheck",
@@ -62,7 +75,10 @@ __all__ = [
     "SessionState",
     "StallMonitor",
     "adapter_text",
+    "decode_payload",
+    "format_duration",
     "natural_key",
+    "parse_messages",
     "plain_tooltip",
     "scenario_outline",
 ]

@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 import qhybrid
 from qhybrid.models import (
     LiveModels,
+    RunsModel,
     RuntimeController,
     ScenarioCheck,
     ServerModel,
@@ -46,6 +47,7 @@ from qhybrid.models import (
 from qhybrid.runtime import printable
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
+from qhybrid.views._runs import MessageInspector, RunsPanel
 from qhybrid.views._scenario import ScenarioPanel
 from qhybrid.views._server import ServerPanel
 from qhybrid.views._tables import AgentsView, LogView
@@ -65,6 +67,9 @@ _LOG_LEVEL_KEY = "log/min_level"
 _THEME_KEY = "view/theme"
 
 _DEFAULT_SIZE = (1100, 720)
+#: The dock layout's version: a layout saved before the Scenario, Runs and Messages docks
+#: existed would leave them off-screen, so it is not restored (the default layout is used).
+_LAYOUT_VERSION = 2
 _MAX_WORKERS = 64
 
 _STATE_TEXT = {
@@ -133,6 +138,16 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.log_dock)
         self.splitDockWidget(self.log_dock, self.chat_dock, Qt.Orientation.Horizontal)
         self.tabifyDockWidget(self.chat_dock, self.server_dock)
+        # The run store: its runs, and a recorded run's messages.
+        self.runs_model = RunsModel(parent=self)
+        self.message_inspector = MessageInspector(self)
+        self.runs_panel = RunsPanel(self.runs_model, self.message_inspector, self)
+        self.runs_dock = self._dock("Runs", "runs_dock", self.runs_panel)
+        self.messages_dock = self._dock("Messages", "messages_dock", self.message_inspector)
+        self.tabifyDockWidget(self.server_dock, self.runs_dock)
+        self.tabifyDockWidget(self.log_dock, self.messages_dock)
+        self.runs_panel.run_opened.connect(lambda _id: self.messages_dock.raise_())
+        self.log_dock.raise_()
         self.chat_dock.raise_()
         self.log_view.set_min_level(_int(settings.value(_LOG_LEVEL_KEY), 20))
 
@@ -362,6 +377,8 @@ class MainWindow(QMainWindow):
             self.log_dock,
             self.chat_dock,
             self.server_dock,
+            self.runs_dock,
+            self.messages_dock,
         ):
             self.view_menu.addAction(dock.toggleViewAction())
         self.view_menu.addSeparator()
@@ -462,7 +479,7 @@ class MainWindow(QMainWindow):
         if not (isinstance(geometry, QByteArray) and self.restoreGeometry(geometry)):
             self.resize(*_DEFAULT_SIZE)
         state = settings.value(_STATE_KEY)
-        if not (isinstance(state, QByteArray) and self.restoreState(state)):
+        if not (isinstance(state, QByteArray) and self.restoreState(state, _LAYOUT_VERSION)):
             # First start: the charts get most of the room.
             self.resizeDocks([self.agents_dock], [400], Qt.Orientation.Horizontal)
             self.resizeDocks([self.log_dock], [200], Qt.Orientation.Vertical)
@@ -474,7 +491,7 @@ class MainWindow(QMainWindow):
         """Write the window's geometry, dock layout and settings to QSettings."""
         settings = _settings()
         settings.setValue(_GEOMETRY_KEY, self.saveGeometry())
-        settings.setValue(_STATE_KEY, self.saveState())
+        settings.setValue(_STATE_KEY, self.saveState(_LAYOUT_VERSION))
         settings.setValue(_LOG_LEVEL_KEY, self.log_view.min_level)
         settings.setValue(_WORKERS_KEY, self.workers_spin.value())
         settings.sync()
@@ -490,6 +507,7 @@ class MainWindow(QMainWindow):
             self.live.close()
             self.controller.shutdown()
             self.server_model.close()
+            self.runs_panel.close_command()
         finally:
             QApplication.restoreOverrideCursor()
         super().closeEvent(event)
