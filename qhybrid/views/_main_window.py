@@ -30,6 +30,8 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QSpinBox,
+    QSplitter,
+    QTabWidget,
     QToolBar,
     QWidget,
 )
@@ -67,8 +69,8 @@ _LOG_LEVEL_KEY = "log/min_level"
 _THEME_KEY = "view/theme"
 
 _DEFAULT_SIZE = (1100, 720)
-#: The dock layout's version: a layout saved before the Scenario, Runs and Messages docks
-#: existed would leave them off-screen, so it is not restored (the default layout is used).
+#: The dock layout's version: a layout saved before the Scenario dock existed would leave it
+#: off-screen, so it is not restored (the default layout is used).
 _LAYOUT_VERSION = 2
 _MAX_WORKERS = 64
 
@@ -118,7 +120,13 @@ class MainWindow(QMainWindow):
         self.live = LiveModels(self.controller, self)
 
         self.charts = ChartsWidget(self.live, self)
-        self.setCentralWidget(self.charts)
+        # The middle: the live run's charts, or the run store's recorded runs (the list above,
+        # a run's messages below), which need the room more than a dock gives them.
+        self.central_tabs = QTabWidget(self)
+        self.central_tabs.setObjectName("central_tabs")
+        self.central_tabs.setDocumentMode(True)
+        self.central_tabs.addTab(self.charts, "Live run")
+        self.setCentralWidget(self.central_tabs)
         self.agents_view = AgentsView(self.live, self)
         self.log_view = LogView(self.live, self)
         self.chat_panel = ChatPanel(self.live, self.controller, self)
@@ -142,12 +150,15 @@ class MainWindow(QMainWindow):
         self.runs_model = RunsModel(parent=self)
         self.message_inspector = MessageInspector(self)
         self.runs_panel = RunsPanel(self.runs_model, self.message_inspector, self)
-        self.runs_dock = self._dock("Runs", "runs_dock", self.runs_panel)
-        self.messages_dock = self._dock("Messages", "messages_dock", self.message_inspector)
-        self.tabifyDockWidget(self.server_dock, self.runs_dock)
-        self.tabifyDockWidget(self.log_dock, self.messages_dock)
-        self.runs_panel.run_opened.connect(lambda _id: self.messages_dock.raise_())
-        self.log_dock.raise_()
+        self.runs_split = QSplitter(Qt.Orientation.Vertical, self)
+        self.runs_split.setObjectName("runs_split")
+        self.runs_split.addWidget(self.runs_panel)
+        self.runs_split.addWidget(self.message_inspector)
+        self.runs_split.setStretchFactor(0, 2)
+        self.runs_split.setStretchFactor(1, 3)
+        # Squeezed rather than growing the window (the charts' tab asks for almost nothing).
+        self.runs_split.setMinimumSize(100, 60)
+        self.central_tabs.addTab(self.runs_split, "Recorded runs")
         self.chat_dock.raise_()
         self.log_view.set_min_level(_int(settings.value(_LOG_LEVEL_KEY), 20))
 
@@ -377,8 +388,6 @@ class MainWindow(QMainWindow):
             self.log_dock,
             self.chat_dock,
             self.server_dock,
-            self.runs_dock,
-            self.messages_dock,
         ):
             self.view_menu.addAction(dock.toggleViewAction())
         self.view_menu.addSeparator()
@@ -409,6 +418,7 @@ class MainWindow(QMainWindow):
         self.state_label.setText(f"<b>{text}</b>")
         self.state_label.setToolTip(plain_tooltip(detail) if detail else "")
         if state == SessionState.STARTING:
+            self.central_tabs.setCurrentWidget(self.charts)
             self.agents_dock.raise_()  # the run's agents, rather than the scenario's outline
         if state in SessionState.ENDED and detail:
             self.statusBar().showMessage(f"{text}: {printable(detail)}")

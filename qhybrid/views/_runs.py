@@ -145,6 +145,8 @@ class MessageInspector(QWidget):
 
     def _count(self, *_args: Any) -> None:
         self.count_label.setText(f"{self.filter.rowCount():,} of {self.model.rowCount():,}")
+        # The message in full is the current row's, or none: never one the filter hid.
+        self._show_detail(self.table.currentIndex())
 
     def _show_detail(self, current: Any, _previous: Any = None) -> None:
         if not current.isValid():

@@ -133,5 +133,11 @@ def test_runs_browser_lists_opens_forks_and_diffs(
         panel.details.toPlainText()
     )
     assert inspector.tick_spin.value() == tick
+    assert inspector.filter.rowCount() > 0
+    assert all(
+        inspector.filter.index(r, MessagesModel.TICK).data() == str(tick)
+        for r in range(inspector.filter.rowCount())
+    )
+    assert f"tick {tick}," in inspector.detail.toPlainText() or not inspector.detail.toPlainText()
     assert fork != first
     window.close()
