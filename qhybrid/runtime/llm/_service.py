@@ -124,7 +124,7 @@ def open_engine(
                 logger.warning(
                     "%s: the model runs on the CPU: no GPU support for %s", model.path, why_not
                 )
-            runner = NumpyRunner(model, options.n_slots, n_ctx)
+            runner = NumpyRunner(model, options.n_slots, n_ctx, exact=False)
         engine = LlmEngine(
             runner,
             tokenizer.incremental,

@@ -126,9 +126,15 @@ class GpuTensor:
 
 
 class GpuWeight(GpuTensor):
-    """A weight matrix ``rows x cols`` in a GGUF format (``qtype``), raw blocks on the GPU."""
+    """A weight matrix ``rows x cols`` in a GGUF format (``qtype``), raw blocks on the GPU.
 
-    __slots__ = ("cols", "qtype", "row_bytes", "rows")
+    A matrix larger than the device's largest binding (Gemma 3's 262,144-row embedding) is
+    split by rows across buffers: this object holds rows ``row0 .. row0 + part_rows`` (``row0``
+    0) and ``parts`` the others, each a :class:`GpuWeight` of its own rows; kernels run once per
+    part. Releasing the matrix releases every part.
+    """
+
+    __slots__ = ("cols", "part_rows", "parts", "qtype", "row0", "row_bytes", "rows")
 
     def __init__(
         self,
@@ -140,16 +146,26 @@ class GpuWeight(GpuTensor):
         qtype: str,
         rows: int,
         cols: int,
+        row0: int = 0,
+        part_rows: int | None = None,
     ) -> None:
         super().__init__(buf, shape, dtype, generation, label)
         self.qtype = qtype
         self.rows = rows
         self.cols = cols
         self.row_bytes = row_nbytes(qtype, cols)
+        self.row0 = row0
+        self.part_rows = rows if part_rows is None else part_rows
+        self.parts: tuple[GpuWeight, ...] = ()
+
+    def pieces(self) -> tuple[GpuWeight, ...]:
+        """This buffer's rows and then the other parts', in row order."""
+        return (self, *self.parts)
 
     def __repr__(self) -> str:
         shape = f"{self.qtype}[{self.rows}x{self.cols}]"
-        return f"<GpuWeight {self.label!r} {shape} gen {self.generation}>"
+        split = f" in {len(self.parts) + 1} parts" if self.parts else ""
+        return f"<GpuWeight {self.label!r} {shape}{split} gen {self.generation}>"
 
 
 class _BufferPool:
@@ -511,30 +527,67 @@ class ComputeContext:
         return tensor
 
     def upload_weight(
-        self, raw: npt.ArrayLike, qtype: str, rows: int, cols: int, label: str = ""
+        self,
+        raw: npt.ArrayLike,
+        qtype: str,
+        rows: int,
+        cols: int,
+        label: str = "",
+        *,
+        max_part_bytes: int | None = None,
     ) -> GpuWeight:
         """A weight matrix ``rows x cols`` stored as GGUF ``qtype`` (raw blocks, or f32/f16
-        values), uploaded as is; kernels dequantize it while they read it."""
+        values), uploaded as is; kernels dequantize it while they read it. A matrix larger than
+        the largest binding (or ``max_part_bytes``) is split by rows into several buffers."""
         if qtype not in QTYPES:
             raise ValueError(f"unknown weight format {qtype!r} (known: {', '.join(QTYPES)})")
         data = np.asarray(raw)
-        expected = rows * row_nbytes(qtype, cols)
+        row_bytes = row_nbytes(qtype, cols)
+        expected = rows * row_bytes
         if data.nbytes != expected:
             raise ValueError(
                 f"{label or 'weight'}: {qtype} {rows}x{cols} takes {expected} bytes, "
                 f"got {data.nbytes}"
             )
+        limit = self.max_buffer_bytes if max_part_bytes is None else max_part_bytes
+        per_part = max(1, limit // row_bytes) if row_bytes else max(rows, 1)
+        if row_bytes > limit:
+            raise ValueError(
+                f"{label or 'weight'}: one row of {row_bytes} bytes is larger than the GPU's "
+                f"largest binding ({limit} bytes)"
+            )
         flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-        buf = self._gpu.pool.acquire(flat.nbytes, label or "weight")
-        weight = GpuWeight(
-            buf, (flat.nbytes,), np.dtype(np.uint8), self.generation, label, qtype, rows, cols
-        )
+        pieces: list[GpuWeight] = []
         try:
-            self.write(weight, flat)
+            for row0 in range(0, max(rows, 1), per_part):
+                n = min(per_part, rows - row0)
+                chunk = flat[row0 * row_bytes : (row0 + n) * row_bytes]
+                buf = self._gpu.pool.acquire(chunk.nbytes, label or "weight")
+                piece = GpuWeight(
+                    buf,
+                    (chunk.nbytes,),
+                    np.dtype(np.uint8),
+                    self.generation,
+                    label,
+                    qtype,
+                    rows,
+                    cols,
+                    row0,
+                    n,
+                )
+                pieces.append(piece)
+                self.write(piece, chunk)
         except BaseException:
-            self.release(weight)
+            for piece in pieces:
+                self.release(piece)
             raise
-        return weight
+        head = pieces[0]
+        head.parts = tuple(pieces[1:])
+        if head.parts:
+            logger.info(
+                "%s: %d bytes split by rows into %d buffers", label, flat.nbytes, len(pieces)
+            )
+        return head
 
     def write(self, tensor: GpuTensor, array: npt.ArrayLike, offset_elements: int = 0) -> None:
         """Write ``array`` (cast to the tensor's dtype) into ``tensor`` from element
@@ -567,6 +620,9 @@ class ComputeContext:
         tensor._buf = None
         if buf is not None and tensor.generation == self.generation:
             self._gpu.pool.release(buf)
+        if isinstance(tensor, GpuWeight):
+            for part in tensor.parts:
+                self.release(part)
 
     def read(self, tensor: GpuTensor) -> Array:
         """A copy of the tensor's contents (waits for the queue)."""
@@ -742,19 +798,22 @@ class Recorder:
         self._check(x.size % k == 0 if k else x.size == 0, f"x {x.shape} does not end in K={k}")
         m = x.size // k if k else 0
         self._same(out, m * n)
-        if m <= lib.MV_MAX_M:
-            spec = lib.linear_mv(w.qtype, self._variant)
-            grid = _grid_1d(-(-n // lib.MV_ROWS))
-        else:
-            spec = lib.linear_mm(w.qtype, self._variant)
-            grid = (-(-n // lib.MM_TILE), -(-m // lib.MM_TILE), 1)
-        self._dispatch(
-            f"linear.{w.qtype}",
-            spec,
-            [(x, "x"), (w, "w"), (out, "out")],
-            _pack("4I", m, n, k, w.row_bytes),
-            grid,
-        )
+        for part in w.pieces():
+            # A split matrix: each part writes its rows' columns of out (stride n).
+            rows = part.part_rows
+            if m <= lib.MV_MAX_M:
+                spec = lib.linear_mv(w.qtype, self._variant)
+                grid = _grid_1d(-(-rows // lib.MV_ROWS))
+            else:
+                spec = lib.linear_mm(w.qtype, self._variant)
+                grid = (-(-rows // lib.MM_TILE), -(-m // lib.MM_TILE), 1)
+            self._dispatch(
+                f"linear.{w.qtype}",
+                spec,
+                [(x, "x"), (part, "w"), (out, "out")],
+                _pack("6I", m, rows, k, w.row_bytes, n, part.row0),
+                grid,
+            )
 
     def matmul(self, a: GpuTensor, b: GpuTensor, out: GpuTensor) -> None:
         """``out[M, N] = a[M, K] @ b[K, N]``, tiled and register-blocked."""
@@ -768,7 +827,7 @@ class Recorder:
             "matmul",
             lib.linear_mm("matrix", self._variant),
             [(a, "a"), (b, "b"), (out, "out")],
-            _pack("4I", m, n, k, 0),
+            _pack("6I", m, n, k, 0, n, 0),
             (-(-n // lib.MM_TILE), -(-m // lib.MM_TILE), 1),
         )
 
@@ -780,13 +839,15 @@ class Recorder:
         t = ids.size
         self._ints(ids, "ids", t)
         self._same(out, t * table.cols)
-        self._dispatch(
-            f"get_rows.{table.qtype}",
-            lib.get_rows(table.qtype, self._variant),
-            [(table, "table"), (ids, "ids"), (out, "out")],
-            _pack("4I", t, table.rows, table.cols, table.row_bytes),
-            (-(-table.cols // 256), t, 1),
-        )
+        for part in table.pieces():
+            # Each part writes the ids in its rows; the first also the out-of-range ones.
+            self._dispatch(
+                f"get_rows.{table.qtype}",
+                lib.get_rows(table.qtype, self._variant),
+                [(part, "table"), (ids, "ids"), (out, "out")],
+                _pack("6I", t, part.part_rows, table.cols, table.row_bytes, part.row0, table.rows),
+                (-(-table.cols // 256), t, 1),
+            )
 
     # -- elementwise ------------------------------------------------------------------------
     def _elementwise(
@@ -842,6 +903,15 @@ class Recorder:
     def silu_mul(self, gate: GpuTensor, up: GpuTensor, out: GpuTensor) -> None:
         """``out = silu(gate) * up`` (SwiGLU)."""
         self._elementwise("silu_mul", gate, up, out)
+
+    def gelu_mul(self, gate: GpuTensor, up: GpuTensor, out: GpuTensor) -> None:
+        """``out = gelu(gate) * up`` (GeGLU, the tanh GELU)."""
+        self._elementwise("gelu_mul", gate, up, out)
+
+    def softcap(self, a: GpuTensor, cap: float, out: GpuTensor) -> None:
+        """``out = cap * tanh(a / cap)`` (soft-capping; ``cap`` > 0)."""
+        self._check(cap > 0, f"softcap: cap must be > 0, got {cap}")
+        self._elementwise("softcap", a, None, out, cap)
 
     def copy(
         self,
@@ -942,8 +1012,12 @@ class Recorder:
         base: float,
         mode: str = "normal",
         n_dims: int | None = None,
+        freq_scale: float = 1.0,
+        factors: GpuTensor | None = None,
     ) -> None:
-        """Rotary embeddings on ``x[T, H, D]`` at ``pos[T]``; ``out`` may be ``x`` (in place)."""
+        """Rotary embeddings on ``x[T, H, D]`` at ``pos[T]``; ``out`` may be ``x`` (in place).
+        ``freq_scale`` multiplies the positions (linear rope scaling); ``factors[n_dims/2]``
+        divides each pair's angle (Llama 3.1+'s ``rope_freqs.weight``)."""
         self._f32(x, "x")
         self._check(len(x.shape) == 3, f"rope takes x[T, H, D], got {x.shape}")
         self._check(mode in ("normal", "neox"), f"unknown rope mode {mode!r}")
@@ -956,13 +1030,26 @@ class Recorder:
         self._ints(pos, "pos", t)
         self._same(out, x.size)
         inplace = out is x or (out._buf is not None and out._buf is x._buf)
-        tensors: list[tuple[GpuTensor | None, str]] = [(pos, "pos")]
+        if factors is not None:
+            self._f32(factors, "factors")
+            self._same(factors, nd // 2, "factors")
+        tensors: list[tuple[GpuTensor | None, str]] = [(pos, "pos"), (factors, "factors")]
         tensors += [(out, "out")] if inplace else [(x, "x"), (out, "out")]
         self._dispatch(
             "rope",
             lib.rope(inplace),
             tensors,
-            _pack("5If", t, h, d, nd, 1 if mode == "neox" else 0, base),
+            _pack(
+                "5IffI",
+                t,
+                h,
+                d,
+                nd,
+                1 if mode == "neox" else 0,
+                base,
+                freq_scale,
+                0 if factors is None else 1,
+            ),
             (-(-(d // 2) // 64), t * h, 1),
         )
 
@@ -994,9 +1081,14 @@ class Recorder:
         pos: GpuTensor,
         out: GpuTensor,
         factor: float,
+        *,
+        window: int = 0,
+        softcap: float = 0.0,
     ) -> None:
         """Causal GQA attention of ``q[T, Hq, D]`` over caches ``[S, L, Hkv, D]``: query t
-        attends to positions ``0..pos[t]`` of slot ``slot[t]``. D <= 256."""
+        attends to positions ``0..pos[t]`` of slot ``slot[t]`` (only the last ``window`` of
+        them when ``window`` > 0: sliding-window layers); scores ``s`` become
+        ``softcap * tanh(s / softcap)`` when ``softcap`` > 0. D <= 256."""
         self._f32(q, "q")
         self._check(len(q.shape) == 3, f"q must be [T, Hq, D], got {q.shape}")
         self._check(
@@ -1024,7 +1116,7 @@ class Recorder:
                 (pos, "pos"),
                 (out, "out"),
             ],
-            _pack("5If", t, hq, hkv, d, length, factor),
+            _pack("5IfIf", t, hq, hkv, d, length, factor, max(window, 0), max(softcap, 0.0)),
             (hq, t, 1),
         )
 

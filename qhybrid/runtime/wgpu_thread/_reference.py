@@ -12,26 +12,25 @@ Layouts are row-major and named by their shape: ``x[T, H, D]`` is T tokens, H he
 from __future__ import annotations
 
 import math
+import typing
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from qhybrid.runtime.wgpu_thread._quants import FORMATS
+
 F32 = npt.NDArray[np.float32]
 Array = npt.NDArray[Any]
 
-QType = Literal["f32", "f16", "q8_0", "q4_0", "q4_k", "q6_k"]
-#: The weight formats the kernels read directly.
-QTYPES: tuple[QType, ...] = ("f32", "f16", "q8_0", "q4_0", "q4_k", "q6_k")
+QType = Literal[
+    "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl",
+    "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs",
+]  # fmt: skip
+#: The weight formats the kernels read directly (the block table of :mod:`._quants`).
+QTYPES: tuple[QType, ...] = typing.get_args(QType)
 #: (elements per block, bytes per block) of each format, as GGUF stores them.
-BLOCK: dict[str, tuple[int, int]] = {
-    "f32": (1, 4),
-    "f16": (1, 2),
-    "q8_0": (32, 34),
-    "q4_0": (32, 18),
-    "q4_k": (256, 144),
-    "q6_k": (256, 210),
-}
+BLOCK: dict[str, tuple[int, int]] = {q: (FORMATS[q].elements, FORMATS[q].nbytes) for q in QTYPES}
 #: The most candidates :func:`sample` keeps (``top_k`` 0 or larger means this many).
 SAMPLE_MAX_K = 64
 RopeMode = Literal["normal", "neox"]
@@ -57,6 +56,9 @@ def dequantize(raw: Array, qtype: str, rows: int, cols: int) -> F32:
         return np.asarray(raw).view(np.float32).reshape(rows, cols)
     if qtype == "f16":
         return np.asarray(raw).view(np.float16).reshape(rows, cols).astype(np.float32)
+    if qtype == "bf16":
+        bits = np.asarray(raw).view(np.uint16).reshape(rows, cols).astype(np.uint32) << 16
+        return bits.view(np.float32)
     from gguf import quants
 
     data = np.asarray(raw).view(np.uint8).reshape(rows, row_nbytes(qtype, cols))
@@ -70,22 +72,15 @@ def random_quantized(rng: np.random.Generator, qtype: str, rows: int, cols: int)
         return rng.standard_normal((rows, cols), dtype=np.float32)
     if qtype == "f16":
         return rng.standard_normal((rows, cols), dtype=np.float32).astype(np.float16)
+    if qtype == "bf16":
+        values = rng.standard_normal((rows, cols), dtype=np.float32)
+        return (values.view(np.uint32) >> 16).astype(np.uint16)
     per_block, block_bytes = BLOCK[qtype]
     blocks = rows * cols // per_block
     raw = rng.integers(0, 256, size=(blocks, block_bytes), dtype=np.uint8)
-
-    def f16(values: F32) -> Array:
-        return values.astype(np.float16).view(np.uint8).reshape(blocks, 2)
-
-    if qtype == "q8_0":
-        raw[:, 0:2] = f16(rng.uniform(0.002, 0.02, blocks).astype(np.float32))
-    elif qtype == "q4_0":
-        raw[:, 0:2] = f16(rng.uniform(0.05, 0.3, blocks).astype(np.float32))
-    elif qtype == "q4_k":
-        raw[:, 0:2] = f16(rng.uniform(0.002, 0.01, blocks).astype(np.float32))  # d
-        raw[:, 2:4] = f16(rng.uniform(0.002, 0.01, blocks).astype(np.float32))  # dmin
-    elif qtype == "q6_k":
-        raw[:, 208:210] = f16(rng.uniform(0.0005, 0.002, blocks).astype(np.float32))
+    for offset, low, high in FORMATS[qtype].scales:
+        scale = rng.uniform(low, high, blocks).astype(np.float16)
+        raw[:, offset : offset + 2] = scale.view(np.uint8).reshape(blocks, 2)
     return raw.reshape(rows, row_nbytes(qtype, cols))
 
 
@@ -123,7 +118,7 @@ def get_rows(table: Array, qtype: str, rows: int, cols: int, ids: Array) -> F32:
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size and (ids.min() < 0 or ids.max() >= rows):
         raise IndexError(f"row id out of range 0..{rows - 1}")
-    if qtype in ("f32", "f16"):
+    if qtype in ("f32", "f16", "bf16"):
         return dequantize(table, qtype, rows, cols)[ids]
     data = np.asarray(table).view(np.uint8).reshape(rows, -1)
     return dequantize(data[ids], qtype, len(ids), cols)

@@ -1,11 +1,15 @@
 // qhybrid: out[T, cols] = the rows ids[T] of a weight table (embedding lookup), dequantized
-// with load4 (quant.wgsl, section ${qtype}). An id out of range gives a row of zeros.
+// with load4 (quant.wgsl, section ${qtype}). An id out of range gives a row of zeros. A table
+// split across bindings runs once per part (rows row0 .. row0 + rows): each writes the ids in
+// its rows, the first part (row0 0) also the zero rows of ids past the whole table.
 ${enables}
 struct Params {
     t: u32,
     rows: u32,
     cols: u32,
     row_bytes: u32,
+    row0: u32,
+    total_rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -24,9 +28,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let id = ids[t];
+    let local = id - params.row0;  // wraps past the part's rows when id < row0
     var v = vec4<f32>(0.0);
-    if (id < params.rows) {
-        v = load4(id * params.row_bytes, k, cols);
+    if (id >= params.row0 && local < params.rows) {
+        v = load4(local * params.row_bytes, k, cols);
+    } else if (params.row0 != 0u || id < params.total_rows) {
+        return;  // another part's row
     }
     let o = t * cols + k;
     for (var j: u32 = 0u; j < 4u; j = j + 1u) {

@@ -11,6 +11,8 @@ struct Params {
     n: u32,
     k: u32,
     row_bytes: u32,
+    y_stride: u32,  // columns of c: n, or the whole matrix's N for a part of a split one
+    row0: u32,      // the part's first column of c
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -80,7 +82,7 @@ ${load_b}
         for (var j: u32 = 0u; j < 4u; j = j + 1u) {
             let col = n0 + lid3.x + 16u * j;
             if (row < m_count && col < n_count) {
-                c[row * n_count + col] = acc[i * 4u + j];
+                c[row * params.y_stride + params.row0 + col] = acc[i * 4u + j];
             }
         }
     }

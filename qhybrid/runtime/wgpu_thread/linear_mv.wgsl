@@ -4,13 +4,16 @@
 // invocation dequantizes groups of 4 weights (load4 from the ${qtype} section of quant.wgsl) and
 // multiplies them with every input row, so each weight block is read once per call whatever
 // M is. The partial sums then meet through subgroup sums where the device has them, else in
-// workgroup memory. Workgroups beyond 65535 fold into a second grid dimension.
+// workgroup memory. Workgroups beyond 65535 fold into a second grid dimension. A matrix split
+// across bindings runs once per part: its rows are output columns row0 .. row0 + n.
 ${enables}
 struct Params {
     m: u32,
     n: u32,
     k: u32,
     row_bytes: u32,
+    y_stride: u32,  // N of the whole matrix: a part of a split one writes columns row0..
+    row0: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

@@ -112,7 +112,10 @@ def _minimal(path: Path, arch: str, extra: dict[str, tuple[np.ndarray, str | Non
 
 def test_unsupported_architecture(tmp_path: Path) -> None:
     path = _minimal(tmp_path / "m.gguf", "mamba", {})
-    with pytest.raises(ModelError, match=r"architecture 'mamba' is not supported.*llama, qwen2"):
+    supported = "llama, qwen2, qwen3, gemma2, gemma3, phi3"
+    with pytest.raises(
+        ModelError, match=rf"'mamba' \(a state-space model\) is not supported.*{supported}"
+    ):
         load_model(path)
     info = read_model_info(path)
     assert not info.supported
@@ -121,9 +124,9 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
 
 
 def test_unsupported_quant_type_names_the_tensor(tmp_path: Path) -> None:
-    q5k = np.zeros((320, 176), dtype=np.uint8)  # Q5_K: 256 per block, 176 bytes
-    path = _minimal(tmp_path / "m.gguf", "llama", {"token_embd.weight": (q5k, "q5_k")})
-    with pytest.raises(ModelError, match=r"'token_embd.weight' is Q5_K.*not support.*Q4_K"):
+    iq2 = np.zeros((320, 66), dtype=np.uint8)  # IQ2_XXS: 256 per block, 66 bytes
+    path = _minimal(tmp_path / "m.gguf", "llama", {"token_embd.weight": (iq2, "iq2_xxs")})
+    with pytest.raises(ModelError, match=r"'token_embd.weight' is IQ2_XXS.*not support.*IQ4_XS"):
         load_model(path)
 
 
@@ -169,3 +172,26 @@ def test_read_model_info(random_model, tmp_path: Path) -> None:
     junk.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
     bad = read_model_info(junk)
     assert not bad.supported and "truncated" in (bad.reason or "")
+
+
+def test_metadata_equals_the_stock_readers(random_model) -> None:
+    """The reader keeps each array as one part (a numpy view, or bytes per string) instead of
+    numpy views per element; the values are the same as gguf's own GGUFReader gives."""
+    from qhybrid.runtime.llm._gguf import _Metadata
+
+    path = random_model(qtype="q8_0")
+    ours, stock = read_metadata_of(path), _Metadata(GGUFReader(path))
+    assert list(ours) == list(stock)
+    for key in ours:
+        if isinstance(ours[key], np.ndarray):
+            assert ours[key].dtype == stock[key].dtype
+            np.testing.assert_array_equal(ours[key], stock[key])
+        else:
+            assert ours[key] == stock[key], key
+    assert len(ours["tokenizer.ggml.tokens"]) == 320
+
+
+def read_metadata_of(path: Path):
+    from qhybrid.runtime.llm._gguf import read_metadata
+
+    return read_metadata(path)
