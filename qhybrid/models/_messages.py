@@ -150,6 +150,13 @@ class MessagesModel(QAbstractTableModel):
     def clear(self) -> None:
         self.load([], [])
 
+    def per_tick(self) -> list[int]:
+        """Messages handled per tick, from tick 0 to the last (the timeline's bars)."""
+        counts = [0] * (max((m.tick for m in self.messages), default=-1) + 1)
+        for m in self.messages:
+            counts[m.tick] += 1
+        return counts
+
     def name(self, agent: int) -> str:
         if agent == RUNTIME_SENDER:
             return "(runtime)"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QFontDatabase, QHideEvent, QShowEvent
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent, QItemSelectionModel, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QFontDatabase, QHideEvent, QPalette, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -60,6 +61,81 @@ def _mono(parent: QWidget) -> QPlainTextEdit:
     return text
 
 
+class TickTimeline(pg.PlotWidget):
+    """Messages per tick over the whole recorded run, with a scrubber: drag it (or click a
+    tick) to choose the tick the message list shows; ``tick_chosen(tick)`` says which."""
+
+    tick_chosen = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("tick_timeline")
+        self.setMinimumHeight(60)
+        self.setMaximumHeight(110)
+        self.setMenuEnabled(False)
+        self.hideButtons()
+        self.setLabel("bottom", "tick")
+        self.setLabel("left", "msgs")
+        self.getViewBox().setMouseEnabled(x=False, y=False)
+        # Ranges set by set_counts, never pyqtgraph's auto-range (see _charts.py for why).
+        self.enableAutoRange(enable=False)
+        self.setXRange(-0.5, 0.5, padding=0)
+        self.setYRange(0, 1, padding=0)
+        self.bars = pg.BarGraphItem(x=[0], height=[0], width=0.8, brush="#0072B2", pen=None)
+        self.addItem(self.bars)
+        self.scrubber = pg.InfiniteLine(
+            pos=0, angle=90, movable=True, pen=pg.mkPen("#D55E00", width=2)
+        )
+        self.scrubber.setZValue(10)
+        self.scrubber.sigPositionChanged.connect(self._dragged)
+        self.addItem(self.scrubber)
+        self.ticks = 0
+        self.scene().sigMouseClicked.connect(self._clicked)
+        self.apply_palette(self.palette())
+
+    def apply_palette(self, palette: QPalette) -> None:
+        """Coloured like the window (light or dark), as the live charts are."""
+        self.setBackground(palette.color(QPalette.ColorRole.Base))
+        text = palette.color(QPalette.ColorRole.Text)
+        for name in ("left", "bottom"):
+            axis = self.getAxis(name)
+            axis.setPen(pg.mkPen(text))
+            axis.setTextPen(pg.mkPen(text))
+
+    def changeEvent(self, event: QEvent) -> None:
+        # (Palette changes come during construction too, before the plot exists.)
+        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "scrubber"):
+            self.apply_palette(self.palette())
+        super().changeEvent(event)
+
+    def set_counts(self, counts: list[int]) -> None:
+        self.ticks = len(counts)
+        self.bars.setVisible(bool(counts))
+        if counts:
+            self.bars.setOpts(x=list(range(len(counts))), height=counts)
+        self.setXRange(-0.5, max(len(counts), 1) - 0.5, padding=0.01)
+        self.setYRange(0, max(counts, default=1) * 1.1 or 1, padding=0)
+
+    def set_tick(self, tick: int | None) -> None:
+        self.scrubber.setVisible(tick is not None)
+        if tick is not None and round(self.scrubber.value()) != tick:
+            self.scrubber.setValue(tick)
+
+    def _dragged(self, line: pg.InfiniteLine) -> None:
+        tick = max(0, min(self.ticks - 1, round(line.value())))
+        if line.value() != tick:
+            line.setValue(tick)  # snaps to whole ticks (and fires again, once)
+            return
+        self.tick_chosen.emit(tick)
+
+    def _clicked(self, event: object) -> None:
+        pos = event.scenePos()  # type: ignore[attr-defined]
+        if self.plotItem.sceneBoundingRect().contains(pos):
+            x = self.getViewBox().mapSceneToView(pos).x()
+            self.scrubber.setVisible(True)
+            self.scrubber.setValue(max(0, min(self.ticks - 1, round(x))))
+
+
 class MessageInspector(QWidget):
     """The messages of a recorded run: by tick, by agent, by text; one in full below."""
 
@@ -75,7 +151,9 @@ class MessageInspector(QWidget):
         self.tick_spin.setRange(-1, 0)
         self.tick_spin.setSpecialValueText("all ticks")
         self.tick_spin.setPrefix("tick ")
-        self.tick_spin.valueChanged.connect(lambda v: self.filter.set_tick(None if v < 0 else v))
+        self.tick_spin.valueChanged.connect(self._tick_changed)
+        self.timeline = TickTimeline(self)
+        self.timeline.tick_chosen.connect(self.tick_spin.setValue)
         self.agent_combo = QComboBox(self)
         self.agent_combo.setObjectName("messages_agent")
         self.agent_combo.currentIndexChanged.connect(self._agent_changed)
@@ -116,6 +194,7 @@ class MessageInspector(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.run_label)
+        layout.addWidget(self.timeline)
         layout.addLayout(bar)
         layout.addWidget(split, 1)
 
@@ -129,7 +208,9 @@ class MessageInspector(QWidget):
         self.model.load(messages, names)
         self.run_label.setText(f"Run {run_id} ({run['scenario_name']}, seed {run['seed']})")
         self.tick_spin.setRange(-1, max((m.tick for m in messages), default=0))
+        self.timeline.set_counts(self.model.per_tick())
         self.tick_spin.setValue(-1)
+        self.timeline.set_tick(None)
         self.agent_combo.blockSignals(True)
         self.agent_combo.clear()
         self.agent_combo.addItem("all agents", None)
@@ -138,6 +219,11 @@ class MessageInspector(QWidget):
         self.agent_combo.blockSignals(False)
         self.filter.set_agent(None)
         self._count()
+
+    def _tick_changed(self, value: int) -> None:
+        tick = None if value < 0 else value
+        self.filter.set_tick(tick)
+        self.timeline.set_tick(tick)
 
     def _agent_changed(self, _index: int) -> None:
         data = self.agent_combo.currentData()

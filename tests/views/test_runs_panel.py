@@ -103,7 +103,15 @@ def test_runs_browser_lists_opens_forks_and_diffs(
         sender = inspector.filter.index(r, MessagesModel.SENDER).data()
         assert "sink" in (row.data(), sender)
     inspector.agent_combo.setCurrentIndex(0)
+    # The timeline: messages per tick over the whole run; its scrubber picks the tick.
+    counts = inspector.model.per_tick()
+    assert sum(counts) == messages.rowCount() and counts[0] == 6
+    assert inspector.timeline.ticks == len(counts)
+    inspector.timeline.scrubber.setValue(2.4)  # dragged: snaps to tick 2
+    assert inspector.tick_spin.value() == 2
+    assert inspector.filter.rowCount() == counts[2]
     inspector.tick_spin.setValue(0)
+    assert inspector.timeline.scrubber.value() == 0
     assert inspector.filter.rowCount() == 6  # the scenario's six initial messages
     inspector.table.selectRow(0)
     assert "payload (hex, 16 bytes)" in inspector.detail.toPlainText()
@@ -140,4 +148,11 @@ def test_runs_browser_lists_opens_forks_and_diffs(
     )
     assert f"tick {tick}," in inspector.detail.toPlainText() or not inspector.detail.toPlainText()
     assert fork != first
+
+    # Replay re-executes the run and compares it with its recording: the same trace.
+    panel.select(second)
+    with qtbot.waitSignal(panel.command.finished, timeout=120_000) as done:
+        panel.replay_button.trigger()
+    assert done.args[1] == 0, done.args[3]
+    assert "qhybrid replay" in panel.status_label.text()
     window.close()
