@@ -60,17 +60,30 @@ def test_agents_out_of_fuel_show_as_skipped_or_failed(
     qtbot: QtBot, controller, tmp_path: Path, on_error: str, agent_state: str, session: str
 ) -> None:
     ctrl, live = controller
+    # An agent whose handler never ends: any fuel limit stops it (its start is free).
+    spin = tmp_path / "spin.wat"
+    spin.write_text(
+        """(module
+  (memory (export "memory") 1)
+  (func (export "qh_abi_version") (result i32) (i32.const 1))
+  (func (export "qh_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "qh_on_message") (param i32 i32 i32 i32) (result i32)
+    (loop $forever (br $forever))
+    (i32.const 0)))
+""",
+        encoding="utf-8",
+    )
     path = _scenario(
         tmp_path,
-        """
+        f"""
 [stop]
 max_ticks = 50
 [[agents]]
 name = "starved"
-module = "RELAY"
+module = "{spin.as_posix()}"
 count = 2
-on_error = "ON_ERROR"
-limits = { fuel = 5 }
+on_error = "{on_error}"
+limits = {{ fuel = 100000 }}
 [[agents]]
 name = "sink"
 module = "SINK"
@@ -78,7 +91,7 @@ module = "SINK"
 to = "starved"
 kind = 1
 payload_i64 = [10, 0]
-""".replace("ON_ERROR", on_error),
+""",
     )
     with qtbot.waitSignal(ctrl.run_finished, timeout=60_000) as finished:
         ctrl.start(path)
