@@ -817,10 +817,10 @@ def matvec(
 
     Quantized formats: the weights are decoded in registers, one pass over them per row of
     ``x`` (meant for decode, a few rows). Float formats: BLAS on the rows. ``exact`` False:
-    Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K weights multiply int8-quantized activations in int32, as
-    llama.cpp does (about twice as fast; the product then differs from the float32 one by the
-    activations' rounding, ~1e-2 relative). ``act``: ``x`` already quantized
-    (:func:`._cpu_act.quantize_act`, shared by products of one input).
+    Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K weights multiply int8-quantized
+    activations in int32, as llama.cpp does (about twice as fast; the product then differs
+    from the float32 one by the activations' rounding, ~1e-2 relative). ``act``: ``x``
+    already quantized (:func:`._cpu_act.quantize_act`, shared by products of one input).
     """
     if qtype not in KERNELS:
         rows = _float_rows(raw, qtype, x.shape[1])
@@ -833,5 +833,10 @@ def matvec(
             _mv_q8_0_i8(raw, raw.view(np.int8), a.q, a.d, out, col0)
         else:
             _Q45[qtype](raw, a.q, a.d, a.qsum, a.xsum, out, col0)
+        return
+    if not exact and qtype in ("q5_k", "q6_k"):
+        from qhybrid.runtime.llm._cpu_kq import matvec_k_i8  # (it imports this module)
+
+        matvec_k_i8(raw, qtype, act if act is not None else quantize_act(x), out, col0)
         return
     KERNELS[qtype][0](raw, raw.view(np.int8), x, out, col0)
