@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--headless", action="store_true", help="run without a window (no Qt)")
     parser.add_argument(
+        "--start", action="store_true", help="window: start the scenario as soon as it opens"
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         default=None,
@@ -122,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--trace", type=Path, metavar="FILE", help="write the full trace (JSON lines) to FILE"
+    )
+    parser.add_argument(
+        "--answers",
+        metavar="FILE",
+        help="answers to agents' questions (ABI v2 ask), one line each; '-' reads standard input",
+    )
+    parser.add_argument(
+        "--record",
+        metavar="FILE",
+        help="tool results and answers (ABI v2): replayed from FILE when there, new ones added",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
@@ -212,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         from qhybrid.app import run_app
 
-        return run_app(scenario=args.scenario, workers=args.workers, device=args.device)
+        return run_app(
+            scenario=args.scenario, workers=args.workers, device=args.device, start=args.start
+        )
     return run_headless(args)
 
 
@@ -237,11 +252,26 @@ def run_headless(args: argparse.Namespace) -> int:
     if args.max_worker_restarts < 0:
         err.print("[bold red]error:[/] --max-worker-restarts must be >= 0")
         return EXIT_BAD_INPUT
+    record = getattr(args, "record", None)
+    if record is not None and Path(record).exists():
+        try:
+            loaded = json.loads(Path(record).read_text("utf-8"))
+            if not isinstance(loaded, dict):
+                raise ValueError("expected a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            err.print(f"[bold red]error:[/] --record {_shown(str(record))}: {_shown(str(exc))}")
+            return EXIT_BAD_INPUT
+    answers = getattr(args, "answers", None)
+    if answers not in (None, "-") and not Path(answers).is_file():
+        err.print(f"[bold red]error:[/] --answers: no such file: {_shown(str(answers))}")
+        return EXIT_BAD_INPUT
     config = RuntimeConfig(
         workers=workers,
         device=args.device,
         trace_path=args.trace,
         max_worker_restarts=args.max_worker_restarts,
+        answers_path=Path(answers) if answers is not None else None,
+        recording_path=Path(record) if record is not None else None,
     )
     err.print(
         f"qhybrid {__version__}: running [bold]{scenario.name}[/] "

@@ -299,14 +299,22 @@ def _llm_window(store: RunStore, run_id: str, at: int) -> Any:
 
 
 def _restore_point(store: RunStore, run_id: str, cp: Any) -> RestorePoint:
-    from qhybrid.runtime.store import RestorePoint
-    from qhybrid.runtime.store._checkpoint import load_state
+    from qhybrid.runtime.store import CheckpointUnavailable, RestorePoint, StoreError
+    from qhybrid.runtime.store._checkpoint import check_restorable, load_state
 
-    state = load_state(cp.state)
-    keys = [a[4] for a in state["agents"] if a[4]] + [t[3] for t in state["tensors"]]
+    where = f"run {run_id}'s checkpoint at tick {cp.tick} in {store.path}"
+    try:
+        state = load_state(cp.state)
+        keys = [a[4] for a in state["agents"] if a[4]] + [t[3] for t in state["tensors"]]
+        blobs = store.blobs(keys)
+        check_restorable(state, blobs)
+    except (CheckpointUnavailable, StoreError) as exc:
+        raise BadInput(f"{where}: {exc}") from None
+    except (KeyError, IndexError, TypeError) as exc:
+        raise BadInput(f"{where}: it is corrupt ({type(exc).__name__}: {exc})") from None
     lines = [line for n, _, line in store.records(run_id) if n < cp.records]
     llm = _llm_window(store, run_id, cp.tick) if state.get("llm_requests") else None
-    return RestorePoint(cp.state, store.blobs(keys), lines, llm=llm)
+    return RestorePoint(cp.state, blobs, lines, llm=llm)
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
@@ -408,13 +416,28 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 # -- qhybrid resume --------------------------------------------------------------------------------
+def _owner_here(run: dict[str, Any]) -> bool:
+    """Whether a ``running`` run's process is known to run on this host (and so is alive:
+    the store reads a dead one as interrupted). A run from an older store, or from another
+    host, has no owner this process can check: resuming it is the user's call."""
+    import socket
+
+    return run.get("owner_pid") is not None and run.get("owner_host") == socket.gethostname()
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from qhybrid.runtime.store import RunRecorder
 
     with _open(args, must_exist=True) as store:
         run_id = _resolve(store, args.run)
         run = store.run(run_id)
-        if run["status"] not in ("running", "interrupted"):
+        if run["status"] == "running" and _owner_here(run):
+            where = f"pid {run['owner_pid']} on {run['owner_host']}"
+            raise BadInput(
+                f"run {run_id} is still running ({where}); stop that process first "
+                "(a run whose process is gone reads as interrupted)"
+            )
+        if run["status"] != "interrupted":
             raise BadInput(f"run {run_id} is {run['status']}: there is nothing to resume")
         scenario = _scenario_of(run)
         config = _runtime_config(run, args)
@@ -425,7 +448,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     every = int(run["config"].get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
     err = _err()
     err.print(
-        f"qhybrid {__version__}: resuming run [bold]{run_id}[/] ({scenario.name}) "
+        f"qhybrid {__version__}: resuming interrupted run [bold]{run_id}[/] ({scenario.name}"
+        + (f"; {run['reason']}" if run["reason"] else "")
+        + ") "
         + (
             f"from its checkpoint at tick {tick}"
             if cp is not None
@@ -474,12 +499,14 @@ def _run_recorded(
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _gpu_results(store: RunStore, run_id: str) -> dict[tuple[int, str], tuple[bytes, str]]:
-    """(tick, task) -> (output bytes, placement) of every GPU job the run kept."""
+def _job_results(
+    store: RunStore, run_id: str, kind: str
+) -> dict[tuple[int, str], tuple[bytes, str]]:
+    """(tick, task) -> (output bytes, placement) of every job of ``kind`` the run kept."""
     jobs = [
         j
         for j in store.jobs(run_id)
-        if j["kind"] == "gpu" and j["error"] is None and j["digest"] and len(j["digest"]) == 64
+        if j["kind"] == kind and j["error"] is None and j["digest"] and len(j["digest"]) == 64
     ]
     from qhybrid.runtime.store import StoreError
 
@@ -488,6 +515,17 @@ def _gpu_results(store: RunStore, run_id: str) -> dict[tuple[int, str], tuple[by
     except StoreError:
         return {}  # an older recording without the contents: the jobs run again
     return {(j["tick"], j["name"]): (blobs[j["digest"]], j["placement"]) for j in jobs}
+
+
+def _gpu_results(store: RunStore, run_id: str) -> dict[tuple[int, str], tuple[bytes, str]]:
+    """(tick, task) -> (output bytes, placement) of every GPU job the run kept."""
+    return _job_results(store, run_id, "gpu")
+
+
+def _cpu_results(store: RunStore, run_id: str) -> dict[tuple[int, str], bytes]:
+    """(tick, task) -> output bytes of every CPU task the run kept (runs recorded before
+    CPU outputs were kept have none: their tasks run again in the workers)."""
+    return {key: data for key, (data, _) in _job_results(store, run_id, "cpu").items()}
 
 
 # -- qhybrid replay --------------------------------------------------------------------------------
@@ -519,6 +557,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         head = [line for _, _, line in store.records(run_id, to_tick=0)]
         updates = store.llm_updates(run_id)
         gpu_results = _gpu_results(store, run_id)
+        cpu_results = _cpu_results(store, run_id)
         recorded = list(store.records(run_id))
     if not recorded:
         raise BadInput(f"run {run_id} has no recorded trace to replay")
@@ -536,7 +575,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return llm
 
     runtime = DurableRuntime(
-        scenario, config, llm=make_llm, check=check, stop_at=args.to, gpu_results=gpu_results
+        scenario,
+        config,
+        llm=make_llm,
+        check=check,
+        stop_at=args.to,
+        gpu_results=gpu_results,
+        cpu_results=cpu_results,
     )
     try:
         result = _execute(runtime, err, holder)
@@ -568,6 +613,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "recorded_trace_hash": run["trace_hash"],
             "model_calls": model_calls,
             "gpu_jobs_from_store": runtime.gpu_jobs_replayed,
+            "cpu_tasks_from_store": runtime.cpu_tasks_replayed,
             "identical": identical,
             "records_checked": check.checked,
             "ticks": result.ticks,

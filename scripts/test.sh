@@ -16,8 +16,12 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 DEB_PACKAGES=(mesa-vulkan-drivers libvulkan1 libegl1 libgl1 libxkbcommon0 libxkbcommon-x11-0
               clang lld wasi-libc libclang-rt-14-dev-wasm32
+              rustc libstd-rust-dev-wasm32
               libfontconfig1 libdbus-1-3 libglib2.0-0 xvfb
-              libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1)
+              libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1
+              shellcheck
+              squashfs-tools libsquashfuse-dev zlib1g-dev liblzma-dev libzstd-dev liblz4-dev
+              liblzo2-dev gcc)
 
 if command -v dpkg-query >/dev/null 2>&1; then
   missing=()
@@ -33,6 +37,16 @@ if command -v dpkg-query >/dev/null 2>&1; then
     fi
   fi
 fi
+
+# The AssemblyScript compiler (npm) that rebuilds the .ts sample agents (sdk/build.py --check);
+# node and npm come from Debian's nodejs and npm packages when absent.
+if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null \
+    || echo "warning: could not install nodejs and npm; the AssemblyScript check will fail" >&2
+fi
+bash sdk/assemblyscript/install.sh >/dev/null || echo "warning: sdk/assemblyscript/install.sh failed" >&2
 
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the C agents into WebAssembly, reproducibly, with Debian's clang.
+"""Build the sample agents (C, Rust, AssemblyScript) into WebAssembly, reproducibly.
 
     python sdk/build.py                 # resources/agents/*.c -> resources/agents/*.wasm
     python sdk/build.py --check         # exit 1 if a shipped .wasm is stale or missing
@@ -15,7 +15,14 @@ compiler version: no paths (``-ffile-prefix-map``, no debug info), no timestamps
 Exit status: 0 done; 1 ``--check`` found stale, missing or orphaned .wasm files; 2 the
 toolchain is missing (or bad usage); 3 a source failed to compile.
 
-Needs Debian's (or Ubuntu's) packages ``clang lld wasi-libc libclang-rt-14-dev-wasm32``;
+Each ``NAME.rs`` is built with Debian's ``rustc`` (``libstd-rust-dev-wasm32``; target
+``wasm32-unknown-unknown``, no cargo) against ``sdk/rust``; each ``NAME.ts`` with the
+AssemblyScript compiler that ``sdk/assemblyscript/install.sh`` puts in
+``sdk/assemblyscript/node_modules`` (npm). A toolchain is looked for only when there are
+sources for it.
+
+Needs Debian's (or Ubuntu's) packages ``clang lld wasi-libc libclang-rt-14-dev-wasm32``
+(and ``rustc libstd-rust-dev-wasm32``, ``nodejs npm`` for the other languages);
 Python 3.11 standard library only.
 """
 
@@ -29,6 +36,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SDK_INCLUDE = REPO_ROOT / "sdk" / "c"
@@ -157,6 +165,123 @@ class CompileError(Exception):
     """A source failed to compile; clang's diagnostics are in the message."""
 
 
+RUST_SDK = REPO_ROOT / "sdk" / "rust" / "src" / "lib.rs"
+RUST_TARGET = "wasm32-unknown-unknown"
+RUST_HINT = "install it with: sudo apt-get install rustc libstd-rust-dev-wasm32"
+AS_DIR = REPO_ROOT / "sdk" / "assemblyscript"
+AS_HINT = "install it with: sdk/assemblyscript/install.sh (needs node and npm)"
+#: asc options: the incremental GC (the stub runtime never frees: a long run runs out of
+#: memory), and aborts routed to a log line before the trap.
+AS_OPTIONS = (
+    "-O3",
+    "--runtime",
+    "incremental",
+    "--use",
+    "abort=sdk/assemblyscript/assembly/index/qhAbort",
+)
+
+
+@dataclass(frozen=True)
+class RustToolchain:
+    rustc: str
+    version: str
+    rlib_dir: Path
+
+    def command(self, source: Path, output: Path) -> list[str]:
+        return [
+            self.rustc,
+            "--edition",
+            "2021",
+            "--crate-type",
+            "cdylib",
+            "-O",
+            f"--target={RUST_TARGET}",
+            "--extern",
+            f"qhybrid={self.rlib_dir / 'libqhybrid.rlib'}",
+            "-C",
+            "strip=debuginfo",
+            "-C",
+            "metadata=qhybrid-agent",
+            f"--remap-path-prefix={REPO_ROOT}=.",
+            f"--remap-path-prefix={self.rlib_dir}=.",
+            "-o",
+            str(output),
+            source.name,
+        ]
+
+
+def find_rust(work: Path) -> RustToolchain:
+    """Debian's rustc with the wasm32 standard library; builds the SDK crate into ``work``."""
+    candidates = ["/usr/bin/rustc", shutil.which("rustc") or ""]
+    for rustc in dict.fromkeys(c for c in candidates if c and Path(c).is_file()):
+        proc = subprocess.run(
+            [rustc, "--print", "sysroot"], capture_output=True, text=True, timeout=60, check=False
+        )
+        if proc.returncode != 0:
+            continue
+        if not (Path(proc.stdout.strip()) / "lib" / "rustlib" / RUST_TARGET).is_dir():
+            continue
+        version = subprocess.run(
+            [rustc, "--version"], capture_output=True, text=True, timeout=60, check=False
+        ).stdout.strip()
+        build = subprocess.run(
+            [
+                rustc,
+                "--edition",
+                "2021",
+                "--crate-type",
+                "rlib",
+                "--crate-name",
+                "qhybrid",
+                "-O",
+                f"--target={RUST_TARGET}",
+                "-C",
+                "metadata=qhybrid-sdk",
+                f"--remap-path-prefix={REPO_ROOT}=.",
+                "-o",
+                str(work / "libqhybrid.rlib"),
+                str(RUST_SDK),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if build.returncode != 0:
+            raise CompileError(f"{RUST_SDK}: rustc failed:\n{build.stderr}")
+        return RustToolchain(rustc, version, work)
+    raise ToolchainError(f"no rustc with the {RUST_TARGET} standard library; {RUST_HINT}")
+
+
+@dataclass(frozen=True)
+class AscToolchain:
+    asc: str
+    version: str
+
+    def command(self, source: Path, output: Path) -> list[str]:
+        try:
+            name = str(source.resolve().relative_to(REPO_ROOT))
+        except ValueError:
+            name = str(source)
+        return [self.asc, name, "-o", str(output), *AS_OPTIONS]
+
+
+def find_asc() -> AscToolchain:
+    asc = AS_DIR / "node_modules" / ".bin" / "asc"
+    if not asc.is_file():
+        raise ToolchainError(f"the AssemblyScript compiler {asc} is missing; {AS_HINT}")
+    proc = subprocess.run(
+        [str(asc), "--version"], capture_output=True, text=True, timeout=120, check=False
+    )
+    if proc.returncode != 0:
+        raise ToolchainError(f"{asc} --version failed: {proc.stderr.strip()}; {AS_HINT}")
+    return AscToolchain(str(asc), proc.stdout.strip())
+
+
+#: Source suffix -> language, for the languages besides C.
+SUFFIXES = (".c", ".rs", ".ts")
+
+
 def build_one(tc: Toolchain, source: Path, output: Path) -> str:
     """Compile one agent; returns clang's warnings (empty when clean)."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -167,14 +292,15 @@ def build_one(tc: Toolchain, source: Path, output: Path) -> str:
     try:
         proc = subprocess.run(
             tc.command(source, tmp),
-            cwd=source.parent,
+            cwd=REPO_ROOT if isinstance(tc, AscToolchain) else source.parent,
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
         )
         if proc.returncode != 0:
-            raise CompileError(f"{source}: clang failed (exit {proc.returncode}):\n{proc.stderr}")
+            tool = Path(tc.command(source, tmp)[0]).name
+            raise CompileError(f"{source}: {tool} failed (exit {proc.returncode}):\n{proc.stderr}")
         tmp.chmod(0o644)
         os.replace(tmp, output)
     finally:
@@ -182,15 +308,31 @@ def build_one(tc: Toolchain, source: Path, output: Path) -> str:
     return proc.stderr
 
 
+LANGS = {"c": (".c",), "rust": (".rs",), "as": (".ts",), "all": SUFFIXES}
+_LANG = ["all"]
+
+
+def sources_of(sources_dir: Path) -> list[Path]:
+    suffixes = LANGS[_LANG[0]]
+    return sorted(p for suffix in suffixes for p in sources_dir.glob(f"*{suffix}"))
+
+
 def build_dir(tc: Toolchain, sources_dir: Path, out_dir: Path) -> list[Path]:
-    """Compile every ``*.c`` of ``sources_dir`` into ``out_dir``; returns the outputs."""
+    """Compile every ``*.c``, ``*.rs`` and ``*.ts`` of ``sources_dir`` into ``out_dir``;
+    returns the outputs."""
     outputs = []
-    for source in sorted(sources_dir.glob("*.c")):
-        output = out_dir / f"{source.stem}.wasm"
-        warnings = build_one(tc, source, output)
-        if warnings:
-            sys.stderr.write(warnings)
-        outputs.append(output)
+    with tempfile.TemporaryDirectory(prefix="qh-rust-") as work:
+        tools: dict[str, Any] = {".c": tc}
+        for source in sources_of(sources_dir):
+            if source.suffix not in tools:
+                tools[source.suffix] = (
+                    find_rust(Path(work)) if source.suffix == ".rs" else find_asc()
+                )
+            output = out_dir / f"{source.stem}.wasm"
+            warnings = build_one(tools[source.suffix], source, output)
+            if warnings and source.suffix == ".c":
+                sys.stderr.write(warnings)
+            outputs.append(output)
     return outputs
 
 
@@ -202,13 +344,24 @@ def check_dir(tc: Toolchain, sources_dir: Path, shipped_dir: Path) -> list[str]:
         for name, path in sorted(fresh.items()):
             shipped = shipped_dir / name
             if not shipped.is_file():
-                problems.append(f"{shipped}: missing (built from {path.stem}.c)")
+                problems.append(f"{shipped}: missing (built from {source_name(sources_dir, path)})")
             elif shipped.read_bytes() != path.read_bytes():
-                problems.append(f"{shipped}: differs from a fresh build of {path.stem}.c")
+                problems.append(
+                    f"{shipped}: differs from a fresh build of {source_name(sources_dir, path)}"
+                )
     for shipped in sorted(shipped_dir.glob("*.wasm")):
-        if shipped.name not in fresh:
+        if shipped.name not in fresh and (_LANG[0] == "all" or _LANG[0] == "c"):
+            if _LANG[0] == "c" and source_name(sources_dir, shipped) != f"{shipped.stem}.c":
+                continue
             problems.append(f"{shipped}: has no source {shipped.stem}.c in {sources_dir}")
     return problems
+
+
+def source_name(sources_dir: Path, built: Path) -> str:
+    for suffix in SUFFIXES:
+        if (sources_dir / f"{built.stem}{suffix}").is_file():
+            return f"{built.stem}{suffix}"
+    return f"{built.stem}.c"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -238,6 +391,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, help="where the .wasm files go (default: beside the sources)"
     )
+    parser.add_argument(
+        "--lang",
+        choices=sorted(LANGS),
+        default="all",
+        help="build only the sources of one language (default: all of them)",
+    )
     parser.add_argument("--clang", help="the clang to use (default: clang on PATH)")
     parser.add_argument(
         "--sysroot",
@@ -260,14 +419,15 @@ def _say(line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    _LANG[0] = args.lang
     sources_dir: Path = args.agents_dir or (TEST_AGENTS_DIR if args.tests else SAMPLES_DIR)
     sources_dir = sources_dir.resolve()
     out_dir: Path = (args.out or sources_dir).resolve()
     if not sources_dir.is_dir():
         sys.stderr.write(f"error: {sources_dir}: no such directory\n")
         return EXIT_TOOLCHAIN
-    if not any(sources_dir.glob("*.c")):
-        sys.stderr.write(f"error: {sources_dir}: no .c sources to build\n")
+    if not sources_of(sources_dir):
+        sys.stderr.write(f"error: {sources_dir}: no .c, .rs or .ts sources to build\n")
         return EXIT_TOOLCHAIN
     try:
         tc = find_toolchain(args.clang, args.sysroot)
@@ -289,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stderr.write(f"  {line}\n")
                 sys.stderr.write(f"compiler: {tc.version}\n")
                 return EXIT_STALE
-            count = len(list(sources_dir.glob("*.c")))
+            count = len(sources_of(sources_dir))
             _say(f"{count} agent modules in {out_dir} match their sources ({tc.version})")
             return EXIT_OK
         for output in build_dir(tc, sources_dir, out_dir):
@@ -297,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     except CompileError as exc:
         sys.stderr.write(f"error: {exc}")
         return EXIT_COMPILE
+    except ToolchainError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_TOOLCHAIN
     return EXIT_OK
 
 

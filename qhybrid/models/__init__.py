@@ -19,7 +19,7 @@ Layering: ``qhybrid.app`` -> ``qhybrid.views`` -> ``qhybrid.models`` -> ``qhybri
 
 from __future__ import annotations
 
-from qhybrid.models._agents import SORT_ROLE, AgentsFilterModel, AgentsTableModel
+from qhybrid.models._agents import SORT_ROLE, AgentsFilterModel, AgentsTableModel, natural_key
 from qhybrid.models._chat import ChatEntry, ChatModel
 from qhybrid.models._controller import ASK_KIND, RuntimeController, SessionState
 from qhybrid.models._feed import FeedBatch, RuntimeFeed
@@ -32,6 +32,15 @@ from qhybrid.models._log import (
     PythonLogCollector,
     plain_tooltip,
 )
+from qhybrid.models._messages import (
+    MessageRecord,
+    MessagesFilterModel,
+    MessagesModel,
+    decode_payload,
+    parse_messages,
+)
+from qhybrid.models._runs import RunCommand, RunsModel, format_duration
+from qhybrid.models._scenario import ScenarioCheck, scenario_outline
 from qhybrid.models._series import CHANNELS, LiveSeries
 from qhybrid.models._server import ServerModel, ServerState, ServerStats
 from qhybrid.models._stall import StallMonitor
@@ -51,14 +60,25 @@ __all__ = [
     "LogFilterModel",
     "LogLine",
     "LogModel",
+    "MessageRecord",
+    "MessagesFilterModel",
+    "MessagesModel",
     "PythonLogCollector",
+    "RunCommand",
+    "RunsModel",
     "RuntimeController",
     "RuntimeFeed",
+    "ScenarioCheck",
     "ServerModel",
     "ServerState",
     "ServerStats",
     "SessionState",
     "StallMonitor",
     "adapter_text",
+    "decode_payload",
+    "format_duration",
+    "natural_key",
+    "parse_messages",
     "plain_tooltip",
+    "scenario_outline",
 ]

@@ -8,6 +8,7 @@ a view repaints only what it shows and a sort/filter proxy re-sorts only what ch
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,13 +24,20 @@ from PySide6.QtCore import (
 from qhybrid.models._log import plain_tooltip
 from qhybrid.runtime import AgentSummary, printable
 
-__all__ = ["SORT_ROLE", "AgentsFilterModel", "AgentsTableModel"]
+__all__ = ["SORT_ROLE", "AgentsFilterModel", "AgentsTableModel", "natural_key"]
 
 #: The role the proxy sorts by: numbers as numbers, text as text.
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 
 _Index = QModelIndex | QPersistentModelIndex
 _NOT_REPORTED = "\N{EM DASH}"
+_DIGITS = re.compile(r"\d+")
+
+
+def natural_key(name: str) -> str:
+    """``name`` with each run of digits zero-padded to 20 places, so that plain string order
+    (the proxy's, in C++) is natural order: relay-2 before relay-10."""
+    return _DIGITS.sub(lambda m: m.group().rjust(20, "0"), name.casefold())
 
 
 class AgentsTableModel(QAbstractTableModel):
@@ -54,6 +62,7 @@ class AgentsTableModel(QAbstractTableModel):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._names: list[str] = []
+        self._name_keys: list[str] = []
         self._modules: list[str] = []
         # One list per column after the name (state, worker, handled, restarts, fuel, memory,
         # error): an update compares whole columns at C speed (``list != list``) and looks
@@ -76,6 +85,7 @@ class AgentsTableModel(QAbstractTableModel):
         if names != self._names:
             self.beginResetModel()
             self._names = names
+            self._name_keys = [natural_key(n) for n in names]
             self._modules = [a.module for a in agents]
             self._columns = columns
             self.endResetModel()
@@ -104,7 +114,7 @@ class AgentsTableModel(QAbstractTableModel):
 
     def clear(self) -> None:
         self.beginResetModel()
-        self._names, self._modules = [], []
+        self._names, self._name_keys, self._modules = [], [], []
         self._columns = [[] for _ in range(len(self.COLUMNS) - 1)]
         self.endResetModel()
 
@@ -140,7 +150,7 @@ class AgentsTableModel(QAbstractTableModel):
             return self._display(row, column)
         if role == SORT_ROLE:
             if column == self.NAME:
-                return self._names[row]
+                return self._name_keys[row]
             value = self._columns[column - 1][row]
             return -1 if value is None else value
         if role == Qt.ItemDataRole.TextAlignmentRole and self.WORKER <= column <= self.MEMORY:

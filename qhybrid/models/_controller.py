@@ -27,6 +27,7 @@ from PySide6.QtCore import QObject, QThread, Signal
 
 from qhybrid.models._feed import RuntimeFeed
 from qhybrid.runtime import (
+    RunResult,
     Runtime,
     RuntimeConfig,
     ScenarioError,
@@ -51,10 +52,12 @@ class SessionState:
     RUNNING = "running"
     PAUSED = "paused"
     STOPPING = "stopping"
-    COMPLETED = "completed"  # the run ended (its stop condition, or a stop request)
-    FAILED = "failed"  # the run failed, or could not start
+    COMPLETED = "completed"  # the run reached its stop condition
+    STOPPED = "stopped"  # the run ended because it was asked to (Stop, Restart, closing)
+    FAILED = "failed"  # the run failed (an agent, a timeout, ...), or could not start
 
     ACTIVE = frozenset({STARTING, RUNNING, PAUSED, STOPPING})
+    ENDED = frozenset({COMPLETED, STOPPED, FAILED})
 
 
 class _LoopThread(QThread):
@@ -197,7 +200,7 @@ class RuntimeController(QObject):
             self.start(paused=True)
 
     def stop(self) -> None:
-        """End the run after the tick in progress (it reports "completed")."""
+        """End the run after the tick in progress (it reports "stopped")."""
         if self._state in (SessionState.STARTING, SessionState.RUNNING, SessionState.PAUSED):
             self._set_state(SessionState.STOPPING, "")
             self._submit(self._stop("stopped from the window"))
@@ -348,12 +351,14 @@ class RuntimeController(QObject):
             await runtime.aclose()
         result = runtime.result
         assert result is not None
-        if timed_out is not None:
-            self._set_state(SessionState.FAILED, timed_out)
+        state, detail = _outcome(result, timed_out, self._stop_reason)
+        if state == SessionState.FAILED:
+            logger.warning("run %s failed at tick %d: %s", result.scenario, result.ticks, detail)
         else:
-            self._set_state(
-                SessionState.COMPLETED if result.ok else SessionState.FAILED, result.reason
+            logger.info(
+                "run %s %s after %d ticks: %s", result.scenario, state, result.ticks, detail
             )
+        self._set_state(state, detail)
         self.run_finished.emit(result)
 
     async def _drive(self, runtime: Runtime) -> str | None:
@@ -451,3 +456,15 @@ class RuntimeController(QObject):
         if runtime is not None:
             await runtime.aclose()  # idempotent; also when start() never finished
         self.feed.detach()
+
+
+def _outcome(result: RunResult, timed_out: str | None, stop_reason: str | None) -> tuple[str, str]:
+    """The session's end state: failed (the runtime's verdict, or the window's timeout),
+    stopped (asked to end, and it did), or completed (its own stop condition)."""
+    if timed_out is not None:
+        return SessionState.FAILED, timed_out
+    if not result.ok:
+        return SessionState.FAILED, result.reason
+    if stop_reason is not None and stop_reason in result.reason:
+        return SessionState.STOPPED, result.reason
+    return SessionState.COMPLETED, result.reason

@@ -11,6 +11,7 @@ and the runtime's loop only ever appends to deques.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 
@@ -42,6 +43,10 @@ GUI_SWITCH_INTERVAL_S = 0.001
 FRAME_COST_FACTOR = 4.0
 #: The slowest the charts go when the machine is very busy.
 MIN_FPS = 4
+
+
+#: The runtime's own end states: the log shows the session's verdict instead (see _on_state).
+_RUNTIME_END_STATES = frozenset({"completed", "failed"})
 
 
 def adapter_text(adapter: GpuAdapter | None) -> str:
@@ -163,6 +168,11 @@ class LiveModels(QObject):
             self._stop_timer()
             self._agents_due = True
             self.refresh()  # the last events and the final counts
+            # The session's verdict, not the runtime's "completed" (a stop request and the
+            # window's timeout both end a run the runtime calls completed). A failure is
+            # logged by the controller at warning level, and reaches the log from there.
+            if state in (SessionState.COMPLETED, SessionState.STOPPED):
+                self.log.append_lines([LogLine(None, 20, "run", _state_line(state, detail))])
 
     def _on_error(self, message: str) -> None:
         self.log.append_lines([LogLine(None, 40, "window", message)])
@@ -190,16 +200,19 @@ class LiveModels(QObject):
         if runtime is not None and latest:
             tick = latest.get("tick")
             tick_text = "-" if tick is None or tick != tick else f"{int(tick):,}"
-            self.progress.emit(
-                f"tick {tick_text}  \N{MIDDLE DOT}  {latest.get('tasks_per_s', 0.0) or 0.0:,.0f}"
-                " tasks/s"
-            )
+            rate = latest.get("tasks_per_s")
+            rate_text = "-" if rate is None or not math.isfinite(rate) else f"{rate:,.0f}"
+            self.progress.emit(f"tick {tick_text}  \N{MIDDLE DOT}  {rate_text} tasks/s")
         self.frames += 1
         self.frame.emit()
         self.frame_seconds_max = max(self.frame_seconds_max, time.perf_counter() - t_start)
 
     def _apply(self, batch: FeedBatch) -> None:
-        lines = [LogLine(None, 20, "run", _state_line(e.state, e.reason)) for e in batch.run_states]
+        lines = [
+            LogLine(None, 20, "run", _state_line(e.state, e.reason))
+            for e in batch.run_states
+            if e.state not in _RUNTIME_END_STATES
+        ]
         lines.extend(LogLine(e.tick, e.level, e.agent, e.text) for e in batch.logs)
         if batch.logs_dropped:
             lines.append(

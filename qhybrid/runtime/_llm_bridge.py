@@ -15,6 +15,7 @@ import concurrent.futures
 import itertools
 import logging
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from qhybrid.runtime._events import LlmTokens, RuntimeEvents
@@ -58,6 +59,18 @@ class LlmBridge:
         self._ids = itertools.count(1)
         self.tokens = 0
         self.done = 0
+        #: Offered each engine update this bridge does not own (ABI v2 chat requests, see
+        #: ``_v2_bridge``); returns whether it was taken.
+        self.other_updates: Callable[[int, RequestUpdate], bool] | None = None
+
+    @property
+    def requests(self) -> dict[int, tuple[int, int, int]]:
+        """Agents' ``llm_complete`` requests in flight: engine id -> (agent, request, tag)."""
+        return self._requests
+
+    def new_id(self) -> int:
+        """A fresh engine request id (for other requests on the same engine)."""
+        return next(self._ids)
 
     async def open(self) -> None:
         """Open the scenario's model on the GPU thread (if it has one)."""
@@ -169,6 +182,8 @@ class LlmBridge:
         for update in updates:
             owner = self._requests.get(update.request_id)
             if owner is None:
+                if self.other_updates is not None:
+                    self.other_updates(tick, update)
                 continue
             agent_id, request, tag = owner
             self.tokens += len(update.new_tokens)

@@ -48,6 +48,7 @@ from qhybrid.runtime._result import AgentSummary, RunResult
 from qhybrid.runtime._roster import DEFAULT_CACHE, collector_paused, compile_modules
 from qhybrid.runtime._scenario import Scenario
 from qhybrid.runtime._trace import TraceRecorder
+from qhybrid.runtime._v2_bridge import V2Bridge
 from qhybrid.runtime.tensors import TensorStore
 from qhybrid.runtime.wasm_pool import RESERVED_KIND_BASE, RUNTIME_SENDER, WorkerError, WorkerPool
 from qhybrid.runtime.wgpu_thread import DeviceInfo, GpuDevice, GpuJobError
@@ -76,6 +77,13 @@ class RuntimeConfig:
     checkpoint_every: int = 256
     max_worker_restarts: int = 3
     cache_dir: Path | None = DEFAULT_CACHE
+    #: ABI v2 ``ask``: where people's answers come from, one line each ("-": standard input);
+    #: ``None``: nobody answers (the agent gets ``"answer": null``).
+    answers_path: Path | None = None
+    #: ABI v2 tools and questions: a JSON file of their results. Results found in it are
+    #: replayed instead of being asked again (so a replay gives the same trace); new ones are
+    #: added to it after each tick.
+    recording_path: Path | None = None
 
 
 class Runtime:
@@ -120,6 +128,9 @@ class Runtime:
         )
         self._schedule, self._roster, self._commit = parts.schedule, parts.roster, parts.commit
         self._tick_hooks: list[TickHook] = []
+        self._v2 = V2Bridge(parts, self._trace, cfg.answers_path, cfg.recording_path)
+        if cfg.recording_path is not None:
+            self._tick_hooks.append(self._v2.save_recording)
         #: Agents' long-term memory (the ``mem_*`` ABI): quotas, trace records, persistence.
         self.memory = install_memory(self)
         self._loop: asyncio.AbstractEventLoop | None = None

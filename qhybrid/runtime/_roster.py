@@ -30,6 +30,7 @@ from qhybrid.runtime.wasm_pool import (
     Quotas,
     default_cache_dir,
     load_module,
+    load_python_module,
     make_engine,
 )
 
@@ -110,6 +111,9 @@ def compile_modules(scenario: Scenario, cache_dir: Path | None) -> dict[str, tup
         if key in compiled:
             continue
         try:
+            if spec.module.suffix == ".py":
+                compiled[key] = load_python_module(engine, spec.module, cache)
+                continue
             module, _, original, cached = load_module(engine, spec.module, cache)
         except AgentModuleError as exc:
             raise scenario.error(f"agents[{index}].module", str(exc)) from None
@@ -168,9 +172,11 @@ class Roster:
         loads: list[list[AgentLoad]] = [[] for _ in range(self.workers)]
         for spec in self.scenario.agents:
             peers = tuple(self.by_name[n] for n in spec.instances)
-            config_json = json.dumps(dict(spec.config), sort_keys=True).encode("utf-8")
+            config_json = json.dumps(dict(spec.config), sort_keys=True, default=dict).encode()
             for name in spec.instances:
                 agent = self.agents[self.by_name[name]]
+                if spec.overrides:  # ABI v2: per-instance config
+                    config_json = json.dumps(spec.instance_config(name), sort_keys=True).encode()
                 agent.load = self._agent_load(spec, agent, peers, count, config_json)
                 loads[agent.worker].append(agent.load)
         try:
@@ -228,4 +234,5 @@ class Roster:
             env,
             quotas=quotas,
             worker_memory_bytes=self.scenario.workers.memory_mb << 20,
+            tools=spec.grants.tools,
         )

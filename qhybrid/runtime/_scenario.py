@@ -100,6 +100,7 @@ from qhybrid.runtime._scenario_specs import (
     StopSpec,
     TaskSpec,
     TensorSpec,
+    ToolSpec,
 )
 from qhybrid.runtime._scenario_toml import (
     MAX_SCENARIO_BYTES,
@@ -143,6 +144,7 @@ __all__ = [
     "StopSpec",
     "TaskSpec",
     "TensorSpec",
+    "ToolSpec",
     "load_scenario",
     "parse_scenario",
 ]

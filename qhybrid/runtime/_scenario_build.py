@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from qhybrid.runtime._scenario_models import (
     ScenarioFile,
     TaskTable,
     TensorTable,
+    ToolTable,
 )
 from qhybrid.runtime._scenario_specs import (
     AgentGrants,
@@ -47,6 +49,7 @@ from qhybrid.runtime._scenario_specs import (
     StopSpec,
     TaskSpec,
     TensorSpec,
+    ToolSpec,
 )
 from qhybrid.runtime.tensors import OpError, get_op
 
@@ -81,6 +84,8 @@ def build_scenario(
     ``require_model=False`` accepts an ``[llm]`` model file that is not there (a replay
     answers from the run store)."""
     builder = _Builder(display, lines, base_dir, file.stop.max_ticks)
+    tools = builder.tools(file.tools)
+    builder.tool_names = {t.name for t in tools}
     builder.require_model = require_model
     agents = builder.agents(file.agents)
     targets = _Targets(agents)
@@ -99,6 +104,7 @@ def build_scenario(
         tasks=tasks,
         stop=_copy(StopSpec, file.stop),
         llm=llm,
+        tools=tools,
         memory=_copy(MemorySpec, file.memory),
         field_lines=MappingProxyType(dict(lines)),
     )
@@ -163,6 +169,7 @@ class _Builder:
         self.lines = lines
         self.base_dir = base_dir
         self.max_ticks = max_ticks
+        self.tool_names: set[str] = set()
         self.require_model = True
 
     def fail(self, field: str, message: str) -> NoReturn:
@@ -204,6 +211,7 @@ class _Builder:
                 config=MappingProxyType(dict(table.config)),
                 limits=self._limits(table.limits),
                 grants=self._grants(table.grants, f"{at}.grants"),
+                overrides=self._overrides(table, at),
             )
             # Names cannot contain "-", so "relay-0" never clashes with a group; kept as a guard.
             for instance in agent.instances:
@@ -248,7 +256,49 @@ class _Builder:
                 self._duplicate(f"{at}.guest", "guest path", grant.guest, guests[grant.guest])
             guests[grant.guest] = at
             dirs.append(_copy(DirGrant, grant, host=host))
+        for index, tool in enumerate(table.tools):
+            if tool not in self.tool_names:
+                known = ", ".join(sorted(self.tool_names)) or "none"
+                self.fail(f"{field}.tools[{index}]", f"no [[tools]] entry named {tool!r} ({known})")
         return _copy(AgentGrants, table, dirs=tuple(dirs))
+
+    def _overrides(self, table: AgentTable, at: str) -> Mapping[str, Any]:
+        names = (
+            {table.name} if table.count == 1 else {f"{table.name}-{i}" for i in range(table.count)}
+        )
+        for instance, value in table.overrides.items():
+            if instance not in names:
+                self.fail(f"{at}.overrides", f"no instance {instance!r} in group {table.name!r}")
+            if not isinstance(value, Mapping):
+                self.fail(f"{at}.overrides.{instance}", "expected a table of config keys")
+        return MappingProxyType(dict(table.overrides))
+
+    def tools(self, tables: Sequence[ToolTable]) -> tuple[ToolSpec, ...]:
+        tools: list[ToolSpec] = []
+        seen: dict[str, str] = {}
+        for index, table in enumerate(tables):
+            at = f"tools[{index}]"
+            if table.name in seen:
+                self._duplicate(f"{at}.name", "tool name", table.name, seen[table.name])
+            seen[table.name] = at
+            function = table.function or ""
+            if table.kind == "python":
+                module, _, func = function.rpartition(":")
+                if module.endswith(".py") and re.fullmatch(r"[A-Za-z_]\w*", func):
+                    script = self._path(module)
+                    if not script.is_file():
+                        self.fail(f"{at}.function", f"tool script not found: {script}")
+                    function = f"{script}:{func}"
+                elif not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", function):
+                    self.fail(
+                        f"{at}.function",
+                        'expected "package.module:function" or "file.py:function", '
+                        f"got {function!r}",
+                    )
+            elif not table.hosts:
+                self.fail(f"{at}.hosts", "an http tool needs the hosts it may reach")
+            tools.append(_copy(ToolSpec, table, function=function))
+        return tuple(tools)
 
     def llm(self, table: LlmTable) -> LlmSpec:
         model = self._path(table.model)

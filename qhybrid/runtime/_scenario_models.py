@@ -58,6 +58,7 @@ __all__ = [
     "Table",
     "TaskTable",
     "TensorTable",
+    "ToolTable",
 ]
 
 #: Message kinds from here up are the runtime's own (task notifications, control messages).
@@ -294,6 +295,38 @@ class GrantsTable(Table):
     env: Annotated[tuple[tuple[str, str], ...], Variables()] = Field(
         default=(), description='Environment variables the agent sees: NAME = "value".'
     )
+    tools: Annotated[tuple[Annotated[str, Identifier()], ...], Array("an array of tool names")] = (
+        Field(default=(), description="The [[tools]] the agent may call (ABI v2 tool_call).")
+    )
+
+
+TOOL_KINDS = ("python", "http")
+
+
+class ToolTable(Table):
+    """A tool agents may call where granted (ABI v2 `tool_call`); results are recorded."""
+
+    WHAT = "[[tools]]"
+    ENTRY = "this [[tools]] entry"
+
+    name: Annotated[str, Identifier()] = Field(description="The name agents call it by.")
+    kind: Annotated[str, OneOf(*TOOL_KINDS)] = Field(
+        description="python (a host-side function) or http (a request to allowed hosts)."
+    )
+    function: Annotated[str, Text(non_empty=True)] | None = Field(
+        default=None,
+        description='For python: "package.module:function" or "file.py:function" (beside the '
+        "scenario).",
+    )
+    hosts: Annotated[
+        tuple[Annotated[str, Text(non_empty=True)], ...], Array("an array of hosts")
+    ] = Field(default=(), description="For http: the host names requests may go to.")
+    max_bytes: Annotated[int, IntRange(1, 1 << 30)] = Field(
+        default=1 << 20, description="The largest response or result, in bytes."
+    )
+    timeout_s: Annotated[float, PositiveNumber()] = Field(
+        default=10.0, description="How long one call may take, in seconds."
+    )
 
 
 class AgentTable(Table):
@@ -332,6 +365,10 @@ class AgentTable(Table):
     )
     quotas: QuotasTable = Field(
         default_factory=QuotasTable, description="What one message may ask of the runtime."
+    )
+    overrides: Annotated[dict[str, Any], Settings()] = Field(
+        default_factory=dict,
+        description="Instance name -> config keys that replace the group's for that instance.",
     )
 
     @model_validator(mode="after")
@@ -482,6 +519,9 @@ class ScenarioFile(Table):
     )
     tasks: Annotated[tuple[TaskTable, ...], ArrayOfTables("tasks")] = Field(
         default=(), description="Tensor operations run at given ticks."
+    )
+    tools: Annotated[tuple[ToolTable, ...], ArrayOfTables("tools")] = Field(
+        default=(), description="Tools agents may call where their grants name them (ABI v2)."
     )
     memory: MemoryTable = Field(
         default_factory=MemoryTable, description="Agents' long-term memory (the mem_* ABI)."

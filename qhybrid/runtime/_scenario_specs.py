@@ -80,6 +80,23 @@ class AgentGrants:
     dirs: tuple[DirGrant, ...] = ()
     #: ``(name, value)`` pairs, sorted by name.
     env: tuple[tuple[str, str], ...] = ()
+    #: ABI v2: the ``[[tools]]`` the agent may call, by name.
+    tools: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool agents may call (ABI v2 ``tool_call``) where their grants name it: ``kind``
+    "python" calls ``function`` (``"package.module:name"``, or ``"/abs/file.py:name"``) with
+    the JSON arguments; "http" requests a URL on one of ``hosts``, reading at most
+    ``max_bytes``."""
+
+    name: str
+    kind: str
+    function: str = ""
+    hosts: tuple[str, ...] = ()
+    max_bytes: int = 1 << 20
+    timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +118,29 @@ class AgentSpec:
     quotas: QuotasTable = dataclasses.field(default_factory=QuotasTable)
     #: How many times an instance is replaced after errors (with ``on_error = "restart"``).
     max_restarts: int = DEFAULT_MAX_RESTARTS
+    #: Instance name -> config keys that replace the group's for that instance (merged into
+    #: nested tables).
+    overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=_empty_mapping, hash=False
+    )
+
+    def instance_config(self, instance: str) -> dict[str, Any]:
+        """The config one instance sees: the group's, with its overrides merged in."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Mapping):
+                return {k: plain(v) for k, v in value.items()}
+            return list(value) if isinstance(value, tuple) else value
+
+        def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+            for key, value in over.items():
+                if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+                    base[key] = merge(base[key], value)
+                else:
+                    base[key] = plain(value)
+            return base
+
+        return merge(plain(self.config), self.overrides.get(instance, {}))
 
     @property
     def instances(self) -> tuple[str, ...]:
@@ -206,6 +246,7 @@ class Scenario:
     tasks: tuple[TaskSpec, ...] = ()
     stop: StopSpec = StopSpec()
     llm: LlmSpec | None = None
+    tools: tuple[ToolSpec, ...] = ()
     memory: MemorySpec = MemorySpec()
     #: What the worker processes share (``[workers]``): the memory total of their instances.
     workers: WorkersTable = dataclasses.field(default_factory=WorkersTable)

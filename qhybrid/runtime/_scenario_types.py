@@ -14,11 +14,12 @@ import math
 import posixpath
 import re
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, core_schema
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from qhybrid.runtime._scenario_errors import describe, problem, quoted, suggest
 from qhybrid.runtime.tensors import OPS
@@ -256,18 +257,18 @@ class PathText(Text):
 
 
 class ModulePath(PathText):
-    """A ``.wasm`` or ``.wat`` file."""
+    """A ``.wasm`` or ``.wat`` file, or a Python agent's ``.py`` source."""
 
-    SUFFIXES = (".wasm", ".wat")
+    SUFFIXES = (".wasm", ".wat", ".py")
 
     def validate(self, value: Any) -> str:
         text = Text.validate(self, value)
         if Path(text).suffix.lower() not in self.SUFFIXES:
-            raise problem(f"expected a .wasm or .wat file, got {describe(text)}")
+            raise problem(f"expected a .wasm, .wat or .py file, got {describe(text)}")
         return super().validate(text)
 
     def json_schema(self) -> JsonSchemaValue:
-        return {"type": "string", "pattern": r"\.[Ww][Aa]([Ss][Mm]|[Tt])$"}
+        return {"type": "string", "pattern": r"\.([Ww][Aa]([Ss][Mm]|[Tt])|[Pp][Yy])$"}
 
 
 class GuestPath(Text):
@@ -440,7 +441,14 @@ class Settings(_Plain):
             raise problem(f"expected a table of settings, got {describe(value)}")
         settings: dict[str, Any] = {}
         for key, item in value.items():
-            if isinstance(item, list):
+            if isinstance(item, dict):  # nested tables, read at run time with config_get
+                try:
+                    settings[key] = MappingProxyType(self.validate(item))
+                except PydanticCustomError as exc:
+                    ctx = exc.context or {}
+                    below = tuple(ctx.get("below", ()))
+                    raise problem(str(ctx.get("message", exc)), key, *below) from None
+            elif isinstance(item, list):
                 settings[key] = tuple(
                     self._scalar(element, key, i) for i, element in enumerate(item)
                 )
@@ -471,7 +479,7 @@ class Settings(_Plain):
         return {
             "type": "object",
             "additionalProperties": {
-                "anyOf": [*scalar["anyOf"], {"type": "array", "items": scalar}]
+                "anyOf": [*scalar["anyOf"], {"type": "array", "items": scalar}, {"type": "object"}]
             },
         }
 

@@ -18,8 +18,20 @@ from qhybrid.models import LiveModels, LiveSeries
 
 __all__ = ["ChartsWidget"]
 
-# Colour-blind-safe (Okabe-Ito), readable on light and dark backgrounds.
-_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
+# Colour-blind-safe (Okabe-Ito, then three of Paul Tol's), readable on light and dark
+# backgrounds. Every channel gets its own colour across all the plots.
+_COLOURS = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#F0E442",
+    "#44AA99",
+    "#AA4499",
+    "#999933",
+)
 
 # (title, unit, [(channel, legend, scale)]); worker loads are added per worker.
 _PLOTS: tuple[tuple[str, str, tuple[tuple[str, str, float], ...]], ...] = (
@@ -41,8 +53,11 @@ _PLOTS: tuple[tuple[str, str, tuple[tuple[str, str, float], ...]], ...] = (
 )
 
 
-#: Seconds of history the charts show.
+#: Seconds of history the charts show, at most.
 HISTORY_S = 60.0
+#: The time axis fits the run: the shortest of these spans that holds it (a 1.5 s run fills
+#: a 2 s axis, not one pixel of a 60 s one). Few steps, so the axis is rarely redrawn.
+_SPANS_S = (2.0, 5.0, 10.0, 20.0, 30.0, HISTORY_S)
 
 _PERCENT = frozenset(title for title, unit, _ in _PLOTS if unit == "%")
 
@@ -73,6 +88,9 @@ class ChartsWidget(QWidget):
         self.skipped = 0  # curves left as they were in a frame (their picture had not changed)
         self._shown: dict[int, tuple[float, float]] = {}  # id(curve) -> (value, oldest time)
         self._scatter = {"kernel_ms"}
+        self._legends: dict[str, list[tuple[str, str]]] = {}
+        self.x_span = _SPANS_S[0]
+        colour_index = 0
         for index, (title, unit, channels) in enumerate(_PLOTS):
             span = 2 if index == len(_PLOTS) - 1 and len(_PLOTS) % 2 else 1
             plot = self.graphics.addPlot(row=index // 2, col=index % 2, colspan=span, title=title)
@@ -90,14 +108,22 @@ class ChartsWidget(QWidget):
             # Time runs as "seconds ago" over a fixed range: the axes and the grid keep
             # their cached drawing while the curves scroll (redrawing axes costs most).
             plot.enableAutoRange(axis="x", enable=False)
-            plot.setXRange(-HISTORY_S, 0, padding=0)
+            plot.setXRange(-_SPANS_S[0], 0, padding=0)
+            if index >= len(_PLOTS) - (1 if len(_PLOTS) % 2 else 2):
+                # The plots share one time axis: labelled once, on the bottom row (a label
+                # per plot takes a fifth of each plot's height at 1100x720).
+                plot.setLabel("bottom", "time before now", units="s")
+                plot.getAxis("bottom").enableAutoSIPrefix(False)
             plot.setYRange(0, 100 if unit == "%" else 1, padding=0)
             self._y_top[title] = 100.0 if unit == "%" else 1.0
-            legend = (
-                plot.addLegend(offset=(5, 5), labelTextSize="8pt") if len(channels) > 1 else None
-            )
+            # The legend is in the title, outside the plot: never over the curves, never
+            # clipped however small the plot gets.
+            self._legends[title] = [
+                (name, _COLOURS[(colour_index + i) % len(_COLOURS)])
+                for i, (_c, name, _s) in enumerate(channels)
+            ]
             for i, (channel, name, scale) in enumerate(channels):
-                colour = _COLOURS[i % len(_COLOURS)]
+                colour = _COLOURS[(colour_index + i) % len(_COLOURS)]
                 if channel == "kernel_ms":
                     curve = plot.plot(
                         pen=None, symbol="o", symbolSize=5, symbolBrush=colour, symbolPen=None
@@ -107,8 +133,7 @@ class ChartsWidget(QWidget):
                     curve = plot.plot(pen=pg.mkPen(colour, width=1), name=name, antialias=False)
                 self.curves[channel] = (curve, scale)
                 self._plot_of[channel] = title
-            if legend is not None:
-                legend.setBrush(None)
+            colour_index += len(channels)
             self.plots[title] = plot
         self.apply_palette(self.palette())
         if live is not None:
@@ -122,6 +147,11 @@ class ChartsWidget(QWidget):
             return
         t = series.times()
         if len(t):
+            # From the first tick: the seconds spent starting (compiling, loading agents,
+            # opening the GPU) have no samples to show.
+            ticks = np.isfinite(series.channel("tick"))
+            first = int(np.argmax(ticks)) if ticks.any() else len(t) - 1
+            self._fit_x(float(t[-1] - t[first]))
             t = t - t[-1]  # seconds ago
         if len(t) == 0:
             for curve, _scale in self.curves.values():
@@ -166,12 +196,20 @@ class ChartsWidget(QWidget):
         if (
             shown is not None
             and (shown[0] == value or (np.isnan(shown[0]) and np.isnan(value)))
-            and abs(shown[1] - float(t[0])) < HISTORY_S / 400
+            and abs(shown[1] - float(t[0])) < self.x_span / 400
         ):
             self.skipped += 1
             return True
         self._shown[id(curve)] = (value, float(t[0]))
         return False
+
+    def _fit_x(self, age_s: float) -> None:
+        """Show the shortest span of :data:`_SPANS_S` that holds the run's history so far."""
+        span = next((s for s in _SPANS_S if age_s <= s), HISTORY_S)
+        if span != self.x_span:
+            self.x_span = span
+            for plot in self.plots.values():
+                plot.setXRange(-span, 0, padding=0)
 
     def _fit_y(self, title: str, peak: float) -> None:
         """Show 0 to a little above ``peak``; change the range only when that changes much,
@@ -186,6 +224,11 @@ class ChartsWidget(QWidget):
 
     def _ensure_worker_curves(self, workers: int) -> None:
         plot = self.plots["Worker load"]
+        if len(self.worker_curves) != workers:
+            self._legends["Worker load"] = [
+                (f"w{w}", _COLOURS[w % len(_COLOURS)]) for w in range(min(workers, 8))
+            ]
+            self.apply_palette(self.palette())
         while len(self.worker_curves) > workers:
             plot.removeItem(self.worker_curves.pop())
         while len(self.worker_curves) < workers:
@@ -201,7 +244,15 @@ class ChartsWidget(QWidget):
         muted = QColor(foreground)
         muted.setAlpha(170)
         for title, plot in self.plots.items():
-            plot.setTitle(title, color=foreground.name(), size="9pt")
+            legend = (
+                "".join(
+                    f"&nbsp;&nbsp;<span style='color:{colour}'>\N{EM DASH} {name}</span>"
+                    for name, colour in self._legends.get(title, ())
+                )
+                if len(self._legends.get(title, ())) > 1
+                else ""
+            )
+            plot.setTitle(f"{title}{legend}", color=foreground.name(), size="9pt")
             for name in ("left", "bottom"):
                 axis = plot.getAxis(name)
                 axis.setPen(pg.mkPen(muted))

@@ -30,18 +30,31 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QSpinBox,
+    QSplitter,
+    QTabWidget,
     QToolBar,
     QWidget,
 )
 
 import qhybrid
-from qhybrid.models import LiveModels, RuntimeController, ServerModel, SessionState, plain_tooltip
+from qhybrid.models import (
+    LiveModels,
+    RunsModel,
+    RuntimeController,
+    ScenarioCheck,
+    ServerModel,
+    SessionState,
+    plain_tooltip,
+)
 from qhybrid.runtime import printable
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
+from qhybrid.views._runs import MessageInspector, RunsPanel
+from qhybrid.views._scenario import ScenarioPanel
 from qhybrid.views._server import ServerPanel
 from qhybrid.views._tables import AgentsView, LogView
 from qhybrid.views._theme import THEMES, apply_theme
+from qhybrid.views._update import add_update_actions
 
 __all__ = ["MainWindow"]
 
@@ -57,6 +70,9 @@ _LOG_LEVEL_KEY = "log/min_level"
 _THEME_KEY = "view/theme"
 
 _DEFAULT_SIZE = (1100, 720)
+#: The dock layout's version: a layout saved before the Scenario dock existed would leave it
+#: off-screen, so it is not restored (the default layout is used).
+_LAYOUT_VERSION = 2
 _MAX_WORKERS = 64
 
 _STATE_TEXT = {
@@ -66,6 +82,7 @@ _STATE_TEXT = {
     SessionState.PAUSED: "Paused",
     SessionState.STOPPING: "Stopping\N{HORIZONTAL ELLIPSIS}",
     SessionState.COMPLETED: "Completed",
+    SessionState.STOPPED: "Stopped",
     SessionState.FAILED: "Failed",
 }
 
@@ -104,7 +121,13 @@ class MainWindow(QMainWindow):
         self.live = LiveModels(self.controller, self)
 
         self.charts = ChartsWidget(self.live, self)
-        self.setCentralWidget(self.charts)
+        # The middle: the live run's charts, or the run store's recorded runs (the list above,
+        # a run's messages below), which need the room more than a dock gives them.
+        self.central_tabs = QTabWidget(self)
+        self.central_tabs.setObjectName("central_tabs")
+        self.central_tabs.setDocumentMode(True)
+        self.central_tabs.addTab(self.charts, "Live run")
+        self.setCentralWidget(self.central_tabs)
         self.agents_view = AgentsView(self.live, self)
         self.log_view = LogView(self.live, self)
         self.chat_panel = ChatPanel(self.live, self.controller, self)
@@ -114,10 +137,29 @@ class MainWindow(QMainWindow):
         self.server_model = ServerModel(self)
         self.server_panel = ServerPanel(self.server_model, self)
         self.server_dock = self._dock("Server", "server_dock", self.server_panel)
+        self.scenario_check = ScenarioCheck(self)
+        self.scenario_panel = ScenarioPanel(self.scenario_check, self)
+        self.scenario_dock = self._dock("Scenario", "scenario_dock", self.scenario_panel)
+        self.scenario_check.checked.connect(self._scenario_checked)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.agents_dock)
+        self.tabifyDockWidget(self.agents_dock, self.scenario_dock)
+        self.agents_dock.raise_()
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.log_dock)
         self.splitDockWidget(self.log_dock, self.chat_dock, Qt.Orientation.Horizontal)
         self.tabifyDockWidget(self.chat_dock, self.server_dock)
+        # The run store: its runs, and a recorded run's messages.
+        self.runs_model = RunsModel(parent=self)
+        self.message_inspector = MessageInspector(self)
+        self.runs_panel = RunsPanel(self.runs_model, self.message_inspector, self)
+        self.runs_split = QSplitter(Qt.Orientation.Vertical, self)
+        self.runs_split.setObjectName("runs_split")
+        self.runs_split.addWidget(self.runs_panel)
+        self.runs_split.addWidget(self.message_inspector)
+        self.runs_split.setStretchFactor(0, 2)
+        self.runs_split.setStretchFactor(1, 3)
+        # Squeezed rather than growing the window (the charts' tab asks for almost nothing).
+        self.runs_split.setMinimumSize(100, 60)
+        self.central_tabs.addTab(self.runs_split, "Recorded runs")
         self.chat_dock.raise_()
         self.log_view.set_min_level(_int(settings.value(_LOG_LEVEL_KEY), 20))
 
@@ -186,8 +228,17 @@ class MainWindow(QMainWindow):
         self.setWindowFilePath(str(self.scenario_path))
         self.setWindowTitle(f"{self.scenario_path.name} \N{EM DASH} qhybrid")
         _settings().setValue(_SCENARIO_KEY, str(self.scenario_path))
+        self.scenario_check.check(self.scenario_path)  # shows its outline, or its error
+        if not self.controller.active:
+            self.scenario_dock.raise_()
         self._update_actions()
         self.scenario_changed.emit(self.scenario_path)
+
+    def _scenario_checked(self, ok: bool) -> None:
+        if not ok:
+            self.scenario_dock.show()
+            self.scenario_dock.raise_()
+        self._update_actions()
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if _dropped_scenario(event) is not None:
@@ -332,7 +383,13 @@ class MainWindow(QMainWindow):
 
         self.view_menu = menu_bar.addMenu("&View")
         self.view_menu.setObjectName("view_menu")
-        for dock in (self.agents_dock, self.log_dock, self.chat_dock, self.server_dock):
+        for dock in (
+            self.agents_dock,
+            self.scenario_dock,
+            self.log_dock,
+            self.chat_dock,
+            self.server_dock,
+        ):
             self.view_menu.addAction(dock.toggleViewAction())
         self.view_menu.addSeparator()
         theme_menu = self.view_menu.addMenu("&Theme")
@@ -343,6 +400,7 @@ class MainWindow(QMainWindow):
         self.help_menu.setObjectName("help_menu")
         self.help_menu.addAction(self.about_action)
         self.help_menu.addAction(self.about_qt_action)
+        self.update_checker = add_update_actions(self, self.help_menu)  # off by default
 
     def _create_status_bar(self) -> None:
         bar = self.statusBar()
@@ -361,19 +419,27 @@ class MainWindow(QMainWindow):
         text = _STATE_TEXT.get(state, state)
         self.state_label.setText(f"<b>{text}</b>")
         self.state_label.setToolTip(plain_tooltip(detail) if detail else "")
-        if state in (SessionState.COMPLETED, SessionState.FAILED) and detail:
+        if state == SessionState.STARTING:
+            self.central_tabs.setCurrentWidget(self.charts)
+            self.agents_dock.raise_()  # the run's agents, rather than the scenario's outline
+        if state in SessionState.ENDED and detail:
             self.statusBar().showMessage(f"{text}: {printable(detail)}")
         self._update_actions()
 
     def _update_actions(self) -> None:
         state = self.controller.state
-        have = self.scenario_path is not None
+        have = self.scenario_path is not None and self.scenario_check.ok
         active = state in SessionState.ACTIVE
         paused = state == SessionState.PAUSED
         self.start_action.setText("&Resume" if paused else "&Start")
-        self.start_action.setEnabled(have and (paused or not active))
+        self.start_action.setEnabled(paused or (have and not active))
+        self.start_action.setToolTip(
+            "Start the scenario (F5)"
+            if have or self.scenario_path is None
+            else "The scenario has an error: see the Scenario panel"
+        )
         self.pause_action.setEnabled(state == SessionState.RUNNING)
-        self.step_action.setEnabled(have and (paused or not active))
+        self.step_action.setEnabled(paused or (have and not active))
         self.stop_action.setEnabled(
             state in (SessionState.STARTING, SessionState.RUNNING, SessionState.PAUSED)
         )
@@ -425,7 +491,7 @@ class MainWindow(QMainWindow):
         if not (isinstance(geometry, QByteArray) and self.restoreGeometry(geometry)):
             self.resize(*_DEFAULT_SIZE)
         state = settings.value(_STATE_KEY)
-        if not (isinstance(state, QByteArray) and self.restoreState(state)):
+        if not (isinstance(state, QByteArray) and self.restoreState(state, _LAYOUT_VERSION)):
             # First start: the charts get most of the room.
             self.resizeDocks([self.agents_dock], [400], Qt.Orientation.Horizontal)
             self.resizeDocks([self.log_dock], [200], Qt.Orientation.Vertical)
@@ -437,7 +503,7 @@ class MainWindow(QMainWindow):
         """Write the window's geometry, dock layout and settings to QSettings."""
         settings = _settings()
         settings.setValue(_GEOMETRY_KEY, self.saveGeometry())
-        settings.setValue(_STATE_KEY, self.saveState())
+        settings.setValue(_STATE_KEY, self.saveState(_LAYOUT_VERSION))
         settings.setValue(_LOG_LEVEL_KEY, self.log_view.min_level)
         settings.setValue(_WORKERS_KEY, self.workers_spin.value())
         settings.sync()
@@ -453,6 +519,7 @@ class MainWindow(QMainWindow):
             self.live.close()
             self.controller.shutdown()
             self.server_model.close()
+            self.runs_panel.close_command()
         finally:
             QApplication.restoreOverrideCursor()
         super().closeEvent(event)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSortFilterProxyModel, Qt
-from PySide6.QtGui import QHideEvent, QShowEvent
+from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtGui import QColor, QHideEvent, QPalette, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -11,6 +11,8 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTableView,
     QVBoxLayout,
     QWidget,
@@ -38,6 +40,22 @@ def _table(model: QSortFilterProxyModel, parent: QWidget) -> QTableView:
     return view
 
 
+#: Agent states that stand out in the table (Okabe-Ito vermillion and grey).
+STATE_COLOURS = {"failed": "#D55E00", "skipped": "#808080", "restarting": "#E69F00"}
+
+
+class StateDelegate(QStyledItemDelegate):
+    """Draws an agent's state in colour and bold when it is not running normally."""
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        super().initStyleOption(option, index)
+        colour = STATE_COLOURS.get(str(index.data() or ""))
+        if colour is not None:
+            option.palette.setColor(QPalette.ColorRole.Text, QColor(colour))
+            option.palette.setColor(QPalette.ColorRole.HighlightedText, QColor(colour))
+            option.font.setBold(True)
+
+
 class AgentsView(QWidget):
     """The agents (name, state, worker, handled, ...), sortable by any column, filterable."""
 
@@ -59,6 +77,8 @@ class AgentsView(QWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         for column, width in ((0, 110), (1, 70), (2, 55), (3, 75), (4, 65), (5, 75), (6, 70)):
             header.resizeSection(column, width)
+        self.state_delegate = StateDelegate(self.table)
+        self.table.setItemDelegateForColumn(AgentsTableModel.STATE, self.state_delegate)
         top = QHBoxLayout()
         top.addWidget(self.filter_edit, 1)
         top.addWidget(self.count_label)

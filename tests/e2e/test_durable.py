@@ -246,7 +246,10 @@ def test_resume_after_sigkill_at_random_ticks_gives_the_undisturbed_hash(
         )
         assert code == -signal.SIGKILL and seen >= at
         show = cli_json(qhybrid_cmd, env, "show", "last")
-        assert show["status"] == "running"  # nobody could say otherwise: it was killed
+        # The row still says running (nobody recorded the end), but its process is gone.
+        assert show["status"] == "interrupted" and "is gone" in show["reason"]
+        listed = cli_json(qhybrid_cmd, env, "runs")["runs"]
+        assert [r["status"] for r in listed if r["run_id"] == show["run_id"]] == ["interrupted"]
         resumed = cli_json(qhybrid_cmd, env, "resume", "last")
         assert resumed["run_id"] == show["run_id"]
         assert resumed["resumed_from"] <= seen
@@ -273,6 +276,75 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(
     resumed = cli_json(qhybrid_cmd, env, "resume", show["run_id"])
     plain = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--no-store")
     assert resumed["trace_hash"] == plain["trace_hash"]
+
+
+class _Evil:
+    """A pickle that would run a shell command when loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_hostile_checkpoint_is_refused_and_runs_nothing(
+    qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    import pickle
+
+    scenario = relays(tmp_path)
+    run = cli_json(
+        qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--checkpoint-every", "50"
+    )
+    store, marker = Path(env["QHYBRID_STORE"]), tmp_path / "pwned"
+    evil = pickle.dumps({"version": 1, "x": _Evil(marker)})
+    conn = sqlite3.connect(store)
+    tick, good = conn.execute(
+        "SELECT tick, state FROM checkpoints WHERE run_id = ? ORDER BY tick DESC LIMIT 1",
+        (run["run_id"],),
+    ).fetchone()
+    with conn:
+        conn.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", (run["run_id"],))
+        conn.execute("UPDATE checkpoints SET state = ? WHERE tick = ?", (evil, tick))
+    for args in (("resume", "last"), ("fork", "last", "--at", str(tick))):
+        proc = cli(qhybrid_cmd, env, *args)
+        assert proc.returncode == 2, proc.stderr
+        assert f"checkpoint at tick {tick}" in proc.stderr and "pickle" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    # The state is good again, but an agent's snapshot blob is the hostile pickle.
+    snap = json.loads(good[len(b"QHCK2\n") :])
+    state = dict(snap["d"])  # (the codec's JSON: a dict is {"d": pairs}, a tuple {"t": [...]})
+    key = next(a["t"][4] for a in state["agents"] if a["t"][4] is not None)
+    with conn:
+        conn.execute("UPDATE checkpoints SET state = ? WHERE tick = ?", (good, tick))
+        conn.execute("UPDATE blobs SET data = ? WHERE digest = ?", (evil, key))
+    conn.close()
+    proc = cli(qhybrid_cmd, env, "resume", "last")
+    assert proc.returncode == 2 and "snapshot is refused" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_run_whose_process_is_alive(
+    qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    from qhybrid.runtime.store import RunStore
+
+    text = relays(tmp_path).read_text(encoding="utf-8")
+    with RunStore(Path(env["QHYBRID_STORE"])) as store:  # owned by this (live) process
+        run_id = store.new_run(
+            scenario_name="relays",
+            scenario_path=str(tmp_path / "relays.toml"),
+            scenario_text=text,
+            seed=7,
+            config={"workers": 2},
+            version="test",
+        )
+    proc = cli(qhybrid_cmd, env, "resume", run_id)
+    assert proc.returncode == 2 and "still running" in proc.stderr
+    assert f"pid {os.getpid()}" in proc.stderr and "Traceback" not in proc.stderr
+    assert cli_json(qhybrid_cmd, env, "show", run_id)["status"] == "running"
 
 
 # -- replay ---------------------------------------------------------------------------------------
@@ -317,6 +389,28 @@ def test_replay_with_another_module_stops_at_the_first_divergence(
     assert div["expected"].startswith("('ok', 1,")
     bad = cli(qhybrid_cmd, env, "replay", run["run_id"], "--module", "nobody=x.wasm")
     assert bad.returncode == 2 and "no agent group 'nobody'" in bad.stderr
+
+
+def test_replay_takes_cpu_task_results_from_the_store(
+    qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    run = cli_json(qhybrid_cmd, env, "--headless", "--device", "cpu", str(relays(tmp_path)))
+    replay = cli_json(qhybrid_cmd, env, "replay", run["run_id"])
+    assert replay["identical"] is True and replay["trace_hash"] == run["trace_hash"]
+    assert replay["cpu_tasks_from_store"] == 1 and replay["gpu_jobs_from_store"] == 1
+    # Taken from the store, not computed again: a changed recorded output shows in the replay.
+    conn = sqlite3.connect(Path(env["QHYBRID_STORE"]))
+    tick, digest = conn.execute(
+        "SELECT tick, digest FROM jobs WHERE run_id = ? AND name = 'act'", (run["run_id"],)
+    ).fetchone()
+    (data,) = conn.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
+    with conn:
+        conn.execute("UPDATE blobs SET data = ? WHERE digest = ?", (bytes(len(data)), digest))
+    conn.close()
+    changed = cli_json(qhybrid_cmd, env, "replay", run["run_id"], code=1)
+    assert changed["cpu_tasks_from_store"] == 1
+    div = changed["identical"]
+    assert div["tick"] == tick and div["expected"].startswith("('task', ")
 
 
 # -- fork and diff --------------------------------------------------------------------------------
@@ -504,6 +598,93 @@ def test_memory_survives_resume_and_a_namespace_keeps_it_across_runs(
     )
     conn.close()
     assert rows[b"runs"] == b"2" and rows[b"notes"] == b"4"
+
+
+KEEPER_WAT = """
+(module
+  (import "qhybrid" "send" (func $send (param i32 i32 i32 i32) (result i32)))
+  (import "qhybrid" "self_id" (func $self_id (result i32)))
+  (import "qhybrid" "mem_get" (func $mem_get (param i32 i32 i32 i32) (result i32)))
+  (import "qhybrid" "mem_put" (func $mem_put (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "k")
+  (func (export "qh_abi_version") (result i32) (i32.const 1))
+  (func (export "qh_alloc") (param $size i32) (result i32) (i32.const 1024))
+  ;; kind 1: remember the payload as "k"; kind 3: trap; kind 2: send "k"'s value to itself.
+  (func (export "qh_on_message")
+    (param $from i32) (param $kind i32) (param $ptr i32) (param $len i32) (result i32)
+    (local $n i32)
+    (if (i32.eq (local.get $kind) (i32.const 1))
+      (then (return (call $mem_put (i32.const 0) (i32.const 1) (local.get $ptr) (local.get $len)))))
+    (if (i32.eq (local.get $kind) (i32.const 3)) (then unreachable))
+    (if (i32.eq (local.get $kind) (i32.const 2))
+      (then
+        (local.set $n (call $mem_get (i32.const 0) (i32.const 1) (i32.const 512) (i32.const 256)))
+        (if (i32.lt_s (local.get $n) (i32.const 0)) (then (local.set $n (i32.const 0))))
+        (return (call $send (call $self_id) (i32.const 4) (i32.const 512) (local.get $n)))))
+    (i32.const 0))
+)
+"""
+
+KEEPER = """
+name = "keeper"
+[memory]
+namespace = "e2e-keeper"
+[[agents]]
+name = "keeper"
+module = "@DIR@/keeper.wat"
+on_error = "restart"
+[[agents]]
+name = "ping"
+module = "@AGENTS@/ping.wat"
+[[messages]]
+to = "ping"
+kind = 1
+payload_i64 = [80]
+[[messages]]
+to = "keeper"
+kind = 1
+payload = "v2"
+at = 20
+[[messages]]
+to = "keeper"
+kind = 3
+at = 50
+[[messages]]
+to = "keeper"
+kind = 2
+at = 60
+"""
+
+
+def test_a_restarted_agent_after_a_fork_starts_from_the_runs_starting_memory(
+    qhybrid_cmd: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    """`restart` gives an agent the memory its run started with (docs/agent-abi.md), also in
+    a run restored from a checkpoint, whose process did not read the namespace itself."""
+    from qhybrid.runtime.store import RunStore
+
+    (tmp_path / "keeper.wat").write_text(KEEPER_WAT, encoding="utf-8")
+    scenario = tmp_path / "keeper.toml"
+    text = KEEPER.replace("@DIR@", tmp_path.as_posix()).replace("@AGENTS@", AGENTS.as_posix())
+    scenario.write_text(text, encoding="utf-8")
+    with RunStore(Path(env["QHYBRID_STORE"])) as store:
+        store.save_memory("e2e-keeper", {"keeper": {b"k": b"v0"}})
+    parent = cli_json(
+        qhybrid_cmd, env, "--headless", "--device", "cpu", str(scenario), "--checkpoint-every", "10"
+    )
+    assert parent["status"] == "completed"
+    conn = sqlite3.connect(env["QHYBRID_STORE"])
+    (lines,) = conn.execute(
+        "SELECT group_concat(lines, char(10)) FROM records WHERE run_id = ?", (parent["run_id"],)
+    ).fetchone()
+    conn.close()
+    # The trap at tick 50 restarted it; at 60 it read "k" as the run started: v0, not v2.
+    assert "('agent-failed', 50," in lines and ", 0, 4, b'v0', 0)" in lines
+    # A fork at tick 30 with no changes restores the checkpoint; its restart must bring back
+    # v0 (the run's starting memory), as the parent's did, or the trace differs at tick 60.
+    same = cli_json(qhybrid_cmd, env, "fork", parent["run_id"], "--at", "30")
+    assert same["trace_hash"] == parent["trace_hash"]
 
 
 @pytest.mark.slow

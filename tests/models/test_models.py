@@ -321,7 +321,7 @@ payload_i64 = [100000000, 0]
     assert finished.args[0].status == "completed"
     assert "stopped from the window" in finished.args[0].reason
     assert states[:2] == [SessionState.STARTING, SessionState.PAUSED]
-    assert SessionState.COMPLETED in states
+    assert SessionState.STOPPED in states and SessionState.COMPLETED not in states
     # Restart runs the same scenario again from the start.
     with qtbot.waitSignal(ctrl.runtime_changed, timeout=60_000):
         ctrl.restart()

@@ -67,7 +67,7 @@ def test_a_lowered_send_quota_names_the_scenarios_figure() -> None:
 
 
 def test_a_lowered_worker_memory_total_refuses_the_instance_past_it() -> None:
-    # Four instances on one worker growing by 25 MiB each: the default 2 GiB holds them all,
+    # Four instances on one worker growing by 25 MiB each: the default total holds them all,
     # a 64 MiB total two; every later one is refused, the scenario's total named. (Small
     # figures: since linear memories have no reservations, growing copies, and 2 GiB of growth
     # takes a minute on a loaded machine.)
@@ -108,7 +108,7 @@ def test_a_raised_worker_memory_total_reaches_every_agent_load() -> None:
 
     text = f"""
 [workers]
-memory_mb = 4096
+memory_mb = 16384
 [[agents]]
 name = "a"
 module = "{AGENTS}/echo.wasm"
@@ -117,13 +117,13 @@ count = 2
 sends = 100000
 """
     scenario = parse_scenario(text, source="raised.toml")
-    assert scenario.workers.memory_mb == 4096 > DEFAULT_WORKER_MEMORY_BYTES >> 20
+    assert scenario.workers.memory_mb == 16384 > DEFAULT_WORKER_MEMORY_BYTES >> 20
     assert scenario.agents[0].quotas.sends == 100_000
     roster = Roster(scenario, 1)
     roster.create()
     spec = scenario.agents[0]
     loads = [roster._agent_load(spec, agent, (), 2, b"{}") for agent in roster.agents]
-    assert {load.worker_memory_bytes for load in loads} == {4096 << 20}
+    assert {load.worker_memory_bytes for load in loads} == {16384 << 20}
     assert {load.quotas.sends for load in loads} == {100_000}
 
 

@@ -125,3 +125,79 @@ def test_a_resume_forgets_what_came_after_its_checkpoint(tmp_path: Path) -> None
         assert store.logs(run) == []
         assert store.checkpoint_ticks(run) == [5]
         assert store.run(run)["status"] == "running"
+
+
+def test_a_run_whose_process_is_gone_reads_as_interrupted(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        mine, dead = _run(store), _run(store)
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()  # reaped: its pid names no process (or, reused, one started later)
+        with store.transaction() as conn:
+            conn.execute("UPDATE runs SET owner_pid = ? WHERE run_id = ?", (gone.pid, dead))
+        statuses = {r["run_id"]: r["status"] for r in store.runs()}
+        assert statuses == {mine: "running", dead: "interrupted"}
+        assert f"pid {gone.pid}" in store.run(dead)["reason"]
+        # A pid that is alive but started at another time is another process: gone too.
+        with store.transaction() as conn:
+            conn.execute("UPDATE runs SET owner_start = 'other' WHERE run_id = ?", (mine,))
+        assert store.run(mine)["status"] == "interrupted"
+
+
+def test_checkpoint_state_is_data_and_a_pickle_is_refused(tmp_path: Path) -> None:
+    import os
+    import pickle
+    from types import MappingProxyType
+
+    from qhybrid.runtime._scenario_specs import TaskSpec
+    from qhybrid.runtime.store import CheckpointUnavailable
+    from qhybrid.runtime.store._checkpoint import check_snapshot
+    from qhybrid.runtime.store._codec import CodecError, decode, encode
+
+    task = TaskSpec("t", "cpu", "relu", ("x",), "y", (2, 2), "<f4", MappingProxyType({"a": 1.5}))
+    state = {
+        "version": 2,
+        "queue": [(3, -1, 7, (1, 2, 3, b"\x00\xff"), None), (4, 0, 8, None, task)],
+        "job_owner": {"t": (1, 2)},
+        "memory": ({}, {"a": {b"k": b"v"}}),
+        "writers": frozenset({"a", "b"}),
+        "floats": (0.1, float("inf"), -0.0),
+    }
+    back = decode(encode(state))
+    assert back["queue"][0] == state["queue"][0] and back["queue"][1][4].params == {"a": 1.5}
+    assert back["job_owner"] == {"t": (1, 2)} and back["memory"] == state["memory"]
+    assert back["writers"] == state["writers"] and back["floats"] == state["floats"]
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    evil = pickle.dumps({"version": 1, "x": Evil()})
+    with pytest.raises(CodecError, match="pickle"):
+        decode(evil)
+    with pytest.raises(CodecError, match="class"):
+        decode(b'QHCK2\n{"c": "Popen", "v": {"d": []}}')
+    with pytest.raises(CheckpointUnavailable, match=r"names (posix|nt)\.system"):
+        check_snapshot(evil)
+    check_snapshot(pickle.dumps(("host", (1, 2, (), 0, 0, ()), ((3, [(0, b"ab")]), {"g": 1}))))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_format_2_store_gains_process_owners(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    with RunStore(path) as store:
+        run = _run(store)
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "ALTER TABLE runs DROP COLUMN owner_pid; ALTER TABLE runs DROP COLUMN owner_host;"
+        "ALTER TABLE runs DROP COLUMN owner_start; PRAGMA user_version = 2;"
+    )
+    conn.close()
+    with RunStore(path, readonly=True) as store:  # a reader brings it up to date too
+        row = store.run(run)
+        assert row["status"] == "running" and row["owner_pid"] is None
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    conn.close()

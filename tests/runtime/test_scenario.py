@@ -31,6 +31,7 @@ from qhybrid.runtime._scenario import (
     StopSpec,
     TaskSpec,
     TensorSpec,
+    ToolSpec,
     load_scenario,
     parse_scenario,
 )
@@ -420,8 +421,8 @@ def test_unknown_fields_everywhere(
         ),
         (
             "config = { hops = 5,",
-            "config = { hops = { a = 1 },",
-            "agents[0].config.hops",
+            "config = { hops = [{ a = 1 }],",
+            "agents[0].config.hops[0]",
             "got a table",
         ),
     ],
@@ -453,7 +454,7 @@ def test_missing_module_file_gives_the_resolved_path(scenario_dir: Path) -> None
 
 def test_module_suffix_and_directory(scenario_dir: Path) -> None:
     error = load_error(scenario_dir, replaced("../agents/relay.wat", "../agents/relay.txt"))
-    assert "expected a .wasm or .wat file" in str(error)
+    assert "expected a .wasm, .wat or .py file" in str(error)
     (scenario_dir / "dir.wasm").mkdir()
     error = load_error(scenario_dir, replaced("../agents/relay.wat", "dir.wasm"))
     assert "not a file" in str(error)
@@ -1343,6 +1344,7 @@ def test_every_key_of_every_table_reaches_its_spec() -> None:
         models.MessageTable: (MessageSpec, {"payload_i64", "payload_hex"}),
         models.TensorTable: (TensorSpec, set()),
         models.TaskTable: (TaskSpec, set()),
+        models.ToolTable: (ToolSpec, set()),
     }
     # Tables that are their own spec (frozen models): every key reaches the runtime as is.
     own_specs = {models.QuotasTable, models.WorkersTable}

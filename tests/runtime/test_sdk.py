@@ -28,7 +28,9 @@ import pytest
 import wasmtime
 
 from qhybrid.runtime.wasm_pool._abi import (
+    ABI_VERSION,
     HOST_FUNCTIONS,
+    KIND_ENVELOPE,
     KIND_GPU_DONE,
     KIND_LLM_DONE,
     KIND_TASK_DONE,
@@ -40,8 +42,21 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "sdk" / "build.py"
 SAMPLES = ROOT / "resources" / "agents"
 TEST_AGENTS = ROOT / "tests" / "agents"
-SAMPLE_NAMES = ("ask", "counter", "echo", "hop", "notes", "planner", "prep", "worker")
-TEST_AGENT_NAMES = ("bad_pointer", "fs_probe", "hog")
+SAMPLE_NAMES = (
+    "ask",
+    "counter",
+    "crew",
+    "echo",
+    "hop",
+    "manager",
+    "notes",
+    "planner",
+    "prep",
+    "worker",
+)
+RUST_SAMPLES = ("rs_chat", "rs_echo", "rs_worker")
+AS_SAMPLES = ("as_chat", "as_echo", "as_worker")
+TEST_AGENT_NAMES = ("bad_pointer", "fs_probe", "hog", "v2_probe")
 
 # The runtime's own tables are the single source of truth the header must match.
 ABI_IMPORTS = HOST_FUNCTIONS
@@ -88,17 +103,21 @@ def test_agents(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_shipped_modules_match_their_sources() -> None:
-    """The CI staleness check: every shipped .wasm is what its .c builds to, today."""
+    """The CI staleness check: every shipped .wasm is what its .c, .rs or .ts builds to, today
+    (with Debian's clang and rustc, and the pinned AssemblyScript compiler)."""
     out = _ok(run_build("--check"))
-    assert "match their sources" in out
+    assert f"{len(SAMPLE_NAMES) + len(RUST_SAMPLES) + len(AS_SAMPLES)} agent modules" in out
     assert sorted(p.stem for p in SAMPLES.glob("*.c")) == sorted(SAMPLE_NAMES)
+    assert sorted(p.stem for p in SAMPLES.glob("*.rs")) == sorted(RUST_SAMPLES)
+    assert sorted(p.stem for p in SAMPLES.glob("*.ts")) == sorted(AS_SAMPLES)
 
 
 def test_check_reports_stale_missing_and_orphaned_modules(tmp_path: Path) -> None:
     agents = tmp_path / "agents"
     agents.mkdir()
-    for path in [*SAMPLES.glob("*.c"), *SAMPLES.glob("*.wasm")]:
+    for path in SAMPLES.glob("*.c"):
         shutil.copy(path, agents / path.name)
+        shutil.copy(path.with_suffix(".wasm"), agents / f"{path.stem}.wasm")
     counter = agents / "counter.c"
     source = counter.read_text(encoding="utf-8")
     assert "KIND_VALUE = 3" in source
@@ -106,7 +125,7 @@ def test_check_reports_stale_missing_and_orphaned_modules(tmp_path: Path) -> Non
     (agents / "worker.wasm").unlink()
     (agents / "stray.wasm").write_bytes(b"\0asm\1\0\0\0")
 
-    proc = run_build("--check", "--agents-dir", agents)
+    proc = run_build("--check", "--lang", "c", "--agents-dir", agents)
 
     assert proc.returncode == 1, proc.stdout + proc.stderr
     problems = [line.strip() for line in proc.stderr.splitlines() if line.startswith("  ")]
@@ -124,8 +143,8 @@ def test_check_reports_stale_missing_and_orphaned_modules(tmp_path: Path) -> Non
 
 def test_build_is_reproducible(tmp_path: Path) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
-    _ok(run_build("--out", first))
-    _ok(run_build("--out", second))
+    _ok(run_build("--lang", "c", "--out", first))
+    _ok(run_build("--lang", "c", "--out", second))
     for name in SAMPLE_NAMES:
         assert (first / f"{name}.wasm").read_bytes() == (second / f"{name}.wasm").read_bytes()
         assert str(ROOT).encode() not in (first / f"{name}.wasm").read_bytes()
@@ -210,20 +229,12 @@ def test_test_agents_build_and_have_the_abi(engine: wasmtime.Engine, test_agents
 def test_every_abi_import_is_declared_with_its_signature(
     engine: wasmtime.Engine, tmp_path: Path
 ) -> None:
-    """An agent that calls every host function of qhybrid.h imports exactly the ABI's list."""
-    calls = """
-        int32_t h = qh_tensor_open("x", 1); qh_tensor_info_t info; int32_t shape[1] = {4};
-        uint8_t b[8];
-        qh_send(0, 1, b, 8); qh_log(20, "x", 1); (void)qh_random_u64(); (void)qh_now();
-        (void)qh_self_id(); (void)qh_agent_count(); (void)qh_peer_count(); (void)qh_peer(0);
-        (void)qh_lookup("x", 1); qh_snapshot_put(b, 8); (void)qh_tensor_info(h, &info);
-        (void)qh_tensor_read(h, 0, b, 8); (void)qh_tensor_write(h, 0, b, 8);
-        (void)qh_tensor_create("y", 1, QH_DTYPE_F32, 1, shape);
-        (void)qh_gpu_submit("relu", 4, &h, 1, "z", 1, 1.5f);
-        (void)qh_llm_complete("hi", 2, 8, 0);
-        (void)qh_mem_get("k", 1, b, 8); (void)qh_mem_put("k", 1, b, 8);
-        (void)qh_mem_delete("k", 1); (void)qh_mem_list("", 0, b, 8);
-    """
+    """An agent that calls every host function of qhybrid.h imports exactly the ABI's list,
+    with the ABI's signatures (the header's C types map to the right WebAssembly types)."""
+    calls = "\n".join(
+        f"(void)qh_{name}({', '.join('0' for _ in params)});"
+        for name, (params, _results) in ABI_IMPORTS.items()
+    )
     source = (
         '#define QH_IMPLEMENTATION\n#include "qhybrid.h"\n'
         "int32_t qh_on_message(int32_t from, int32_t kind, const uint8_t *p, size_t len) {\n"
@@ -302,7 +313,7 @@ class FakeAgent:
         init = self.exports.get("_initialize")
         if init is not None:
             init(self.store)
-        assert self.exports["qh_abi_version"](self.store) == 1
+        assert self.exports["qh_abi_version"](self.store) == ABI_VERSION
         if config is not None:
             text = config if isinstance(config, str) else json.dumps(config, sort_keys=True)
             self.init_result = self._call_with_bytes("qh_init", text.encode())
@@ -695,3 +706,60 @@ def test_hog_printf_goes_to_stdout(
     assert on_message(store, -1, 4, 0, 0) == 0
     assert (tmp_path / "out").read_text() == "hog: hello from printf\n"
     assert (tmp_path / "err").read_text() == "hog: warning from stderr\n"
+
+
+# -- Rust and AssemblyScript samples in the real host ------------------------------------------
+
+
+def _host(name: str, memory_mb: int | None = None) -> Any:
+    from qhybrid.runtime.wasm_pool import Limits
+    from qhybrid.runtime.wasm_pool._agent import AgentHost, WorkerContext
+    from qhybrid.runtime.wasm_pool._protocol import AgentLoad
+
+    ctx = WorkerContext()
+    ctx.set_directory([name, "peer"])
+    engine = ctx.engine(None)
+    module = wasmtime.Module.from_file(engine, str(SAMPLES / f"{name}.wasm"))
+    ctx.add_module(name, bytes(module.serialize()), (SAMPLES / f"{name}.wasm").read_bytes())
+    limits = Limits(memory_bytes=memory_mb << 20 if memory_mb else None)
+    load = AgentLoad(0, name, name, (0,), 2, 5, b"{}", limits)
+    return ctx, AgentHost(ctx, load)
+
+
+@pytest.mark.parametrize("name", ["as_echo", "rs_echo"])
+def test_echo_samples_do_not_run_out_of_memory_on_a_long_run(name: str) -> None:
+    """The AssemblyScript runtime collects garbage (the stub runtime would grow until the
+    limit); Rust frees as it goes."""
+    ctx, echo = _host(name, memory_mb=2)
+    try:
+        payload = bytes(range(256)) * 16
+        for i in range(3000):
+            outcome = echo.deliver(i, 1, 7, payload)
+            assert outcome.ok, (i, outcome.error)
+            assert outcome.sent == ((1, 7, payload),)
+        # Their agent-defined snapshot holds the count, and restores it.
+        state = echo.snapshot()
+        ctx2, fresh = _host(name)
+        fresh.restore(state)
+        assert fresh.deliver(0, 1, 7, b"x").ok
+        ctx2.close()
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("rs_worker", "rs_worker: a job is"), ("as_worker", "as_worker: a job is")],
+)
+def test_worker_samples_reply_and_fail_with_their_own_text(name: str, text: str) -> None:
+    ctx, worker = _host(name)
+    try:
+        ok = worker.deliver(1, 1, 10, b'{"n": 26}')
+        assert ok.ok, ok.error
+        ((to, kind, wire),) = ok.sent
+        assert (to, kind) == (1, KIND_ENVELOPE)  # a reply: enveloped, with its correlation id
+        assert wire.endswith(b'{"n":26,"steps":111}')
+        bad = worker.deliver(2, 1, 10, b'{"n": -3}')
+        assert not bad.ok and bad.error is not None and bad.error.startswith(text)
+    finally:
+        ctx.close()

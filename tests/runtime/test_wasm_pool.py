@@ -314,11 +314,13 @@ _VALID_EXPORTS = """
             f"""(module
               (import "qhybrid" "open_file" (func (param i32 i32) (result i32)))
               {_VALID_EXPORTS})""",
-            "imports unknown host function qhybrid.open_file (ABI has: agent_count, "
-            "gpu_submit, llm_complete, log, lookup, mem_delete, mem_get, mem_list, mem_put, "
-            "now, peer, peer_count, random_u64, "
-            "self_id, send, snapshot_put, tensor_create, tensor_info, tensor_open, "
-            "tensor_read, tensor_write)",
+            "imports unknown host function qhybrid.open_file (ABI has: agent_count, ask, "
+            "config_get, gpu_submit, group_member, group_send, group_size, llm_cancel, "
+            "llm_chat, llm_complete, log, lookup, mem_delete, mem_get, mem_list, mem_put, "
+            "msg_corr, msg_reply_to, msg_timer, new_corr, now, peer, peer_count, publish, "
+            "random_u64, reply, self_id, send, send_env, set_error, snapshot_put, stop_self, "
+            "subscribe, tensor_create, tensor_info, tensor_open, tensor_read, tensor_write, "
+            "timer_after, timer_cancel, timer_every, tool_call, unsubscribe)",
             id="unknown-host-function",
         ),
         pytest.param(
@@ -481,10 +483,11 @@ def test_failing_qh_init_refuses_the_agent(tmp_path: Path) -> None:
 
 def test_wrong_abi_version_refuses_the_agent(tmp_path: Path) -> None:
     with pytest.raises(AgentModuleError) as err:
-        host(tmp_path, agent_wat(version=2), load(0, "future", name="future-0"))
+        host(tmp_path, agent_wat(version=3), load(0, "future", name="future-0"))
     assert str(err.value) == (
-        f"future-0: module speaks agent ABI version 2, this runtime speaks {ABI_VERSION}"
+        "future-0: module speaks agent ABI version 3, this runtime speaks 1, 2"
     )
+    assert ABI_VERSION == 2
 
 
 @pytest.mark.parametrize(
@@ -570,7 +573,7 @@ def test_frames_round_trip_and_a_truncated_stream_is_reported() -> None:
 
 
 def test_worker_loop_answers_each_request_and_survives_errors(tmp_path: Path) -> None:
-    future = compile_text(tmp_path, "future", agent_wat(version=2))
+    future = compile_text(tmp_path, "future", agent_wat(version=3))
     echo = compile_text(tmp_path, "echo", ECHO)
     requests = [
         Request("directory", (("echo-0",),)),
@@ -594,7 +597,7 @@ def test_worker_loop_answers_each_request_and_survives_errors(tmp_path: Path) ->
     assert replies[0][0] == "ready"
     assert replies[1:4] == [("ok", None)] * 3
     assert replies[4][0] == "module-error"
-    assert "ABI version 2" in replies[4][1]
+    assert "ABI version 3" in replies[4][1]
     assert replies[5] == ("error", "KeyError: 'missing'")
     assert replies[6] == ("error", "ValueError: unknown request 'frobnicate'")
     assert replies[7] == ("ok", None)
@@ -820,7 +823,7 @@ def test_faulting_agents_fail_alone_and_their_worker_goes_on(tmp_path: Path) -> 
 
 
 def test_loading_an_agent_of_another_abi_version_fails_cleanly(tmp_path: Path) -> None:
-    future = compile_text(tmp_path, "future", agent_wat(version=2))
+    future = compile_text(tmp_path, "future", agent_wat(version=3))
     echo = compile_text(tmp_path, "echo", ECHO)
 
     async def body(pool: WorkerPool) -> tuple[str, str, BatchReply]:
@@ -838,8 +841,8 @@ def test_loading_an_agent_of_another_abi_version_fails_cleanly(tmp_path: Path) -
         return str(version_err.value), str(key_err.value), reply
 
     version_msg, key_msg, reply = with_pool(body)
-    assert "module speaks agent ABI version 2" in version_msg
-    assert f"this runtime speaks {ABI_VERSION}" in version_msg
+    assert "module speaks agent ABI version 3" in version_msg
+    assert "this runtime speaks 1, 2" in version_msg
     assert key_msg.startswith("worker 1: KeyError")
     assert reply.outcomes[0].ok
     assert reply.outcomes[0].sent == ((0, 2, b"ok?"),)

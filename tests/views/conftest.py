@@ -25,3 +25,11 @@ def isolated_settings(tmp_path: Path) -> Path:
     QCoreApplication.setOrganizationName("qhybrid-tests")
     QCoreApplication.setApplicationName("qhybrid-tests")
     return settings_dir
+
+
+@pytest.fixture(autouse=True)
+def isolated_run_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The window's Runs panel reads a store of the test's own, never the user's."""
+    path = tmp_path / "runs.sqlite"
+    monkeypatch.setenv("QHYBRID_STORE", str(path))
+    return path

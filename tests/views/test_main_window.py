@@ -45,7 +45,9 @@ def _menu_actions(main_window: MainWindow, title: str) -> dict[str, Any]:
 def test_window_shows_charts_agents_log_and_chat(window: MainWindow) -> None:
     assert window.isVisible()
     assert window.windowTitle() == "qhybrid"
-    assert window.centralWidget() is window.charts
+    assert window.centralWidget() is window.central_tabs
+    assert window.central_tabs.widget(0) is window.charts
+    assert window.central_tabs.tabText(1) == "Recorded runs"
     for dock in (window.agents_dock, window.log_dock, window.chat_dock):
         assert dock.isVisible()
     assert set(window.charts.plots) >= {

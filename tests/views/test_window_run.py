@@ -113,7 +113,8 @@ def test_pause_step_resume_stop_restart_from_the_toolbar(
     _wait_state(qtbot, window, SessionState.RUNNING)
     with qtbot.waitSignal(window.controller.run_finished, timeout=60_000):
         window.stop_action.trigger()
-    _wait_state(qtbot, window, SessionState.COMPLETED)
+    _wait_state(qtbot, window, SessionState.STOPPED)
+    assert "Stopped" in window.state_label.text()
 
 
 def test_closing_mid_run_stops_everything(qtbot: QtBot, tmp_path: Path) -> None:

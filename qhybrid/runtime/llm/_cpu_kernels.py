@@ -33,6 +33,7 @@ from llvmlite import ir  # type: ignore[import-untyped]
 from numba import types
 from numba.extending import intrinsic
 
+from qhybrid.runtime.llm._cpu_act import Act, quantize_act
 from qhybrid.runtime.wgpu_thread._quants import IQ4_KVALUES
 
 F32 = npt.NDArray[np.float32]
@@ -801,29 +802,41 @@ def dequantize_rows(raw: U8, qtype: str, cols: int, out: F32 | None = None) -> F
     return out
 
 
-def matvec(x: F32, raw: U8, qtype: str, out: F32, col0: int = 0, *, exact: bool = True) -> None:
+def matvec(
+    x: F32,
+    raw: U8,
+    qtype: str,
+    out: F32,
+    col0: int = 0,
+    *,
+    exact: bool = True,
+    act: Act | None = None,
+) -> None:
     """``out[:, col0 : col0 + rows] = x @ W.T`` for ``W`` the rows of GGUF blocks ``raw``
     (``uint8[rows, row_bytes]``, e.g. a view of the mapped file) and ``x[M, K]`` float32.
 
     Quantized formats: the weights are decoded in registers, one pass over them per row of
     ``x`` (meant for decode, a few rows). Float formats: BLAS on the rows. ``exact`` False:
-    Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and Q4_K weights multiply int8-quantized activations in int32, as
-    llama.cpp does (about twice as fast; the product then differs from the float32 one by the
-    activations' rounding, ~1e-2 relative).
+    Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K weights multiply int8-quantized
+    activations in int32, as llama.cpp does (about twice as fast; the product then differs
+    from the float32 one by the activations' rounding, ~1e-2 relative). ``act``: ``x``
+    already quantized (:func:`._cpu_act.quantize_act`, shared by products of one input).
     """
     if qtype not in KERNELS:
         rows = _float_rows(raw, qtype, x.shape[1])
         np.matmul(x, rows.T, out=out[:, col0 : col0 + rows.shape[0]])
         return
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if not exact and qtype == "q8_0":
-        xq, xd = quantize_q8(x)
-        _mv_q8_0_i8(raw, raw.view(np.int8), xq, xd, out, col0)
+    if not exact and (qtype == "q8_0" or qtype in _Q45):
+        a = act if act is not None else quantize_act(x)
+        if qtype == "q8_0":
+            _mv_q8_0_i8(raw, raw.view(np.int8), a.q, a.d, out, col0)
+        else:
+            _Q45[qtype](raw, a.q, a.d, a.qsum, a.xsum, out, col0)
         return
-    if not exact and qtype in _Q45:
-        xq, xd = quantize_q8(x)
-        xqs = xq.reshape(xq.shape[0], -1, 32).sum(axis=2, dtype=np.int64)
-        xsum = x.reshape(x.shape[0], -1, 32).sum(axis=2, dtype=np.float32)
-        _Q45[qtype](raw, xq, xd, xqs, xsum, out, col0)
+    if not exact and qtype in ("q5_k", "q6_k"):
+        from qhybrid.runtime.llm._cpu_kq import matvec_k_i8  # (it imports this module)
+
+        matvec_k_i8(raw, qtype, act if act is not None else quantize_act(x), out, col0)
         return
     KERNELS[qtype][0](raw, raw.view(np.int8), x, out, col0)

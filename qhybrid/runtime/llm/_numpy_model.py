@@ -26,6 +26,7 @@ import numpy.typing as npt
 from threadpoolctl import ThreadpoolController
 
 from qhybrid.runtime.llm import _cpu_kernels as cpu
+from qhybrid.runtime.llm._cpu_act import Act, quantize_act
 from qhybrid.runtime.llm._gguf import ModelConfig, ModelFile, TensorData
 from qhybrid.runtime.llm._runner import SeqInput, check_items
 from qhybrid.runtime.wgpu_thread import _reference as ref
@@ -85,8 +86,16 @@ class _Weights:
         self.used += size
         return dense
 
-    def linear(self, x: F32, t: TensorData) -> F32:
-        """``x @ W.T`` on the GGUF blocks (the kernels' ``linear``)."""
+    def activations(self, x: F32) -> Act | None:
+        """``x`` quantized once for the decode products that share it (q, k, v; gate, up),
+        or None where the products take float32 (``exact``, or a prefill)."""
+        if self.exact or x.shape[0] > self.MATVEC_MAX_ROWS or x.shape[1] % 32:
+            return None
+        return quantize_act(x)
+
+    def linear(self, x: F32, t: TensorData, act: Act | None = None) -> F32:
+        """``x @ W.T`` on the GGUF blocks (the kernels' ``linear``); ``act``: ``x`` from
+        :meth:`activations`."""
         wt = self.transposed(t)
         if wt is not None:
             kept: F32 = np.matmul(x, wt)
@@ -94,7 +103,7 @@ class _Weights:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty((x.shape[0], t.rows), dtype=np.float32)
         if x.shape[0] <= self.MATVEC_MAX_ROWS or t.qtype == "f32":
-            cpu.matvec(x, t.data, t.qtype, out, exact=self.exact)
+            cpu.matvec(x, t.data, t.qtype, out, exact=self.exact, act=act)
             return out
         step = max(1, self.TILE_BYTES // (4 * t.cols))
         if self._tile.size < step * t.cols:
@@ -379,7 +388,8 @@ class NumpyRunner:
             q_end, k_end = c.n_embd_q, c.n_embd_q + c.n_embd_kv
             return qkv[:, :q_end], qkv[:, q_end:k_end], qkv[:, k_end:]
         assert layer.wq is not None and layer.wk is not None and layer.wv is not None
-        return w.linear(h, layer.wq), w.linear(h, layer.wk), w.linear(h, layer.wv)
+        act = w.activations(h)
+        return w.linear(h, layer.wq, act), w.linear(h, layer.wk, act), w.linear(h, layer.wv, act)
 
     def _ffn(self, h: F32, layer: _Layer) -> F32:
         c = self.config
@@ -388,7 +398,8 @@ class NumpyRunner:
             gu = w.linear(h, layer.w_up)
             gate, up = gu[:, : c.n_ff], gu[:, c.n_ff :]
         else:
-            gate, up = w.linear(h, layer.w_gate), w.linear(h, layer.w_up)
+            act = w.activations(h)
+            gate, up = w.linear(h, layer.w_gate, act), w.linear(h, layer.w_up, act)
         if c.activation == "gelu":
             ff = (ref.gelu(gate) * up).astype(np.float32)
         else:

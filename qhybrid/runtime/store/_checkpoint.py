@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import pickle
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qhybrid.runtime.store._codec import CodecError, decode, encode, plain_pickle
 from qhybrid.runtime.store._store import blob_digest
 
 if TYPE_CHECKING:
     from qhybrid.runtime.store._runtime import DurableRuntime
 
-#: Bumped when the pickled layout changes; an older checkpoint is refused, not misread.
-STATE_VERSION = 1
+#: Bumped when the state's layout changes; an older checkpoint is refused, not misread.
+#: (1: a pickle, refused since because loading one can run code; 2: ``_codec``'s JSON.)
+STATE_VERSION = 2
 
 
 class CheckpointUnavailable(RuntimeError):
@@ -109,11 +110,11 @@ async def capture(rt: DurableRuntime) -> SavedState:
         "memory": (rt.memory.initial, rt.memory.everyone()),
         "llm_requests": dict(parts.llm._requests),
     }
-    return SavedState(schedule.tick, rt._trace.records, pickle.dumps(state, protocol=5), blobs)
+    return SavedState(schedule.tick, rt._trace.records, encode(state), blobs)
 
 
 def _plain(item: Any) -> tuple[Any, ...]:
-    """A queue item as plain picklable values (a task's read-only params as a dict)."""
+    """A queue item as plain values (a task's read-only params as a dict)."""
     task = item.task
     if task is not None:
         task = dataclasses.replace(task, params=dict(task.params))
@@ -128,7 +129,44 @@ def unplain(item: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def load_state(data: bytes) -> dict[str, Any]:
-    state = pickle.loads(data)
+    """A checkpoint's state, decoded without running code (see ``_codec``);
+    :class:`CheckpointUnavailable` says why one cannot be used."""
+    try:
+        state = decode(data)
+    except CodecError as exc:
+        raise CheckpointUnavailable(f"the checkpoint cannot be loaded: {exc}") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise CheckpointUnavailable("the checkpoint was written in another format")
+        raise CheckpointUnavailable(
+            "the checkpoint cannot be loaded: it was written in another format "
+            f"(state version {state.get('version') if isinstance(state, dict) else '?'}, "
+            f"this qhybrid reads {STATE_VERSION})"
+        )
     return state
+
+
+def check_snapshot(data: bytes) -> None:
+    """Refuse an agent snapshot that is not plain values (before a worker unpickles it)."""
+    try:
+        plain_pickle(data)
+    except CodecError as exc:
+        raise CheckpointUnavailable(str(exc)) from None
+
+
+def check_restorable(state: dict[str, Any], blobs: dict[str, bytes]) -> None:
+    """Everything a restore will hand on checked in this process: the snapshots are plain
+    values and the tensors' dtypes hold no Python objects; else :class:`CheckpointUnavailable`."""
+    try:
+        for agent in state["agents"]:
+            key = agent[4]
+            if key is not None:
+                check_snapshot(blobs[key])
+        for _name, _shape, dtype, key, _visible, _writers in state["tensors"]:
+            if np.dtype(dtype).hasobject:
+                raise CheckpointUnavailable(f"the checkpoint names an object dtype {dtype!r}")
+            blobs[key]
+    except CheckpointUnavailable:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise CheckpointUnavailable(
+            f"the checkpoint cannot be loaded: it is corrupt ({type(exc).__name__}: {exc})"
+        ) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 from qhybrid.runtime._seeding import derive_seed
+from qhybrid.runtime.store._codec import plain_pickle
 
 
 def fork_seed(seed: int, agent: str, tick: int) -> int:
@@ -14,6 +15,6 @@ def fork_seed(seed: int, agent: str, tick: int) -> int:
 
 def reseed_snapshot(snapshot: bytes, state: int) -> bytes:
     """An agent snapshot (see ``AgentHost.snapshot``) with its random stream set to ``state``."""
-    how, host, body = pickle.loads(snapshot)
+    how, host, body = plain_pickle(snapshot)  # never a plain pickle.loads: see _codec
     host = (state, *tuple(host)[1:])
     return pickle.dumps((how, host, body))

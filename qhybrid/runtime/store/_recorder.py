@@ -46,7 +46,16 @@ HAND_OVER_S = 0.05
 
 
 def params_json(params: GenerationParams) -> str:
-    return json.dumps(dataclasses.asdict(params), sort_keys=True)
+    # Field by field: a grammar (an ABI v2 chat request's JSON Schema, bound to the model's
+    # tokens) is no JSON and large; its schema is kept instead (a resume mid-answer rebuilds
+    # such a request without it, see _llm_state._params).
+    data = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    data["sampling"] = dataclasses.asdict(params.sampling)
+    grammar = data.get("grammar")
+    if grammar is not None:
+        data["grammar"] = None
+        data["json_schema"] = getattr(getattr(grammar, "grammar", None), "schema", None)
+    return json.dumps(data, sort_keys=True)
 
 
 def result_json(update: RequestUpdate) -> str | None:

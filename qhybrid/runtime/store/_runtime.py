@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -24,12 +25,13 @@ import numpy as np
 
 from qhybrid.runtime._orchestrator import Runtime, RuntimeConfig
 from qhybrid.runtime._schedule import Item
-from qhybrid.runtime.store._checkpoint import load_state, unplain
+from qhybrid.runtime.store._checkpoint import check_restorable, load_state, unplain
 from qhybrid.runtime.tensors import TensorHandle
-from qhybrid.runtime.wasm_pool import TensorEntry
+from qhybrid.runtime.wasm_pool import BatchReply, TaskOutcome, TaskRun, TensorEntry
 from qhybrid.runtime.wgpu_thread import GpuJobResult
 
 if TYPE_CHECKING:
+    from qhybrid.runtime._dispatch import TickPlan
     from qhybrid.runtime._scenario import Scenario, TaskSpec
     from qhybrid.runtime._trace import Field
     from qhybrid.runtime.store._llm_state import RecordedRequest
@@ -123,6 +125,7 @@ class DurableRuntime(Runtime):
         check: TraceCheck | None = None,
         stop_at: int | None = None,
         gpu_results: dict[tuple[int, str], tuple[bytes, str]] | None = None,
+        cpu_results: dict[tuple[int, str], bytes] | None = None,
     ) -> None:
         super().__init__(scenario, config)
         self.recorder = recorder
@@ -150,6 +153,11 @@ class DurableRuntime(Runtime):
         self.gpu_jobs_replayed = 0
         self._gpu_outputs: list[tuple[str, TensorHandle]] = []
         self._wrap_gpu()
+        #: A replay's CPU task results: (tick, task) -> output bytes.
+        self.cpu_results = cpu_results
+        self.cpu_tasks_replayed = 0
+        self._cpu_names: dict[int, str] = {}
+        self._wrap_cpu()
         if llm is not None:
             setattr(self._parts.llm, "open", self._open_recorded)  # noqa: B010
         if recorder is not None:
@@ -189,11 +197,7 @@ class DurableRuntime(Runtime):
             found = self.gpu_results.get((self.tick, task.name)) if self.gpu_results else None
             if found is not None:
                 data, placement = found
-                tensor = self.tensors.open(out)
-                try:
-                    tensor.array.reshape(-1).view(np.uint8)[...] = np.frombuffer(data, np.uint8)
-                finally:
-                    tensor.close()
+                self._fill(out, data)
                 done: concurrent.futures.Future[GpuJobResult] = concurrent.futures.Future()
                 done.set_result(GpuJobResult(-1, task.op, placement, 0.0))  # type: ignore[arg-type]
                 self.gpu_jobs_replayed += 1
@@ -203,6 +207,65 @@ class DurableRuntime(Runtime):
             return submit(task, inputs, out)
 
         setattr(gpu, "submit", wrapped)  # noqa: B010 (this bridge's own method)
+
+    def _fill(self, out: TensorHandle, data: bytes) -> None:
+        tensor = self.tensors.open(out)
+        try:
+            tensor.array.reshape(-1).view(np.uint8)[...] = np.frombuffer(data, np.uint8)
+        finally:
+            tensor.close()
+
+    def _wrap_cpu(self) -> None:
+        """CPU tasks: a recording keeps each output, like a GPU job's; a replay writes the
+        recorded output instead of sending the task to a worker (the worker's batch then
+        carries only the deliveries, and the task's outcome is made here, in its place)."""
+        dispatch = self._parts.dispatch
+        plan_tick, run_batch = dispatch.plan, dispatch.run_batch
+
+        def plan(tick: int, due: list[Item]) -> TickPlan:
+            made = plan_tick(tick, due)
+            names = self._cpu_names
+            names.clear()
+            for runs in made.cpu_runs:
+                for run in runs:
+                    task = due[run.task_id].task
+                    assert task is not None
+                    names[run.task_id] = task.name
+                    if self.recorder is not None and not self.cpu_results:
+                        self._gpu_outputs.append((task.name, run.output))
+            return made
+
+        async def batch(
+            worker: int,
+            tick: int,
+            deliveries: list[tuple[int, int, int, bytes]],
+            runs: list[TaskRun],
+        ) -> BatchReply:
+            found = self.cpu_results
+            if not found or not runs:
+                return await run_batch(worker, tick, deliveries, runs)
+            live: list[TaskRun] = []
+            done: dict[int, TaskOutcome] = {}
+            for i, run in enumerate(runs):
+                data = found.get((tick, self._cpu_names.get(run.task_id, "")))
+                if data is None or len(data) != run.output.nbytes:
+                    live.append(run)
+                    continue
+                self._fill(run.output, data)
+                done[i] = TaskOutcome(True, None, 0)
+                self.cpu_tasks_replayed += 1
+            if not done:
+                return await run_batch(worker, tick, deliveries, runs)
+            if deliveries or live:
+                reply = await run_batch(worker, tick, deliveries, live)
+            else:
+                reply = BatchReply((), (), 0)
+            ran = iter(reply.tasks)
+            tasks = tuple(done[i] if i in done else next(ran) for i in range(len(runs)))
+            return BatchReply(reply.outcomes, tasks, reply.busy_ns)
+
+        setattr(dispatch, "plan", plan)  # noqa: B010 (this dispatcher's own methods)
+        setattr(dispatch, "run_batch", batch)  # noqa: B010
 
     def _keep_gpu_outputs(self) -> None:
         outputs, self._gpu_outputs = self._gpu_outputs, []
@@ -263,6 +326,7 @@ class DurableRuntime(Runtime):
 
         st, point = self._restore_state, self._restore_point
         assert st is not None and point is not None
+        check_restorable(st, point.blobs)  # nothing but values reaches a worker
         parts = self._parts
         # Tensors: the checkpoint's contents, under the same names and visibility.
         named = parts.named
@@ -277,6 +341,10 @@ class DurableRuntime(Runtime):
             named.by_name[name] = tensor
             entries.append(TensorEntry(name, tensor.handle, visible, writers))
         self.pool.add_tensors(entries)
+        # The memory first: an agent's load carries the memory a ``restart`` starts it from,
+        # which is the memory its run started with (docs/agent-abi.md), not what this
+        # process's start found (nothing: a restore does not read a persistent namespace).
+        self.memory.initial, self.memory.by_agent = st["memory"]
         # Agents: their states and counters, and their snapshots in fresh instances.
         by_worker: dict[int, list[tuple[Any, bytes | None, list[Any]]]] = {}
         for agent, (state, handled, error, restarts, key) in zip(
@@ -290,6 +358,8 @@ class DurableRuntime(Runtime):
             if point.reseed and agent.name in point.reseed:
                 snap = reseed_snapshot(snap, point.reseed[agent.name])
             agent.snapshot, agent.log, agent.reads = snap, [], set()
+            start = self.memory.initial.get(agent.name, {})
+            agent.load = dataclasses.replace(agent.load, memory=tuple(sorted(start.items())))
             by_worker.setdefault(agent.worker, []).append((agent.load, snap, []))
         for worker, items in by_worker.items():
             for problem in await self.pool.restore(worker, items):
@@ -316,6 +386,5 @@ class DurableRuntime(Runtime):
             parts.llm.done,
         ) = st["counters"]
         parts.gpu._job_owner = dict(st["job_owner"])
-        self.memory.initial, self.memory.by_agent = st["memory"]
         await self._rebuild_llm(st, point)
         self._trace.resume_from(point.lines)

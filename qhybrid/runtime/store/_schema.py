@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 #: The format this code writes; a store with a higher ``user_version`` is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Format 1 kept one ``records`` row per trace record (``line``); format 2 one per flush of the
 # trace (``count`` lines joined in ``lines``). Each old row becomes a row of one line.
@@ -31,6 +31,15 @@ CREATE TABLE records (
 INSERT INTO records (run_id, n, tick, count, lines)
     SELECT run_id, n, tick, 1, line FROM records_v1;
 DROP TABLE records_v1;
+"""
+
+# Format 3 names the process that owns a running run (so a dead one reads as interrupted) and
+# writes checkpoints as data (``_codec``) instead of pickles; format 2's pickled checkpoints
+# stay in the file but are refused when loaded (loading a pickle can run code).
+_MIGRATE_2_TO_3 = """
+ALTER TABLE runs ADD COLUMN owner_pid INTEGER;
+ALTER TABLE runs ADD COLUMN owner_host TEXT;
+ALTER TABLE runs ADD COLUMN owner_start TEXT;
 """
 
 #: How long a writer waits for another process's transaction before it calls the store locked
@@ -66,7 +75,10 @@ CREATE TABLE IF NOT EXISTS runs (
     last_tick INTEGER NOT NULL DEFAULT 0,
     records INTEGER NOT NULL DEFAULT 0,
     trace_hash TEXT,
-    summary TEXT
+    summary TEXT,
+    owner_pid INTEGER,
+    owner_host TEXT,
+    owner_start TEXT
 );
 CREATE TABLE IF NOT EXISTS records (
     run_id TEXT NOT NULL,
@@ -213,6 +225,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
                 columns = {r[1] for r in conn.execute("PRAGMA table_info(records)")}
                 # (A development build wrote format 2's table under version 1: no migration.)
                 migrate = _MIGRATE_1_TO_2 if version == 1 and "line" in columns else ""
+                runs = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+                if runs and "owner_pid" not in runs:
+                    migrate += _MIGRATE_2_TO_3
                 conn.executescript(
                     "BEGIN IMMEDIATE;"
                     + migrate

@@ -20,11 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qhybrid.runtime.store._owner import owner_gone, this_process
 from qhybrid.runtime.store._schema import StoreError, connect, describe
 
-#: Statuses: "running" (or a run that died: no process updates it any more), "interrupted"
-#: (Ctrl-C), "completed", "failed", "diverged" (a replay that differed).
+#: Statuses: "running", "interrupted" (Ctrl-C, or a "running" run whose process is gone, see
+#: ``_owner``), "completed", "failed", "diverged" (a replay that differed).
 RUNNING = "running"
+INTERRUPTED = "interrupted"
+
+
+def _live_status(row: dict[str, Any]) -> dict[str, Any]:
+    """A run's row with a ``running`` status that no process carries on read as interrupted."""
+    if row.get("status") == RUNNING and owner_gone(
+        row.get("owner_pid"), row.get("owner_host"), row.get("owner_start")
+    ):
+        row["status"] = INTERRUPTED
+        row["reason"] = (
+            f"its process (pid {row['owner_pid']} on {row['owner_host']}) is gone; "
+            "it was killed or crashed"
+        )
+    return row
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +151,8 @@ class RunStore:
             conn.execute(
                 "INSERT INTO runs (run_id, parent, fork_tick, kind, scenario_name, scenario_path,"
                 " scenario_text, scenario_digest, seed, config, version, status, created,"
-                " updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " updated, owner_pid, owner_host, owner_start)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run_id,
                     parent,
@@ -152,6 +168,7 @@ class RunStore:
                     RUNNING,
                     now,
                     now,
+                    *this_process(),
                 ),
             )
         return run_id
@@ -179,15 +196,16 @@ class RunStore:
     def runs(self) -> list[dict[str, Any]]:
         rows = self._query(
             "SELECT run_id, parent, fork_tick, kind, scenario_name, seed, status, reason,"
-            " created, finished, last_tick, records, trace_hash FROM runs ORDER BY created, run_id"
+            " created, finished, last_tick, records, trace_hash, owner_pid, owner_host,"
+            " owner_start FROM runs ORDER BY created, run_id"
         )
-        return [dict(r) for r in rows]
+        return [_live_status(dict(r)) for r in rows]
 
     def run(self, run_id: str) -> dict[str, Any]:
         rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             raise StoreError(f"run store {self.path}: no run {run_id!r}")
-        data = dict(rows[0])
+        data = _live_status(dict(rows[0]))
         data["config"] = json.loads(data["config"])
         data["summary"] = json.loads(data["summary"]) if data["summary"] else None
         counts = self._query(
@@ -380,8 +398,9 @@ class RunStore:
             conn.execute("DELETE FROM checkpoints WHERE run_id = ? AND tick > ?", (run_id, tick))
             conn.execute(
                 "UPDATE runs SET last_tick = ?, records = ?, status = ?, reason = NULL,"
-                " finished = NULL, trace_hash = NULL, summary = NULL WHERE run_id = ?",
-                (tick, records, RUNNING, run_id),
+                " finished = NULL, trace_hash = NULL, summary = NULL, owner_pid = ?,"
+                " owner_host = ?, owner_start = ? WHERE run_id = ?",
+                (tick, records, RUNNING, *this_process(), run_id),
             )
 
     # -- agents' long-term memory ----------------------------------------------------------------

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from qhybrid.runtime.wasm_pool._abi import (
     ABI_VERSION,
+    ABI_VERSIONS,
+    KIND_ANSWER,
+    KIND_ENVELOPE,
     KIND_GPU_DONE,
+    KIND_LLM_CHAT_DONE,
     KIND_LLM_DONE,
     KIND_TASK_DONE,
+    KIND_TOOL_DONE,
     RESERVED_KIND_BASE,
     RUNTIME_SENDER,
     AgentModuleError,
@@ -19,6 +24,8 @@ from qhybrid.runtime.wasm_pool._abi import (
     compile_module,
     make_engine,
 )
+from qhybrid.runtime.wasm_pool._agent_v2 import V2_EFFECTS
+from qhybrid.runtime.wasm_pool._agent_v2 import wrap as wrap_envelope
 from qhybrid.runtime.wasm_pool._cache import default_cache_dir, load_module
 from qhybrid.runtime.wasm_pool._pool import (
     WORKER_FLAG,
@@ -37,16 +44,23 @@ from qhybrid.runtime.wasm_pool._protocol import (
     TaskRun,
     TensorEntry,
 )
+from qhybrid.runtime.wasm_pool._python_agent import load_python_module
 from qhybrid.runtime.wasm_pool._quotas import Quotas
 from qhybrid.runtime.wasm_pool._worker import main as run_worker
 
 __all__ = [
     "ABI_VERSION",
+    "ABI_VERSIONS",
+    "KIND_ANSWER",
+    "KIND_ENVELOPE",
     "KIND_GPU_DONE",
+    "KIND_LLM_CHAT_DONE",
     "KIND_LLM_DONE",
     "KIND_TASK_DONE",
+    "KIND_TOOL_DONE",
     "RESERVED_KIND_BASE",
     "RUNTIME_SENDER",
+    "V2_EFFECTS",
     "WORKER_FLAG",
     "AgentLoad",
     "AgentModuleError",
@@ -66,7 +80,9 @@ __all__ = [
     "compile_module",
     "default_cache_dir",
     "load_module",
+    "load_python_module",
     "make_engine",
     "run_worker",
     "worker_command",
+    "wrap_envelope",
 ]

@@ -1,7 +1,8 @@
 """The agent ABI, host side: what a module must export and what it may import.
 
-``docs/agent-abi.md`` documents ABI version 1 for agent authors; this module holds the
-signatures and checks a module against them before any worker loads it.
+``docs/agent-abi.md`` documents the ABI (versions 1 and 2) for agent authors; the signatures
+come from its one description, ``abi/abi.toml`` (see :mod:`._abi_spec`), and this module
+checks a module against them before any worker loads it.
 """
 
 from __future__ import annotations
@@ -11,66 +12,58 @@ from pathlib import Path
 
 import wasmtime
 
-ABI_VERSION = 1
-HOST_MODULE = "qhybrid"
+from qhybrid.runtime.wasm_pool._abi_spec import load_spec
+
+_SPEC = load_spec()
+
+#: The newest ABI version this runtime speaks; every version in ABI_VERSIONS is accepted.
+ABI_VERSION = _SPEC.version
+ABI_VERSIONS = frozenset(_SPEC.versions)
+HOST_MODULE = _SPEC.host_module
 WASI_MODULE = "wasi_snapshot_preview1"
 
 #: Message kinds at or above this are reserved for messages the runtime sends.
-RESERVED_KIND_BASE = 0x7F000000
+RESERVED_KIND_BASE = _SPEC.constant("KIND_RESERVED_BASE")
 #: Kind of the message an agent listed in a task's ``notify`` receives when it finishes.
-KIND_TASK_DONE = RESERVED_KIND_BASE + 1
+KIND_TASK_DONE = _SPEC.kind("TASK_DONE")
 #: Kind of the message an agent gets when a GPU job it submitted is done.
-KIND_GPU_DONE = RESERVED_KIND_BASE + 2
+KIND_GPU_DONE = _SPEC.kind("GPU_DONE")
 #: Kind of the message carrying the answer to an agent's LLM request.
-KIND_LLM_DONE = RESERVED_KIND_BASE + 3
+KIND_LLM_DONE = _SPEC.kind("LLM_DONE")
+#: v2: the answer to ``llm_chat`` (JSON).
+KIND_LLM_CHAT_DONE = _SPEC.kind("LLM_CHAT_DONE")
+#: v2: the result of ``tool_call`` (JSON).
+KIND_TOOL_DONE = _SPEC.kind("TOOL_DONE")
+#: v2: a person's answer to ``ask`` (JSON).
+KIND_ANSWER = _SPEC.kind("ANSWER")
+#: v2: the wire form of an enveloped message or a timer fire; agents never see it.
+KIND_ENVELOPE = _SPEC.kind("ENVELOPE")
 #: Sender id of messages that come from the runtime rather than an agent.
-RUNTIME_SENDER = -1
+RUNTIME_SENDER = _SPEC.constant("FROM_RUNTIME")
 
-SEND_OK = 0
-SEND_UNKNOWN_AGENT = -1
-SEND_RESERVED_KIND = -2
+SEND_OK = _SPEC.constant("OK")
+SEND_UNKNOWN_AGENT = _SPEC.constant("ERR_UNKNOWN_AGENT")
+SEND_RESERVED_KIND = _SPEC.constant("ERR_RESERVED_KIND")
 
-_I32 = "i32"
-_I64 = "i64"
-_F32 = "f32"
-
-#: name -> (params, results) of every host function.
+#: name -> (params, results) of every host function (as WebAssembly value types).
 HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "send": ((_I32, _I32, _I32, _I32), (_I32,)),
-    "log": ((_I32, _I32, _I32), ()),
-    "random_u64": ((), (_I64,)),
-    "now": ((), (_I64,)),
-    "self_id": ((), (_I32,)),
-    "agent_count": ((), (_I32,)),
-    "peer_count": ((), (_I32,)),
-    "peer": ((_I32,), (_I32,)),
-    "lookup": ((_I32, _I32), (_I32,)),
-    "snapshot_put": ((_I32, _I32), ()),
-    "tensor_open": ((_I32, _I32), (_I32,)),
-    "tensor_info": ((_I32, _I32), (_I32,)),
-    "tensor_read": ((_I32, _I32, _I32, _I32), (_I32,)),
-    "tensor_write": ((_I32, _I32, _I32, _I32), (_I32,)),
-    "tensor_create": ((_I32, _I32, _I32, _I32, _I32), (_I32,)),
-    "gpu_submit": ((_I32, _I32, _I32, _I32, _I32, _I32, _F32), (_I32,)),
-    "llm_complete": ((_I32, _I32, _I32, _I32), (_I32,)),
+    f.name: f.signature for f in _SPEC.imports
 }
+#: name -> the ABI version that added the host function.
+IMPORT_SINCE: dict[str, int] = {f.name: f.since for f in _SPEC.imports}
 
-# Agents' long-term memory (#13): its own module, registered here.
+# Agents' long-term memory (#13): its own module; abi.toml describes its functions too, and
+# the two must agree (tests/runtime/test_abi.py).
 from qhybrid.runtime.wasm_pool._memory_abi import MEMORY_FUNCTIONS  # noqa: E402
 
 HOST_FUNCTIONS.update(MEMORY_FUNCTIONS)
 
 #: name -> (params, results) of every required export that is a function.
 REQUIRED_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "qh_abi_version": ((), (_I32,)),
-    "qh_alloc": ((_I32,), (_I32,)),
-    "qh_on_message": ((_I32, _I32, _I32, _I32), (_I32,)),
+    f.name: f.signature for f in _SPEC.exports if f.required
 }
 OPTIONAL_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "qh_init": ((_I32, _I32), (_I32,)),
-    "qh_snapshot": ((), (_I32,)),
-    "qh_restore": ((_I32, _I32), (_I32,)),
-    "_initialize": ((), ()),
+    f.name: f.signature for f in _SPEC.exports if not f.required
 }
 
 
@@ -111,9 +104,13 @@ def _fmt(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
 #: per process then stops a worker at about 21,000 agents. Laid out like this, neighbouring
 #: memories merge into one mapping, and one worker hosts hundreds of thousands of agents; the
 #: price is a bounds check per memory access, small beside a message's host calls.
+#: A memory that grows moves once and then has :data:`MEMORY_GROWTH_RESERVATION` to grow into
+#: in place (the per-instance default limit, so at most one move): without it, a malloc
+#: growing page by page copied the whole memory at every page (quadratic: 256 MiB took 400 s
+#: alone, 0.003 s with it). Agents that never grow (most) stay one merged mapping.
 MEMORY_RESERVATION = 0
 MEMORY_GUARD = 0
-MEMORY_GROWTH_RESERVATION = 0
+MEMORY_GROWTH_RESERVATION = 256 << 20
 
 
 def engine_config_key() -> str:

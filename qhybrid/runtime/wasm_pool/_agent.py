@@ -17,14 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import wasmtime
 
-from qhybrid.runtime.tensors import Segment, get_op
+from qhybrid.runtime.tensors import get_op
 from qhybrid.runtime.wasm_pool._abi import (
-    ABI_VERSION,
+    ABI_VERSIONS,
     HOST_FUNCTIONS,
     HOST_MODULE,
+    IMPORT_SINCE,
     RESERVED_KIND_BASE,
     SEND_OK,
     SEND_RESERVED_KIND,
@@ -32,16 +32,19 @@ from qhybrid.runtime.wasm_pool._abi import (
     WASI_MODULE,
     AgentModuleError,
 )
+from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
 from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
-from qhybrid.runtime.wasm_pool._globals import host_snapshot_exact
-from qhybrid.runtime.wasm_pool._limits import DEFAULT_WORKER_MEMORY_BYTES, effective_limits
+from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._memory_abi import AgentMemory, MemoryHost
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
 from qhybrid.runtime.wasm_pool._quotas import (
     QuotaExceeded,
     Quotas,
 )
-from qhybrid.runtime.wasm_pool._ticker import EPOCH_S, EpochTicker
+from qhybrid.runtime.wasm_pool._ticker import EPOCH_S
+from qhybrid.runtime.wasm_pool._worker_context import WorkerContext
+
+__all__ = ["DTYPE_CODES", "EPOCH_S", "AgentHost", "GuestFault", "SplitMix64", "WorkerContext"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,104 +110,6 @@ def _amount(nbytes: int) -> str:
 
 def _to_i64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
-
-
-class WorkerContext:
-    """What the agents of one worker share: engines, modules, names, tensors, the ticker."""
-
-    def __init__(self) -> None:
-        self._engines: dict[int | None, wasmtime.Engine] = {}
-        self._linkers: dict[int | None, wasmtime.Linker] = {}
-        self._serialized: dict[str, bytes] = {}
-        self._modules: dict[tuple[str, int | None], wasmtime.Module] = {}
-        self._imports: dict[str, tuple[tuple[str, str], ...]] = {}
-        self._recoverable: dict[str, bool] = {}
-        self.directory: dict[str, int] = {}
-        self.tensors: dict[str, TensorEntry] = {}
-        self._segments: dict[str, Segment] = {}
-        self.ticker = EpochTicker(self._engines)
-        #: Linear memory of this worker's instances together may not pass this (issue 12).
-        self.memory_limit = DEFAULT_WORKER_MEMORY_BYTES
-        self._memory_of: dict[int, int] = {}  # agent id -> its instance's memory, last seen
-        self.memory_used = 0
-
-    # -- the memory total across instances ------------------------------------------------
-    def memory_room(self, agent_id: int) -> int:
-        """How large ``agent_id``'s memory may grow, given what the others use."""
-        return self.memory_limit - (self.memory_used - self._memory_of.get(agent_id, 0))
-
-    def set_memory(self, agent_id: int, size: int) -> None:
-        """Record ``agent_id``'s memory size (a new instance of it replaces the old one's)."""
-        self.memory_used += size - self._memory_of.get(agent_id, 0)
-        self._memory_of[agent_id] = size
-
-    # -- engines and modules ------------------------------------------------------------
-    def engine(self, stack_bytes: int | None) -> wasmtime.Engine:
-        engine = self._engines.get(stack_bytes)
-        if engine is None:
-            from qhybrid.runtime.wasm_pool._abi import make_engine
-
-            engine = make_engine(stack_bytes)
-            self._engines[stack_bytes] = engine
-        return engine
-
-    def linker(self, stack_bytes: int | None) -> wasmtime.Linker:
-        linker = self._linkers.get(stack_bytes)
-        if linker is None:
-            linker = wasmtime.Linker(self.engine(stack_bytes))
-            linker.define_wasi()
-            self._linkers[stack_bytes] = linker
-        return linker
-
-    def add_module(self, key: str, serialized: bytes, original: bytes) -> None:
-        self._serialized[key] = serialized
-        try:
-            self._recoverable[key] = host_snapshot_exact(original)
-        except (ValueError, IndexError, wasmtime.WasmtimeError):
-            self._recoverable[key] = False  # unknown (no or unreadable source): assume not
-        for cached in [k for k in self._modules if k[0] == key]:
-            del self._modules[cached]
-        self._imports.pop(key, None)
-
-    def module(self, key: str, stack_bytes: int | None) -> wasmtime.Module:
-        module = self._modules.get((key, stack_bytes))
-        if module is None:
-            module = wasmtime.Module.deserialize(self.engine(stack_bytes), self._serialized[key])
-            self._modules[(key, stack_bytes)] = module
-        return module
-
-    def imports(self, key: str, module: wasmtime.Module) -> tuple[tuple[str, str], ...]:
-        """``(module, name)`` of each of the module's imports, in order (read once per module:
-        asking wasmtime for them costs a few microseconds per import and agent)."""
-        found = self._imports.get(key)
-        if found is None:
-            found = tuple((imp.module, imp.name or "") for imp in module.imports)
-            self._imports[key] = found
-        return found
-
-    def host_snapshot_ok(self, key: str) -> bool:
-        """Whether memory plus exported globals hold all of a module's state."""
-        return self._recoverable.get(key, False)
-
-    # -- tensors ------------------------------------------------------------------------
-    def add_tensors(self, entries: list[TensorEntry]) -> None:
-        for entry in entries:
-            self.tensors[entry.name] = entry
-
-    def tensor_bytes(self, entry: TensorEntry) -> npt.NDArray[np.uint8]:
-        """The tensor's bytes as a flat uint8 view of its (cached) mapping."""
-        segment = self._segments.get(entry.handle.segment)
-        if segment is None:
-            segment = Segment.open(entry.handle.segment)
-            self._segments[entry.handle.segment] = segment
-        return segment.view((entry.handle.nbytes,), np.dtype(np.uint8), entry.handle.offset)
-
-    # -- the epoch ticker (wall-clock timeouts) -----------------------------------------
-    def close(self) -> None:
-        self.ticker.close()
-        for segment in self._segments.values():
-            segment.close()
-        self._segments.clear()
 
 
 class _Call:
@@ -284,6 +189,7 @@ class AgentHost(MemoryHost):
         self._next_job = 0
         self._next_request = 0
         self._call_state = _Call(self.load.quotas)
+        self._v2 = V2Calls(self, load.tools)
         # Every limit the scenario leaves unset takes its default (_limits.py, docs/limits.md).
         limits, self._defaulted = effective_limits(load.limits)
         self.limits = limits
@@ -349,10 +255,21 @@ class AgentHost(MemoryHost):
             ) from None
         finally:
             self._count_memory()
-        if got != ABI_VERSION:
+        if got not in ABI_VERSIONS:
             raise AgentModuleError(
                 f"{load.name}: module speaks agent ABI version {got}, this runtime speaks "
-                f"{ABI_VERSION}"
+                f"{', '.join(map(str, sorted(ABI_VERSIONS)))}"
+            )
+        newer = sorted(
+            imp.name or ""
+            for imp in module.imports
+            if imp.module == HOST_MODULE and IMPORT_SINCE.get(imp.name or "", 1) > got
+        )
+        if newer:
+            raise AgentModuleError(
+                f"{load.name}: module says ABI version {got} but imports {', '.join(newer)} "
+                f"of version {max(IMPORT_SINCE[n] for n in newer)}: return that version from "
+                "qh_abi_version"
             )
         init = exports.get("qh_init")
         if isinstance(init, wasmtime.Func):
@@ -386,7 +303,9 @@ class AgentHost(MemoryHost):
     ) -> wasmtime.Func:
         if where == HOST_MODULE:
             params, results = HOST_FUNCTIONS[name]
-            impl: Callable[..., Any] = getattr(self, f"_h_{name}")
+            impl: Callable[..., Any] = (
+                getattr(self, f"_h_{name}") if IMPORT_SINCE[name] == 1 else self._v2.function(name)
+            )
             return host_func(self._store, params, results, impl)
         # WASI: the clock and randomness are the run's own, everything else is wasmtime's
         # (with nothing granted unless the scenario says so).
@@ -436,6 +355,25 @@ class AgentHost(MemoryHost):
         self._check(what, ptr, len(data))
         if data:
             ctypes.memmove(self._base() + ptr, data, len(data))
+
+    # For the version 2 calls (``_agent_v2``).
+    def read_guest(self, what: str, ptr: int, length: int, limit: int) -> bytes:
+        return self._read(what, ptr, length, limit)
+
+    def write_guest(self, what: str, ptr: int, data: bytes) -> None:
+        self._write(what, ptr, data)
+
+    @property
+    def call_state(self) -> _Call:
+        return self._call_state
+
+    def new_request(self) -> int:
+        request = self._next_request
+        self._next_request += 1
+        return request
+
+    def requests_made(self) -> int:
+        return self._next_request
 
     def _name(self, what: str, ptr: int, length: int) -> str:
         return self._read(what, ptr, length, _MAX_NAME).decode("utf-8", "replace")
@@ -718,6 +656,7 @@ class AgentHost(MemoryHost):
 
     def _call(self, body: Callable[[], int]) -> Outcome:
         self._call_state = state = _Call(self.load.quotas)
+        self._v2.begin()
         self._arm()
         start = time.perf_counter_ns()
         try:
@@ -730,7 +669,8 @@ class AgentHost(MemoryHost):
 
     def _finish(self, state: _Call, code: int, start: int) -> Outcome:
         if code != 0:
-            return self._fail(f"handler returned error code {code}", start)
+            return self._fail(self._v2.error_text or f"handler returned error code {code}", start)
+        self._v2.commit()
         return Outcome(
             True,
             tuple(state.outbox),
@@ -801,6 +741,10 @@ class AgentHost(MemoryHost):
         if self._mem is not None:
             self._mem.at_tick(now)
         self._call_state = state = _Call(self.load.quotas)
+        unwrapped = self._v2.unwrap(sender, kind, payload)
+        if unwrapped is None:  # a fire of a timer cancelled since
+            return Outcome(True)
+        sender, kind, payload = unwrapped
         if self._limited:
             self._arm()
         start = time.perf_counter_ns()
@@ -817,6 +761,9 @@ class AgentHost(MemoryHost):
             if state.mem:
                 self.mem_commit(now, state)
         return outcome
+
+    def close(self) -> None:
+        """Release what the instance holds beyond its store (nothing, for a compiled agent)."""
 
     # -- snapshots ------------------------------------------------------------------------
     def unrecoverable(self) -> str | None:
@@ -840,6 +787,7 @@ class AgentHost(MemoryHost):
             self._next_job,
             self._next_request,
             self.memory.state() if self._mem is not None else (),
+            self._v2.state(),
         )
         snap = self._exports.get("qh_snapshot")
         if isinstance(snap, wasmtime.Func):
@@ -870,6 +818,8 @@ class AgentHost(MemoryHost):
         if len(host) > 5 and host[5]:
             mem = self.memory
             self._mem = AgentMemory(host[5], mem.max_keys, mem.max_bytes)
+        if len(host) > 6:
+            self._v2.set_state(host[6])
         self._rng.state = rng
         self._handles = list(handles)
         self._handle_of = {name: i for i, name in enumerate(self._handles)}

@@ -36,8 +36,11 @@ DEFAULT_FUEL = 1_000_000_000
 DEFAULT_TIMEOUT_MS = 5_000
 #: Linear memory per instance (wasm32 allows 4 GiB).
 DEFAULT_MEMORY_BYTES = 256 << 20
-#: Linear memory of all the instances of one worker process together.
-DEFAULT_WORKER_MEMORY_BYTES = 2 << 30
+#: Linear memory of all the instances of one worker process together. It counts declared
+#: pages, most of which a small agent never touches, so it is sized for scale: 50,000
+#: two-page C agents (6.25 GiB declared, about 35 KiB resident each) fit on one worker, which
+#: is how 100,000 agents run on 2 workers. Linux maps untouched pages to nothing.
+DEFAULT_WORKER_MEMORY_BYTES = 8 << 30
 
 
 def effective_limits(limits: Limits) -> tuple[Limits, frozenset[str]]:

@@ -64,6 +64,8 @@ class AgentLoad:
     dirs: tuple[tuple[str, str, bool], ...] = ()
     #: Environment variables the agent sees through WASI.
     env: tuple[tuple[str, str], ...] = ()
+    #: ABI v2: the tools (``[[tools]]`` names) the scenario grants the agent.
+    tools: tuple[str, ...] = ()
     #: Long-term memory to start with (a persistent namespace's), and its quotas.
     memory: tuple[tuple[bytes, bytes], ...] = ()
     memory_keys: int = 1024

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from qhybrid.runtime.tensors import attach, run_numpy
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
-from qhybrid.runtime.wasm_pool._agent import AgentHost, WorkerContext
+from qhybrid.runtime.wasm_pool._agent import AgentHost
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
     Outcome,
@@ -28,6 +28,7 @@ from qhybrid.runtime.wasm_pool._protocol import (
     read_frame_sync,
     write_frame_sync,
 )
+from qhybrid.runtime.wasm_pool._worker_context import WorkerContext
 
 logger = logging.getLogger("qhybrid.worker")
 
@@ -52,8 +53,7 @@ class Worker:
         if op == "directory":
             (names,) = request.args
             # Updated in place: agents already loaded hold this same mapping.
-            self.ctx.directory.clear()
-            self.ctx.directory.update((name, i) for i, name in enumerate(names))
+            self.ctx.set_directory(names)
             return None
         if op == "tensors":
             (entries,) = request.args
@@ -83,7 +83,16 @@ class Worker:
         try:
             for load in loads:
                 self.loads[load.agent_id] = load
-                self.agents[load.agent_id] = AgentHost(self.ctx, load)
+                old = self.agents.get(load.agent_id)
+                if old is not None:
+                    old.close()
+                if load.module_key.endswith(".py"):
+                    from qhybrid.runtime.wasm_pool._python_agent import PythonAgentHost
+
+                    source = self.ctx.sources[load.module_key]
+                    self.agents[load.agent_id] = PythonAgentHost(self.ctx, load, source)
+                else:
+                    self.agents[load.agent_id] = AgentHost(self.ctx, load)
         finally:
             if collecting:
                 gc.freeze()
@@ -170,7 +179,9 @@ class Worker:
     def close(self, *, free_agents: bool = True) -> None:
         """Stop the epoch ticker and unmap tensors; ``free_agents=False`` leaves the agents
         to the process's exit (freeing 50,000 stores one by one takes longer than the pool
-        waits for a worker to exit)."""
+        waits for a worker to exit). Python agents' threads are stopped either way."""
+        for agent in self.agents.values():
+            agent.close()
         if free_agents:
             self.agents.clear()
         self.ctx.close()

@@ -93,7 +93,7 @@ def test_the_cpu_weights_keep_no_float_copy_and_tile_the_prefill(qtype: str) -> 
     np.testing.assert_allclose(w.rows(t, ids), dense[ids], rtol=1e-6)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k"])
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"])
 def test_int8_activation_products_are_close_and_deterministic(qtype: str) -> None:
     """``exact=False`` (the engine's CPU path): int8 activations against the blocks, as
     llama.cpp does; within the activations' rounding of the float32 product, the same floats

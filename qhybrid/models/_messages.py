@@ -1,0 +1,278 @@
+"""The message inspector's model: every message a recorded run delivered, from its trace.
+
+A run's trace (``RunStore.records``; see docs/trace-format.md) has one ``ok``, ``fail`` or
+``drop`` record per message handled: tick, queue sequence, sender, receiver, kind, payload
+(the bytes when at most 32 long, else the first 16 hex digits of their SHA-256) and, for
+``ok``, how many messages the handler sent. :class:`MessagesModel` reads them into columns;
+:class:`MessagesFilterModel` narrows them to a tick, an agent (as sender or receiver) or a text.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+)
+
+from qhybrid.runtime import printable, printable_lines
+
+__all__ = [
+    "MESSAGE_RECORDS",
+    "MessageRecord",
+    "MessagesFilterModel",
+    "MessagesModel",
+    "decode_payload",
+    "parse_messages",
+]
+
+logger = logging.getLogger(__name__)
+
+_Index = QModelIndex | QPersistentModelIndex
+
+#: The trace records that are messages handled (or dropped).
+MESSAGE_RECORDS = ("ok", "fail", "drop")
+_PREFIXES = tuple(f"('{name}'" for name in MESSAGE_RECORDS)
+#: The runtime itself sends as -1.
+RUNTIME_SENDER = -1
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One message as its trace record has it; ``payload`` is bytes, or a digest (str)."""
+
+    n: int  # the record's position in the trace
+    tick: int
+    seq: int
+    status: str  # ok, fail or drop
+    sender: int
+    receiver: int
+    kind: int
+    payload: bytes | str
+    sent: int | None  # messages the handler sent (ok only)
+    note: str = ""  # drop: the receiver's state
+
+
+def parse_messages(records: Iterable[tuple[int, int, str]]) -> list[MessageRecord]:
+    """The message records of ``(n, tick, line)`` trace records (other records skipped)."""
+    out: list[MessageRecord] = []
+    for n, _tick, line in records:
+        if not line.startswith(_PREFIXES):
+            continue
+        try:
+            rec = ast.literal_eval(line)
+        except (ValueError, SyntaxError):
+            logger.warning("trace record %d is not a Python literal: %.80s", n, line)
+            continue
+        status = rec[0]
+        sent = int(rec[7]) if status == "ok" and len(rec) > 7 else None
+        note = str(rec[7]) if status == "drop" and len(rec) > 7 else ""
+        out.append(
+            MessageRecord(
+                n,
+                int(rec[1]),
+                int(rec[2]),
+                status,
+                int(rec[3]),
+                int(rec[4]),
+                int(rec[5]),
+                rec[6],
+                sent,
+                note,
+            )
+        )
+    return out
+
+
+def decode_payload(payload: bytes | str, *, pretty: bool = False) -> tuple[str, str]:
+    """``(how, text)``: "text" (UTF-8), "json" (pretty-printed with ``pretty``), "hex", or
+    "digest" (a payload over 32 bytes, of which the trace keeps only a digest)."""
+    if isinstance(payload, str):
+        return "digest", f"sha256 {payload}\u2026 (over 32 bytes: the trace keeps only a digest)"
+    if not payload:
+        return "empty", ""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and (
+        text.isprintable() or all(c.isprintable() or c in "\n\t\r" for c in text)
+    ):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return "text", text if pretty else printable(text)
+        if isinstance(value, (dict, list)):
+            dumped = json.dumps(value, indent=2 if pretty else None, ensure_ascii=False)
+            return "json", dumped
+        return "text", text if pretty else printable(text)
+    return "hex", payload.hex(" ") if pretty else payload.hex()
+
+
+def int64s(payload: bytes) -> list[int] | None:
+    """The payload as little-endian int64 values, when its length allows."""
+    if not payload or len(payload) % 8:
+        return None
+    return [
+        int.from_bytes(payload[i : i + 8], "little", signed=True) for i in range(0, len(payload), 8)
+    ]
+
+
+class MessagesModel(QAbstractTableModel):
+    """The messages of one recorded run, in trace order."""
+
+    COLUMNS = ("Tick", "Seq", "Status", "Sender", "Receiver", "Kind", "Sent", "Payload")
+    TICK, SEQ, STATUS, SENDER, RECEIVER, KIND, SENT, PAYLOAD = range(len(COLUMNS))
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.messages: list[MessageRecord] = []
+        self.agent_names: list[str] = []
+        self._payload_text: list[str] = []
+
+    def load(self, messages: Sequence[MessageRecord], agent_names: Sequence[str]) -> None:
+        self.beginResetModel()
+        self.messages = list(messages)
+        self.agent_names = list(agent_names)
+        self._payload_text = [decode_payload(m.payload)[1] for m in self.messages]
+        self.endResetModel()
+
+    def clear(self) -> None:
+        self.load([], [])
+
+    def per_tick(self) -> list[int]:
+        """Messages handled per tick, from tick 0 to the last (the timeline's bars)."""
+        counts = [0] * (max((m.tick for m in self.messages), default=-1) + 1)
+        for m in self.messages:
+            counts[m.tick] += 1
+        return counts
+
+    def name(self, agent: int) -> str:
+        if agent == RUNTIME_SENDER:
+            return "(runtime)"
+        if 0 <= agent < len(self.agent_names):
+            return self.agent_names[agent]
+        return f"agent {agent}"
+
+    def detail(self, row: int) -> str:
+        """A message in full: who, when, and its payload decoded (JSON pretty-printed)."""
+        m = self.messages[row]
+        how, text = decode_payload(m.payload, pretty=True)
+        lines = [
+            f"tick {m.tick}, seq {m.seq}, trace record {m.n}: {m.status}"
+            + (f" ({m.note})" if m.note else ""),
+            f"from {self.name(m.sender)} to {self.name(m.receiver)}, kind {m.kind}"
+            + ("" if m.sent is None else f"; the handler sent {m.sent}"),
+            f"payload ({how}, {len(m.payload) if isinstance(m.payload, bytes) else '>32'} bytes):",
+            printable_lines(text),
+        ]
+        if isinstance(m.payload, bytes) and how == "hex":
+            values = int64s(m.payload)
+            if values is not None:
+                lines.append(f"as int64: {values}")
+        return "\n".join(lines)
+
+    # -- QAbstractTableModel ---------------------------------------------------------------
+    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.messages)
+
+    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.COLUMNS[section]
+        return None
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        m = self.messages[index.row()]
+        column = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(m, index.row(), column)
+        if role == Qt.ItemDataRole.UserRole:  # sorting: numbers as numbers
+            values = (m.tick, m.seq, m.status, m.sender, m.receiver, m.kind, m.sent or 0)
+            return values[column] if column < len(values) else self._payload_text[index.row()]
+        if role == Qt.ItemDataRole.ToolTipRole and column == self.PAYLOAD:
+            return self.detail(index.row())
+        return None
+
+    def _display(self, m: MessageRecord, row: int, column: int) -> str:
+        if column == self.TICK:
+            return str(m.tick)
+        if column == self.SEQ:
+            return str(m.seq)
+        if column == self.STATUS:
+            return m.status + (f" ({m.note})" if m.note else "")
+        if column == self.SENDER:
+            return printable(self.name(m.sender))
+        if column == self.RECEIVER:
+            return printable(self.name(m.receiver))
+        if column == self.KIND:
+            return str(m.kind)
+        if column == self.SENT:
+            return "" if m.sent is None else str(m.sent)
+        return self._payload_text[row]
+
+
+class MessagesFilterModel(QSortFilterProxyModel):
+    """Messages of one tick, of one agent (sent or received), and/or containing a text."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.tick: int | None = None
+        self.agent: int | None = None
+        self.text = ""
+        self.setSortRole(Qt.ItemDataRole.UserRole)
+
+    def set_tick(self, tick: int | None) -> None:
+        self._change(lambda: setattr(self, "tick", tick))
+
+    def set_agent(self, agent: int | None) -> None:
+        self._change(lambda: setattr(self, "agent", agent))
+
+    def set_text(self, text: str) -> None:
+        self._change(lambda: setattr(self, "text", text.casefold()))
+
+    def _change(self, apply: Callable[[], None]) -> None:
+        if hasattr(self, "endFilterChange"):  # Qt 6.10
+            self.beginFilterChange()
+            apply()
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            apply()
+            self.invalidateRowsFilter()
+
+    def filterAcceptsRow(self, source_row: int, source_parent: _Index) -> bool:
+        model = self.sourceModel()
+        assert isinstance(model, MessagesModel)
+        m = model.messages[source_row]
+        if self.tick is not None and m.tick != self.tick:
+            return False
+        if self.agent is not None and self.agent not in (m.sender, m.receiver):
+            return False
+        if self.text:
+            hay = " ".join(
+                (
+                    model.name(m.sender),
+                    model.name(m.receiver),
+                    m.status,
+                    str(m.kind),
+                    model._payload_text[source_row],
+                )
+            ).casefold()
+            return self.text in hay
+        return True

@@ -1,0 +1,141 @@
+"""What the agents of one worker share: engines, modules, names, groups, tensors, the ticker,
+the memory total."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import wasmtime
+
+from qhybrid.runtime.tensors import Segment
+from qhybrid.runtime.wasm_pool._globals import host_snapshot_exact
+from qhybrid.runtime.wasm_pool._limits import DEFAULT_WORKER_MEMORY_BYTES
+from qhybrid.runtime.wasm_pool._protocol import TensorEntry
+from qhybrid.runtime.wasm_pool._ticker import EPOCH_S, EpochTicker
+
+__all__ = ["EPOCH_S", "WorkerContext"]
+
+
+class WorkerContext:
+    """What the agents of one worker share: engines, modules, names, tensors, the ticker."""
+
+    def __init__(self) -> None:
+        self._engines: dict[int | None, wasmtime.Engine] = {}
+        self._linkers: dict[int | None, wasmtime.Linker] = {}
+        self._serialized: dict[str, bytes] = {}
+        self._modules: dict[tuple[str, int | None], wasmtime.Module] = {}
+        self._imports: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._recoverable: dict[str, bool] = {}
+        self.directory: dict[str, int] = {}
+        self._groups: dict[str, list[int]] = {}
+        #: Python agents' sources, by module key.
+        self.sources: dict[str, bytes] = {}
+        self.tensors: dict[str, TensorEntry] = {}
+        self._segments: dict[str, Segment] = {}
+        self.ticker = EpochTicker(self._engines)
+        #: Linear memory of this worker's instances together may not pass this (issue 12).
+        self.memory_limit = DEFAULT_WORKER_MEMORY_BYTES
+        self._memory_of: dict[int, int] = {}  # agent id -> its instance's memory, last seen
+        self.memory_used = 0
+
+    # -- the memory total across instances ------------------------------------------------
+    def memory_room(self, agent_id: int) -> int:
+        """How large ``agent_id``'s memory may grow, given what the others use."""
+        return self.memory_limit - (self.memory_used - self._memory_of.get(agent_id, 0))
+
+    def set_memory(self, agent_id: int, size: int) -> None:
+        """Record ``agent_id``'s memory size (a new instance of it replaces the old one's)."""
+        self.memory_used += size - self._memory_of.get(agent_id, 0)
+        self._memory_of[agent_id] = size
+
+    # -- engines and modules ------------------------------------------------------------
+    def engine(self, stack_bytes: int | None) -> wasmtime.Engine:
+        engine = self._engines.get(stack_bytes)
+        if engine is None:
+            from qhybrid.runtime.wasm_pool._abi import make_engine
+
+            engine = make_engine(stack_bytes)
+            self._engines[stack_bytes] = engine
+        return engine
+
+    def linker(self, stack_bytes: int | None) -> wasmtime.Linker:
+        linker = self._linkers.get(stack_bytes)
+        if linker is None:
+            linker = wasmtime.Linker(self.engine(stack_bytes))
+            linker.define_wasi()
+            self._linkers[stack_bytes] = linker
+        return linker
+
+    def add_module(self, key: str, serialized: bytes, original: bytes) -> None:
+        self._serialized[key] = serialized
+        if key.endswith(".py"):  # a Python agent: the module is the interpreter
+            self.sources[key] = original
+            self._recoverable[key] = False
+            for cached in [k for k in self._modules if k[0] == key]:
+                del self._modules[cached]
+            return
+        try:
+            self._recoverable[key] = host_snapshot_exact(original)
+        except (ValueError, IndexError, wasmtime.WasmtimeError):
+            self._recoverable[key] = False  # unknown (no or unreadable source): assume not
+        for cached in [k for k in self._modules if k[0] == key]:
+            del self._modules[cached]
+        self._imports.pop(key, None)
+
+    def group_members(self, group: str) -> list[int]:
+        """The ids of a group's instances, in instance order: ``group`` alone when it has
+        one instance, else ``group-0``, ``group-1``, ... (how the orchestrator names them)."""
+        members = self._groups.get(group)
+        if members is None:
+            members = []
+            while (i := self.directory.get(f"{group}-{len(members)}")) is not None:
+                members.append(i)
+            if not members and group in self.directory:
+                members = [self.directory[group]]
+            self._groups[group] = members
+        return members
+
+    def set_directory(self, names: list[str] | tuple[str, ...]) -> None:
+        self.directory.clear()
+        self.directory.update((name, i) for i, name in enumerate(names))
+        self._groups.clear()
+
+    def module(self, key: str, stack_bytes: int | None) -> wasmtime.Module:
+        module = self._modules.get((key, stack_bytes))
+        if module is None:
+            module = wasmtime.Module.deserialize(self.engine(stack_bytes), self._serialized[key])
+            self._modules[(key, stack_bytes)] = module
+        return module
+
+    def imports(self, key: str, module: wasmtime.Module) -> tuple[tuple[str, str], ...]:
+        """``(module, name)`` of each of the module's imports, in order (read once per module:
+        asking wasmtime for them costs a few microseconds per import and agent)."""
+        found = self._imports.get(key)
+        if found is None:
+            found = tuple((imp.module, imp.name or "") for imp in module.imports)
+            self._imports[key] = found
+        return found
+
+    def host_snapshot_ok(self, key: str) -> bool:
+        """Whether memory plus exported globals hold all of a module's state."""
+        return self._recoverable.get(key, False)
+
+    # -- tensors ------------------------------------------------------------------------
+    def add_tensors(self, entries: list[TensorEntry]) -> None:
+        for entry in entries:
+            self.tensors[entry.name] = entry
+
+    def tensor_bytes(self, entry: TensorEntry) -> npt.NDArray[np.uint8]:
+        """The tensor's bytes as a flat uint8 view of its (cached) mapping."""
+        segment = self._segments.get(entry.handle.segment)
+        if segment is None:
+            segment = Segment.open(entry.handle.segment)
+            self._segments[entry.handle.segment] = segment
+        return segment.view((entry.handle.nbytes,), np.dtype(np.uint8), entry.handle.offset)
+
+    # -- the epoch ticker (wall-clock timeouts) -----------------------------------------
+    def close(self) -> None:
+        self.ticker.close()
+        for segment in self._segments.values():
+            segment.close()
+        self._segments.clear()

@@ -1,0 +1,510 @@
+"""The Runs browser and the message inspector, over the run store (thin widgets over models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent, QItemSelectionModel, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QFontDatabase, QHideEvent, QPalette, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QSpinBox,
+    QSplitter,
+    QTableView,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qhybrid.models import (
+    MessagesFilterModel,
+    MessagesModel,
+    RunCommand,
+    RunsModel,
+    parse_messages,
+)
+from qhybrid.runtime import printable_lines
+from qhybrid.runtime.store import RunStore, StoreError
+
+__all__ = ["MessageInspector", "RunsPanel"]
+
+#: Seconds between re-reads of the store while the panel is shown.
+REFRESH_S = 3.0
+
+
+def _table(parent: QWidget) -> QTableView:
+    view = QTableView(parent)
+    view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    view.setAlternatingRowColors(True)
+    view.setWordWrap(False)
+    vertical = view.verticalHeader()
+    vertical.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+    vertical.setDefaultSectionSize(view.fontMetrics().height() + 6)
+    vertical.hide()
+    view.horizontalHeader().setStretchLastSection(True)
+    return view
+
+
+def _mono(parent: QWidget) -> QPlainTextEdit:
+    text = QPlainTextEdit(parent)
+    text.setReadOnly(True)
+    text.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+    return text
+
+
+class TickTimeline(pg.PlotWidget):
+    """Messages per tick over the whole recorded run, with a scrubber: drag it (or click a
+    tick) to choose the tick the message list shows; ``tick_chosen(tick)`` says which."""
+
+    tick_chosen = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("tick_timeline")
+        self.setMinimumHeight(60)
+        self.setMaximumHeight(110)
+        self.setMenuEnabled(False)
+        self.hideButtons()
+        self.setLabel("bottom", "tick")
+        self.setLabel("left", "msgs")
+        self.getViewBox().setMouseEnabled(x=False, y=False)
+        # Ranges set by set_counts, never pyqtgraph's auto-range (see _charts.py for why).
+        self.enableAutoRange(enable=False)
+        self.setXRange(-0.5, 0.5, padding=0)
+        self.setYRange(0, 1, padding=0)
+        self.bars = pg.BarGraphItem(x=[0], height=[0], width=0.8, brush="#0072B2", pen=None)
+        self.addItem(self.bars)
+        self.scrubber = pg.InfiniteLine(
+            pos=0, angle=90, movable=True, pen=pg.mkPen("#D55E00", width=2)
+        )
+        self.scrubber.setZValue(10)
+        self.scrubber.sigPositionChanged.connect(self._dragged)
+        self.addItem(self.scrubber)
+        self.ticks = 0
+        self.scene().sigMouseClicked.connect(self._clicked)
+        self.apply_palette(self.palette())
+
+    def apply_palette(self, palette: QPalette) -> None:
+        """Coloured like the window (light or dark), as the live charts are."""
+        self.setBackground(palette.color(QPalette.ColorRole.Base))
+        text = palette.color(QPalette.ColorRole.Text)
+        for name in ("left", "bottom"):
+            axis = self.getAxis(name)
+            axis.setPen(pg.mkPen(text))
+            axis.setTextPen(pg.mkPen(text))
+
+    def changeEvent(self, event: QEvent) -> None:
+        # (Palette changes come during construction too, before the plot exists.)
+        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "scrubber"):
+            self.apply_palette(self.palette())
+        super().changeEvent(event)
+
+    def set_counts(self, counts: list[int]) -> None:
+        self.ticks = len(counts)
+        self.bars.setVisible(bool(counts))
+        if counts:
+            self.bars.setOpts(x=list(range(len(counts))), height=counts)
+        self.setXRange(-0.5, max(len(counts), 1) - 0.5, padding=0.01)
+        self.setYRange(0, max(counts, default=1) * 1.1 or 1, padding=0)
+
+    def set_tick(self, tick: int | None) -> None:
+        self.scrubber.setVisible(tick is not None)
+        if tick is not None and round(self.scrubber.value()) != tick:
+            self.scrubber.setValue(tick)
+
+    def _dragged(self, line: pg.InfiniteLine) -> None:
+        tick = max(0, min(self.ticks - 1, round(line.value())))
+        if line.value() != tick:
+            line.setValue(tick)  # snaps to whole ticks (and fires again, once)
+            return
+        self.tick_chosen.emit(tick)
+
+    def _clicked(self, event: object) -> None:
+        pos = event.scenePos()  # type: ignore[attr-defined]
+        if self.plotItem.sceneBoundingRect().contains(pos):
+            x = self.getViewBox().mapSceneToView(pos).x()
+            self.scrubber.setVisible(True)
+            self.scrubber.setValue(max(0, min(self.ticks - 1, round(x))))
+
+
+class MessageInspector(QWidget):
+    """The messages of a recorded run: by tick, by agent, by text; one in full below."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("message_inspector")
+        self.model = MessagesModel(self)
+        self.filter = MessagesFilterModel(self)
+        self.filter.setSourceModel(self.model)
+        self.run_label = QLabel("No run open: open one in the Runs panel", self)
+        self.tick_spin = QSpinBox(self)
+        self.tick_spin.setObjectName("messages_tick")
+        self.tick_spin.setRange(-1, 0)
+        self.tick_spin.setSpecialValueText("all ticks")
+        self.tick_spin.setPrefix("tick ")
+        self.tick_spin.valueChanged.connect(self._tick_changed)
+        self.timeline = TickTimeline(self)
+        self.timeline.tick_chosen.connect(self.tick_spin.setValue)
+        self.agent_combo = QComboBox(self)
+        self.agent_combo.setObjectName("messages_agent")
+        self.agent_combo.currentIndexChanged.connect(self._agent_changed)
+        self.text_edit = QLineEdit(self)
+        self.text_edit.setObjectName("messages_filter")
+        self.text_edit.setPlaceholderText("Filter (agent, status, kind, payload)")
+        self.text_edit.setClearButtonEnabled(True)
+        self.text_edit.textChanged.connect(self.filter.set_text)
+        self.count_label = QLabel(self)
+        self.table = _table(self)
+        self.table.setObjectName("messages_table")
+        self.table.setModel(self.filter)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # trace order
+        for column, width in enumerate((45, 50, 50, 90, 90, 40, 40)):
+            self.table.setColumnWidth(column, width)
+        self.detail = _mono(self)
+        self.detail.setObjectName("message_detail")
+        self.table.selectionModel().currentRowChanged.connect(self._show_detail)
+        for signal in (
+            self.filter.rowsInserted,
+            self.filter.rowsRemoved,
+            self.filter.modelReset,
+            self.filter.layoutChanged,
+        ):
+            signal.connect(self._count)
+        bar = QHBoxLayout()
+        bar.addWidget(self.tick_spin)
+        bar.addWidget(self.agent_combo)
+        bar.addWidget(self.text_edit, 1)
+        bar.addWidget(self.count_label)
+        split = QSplitter(Qt.Orientation.Vertical, self)
+        split.addWidget(self.table)
+        split.addWidget(self.detail)
+        split.setSizes([300, 90])
+        self.table.setMinimumHeight(40)
+        self.detail.setMinimumHeight(30)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.run_label)
+        layout.addWidget(self.timeline)
+        layout.addLayout(bar)
+        layout.addWidget(split, 1)
+
+    def show_run(self, store_path: Path, run_id: str) -> None:
+        """Read the run's trace and show its messages (on the GUI thread: a trace of tens of
+        thousands of records takes a fraction of a second)."""
+        with RunStore(store_path, readonly=True) as store:
+            run = store.run(run_id)
+            messages = parse_messages(store.records(run_id))
+        names = [a["name"] for a in (run.get("summary") or {}).get("agents", [])]
+        self.model.load(messages, names)
+        self.run_label.setText(f"Run {run_id} ({run['scenario_name']}, seed {run['seed']})")
+        self.tick_spin.setRange(-1, max((m.tick for m in messages), default=0))
+        self.timeline.set_counts(self.model.per_tick())
+        self.tick_spin.setValue(-1)
+        self.timeline.set_tick(None)
+        self.agent_combo.blockSignals(True)
+        self.agent_combo.clear()
+        self.agent_combo.addItem("all agents", None)
+        for i, name in enumerate(names):
+            self.agent_combo.addItem(name, i)
+        self.agent_combo.blockSignals(False)
+        self.filter.set_agent(None)
+        self._count()
+
+    def _tick_changed(self, value: int) -> None:
+        tick = None if value < 0 else value
+        self.filter.set_tick(tick)
+        self.timeline.set_tick(tick)
+
+    def _agent_changed(self, _index: int) -> None:
+        data = self.agent_combo.currentData()
+        self.filter.set_agent(None if data is None else int(data))
+
+    def _count(self, *_args: Any) -> None:
+        self.count_label.setText(f"{self.filter.rowCount():,} of {self.model.rowCount():,}")
+        # The message in full is the current row's, or none: never one the filter hid.
+        self._show_detail(self.table.currentIndex())
+
+    def _show_detail(self, current: Any, _previous: Any = None) -> None:
+        if not current.isValid():
+            self.detail.setPlainText("")
+            return
+        row = self.filter.mapToSource(current).row()
+        self.detail.setPlainText(self.model.detail(row))
+
+
+class RunsPanel(QWidget):
+    """The store's runs; open one (details and messages), replay, resume, fork, diff."""
+
+    run_opened = Signal(str)
+
+    def __init__(
+        self,
+        runs: RunsModel,
+        inspector: MessageInspector,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setObjectName("runs_panel")
+        self.runs = runs
+        self.inspector = inspector
+        self.command = RunCommand(runs.path, self)
+        self.command.finished.connect(self._command_finished)
+        self.opened: str | None = None
+        self.last_diff: dict[str, Any] | None = None
+
+        self.store_label = QLabel(self)
+        self.store_label.setWordWrap(True)
+        self.table = _table(self)
+        self.table.setObjectName("runs_table")
+        self.table.setModel(runs)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        for column, width in enumerate((150, 40, 70, 45, 75, 45, 60, 125)):
+            self.table.setColumnWidth(column, width)
+        self.table.doubleClicked.connect(lambda _i: self.open_selected())
+        self.table.selectionModel().selectionChanged.connect(self._update_buttons)
+
+        # A tool bar, not a row of buttons: it folds what does not fit behind a chevron, so
+        # the panel stays narrow when docked beside the log.
+        self.toolbar = QToolBar(self)
+        self.toolbar.setObjectName("runs_toolbar")
+        self.toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+
+        def button(text: str, name: str, tip: str) -> QAction:
+            act = QAction(text, self)
+            act.setObjectName(name)
+            act.setToolTip(tip)
+            self.toolbar.addAction(act)
+            return act
+
+        self.open_button = button("Open", "runs_open", "Show the run's details and messages")
+        self.open_button.triggered.connect(self.open_selected)
+        self.diff_button = button("Diff", "runs_diff", "Where two selected runs first differ")
+        self.diff_button.triggered.connect(self.diff_selected)
+        self.replay_button = button(
+            "Replay", "runs_replay", "Re-execute the run (LLM answers from the store) and compare"
+        )
+        self.replay_button.triggered.connect(lambda: self._run_on_selected("replay"))
+        self.resume_button = button(
+            "Resume", "runs_resume", "Continue an interrupted run from its last checkpoint"
+        )
+        self.resume_button.triggered.connect(lambda: self._run_on_selected("resume"))
+        self.refresh_button = button("Refresh", "runs_refresh", "Read the store again")
+        self.refresh_button.triggered.connect(self.refresh)
+        self.toolbar.addSeparator()
+        self.fork_button = button(
+            "Fork", "runs_fork", "A new run from this run at a tick, with a seed"
+        )
+        self.fork_button.triggered.connect(self.fork_selected)
+        self.fork_tick = QSpinBox(self)
+        self.fork_tick.setObjectName("runs_fork_tick")
+        self.fork_tick.setPrefix("at tick ")
+        self.fork_tick.setRange(0, 1_000_000_000)
+        self.fork_seed = QSpinBox(self)
+        self.fork_seed.setObjectName("runs_fork_seed")
+        self.fork_seed.setPrefix("seed ")
+        self.fork_seed.setRange(0, 2_000_000_000)
+        self.toolbar.addWidget(self.fork_tick)
+        self.toolbar.addWidget(self.fork_seed)
+        self.details = _mono(self)
+        self.details.setObjectName("runs_details")
+        self.status_label = QLabel(self)
+        self.status_label.setObjectName("runs_status")
+        self.status_label.setWordWrap(True)
+
+        split = QSplitter(Qt.Orientation.Horizontal, self)
+        split.addWidget(self.table)
+        split.addWidget(self.details)
+        split.setSizes([620, 380])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.store_label)
+        layout.addWidget(self.toolbar)
+        layout.addWidget(split, 1)
+        layout.addWidget(self.status_label)
+
+        self.timer = QTimer(self)
+        self.timer.setInterval(int(REFRESH_S * 1000))
+        self.timer.timeout.connect(self.refresh)
+        self.refresh()
+
+    # -- what the buttons do ------------------------------------------------------------------
+    def refresh(self) -> None:
+        self.runs.refresh()
+        count = self.runs.rowCount()
+        where = f"Run store: {self.runs.path}"
+        if self.runs.error:
+            self.store_label.setText(f"{where}\n{self.runs.error}")
+        elif not self.runs.path.exists():
+            self.store_label.setText(
+                f"{where} (no runs recorded yet: `qhybrid --headless` records)"
+            )
+        else:
+            self.store_label.setText(f"{where} \N{MIDDLE DOT} {count} runs")
+        self._update_buttons()
+
+    def selected_ids(self) -> list[str]:
+        rows = sorted({i.row() for i in self.table.selectionModel().selectedRows()})
+        return [self.runs.run_id(r) for r in rows]
+
+    def select(self, *run_ids: str) -> None:
+        selection = self.table.selectionModel()
+        selection.clearSelection()
+        for run_id in run_ids:
+            row = self.runs.row_of(run_id)
+            if row >= 0:
+                selection.select(
+                    self.runs.index(row, 0),
+                    QItemSelectionModel.SelectionFlag.Select
+                    | QItemSelectionModel.SelectionFlag.Rows,
+                )
+
+    def open_selected(self) -> None:
+        ids = self.selected_ids()
+        if ids:
+            self.open_run(ids[0])
+
+    def open_run(self, run_id: str) -> None:
+        try:
+            run = self.runs.details(run_id)
+            self.inspector.show_run(self.runs.path, run_id)
+        except StoreError as exc:
+            self.status_label.setText(str(exc))
+            return
+        self.opened = run_id
+        self.fork_tick.setValue(int(run.get("last_tick") or 0) // 2)
+        self.fork_seed.setValue(int(run["seed"]) + 1)
+        self.details.setPlainText(_details_text(run))
+        self.run_opened.emit(run_id)
+
+    def diff_selected(self) -> None:
+        ids = self.selected_ids()
+        if len(ids) == 2:
+            self._start("diff", ids[0], ids[1], "--context", "2")
+
+    def fork_selected(self) -> None:
+        ids = self.selected_ids()
+        if ids:
+            self._start(
+                "fork",
+                ids[0],
+                "--at",
+                str(self.fork_tick.value()),
+                "--seed",
+                str(self.fork_seed.value()),
+            )
+
+    def _run_on_selected(self, command: str) -> None:
+        ids = self.selected_ids()
+        if ids:
+            self._start(command, ids[0])
+
+    def _start(self, command: str, *args: str) -> None:
+        self.command.store_path = self.runs.path
+        if self.command.start(command, *args):
+            self.status_label.setText(f"qhybrid {command} {' '.join(args)} \N{HORIZONTAL ELLIPSIS}")
+        self._update_buttons()
+
+    def _command_finished(self, command: str, code: int, payload: object, err: str) -> None:
+        data = payload if isinstance(payload, dict) else {}
+        self.refresh()
+        if command == "diff":
+            self._show_diff(code, data, err)
+            return
+        if code != 0:
+            self.status_label.setText(f"qhybrid {command} failed (exit {code}): {err}")
+            return
+        new = data.get("run_id")
+        text = f"qhybrid {command}: {data.get('status', 'done')}"
+        if new:
+            text += f", run {new}"
+            self.select(str(new))
+        if data.get("trace_hash"):
+            text += f", trace {str(data['trace_hash'])[:16]}"
+        self.status_label.setText(text)
+
+    def _show_diff(self, code: int, data: dict[str, Any], err: str) -> None:
+        if code not in (0, 1) or not data:
+            self.status_label.setText(f"qhybrid diff failed (exit {code}): {err}")
+            return
+        self.last_diff = data
+        a, b = data.get("run_a"), data.get("run_b")
+        if data.get("identical"):
+            self.status_label.setText(f"{a} and {b}: identical traces")
+            self.details.setPlainText(f"{a}\n{b}\n\nidentical traces")
+            return
+        tick = int(data.get("first_tick", 0))
+        lines = [
+            f"{a} vs {b}",
+            f"first divergence: record {data.get('first_record')}, tick {tick}",
+            f"  a: {data.get('a')}",
+            f"  b: {data.get('b')}",
+            "",
+            "first tick each agent's messages differ:",
+        ]
+        agents = data.get("agents") or {}
+        lines.extend(
+            f"  {name}: tick {t}" for name, t in sorted(agents.items(), key=lambda kv: kv[1])
+        )
+        self.details.setPlainText(printable_lines("\n".join(lines)))
+        self.status_label.setText(f"first divergence at tick {tick}: showing run {a} there")
+        # Jump to the first divergence: run A's messages of that tick.
+        if isinstance(a, str):
+            self.open_run(a)
+            self.details.setPlainText(printable_lines("\n".join(lines)))
+            self.inspector.tick_spin.setValue(tick)
+
+    def _update_buttons(self, *_args: Any) -> None:
+        n = len(self.selected_ids())
+        idle = not self.command.busy
+        self.open_button.setEnabled(n >= 1)
+        self.diff_button.setEnabled(n == 2 and idle)
+        for b in (self.replay_button, self.resume_button, self.fork_button):
+            b.setEnabled(n == 1 and idle)
+
+    # -- refresh only while shown ---------------------------------------------------------------
+    def showEvent(self, event: QShowEvent) -> None:
+        self.refresh()
+        self.timer.start()
+        super().showEvent(event)
+
+    def hideEvent(self, event: QHideEvent) -> None:
+        self.timer.stop()
+        super().hideEvent(event)
+
+    def close_command(self) -> None:
+        """Stop a command still running (the window is closing)."""
+        self.timer.stop()
+        self.command.kill()
+
+
+def _details_text(run: dict[str, Any]) -> str:
+    summary = run.get("summary") or {}
+    lines = [
+        f"run {run['run_id']} ({run['kind']}), {run['scenario_name']}, seed {run['seed']}",
+        f"status {run['status']}" + (f": {run['reason']}" if run.get("reason") else ""),
+        f"ticks {run.get('last_tick')}, records {run.get('records')}, "
+        f"checkpoints {run.get('checkpoints')}, LLM requests {run.get('llm_requests')}",
+        f"trace {run.get('trace_hash') or '(none yet)'}",
+        f"scenario {run.get('scenario_path')}",
+    ]
+    if run.get("parent"):
+        lines.append(f"forked from {run['parent']} at tick {run.get('fork_tick')}")
+    if run.get("children"):
+        lines.append(f"forks: {', '.join(run['children'])}")
+    agents = summary.get("agents") or []
+    if agents:
+        lines.append(f"{len(agents)} agents:")
+        for a in agents:
+            error = f"  {a['error']}" if a.get("error") else ""
+            lines.append(f"  {a['name']}: {a['state']}, handled {a['handled']}{error}")
+    return printable_lines("\n".join(lines))

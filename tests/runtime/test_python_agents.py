@@ -1,0 +1,176 @@
+"""Agents written in Python (module = "agent.py"): CPython for WASI in the same sandbox."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qhybrid.runtime import ScenarioError, parse_scenario
+from tests.conftest import ROOT
+from tests.runtime.test_abi_v2 import run_logged, texts
+
+AGENTS = ROOT / "resources" / "agents"
+
+PLANNER = """
+import qhybrid
+
+state = {"asked": 0, "got": []}
+
+
+def init(config):
+    state["group"] = qhybrid.config("crew.group", "crew")
+
+
+def on_message(msg):
+    if msg.kind == 1 and msg.from_runtime:
+        print("planner: hello from print")
+        n = qhybrid.group_size(state["group"])
+        for i in range(n):
+            qhybrid.send_env(qhybrid.group_member(state["group"], i), 10, qhybrid.new_corr(), -1,
+                             '{"n": %d}' % i)
+        state["asked"] = n
+        qhybrid.timer_after(5, 20, b"")
+    elif msg.kind == 11:
+        state["got"].append(msg.json()["steps"])
+        if len(state["got"]) == state["asked"]:
+            qhybrid.info("planner: steps %s" % sorted(state["got"]))
+    elif msg.kind == 20:
+        qhybrid.info("planner: timer %d at tick %d" % (msg.timer, qhybrid.now()))
+    elif msg.kind == 30:
+        raise qhybrid.Fail("planner: refused")
+    elif msg.kind == 31:
+        while True:
+            pass
+"""
+
+
+def scenario(tmp_path: Path, planner: str = PLANNER, fuel: str = "") -> object:
+    (tmp_path / "planner.py").write_text(planner)
+    text = f"""
+name = "py"
+seed = 4
+[stop]
+max_ticks = 50
+[[agents]]
+name = "planner"
+module = "planner.py"
+on_error = "restart"
+max_restarts = 5
+config = {{ crew = {{ group = "pyw" }} }}
+{fuel}
+[[agents]]
+name = "pyw"
+module = "{(AGENTS / "py_worker.py").as_posix()}"
+count = 3
+[[messages]]
+to = "planner"
+kind = 1
+[[messages]]
+to = "planner"
+kind = 30
+at = 8
+[[messages]]
+to = "planner"
+kind = 31
+at = 9
+"""
+    return parse_scenario(text, source=str(tmp_path / "s.toml"), base_dir=tmp_path)
+
+
+def test_a_python_agent_uses_the_abi(tmp_path: Path) -> None:
+    sc = scenario(tmp_path, fuel="limits = { fuel = 50000000 }")
+    result, logs = run_logged(sc, workers=2)  # type: ignore[arg-type]
+    planner = texts(logs, "planner")
+    assert planner[0] == "planner: hello from print"
+    assert "planner: steps [0, 1, 7]" in planner
+    assert "planner: timer 0 at tick 5" in planner
+    summary = {a.name: a for a in result.agents}
+    # The refusal fails its message, the busy loop runs out of fuel: each failure restarts
+    # the agent (a fresh interpreter) while the run goes on.
+    assert summary["planner"].state == "loaded"
+    assert summary["planner"].restarts == 2
+    assert summary["planner"].error is not None and "out of fuel" in summary["planner"].error
+    assert all(summary[f"pyw-{i}"].state == "loaded" for i in range(3))
+    # The same trace with one worker.
+    assert run_logged(sc, workers=1)[0].trace_hash == result.trace_hash  # type: ignore[arg-type]
+
+
+def test_a_python_agent_with_a_syntax_error_is_refused_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / "planner.py").write_text("def on_message(msg):\n    return (\n")
+    sc = parse_scenario(
+        '[[agents]]\nname = "p"\nmodule = "planner.py"\n', source="s.toml", base_dir=tmp_path
+    )
+    with pytest.raises(ScenarioError, match=r"planner.py:2: .*never closed"):
+        run_logged(sc)
+
+
+def test_the_cli_says_what_is_wrong_with_a_python_agent(tmp_path: Path) -> None:
+    (tmp_path / "planner.py").write_text("x = 1\n")
+    (tmp_path / "s.toml").write_text('[[agents]]\nname = "p"\nmodule = "planner.py"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "qhybrid", "--headless", str(tmp_path / "s.toml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "must define on_message(msg)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+CHATTER = """
+import qhybrid
+
+def on_message(msg):
+    if msg.kind == 1:
+        qhybrid.chat(
+            [{"role": "system", "content": "You tell stories."},
+             {"role": "user", "content": "Once upon a time"}],
+            5, max_tokens=6, temperature=0, stop=["zzz"],
+        )
+        qhybrid.chat([{"role": "user", "content": "Tom had a dog"}], 6, max_tokens=40, seed=3)
+        qhybrid.chat([{"role": "wizard", "content": "x"}], 7)
+    elif msg.kind == 2:
+        qhybrid.llm_cancel(1)
+    elif msg.kind == qhybrid.KIND_LLM_CHAT_DONE:
+        a = msg.json()
+        qhybrid.info("chat %(tag)s %(status)s %(finish)s %(completion_tokens)s" % a)
+        if a["status"]:
+            qhybrid.info("error " + a["error"])
+"""
+
+
+def test_chat_requests_reach_the_model_with_their_own_sampling(tmp_path: Path) -> None:
+    (tmp_path / "chatter.py").write_text(CHATTER)
+    model = (ROOT / "resources" / "models" / "tiny-stories.gguf").as_posix()
+    text = f"""
+seed = 2
+[llm]
+model = "{model}"
+device = "cpu"
+[[agents]]
+name = "chatter"
+module = "chatter.py"
+[[messages]]
+to = "chatter"
+kind = 1
+[[messages]]
+to = "chatter"
+kind = 2
+at = 3
+"""
+    sc = parse_scenario(text, source=str(tmp_path / "s.toml"), base_dir=tmp_path)
+    result, logs = run_logged(sc, workers=1)
+    lines = texts(logs, "chatter")
+    # The bad role is answered at once; the first request ends at its own max_tokens; the
+    # second is cancelled by the agent before its 40 tokens.
+    assert lines[0] == "chat 7 1 error 0"
+    assert lines[1].startswith("error messages[0] must be")
+    assert "chat 5 0 length 6" in lines
+    cancelled = [t for t in lines if t.startswith("chat 6 ")]
+    assert len(cancelled) == 1 and cancelled[0].startswith("chat 6 0 cancelled")
+    assert result.llm is not None and result.llm["requests"] == 2
