@@ -44,10 +44,14 @@ DEFAULT_WORKER_MEMORY_BYTES = 8 << 30
 
 
 def effective_limits(limits: Limits) -> tuple[Limits, frozenset[str]]:
-    """``limits`` with every unset limit at its default, and the names of those defaulted."""
+    """``limits`` with every unset limit at its default, and the names of those defaulted.
+
+    Fuel defaults only when the scenario sets neither fuel nor a time limit: a scenario that
+    chose a time limit chose how long a handler may run (1e9 fuel is well under 0.1 s of a
+    tight loop on a current core, so a default fuel would override a longer timeout)."""
     defaulted = set()
     fuel, timeout_ms, memory = limits.fuel, limits.timeout_ms, limits.memory_bytes
-    if fuel is None:
+    if fuel is None and timeout_ms is None:
         fuel = DEFAULT_FUEL
         defaulted.add("fuel")
     if timeout_ms is None:
