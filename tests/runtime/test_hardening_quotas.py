@@ -40,6 +40,10 @@ timeout_s = 60
 name = "flood"
 module = "{HOSTILE}/flood.wat"
 on_error = "skip"
+# The quotas are under test, not the default 5 s time limit: 200,000 WASI writes through the
+# host take a few seconds on a slow machine (CI failed on it once).
+[agents.limits]
+timeout_ms = 60000
 [[messages]]
 to = "flood"
 kind = {kind}
@@ -122,6 +126,10 @@ slots = 8
 name = "flood"
 module = "{HOSTILE}/flood.wat"
 on_error = "skip"
+# The quotas are under test, not the default 5 s time limit: 200,000 WASI writes through the
+# host take a few seconds on a slow machine (CI failed on it once).
+[agents.limits]
+timeout_ms = 60000
 [[messages]]
 to = "flood"
 kind = 10
