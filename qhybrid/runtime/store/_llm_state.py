@@ -82,11 +82,18 @@ def rebuild(engine: LlmEngine, t0: int, at: int, requests: list[RecordedRequest]
         by_tick.setdefault(r.tick, []).append(r)
     steps = 0
     for r in sorted(by_tick.get(t0, []), key=lambda r: r.request_id):
-        engine.submit(r.prompt_ids, _params(r.params), request_id=r.request_id)
+        engine.submit(
+            r.prompt_ids, _params(r.params), request_id=r.request_id, owner=r.params.get("owner")
+        )
     for tick in range(t0 + 1, at + 1):
         if engine.has_work():
             engine.step()
             steps += 1
         for r in sorted(by_tick.get(tick, []), key=lambda r: r.request_id):
-            engine.submit(r.prompt_ids, _params(r.params), request_id=r.request_id)
+            engine.submit(
+                r.prompt_ids,
+                _params(r.params),
+                request_id=r.request_id,
+                owner=r.params.get("owner"),
+            )
     return steps

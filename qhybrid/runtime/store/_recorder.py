@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 HAND_OVER_S = 0.05
 
 
-def params_json(params: GenerationParams) -> str:
+def params_json(params: GenerationParams, owner: int | str | None = None) -> str:
     # Field by field: a grammar (an ABI v2 chat request's JSON Schema, bound to the model's
     # tokens) is no JSON and large; its schema is kept instead (a resume mid-answer rebuilds
     # such a request without it, see _llm_state._params).
@@ -55,6 +55,8 @@ def params_json(params: GenerationParams) -> str:
     if grammar is not None:
         data["grammar"] = None
         data["json_schema"] = getattr(getattr(grammar, "grammar", None), "schema", None)
+    if owner is not None:
+        data["owner"] = owner
     return json.dumps(data, sort_keys=True)
 
 
@@ -163,15 +165,22 @@ class _RecordingEngine:
         self._runtime = runtime
 
     def submit(
-        self, prompt_tokens: Sequence[int], params: GenerationParams, request_id: int | None = None
+        self,
+        prompt_tokens: Sequence[int],
+        params: GenerationParams,
+        request_id: int | None = None,
+        owner: Hashable = None,
     ) -> int:
-        rid = self._inner.submit(prompt_tokens, params, request_id)
+        rid = self._inner.submit(prompt_tokens, params, request_id, owner)
+        # The owner (the asking agent's id) decides who gets a free slot first: a rebuild of
+        # the engine after a resume must submit with it, or waiting requests change order.
+        kept = owner if isinstance(owner, int | str) else None
         self._recorder._batch.llm_requests.append(
             (
                 rid,
                 self._runtime.tick,
                 json.dumps(list(prompt_tokens)),
-                params_json(params),
+                params_json(params, owner=kept),
                 str(params.seed),
             )
         )

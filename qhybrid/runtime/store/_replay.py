@@ -60,8 +60,13 @@ class RecordedEngine:
         self.steps = 0
 
     def submit(
-        self, prompt_tokens: Sequence[int], params: GenerationParams, request_id: int | None = None
+        self,
+        prompt_tokens: Sequence[int],
+        params: GenerationParams,
+        request_id: int | None = None,
+        owner: object = None,
     ) -> int:
+        # ``owner`` decides slot order in the real engine; here every answer comes recorded.
         assert request_id is not None
         self._pending.add(request_id)
         return request_id
