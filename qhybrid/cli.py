@@ -128,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from qhybrid.runs_cli import add_store_arguments
 
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where agents run: local worker processes (default) or Ray actors "
+        "(pip install 'qhybrid[ray]'; see docs/scale-out.md)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --backend ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); "
+        "default: start Ray on this machine",
+    )
     add_store_arguments(parser, run=True)
     parser.add_argument("--version", action="version", version=f"qhybrid {__version__}")
     return parser
@@ -237,11 +251,26 @@ def run_headless(args: argparse.Namespace) -> int:
     if args.max_worker_restarts < 0:
         err.print("[bold red]error:[/] --max-worker-restarts must be >= 0")
         return EXIT_BAD_INPUT
+    if args.ray_address is not None and args.backend != "ray":
+        err.print("[bold red]error:[/] --ray-address needs --backend ray")
+        return EXIT_BAD_INPUT
+    if args.backend == "ray":
+        from qhybrid.runtime.wasm_pool import RayNotInstalled, import_ray
+
+        try:
+            import_ray()
+        except RayNotInstalled as exc:
+            from rich.markup import escape
+
+            err.print(f"[bold red]error:[/] --backend ray: {escape(str(exc))}", soft_wrap=True)
+            return EXIT_BAD_INPUT
     config = RuntimeConfig(
         workers=workers,
         device=args.device,
         trace_path=args.trace,
         max_worker_restarts=args.max_worker_restarts,
+        backend=args.backend,
+        ray_address=args.ray_address,
     )
     err.print(
         f"qhybrid {__version__}: running [bold]{scenario.name}[/] "

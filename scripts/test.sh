@@ -38,7 +38,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+# The ray extra: the Ray backend's multi-node tests (tests/runtime/test_ray*.py) run in CI.
+.venv/bin/python -m pip install --quiet -e '.[test,ray]'
 
 # pytest exits 5 when it collected no test: that is a failure here too (set -e).
 exec .venv/bin/python -m pytest "$@"

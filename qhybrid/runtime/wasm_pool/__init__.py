@@ -37,6 +37,12 @@ from qhybrid.runtime.wasm_pool._protocol import (
     TaskRun,
     TensorEntry,
 )
+from qhybrid.runtime.wasm_pool._ray_pool import (
+    RAY_INSTALL_HINT,
+    RayNotInstalled,
+    RayWorkerPool,
+    import_ray,
+)
 from qhybrid.runtime.wasm_pool._worker import main as run_worker
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "KIND_GPU_DONE",
     "KIND_LLM_DONE",
     "KIND_TASK_DONE",
+    "RAY_INSTALL_HINT",
     "RESERVED_KIND_BASE",
     "RUNTIME_SENDER",
     "WORKER_FLAG",
@@ -54,6 +61,8 @@ __all__ = [
     "Limits",
     "ModuleInfo",
     "Outcome",
+    "RayNotInstalled",
+    "RayWorkerPool",
     "TaskOutcome",
     "TaskRun",
     "TensorEntry",
@@ -63,6 +72,7 @@ __all__ = [
     "check_module",
     "compile_module",
     "default_cache_dir",
+    "import_ray",
     "load_module",
     "make_engine",
     "run_worker",
