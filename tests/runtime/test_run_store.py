@@ -85,6 +85,33 @@ def test_a_newer_or_foreign_file_is_refused_with_its_path(tmp_path: Path) -> Non
         RunStore(tmp_path / "missing.sqlite", readonly=True)
 
 
+def test_a_format_1_store_is_migrated_with_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE runs (run_id TEXT PRIMARY KEY, parent TEXT, fork_tick INTEGER, kind TEXT,"
+        " scenario_name TEXT, scenario_path TEXT, scenario_text TEXT, scenario_digest TEXT,"
+        " seed INTEGER, config TEXT, version TEXT, status TEXT, reason TEXT, created REAL,"
+        " updated REAL, finished REAL, last_tick INTEGER, records INTEGER, trace_hash TEXT,"
+        " summary TEXT);"
+        "CREATE TABLE records (run_id TEXT, n INTEGER, tick INTEGER, line TEXT,"
+        " PRIMARY KEY (run_id, n)) WITHOUT ROWID;"
+        "CREATE INDEX records_tick ON records (run_id, tick);"
+        "INSERT INTO runs VALUES ('r1', NULL, NULL, 'run', 's', '/s.toml', '', 'd', 1, '{}',"
+        " 'old', 'completed', NULL, 1, 1, 2, 3, 2, 'h', NULL);"
+        "INSERT INTO records VALUES ('r1', 0, 0, \"('llm_model', 0, 0, 'm', 'a', 'cpu')\");"
+        "INSERT INTO records VALUES ('r1', 1, 3, \"('end', 'completed', 3)\");"
+        "PRAGMA user_version = 1;"
+    )
+    conn.close()
+    with RunStore(path) as store:
+        assert list(store.records("r1")) == [
+            (0, 0, "('llm_model', 0, 0, 'm', 'a', 'cpu')"),
+            (1, 3, "('end', 'completed', 3)"),
+        ]
+        assert store.run("r1")["status"] == "completed"
+
+
 def test_a_resume_forgets_what_came_after_its_checkpoint(tmp_path: Path) -> None:
     with RunStore(tmp_path / "runs.sqlite") as store:
         run = _run(store)

@@ -13,7 +13,25 @@ import sqlite3
 from pathlib import Path
 
 #: The format this code writes; a store with a higher ``user_version`` is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Format 1 kept one ``records`` row per trace record (``line``); format 2 one per flush of the
+# trace (``count`` lines joined in ``lines``). Each old row becomes a row of one line.
+_MIGRATE_1_TO_2 = """
+ALTER TABLE records RENAME TO records_v1;
+DROP INDEX IF EXISTS records_tick;
+CREATE TABLE records (
+    run_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    tick INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    lines TEXT NOT NULL,
+    PRIMARY KEY (run_id, n)
+) WITHOUT ROWID;
+INSERT INTO records (run_id, n, tick, count, lines)
+    SELECT run_id, n, tick, 1, line FROM records_v1;
+DROP TABLE records_v1;
+"""
 
 #: How long a writer waits for another process's transaction before it calls the store locked
 #: (``QHYBRID_STORE_TIMEOUT`` seconds overrides it).
@@ -192,7 +210,20 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             # (not necessarily of the machine), at a fraction of FULL's cost.
             conn.execute("PRAGMA synchronous = NORMAL")
             if version < SCHEMA_VERSION:
-                conn.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+                columns = {r[1] for r in conn.execute("PRAGMA table_info(records)")}
+                # (A development build wrote format 2's table under version 1: no migration.)
+                migrate = _MIGRATE_1_TO_2 if version == 1 and "line" in columns else ""
+                conn.executescript(
+                    "BEGIN IMMEDIATE;"
+                    + migrate
+                    + _SCHEMA
+                    + f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
+        elif 0 < version < SCHEMA_VERSION:
+            # An older format: brought up to date once (that takes a writer), then read.
+            conn.close()
+            connect(path).close()
+            return connect(path, readonly=True)
         elif version == 0:
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if not tables:
