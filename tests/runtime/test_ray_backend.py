@@ -9,6 +9,7 @@ every node here. A tensor's bytes crossing a real network is not tested.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -171,3 +172,41 @@ def test_a_node_removed_mid_run_is_survived_with_the_same_hash(
     assert removed and removed[0] in nodes
     assert restarts >= 1
     assert trace_hash == local_hash
+
+
+BLOCKED_RAY_BENCH = BLOCKED_RAY.replace(
+    "from qhybrid.cli import main", "from qhybrid.bench._cli import main"
+)
+
+
+def test_bench_dispatch_backend_ray_without_ray_exits_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKED_RAY_BENCH, "dispatch", "--backend", "ray"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "pip install 'qhybrid[ray]'" in proc.stderr
+
+
+TINY = ("--workers", "2", "--agents", "8", "--steps", "400")
+
+
+@pytest.mark.slow
+def test_bench_dispatch_backend_ray_measures_the_runtime_on_ray(
+    qhybrid_cmd: list[str],
+) -> None:
+    proc = subprocess.run(
+        [*qhybrid_cmd, "bench", "dispatch", "--backend", "ray", "--no-ray", "--json", *TINY],
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["backend"] == "ray"
+    assert data["ray_backend_steps_per_s"] > 0 and data["ray_backend_p50_us"] > 0
+    assert data["ray_backend_vs_local"] == pytest.approx(
+        data["ray_backend_steps_per_s"] / data["steps_per_s"], rel=0.01
+    )
