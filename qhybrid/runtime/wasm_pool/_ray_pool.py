@@ -23,6 +23,7 @@ import contextlib
 import importlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -73,10 +74,10 @@ class WorkerActor:
 
         self.worker = Worker()
 
-    def hello(self) -> tuple[int, str]:
-        """This actor's process id and Ray node id."""
+    def hello(self) -> tuple[int, str, str]:
+        """This actor's process id, Ray node id and host name."""
         ray = importlib.import_module("ray")
-        return os.getpid(), str(ray.get_runtime_context().get_node_id())
+        return os.getpid(), str(ray.get_runtime_context().get_node_id()), socket.gethostname()
 
     def handle(self, request: Request) -> tuple[str, Any]:
         try:
@@ -97,6 +98,7 @@ class _Actor:
         self.handle = handle
         self.pid: int | None = None
         self.node_id = ""
+        self.host = ""
         self.lock = asyncio.Lock()
         self.busy_ns = 0
         self.requests = 0
@@ -147,6 +149,11 @@ class RayWorkerPool:
     def node_ids(self) -> list[str]:
         """The Ray node each worker index's actor runs on."""
         return [a.node_id for a in self._actors]
+
+    @property
+    def hosts(self) -> list[str]:
+        """The host name each worker index's actor runs on."""
+        return [a.host for a in self._actors]
 
     def busy_ns(self) -> list[int]:
         return [a.busy_ns for a in self._actors]
@@ -199,11 +206,21 @@ class RayWorkerPool:
 
     async def _hello(self, actor: _Actor) -> None:
         try:
-            actor.pid, actor.node_id = await self._wait(
+            actor.pid, actor.node_id, actor.host = await self._wait(
                 actor.handle.hello.remote(), f"worker {actor.index}'s start"
             )
         except self._ray.exceptions.RayActorError as exc:
             raise WorkerCrashed(actor.index, None, None, f"Ray actor died: {exc}") from None
+        if actor.host != socket.gethostname():
+            # Tensors are shared memory on the driver's machine; carrying them to another
+            # machine through Ray's object store is not implemented yet (docs/scale-out.md).
+            logger.warning(
+                "worker %d runs on host %s, not on the driver's (%s): its agents cannot open "
+                "tensors, and CPU tasks on tensors fail there",
+                actor.index,
+                actor.host,
+                socket.gethostname(),
+            )
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Stop every actor, free the placement group, shut Ray down if this pool started
