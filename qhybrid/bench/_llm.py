@@ -9,7 +9,13 @@ Every figure comes from the same file in the same run:
   streams against one stream (goal: at least 4x with 8 streams);
 - llama.cpp through ``llama-cpp-python`` (the optional ``bench`` extra), when installed: the same
   prompt and decode on the CPU (and with all layers offloaded when its build has a GPU
-  backend), so ``vs_llama_cpp`` compares decode rates on the same device (goal: at least 0.9).
+  backend), so ``vs_llama_cpp`` compares decode and prefill rates on the same device (goal:
+  decode at least 0.9);
+- memory: each engine's peak resident set while it loads and runs (Linux: the process's
+  ``VmHWM``, reset through ``/proc/self/clear_refs`` before each engine starts), and the
+  resident set before it, so that the growth is that engine's own;
+- the machine (CPU model, cores, memory) and the load average before and after, since the
+  figures of a shared machine move with its load.
 """
 
 from __future__ import annotations
@@ -44,6 +50,78 @@ class LlmBenchConfig:
     llama_cpp: bool = True
 
 
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class _Memory:
+    """Resident set before an engine runs and its peak while it runs (Linux; None elsewhere)."""
+
+    def __enter__(self) -> _Memory:
+        try:  # "5" resets the peak resident set (VmHWM) to the current one
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        self.before = _status_kb("VmRSS")
+        self.peak: int | None = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.peak = _status_kb("VmHWM")
+
+    def to_json(self) -> dict[str, float | None]:
+        def mb(kb: int | None) -> float | None:
+            return None if kb is None else round(kb / 1024, 1)
+
+        grown = None if self.peak is None or self.before is None else self.peak - self.before
+        return {
+            "rss_before_mb": mb(self.before),
+            "peak_rss_mb": mb(self.peak),
+            "grown_mb": mb(grown),
+        }
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    total = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": total,
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def _load() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
 @dataclass
 class LlmBenchReport:
     model: dict[str, Any]
@@ -51,22 +129,32 @@ class LlmBenchReport:
     runs: list[dict[str, Any]] = field(default_factory=list)
     batching: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=machine)
+    load_before: list[float] = field(default_factory=_load)
+    load_after: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         ours = {r["placement"]: r for r in self.runs if r["engine"] == "qhybrid"}
         theirs = {r["placement"]: r for r in self.runs if r["engine"] == "llama.cpp"}
-        ratios = {
-            place: round(ours[place]["decode_tok_s"] / theirs[place]["decode_tok_s"], 3)
-            for place in ours
-            if place in theirs and theirs[place]["decode_tok_s"] > 0
-        }
+
+        def ratio(key: str) -> dict[str, float]:
+            return {
+                place: round(ours[place][key] / theirs[place][key], 3)
+                for place in ours
+                if place in theirs and theirs[place][key] > 0
+            }
+
+        ratios = ratio("decode_tok_s")
         return {
             "model": self.model,
             "device": self.device,
+            "machine": self.machine,
+            "load_average": {"before": self.load_before, "after": self.load_after},
             "runs": self.runs,
             "batching": self.batching,
             "vs_llama_cpp": {
                 "decode_ratio": ratios,
+                "prefill_ratio": ratio("prefill_tok_s"),
                 "goal": GOAL_VS_LLAMA_CPP,
                 "met": {place: r >= GOAL_VS_LLAMA_CPP for place, r in ratios.items()},
             },
@@ -92,6 +180,7 @@ def run_llm_bench(config: LlmBenchConfig, progress: Progress) -> LlmBenchReport:
         raise BenchmarkError(str(exc)) from exc
     if config.llama_cpp:
         _measure_llama_cpp(config, report, progress)
+    report.load_after = _load()
     return report
 
 
@@ -130,6 +219,7 @@ async def _measure_qhybrid(
                 runner=placement,  # type: ignore[arg-type]
             )
             progress(f"qhybrid {placement}: loading {config.model.name}")
+            memory = _Memory().__enter__()
             async with await Llm.open(config.model, options, device=device) as llm:
                 n_vocab = llm.model.config.n_vocab
                 prompt = _prompt(llm.tokenizer, n_vocab, config.prompt_tokens)
@@ -149,6 +239,7 @@ async def _measure_qhybrid(
                         ),
                     )
                     decode = max(decode, result.decode_tok_s)
+                memory.__exit__()
                 progress(
                     f"qhybrid {placement}: prefill {prefill:,.1f} tok/s, decode {decode:,.1f} tok/s"
                 )
@@ -161,6 +252,7 @@ async def _measure_qhybrid(
                         "decode_tokens": config.decode_tokens,
                         "prefill_tok_s": round(prefill, 3),
                         "decode_tok_s": round(decode, 3),
+                        **memory.to_json(),
                     }
                 )
                 if config.streams > 1:
@@ -223,6 +315,7 @@ def _measure_llama_cpp(config: LlmBenchConfig, report: LlmBenchReport, progress:
         offload.append(("gpu", -1))
     for placement, layers in offload:
         progress(f"llama.cpp {placement}: loading")
+        memory = _Memory().__enter__()
         try:
             model = llama_cpp.Llama(
                 model_path=str(config.model),
@@ -231,6 +324,9 @@ def _measure_llama_cpp(config: LlmBenchConfig, report: LlmBenchReport, progress:
                 # The threads qhybrid's CPU path uses for large products: half the cores
                 # (more threads than idle cores make both engines spin, not compute).
                 n_threads=max(1, (os.cpu_count() or 1) // 2),
+                # Its prompt batches default to every core, which spin against each other on a
+                # loaded machine (prefill 19 tok/s instead of 120 here): the same count.
+                n_threads_batch=max(1, (os.cpu_count() or 1) // 2),
                 seed=0,
                 verbose=False,
             )
@@ -253,6 +349,7 @@ def _measure_llama_cpp(config: LlmBenchConfig, report: LlmBenchReport, progress:
                     token = model.sample(temp=0.0)
                     model.eval([token])
                 decode = max(decode, (config.decode_tokens - 1) / (time.perf_counter() - started))
+            memory.__exit__()
         finally:
             model.close()
         progress(f"llama.cpp {placement}: prefill {prefill:,.1f} tok/s, decode {decode:,.1f} tok/s")
@@ -266,6 +363,8 @@ def _measure_llama_cpp(config: LlmBenchConfig, report: LlmBenchReport, progress:
                 "decode_tokens": config.decode_tokens,
                 "prefill_tok_s": round(prefill, 3),
                 "decode_tok_s": round(decode, 3),
+                "threads": max(1, (os.cpu_count() or 1) // 2),
+                **memory.to_json(),
             }
         )
 

@@ -20,6 +20,7 @@ Never imports Qt. See docs/llm.md.
 
 from __future__ import annotations
 
+from qhybrid.runtime.llm._arch import SUPPORTED_ARCHS
 from qhybrid.runtime.llm._engine import (
     Constraint,
     GenerationParams,
@@ -29,7 +30,6 @@ from qhybrid.runtime.llm._engine import (
     sample_host,
 )
 from qhybrid.runtime.llm._gguf import (
-    SUPPORTED_ARCHS,
     SUPPORTED_QTYPES,
     ModelConfig,
     ModelError,

@@ -1,9 +1,13 @@
-"""``qhybrid generate MODEL PROMPT``: one-off text generation from a GGUF file, streamed.
+"""``qhybrid generate MODEL [PROMPT]``: text generation from a GGUF model, streamed.
 
-Like llama.cpp's CLI: the generated text goes to stdout as it comes (the prompt is not
-echoed), a one-line timing summary to stderr; ``--json`` prints one object instead. Exit codes:
-0 done, 1 the device failed, 2 bad input (flags, model file, prompt), 130 interrupted (the
-text generated so far is kept).
+MODEL is a file or a name as ``qhybrid models`` lists it (``llama3.2:1b``, a file stem such as
+``smollm2``; an ambiguous name lists the candidates). Like llama.cpp's CLI, the prompt is
+printed, then the generated text as it comes, and a one-line timing summary goes to stderr;
+``--json`` prints one object instead (no prompt echo). ``--chat`` formats the prompt with the
+model's chat template and keeps the conversation going: each line read from stdin is the next
+user turn, until end of input. A model file larger than 64 MB is read in with a progress bar on
+a terminal. Exit codes: 0 done, 1 the device failed, 2 bad input (flags, model, prompt), 130
+interrupted (the text generated so far is kept).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from qhybrid._argparse import (
     EXIT_BAD_INPUT,
@@ -57,10 +62,17 @@ def _non_negative_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="qhybrid generate",
-        description="Generate text from a GGUF model (llama, qwen2), streamed to stdout.",
+        description=(
+            "Generate text from a GGUF model (llama, qwen2, qwen3, gemma2, gemma3, phi3), "
+            "streamed to stdout."
+        ),
     )
-    parser.add_argument("model", metavar="MODEL", type=Path, help="a GGUF model file")
-    parser.add_argument("prompt", metavar="PROMPT", help="the prompt text")
+    parser.add_argument(
+        "model", metavar="MODEL", help="a GGUF file, or a model name as `qhybrid models` lists it"
+    )
+    parser.add_argument(
+        "prompt", metavar="PROMPT", nargs="?", help="the prompt text (with --chat: optional)"
+    )
     parser.add_argument(
         "--max-tokens", type=positive_int, default=128, metavar="N", help="default 128"
     )
@@ -95,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop before this text (repeatable)",
     )
     parser.add_argument(
-        "--chat", action="store_true", help="format the prompt with the model's chat template"
+        "--chat",
+        action="store_true",
+        help="chat: the model's chat template, then further turns read from stdin",
+    )
+    parser.add_argument(
+        "--system", metavar="TEXT", default=None, help="with --chat: a system message first"
     )
     parser.add_argument(
         "--n-ctx",
@@ -123,14 +140,84 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     if args.repeat_penalty == 0:
         return _bad("--repeat-penalty must be > 0")
-    if not args.model.is_file():
-        return _bad(f"{args.model}: no such model file")
+    if args.prompt is None and not args.chat:
+        return _bad("a PROMPT is needed (or --chat, to read the conversation from stdin)")
+    try:
+        args.model = _resolve(args.model)
+    except _NameError as exc:
+        return _bad(str(exc))
     try:
         return asyncio.run(_generate(args))
     except KeyboardInterrupt:
         sys.stdout.write("\n")
         sys.stderr.write("qhybrid generate: interrupted\n")
         return EXIT_INTERRUPTED
+
+
+class _NameError(Exception):
+    pass
+
+
+def _resolve(name: str) -> Path:
+    from qhybrid.runtime.llm._models_cli import ModelNameError, resolve_model
+
+    try:
+        return resolve_model(name)
+    except ModelNameError as exc:
+        if not exc.candidates and (name.lower().endswith(".gguf") or "/" in name):
+            raise _NameError(f"{name}: no such model file") from None
+        lines = [str(exc)]
+        lines += [f"  {m.name or m.path.name}  ({m.source}: {m.path})" for m in exc.candidates]
+        if exc.candidates:
+            lines.append("give one of these names, or the file's path")
+        raise _NameError("\n".join(lines)) from None
+
+
+def _read_with_progress(path: Path) -> None:
+    """Read a large model file once, with a progress bar on a terminal: the weights are
+    memory-mapped, so this is the disk read the first forward pass would otherwise stall on."""
+    size = path.stat().st_size
+    if size < 64 << 20 or not sys.stderr.isatty():
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with (
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            transient=True,
+        ) as bar,
+        path.open("rb") as fh,
+    ):
+        task = bar.add_task(f"loading {path.name}", total=size)
+        while chunk := fh.read(16 << 20):
+            bar.advance(task, len(chunk))
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The conversation so far as prompt ids, through the model's chat template."""
+    text = tokenizer.apply_chat_template(messages)
+    bos = tokenizer.bos_id
+    # A template that writes the BOS token itself must not get a second one.
+    writes_bos = bos is not None and text.startswith(tokenizer.token_text(bos))
+    ids: list[int] = tokenizer.encode(text, add_bos=None if not writes_bos else False)
+    return ids
+
+
+def _next_turn() -> str | None:
+    """The next user line from stdin, or None at the end of input."""
+    if sys.stdin.isatty():
+        sys.stderr.write("> ")
+        sys.stderr.flush()
+    try:
+        line = sys.stdin.readline()
+    except (OSError, ValueError):  # no stdin (closed, or captured by a test runner)
+        return None
+    if not line:
+        return None
+    return line.rstrip("\n")
 
 
 def _bad(message: str) -> int:
@@ -165,6 +252,7 @@ async def _generate(args: argparse.Namespace) -> int:
         return _bad(str(exc))
     device = GpuDevice(prefer="cpu" if args.device == "cpu" else args.device)
     try:
+        await asyncio.to_thread(_read_with_progress, args.model)
         llm = await Llm.open(args.model, options, device=device)
     except ModelError as exc:
         await asyncio.to_thread(device.close)
@@ -174,43 +262,90 @@ async def _generate(args: argparse.Namespace) -> int:
         sys.stderr.write(f"qhybrid generate: {exc}\n")
         return EXIT_FAILED
     try:
-        try:
-            stream = llm.stream(args.prompt, params, chat=args.chat)
-        except ValueError as exc:
-            return _bad(str(exc))
-        try:
-            async for text in stream:
-                if not args.json:
-                    sys.stdout.write(text)
-                    sys.stdout.flush()
-        except asyncio.CancelledError:
-            await stream.aclose()
-            raise
-        result = stream.result
-        assert result is not None
-        info = llm.device_info
-        if args.json:
-            summary = result.to_json()
-            summary.update(
-                model=str(args.model),
-                model_name=llm.model.name,
-                arch=llm.model.config.arch,
-                placement=llm.placement,
-                device=info.to_json(),
-            )
-            sys.stdout.write(json.dumps(summary) + "\n")
-        else:
-            where = f"GPU {info.name}" if llm.placement == "gpu" else "CPU (numpy)"
-            sys.stdout.write("\n")
-            sys.stderr.write(
-                f"[{len(result.prompt_tokens)} prompt tokens at {result.prefill_tok_s:.1f} tok/s, "
-                f"{len(result.tokens)} generated at {result.decode_tok_s:.1f} tok/s, "
-                f"{result.finish}; {where}]\n"
-            )
-        if result.finish == "error":
-            sys.stderr.write(f"qhybrid generate: {result.error}\n")
-            return EXIT_FAILED
+        if not args.chat:
+            return await _one_turn(llm, args, params, args.prompt, None)
+        from qhybrid.runtime.llm import ChatTemplateError
+
+        messages: list[dict[str, str]] = []
+        if args.system:
+            messages.append({"role": "system", "content": args.system})
+        user = args.prompt if args.prompt is not None else await asyncio.to_thread(_next_turn)
+        typed = args.prompt is None and sys.stdin.isatty()
+        while user is not None:
+            if user.strip():
+                messages.append({"role": "user", "content": user})
+                try:
+                    ids = _chat_ids(llm.tokenizer, messages)
+                except ChatTemplateError as exc:
+                    return _bad(str(exc))
+                if not args.json and not typed:  # a typed line is on the terminal already
+                    sys.stdout.write(f"> {user}\n")
+                code, answer = await _stream(llm, args, params, ids)
+                if code != EXIT_OK:
+                    return code
+                messages.append({"role": "assistant", "content": answer.strip()})
+            user = await asyncio.to_thread(_next_turn)
+            typed = sys.stdin.isatty()
         return EXIT_OK
     finally:
         await llm.aclose()
         await asyncio.to_thread(device.close)
+
+
+async def _one_turn(
+    llm: Any, args: argparse.Namespace, params: Any, prompt: str, _ids: list[int] | None
+) -> int:
+    try:
+        ids = llm.encode(prompt)
+    except ValueError as exc:
+        return _bad(str(exc))
+    if not args.json:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+    code, _text = await _stream(llm, args, params, ids)
+    return code
+
+
+async def _stream(
+    llm: Any, args: argparse.Namespace, params: Any, ids: list[int]
+) -> tuple[int, str]:
+    """Generate from ``ids``, streaming to stdout (or one JSON line); (exit code, text)."""
+    try:
+        stream = llm.stream(ids, params)
+    except ValueError as exc:
+        return _bad(str(exc)), ""
+    parts: list[str] = []
+    try:
+        async for text in stream:
+            parts.append(text)
+            if not args.json:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+    except asyncio.CancelledError:
+        await stream.aclose()
+        raise
+    result = stream.result
+    assert result is not None
+    info = llm.device_info
+    if args.json:
+        summary = result.to_json()
+        summary.update(
+            model=str(args.model),
+            model_name=llm.model.name,
+            arch=llm.model.config.arch,
+            placement=llm.placement,
+            device=info.to_json(),
+        )
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        where = f"GPU {info.name}" if llm.placement == "gpu" else "CPU (numpy)"
+        sys.stdout.write("\n")
+        sys.stderr.write(
+            f"[{len(result.prompt_tokens)} prompt tokens at {result.prefill_tok_s:.1f} tok/s, "
+            f"{len(result.tokens)} generated at {result.decode_tok_s:.1f} tok/s, "
+            f"{result.finish}; {where}]\n"
+        )
+    if result.finish == "error":
+        sys.stderr.write(f"qhybrid generate: {result.error}\n")
+        return EXIT_FAILED, "".join(parts)
+    return EXIT_OK, "".join(parts)

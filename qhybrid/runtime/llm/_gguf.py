@@ -27,18 +27,20 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
 
+from qhybrid.runtime.llm._arch import (
+    SUPPORTED_ARCHS,
+    Activation,
+    arch_config,
+    unsupported_arch_message,
+)
 from qhybrid.runtime.wgpu_thread import _reference as ref
 
 logger = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
-#: Architectures the runtime runs (``general.architecture``).
-SUPPORTED_ARCHS: tuple[str, ...] = ("llama", "qwen2")
 #: Weight formats the runtime reads (the kernels' :data:`~._reference.QTYPES`).
 SUPPORTED_QTYPES: tuple[str, ...] = ref.QTYPES
 RopeMode = Literal["normal", "neox"]
-# As llama.cpp's llama_model_rope_type: llama rotates adjacent pairs, qwen2 the two halves.
-_ROPE_MODE: dict[str, RopeMode] = {"llama": "normal", "qwen2": "neox"}
 
 
 class ModelError(Exception):
@@ -71,6 +73,44 @@ class ModelConfig:
     attn_bias: bool
     #: ``rope_freqs.weight`` present (Llama 3.1+ long-context factors: per pair, divide theta).
     rope_freq_factors: bool = False
+    #: Per-head RMSNorm of q and k before rope (qwen3, gemma3).
+    qk_norm: bool = False
+    #: RMSNorm of the attention output and of the FFN output before each residual (gemma).
+    post_norms: bool = False
+    #: The FFN's gate activation: SwiGLU (silu) or GeGLU (gelu, tanh approximation).
+    activation: Activation = "silu"
+    #: The token embeddings are multiplied by this (gemma: sqrt(n_embd)).
+    embd_scale: float = 1.0
+    #: Queries are scaled by this before q.k (1/sqrt(head_dim) but for gemma's 27B sizes).
+    attn_scale: float = 0.0
+    #: Attention scores become ``c * tanh(s / c)`` when c > 0 (gemma2).
+    attn_softcap: float = 0.0
+    #: Logits become ``c * tanh(l / c)`` when c > 0 (gemma2).
+    final_softcap: float = 0.0
+    #: Sliding window of the local layers (a query at p sees keys p - window < k <= p).
+    swa_window: int = 0
+    #: Per layer: True for a sliding-window (local) layer; empty: none is.
+    swa_layers: tuple[bool, ...] = ()
+    #: Rope base and scale of the local layers (gemma3: 10000, unscaled).
+    rope_freq_base_swa: float = 0.0
+    rope_freq_scale_swa: float = 1.0
+    #: One ``attn_qkv.weight`` instead of q, k, v (phi3).
+    fused_qkv: bool = False
+    #: ``ffn_up.weight`` holds the gate rows then the up rows (phi3).
+    fused_up: bool = False
+
+    @property
+    def query_scale(self) -> float:
+        return self.attn_scale or 1.0 / math.sqrt(self.head_dim)
+
+    def is_swa(self, layer: int) -> bool:
+        return self.swa_window > 0 and bool(self.swa_layers) and self.swa_layers[layer]
+
+    def layer_rope(self, layer: int) -> tuple[float, float]:
+        """(freq_base, freq_scale) of a layer's rope."""
+        if self.is_swa(layer):
+            return self.rope_freq_base_swa or self.rope_freq_base, self.rope_freq_scale_swa
+        return self.rope_freq_base, self.rope_freq_scale
 
     @property
     def n_embd_q(self) -> int:
@@ -406,9 +446,7 @@ def _load(p: Path, reader: Any) -> ModelFile:
     if arch is None:
         raise ModelError(f"{p}: missing metadata key 'general.architecture'")
     if arch not in SUPPORTED_ARCHS:
-        raise ModelError(
-            f"{p}: architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHS)})"
-        )
+        raise ModelError(f"{p}: {unsupported_arch_message(str(arch))}")
     meta.arch = str(arch)
     raw_tensors = {t.name: t for t in reader.tensors}
     views: dict[str, TensorData] = {}
@@ -421,98 +459,9 @@ def _load(p: Path, reader: Any) -> ModelFile:
             views[name] = _tensor_view(p, reader, t)
         return views[name]
 
-    config = _config(p, meta, raw_tensors, need)
+    config = arch_config(p, meta, raw_tensors, need)
     logger.info("loaded %s: %s", p, config)
     return ModelFile(p, reader, config, views)
-
-
-def _config(p: Path, meta: _Meta, raw: Mapping[str, Any], need: Any) -> ModelConfig:
-    arch = meta.arch
-    n_layer = meta.need("{arch}.block_count")
-    n_embd = meta.need("{arch}.embedding_length")
-    n_head = meta.need("{arch}.attention.head_count")
-    n_head_kv = int(meta.get("{arch}.attention.head_count_kv", n_head))
-    n_ff = meta.need("{arch}.feed_forward_length")
-    if min(n_layer, n_embd, n_head, n_head_kv, n_ff) <= 0:
-        raise ModelError(f"{p}: a layer count, width or head count in the metadata is 0")
-    if n_head % n_head_kv:
-        raise ModelError(f"{p}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
-    head_dim = int(meta.get("{arch}.attention.key_length", n_embd // n_head))
-    v_dim = int(meta.get("{arch}.attention.value_length", head_dim))
-    if v_dim != head_dim:
-        raise ModelError(f"{p}: key_length {head_dim} != value_length {v_dim} is not supported")
-    rope_dims = int(meta.get("{arch}.rope.dimension_count", head_dim))
-    if rope_dims > head_dim or rope_dims % 2:
-        raise ModelError(f"{p}: rope.dimension_count {rope_dims} does not fit head size {head_dim}")
-    scaling = str(meta.get("{arch}.rope.scaling.type", "none"))
-    freq_scale = 1.0
-    if scaling == "linear":
-        factor = float(meta.get("{arch}.rope.scaling.factor", 1.0) or 1.0)
-        freq_scale = 1.0 / factor
-    elif scaling not in ("none", ""):
-        raise ModelError(f"{p}: rope scaling {scaling!r} is not supported (none, linear)")
-    eps = float(meta.get("{arch}.attention.layer_norm_rms_epsilon", 1e-5))
-
-    embd = need("token_embd.weight")
-    n_vocab = embd.rows
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if tokens is not None and len(tokens) != n_vocab:
-        raise ModelError(
-            f"{p}: token_embd.weight has {n_vocab} rows but the vocabulary has {len(tokens)} tokens"
-        )
-    tied = "output.weight" not in raw
-    attn_bias = arch == "qwen2" or "blk.0.attn_q.bias" in raw
-    config = ModelConfig(
-        arch=arch,
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_head=n_head,
-        n_head_kv=n_head_kv,
-        head_dim=head_dim,
-        n_ff=n_ff,
-        n_vocab=n_vocab,
-        n_ctx_train=int(meta.get("{arch}.context_length", 2048)),
-        rope_freq_base=float(meta.get("{arch}.rope.freq_base", 10000.0)),
-        rope_mode=_ROPE_MODE[arch],
-        rope_dims=rope_dims,
-        rope_freq_scale=freq_scale,
-        rms_eps=eps,
-        tied_embeddings=tied,
-        attn_bias=attn_bias,
-        rope_freq_factors="rope_freqs.weight" in raw,
-    )
-
-    def check(name: str, rows: int, cols: int) -> None:
-        t = need(name)
-        if (t.rows, t.cols) != (rows, cols):
-            raise ModelError(
-                f"{p}: tensor {name!r} is {t.rows}x{t.cols} (rows x cols), expected "
-                f"{rows}x{cols} for this model's metadata"
-            )
-
-    check("token_embd.weight", n_vocab, n_embd)
-    check("output_norm.weight", 1, n_embd)
-    if not tied:
-        check("output.weight", n_vocab, n_embd)
-    if config.rope_freq_factors:
-        check("rope_freqs.weight", 1, rope_dims // 2)
-    q, kv = config.n_embd_q, config.n_embd_kv
-    for i in range(n_layer):
-        b = f"blk.{i}."
-        check(b + "attn_norm.weight", 1, n_embd)
-        check(b + "attn_q.weight", q, n_embd)
-        check(b + "attn_k.weight", kv, n_embd)
-        check(b + "attn_v.weight", kv, n_embd)
-        check(b + "attn_output.weight", n_embd, q)
-        if attn_bias:
-            check(b + "attn_q.bias", 1, q)
-            check(b + "attn_k.bias", 1, kv)
-            check(b + "attn_v.bias", 1, kv)
-        check(b + "ffn_norm.weight", 1, n_embd)
-        check(b + "ffn_gate.weight", n_ff, n_embd)
-        check(b + "ffn_up.weight", n_ff, n_embd)
-        check(b + "ffn_down.weight", n_embd, n_ff)
-    return config
 
 
 # -- listing ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The GPU path: the llama/qwen2 graph as WGSL kernels on the device thread.
+"""The GPU path: every supported architecture's graph as WGSL kernels on the device thread.
 
 :class:`GpuRunner` implements :class:`~qhybrid.runtime.llm._runner.ModelRunner` on a
 :class:`~qhybrid.runtime.wgpu_thread.ComputeContext`. Weights are uploaded once, as the GGUF
@@ -13,7 +13,6 @@ It runs on the device thread only (everything here is called through ``GpuDevice
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,10 +42,6 @@ def gpu_too_large(ctx: ComputeContext, model: ModelFile) -> str | None:
 
 def gpu_unsupported(config: ModelConfig) -> str | None:
     """Why the GPU graph cannot run this model (the CPU path then does), or None."""
-    if config.rope_freq_factors:
-        return "per-pair rope frequency factors (rope_freqs.weight)"
-    if config.rope_freq_scale != 1.0:
-        return f"linear rope scaling (freq_scale {config.rope_freq_scale:g})"
     if config.head_dim > 256:
         return f"a head size of {config.head_dim} (the attention kernel takes up to 256)"
     return None
@@ -60,10 +55,17 @@ class _Layer:
         "bv",
         "ffn_norm",
         "k_cache",
+        "k_norm",
+        "post_attn_norm",
+        "post_ffn_norm",
+        "q_norm",
+        "rope_base",
+        "rope_scale",
         "v_cache",
         "w_down",
         "w_gate",
         "w_up",
+        "window",
         "wk",
         "wo",
         "wq",
@@ -82,8 +84,20 @@ class _Layer:
     bq: GpuTensor | None
     bk: GpuTensor | None
     bv: GpuTensor | None
+    q_norm: GpuTensor | None
+    k_norm: GpuTensor | None
+    post_attn_norm: GpuTensor | None
+    post_ffn_norm: GpuTensor | None
     k_cache: GpuTensor
     v_cache: GpuTensor
+    rope_base: float
+    rope_scale: float
+    window: int
+
+
+def _rows(t: TensorData, begin: int, end: int, part: str) -> TensorData:
+    """Rows ``begin:end`` of a fused weight (phi3's qkv, gate/up) as a tensor of its own."""
+    return TensorData(f"{t.name}[{part}]", t.qtype, end - begin, t.cols, t.data[begin:end])
 
 
 class GpuRunner:
@@ -126,19 +140,35 @@ class GpuRunner:
         out = model.output_weight()
         self.output = self.token_embd if out.name == "token_embd.weight" else self._weight(out)
         self.output_norm = self._vector(model.tensor("output_norm.weight"))
+        self.rope_factors: GpuTensor | None = None
+        if c.rope_freq_factors:
+            self.rope_factors = self._vector(model.tensor("rope_freqs.weight"))
         cache_shape = (self.n_slots, self.n_ctx, c.n_head_kv, c.head_dim)
+        q, kv, ff = c.n_embd_q, c.n_embd_kv, c.n_ff
         self.layers: list[_Layer] = []
         for i in range(c.n_layer):
             t = model.layer_tensor
             layer = _Layer()
             layer.attn_norm = self._vector(t(i, "attn_norm.weight"))
             layer.ffn_norm = self._vector(t(i, "ffn_norm.weight"))
-            layer.wq = self._weight(t(i, "attn_q.weight"))
-            layer.wk = self._weight(t(i, "attn_k.weight"))
-            layer.wv = self._weight(t(i, "attn_v.weight"))
+            if c.fused_qkv:
+                # Split by rows at upload: each part is a whole number of GGUF rows.
+                qkv = t(i, "attn_qkv.weight")
+                layer.wq = self._weight(_rows(qkv, 0, q, "q"))
+                layer.wk = self._weight(_rows(qkv, q, q + kv, "k"))
+                layer.wv = self._weight(_rows(qkv, q + kv, q + 2 * kv, "v"))
+            else:
+                layer.wq = self._weight(t(i, "attn_q.weight"))
+                layer.wk = self._weight(t(i, "attn_k.weight"))
+                layer.wv = self._weight(t(i, "attn_v.weight"))
             layer.wo = self._weight(t(i, "attn_output.weight"))
-            layer.w_gate = self._weight(t(i, "ffn_gate.weight"))
-            layer.w_up = self._weight(t(i, "ffn_up.weight"))
+            if c.fused_up:
+                gate_up = t(i, "ffn_up.weight")
+                layer.w_gate = self._weight(_rows(gate_up, 0, ff, "gate"))
+                layer.w_up = self._weight(_rows(gate_up, ff, 2 * ff, "up"))
+            else:
+                layer.w_gate = self._weight(t(i, "ffn_gate.weight"))
+                layer.w_up = self._weight(t(i, "ffn_up.weight"))
             layer.w_down = self._weight(t(i, "ffn_down.weight"))
             layer.bq = layer.bk = layer.bv = None
             if c.attn_bias:
@@ -146,6 +176,16 @@ class GpuRunner:
                 layer.bq = self._vector(t(i, "attn_q.bias"), (c.n_head, c.head_dim))
                 layer.bk = self._vector(t(i, "attn_k.bias"), (c.n_head_kv, c.head_dim))
                 layer.bv = self._vector(t(i, "attn_v.bias"), (c.n_head_kv, c.head_dim))
+            layer.q_norm = layer.k_norm = None
+            if c.qk_norm:
+                layer.q_norm = self._vector(t(i, "attn_q_norm.weight"))
+                layer.k_norm = self._vector(t(i, "attn_k_norm.weight"))
+            layer.post_attn_norm = layer.post_ffn_norm = None
+            if c.post_norms:
+                layer.post_attn_norm = self._vector(t(i, "post_attention_norm.weight"))
+                layer.post_ffn_norm = self._vector(t(i, "post_ffw_norm.weight"))
+            layer.rope_base, layer.rope_scale = c.layer_rope(i)
+            layer.window = c.swa_window if c.is_swa(i) else 0
             for name in ("k_cache", "v_cache"):
                 cache = self._ctx.empty(cache_shape, np.float32, label=f"blk.{i}.{name}")
                 self._owned.append(cache)
@@ -250,11 +290,20 @@ class GpuRunner:
         gate = self._tensor((t_count, c.n_ff), np.float32, scratch)
         up = self._tensor((t_count, c.n_ff), np.float32, scratch)
         act = self._tensor((t_count, c.n_ff), np.float32, scratch)
-        factor = 1.0 / math.sqrt(d)
+        factor = c.query_scale
         rope_dims = c.rope_dims
 
         rec = self._ctx.record()
         rec.get_rows(self.token_embd, g_ids, x)
+        if c.embd_scale != 1.0:
+            rec.scale(x, c.embd_scale, x)
+        normed_qk: tuple[GpuTensor, GpuTensor] | None = None
+        if c.qk_norm:
+            normed_qk = (
+                self._tensor((t_count, hq, d), np.float32, scratch),
+                self._tensor((t_count, hkv, d), np.float32, scratch),
+            )
+        post = self._tensor((t_count, e), np.float32, scratch) if c.post_norms else None
         for layer in self.layers:
             rec.rmsnorm(x, layer.attn_norm, hn, c.rms_eps)
             rec.linear(hn, layer.wq, q)
@@ -271,20 +320,54 @@ class GpuRunner:
                 q_in, k_in, v_in = q2, k2, v2
             else:
                 q_in, k_in, v_in = q, k, v
-            rec.rope(q_in, g_pos, q_in, c.rope_freq_base, c.rope_mode, rope_dims)
-            rec.rope(k_in, g_pos, k_in, c.rope_freq_base, c.rope_mode, rope_dims)
+            if normed_qk is not None and layer.q_norm is not None and layer.k_norm is not None:
+                rec.rmsnorm(q_in, layer.q_norm, normed_qk[0], c.rms_eps)
+                rec.rmsnorm(k_in, layer.k_norm, normed_qk[1], c.rms_eps)
+                q_in, k_in = normed_qk
+            for t_in in (q_in, k_in):
+                rec.rope(
+                    t_in,
+                    g_pos,
+                    t_in,
+                    layer.rope_base,
+                    c.rope_mode,
+                    rope_dims,
+                    layer.rope_scale,
+                    self.rope_factors,
+                )
             rec.kv_store(layer.k_cache, k_in, g_slot, g_pos)
             rec.kv_store(layer.v_cache, v_in, g_slot, g_pos)
-            rec.attention(q_in, layer.k_cache, layer.v_cache, g_slot, g_pos, att, factor)
+            rec.attention(
+                q_in,
+                layer.k_cache,
+                layer.v_cache,
+                g_slot,
+                g_pos,
+                att,
+                factor,
+                window=layer.window,
+                softcap=c.attn_softcap,
+            )
             rec.linear(att, layer.wo, proj)
-            rec.add(x, proj, x_next)
+            if post is not None and layer.post_attn_norm is not None:
+                rec.rmsnorm(proj, layer.post_attn_norm, post, c.rms_eps)
+                rec.add(x, post, x_next)
+            else:
+                rec.add(x, proj, x_next)
             x, x_next = x_next, x
             rec.rmsnorm(x, layer.ffn_norm, hn, c.rms_eps)
             rec.linear(hn, layer.w_gate, gate)
             rec.linear(hn, layer.w_up, up)
-            rec.silu_mul(gate, up, act)
+            if c.activation == "gelu":
+                rec.gelu_mul(gate, up, act)
+            else:
+                rec.silu_mul(gate, up, act)
             rec.linear(act, layer.w_down, proj)
-            rec.add(x, proj, x_next)
+            if post is not None and layer.post_ffn_norm is not None:
+                rec.rmsnorm(proj, layer.post_ffn_norm, post, c.rms_eps)
+                rec.add(x, post, x_next)
+            else:
+                rec.add(x, proj, x_next)
             x, x_next = x_next, x
 
         # Only each sequence's last position goes through the output projection.
@@ -299,6 +382,8 @@ class GpuRunner:
         rec.rmsnorm(last, self.output_norm, normed, c.rms_eps)
         logits = self._tensor((b, c.n_vocab), np.float32, scratch)
         rec.linear(normed, self.output, logits)
+        if c.final_softcap > 0:
+            rec.softcap(logits, c.final_softcap, logits)
         return rec, logits
 
     def _penalize(

@@ -1,10 +1,12 @@
 """``qhybrid models [PATHS...] [--json]``: the GGUF files on this machine, and which qhybrid runs.
 
 Looks in the usual places (Ollama's blob store, named by its manifests; LM Studio's model
-folders; the Hugging Face hub cache; qhybrid's own ``resources/models``) and in the files and
-folders given. Each file is read with :func:`~._gguf.read_model_info`: an unreadable or
-unsupported one is listed with the reason, never a crash. Exit codes: 0 listed, 2 a given path
-does not exist (the others are still listed).
+folders; the Hugging Face hub cache; qhybrid's own ``resources/models`` and its download cache
+``~/.cache/qhybrid/models``) and in the files and folders given. :func:`resolve_model` turns a
+name as this listing shows it (``llama3.2:1b``, ``pub/repo/model.gguf``, a file stem, or a part
+of one) into a file, for ``qhybrid generate NAME``. Each file is read with
+:func:`~._gguf.read_model_info`: an unreadable or unsupported one is listed with the reason,
+never a crash. Exit codes: 0 listed, 2 a given path does not exist (the others are listed).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class FoundModel:
     """A GGUF file found on disk: where, and the name its store gives it."""
 
     path: Path
-    source: str  # "ollama", "lmstudio", "huggingface", "qhybrid", "path"
+    source: str  # "ollama", "lmstudio", "huggingface", "qhybrid", "cache", "path"
     name: str | None = None
 
 
@@ -129,6 +131,11 @@ def find_models(paths: list[Path] | None = None, *, usual_places: bool = True) -
         shipped = resource_path("models")
         if shipped.is_dir():
             found += (FoundModel(f, "qhybrid", f.name) for f in _gguf_files(shipped))
+        from qhybrid.runtime.llm._fetch import models_dir
+
+        cache = models_dir()
+        if cache.is_dir():
+            found += (FoundModel(f, "cache", f.name) for f in _gguf_files(cache))
     for p in paths or []:
         found += (FoundModel(f, "path") for f in _gguf_files(p))
     seen: set[Path] = set()
@@ -146,6 +153,54 @@ def _rel_name(f: Path, root: Path) -> str:
         return str(f.relative_to(root))
     except ValueError:
         return f.name
+
+
+class ModelNameError(Exception):
+    """A model name that matches no file, or several (``candidates``)."""
+
+    def __init__(self, message: str, candidates: list[FoundModel] | None = None) -> None:
+        super().__init__(message)
+        self.candidates = candidates or []
+
+
+def _keys(m: FoundModel) -> set[str]:
+    """The names a model answers to: its store name, file name and stem, lower-case."""
+    keys = {m.path.name, m.path.stem}
+    if m.name:
+        keys |= {m.name, m.name.removesuffix(":latest"), Path(m.name).name, Path(m.name).stem}
+        if m.source in ("huggingface", "lmstudio") and "/" in m.name:
+            # the repository or LM Studio's publisher/model folder, "owner/Repo-GGUF"
+            keys.add(m.name.rsplit("/", 1)[0])
+    return {k.lower() for k in keys if k}
+
+
+def resolve_model(name: str, models: list[FoundModel] | None = None) -> Path:
+    """The file ``name`` means: an existing path; else the one model whose name, file name or
+    stem is ``name`` (case-insensitive); else the one whose names contain it; else a real model
+    qhybrid knows how to fetch (:data:`~._fetch.REAL_MODELS`, downloaded into the cache).
+    Raises :class:`ModelNameError` (with the candidates when several match)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    found = find_models() if models is None else models
+    wanted = name.lower()
+    exact = [m for m in found if wanted in _keys(m)]
+    matches = exact or [m for m in found if any(wanted in k for k in _keys(m))]
+    if len(matches) == 1:
+        return matches[0].path
+    if len(matches) > 1:
+        raise ModelNameError(f"{name!r} matches {len(matches)} models", matches)
+    from qhybrid.runtime.llm._fetch import REAL_MODELS, FetchError, fetch_model
+
+    if wanted in REAL_MODELS:
+        try:
+            return fetch_model(wanted)
+        except FetchError as exc:
+            raise ModelNameError(f"{name!r}: cannot fetch it: {exc}") from None
+    hint = "see `qhybrid models`"
+    if REAL_MODELS:
+        hint += f", or fetch one of: {', '.join(REAL_MODELS)}"
+    raise ModelNameError(f"no model file or model named {name!r} ({hint})")
 
 
 def describe(found: FoundModel) -> dict[str, Any]:

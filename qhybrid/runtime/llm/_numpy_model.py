@@ -1,4 +1,4 @@
-"""The CPU path: the llama/qwen2 graph in numpy, built from the kernels' reference functions.
+"""The CPU path: every supported architecture's graph in numpy, from the kernels' references.
 
 This is both the engine's ``--device cpu`` runner and the reference the GPU runner is tested
 against, so it computes with :mod:`qhybrid.runtime.wgpu_thread._reference` (the kernels'
@@ -112,19 +112,38 @@ class _Weights:
 
 
 class _Layer:
+    """One block's tensors: weights as GGUF views, norms and biases as float32 vectors."""
+
     def __init__(self, model: ModelFile, i: int) -> None:
         c = model.config
         t = model.layer_tensor
         self.attn_norm = t(i, "attn_norm.weight").vector()
         self.ffn_norm = t(i, "ffn_norm.weight").vector()
-        self.wq, self.wk, self.wv = (t(i, f"attn_{n}.weight") for n in "qkv")
+        self.wqkv: TensorData | None = None
+        self.wq = self.wk = self.wv = None
+        if c.fused_qkv:
+            self.wqkv = t(i, "attn_qkv.weight")
+        else:
+            self.wq, self.wk, self.wv = (t(i, f"attn_{n}.weight") for n in "qkv")
         self.wo = t(i, "attn_output.weight")
-        self.w_gate = t(i, "ffn_gate.weight")
+        self.w_gate = None if c.fused_up else t(i, "ffn_gate.weight")
         self.w_up = t(i, "ffn_up.weight")
         self.w_down = t(i, "ffn_down.weight")
         self.bq = self.bk = self.bv = None
         if c.attn_bias:
             self.bq, self.bk, self.bv = (t(i, f"attn_{n}.bias").vector() for n in "qkv")
+        self.q_norm = self.k_norm = None
+        if c.qk_norm:
+            self.q_norm = t(i, "attn_q_norm.weight").vector()
+            self.k_norm = t(i, "attn_k_norm.weight").vector()
+        self.post_attn_norm = self.post_ffn_norm = None
+        if c.post_norms:
+            self.post_attn_norm = t(i, "post_attention_norm.weight").vector()
+            self.post_ffn_norm = t(i, "post_ffw_norm.weight").vector()
+        base, scale = c.layer_rope(i)
+        self.rope_base = base
+        self.rope_scale = scale
+        self.window = c.swa_window if c.is_swa(i) else 0
 
 
 def rope_with_factors(
@@ -149,13 +168,29 @@ def rope_with_factors(
     return out.astype(np.float32)
 
 
+def _softcap(scores: F32, cap: float) -> None:
+    """``cap * tanh(scores / cap)`` in place (gemma2's attention and logit soft-capping)."""
+    scores *= np.float32(1.0 / cap)
+    np.tanh(scores, out=scores)
+    scores *= np.float32(cap)
+
+
 def causal_attention(
-    q: F32, k_cache: F32, v_cache: F32, slot: int, start: int, factor: float
+    q: F32,
+    k_cache: F32,
+    v_cache: F32,
+    slot: int,
+    start: int,
+    factor: float,
+    *,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> F32:
     """``ref.attention`` for one sequence's consecutive queries, vectorized.
 
     ``q[n, Hq, D]`` at positions ``start .. start+n-1`` of ``slot``; caches ``[S, L, Hkv, D]``
-    already hold those positions. Query at position ``p`` sees positions ``0..p``.
+    already hold those positions. Query at position ``p`` sees positions ``0..p``, and with a
+    sliding ``window`` only those with ``p - k < window`` (llama.cpp's standard SWA mask).
     """
     n, hq, d = q.shape
     hkv = k_cache.shape[2]
@@ -166,9 +201,14 @@ def causal_attention(
     qh = q.reshape(n, hkv, group, d).transpose(1, 2, 0, 3)  # [Hkv, G, n, D]
     scores = np.matmul(qh, keys.transpose(1, 2, 0)[:, None], dtype=np.float32)  # [Hkv,G,n,P]
     scores *= np.float32(factor)
-    if n > 1:
-        future = np.arange(total)[None, :] > (start + np.arange(n))[:, None]  # [n, P]
-        scores[..., future] = -np.inf
+    if softcap > 0:
+        _softcap(scores, softcap)
+    qpos = start + np.arange(n)
+    masked = np.arange(total)[None, :] > qpos[:, None]  # [n, P]
+    if window > 0:
+        masked |= qpos[:, None] - np.arange(total)[None, :] >= window
+    if masked.any():
+        scores[..., masked] = -np.inf
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
@@ -178,7 +218,15 @@ def causal_attention(
 
 
 def decode_attention(
-    q: F32, k_cache: F32, v_cache: F32, slots: I64, pos: I64, factor: float
+    q: F32,
+    k_cache: F32,
+    v_cache: F32,
+    slots: I64,
+    pos: I64,
+    factor: float,
+    *,
+    window: int = 0,
+    softcap: float = 0.0,
 ) -> F32:
     """``ref.attention`` for one query per sequence (a decode step of several sequences), in
     one batched product: ``q[B, Hq, D]``, query ``b`` at ``pos[b]`` of ``slots[b]``."""
@@ -191,8 +239,12 @@ def decode_attention(
     qh = q.reshape(b, hkv, group, d)
     scores = np.matmul(qh, keys, dtype=np.float32)  # [B, Hkv, G, P]
     scores *= np.float32(factor)
-    future = np.arange(total)[None, :] > pos[:, None]  # [B, P]: past each query's position
-    scores[np.broadcast_to(future[:, None, None, :], scores.shape)] = -np.inf
+    if softcap > 0:
+        _softcap(scores, softcap)
+    masked = np.arange(total)[None, :] > pos[:, None]  # [B, P]: past each query's position
+    if window > 0:
+        masked |= pos[:, None] - np.arange(total)[None, :] >= window
+    scores[np.broadcast_to(masked[:, None, None, :], scores.shape)] = -np.inf
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
@@ -202,7 +254,7 @@ def decode_attention(
 
 
 class NumpyRunner:
-    """The :class:`~._runner.ModelRunner` on the CPU, for ``llama`` and ``qwen2`` models.
+    """The :class:`~._runner.ModelRunner` on the CPU, for every architecture of :mod:`._arch`.
 
     KV cache: per layer ``[n_slots, n_ctx, n_head_kv, head_dim]`` float32, keys and values.
     Not thread-safe: one thread (the engine's) calls it.
@@ -237,7 +289,7 @@ class NumpyRunner:
         shape = (n_slots, n_ctx, c.n_head_kv, c.head_dim)
         self.k_cache = [np.zeros(shape, dtype=np.float32) for _ in range(c.n_layer)]
         self.v_cache = [np.zeros(shape, dtype=np.float32) for _ in range(c.n_layer)]
-        self._factor = 1.0 / float(np.sqrt(c.head_dim))
+        self._factor = c.query_scale
 
     @property
     def dense_bytes(self) -> int:
@@ -283,13 +335,11 @@ class NumpyRunner:
         return out
 
     # -- the graph --------------------------------------------------------------------------
-    def _rope(self, x: F32, pos: npt.NDArray[np.float32]) -> F32:
+    def _rope(self, x: F32, pos: npt.NDArray[np.float32], base: float) -> F32:
         c = self.config
         if self._freq_factors is not None:
-            return rope_with_factors(
-                x, pos, c.rope_freq_base, c.rope_mode, c.rope_dims, self._freq_factors
-            )
-        return ref.rope(x, pos, c.rope_freq_base, c.rope_mode, c.rope_dims)
+            return rope_with_factors(x, pos, base, c.rope_mode, c.rope_dims, self._freq_factors)
+        return ref.rope(x, pos, base, c.rope_mode, c.rope_dims)
 
     def _attention(
         self,
@@ -300,17 +350,50 @@ class NumpyRunner:
         lens: list[int],
         slots: I64,
         pos: I64,
+        window: int,
     ) -> F32:
+        cap = self.config.attn_softcap
         if len(q) == len(items) > 1:  # decode: one query per sequence, all in one product
-            return decode_attention(q, kc, vc, slots, pos, self._factor)
+            return decode_attention(q, kc, vc, slots, pos, self._factor, window=window, softcap=cap)
         attn = np.empty_like(q)
         begin = 0
         for it, n in zip(items, lens, strict=True):
             attn[begin : begin + n] = causal_attention(
-                q[begin : begin + n], kc, vc, it.slot, it.start_pos, self._factor
+                q[begin : begin + n],
+                kc,
+                vc,
+                it.slot,
+                it.start_pos,
+                self._factor,
+                window=window,
+                softcap=cap,
             )
             begin += n
         return attn
+
+    def _qkv(self, h: F32, layer: _Layer) -> tuple[F32, F32, F32]:
+        c = self.config
+        w = self._weights
+        if layer.wqkv is not None:
+            qkv = w.linear(h, layer.wqkv)
+            q_end, k_end = c.n_embd_q, c.n_embd_q + c.n_embd_kv
+            return qkv[:, :q_end], qkv[:, q_end:k_end], qkv[:, k_end:]
+        assert layer.wq is not None and layer.wk is not None and layer.wv is not None
+        return w.linear(h, layer.wq), w.linear(h, layer.wk), w.linear(h, layer.wv)
+
+    def _ffn(self, h: F32, layer: _Layer) -> F32:
+        c = self.config
+        w = self._weights
+        if layer.w_gate is None:  # fused: the gate rows, then the up rows
+            gu = w.linear(h, layer.w_up)
+            gate, up = gu[:, : c.n_ff], gu[:, c.n_ff :]
+        else:
+            gate, up = w.linear(h, layer.w_gate), w.linear(h, layer.w_up)
+        if c.activation == "gelu":
+            ff = (ref.gelu(gate) * up).astype(np.float32)
+        else:
+            ff = ref.silu_mul(gate, up)
+        return w.linear(ff, layer.w_down)
 
     def _forward(self, items: Sequence[SeqInput]) -> F32:
         c = self.config
@@ -324,30 +407,42 @@ class NumpyRunner:
                 for it, n in zip(items, lens, strict=True)
             ]
         )
-        rope_pos = pos.astype(np.float32) * np.float32(c.rope_freq_scale)
         last = np.cumsum(lens) - 1
         t_count = len(tokens)
         e = self._embd
         x = w.rows(e, tokens)
+        if c.embd_scale != 1.0:
+            x = ref.scale(x, c.embd_scale)
         for li, layer in enumerate(self._layers):
+            rope_pos = pos.astype(np.float32) * np.float32(layer.rope_scale)
             h = ref.rmsnorm(x, layer.attn_norm, c.rms_eps)
-            q = w.linear(h, layer.wq)
-            k = w.linear(h, layer.wk)
-            v = w.linear(h, layer.wv)
+            q, k, v = self._qkv(h, layer)
             if layer.bq is not None and layer.bk is not None and layer.bv is not None:
                 q = ref.add(q, layer.bq)
                 k = ref.add(k, layer.bk)
                 v = ref.add(v, layer.bv)
-            q = self._rope(q.reshape(t_count, c.n_head, c.head_dim), rope_pos)
-            k = self._rope(k.reshape(t_count, c.n_head_kv, c.head_dim), rope_pos)
+            q = q.reshape(t_count, c.n_head, c.head_dim)
+            k = k.reshape(t_count, c.n_head_kv, c.head_dim)
             v = v.reshape(t_count, c.n_head_kv, c.head_dim)
+            if layer.q_norm is not None and layer.k_norm is not None:
+                q = ref.rmsnorm(q, layer.q_norm, c.rms_eps)
+                k = ref.rmsnorm(k, layer.k_norm, c.rms_eps)
+            q = self._rope(q, rope_pos, layer.rope_base)
+            k = self._rope(k, rope_pos, layer.rope_base)
             kc, vc = self.k_cache[li], self.v_cache[li]
             ref.kv_store(kc, k, slots, pos)
             ref.kv_store(vc, v, slots, pos)
-            attn = self._attention(q, kc, vc, items, lens, slots, pos)
-            x = ref.add(x, w.linear(attn.reshape(t_count, c.n_embd_q), layer.wo))
-            h = ref.rmsnorm(x, layer.ffn_norm, c.rms_eps)
-            ff = ref.silu_mul(w.linear(h, layer.w_gate), w.linear(h, layer.w_up))
-            x = ref.add(x, w.linear(ff, layer.w_down))
+            attn = self._attention(q, kc, vc, items, lens, slots, pos, layer.window)
+            o = w.linear(attn.reshape(t_count, c.n_embd_q), layer.wo)
+            if layer.post_attn_norm is not None:
+                o = ref.rmsnorm(o, layer.post_attn_norm, c.rms_eps)
+            x = ref.add(x, o)
+            f = self._ffn(ref.rmsnorm(x, layer.ffn_norm, c.rms_eps), layer)
+            if layer.post_ffn_norm is not None:
+                f = ref.rmsnorm(f, layer.post_ffn_norm, c.rms_eps)
+            x = ref.add(x, f)
         x = ref.rmsnorm(x[last], self._output_norm, c.rms_eps)
-        return w.linear(x, self._output)
+        logits = w.linear(x, self._output)
+        if c.final_softcap > 0:
+            _softcap(logits, c.final_softcap)
+        return logits

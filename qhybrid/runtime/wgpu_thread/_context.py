@@ -904,6 +904,15 @@ class Recorder:
         """``out = silu(gate) * up`` (SwiGLU)."""
         self._elementwise("silu_mul", gate, up, out)
 
+    def gelu_mul(self, gate: GpuTensor, up: GpuTensor, out: GpuTensor) -> None:
+        """``out = gelu(gate) * up`` (GeGLU, the tanh GELU)."""
+        self._elementwise("gelu_mul", gate, up, out)
+
+    def softcap(self, a: GpuTensor, cap: float, out: GpuTensor) -> None:
+        """``out = cap * tanh(a / cap)`` (soft-capping; ``cap`` > 0)."""
+        self._check(cap > 0, f"softcap: cap must be > 0, got {cap}")
+        self._elementwise("softcap", a, None, out, cap)
+
     def copy(
         self,
         src: GpuTensor,
@@ -1003,8 +1012,12 @@ class Recorder:
         base: float,
         mode: str = "normal",
         n_dims: int | None = None,
+        freq_scale: float = 1.0,
+        factors: GpuTensor | None = None,
     ) -> None:
-        """Rotary embeddings on ``x[T, H, D]`` at ``pos[T]``; ``out`` may be ``x`` (in place)."""
+        """Rotary embeddings on ``x[T, H, D]`` at ``pos[T]``; ``out`` may be ``x`` (in place).
+        ``freq_scale`` multiplies the positions (linear rope scaling); ``factors[n_dims/2]``
+        divides each pair's angle (Llama 3.1+'s ``rope_freqs.weight``)."""
         self._f32(x, "x")
         self._check(len(x.shape) == 3, f"rope takes x[T, H, D], got {x.shape}")
         self._check(mode in ("normal", "neox"), f"unknown rope mode {mode!r}")
@@ -1017,13 +1030,26 @@ class Recorder:
         self._ints(pos, "pos", t)
         self._same(out, x.size)
         inplace = out is x or (out._buf is not None and out._buf is x._buf)
-        tensors: list[tuple[GpuTensor | None, str]] = [(pos, "pos")]
+        if factors is not None:
+            self._f32(factors, "factors")
+            self._same(factors, nd // 2, "factors")
+        tensors: list[tuple[GpuTensor | None, str]] = [(pos, "pos"), (factors, "factors")]
         tensors += [(out, "out")] if inplace else [(x, "x"), (out, "out")]
         self._dispatch(
             "rope",
             lib.rope(inplace),
             tensors,
-            _pack("5If", t, h, d, nd, 1 if mode == "neox" else 0, base),
+            _pack(
+                "5IffI",
+                t,
+                h,
+                d,
+                nd,
+                1 if mode == "neox" else 0,
+                base,
+                freq_scale,
+                0 if factors is None else 1,
+            ),
             (-(-(d // 2) // 64), t * h, 1),
         )
 
@@ -1055,9 +1081,14 @@ class Recorder:
         pos: GpuTensor,
         out: GpuTensor,
         factor: float,
+        *,
+        window: int = 0,
+        softcap: float = 0.0,
     ) -> None:
         """Causal GQA attention of ``q[T, Hq, D]`` over caches ``[S, L, Hkv, D]``: query t
-        attends to positions ``0..pos[t]`` of slot ``slot[t]``. D <= 256."""
+        attends to positions ``0..pos[t]`` of slot ``slot[t]`` (only the last ``window`` of
+        them when ``window`` > 0: sliding-window layers); scores ``s`` become
+        ``softcap * tanh(s / softcap)`` when ``softcap`` > 0. D <= 256."""
         self._f32(q, "q")
         self._check(len(q.shape) == 3, f"q must be [T, Hq, D], got {q.shape}")
         self._check(
@@ -1085,7 +1116,7 @@ class Recorder:
                 (pos, "pos"),
                 (out, "out"),
             ],
-            _pack("5If", t, hq, hkv, d, length, factor),
+            _pack("5IfIf", t, hq, hkv, d, length, factor, max(window, 0), max(softcap, 0.0)),
             (hq, t, 1),
         )
 

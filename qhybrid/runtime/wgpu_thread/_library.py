@@ -240,6 +240,9 @@ ELEMENTWISE: dict[str, tuple[int, str]] = {
     "relu": (1, "relu(a[i])"),
     "silu": (1, "silu(a[i])"),
     "gelu": (1, "gelu(a[i])"),
+    # GeGLU (gemma's FFN) and soft-capping (gemma2's logits): factor * tanh(a / factor).
+    "gelu_mul": (2, "gelu(a[i]) * b[i % params.b_count]"),
+    "softcap": (1, "params.factor * tanh(clamp(a[i] / params.factor, -10.0, 10.0))"),
 }
 
 
@@ -300,20 +303,20 @@ def attention(variant: Variant) -> KernelSpec:
 @functools.cache
 def rope(inplace: bool) -> KernelSpec:
     if inplace:
-        bindings = "@group(0) @binding(2) var<storage, read_write> dst: array<f32>;"
+        bindings = "@group(0) @binding(3) var<storage, read_write> dst: array<f32>;"
         src, tail, note = "dst", "", "This variant works in place (x is dst)."
-        access: tuple[Access, ...] = ("read", "write")
+        access: tuple[Access, ...] = ("read", "read", "write")
     else:
         bindings = (
-            "@group(0) @binding(2) var<storage, read> x: array<f32>;\n"
-            "@group(0) @binding(3) var<storage, read_write> dst: array<f32>;"
+            "@group(0) @binding(3) var<storage, read> x: array<f32>;\n"
+            "@group(0) @binding(4) var<storage, read_write> dst: array<f32>;"
         )
         src, note = "x", "This variant writes a separate output."
         tail = (
             "let j = base + params.n_dims + 2u * (i - half);\n"
             "        dst[j] = x[j];\n        dst[j + 1u] = x[j + 1u];"
         )
-        access = ("read", "read", "write")
+        access = ("read", "read", "read", "write")
     source = Template(_read("rope.wgsl")).substitute(
         bindings=bindings, src=src, copy_tail=tail, inplace_note=note
     )

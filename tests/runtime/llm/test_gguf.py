@@ -112,7 +112,10 @@ def _minimal(path: Path, arch: str, extra: dict[str, tuple[np.ndarray, str | Non
 
 def test_unsupported_architecture(tmp_path: Path) -> None:
     path = _minimal(tmp_path / "m.gguf", "mamba", {})
-    with pytest.raises(ModelError, match=r"architecture 'mamba' is not supported.*llama, qwen2"):
+    supported = "llama, qwen2, qwen3, gemma2, gemma3, phi3"
+    with pytest.raises(
+        ModelError, match=rf"'mamba' \(a state-space model\) is not supported.*{supported}"
+    ):
         load_model(path)
     info = read_model_info(path)
     assert not info.supported

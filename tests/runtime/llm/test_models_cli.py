@@ -93,7 +93,7 @@ def test_lists_the_usual_places(home: Path, capsys: pytest.CaptureFixture[str]) 
     assert not broken["supported"] and "not a GGUF file" in broken["reason"]
     mamba = by_name["pub/repo/mamba.gguf"]
     assert mamba["arch"] == "mamba" and not mamba["supported"]
-    assert "architecture 'mamba' is not supported" in mamba["reason"]
+    assert "architecture 'mamba' (a state-space model) is not supported" in mamba["reason"]
 
 
 def test_given_paths_only(
@@ -126,3 +126,49 @@ def test_table_output(
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "tiny:latest" in out and "not a GGUF file" in out and "mamba" in out
+
+
+def test_names_resolve_as_the_listing_shows_them(home: Path) -> None:
+    from qhybrid.runtime.llm._models_cli import ModelNameError, resolve_model
+
+    ollama_blob = home / ".ollama" / "models" / "blobs" / "sha256-aaa"
+    assert resolve_model("tiny:latest") == ollama_blob
+    assert resolve_model("TINY") == ollama_blob  # Ollama's ":latest" is implied, any case
+    hf = resolve_model("someone/Tiny-GGUF")  # a Hugging Face repository ...
+    assert hf.name == "tiny-q4_k.gguf"
+    assert resolve_model("tiny-q4_k") == hf  # ... or its file's stem
+    assert resolve_model("mamba").name == "mamba.gguf"  # LM Studio, by stem ...
+    assert resolve_model("pub/repo").name == "mamba.gguf"  # ... or its publisher/model folder
+    with pytest.raises(ModelNameError) as ambiguous:
+        resolve_model("t")
+    names = {m.name for m in ambiguous.value.candidates}
+    assert {"tiny:latest", "someone/Tiny-GGUF/tiny-q4_k.gguf"} <= names
+    with pytest.raises(ModelNameError, match="no model file or model named 'zzz'"):
+        resolve_model("zzz")
+
+
+def test_the_download_cache_is_listed(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys, random_model
+) -> None:
+    cache = home / "qh-cache"
+    monkeypatch.setenv("QHYBRID_CACHE", str(cache))
+    (cache / "models").mkdir(parents=True)
+    shutil.copy(
+        random_model(arch="gemma3", n_layer=6, sliding_window=4), cache / "models" / "g3.gguf"
+    )
+    code, rows, _ = run_json(capsys)
+    assert code == 0
+    row = next(r for r in rows if r["source"] == "cache")
+    assert (row["name"], row["arch"], row["supported"]) == ("g3.gguf", "gemma3", True)
+
+
+def test_generate_takes_a_name_and_lists_candidates_when_ambiguous(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["generate", "tiny", "hi", "--max-tokens", "3", "--device", "cpu", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["model"].endswith("sha256-aaa") and len(summary["tokens"]) == 3
+    assert main(["generate", "t", "hi", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "'t' matches" in err and "tiny:latest" in err and "someone/Tiny-GGUF" in err
