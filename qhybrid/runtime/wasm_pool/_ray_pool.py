@@ -167,7 +167,10 @@ class RayWorkerPool:
                 if self.address:
                     ray.init(address=self.address, log_to_driver=False)
                 else:
+                    # "local": a new instance even if a cluster runs here (`ray start`,
+                    # RAY_ADDRESS), which ray.init() without an address would join instead.
                     ray.init(
+                        address="local",
                         num_cpus=self.num_cpus or self.size,
                         include_dashboard=False,
                         log_to_driver=False,
