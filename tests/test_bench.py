@@ -35,6 +35,7 @@ FIGURES: dict[str, type | tuple[type, ...]] = {
     "startup_s": float,
     "inprocess_steps_per_s": float,
     "vs_inprocess_per_worker": float,
+    "runtime_us_per_msg": float,
     "ray_calls_per_s": (float, type(None)),
     "vs_ray": (float, type(None)),
     "machine": dict,

@@ -1,4 +1,4 @@
-"""The ``qhybrid bench`` subcommand: ``qhybrid bench dispatch|llm|gpu|ui [options]``.
+"""The ``qhybrid bench`` subcommand: ``qhybrid bench dispatch|llm|gpu|ui|scale|store [options]``.
 
 A human-readable table goes to stderr; ``--json`` prints one JSON object on stdout (nothing
 else is ever written there, not even by Ray or a worker process). Exit codes: 0 measured,
@@ -103,11 +103,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_llm_parser(commands)
     _add_gpu_parser(commands)
     _add_ui_parser(commands)
+    _add_scale_parser(commands)
     _add_store_parser(commands)
     from qhybrid.bench._serve import add_parser as add_serve_parser
 
     add_serve_parser(commands)
     return parser
+
+
+def _add_scale_parser(commands: Any) -> None:
+    scale = commands.add_parser(
+        "scale",
+        help="start-up time, memory per agent and steps/s at 1k, 10k and 100k agents",
+        description=(
+            "Relay agents (relay.wat, and hop.wasm, the same agent in C) pass tokens to random "
+            "peers: how long the runtime takes to start that many, the resident memory of all "
+            "its processes per agent, and messages per second."
+        ),
+    )
+    scale.add_argument(
+        "--agents",
+        type=positive_int,
+        action="append",
+        metavar="N",
+        help="an agent count to measure; repeat for several (default 1000, 10000, 100000)",
+    )
+    scale.add_argument(
+        "--module",
+        choices=("wat", "c", "both"),
+        default="both",
+        help="which relay agent: the WAT one, the C one or both (default both)",
+    )
+    scale.add_argument(
+        "--workers", type=positive_int, default=2, metavar="N", help="worker processes (2)"
+    )
+    scale.add_argument(
+        "--hops", type=positive_int, default=3, metavar="H", help="hops per token (3)"
+    )
+    scale.add_argument(
+        "--json", action="store_true", help="print the figures as one JSON object on stdout"
+    )
+    scale.set_defaults(parser=scale)
 
 
 def _add_store_parser(commands: Any) -> None:
@@ -276,6 +312,8 @@ def main(argv: list[str]) -> int:
         return _gpu(args)
     if args.command == "ui":
         return _ui(args)
+    if args.command == "scale":
+        return _scale(args)
     if args.command == "store":
         return _store(args)
     if args.command == "serve":
@@ -360,6 +398,47 @@ def _dispatch(args: argparse.Namespace) -> int:
         (BenchmarkError, WorkerError, AgentModuleError, ScenarioError, OSError),
         lambda console, report: _print_table(console, report.to_json()),
     )
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from qhybrid.bench._dispatch import BenchmarkError
+    from qhybrid.bench._scale import DEFAULT_AGENTS, MODULES, ScaleConfig, run_scale
+    from qhybrid.runtime import ScenarioError
+    from qhybrid.runtime.wasm_pool import AgentModuleError, WorkerError
+
+    config = ScaleConfig(
+        agents=tuple(args.agents or DEFAULT_AGENTS),
+        modules=tuple(MODULES) if args.module == "both" else (args.module,),
+        workers=args.workers,
+        hops=args.hops,
+    )
+    return _measure(
+        args,
+        "scale",
+        lambda progress: run_scale(config, progress=progress),
+        (BenchmarkError, WorkerError, AgentModuleError, ScenarioError, OSError),
+        _print_scale,
+    )
+
+
+def _print_scale(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    from qhybrid.bench._scale import format_runs
+
+    data = report.to_json()
+    machine = data["machine"]
+    console.print(
+        f"[bold]scale[/]: relay agents, {data['workers']} workers, {data['hops']} hops - "
+        f"{machine['cpu_count']} CPUs, load average {machine['load_avg_1m']}",
+        soft_wrap=True,
+    )
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("agents", "module", "start-up", "KiB/agent", "steps/s"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for row in format_runs(report.runs):
+        table.add_row(*row)
+    console.print(table)
 
 
 def _gpu(args: argparse.Namespace) -> int:
@@ -579,7 +658,11 @@ def _print_table(console: Any, data: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from qhybrid.bench._dispatch import GOAL_VS_INPROCESS_PER_WORKER, GOAL_VS_RAY
+    from qhybrid.bench._dispatch import (
+        GOAL_RUNTIME_US_PER_MSG,
+        GOAL_VS_INPROCESS_PER_WORKER,
+        GOAL_VS_RAY,
+    )
 
     machine = data["machine"]
     console.print(
@@ -634,9 +717,15 @@ def _print_table(console: Any, data: dict[str, Any]) -> None:
     console.print(
         f"vs ray: {_ratio(data['vs_ray'], GOAL_VS_RAY)}   "
         f"vs in-process per worker: "
-        f"{_ratio(data['vs_inprocess_per_worker'], GOAL_VS_INPROCESS_PER_WORKER)}",
+        f"{_ratio(data['vs_inprocess_per_worker'], GOAL_VS_INPROCESS_PER_WORKER)}   "
+        f"runtime cost: {_cost(data['runtime_us_per_msg'], GOAL_RUNTIME_US_PER_MSG)}",
         soft_wrap=True,
     )
+
+
+def _cost(value: float, goal: float) -> str:
+    mark = "[green]met[/]" if value < goal else "[red]missed[/]"
+    return f"{value:.2f} us/message (goal < {goal:g}: {mark})"
 
 
 def _ratio(value: float | None, goal: float) -> str:

@@ -108,16 +108,66 @@ class Commit:
 
     # -- the tick ---------------------------------------------------------------------------
     def apply(self, plan: TickPlan, results: TickResults) -> TickCounts:
-        """Apply the tick's results in queue order; the tick's counts."""
+        """Apply the tick's results in queue order; the tick's counts.
+
+        The common case, a handled message that only sent messages, is done inline (this
+        loop runs once per message); anything else goes through :meth:`_message`, which
+        does the same for it and more.
+        """
         counts = TickCounts()
         tick = plan.tick
         replies = results.replies
+        outcomes_of = {w: reply.outcomes for w, reply in replies.items()}
+        agents = self.roster.agents
+        record = self.trace.record
+        push = self.schedule.push_message
+        every = self.checkpoint_every
+        checkpoint_due = self.recovery.checkpoint_due
+        plain = 0
         for pos, (item, worker, index) in enumerate(plan.placements):
-            if item.message is not None:
-                outcome = replies[worker].outcomes[index] if worker >= 0 else None
-                self._message(tick, item, item.message, outcome, counts)
-            else:
+            message = item.message
+            if message is None:
                 self._task(plan, results, pos, item, worker, index, counts)
+                continue
+            outcome = outcomes_of[worker][index] if worker >= 0 else None
+            sender, dst, kind, payload = message
+            agent = agents[dst]
+            if (
+                outcome is None
+                or outcome.error is not None
+                or outcome.effects
+                or outcome.logs
+                or agent.state != LOADED
+                or agent.restart_pending
+            ):
+                self._message(tick, item, message, outcome, counts)
+                continue
+            plain += 1
+            agent.handled += 1
+            sent = outcome.sent
+            record(
+                "ok",
+                tick,
+                item.seq,
+                sender,
+                dst,
+                kind,
+                payload if len(payload) <= 32 else digest(payload),
+                len(sent),
+            )
+            if sent:
+                priority = -item.neg_priority
+                for to, out_kind, out_payload in sent:
+                    push(tick + 1, priority, dst, to, out_kind, out_payload)
+            if every > 0:
+                log = agent.log
+                log.append((tick, sender, kind, payload))
+                if len(log) == every:
+                    checkpoint_due.append(agent)
+                if outcome.reads:
+                    agent.reads.update(outcome.reads)
+        counts.delivered += plain
+        self.tasks_completed += plain
         self.delivered += counts.delivered
         return counts
 

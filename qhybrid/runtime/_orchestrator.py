@@ -45,7 +45,7 @@ from qhybrid.runtime._parts import Parts
 from qhybrid.runtime._ports import AgentPool, TickHook
 from qhybrid.runtime._recovery import RunFailed
 from qhybrid.runtime._result import AgentSummary, RunResult
-from qhybrid.runtime._roster import DEFAULT_CACHE, compile_modules
+from qhybrid.runtime._roster import DEFAULT_CACHE, collector_paused, compile_modules
 from qhybrid.runtime._scenario import Scenario
 from qhybrid.runtime._trace import TraceRecorder
 from qhybrid.runtime.tensors import TensorStore
@@ -177,14 +177,15 @@ class Runtime:
             finally:
                 self.device_info = info = await device_start
             self.events.gpu_adapter.emit(GpuAdapter(info.name, info.backend, info.kind))
-            self._roster.create()
-            await self.pool.set_directory(self._roster.names)
-            for key, (serialized, original) in modules.items():
-                await self.pool.install_module(key, serialized, original)
-            self._parts.named.create_initial(self.scenario)
-            await self._parts.llm.open()
-            await self._roster.load_all(self.pool, self.events)
-            self._schedule.enqueue_initial(self.scenario, self._roster.by_name)
+            with collector_paused():
+                self._roster.create()
+                await self.pool.set_directory(self._roster.names)
+                for key, (serialized, original) in modules.items():
+                    await self.pool.install_module(key, serialized, original)
+                self._parts.named.create_initial(self.scenario)
+                await self._parts.llm.open()
+                await self._roster.load_all(self.pool, self.events)
+                self._schedule.enqueue_initial(self.scenario, self._roster.by_name)
         except BaseException:
             await self.aclose()
             raise

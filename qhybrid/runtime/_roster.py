@@ -10,8 +10,11 @@ the scenario's modules and loading every agent onto its worker at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,7 @@ __all__ = [
     "SKIPPED",
     "AgentRecord",
     "Roster",
+    "collector_paused",
     "compile_modules",
 ]
 
@@ -81,6 +85,19 @@ class AgentRecord:
         )
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector while making many long-lived objects (an agent
+    table of 100,000): it would otherwise scan the growing heap again and again."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def compile_modules(scenario: Scenario, cache_dir: Path | None) -> dict[str, tuple[bytes, bytes]]:
     """Every distinct module of the scenario, compiled (or from the cache): key -> (serialized,
     original). Raises :class:`ScenarioError` naming the agent whose module is not valid."""
@@ -108,6 +125,9 @@ class Roster:
         self.workers = workers
         self.agents: list[AgentRecord] = []
         self.by_name: dict[str, int] = {}
+        self._shared: dict[
+            str, tuple[str, Limits, tuple[tuple[str, str, bool], ...], tuple[tuple[str, str], ...]]
+        ] = {}
 
     def create(self) -> None:
         """One record per instance, in scenario order, placed round-robin over the workers."""
@@ -174,16 +194,27 @@ class Roster:
         count: int,
         config: bytes,
     ) -> AgentLoad:
-        lim = spec.limits
+        """One agent's load (the agents' memory wraps this to add its quotas)."""
+        shared = self._shared.get(spec.name)
+        if shared is None:
+            # What a group's instances share is made once and shared (in pickles too).
+            lim = spec.limits
+            shared = self._shared[spec.name] = (
+                str(spec.module),
+                Limits(lim.fuel, lim.memory_bytes, lim.timeout_ms, lim.stack_bytes),
+                tuple((str(d.host), d.guest, d.mode == "rw") for d in spec.grants.dirs),
+                tuple(spec.grants.env),
+            )
+        key, limits, dirs, env = shared
         return AgentLoad(
-            agent_id=agent.agent_id,
-            name=agent.name,
-            module_key=str(spec.module),
-            peers=peers,
-            agent_count=count,
-            rng_seed=derive_seed(self.scenario.seed, "agent", agent.name),
-            config_json=config,
-            limits=Limits(lim.fuel, lim.memory_bytes, lim.timeout_ms, lim.stack_bytes),
-            dirs=tuple((str(d.host), d.guest, d.mode == "rw") for d in spec.grants.dirs),
-            env=tuple(spec.grants.env),
+            agent.agent_id,
+            agent.name,
+            key,
+            peers,
+            count,
+            derive_seed(self.scenario.seed, "agent", agent.name),
+            config,
+            limits,
+            dirs,
+            env,
         )

@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 PACK = ROOT / "tests" / "agents" / "pack" / "hostile.toml"
 
 CULPRITS = {
-    "spin": "out of fuel (limit 4000000000 per message, the default)",
+    "spin": "out of fuel (limit 1000000000 per message, the default)",
     "spin_host": "timeout (limit 5000 ms per message, the default)",
     "grow": "out of memory (limit 256 MiB, the default",
     "sender": "quota exceeded: send: more than 10000 messages",

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "sdk" / "build.py"
 SAMPLES = ROOT / "resources" / "agents"
 TEST_AGENTS = ROOT / "tests" / "agents"
-SAMPLE_NAMES = ("ask", "counter", "echo", "notes", "planner", "prep", "worker")
+SAMPLE_NAMES = ("ask", "counter", "echo", "hop", "notes", "planner", "prep", "worker")
 TEST_AGENT_NAMES = ("bad_pointer", "fs_probe", "hog")
 
 # The runtime's own tables are the single source of truth the header must match.

@@ -115,6 +115,7 @@ class WorkerContext:
         self._linkers: dict[int | None, wasmtime.Linker] = {}
         self._serialized: dict[str, bytes] = {}
         self._modules: dict[tuple[str, int | None], wasmtime.Module] = {}
+        self._imports: dict[str, tuple[tuple[str, str], ...]] = {}
         self._recoverable: dict[str, bool] = {}
         self.directory: dict[str, int] = {}
         self.tensors: dict[str, TensorEntry] = {}
@@ -161,6 +162,7 @@ class WorkerContext:
             self._recoverable[key] = False  # unknown (no or unreadable source): assume not
         for cached in [k for k in self._modules if k[0] == key]:
             del self._modules[cached]
+        self._imports.pop(key, None)
 
     def module(self, key: str, stack_bytes: int | None) -> wasmtime.Module:
         module = self._modules.get((key, stack_bytes))
@@ -168,6 +170,15 @@ class WorkerContext:
             module = wasmtime.Module.deserialize(self.engine(stack_bytes), self._serialized[key])
             self._modules[(key, stack_bytes)] = module
         return module
+
+    def imports(self, key: str, module: wasmtime.Module) -> tuple[tuple[str, str], ...]:
+        """``(module, name)`` of each of the module's imports, in order (read once per module:
+        asking wasmtime for them costs a few microseconds per import and agent)."""
+        found = self._imports.get(key)
+        if found is None:
+            found = tuple((imp.module, imp.name or "") for imp in module.imports)
+            self._imports[key] = found
+        return found
 
     def host_snapshot_ok(self, key: str) -> bool:
         """Whether memory plus exported globals hold all of a module's state."""
@@ -285,10 +296,11 @@ class AgentHost(MemoryHost):
         self._memory_set = -1  # the store's memory limit now
         self._memory_size = 0
         self._limit_memory()
-        self._wasi_used = any(imp.module == WASI_MODULE for imp in module.imports)
+        wanted = ctx.imports(load.module_key, module)
+        self._wasi_used = any(where == WASI_MODULE for where, _ in wanted)
         if self._wasi_used:
             self._store.set_wasi(self._wasi_config())
-        imports = [self._import(ctx, stack, imp) for imp in module.imports]
+        imports = [self._import(ctx, stack, where, name) for where, name in wanted]
         # Start-up runs under the limits too: the start function (here), _initialize,
         # qh_abi_version and qh_init each get a fresh budget.
         self._arm()
@@ -324,7 +336,7 @@ class AgentHost(MemoryHost):
                 raise AgentModuleError(f"{load.name}: _initialize failed: {outcome.error}")
         self._arm()
         try:
-            got = version(self._store)
+            got = i32_caller(self._store, version, 0)()
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise AgentModuleError(
                 f"{load.name}: qh_abi_version failed: {self._error_of(exc)}"
@@ -364,10 +376,9 @@ class AgentHost(MemoryHost):
                 self._call_state.log(level, line[:_MAX_LOG])
 
     def _import(
-        self, ctx: WorkerContext, stack: int | None, imp: wasmtime.ImportType
+        self, ctx: WorkerContext, stack: int | None, where: str, name: str
     ) -> wasmtime.Func:
-        name = imp.name or ""
-        if imp.module == HOST_MODULE:
+        if where == HOST_MODULE:
             params, results = HOST_FUNCTIONS[name]
             impl: Callable[..., Any] = getattr(self, f"_h_{name}")
             return host_func(self._store, params, results, impl)

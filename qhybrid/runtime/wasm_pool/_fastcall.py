@@ -12,12 +12,38 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import wasmtime
 
 logger = logging.getLogger(__name__)
+
+# wasmtime-py's ctypes bindings, for the raw host functions; None if this wasmtime-py lacks
+# them (then host functions are plain wasmtime.Func objects).
+_ffi: Any
+try:
+    from wasmtime import _ffi as _wasmtime_ffi
+
+    _ffi = _wasmtime_ffi if hasattr(_wasmtime_ffi, "wasmtime_func_new_unchecked") else None
+except ImportError:  # pragma: no cover - another wasmtime-py
+    _ffi = None
+_enter_wasm: Any
+try:
+    from wasmtime._func import enter_wasm as _enter_wasm
+except ImportError:  # pragma: no cover - another wasmtime-py
+    _enter_wasm = None
+
+_VAL_ARRAYS: dict[int, Any] = {}
+
+
+def _val_array(n: int) -> Any:
+    """The ctypes type ``wasmtime_val_t[n]``, made once (making one costs tens of us)."""
+    array = _VAL_ARRAYS.get(n)
+    if array is None:
+        array = _VAL_ARRAYS[n] = _ffi.wasmtime_val_t * n
+    return array
 
 
 class I32Call:
@@ -26,18 +52,18 @@ class I32Call:
     __slots__ = ("_enter", "_ffi", "_func", "_n", "_params", "_results", "_store")
 
     def __init__(self, store: wasmtime.Store, func: wasmtime.Func, nparams: int) -> None:
-        from wasmtime import _ffi as ffi
-        from wasmtime._func import enter_wasm
-
+        ffi = _ffi
+        if ffi is None or _enter_wasm is None:
+            raise AttributeError("wasmtime-py's ctypes bindings are not available")
         self._ffi: Any = ffi
-        self._enter: Any = enter_wasm
+        self._enter: Any = _enter_wasm
         self._store = store
         self._func = func
         self._n = nparams
-        self._params = (ffi.wasmtime_val_t * max(nparams, 1))()
+        self._params = _val_array(max(nparams, 1))()
         for i in range(nparams):
             self._params[i].kind = ffi.WASMTIME_I32.value  # type: ignore[assignment,unused-ignore]
-        self._results = (ffi.wasmtime_val_t * 1)()
+        self._results = _val_array(1)()
 
     def __call__(self, *args: int) -> int:
         params = self._params
@@ -119,6 +145,33 @@ def _install_trampolines() -> tuple[Any, Any]:
     return _raw_trampoline, _raw_finalizer
 
 
+# Per engine: a type is tied to the engine of the first store that used it.
+_FUNC_TYPES: weakref.WeakKeyDictionary[
+    wasmtime.Engine, dict[tuple[tuple[str, ...], tuple[str, ...]], wasmtime.FuncType]
+] = weakref.WeakKeyDictionary()
+
+
+def func_type(
+    engine: wasmtime.Engine, params: tuple[str, ...], results: tuple[str, ...]
+) -> wasmtime.FuncType:
+    """The (shared, cached) type ``params -> results`` for ``engine``: creating one per host
+    function of every agent costs more than the rest of an agent's start, and one type
+    serves every function of that signature in that engine's stores."""
+    types = _FUNC_TYPES.get(engine)
+    if types is None:
+        types = _FUNC_TYPES[engine] = {}
+    ty = types.get((params, results))
+    if ty is None:
+        valtypes = {
+            "i32": wasmtime.ValType.i32(),
+            "i64": wasmtime.ValType.i64(),
+            "f32": wasmtime.ValType.f32(),
+        }
+        ty = wasmtime.FuncType([valtypes[p] for p in params], [valtypes[r] for r in results])
+        types[(params, results)] = ty
+    return ty
+
+
 def host_func(
     store: wasmtime.Store,
     params: tuple[str, ...],
@@ -128,23 +181,14 @@ def host_func(
     """A host function of ``params -> results`` (``"i32"``, ``"i64"``, ``"f32"``) calling
     ``fn`` with plain Python numbers; exceptions it raises trap the guest and are re-raised
     from the call into wasm, as with ``wasmtime.Func``."""
-    valtypes = {
-        "i32": wasmtime.ValType.i32(),
-        "i64": wasmtime.ValType.i64(),
-        "f32": wasmtime.ValType.f32(),
-    }
-    ty = wasmtime.FuncType([valtypes[p] for p in params], [valtypes[r] for r in results])
-    try:
-        from wasmtime import _ffi as ffi
-
-        trampoline, finalizer = _install_trampolines()
-        key = next(_raw_ids)
-        _RAW_FUNCS[key] = (fn, params, results[0] if results else None)
-        raw = ffi.wasmtime_func_t()
-        ffi.wasmtime_func_new_unchecked(
-            store._context(), ty.ptr(), trampoline, key, finalizer, ctypes.byref(raw)
-        )
-        return wasmtime.Func._from_raw(raw)
-    except (ImportError, AttributeError) as exc:  # pragma: no cover - another wasmtime-py
-        logger.info("raw host functions unavailable (%s); using wasmtime.Func", exc)
+    ty = func_type(store.engine, params, results)
+    if _ffi is None:  # pragma: no cover - another wasmtime-py
         return wasmtime.Func(store, ty, fn)
+    trampoline, finalizer = _install_trampolines()
+    key = next(_raw_ids)
+    _RAW_FUNCS[key] = (fn, params, results[0] if results else None)
+    raw = _ffi.wasmtime_func_t()
+    _ffi.wasmtime_func_new_unchecked(
+        store._context(), ty.ptr(), trampoline, key, finalizer, ctypes.byref(raw)
+    )
+    return wasmtime.Func._from_raw(raw)

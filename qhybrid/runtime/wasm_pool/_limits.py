@@ -28,8 +28,10 @@ __all__ = [
     "effective_limits",
 ]
 
-#: Fuel per message: about one to three seconds of a tight loop on a 2020s CPU core.
-DEFAULT_FUEL = 4_000_000_000
+#: Fuel per message: a few tenths of a second of a tight loop on a 2020s CPU core, so that
+#: even on a loaded machine a runaway loop runs out of fuel (deterministic) well before the
+#: time limit (which is not).
+DEFAULT_FUEL = 1_000_000_000
 #: Wall-clock time per message, in milliseconds.
 DEFAULT_TIMEOUT_MS = 5_000
 #: Linear memory per instance (wasm32 allows 4 GiB).
