@@ -8,7 +8,7 @@
 #    the GPU kernels run without a GPU, Xvfb, and clang with wasi-libc, which rebuild the C
 #    sample agents to check the shipped .wasm files). Needs root or passwordless sudo;
 #    elsewhere it says what is missing and goes on.
-# 2. Creates .venv (if absent) and installs qhybrid with its test extra into it.
+# 2. Creates .venv (if absent) and installs qhybrid with its test and ray extras into it.
 # 3. Runs pytest, which includes ruff, the import-linter contracts and mypy --strict.
 set -euo pipefail
 cd "$(dirname "$0")/.."
