@@ -141,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from qhybrid.runs_cli import add_store_arguments
 
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where agents run: local worker processes (default) or Ray actors "
+        "(pip install 'qhybrid[ray]'; see docs/scale-out.md)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --backend ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); "
+        "default: start Ray on this machine",
+    )
     add_store_arguments(parser, run=True)
     parser.add_argument("--version", action="version", version=f"qhybrid {__version__}")
     return parser
@@ -265,6 +279,19 @@ def run_headless(args: argparse.Namespace) -> int:
     if answers not in (None, "-") and not Path(answers).is_file():
         err.print(f"[bold red]error:[/] --answers: no such file: {_shown(str(answers))}")
         return EXIT_BAD_INPUT
+    if args.ray_address is not None and args.backend != "ray":
+        err.print("[bold red]error:[/] --ray-address needs --backend ray")
+        return EXIT_BAD_INPUT
+    if args.backend == "ray":
+        from qhybrid.runtime.wasm_pool import RayNotInstalled, import_ray
+
+        try:
+            import_ray()
+        except RayNotInstalled as exc:
+            from rich.markup import escape
+
+            err.print(f"[bold red]error:[/] --backend ray: {escape(str(exc))}", soft_wrap=True)
+            return EXIT_BAD_INPUT
     config = RuntimeConfig(
         workers=workers,
         device=args.device,
@@ -272,6 +299,8 @@ def run_headless(args: argparse.Namespace) -> int:
         max_worker_restarts=args.max_worker_restarts,
         answers_path=Path(answers) if answers is not None else None,
         recording_path=Path(record) if record is not None else None,
+        backend=args.backend,
+        ray_address=args.ray_address,
     )
     err.print(
         f"qhybrid {__version__}: running [bold]{scenario.name}[/] "

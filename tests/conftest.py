@@ -63,8 +63,28 @@ def shm_segments() -> set[str]:
     return {p.name for p in SHM.iterdir() if p.name.startswith("qh_") and not _foreign(p.name)}
 
 
+#: Pids whose process trees are not a test's leftovers (see ``owned_process_trees``).
+_OWNED_TREES: set[int] = set()
+
+
+@pytest.fixture(scope="session")
+def owned_process_trees() -> set[int]:
+    """Add a pid here to exempt it and its descendants from ``no_leftovers``: only for the
+    daemons of a module-scoped fixture that start and reap children of their own (a local Ray
+    cluster's raylets start and end worker processes as Ray sees fit), and only if that
+    fixture ends them itself and checks that they are gone."""
+    return _OWNED_TREES
+
+
 def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()}
+    owned: set[int] = set()
+    for pid in list(_OWNED_TREES):
+        try:
+            root = psutil.Process(pid)
+            owned |= {pid} | {p.pid for p in root.children(recursive=True)}
+        except psutil.Error:
+            continue
+    return {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()} - owned
 
 
 def _threads() -> set[int]:

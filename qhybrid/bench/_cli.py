@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     dispatch.add_argument(
         "--no-ray", dest="ray", action="store_false", help="skip the Ray peer even if installed"
     )
+    dispatch.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: also run the runtime on the Ray backend (worker actors) against the local "
+        "pool (pip install 'qhybrid[ray]')",
+    )
+    dispatch.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --backend ray: the cluster to run on (default: a local Ray instance)",
+    )
     _add_llm_parser(commands)
     _add_gpu_parser(commands)
     _add_ui_parser(commands)
@@ -360,12 +373,23 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"--steps ({args.steps}) must be at least --agents ({args.agents}): "
             "every agent takes at least one step",
         )
+    if args.ray_address is not None and args.backend != "ray":
+        return _bad_input(args.parser, "--ray-address needs --backend ray")
+    if args.backend == "ray":
+        from qhybrid.runtime.wasm_pool import RayNotInstalled, import_ray
+
+        try:
+            import_ray()
+        except RayNotInstalled as exc:
+            return _bad_input(args.parser, f"--backend ray: {exc}")
     config = DispatchConfig(
         workers=args.workers,
         agents=args.agents,
         steps=args.steps,
         repeat=args.repeat,
         ray=args.ray,
+        backend=args.backend,
+        ray_address=args.ray_address,
     )
     return _measure(
         args,
@@ -677,7 +701,17 @@ def _print_table(console: Any, data: dict[str, Any]) -> None:
             _us(data["ray_p99_us"]),
             _seconds(data["ray_startup_s"]),
         )
+    if data.get("ray_backend_steps_per_s") is not None:
+        table.add_row(
+            f"runtime on Ray ({data['workers']} worker actors)",
+            _rate(data["ray_backend_steps_per_s"], "steps/s"),
+            _us(data["ray_backend_p50_us"]),
+            _us(data["ray_backend_p99_us"]),
+            _seconds(data["ray_backend_startup_s"]),
+        )
     console.print(table)
+    if data.get("ray_backend_vs_local") is not None:
+        console.print(f"Ray backend vs local pool: {data['ray_backend_vs_local']:.2f}x throughput")
     if data["ray_note"]:
         console.print(f"[dim]ray {escape(data['ray_note'])}[/]", soft_wrap=True)
     console.print(

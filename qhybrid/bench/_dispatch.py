@@ -75,6 +75,10 @@ class DispatchConfig:
     steps: int = 128_000
     repeat: int = 1
     ray: bool = True
+    #: "ray": also run the same scenario through the runtime on the Ray backend (its worker
+    #: indexes as Ray actors, ``RuntimeConfig(backend="ray")``), against the local pool.
+    backend: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("workers", "agents", "steps", "repeat"):
@@ -139,6 +143,14 @@ class DispatchReport:
     ray: RayFigures | None
     ray_note: str | None
     machine: dict[str, Any] = field(default_factory=dict)
+    #: The runtime on the Ray backend (``--backend ray``), None when not measured.
+    ray_backend: PoolFigures | None = None
+
+    @property
+    def ray_backend_vs_local(self) -> float | None:
+        """The Ray backend's throughput over the local pool's (< 1: Ray is slower)."""
+        rb = self.ray_backend
+        return None if rb is None else rb.steps_per_s / self.pool.steps_per_s
 
     @property
     def vs_ray(self) -> float | None:
@@ -176,8 +188,23 @@ class DispatchReport:
             "vs_ray": None if vs_ray is None else round(vs_ray, 3),
             "vs_inprocess_per_worker": round(self.vs_inprocess_per_worker, 3),
             "runtime_us_per_msg": round(self.pool.runtime_us_per_msg, 2),
+            "backend": self.config.backend,
+            **_ray_backend_json(self),
             "machine": self.machine,
         }
+
+
+def _ray_backend_json(report: DispatchReport) -> dict[str, Any]:
+    rb, ratio = report.ray_backend, report.ray_backend_vs_local
+    if rb is None:
+        return {"ray_backend_steps_per_s": None}
+    return {
+        "ray_backend_steps_per_s": round(rb.steps_per_s, 1),
+        "ray_backend_p50_us": round(rb.p50_us, 1),
+        "ray_backend_p99_us": round(rb.p99_us, 1),
+        "ray_backend_startup_s": round(rb.startup_s, 4),
+        "ray_backend_vs_local": None if ratio is None else round(ratio, 3),
+    }
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -282,14 +309,18 @@ payload_i64 = [{per_agent - 1}]
     return parse_scenario(text, source="bench-dispatch.toml", base_dir=ping_module_path().parent)
 
 
-async def _pool_once(config: DispatchConfig) -> PoolFigures:
+async def _pool_once(config: DispatchConfig, backend: str = "local") -> PoolFigures:
     scenario = ping_scenario(config)
     latencies: list[tuple[float, int]] = []
 
     def on_tick(event: TickFinished) -> None:
         latencies.append((event.elapsed_s, event.delivered))
 
-    runtime = Runtime(scenario, RuntimeConfig(workers=config.workers, device="cpu"))
+    address = config.ray_address if backend == "ray" else None
+    runtime = Runtime(
+        scenario,
+        RuntimeConfig(workers=config.workers, device="cpu", backend=backend, ray_address=address),
+    )
     runtime.events.tick_finished.connect(on_tick)
     t0 = time.perf_counter()
     async with runtime:
@@ -342,9 +373,9 @@ def process_cpu_s(pid: int) -> float:
     return 0.0
 
 
-def measure_pool(config: DispatchConfig) -> PoolFigures:
-    """Run the ping scenario once, with a fresh runtime."""
-    return asyncio.run(_pool_once(config))
+def measure_pool(config: DispatchConfig, backend: str = "local") -> PoolFigures:
+    """Run the ping scenario once, with a fresh runtime (on ``backend``)."""
+    return asyncio.run(_pool_once(config, backend))
 
 
 def best_pool(runs: Sequence[PoolFigures]) -> PoolFigures:
@@ -608,6 +639,14 @@ def run_dispatch(config: DispatchConfig, progress: Progress | None = None) -> Di
         loops.append(measure_inprocess(config))
     pool = best_pool(pools)
     inprocess = max(loops, key=lambda r: r.steps_per_s)
+    ray_backend: PoolFigures | None = None
+    if config.backend == "ray":
+        runs = []
+        for attempt in range(1, config.repeat + 1):
+            of = f" ({attempt}/{config.repeat})" if config.repeat > 1 else ""
+            say(f"runtime on the Ray backend{of}: {config.workers} worker actors")
+            runs.append(measure_pool(config, "ray"))
+        ray_backend = best_pool(runs)
     ray: RayFigures | None = None
     note: str | None
     if not config.ray:
@@ -623,7 +662,7 @@ def run_dispatch(config: DispatchConfig, progress: Progress | None = None) -> Di
                 note = f"failed: {type(exc).__name__}: {exc}"
             else:
                 machine["ray"] = ray.version
-    return DispatchReport(config, pool, inprocess, ray, note, machine)
+    return DispatchReport(config, pool, inprocess, ray, note, machine, ray_backend)
 
 
 __all__ = [

@@ -50,7 +50,13 @@ from qhybrid.runtime._scenario import Scenario
 from qhybrid.runtime._trace import TraceRecorder
 from qhybrid.runtime._v2_bridge import V2Bridge
 from qhybrid.runtime.tensors import TensorStore
-from qhybrid.runtime.wasm_pool import RESERVED_KIND_BASE, RUNTIME_SENDER, WorkerError, WorkerPool
+from qhybrid.runtime.wasm_pool import (
+    RESERVED_KIND_BASE,
+    RUNTIME_SENDER,
+    RayWorkerPool,
+    WorkerError,
+    WorkerPool,
+)
 from qhybrid.runtime.wgpu_thread import DeviceInfo, GpuDevice, GpuJobError
 
 __all__ = ["DEFAULT_CACHE", "RunFailed", "Runtime", "RuntimeConfig", "run_scenario"]
@@ -58,6 +64,9 @@ __all__ = ["DEFAULT_CACHE", "RunFailed", "Runtime", "RuntimeConfig", "run_scenar
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Where agents run: ``RuntimeConfig.backend``.
+BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +93,10 @@ class RuntimeConfig:
     #: replayed instead of being asked again (so a replay gives the same trace); new ones are
     #: added to it after each tick.
     recording_path: Path | None = None
+    #: "local" (worker processes on this machine) or "ray" (Ray actors, see docs/scale-out.md).
+    backend: str = "local"
+    #: The Ray cluster to join ("auto", "host:6379", "ray://host:10001"); None starts Ray here.
+    ray_address: str | None = None
 
 
 class Runtime:
@@ -108,6 +121,12 @@ class Runtime:
             raise ValueError(f"workers must be >= 1, got {cfg.workers}")
         self.events = RuntimeEvents()
         self.tensors = TensorStore()
+        if cfg.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
+        if pool is None and cfg.backend == "ray":
+            pool = RayWorkerPool(
+                cfg.workers, address=cfg.ray_address, start_timeout=cfg.start_timeout
+            )
         self.pool: AgentPool = pool or WorkerPool(cfg.workers, start_timeout=cfg.start_timeout)
         # A run places GPU jobs by a fixed rule, never by timings (the trace must not vary).
         self.device = GpuDevice(prefer=cfg.device, placement="fixed")

@@ -46,6 +46,12 @@ from qhybrid.runtime.wasm_pool._protocol import (
 )
 from qhybrid.runtime.wasm_pool._python_agent import load_python_module
 from qhybrid.runtime.wasm_pool._quotas import Quotas
+from qhybrid.runtime.wasm_pool._ray_pool import (
+    RAY_INSTALL_HINT,
+    RayNotInstalled,
+    RayWorkerPool,
+    import_ray,
+)
 from qhybrid.runtime.wasm_pool._worker import main as run_worker
 
 __all__ = [
@@ -58,6 +64,7 @@ __all__ = [
     "KIND_LLM_DONE",
     "KIND_TASK_DONE",
     "KIND_TOOL_DONE",
+    "RAY_INSTALL_HINT",
     "RESERVED_KIND_BASE",
     "RUNTIME_SENDER",
     "V2_EFFECTS",
@@ -70,6 +77,8 @@ __all__ = [
     "ModuleInfo",
     "Outcome",
     "Quotas",
+    "RayNotInstalled",
+    "RayWorkerPool",
     "TaskOutcome",
     "TaskRun",
     "TensorEntry",
@@ -79,6 +88,7 @@ __all__ = [
     "check_module",
     "compile_module",
     "default_cache_dir",
+    "import_ray",
     "load_module",
     "load_python_module",
     "make_engine",
