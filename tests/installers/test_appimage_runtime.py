@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.test_build import build
+from tests.installers.test_build import build
 
 APPRUN = """#!/bin/sh
 echo "args:$*"

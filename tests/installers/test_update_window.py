@@ -16,7 +16,7 @@ from pytestqt.qtbot import QtBot
 
 from qhybrid.runtime.update import FEED_ENV
 from qhybrid.views._update import CHECK_AT_START_KEY, UpdateChecker, add_update_actions
-from tests.packaging.test_update import _Feed, _release
+from tests.installers.test_update import _Feed, _release
 
 
 @pytest.fixture
