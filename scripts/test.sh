@@ -60,4 +60,9 @@ fi
 .venv/bin/python -m qhybrid.runtime.llm._fetch || echo "warning: real models not fetched" >&2
 
 # pytest exits 5 when it collected no test: that is a failure here too (set -e).
-exec .venv/bin/python -m pytest "$@"
+# The Ray tests run in a pytest process of their own: ray.init installs Ray's crash-signal
+# handlers in the driver over wasmtime's trap handlers, and a wasm trap in a later in-process
+# test then killed the whole run with SIGILL.
+RAY_TESTS=tests/runtime/test_ray_backend.py
+.venv/bin/python -m pytest --ignore="$RAY_TESTS" "$@"
+exec .venv/bin/python -m pytest "$@" "$RAY_TESTS"
