@@ -113,3 +113,37 @@ def test_batches_to_all_workers_at_once_and_a_dead_one_reported(tmp_path: Path) 
         assert isinstance(got[1], WorkerCrashed)
 
     asyncio.run(in_pool(body))
+
+
+class _CountingEngine:
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def increment_epoch(self) -> None:
+        self.epoch += 1
+
+
+def test_the_epoch_is_never_ahead_of_a_running_call() -> None:
+    """The epoch ticker looks every COARSE_S while calls are short; a long call is charged
+    the time it ran, never more (a timeout may fire late by about COARSE_S, never early)."""
+    import time
+
+    from qhybrid.runtime.wasm_pool._ticker import EPOCH_S, EpochTicker
+
+    engine = _CountingEngine()
+    ticker = EpochTicker({"e": engine})  # type: ignore[dict-item]
+    try:
+        for _ in range(50):  # short calls: nothing charged to anybody
+            ticker.call_started()
+            ticker.call_ended()
+        time.sleep(0.1)
+        assert engine.epoch == 0
+        ticker.call_started()
+        start = time.monotonic()
+        time.sleep(0.3)
+        before_end = engine.epoch
+        ran = time.monotonic() - start
+        ticker.call_ended()
+        assert 0 < before_end <= ran / EPOCH_S + 1
+    finally:
+        ticker.close()
