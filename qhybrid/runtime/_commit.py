@@ -14,6 +14,7 @@ of a handler before any is applied (return an error to fail the handler and appl
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from qhybrid.runtime._named_tensors import NamedTensors
 from qhybrid.runtime._recovery import Recovery
 from qhybrid.runtime._roster import LOADED, AgentRecord, Roster
 from qhybrid.runtime._schedule import Item, Schedule
+from qhybrid.runtime._schedule import new_item as _new_item
 from qhybrid.runtime._trace import TraceRecorder, digest
 from qhybrid.runtime.wasm_pool import KIND_TASK_DONE, RUNTIME_SENDER, Outcome
 from qhybrid.runtime.wasm_pool._protocol import Effect
@@ -119,8 +121,12 @@ class Commit:
         replies = results.replies
         outcomes_of = {w: reply.outcomes for w, reply in replies.items()}
         agents = self.roster.agents
-        record = self.trace.record
-        push = self.schedule.push_message
+        # The records and the queue, appended to and pushed on without a call per message
+        # (as TraceRecorder.record and Schedule.push_message do).
+        add_record = self.trace.appender()
+        queue, seq = self.schedule.queue, self.schedule.sequence
+        push, new_item = heapq.heappush, _new_item
+        next_tick = tick + 1
         every = self.checkpoint_every
         checkpoint_due = self.recovery.checkpoint_due
         plain = 0
@@ -145,20 +151,27 @@ class Commit:
             plain += 1
             agent.handled += 1
             sent = outcome.sent
-            record(
-                "ok",
-                tick,
-                item.seq,
-                sender,
-                dst,
-                kind,
-                payload if len(payload) <= 32 else digest(payload),
-                len(sent),
+            add_record(
+                (
+                    "ok",
+                    tick,
+                    item.seq,
+                    sender,
+                    dst,
+                    kind,
+                    payload if len(payload) <= 32 else digest(payload),
+                    len(sent),
+                )
             )
             if sent:
-                priority = -item.neg_priority
+                neg = item.neg_priority
                 for to, out_kind, out_payload in sent:
-                    push(tick + 1, priority, dst, to, out_kind, out_payload)
+                    push(
+                        queue,
+                        new_item(
+                            (next_tick, neg, next(seq), (dst, to, out_kind, out_payload), None)
+                        ),
+                    )
             if every > 0:
                 log = agent.log
                 log.append((tick, sender, kind, payload))
