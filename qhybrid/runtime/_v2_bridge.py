@@ -75,7 +75,7 @@ class V2Bridge:
             recording=recording,
         )
         self.chats: dict[int, tuple[int, int, int]] = {}
-        for kind in V2_EFFECTS:
+        for kind in V2_EFFECTS - {"spawn", "stop_run", "stop_run_refused"}:  # see _lifecycle
             apply = self._chat if kind in ("llm_chat", "llm_cancel") else self._service
             parts.commit.register_effect(kind, EffectKind(apply))
         parts.llm.other_updates = self.llm_updates

@@ -109,6 +109,9 @@ async def capture(rt: DurableRuntime) -> SavedState:
         "tensors": tensors,
         "memory": (rt.memory.initial, rt.memory.everyone()),
         "llm_requests": dict(parts.llm._requests),
+        # ABI v2 spawn: the agents made at run time (name, group, config), in id order; a
+        # restore makes them again before their states go back. Absent: none (older states).
+        "spawned": [list(entry) for entry in rt._lifecycle.spawned],
     }
     return SavedState(schedule.tick, rt._trace.records, encode(state), blobs)
 

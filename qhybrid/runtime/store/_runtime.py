@@ -345,6 +345,11 @@ class DurableRuntime(Runtime):
         # which is the memory its run started with (docs/agent-abi.md), not what this
         # process's start found (nothing: a restore does not read a persistent namespace).
         self.memory.initial, self.memory.by_agent = st["memory"]
+        # Agents spawned before the checkpoint: made again (same ids, names, workers, loads).
+        spawned = st.get("spawned", [])
+        if spawned:
+            self._lifecycle.recreate([(str(n), str(g), str(c)) for n, g, c in spawned])
+            await self._lifecycle.after_commit(st["tick"])
         # Agents: their states and counters, and their snapshots in fresh instances.
         by_worker: dict[int, list[tuple[Any, bytes | None, list[Any]]]] = {}
         for agent, (state, handled, error, restarts, key) in zip(

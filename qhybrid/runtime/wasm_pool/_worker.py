@@ -54,9 +54,9 @@ class Worker:
             self.ctx.add_module(key, serialized, original[0] if original else b"")
             return None
         if op == "directory":
-            (names,) = request.args
+            names, *spawned = request.args
             # Updated in place: agents already loaded hold this same mapping.
-            self.ctx.set_directory(names)
+            self.ctx.set_directory(names, *spawned)
             return None
         if op == "tensors":
             (entries,) = request.args
