@@ -58,7 +58,7 @@ def scenario(helpers: int = 3, rounds: int = 2, stop_run: bool = True, count: in
 
 
 def run(
-    text: str, workers: int = 2, kill: tuple[int, int] | None = None
+    text: str, workers: int = 2, kill: tuple[int, int] | None = None, checkpoint_every: int = 4
 ) -> tuple[RunResult, list[str], list[str]]:
     """The result, the agents' log lines and the trace; ``kill``: (tick, worker) to SIGKILL."""
 
@@ -67,7 +67,7 @@ def run(
         sc = parse_scenario(text, source="spawn.toml")
         logs: list[str] = []
         trace: list[str] = []
-        config = RuntimeConfig(workers=workers, device="cpu", checkpoint_every=4)
+        config = RuntimeConfig(workers=workers, device="cpu", checkpoint_every=checkpoint_every)
         async with Runtime(sc, config) as rt:
             rt.events.agent_log.connect(
                 lambda e: logs.append(e.text) if isinstance(e, AgentLog) else None
@@ -150,3 +150,18 @@ def test_bad_spawn_declarations_are_named(change: tuple[str, str], field: str, w
     with pytest.raises(ScenarioError) as err:
         parse_scenario(text, source="spawn.toml")
     assert err.value.field == field and words in str(err.value)
+
+
+def test_a_python_agent_spawns_and_stops_the_run_with_the_sdk_helpers() -> None:
+    text = scenario(helpers=4).replace("spawner.wasm", "py_spawner.py")
+    result, logs, _ = run(text, checkpoint_every=256)
+    assert result.reason == "stopped by agent boss: 3 helpers answered, 1 refused", result.reason
+    assert "spawned crew-0 as agent 1" in logs
+    assert any("max_spawned = 3" in line for line in logs)
+
+
+def test_an_assemblyscript_agent_spawns_and_stops_the_run_with_the_sdk_helpers() -> None:
+    text = scenario(helpers=4).replace("spawner.wasm", "as_spawner.wasm")
+    result, logs, _ = run(text)
+    assert result.reason == "stopped by agent boss: 3 helpers answered, 1 refused", result.reason
+    assert "spawned agent 1" in logs and "stop_run 0" in logs
