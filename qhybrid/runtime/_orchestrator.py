@@ -382,6 +382,7 @@ class Runtime:
         plan = parts.dispatch.plan(tick, self._schedule.pop_due(tick))
         results = await parts.dispatch.execute(plan)
         parts.report.tick(tick, self._commit.apply(plan, results), t0)
+        parts.llm.answer_failed(tick)  # prepared LLM requests that could not be made
         if results.llm_updates:
             parts.llm.commit(tick, results.llm_updates)
         await self._lifecycle.after_commit(tick)

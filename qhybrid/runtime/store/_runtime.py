@@ -391,5 +391,8 @@ class DurableRuntime(Runtime):
             parts.llm.done,
         ) = st["counters"]
         parts.gpu._job_owner = dict(st["job_owner"])
+        parts.llm.failed = [
+            (int(r), int(a), int(k), bytes(p)) for r, a, k, p in st.get("llm_failed", [])
+        ]
         await self._rebuild_llm(st, point)
         self._trace.resume_from(point.lines)
