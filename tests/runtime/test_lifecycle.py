@@ -160,8 +160,11 @@ def test_a_python_agent_spawns_and_stops_the_run_with_the_sdk_helpers() -> None:
     assert any("max_spawned = 3" in line for line in logs)
 
 
-def test_an_assemblyscript_agent_spawns_and_stops_the_run_with_the_sdk_helpers() -> None:
-    text = scenario(helpers=4).replace("spawner.wasm", "as_spawner.wasm")
+@pytest.mark.parametrize("module", ["as_spawner.wasm", "rs_spawner.wasm"])
+def test_assemblyscript_and_rust_agents_spawn_and_stop_the_run_with_the_sdk_helpers(
+    module: str,
+) -> None:
+    text = scenario(helpers=4).replace("spawner.wasm", module)
     result, logs, _ = run(text)
     assert result.reason == "stopped by agent boss: 3 helpers answered, 1 refused", result.reason
     assert "spawned agent 1" in logs and "stop_run 0" in logs

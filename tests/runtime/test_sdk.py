@@ -55,7 +55,7 @@ SAMPLE_NAMES = (
     "spawner",
     "worker",
 )
-RUST_SAMPLES = ("rs_chat", "rs_echo", "rs_worker")
+RUST_SAMPLES = ("rs_chat", "rs_echo", "rs_spawner", "rs_worker")
 AS_SAMPLES = ("as_chat", "as_echo", "as_spawner", "as_worker")
 TEST_AGENT_NAMES = ("bad_pointer", "fs_probe", "hog", "v2_probe")
 

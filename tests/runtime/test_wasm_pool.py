@@ -319,8 +319,9 @@ _VALID_EXPORTS = """
             "llm_chat, llm_complete, log, lookup, mem_delete, mem_get, mem_list, mem_put, "
             "msg_corr, msg_reply_to, msg_timer, new_corr, now, peer, peer_count, publish, "
             "random_u64, reply, self_id, send, send_env, set_error, snapshot_put, spawn, "
-            "stop_run, stop_self, subscribe, tensor_create, tensor_info, tensor_open, tensor_read, tensor_write, "
-            "timer_after, timer_cancel, timer_every, tool_call, unsubscribe)",
+            "stop_run, stop_self, subscribe, tensor_create, tensor_info, tensor_open, "
+            "tensor_read, tensor_write, timer_after, timer_cancel, timer_every, tool_call, "
+            "unsubscribe)",
             id="unknown-host-function",
         ),
         pytest.param(
