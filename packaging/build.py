@@ -353,6 +353,10 @@ def mark_appimage(runtime: Path) -> None:
         f.write(b"AI\x02")
 
 
+#: mksquashfs's xz branch/call/jump filters, by machine.
+_BCJ = {"x86_64": "x86", "armv7l": "armthumb"}
+
+
 def build_appimage(frozen: Path, dist: Path, version: str, work: Path) -> Path:
     mksquashfs = _need("mksquashfs", "squashfs-tools")
     appdir = work / "qhybrid.AppDir"
@@ -377,6 +381,8 @@ def build_appimage(frozen: Path, dist: Path, version: str, work: Path) -> Path:
             "-no-progress",
             "-comp",
             "xz",
+            # The branch/call filter of this CPU: shared libraries compress about 10% smaller.
+            *(["-Xbcj", _BCJ[platform.machine()]] if platform.machine() in _BCJ else []),
             "-b",
             "1M",
             "-processors",
