@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -168,3 +169,30 @@ def test_assemblyscript_and_rust_agents_spawn_and_stop_the_run_with_the_sdk_help
     result, logs, _ = run(text)
     assert result.reason == "stopped by agent boss: 3 helpers answered, 1 refused", result.reason
     assert "spawned agent 1" in logs and "stop_run 0" in logs
+
+
+def test_a_worker_that_dies_while_a_spawned_agent_loads_is_replaced_with_it() -> None:
+    plain = run(scenario(rounds=3))[0]
+
+    async def main() -> RunResult:
+        sc = parse_scenario(scenario(rounds=3), source="spawn.toml")
+        config = RuntimeConfig(workers=2, device="cpu", checkpoint_every=4)
+        async with Runtime(sc, config) as rt:
+            load_agents = rt.pool.load_agents
+            killed: list[int] = []
+
+            async def dying(index: int, loads: Any) -> None:
+                if not killed and any(load.name == "crew-0" for load in loads):
+                    killed.append(index)
+                    rt.pool.kill_worker(index)  # dies with crew-0's load in flight
+                await load_agents(index, loads)
+
+            setattr(rt.pool, "load_agents", dying)  # noqa: B010
+            result = await rt.run()
+            assert killed == [1]
+            return result
+
+    result = asyncio.run(main())
+    assert result.status == "completed" and result.worker_restarts == 1, result.reason
+    assert {a.name: a.handled for a in result.agents}["crew-0"] == 3
+    assert result.trace_hash == plain.trace_hash
