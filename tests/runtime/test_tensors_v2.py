@@ -90,3 +90,90 @@ def test_same_trace_for_1_2_and_4_workers(tmp_path: Path) -> None:
         assert logs[-1] == f"done: sum {expected_sums(2)[-1]:.3f}"
         hashes.add(result.trace_hash)
     assert len(hashes) == 1
+
+
+PY_AGENT = """
+import struct
+import qhybrid
+
+
+def on_message(msg):
+    if msg.kind == 1:
+        w, r = qhybrid.tensor_open("w"), qhybrid.tensor_open("r")
+        qhybrid.info("release r: %d" % qhybrid.tensor_release(r))
+        qhybrid.info("release w: %d" % qhybrid.tensor_release(w))
+        qhybrid.info("into r: %d" % qhybrid.gpu_submit_into("relu", [w], 1, r, 0.0))
+        qhybrid.info("into w: %d" % qhybrid.gpu_submit_into("scale", [w], 1, w, 3.0))
+        h = qhybrid.tensor_create("mine", qhybrid.DTYPE_F32, 1, [4])
+        qhybrid.info("release mine now: %d" % qhybrid.tensor_release(h))
+    elif msg.kind == 2:
+        qhybrid.info("release mine: %d" % qhybrid.tensor_release(qhybrid.tensor_open("mine")))
+    elif msg.kind == qhybrid.KIND_GPU_DONE:
+        job, status = struct.unpack("<ii", msg.payload[:8])
+        qhybrid.info("done %d: %d" % (job, status))
+    elif msg.kind == 3:
+        n, data = qhybrid.tensor_read(qhybrid.tensor_open("w"), 0, 16)
+        qhybrid.info("w: %s" % list(struct.unpack("<4f", data)))
+        qhybrid.info("open mine: %d" % qhybrid.tensor_open("mine"))
+        h = qhybrid.tensor_create("mine", qhybrid.DTYPE_F32, 1, [8])
+        qhybrid.info("mine again: %s" % (h >= 0))
+    elif msg.kind == 4:
+        w = qhybrid.tensor_open("w")
+        for _ in range(5):
+            qhybrid.gpu_submit_into("relu", [w], 1, w, 0.0)
+"""
+
+
+def test_a_python_agent_releases_and_writes_in_place(tmp_path: Path) -> None:
+    (tmp_path / "tp.py").write_text(PY_AGENT)
+    text = """
+name = "py-tensors"
+seed = 1
+[stop]
+max_ticks = 20
+[[agents]]
+name = "tp"
+module = "tp.py"
+on_error = "skip"
+quotas = { tensor_bytes = 64 }
+[[tensors]]
+name = "w"
+shape = [2, 2]
+init = "ones"
+writable = true
+[[tensors]]
+name = "r"
+shape = [2, 2]
+init = "ones"
+[[messages]]
+to = "tp"
+kind = 1
+[[messages]]
+to = "tp"
+kind = 2
+at = 1
+[[messages]]
+to = "tp"
+kind = 3
+at = 3
+[[messages]]
+to = "tp"
+kind = 4
+at = 4
+"""
+    sc = parse_scenario(text, source=str(tmp_path / "s.toml"), base_dir=tmp_path)
+    result, logs, _, _ = run(sc, workers=1)
+    assert logs[:5] == [
+        "release r: -4",  # a scenario tensor is nobody's to release
+        "release w: -4",  # writable or not
+        "into r: -4",  # read-only
+        "into w: 0",  # in place into a writable scenario tensor: job 0
+        "release mine now: -3",  # made by this very message
+    ]
+    assert "release mine: 0" in logs and "done 0: 0" in logs
+    assert "w: [3.0, 3.0, 3.0, 3.0]" in logs
+    assert "open mine: -1" in logs  # released: gone from the next tick ...
+    assert "mine again: True" in logs  # ... and its name free for a new tensor
+    # Five jobs of 16 bytes each pass the agent's tensor quota of 64 bytes.
+    (tp,) = result.agents
+    assert tp.error is not None and "quota exceeded: gpu_submit_into" in tp.error
