@@ -174,3 +174,46 @@ at = 3
     cancelled = [t for t in lines if t.startswith("chat 6 ")]
     assert len(cancelled) == 1 and cancelled[0].startswith("chat 6 0 cancelled")
     assert result.llm is not None and result.llm["requests"] == 2
+
+
+HOG = """
+import qhybrid
+
+keep = []
+
+
+def on_message(msg):
+    keep.append(bytearray(int(msg.text()) << 20))
+    qhybrid.info("holding %d MiB" % (sum(len(b) for b in keep) >> 20))
+"""
+
+
+def test_python_agents_memory_counts_in_the_workers_total(tmp_path: Path) -> None:
+    # Two interpreters on one worker (about 12 MiB each once started), each then holding
+    # 30 MiB: a 70 MiB total holds the first, and the second's 30 MiB is refused, the
+    # worker's total named (each alone is far under its own 256 MiB limit).
+    (tmp_path / "hog.py").write_text(HOG)
+    text = """
+seed = 1
+[workers]
+memory_mb = 70
+[stop]
+max_ticks = 3
+[[agents]]
+name = "hog"
+module = "hog.py"
+count = 2
+on_error = "skip"
+[[messages]]
+to = "hog"
+kind = 1
+payload = "30"
+"""
+    sc = parse_scenario(text, source=str(tmp_path / "s.toml"), base_dir=tmp_path)
+    result, logs = run_logged(sc, workers=1)
+    assert texts(logs, "hog-0") == ["holding 30 MiB"]
+    states = {a.name: (a.state, a.error or "") for a in result.agents}
+    assert states["hog-0"] == ("loaded", "")
+    state, error = states["hog-1"]
+    assert state == "skipped"
+    assert "out of memory (the worker's total of 70 MiB across its agents is reached" in error

@@ -164,6 +164,8 @@ class PythonAgentHost(AgentHost):
         # Not AgentHost.__init__: the module is the interpreter, not the agent.
         self.ctx = ctx
         self.load = load
+        if load.worker_memory_bytes is not None:  # the scenario's [workers] memory_mb
+            ctx.memory_limit = load.worker_memory_bytes
         self.name = load.name
         self.agent_id = load.agent_id
         self.failed: str | None = None
@@ -193,8 +195,9 @@ class PythonAgentHost(AgentHost):
         self._memory_size = 0
         module = ctx.module(load.module_key, limits.stack_bytes)
         self._store = wasmtime.Store(ctx.engine(limits.stack_bytes))
-        if limits.memory_bytes is not None:
-            self._store.set_limits(memory_size=limits.memory_bytes)
+        # The interpreter's memory counts in the worker's total like any agent's (issue 14):
+        # its start-up may grow only into the room the worker's other agents leave.
+        self._limit_memory()
         self._memory = wasmtime.Memory(
             self._store, wasmtime.MemoryType(wasmtime.Limits(_SCRATCH_PAGES, _SCRATCH_PAGES))
         )
@@ -239,6 +242,8 @@ class PythonAgentHost(AgentHost):
         except wasmtime.ExitTrap as exc:
             self._from_guest.put(("exit", f"exited with code {exc.code}"))
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            if self._guest_memory is not None:
+                self._memory_size = self._guest_memory.data_len(self._store)
             self._from_guest.put(("trap", exc))
         except _Stop:
             pass
@@ -312,7 +317,7 @@ class PythonAgentHost(AgentHost):
             if len(self._pending) < 4 + size:
                 break
             frame, self._pending = self._pending[4 : 4 + size], self._pending[4 + size :]
-            self._frame(json.loads(frame))
+            self._frame(caller, json.loads(frame))
         return 0
 
     def _fd_read(self, caller: wasmtime.Caller, fd: int, iovs: int, n: int, out: int) -> int:
@@ -327,6 +332,7 @@ class PythonAgentHost(AgentHost):
             if self._turn_limited:
                 self._store.set_fuel(self._fuel)
                 self._store.set_epoch_deadline(self._deadline)
+            self._limit_memory()
             self._inbox = item
         total = 0
         for p, ln in vecs:
@@ -341,14 +347,47 @@ class PythonAgentHost(AgentHost):
     _inbox = b""
     _turn_limited = False
 
-    def _frame(self, frame: dict[str, Any]) -> None:
+    def _frame(self, caller: wasmtime.Caller, frame: dict[str, Any]) -> None:
         """A frame from the guest: an ABI call (answered at once) or the end of its turn."""
         if "c" in frame:
             result = self._abi_call(str(frame["c"]), frame.get("a", []))
             body = json.dumps({"r": result}).encode()
             self._inbox += len(body).to_bytes(4, "little") + body
             return
+        self._count_guest_memory(caller)  # before the host's thread goes on
         self._from_guest.put(("done", frame))
+
+    # -- the worker's memory total ------------------------------------------------------------
+    def _limit_memory(self) -> None:
+        """The interpreter's memory limit: its own, or less when the worker's total says so
+        (``AgentHost._limit_memory``; called on the thread that owns the store)."""
+        cap = min(self._memory_cap, max(self.ctx.memory_room(self.agent_id), self._memory_size))
+        if cap != self._memory_set:
+            self._store.set_limits(memory_size=cap)
+            self._memory_set = cap
+
+    def _count_guest_memory(self, caller: wasmtime.Caller) -> None:
+        """At the end of a turn: the interpreter's memory (and the scratch), into the total."""
+        mem = caller["memory"]
+        assert isinstance(mem, wasmtime.Memory)
+        size = mem.data_len(caller) + _SCRATCH_PAGES * 65536
+        if size != self._memory_size:
+            self._memory_size = size
+            self.ctx.set_memory(self.agent_id, size)
+
+    def _memory_note(self, error: str) -> str:
+        """A failure with the memory at its limit says so (CPython reports MemoryError, or
+        aborts, when ``memory.grow`` is refused)."""
+        cap = self._memory_set
+        near = self._memory_size + max(65536, min(cap // 4, 1 << 20)) >= cap
+        if cap <= 0 or not (near or error.startswith("MemoryError")):
+            return error
+        if cap < self._memory_cap:
+            total = self.ctx.memory_limit / (1 << 20)
+            why = f"the worker's total of {total:g} MiB across its agents is reached"
+        else:
+            why = f"limit {cap / (1 << 20):g} MiB{self._default('memory')}"
+        return f"out of memory ({why}, using {self._memory_size >> 10} KiB): {error}"
 
     def _abi_call(self, name: str, args: list[Any]) -> Any:
         from qhybrid.runtime.wasm_pool._abi import HOST_FUNCTIONS, IMPORT_SINCE
@@ -418,11 +457,12 @@ class PythonAgentHost(AgentHost):
                 self.ctx.ticker.call_ended()
         if what == "done":
             if "error" in value:
-                return self._fail(self._v2.error_text or str(value["error"]), start)
+                error = self._v2.error_text or str(value["error"])
+                return self._fail(self._memory_note(error), start)
             return self._finish(self._call_state, int(value.get("done", 0)), start)
         self.failed = "the interpreter stopped"
         if what == "trap" and isinstance(value, BaseException):
-            return self._fail(self._error_of(value), start)
+            return self._fail(self._memory_note(self._error_of(value)), start)
         return self._fail(str(value), start)
 
     def deliver(self, now: int, sender: int, kind: int, payload: bytes) -> Outcome:
