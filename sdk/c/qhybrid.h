@@ -93,13 +93,15 @@
 #define QH_ERR_BAD_HANDLE (-1)
 /** tensor_read/write: bytes outside the tensor */
 #define QH_ERR_RANGE (-2)
-/** tensor_read: created this tick, readable from the next */
+/** tensor_read: created this tick, readable from the next; tensor_release: made by this message */
 #define QH_ERR_NOT_READY (-3)
-/** tensor_write: neither created by this agent nor writable */
+/** tensor_write, gpu_submit_into: neither created by this agent nor writable; tensor_release:
+ *  not made by this agent */
 #define QH_ERR_READ_ONLY (-4)
 /** tensor_create, gpu_submit: output name exists */
 #define QH_ERR_NAME_TAKEN (-5)
-/** tensor_create: bad dtype or shape */
+/** tensor_create: bad dtype or shape; gpu_submit_into: the output tensor has another shape or
+ *  dtype than the result */
 #define QH_ERR_BAD_SHAPE (-6)
 /** gpu_submit: unknown op, or shapes that do not fit */
 #define QH_ERR_BAD_OP (-7)

@@ -37,13 +37,15 @@ pub const ERR_NOT_FOUND: i32 = -1;
 pub const ERR_BAD_HANDLE: i32 = -1;
 /// tensor_read/write: bytes outside the tensor
 pub const ERR_RANGE: i32 = -2;
-/// tensor_read: created this tick, readable from the next
+/// tensor_read: created this tick, readable from the next; tensor_release: made by this message
 pub const ERR_NOT_READY: i32 = -3;
-/// tensor_write: neither created by this agent nor writable
+/// tensor_write, gpu_submit_into: neither created by this agent nor writable; tensor_release:
+/// not made by this agent
 pub const ERR_READ_ONLY: i32 = -4;
 /// tensor_create, gpu_submit: output name exists
 pub const ERR_NAME_TAKEN: i32 = -5;
-/// tensor_create: bad dtype or shape
+/// tensor_create: bad dtype or shape; gpu_submit_into: the output tensor has another shape or
+/// dtype than the result
 pub const ERR_BAD_SHAPE: i32 = -6;
 /// gpu_submit: unknown op, or shapes that do not fit
 pub const ERR_BAD_OP: i32 = -7;
