@@ -36,11 +36,8 @@ import wasmtime
 
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
 from qhybrid.runtime.wasm_pool._abi_spec import load_spec
-from qhybrid.runtime.wasm_pool._agent import AgentHost, GuestFault, SplitMix64, _Call
-from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
+from qhybrid.runtime.wasm_pool._agent import AgentHost, GuestFault, _Call
 from qhybrid.runtime.wasm_pool._guest_api import GUEST_API
-from qhybrid.runtime.wasm_pool._limits import effective_limits
-from qhybrid.runtime.wasm_pool._memory_abi import AgentMemory
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Outcome
 from qhybrid.runtime.wasm_pool._worker_context import EPOCH_S, WorkerContext
 
@@ -184,38 +181,18 @@ class PythonAgentHost(AgentHost):
     """One Python agent: the interpreter on its own thread, the ABI through the channel."""
 
     def __init__(self, ctx: WorkerContext, load: AgentLoad, source: bytes) -> None:
-        # Not AgentHost.__init__: the module is the interpreter, not the agent.
-        self.ctx = ctx
-        self.load = load
-        if load.worker_memory_bytes is not None:  # the scenario's [workers] memory_mb
-            ctx.memory_limit = load.worker_memory_bytes
-        self.name = load.name
-        self.agent_id = load.agent_id
-        self.failed: str | None = None
-        self.handled = 0
-        self._rng = SplitMix64(load.rng_seed)
-        self._now = 0
-        self._handles: list[str] = []
-        self._handle_of: dict[str, int] = {}
-        self._next_job = 0
-        self._next_request = 0
-        self._call_state = _Call(self.load.quotas)
-        self._v2 = V2Calls(self, load.tools)
-        # The same limits as a compiled agent's, defaults included (the interpreter's start-up
-        # is not limited: it is the runtime's, not the agent's).
-        limits, self._defaulted = effective_limits(load.limits)
-        self.limits = limits
+        # Not AgentHost.__init__: the module is the interpreter, not the agent. The host's
+        # state and limits are the same as a compiled agent's, defaults included (the
+        # interpreter's start-up is not limited in fuel or time: it is the runtime's).
+        self._set_up(ctx, load)
+        limits = self.limits
         self._fuel = limits.fuel if limits.fuel is not None else _NO_LIMIT
         self._limited = True
-        self._timed = limits.timeout_ms is not None
         self._deadline = (
             int(limits.timeout_ms / 1000 / EPOCH_S) + 2
             if limits.timeout_ms is not None
             else _NO_LIMIT
         )
-        self._memory_cap = limits.memory_bytes if limits.memory_bytes is not None else 1 << 32
-        self._memory_set = -1
-        self._memory_size = 0
         module = ctx.module(load.module_key, limits.stack_bytes)
         self._store = wasmtime.Store(ctx.engine(limits.stack_bytes))
         # The interpreter's memory counts in the worker's total like any agent's (issue 14):
@@ -432,12 +409,7 @@ class PythonAgentHost(AgentHost):
         near = self._memory_size + max(65536, min(cap // 4, 1 << 20)) >= cap
         if cap <= 0 or not (near or error.startswith("MemoryError")):
             return error
-        if cap < self._memory_cap:
-            total = self.ctx.memory_limit / (1 << 20)
-            why = f"the worker's total of {total:g} MiB across its agents is reached"
-        else:
-            why = f"limit {cap / (1 << 20):g} MiB{self._default('memory')}"
-        return f"out of memory ({why}, using {self._memory_size >> 10} KiB): {error}"
+        return self._out_of_memory(self._memory_size, error)
 
     def _abi_call(self, name: str, args: list[Any]) -> Any:
         from qhybrid.runtime.wasm_pool._abi import HOST_FUNCTIONS, IMPORT_SINCE
@@ -547,29 +519,13 @@ class PythonAgentHost(AgentHost):
                 f"{self.name}: cannot be snapshotted: a Python agent needs snapshot() and "
                 f"restore(state) ({outcome.error or 'no state'})"
             )
-        host = (
-            self._rng.state,
-            self.handled,
-            tuple(self._handles),
-            self._next_job,
-            self._next_request,
-            self.memory.state() if self._mem is not None else (),
-            self._v2.state(),
-        )
-        return pickle.dumps(("agent", host, self._call_state.snapshot))
+        return pickle.dumps(("agent", self.host_state(), self._call_state.snapshot))
 
     def restore(self, data: bytes) -> None:
         import pickle
 
         _how, host, state = pickle.loads(data)
-        rng, self.handled, handles, self._next_job, self._next_request = host[:5]
-        if host[5]:
-            mem = self.memory
-            self._mem = AgentMemory(host[5], mem.max_keys, mem.max_bytes)
-        self._v2.set_state(host[6])
-        self._rng.state = rng
-        self._handles = list(handles)
-        self._handle_of = {n: i for i, n in enumerate(self._handles)}
+        self.set_host_state(host)
         frame = json.dumps({"restore": base64.b64encode(state).decode()}).encode()
         outcome = self._exchange(frame, limited=False)
         if not outcome.ok:
