@@ -147,7 +147,7 @@ class Dispatcher:
                 else:
                     missing = f"input tensor {name!r} does not exist"
                     break
-            if missing is None and task.into and task.output not in named:
+            if missing is None and task.into and task.output not in named | made.keys():
                 missing = f"output tensor {task.output!r} does not exist (released?)"
             if missing is not None:
                 # Only an agent's GPU job can name a tensor that is not there.

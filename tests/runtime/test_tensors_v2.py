@@ -121,6 +121,14 @@ def on_message(msg):
         w = qhybrid.tensor_open("w")
         for _ in range(5):
             qhybrid.gpu_submit_into("relu", [w], 1, w, 0.0)
+    elif msg.kind == 5:
+        # Into the output of a job queued just before: w * -2, then relu of that in place.
+        qhybrid.gpu_submit("scale", [qhybrid.tensor_open("w")], 1, "neg", -2.0)
+        neg = qhybrid.tensor_open("neg")
+        qhybrid.gpu_submit_into("relu", [neg], 1, neg, 0.0)
+    elif msg.kind == 6:
+        n, data = qhybrid.tensor_read(qhybrid.tensor_open("neg"), 0, 16)
+        qhybrid.info("neg: %s" % list(struct.unpack("<4f", data)))
 """
 
 
@@ -158,8 +166,16 @@ kind = 3
 at = 3
 [[messages]]
 to = "tp"
-kind = 4
+kind = 5
 at = 4
+[[messages]]
+to = "tp"
+kind = 6
+at = 7
+[[messages]]
+to = "tp"
+kind = 4
+at = 8
 """
     sc = parse_scenario(text, source=str(tmp_path / "s.toml"), base_dir=tmp_path)
     result, logs, _, _ = run(sc, workers=1)
@@ -174,6 +190,8 @@ at = 4
     assert "w: [3.0, 3.0, 3.0, 3.0]" in logs
     assert "open mine: -1" in logs  # released: gone from the next tick ...
     assert "mine again: True" in logs  # ... and its name free for a new tensor
+    # The in-place relu ran on the first job's result: -6 everywhere, then 0.
+    assert "neg: [0.0, 0.0, 0.0, 0.0]" in logs
     # Five jobs of 16 bytes each pass the agent's tensor quota of 64 bytes.
     (tp,) = result.agents
     assert tp.error is not None and "quota exceeded: gpu_submit_into" in tp.error
