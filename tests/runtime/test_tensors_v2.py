@@ -82,14 +82,70 @@ def test_chained_jobs_in_place_and_release(tmp_path: Path) -> None:
     assert "refused: relu(acc) into wide: -6" in logs
 
 
+CHAINED_TASKS = """
+[[tensors]]
+name = "x"
+shape = [8, 8]
+init = "random"
+[[tasks]]
+name = "g"
+kind = "gpu"
+op = "relu"
+inputs = ["x"]
+output = "gx"
+at = 1
+[[tasks]]
+name = "c"
+kind = "cpu"
+op = "scale"
+inputs = ["gx"]
+output = "cx"
+params = { factor = 3.0 }
+at = 1
+[[tasks]]
+name = "c2"
+kind = "cpu"
+op = "add"
+inputs = ["cx", "x"]
+output = "c2x"
+at = 1
+[[tasks]]
+name = "e"
+kind = "gpu"
+op = "add"
+inputs = ["c2x", "gx"]
+output = "ex"
+at = 1
+notify = "iterate"
+"""
+
+
 def test_same_trace_for_1_2_and_4_workers(tmp_path: Path) -> None:
+    # The agent's chained GPU jobs, and the scenario's tasks chained at tick 1: a CPU task
+    # behind a GPU one, a CPU task behind that, and a GPU task behind both.
     hashes = set()
     for workers in (1, 2, 4):
-        result, logs, _, _ = run(scenario(tmp_path, rounds=2), workers)
+        result, logs, _, _ = run(scenario(tmp_path, rounds=2, extra=CHAINED_TASKS), workers)
         assert result.status == "completed", result.reason
         assert logs[-1] == f"done: sum {expected_sums(2)[-1]:.3f}"
+        assert (result.gpu_tasks, result.cpu_tasks) == (2 * 3 + 2, 2)
         hashes.add(result.trace_hash)
     assert len(hashes) == 1
+
+
+def test_chained_tasks_read_what_the_ones_before_made(tmp_path: Path) -> None:
+    from qhybrid.runtime._seeding import derive_seed
+
+    rng = np.random.Generator(np.random.PCG64(derive_seed(3, "tensor", "x")))
+    x = rng.uniform(-1.0, 1.0, size=(8, 8)).astype(np.float32)
+    gx = np.maximum(x, 0)
+    expected = (gx * np.float32(3.0) + x) + gx
+    result, _, trace, _ = run(scenario(tmp_path, rounds=1, extra=CHAINED_TASKS), 2)
+    assert result.status == "completed", result.reason
+    from qhybrid.runtime._trace import digest
+
+    tasks = {r[3]: r[5] for r in map(json.loads, trace) if r[0] == "task"}
+    assert tasks["e"] == digest(expected.astype(np.float32).tobytes())
 
 
 PY_AGENT = """
