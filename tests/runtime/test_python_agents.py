@@ -274,3 +274,45 @@ kind = 1
     result, logs = run_logged(sc, workers=1)
     assert result.status == "completed", result.reason
     assert texts(logs, "sleeper") == ["slept 0.000 s of the run's clock"]
+
+
+SLEEPER_WAT = r"""(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "qhybrid" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  ;; one clock subscription: userdata 7, tag 0 (clock), monotonic, 3600 s, relative
+  (data (i32.const 0) "\07\00\00\00\00\00\00\00\00\00\00\00\00\00\00\00")
+  (data (i32.const 16) "\01\00\00\00\00\00\00\00\00\a0\b8\30\46\03\00\00")
+  (data (i32.const 200) "woke")
+  (func (export "qh_abi_version") (result i32) (i32.const 1))
+  (func (export "qh_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "qh_on_message") (param i32 i32 i32 i32) (result i32)
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+    (if (i32.and (i64.eq (i64.load (i32.const 64)) (i64.const 7))
+                 (i32.and (i32.eqz (i32.load16_u (i32.const 72)))
+                          (i32.eq (i32.load (i32.const 128)) (i32.const 1))))
+      (then (call $log (i32.const 20) (i32.const 200) (i32.const 4))))
+    (i32.const 0)))
+"""
+
+
+def test_sleep_in_a_compiled_agent_takes_no_real_time(tmp_path: Path) -> None:
+    # The same for a compiled agent: an hour's poll_oneoff on the clock is due at once.
+    (tmp_path / "sleeper.wat").write_text(SLEEPER_WAT)
+    text = """
+seed = 1
+[stop]
+max_ticks = 2
+timeout_s = 60
+[[agents]]
+name = "sleeper"
+module = "sleeper.wat"
+limits = { timeout_ms = 2000 }
+[[messages]]
+to = "sleeper"
+kind = 1
+"""
+    sc = parse_scenario(text, source=str(tmp_path / "s.toml"), base_dir=tmp_path)
+    result, logs = run_logged(sc, workers=1)
+    assert result.status == "completed", result.reason
+    assert texts(logs, "sleeper") == ["woke"]

@@ -42,6 +42,7 @@ from qhybrid.runtime.wasm_pool._quotas import (
     Quotas,
 )
 from qhybrid.runtime.wasm_pool._ticker import EPOCH_S
+from qhybrid.runtime.wasm_pool._wasi_poll import EINVAL, SUBSCRIPTION_SIZE, poll_events
 from qhybrid.runtime.wasm_pool._worker_context import WorkerContext
 
 __all__ = ["DTYPE_CODES", "EPOCH_S", "AgentHost", "GuestFault", "SplitMix64", "WorkerContext"]
@@ -359,6 +360,12 @@ class AgentHost(MemoryHost):
                 wasmtime.FuncType([_VALTYPES["i32"], _VALTYPES["i32"]], [_VALTYPES["i32"]]),
                 self._wasi_random_get,
             )
+        if name == "poll_oneoff":  # a sleep on the logical clock: at once (_wasi_poll)
+            return wasmtime.Func(
+                self._store,
+                wasmtime.FuncType([_VALTYPES["i32"]] * 4, [_VALTYPES["i32"]]),
+                self._wasi_poll_oneoff,
+            )
         found = ctx.linker(stack).get(self._store, WASI_MODULE, name)
         if not isinstance(found, wasmtime.Func):
             raise AgentModuleError(f"{self.name}: unknown WASI import {name}")
@@ -639,6 +646,14 @@ class AgentHost(MemoryHost):
         words = (length + 7) // 8
         data = b"".join(self._rng.next().to_bytes(8, "little") for _ in range(words))
         self._write("random_get", ptr, data[:length])
+        return 0
+
+    def _wasi_poll_oneoff(self, subs: int, events: int, n: int, out: int) -> int:
+        if n <= 0:
+            return EINVAL
+        raw = self._read("poll_oneoff", subs, SUBSCRIPTION_SIZE * n, SUBSCRIPTION_SIZE * 4096)
+        self._write("poll_oneoff", events, poll_events(raw, n))
+        self._write("poll_oneoff", out, n.to_bytes(4, "little"))
         return 0
 
     # -- calls ----------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from qhybrid.runtime.wasm_pool._abi_spec import load_spec
 from qhybrid.runtime.wasm_pool._agent import AgentHost, GuestFault, _Call
 from qhybrid.runtime.wasm_pool._guest_api import GUEST_API
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Outcome
+from qhybrid.runtime.wasm_pool._wasi_poll import EINVAL, SUBSCRIPTION_SIZE, poll_events
 from qhybrid.runtime.wasm_pool._worker_context import EPOCH_S, WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -274,24 +275,17 @@ class PythonAgentHost(AgentHost):
     def _poll_oneoff(
         self, caller: wasmtime.Caller, subs: int, events: int, n: int, out: int
     ) -> int:
-        """WASI's poll_oneoff without the host's clock: wasmtime's would block the worker in
-        real time (``time.sleep(3600)``). On the run's logical clock no time passes inside a
-        message, so every clock subscription is due at once; there is no file or socket to
-        wait on (fd subscriptions get EBADF)."""
+        """WASI's poll_oneoff on the logical clock (``_wasi_poll``): a sleep ends at once."""
         if n <= 0:
-            return 28  # EINVAL
+            return EINVAL
         mem = caller["memory"]
         assert isinstance(mem, wasmtime.Memory)
         size = mem.data_len(caller)
-        if subs < 0 or events < 0 or subs + 48 * n > size or events + 32 * n > size:
-            raise GuestFault("poll_oneoff: subscriptions or events outside the memory")
+        if subs < 0 or subs + SUBSCRIPTION_SIZE * n > size:
+            raise GuestFault("poll_oneoff: subscriptions outside the interpreter's memory")
         base = ctypes.addressof(mem.data_ptr(caller).contents)
-        raw = ctypes.string_at(base + subs, 48 * n)
-        written = bytearray(32 * n)
-        for i in range(n):
-            userdata, tag = struct.unpack_from("<QB", raw, 48 * i)
-            struct.pack_into("<QHB", written, 32 * i, userdata, 0 if tag == 0 else 8, tag)
-        self._guest_write(caller, events, bytes(written))
+        raw = ctypes.string_at(base + subs, SUBSCRIPTION_SIZE * n)
+        self._guest_write(caller, events, poll_events(raw, n))
         self._guest_write(caller, out, n.to_bytes(4, "little"))
         return 0
 
