@@ -163,19 +163,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("QHYBRID_BUILD_CACHE") or default)
 
 
-def freeze(dist: Path, version: str) -> Path:
+def freeze(dist: Path, version: str, *, aot: bool = True) -> Path:
     """Run PyInstaller over packaging/qhybrid.spec; returns the bundle (dist/qhybrid/ or, on
     macOS, dist/qhybrid.app)."""
     work = cache_dir() / f"{sys.platform}-{platform.machine()}"
     icons = make_icons(work / "icons")
     started = time.monotonic()
-    aot = aot_kernels(work / "aot")
-    env = dict(
-        os.environ,
-        QHYBRID_VERSION=version,
-        QHYBRID_ICON_DIR=str(icons["ico"].parent),
-        QHYBRID_AOT_MODULE=str(aot),
-    )
+    env = dict(os.environ, QHYBRID_VERSION=version, QHYBRID_ICON_DIR=str(icons["ico"].parent))
+    env.pop("QHYBRID_AOT_MODULE", None)
+    if aot:
+        env["QHYBRID_AOT_MODULE"] = str(aot_kernels(work / "aot"))
     _run(
         [
             sys.executable,
@@ -224,7 +221,10 @@ def aot_kernels(out: Path) -> Path:
             return module
     shutil.rmtree(out, ignore_errors=True)
     started = time.monotonic()
-    _run([sys.executable, PACKAGING / "aot.py", "--out", out], cwd=REPO_ROOT)
+    try:
+        _run([sys.executable, PACKAGING / "aot.py", "--out", out], cwd=REPO_ROOT)
+    except BuildError as exc:
+        raise BuildError(f"{exc} (--no-aot bundles numba instead)") from exc
     module = out / json.loads(manifest.read_text())["module"]
     stamp.write_text(digest.hexdigest())
     print(f"aot kernels: {module}, {time.monotonic() - started:.0f} s", flush=True)
@@ -531,6 +531,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--measure", action="store_true", help="also print the frozen folder's gzipped size (slow)"
     )
+    parser.add_argument(
+        "--no-aot",
+        action="store_true",
+        help="bundle numba and LLVM (+38 MiB compressed) instead of compiling the CPU path's "
+        "kernels ahead of time (packaging/aot.py), e.g. where numba.pycc cannot build",
+    )
     args = parser.parse_args(argv)
     try:
         targets = resolve_targets(args.target, sys.platform)
@@ -544,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not bundle.is_dir():
                 raise BuildError(f"--installer-only: no frozen app at {bundle}")
         else:
-            bundle = freeze(dist, version)
+            bundle = freeze(dist, version, aot=not args.no_aot)
         if args.no_installer:
             return 0
         if args.measure:

@@ -105,6 +105,23 @@ if [ "$got" != "$expected" ]; then
   echo "warning: the source checkout's own trace hash changed between two runs ($expected, $again)"
 fi
 ok "qhybrid --headless --json from PATH gives the source checkout's trace hash"
+# A real quantized model (CI fetches it before the tests) through the frozen app's CPU kernels,
+# compiled ahead of time (packaging/aot.py): the same greedy text as numba's JIT in the checkout.
+smollm=$HOME/.cache/qhybrid/models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f "$smollm" ]; then
+  greedy() {
+    env -i PATH=/usr/bin:/bin HOME="$home" LANG=C.UTF-8 "$1" generate "$smollm" \
+      "The capital of France is" --temperature 0 --max-tokens 24 --device cpu --json |
+      "$PY" -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["text"]))'
+  }
+  want=$(greedy "$PWD/.venv/bin/qhybrid")
+  got=$(cd / && greedy qhybrid)
+  echo "SmolLM2 greedy: checkout $want, installed $got"
+  [ "$got" = "$want" ] || fail "the installed qhybrid's SmolLM2 greedy text differs from the checkout's"
+  ok "the installed qhybrid's compiled CPU kernels give the checkout's greedy text on SmolLM2 Q4_1"
+else
+  echo "warning: $smollm not fetched (python -m qhybrid.runtime.llm._fetch): no real-model check"
+fi
 version=$(env -i PATH=/usr/bin:/bin HOME="$home" qhybrid --version)
 echo "installed: $version"
 rm -rf "$home"
