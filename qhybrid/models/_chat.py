@@ -4,7 +4,8 @@ Answers come from :class:`~qhybrid.runtime.LlmTokens` events: each request (by
 ``request_id``) grows one entry as its text streams, and ends with ``done``. The asking
 agent's own log lines (an agent such as ``ask`` logs "answer: ..." or "llm error: ...") are
 shown too, for the agents the user talks to, so that a scenario with no LLM model still
-answers visibly.
+answers visibly; but an "answer: ..." line of an agent whose answers stream in is left out
+(the answer would show twice).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ChatModel(QObject):
         self.entries: list[ChatEntry] = []
         self._streams: dict[tuple[str, int], ChatEntry] = {}
         self._talked_to: set[str] = set()
+        self._streamed: set[str] = set()  # agents whose LLM answers arrive as tokens
 
     def add_user_message(self, agent: str, text: str) -> None:
         self._talked_to.add(agent)
@@ -62,6 +64,7 @@ class ChatModel(QObject):
             if entry is None:
                 entry = ChatEntry("llm", event.agent, "", event.request_id, done=False)
                 self._streams[key] = entry
+                self._streamed.add(event.agent)
                 added.append(entry)
             elif entry in self.entries:
                 first = min(first, self.entries.index(entry))
@@ -76,6 +79,8 @@ class ChatModel(QObject):
                 del self._streams[key]
         for line in logs:
             if line.agent in self._talked_to:
+                if line.agent in self._streamed and line.text.startswith("answer:"):
+                    continue  # the streamed entry shows it already
                 added.append(ChatEntry("agent", line.agent, line.text))
         if added:
             first = min(first, len(self.entries))

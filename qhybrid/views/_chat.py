@@ -100,7 +100,10 @@ class ChatPanel(QWidget):
         self.input.setEnabled(live)
         self.send_button.setEnabled(live)
         self.hint.setText(
-            "" if live else "Start a scenario with an LLM agent (such as ask) to chat with it."
+            ""
+            if live
+            else "Start a scenario with an LLM agent (such as ask) to chat with it, "
+            "or talk to a model in the Model tab: no run is needed."
         )
 
     def _render(self, _first: int) -> None:
