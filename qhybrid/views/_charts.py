@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent
+from PySide6.QtCore import QEvent, QObject, QPointF, Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
@@ -60,6 +60,9 @@ HISTORY_S = 60.0
 _SPANS_S = (2.0, 5.0, 10.0, 20.0, 30.0, HISTORY_S)
 
 _PERCENT = frozenset(title for title, unit, _ in _PLOTS if unit == "%")
+_UNITS = {title: unit for title, unit, _ in _PLOTS}
+#: Pixels from the cursor within which a sample counts as "under" it.
+_HOVER_PX = 12
 
 
 def _finite_max(values: np.ndarray) -> float:
@@ -135,6 +138,23 @@ class ChartsWidget(QWidget):
                 self._plot_of[channel] = title
             colour_index += len(channels)
             self.plots[title] = plot
+        # Hover: a vertical line at the cursor and the values there, with units.
+        self._hover_line: dict[str, pg.InfiniteLine] = {}
+        self._hover_text: dict[str, pg.TextItem] = {}
+        for title, plot in self.plots.items():
+            line = pg.InfiniteLine(angle=90, movable=False)
+            line.setZValue(10)
+            line.hide()
+            text = pg.TextItem(anchor=(0, 0))
+            text.setZValue(11)
+            text.hide()
+            plot.addItem(line, ignoreBounds=True)
+            plot.addItem(text, ignoreBounds=True)
+            self._hover_line[title] = line
+            self._hover_text[title] = text
+        self._hover: tuple[str, QPointF] | None = None  # the plot and scene point hovered
+        self.graphics.scene().sigMouseMoved.connect(self.hover_at)
+        self.graphics.viewport().installEventFilter(self)
         self.apply_palette(self.palette())
         if live is not None:
             live.frame.connect(self.refresh)
@@ -178,6 +198,8 @@ class ChartsWidget(QWidget):
             if not self._unchanged(curve, t, y):
                 _set_curve(curve, t, y)
         self.redraws += 1
+        if self._hover is not None:
+            self.hover_at(self._hover[1])  # the values under a still cursor move on
 
     def _unchanged(self, curve: pg.PlotDataItem, t: np.ndarray, y: np.ndarray) -> bool:
         """True when ``curve`` already shows this picture: a flat line (or no data) at the same
@@ -235,6 +257,75 @@ class ChartsWidget(QWidget):
             colour = _COLOURS[len(self.worker_curves) % len(_COLOURS)]
             self.worker_curves.append(plot.plot(pen=pg.mkPen(colour, width=1), antialias=False))
 
+    # -- hover -------------------------------------------------------------------------------
+    def hover_at(self, scene_pos: QPointF) -> None:
+        """Show the values under ``scene_pos`` (a point of the charts' scene) in the plot it
+        is over: a vertical line there and each curve's value, with its unit."""
+        over = None
+        for title, plot in self.plots.items():
+            if plot.getViewBox().sceneBoundingRect().contains(scene_pos):
+                over = title
+                break
+        if over is None:
+            self.clear_hover()
+            return
+        if self._hover is not None and self._hover[0] != over:
+            self._hide_hover(self._hover[0])
+        self._hover = (over, QPointF(scene_pos))
+        plot = self.plots[over]
+        view = plot.getViewBox()
+        point = view.mapSceneToView(scene_pos)
+        x = float(point.x())
+        text = self.values_text(over, x)
+        line, item = self._hover_line[over], self._hover_text[over]
+        line.setPos(x)
+        line.show()
+        item.setHtml(text)
+        (x_low, x_high), (_y_low, y_high) = view.viewRange()
+        # Inside the plot whichever side the cursor is on.
+        item.setAnchor((1, 0) if x > (x_low + x_high) / 2 else (0, 0))
+        item.setPos(x, y_high)
+        item.show()
+
+    def clear_hover(self) -> None:
+        if self._hover is not None:
+            self._hide_hover(self._hover[0])
+        self._hover = None
+
+    def _hide_hover(self, title: str) -> None:
+        self._hover_line[title].hide()
+        self._hover_text[title].hide()
+
+    def values_text(self, title: str, x: float) -> str:
+        """What hovering at time ``x`` (seconds before now, <= 0) of plot ``title`` shows
+        (rich text): the time, then each curve's value there with its unit, or "—"."""
+        unit = _UNITS.get(title, "")
+        rows = [f"<b>{-x:.2f} s ago</b>" if x < 0 else "<b>now</b>"]
+        view = self.plots[title].getViewBox()
+        per_pixel = view.viewPixelSize()[0]
+        for name, colour, curve in self._curves_of(title):
+            value = _value_near(curve, x, _HOVER_PX * per_pixel)
+            shown = "\N{EM DASH}" if value is None else f"{_number(value)}{_unit(unit)}"
+            rows.append(f"<span style='color:{colour}'>{name}: {shown}</span>")
+        return "<br>".join(rows)
+
+    def _curves_of(self, title: str) -> list[tuple[str, str, pg.PlotDataItem]]:
+        if title == "Worker load":
+            return [
+                (f"w{w}", _COLOURS[w % len(_COLOURS)], curve)
+                for w, curve in enumerate(self.worker_curves)
+            ]
+        legend = dict(self._legends.get(title, ()))
+        return [
+            (name, legend.get(name, _COLOURS[0]), self.curves[channel][0])
+            for channel, name, _scale in next(ch for t, _u, ch in _PLOTS if t == title)
+        ]
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Leave:
+            self.clear_hover()
+        return super().eventFilter(watched, event)
+
     # -- theme -------------------------------------------------------------------------------
     def apply_palette(self, palette: QPalette) -> None:
         """Colour the plots like the rest of the window (light or dark)."""
@@ -257,6 +348,13 @@ class ChartsWidget(QWidget):
                 axis = plot.getAxis(name)
                 axis.setPen(pg.mkPen(muted))
                 axis.setTextPen(pg.mkPen(foreground))
+            if title in self._hover_line:
+                self._hover_line[title].setPen(pg.mkPen(muted, width=1, style=Qt.PenStyle.DashLine))
+                fill = QColor(background)
+                fill.setAlpha(220)
+                self._hover_text[title].fill = pg.mkBrush(fill)
+                self._hover_text[title].border = pg.mkPen(muted)
+                self._hover_text[title].setColor(foreground)
 
     def changeEvent(self, event: QEvent) -> None:
         if event.type() == QEvent.Type.PaletteChange:
@@ -283,3 +381,39 @@ def _set_curve(
     else:
         # Known finite: pyqtgraph need not scan the arrays again.
         curve.setData(t, y, skipFiniteCheck=True)
+
+
+def _value_near(curve: pg.PlotDataItem, x: float, tolerance: float) -> float | None:
+    """The curve's finite sample nearest to ``x``, if one lies within ``tolerance``."""
+    xs, ys = curve.getData()
+    if xs is None or ys is None or len(xs) == 0:
+        return None
+    i = int(np.searchsorted(xs, x))
+    best: tuple[float, float] | None = None
+    for j in (i - 1, i):
+        if 0 <= j < len(xs) and np.isfinite(ys[j]):
+            gap = abs(float(xs[j]) - x)
+            if best is None or gap < best[0]:
+                best = (gap, float(ys[j]))
+    if best is None or best[0] > tolerance:
+        return None
+    return best[1]
+
+
+def _number(value: float) -> str:
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 0.01:
+        return f"{value:.2f}"
+    return f"{value:.2g}"
+
+
+def _unit(unit: str) -> str:
+    if not unit:
+        return ""
+    return unit if unit in ("%", "/s") else f" {unit}"
