@@ -34,6 +34,9 @@ class ChatEntry:
     ttft_s: float = 0.0
     finish: str | None = None
     error: str | None = None
+    #: The user's text this answer continues (an agent such as ``ask`` completes its prompt,
+    #: so the answer alone starts mid-sentence); None when the prompt was not the user's.
+    prompt: str | None = None
 
 
 class ChatModel(QObject):
@@ -49,9 +52,11 @@ class ChatModel(QObject):
         self._streams: dict[tuple[str, int], ChatEntry] = {}
         self._talked_to: set[str] = set()
         self._streamed: set[str] = set()  # agents whose LLM answers arrive as tokens
+        self._prompts: dict[str, list[str]] = {}  # agent -> the user's texts not yet answered
 
     def add_user_message(self, agent: str, text: str) -> None:
         self._talked_to.add(agent)
+        self._prompts.setdefault(agent, []).append(text)
         self._append([ChatEntry("user", agent, text)])
 
     def apply(self, tokens: Iterable[LlmTokens], logs: Iterable[AgentLog] = ()) -> None:
@@ -65,6 +70,9 @@ class ChatModel(QObject):
                 entry = ChatEntry("llm", event.agent, "", event.request_id, done=False)
                 self._streams[key] = entry
                 self._streamed.add(event.agent)
+                waiting = self._prompts.get(event.agent)
+                if waiting:
+                    entry.prompt = waiting.pop(0)
                 added.append(entry)
             elif entry in self.entries:
                 first = min(first, self.entries.index(entry))
@@ -91,6 +99,7 @@ class ChatModel(QObject):
     def clear(self) -> None:
         self.entries.clear()
         self._streams.clear()
+        self._prompts.clear()
         self.changed.emit(0)
 
     def _append(self, entries: list[ChatEntry], *, notify: bool = True) -> None:

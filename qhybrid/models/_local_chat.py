@@ -244,13 +244,11 @@ class LocalChat(QObject):
         self._llm, self._gpu = llm, gpu
         self.model_name, self.model_path = name, path
         self._loading = False
-        where = "GPU" if llm.placement == "gpu" else "CPU (numpy)"
-        config = llm.model.config
+        where = "GPU" if llm.placement == "gpu" else "CPU"
         template = "its chat template" if llm.tokenizer.chat_template else "no chat template"
         self.loaded.emit(
             name,
-            f"{config.arch}, {llm.engine.runner.n_ctx} tokens of context, on the {where}, "
-            f"{template}",
+            f"{llm.model.config.arch} on the {where}, {llm.engine.runner.n_ctx} tokens, {template}",
         )
 
     def _read_file(self, path: Path, name: str) -> None:

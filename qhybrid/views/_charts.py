@@ -12,7 +12,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, QPointF, Qt
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from qhybrid.models import LiveModels, LiveSeries
 
@@ -118,6 +118,7 @@ class ChartsWidget(QWidget):
                 plot.setLabel("bottom", "time before now", units="s")
                 plot.getAxis("bottom").enableAutoSIPrefix(False)
             plot.setYRange(0, 100 if unit == "%" else 1, padding=0)
+            _set_y_ticks(plot, 100.0 if unit == "%" else 1.0)
             self._y_top[title] = 100.0 if unit == "%" else 1.0
             # The legend is in the title, outside the plot: never over the curves, never
             # clipped however small the plot gets.
@@ -140,18 +141,20 @@ class ChartsWidget(QWidget):
             self.plots[title] = plot
         # Hover: a vertical line at the cursor and the values there, with units.
         self._hover_line: dict[str, pg.InfiniteLine] = {}
-        self._hover_text: dict[str, pg.TextItem] = {}
         for title, plot in self.plots.items():
             line = pg.InfiniteLine(angle=90, movable=False)
             line.setZValue(10)
             line.hide()
-            text = pg.TextItem(anchor=(0, 0))
-            text.setZValue(11)
-            text.hide()
             plot.addItem(line, ignoreBounds=True)
-            plot.addItem(text, ignoreBounds=True)
             self._hover_line[title] = line
-            self._hover_text[title] = text
+        # The values float over the charts beside the cursor, as a tooltip does: a label in a
+        # plot would be clipped by it (a plot is 30 pixels tall at 1100x720).
+        self.hover_label = QLabel(self)
+        self.hover_label.setObjectName("charts_hover")
+        self.hover_label.setTextFormat(Qt.TextFormat.RichText)
+        self.hover_label.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.hover_label.setMargin(4)
+        self.hover_label.hide()
         self._hover: tuple[str, QPointF] | None = None  # the plot and scene point hovered
         self.graphics.scene().sigMouseMoved.connect(self.hover_at)
         self.graphics.viewport().installEventFilter(self)
@@ -243,6 +246,7 @@ class ChartsWidget(QWidget):
         if want > top or want < top * 0.5:
             self._y_top[title] = want
             self.plots[title].setYRange(0, want, padding=0)
+            _set_y_ticks(self.plots[title], want)
 
     def _ensure_worker_curves(self, workers: int) -> None:
         plot = self.plots["Worker load"]
@@ -277,15 +281,21 @@ class ChartsWidget(QWidget):
         point = view.mapSceneToView(scene_pos)
         x = float(point.x())
         text = self.values_text(over, x)
-        line, item = self._hover_line[over], self._hover_text[over]
+        line = self._hover_line[over]
         line.setPos(x)
         line.show()
-        item.setHtml(text)
-        (x_low, x_high), (_y_low, y_high) = view.viewRange()
-        # Inside the plot whichever side the cursor is on.
-        item.setAnchor((1, 0) if x > (x_low + x_high) / 2 else (0, 0))
-        item.setPos(x, y_high)
-        item.show()
+        label = self.hover_label
+        label.setText(text)
+        label.adjustSize()
+        # Beside the cursor, on the side with room, inside the charts.
+        at = self.graphics.mapTo(self, self.graphics.mapFromScene(scene_pos))
+        left = at.x() + 14
+        if left + label.width() > self.width():
+            left = at.x() - 14 - label.width()
+        top = min(max(0, at.y() - label.height() // 2), max(0, self.height() - label.height()))
+        label.move(max(0, left), top)
+        label.raise_()
+        label.show()
 
     def clear_hover(self) -> None:
         if self._hover is not None:
@@ -294,7 +304,7 @@ class ChartsWidget(QWidget):
 
     def _hide_hover(self, title: str) -> None:
         self._hover_line[title].hide()
-        self._hover_text[title].hide()
+        self.hover_label.hide()
 
     def values_text(self, title: str, x: float) -> str:
         """What hovering at time ``x`` (seconds before now, <= 0) of plot ``title`` shows
@@ -350,11 +360,11 @@ class ChartsWidget(QWidget):
                 axis.setTextPen(pg.mkPen(foreground))
             if title in self._hover_line:
                 self._hover_line[title].setPen(pg.mkPen(muted, width=1, style=Qt.PenStyle.DashLine))
-                fill = QColor(background)
-                fill.setAlpha(220)
-                self._hover_text[title].fill = pg.mkBrush(fill)
-                self._hover_text[title].border = pg.mkPen(muted)
-                self._hover_text[title].setColor(foreground)
+
+        self.hover_label.setStyleSheet(
+            f"QLabel#charts_hover {{ background: {background.name()}; color: {foreground.name()};"
+            f" border: 1px solid {muted.name(QColor.NameFormat.HexArgb)}; }}"
+        )
 
     def changeEvent(self, event: QEvent) -> None:
         if event.type() == QEvent.Type.PaletteChange:
@@ -417,3 +427,32 @@ def _unit(unit: str) -> str:
     if not unit:
         return ""
     return unit if unit in ("%", "/s") else f" {unit}"
+
+
+def _set_y_ticks(plot: pg.PlotItem, top: float) -> None:
+    """Two or three round labels from 0 to ``top``, no minor ticks: pyqtgraph's own ticks
+    pile up into an unreadable column on a plot 30 pixels tall (at 1100x720)."""
+    step = _nice_step(top / 2)
+    values = [0.0]
+    while values[-1] + step <= top * 1.0001:
+        values.append(values[-1] + step)
+    plot.getAxis("left").setTicks([[(v, _tick_text(v, step)) for v in values], []])
+
+
+def _nice_step(x: float) -> float:
+    """The smallest of 1, 2, 5 times a power of ten that is at least ``x``."""
+    if x <= 0 or not np.isfinite(x):
+        return 1.0
+    power = 10.0 ** np.floor(np.log10(x))
+    for factor in (1.0, 2.0, 5.0, 10.0):
+        if factor * power >= x * 0.9999:
+            return float(factor * power)
+    return float(10 * power)
+
+
+def _tick_text(value: float, step: float) -> str:
+    if value >= 10_000:
+        return f"{value / 1000:g}k"
+    if step >= 1:
+        return f"{value:.0f}"
+    return f"{value:g}"

@@ -130,4 +130,16 @@ def _entry_html(entry: ChatEntry) -> str:
     elif entry.finish and entry.finish != "stop":
         status = f" <span style='color:gray'>[{html.escape(entry.finish)}]</span>"
     rate = f" <span style='color:gray'>({entry.tok_s:.1f} tok/s)</span>" if entry.tok_s else ""
-    return f"<p><b>{who} (LLM #{entry.request_id}):</b> {text}{status}{rate}</p>"
+    return f"<p><b>{who} (LLM #{entry.request_id}):</b> {_continued(entry)}{text}{status}{rate}</p>"
+
+
+def _continued(entry: ChatEntry) -> str:
+    """What an answer that completes its prompt continues: the user's prompt, in grey, or an
+    ellipsis (a scenario's prompt), so that it never reads as starting mid-word."""
+    first = entry.text.lstrip()[:1]
+    if not first or first.isupper() or first in "\"'([{-*#0123456789":
+        return ""
+    if entry.prompt:
+        prompt = html.escape(printable_lines(entry.prompt.rstrip())).replace("\n", "<br>")
+        return f"<span style='color:gray'>{prompt}</span>"
+    return "\N{HORIZONTAL ELLIPSIS}"

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import QItemSelectionModel, Qt, QTimer
+from PySide6.QtCore import QItemSelectionModel, QSize, Qt, QTimer
+from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QListView,
-    QPlainTextEdit,
     QProgressBar,
     QSplitter,
     QTextBrowser,
@@ -47,6 +47,8 @@ class StandaloneChatPanel(QWidget):
         self.list_view.setObjectName("chat_conversations")
         self.list_view.setModel(model)
         self.list_view.setMinimumSize(60, 40)
+        self.list_view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list_view.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.list_view.selectionModel().currentRowChanged.connect(
             lambda current, _previous: model.select(current.row())
         )
@@ -85,13 +87,13 @@ class StandaloneChatPanel(QWidget):
         self.progress.setMaximumHeight(14)
         self.progress.setTextVisible(False)
         self.progress.hide()
-        self.system_edit = QPlainTextEdit(self)
+        # One line: the transcript needs the height more (a dock is ~250 pixels at 1100x720).
+        self.system_edit = _SystemEdit(self)
         self.system_edit.setObjectName("chat_system")
         self.system_edit.setPlaceholderText("System prompt (optional)")
-        self.system_edit.setMaximumHeight(44)
-        self.system_edit.setMinimumHeight(24)
+        self.system_edit.setToolTip("The system prompt: how the model should answer")
         self.system_edit.textChanged.connect(
-            lambda: self.model.set_system(self.system_edit.toPlainText())
+            lambda _text: self.model.set_system(self.system_edit.toPlainText())
         )
         self.transcript = QTextBrowser(self)
         self.transcript.setObjectName("chat_model_transcript")
@@ -108,9 +110,9 @@ class StandaloneChatPanel(QWidget):
         self.stop_button.setObjectName("chat_model_stop")
         self.stop_button.clicked.connect(model.stop)
         self.stop_button.setEnabled(False)
-        self.status_label = QLabel("No model loaded.", self)
+        self.status_label = _StatusLabel(self)
         self.status_label.setObjectName("chat_model_status")
-        self.status_label.setWordWrap(True)
+        self.status_label.set_status("No model loaded.")
 
         right = QWidget(self)
         right_layout = QVBoxLayout(right)
@@ -136,6 +138,7 @@ class StandaloneChatPanel(QWidget):
         self.split.addWidget(right)
         self.split.setStretchFactor(0, 1)
         self.split.setStretchFactor(1, 4)
+        self.split.setSizes([130, 400])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.split)
@@ -147,13 +150,17 @@ class StandaloneChatPanel(QWidget):
         self._render_timer.timeout.connect(self.render)
         model.transcript_changed.connect(self._schedule_render)
         model.busy_changed.connect(self._busy_changed)
-        model.status.connect(self.status_label.setText)
+        model.status.connect(lambda text: self.status_label.set_status(text, error=True))
         self.chat.load_progress.connect(self._load_progress)
         self.chat.loaded.connect(self._loaded)
         self.chat.load_failed.connect(self._load_failed)
         self.refresh_models()
         self._current_changed()
         self.render()
+
+    def sizeHint(self) -> QSize:
+        # Asked for no more room than the in-run chat beside it was: the log keeps its share.
+        return QSize(360, 200)
 
     # -- models -------------------------------------------------------------------------------
     def refresh_models(self) -> None:
@@ -179,7 +186,7 @@ class StandaloneChatPanel(QWidget):
         self.model_combo.setCurrentIndex(index)
         self.load_button.setEnabled(bool(self.choices))
         if not self.choices:
-            self.status_label.setText(
+            self.status_label.set_status(
                 "No model found: `qhybrid models` lists where it looks (Ollama, LM Studio, "
                 "the Hugging Face cache, ~/.cache/qhybrid/models)."
             )
@@ -196,11 +203,11 @@ class StandaloneChatPanel(QWidget):
         self.progress.show()
         if fraction < 0:
             self.progress.setRange(0, 0)  # busy: building the model
-            self.status_label.setText(f"Loading {printable(name)}\N{HORIZONTAL ELLIPSIS}")
+            self.status_label.set_status(f"Loading {printable(name)}\N{HORIZONTAL ELLIPSIS}")
         else:
             self.progress.setRange(0, 1000)
             self.progress.setValue(round(fraction * 1000))
-            self.status_label.setText(
+            self.status_label.set_status(
                 f"Reading {printable(name)}: {fraction:.0%}\N{HORIZONTAL ELLIPSIS}"
             )
         self._update_controls()
@@ -208,16 +215,15 @@ class StandaloneChatPanel(QWidget):
     def _loaded(self, name: str, info: str) -> None:
         self.progress.hide()
         self.load_button.setEnabled(True)
-        self.status_label.setText(f"{printable(name)}: {printable(info)}.")
+        self.status_label.set_status(f"{printable(name)}: {printable(info)}.")
         self._update_controls()
         self.input.setFocus()
 
     def _load_failed(self, name: str, message: str) -> None:
         self.progress.hide()
         self.load_button.setEnabled(True)
-        self.status_label.setText(
-            f"<span style='color:#D55E00'>Cannot load {html.escape(printable(name))}:</span> "
-            f"{html.escape(printable(message))}"
+        self.status_label.set_status(
+            f"Cannot load {printable(name)}: {printable(message)}", error=True
         )
         self._update_controls()
 
@@ -291,6 +297,54 @@ class StandaloneChatPanel(QWidget):
         if at_end:
             bar.setValue(bar.maximum())
         self._update_controls()
+
+
+class _StatusLabel(QLabel):
+    """One line, elided to fit (the whole text in its tooltip), so the transcript keeps the
+    height; an error is shown whole, wrapped, in the warning colour."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setMinimumWidth(40)
+        self.full_text = ""
+        self.error = False
+
+    def set_status(self, text: str, *, error: bool = False) -> None:
+        self.full_text, self.error = text, error
+        self.setToolTip(text)
+        self.setWordWrap(error)
+        self.setStyleSheet("color: #D55E00" if error else "")
+        self._fit()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._fit()
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        return QSize(40, hint.height()) if not self.error else hint
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        return QSize(min(hint.width(), 300), hint.height()) if not self.error else hint
+
+    def _fit(self) -> None:
+        if self.error:
+            self.setText(self.full_text)
+            return
+        metrics = self.fontMetrics()
+        self.setText(metrics.elidedText(self.full_text, Qt.TextElideMode.ElideRight, self.width()))
+
+
+class _SystemEdit(QLineEdit):
+    """The system prompt's line, read and written as plain text."""
+
+    def toPlainText(self) -> str:
+        return self.text()
+
+    def setPlainText(self, text: str) -> None:
+        self.setText(text)
 
 
 def _button(text: str, parent: QWidget) -> QToolButton:

@@ -49,7 +49,7 @@ def test_the_window_chats_with_a_real_model_and_no_run(
     assert not panel.input.isEnabled()
     qtbot.mouseClick(panel.load_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: panel.chat.ready and panel.input.isEnabled(), timeout=60_000)
-    assert "chat template" in panel.status_label.text()
+    assert "chat template" in panel.status_label.full_text
     assert not panel.progress.isVisible()
     window.conversations.settings = ChatSettings(max_tokens=24, temperature=0.0)
 
@@ -104,13 +104,13 @@ def test_a_corrupt_model_file_shows_a_message_in_the_panel(qtbot: QtBot, tmp_pat
     try:
         with qtbot.waitSignal(chat.load_failed, timeout=30_000):
             chat.load(bad)
-        assert "Cannot load broken.gguf" in panel.status_label.text()
-        assert str(bad) in panel.status_label.text()
-        assert "Traceback" not in panel.status_label.text()
+        assert "Cannot load broken.gguf" in panel.status_label.full_text
+        assert str(bad) in panel.status_label.full_text
+        assert "Traceback" not in panel.status_label.full_text
         assert not panel.progress.isVisible()
         panel.input.setText("hello")
         panel.send()
-        assert "Choose a model and press Load first" in panel.status_label.text()
+        assert "Choose a model and press Load first" in panel.status_label.full_text
     finally:
         chat.close()
 
@@ -144,3 +144,19 @@ def test_in_a_run_an_answer_is_shown_once(qtbot: QtBot) -> None:
     chat.apply([], [AgentLog("ask", 30, "llm error: out of slots", 5)])
     texts = [e.text for e in chat.entries]
     assert texts == ["Once upon a time", "there was a cat", "llm error: out of slots"]
+
+
+def test_in_a_run_an_answer_that_completes_its_prompt_never_reads_mid_word() -> None:
+    from qhybrid.models import ChatModel
+    from qhybrid.views._chat import _entry_html
+
+    chat = ChatModel()
+    chat.add_user_message("ask", "Once upon a time")
+    chat.apply([LlmTokens(3, "ask", ", there was", 2, True, finish="stop")])
+    chat.apply([LlmTokens(4, "story", ", Buster walked", 2, True, finish="stop")])
+    chat.apply([LlmTokens(5, "story", "Buster ran.", 2, True, finish="stop")])
+    mine, scenarios, whole = (_entry_html(e) for e in chat.entries[1:])
+    # The user's prompt, in grey, before its continuation; a scenario's prompt: an ellipsis.
+    assert "<span style='color:gray'>Once upon a time</span>, there was" in mine
+    assert ":</b> \N{HORIZONTAL ELLIPSIS}, Buster walked" in scenarios
+    assert ":</b> Buster ran." in whole
