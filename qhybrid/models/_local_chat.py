@@ -143,6 +143,7 @@ class LocalChat(QObject):
         self._llm: Any = None  # qhybrid.runtime.llm.Llm, on the loop thread
         self._gpu: Any = None  # its GpuDevice
         self._stream: Any = None  # the answer in progress (a TokenStream)
+        self._load_task: asyncio.Task[None] | None = None  # the loading in progress
         self._next_request = 0
         self._loading = False
 
@@ -180,7 +181,7 @@ class LocalChat(QObject):
         if thread is None or loop is None:
             return
         try:
-            future = asyncio.run_coroutine_threadsafe(self._unload(), loop)
+            future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
             future.result(timeout)
         except (concurrent.futures.TimeoutError, RuntimeError):
             logger.warning("the chat's model did not close in %.0f s", timeout)
@@ -206,6 +207,14 @@ class LocalChat(QObject):
         if self._stream is not None:
             self._stream.cancel()
 
+    async def _shutdown(self) -> None:
+        """A loading in progress is cancelled (its device closed), then the model unloaded."""
+        task = self._load_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._unload()
+
     async def _unload(self) -> None:
         if self._stream is not None:
             self._stream.cancel()
@@ -220,6 +229,11 @@ class LocalChat(QObject):
         from qhybrid.runtime.llm import Llm, LlmOptions, ModelError
         from qhybrid.runtime.wgpu_thread import GpuDevice, GpuJobError
 
+        previous = self._load_task
+        self._load_task = asyncio.current_task()
+        if previous is not None and not previous.done():
+            previous.cancel()  # the user chose another model meanwhile
+            await asyncio.gather(previous, return_exceptions=True)
         try:
             await self._unload()
             self.load_progress.emit(name, 0.0)

@@ -200,3 +200,12 @@ def test_a_conversation_with_the_real_model_streams_once_and_is_kept(
     again = ConversationsModel(chat, ConversationStore(tmp_path / "chats"))
     assert again.rowCount() == 1 and again.current is not None
     assert again.current.turns[1].content == answer.content
+
+
+def test_closing_while_a_model_loads_leaves_no_thread_behind(qtbot: QtBot, smollm2: Path) -> None:
+    local = LocalChat(device="cpu")
+    with qtbot.waitSignal(local.load_progress, timeout=10_000):
+        local.load(smollm2)
+    local.close()  # mid-load: cancelled, its device thread closed (the autouse fixture checks)
+    assert not local.ready
+    assert not [t for t in threading.enumerate() if "gpu" in t.name.lower()]
