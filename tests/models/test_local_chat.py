@@ -209,3 +209,18 @@ def test_closing_while_a_model_loads_leaves_no_thread_behind(qtbot: QtBot, smoll
     local.close()  # mid-load: cancelled, its device thread closed (the autouse fixture checks)
     assert not local.ready
     assert not [t for t in threading.enumerate() if "gpu" in t.name.lower()]
+
+
+def test_stop_ends_an_answer_and_keeps_what_it_has(
+    qtbot: QtBot, chat: LocalChat, smollm2: Path, tmp_path: Path
+) -> None:
+    model = ConversationsModel(chat, ConversationStore(tmp_path / "chats"))
+    model.settings = ChatSettings(max_tokens=400, temperature=0.0)
+    _load(qtbot, chat, smollm2)
+    chat.delta.connect(lambda _r, _t: model.stop())
+    with qtbot.waitSignal(model.busy_changed, timeout=60_000, check_params_cb=lambda b: not b):
+        assert model.send("Write a long story about a dragon.")
+    assert model.current is not None
+    answer = model.current.turns[-1]
+    assert answer.done and answer.finish == "cancelled" and answer.content
+    assert answer.tokens < 400
