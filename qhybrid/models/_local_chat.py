@@ -239,7 +239,7 @@ class LocalChat(QObject):
             self.load_progress.emit(name, 0.0)
             await asyncio.to_thread(self._read_file, path, name)
             self.load_progress.emit(name, -1.0)
-            gpu = GpuDevice(prefer=self.device)  # type: ignore[arg-type]
+            gpu = GpuDevice(prefer=self.device)
             try:
                 llm = await Llm.open(path, LlmOptions(n_slots=1, runner="auto"), device=gpu)
             except BaseException:

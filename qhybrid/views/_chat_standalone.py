@@ -147,7 +147,7 @@ class StandaloneChatPanel(QWidget):
         self._render_timer = QTimer(self)
         self._render_timer.setSingleShot(True)
         self._render_timer.setInterval(_RENDER_MS)
-        self._render_timer.timeout.connect(self.render)
+        self._render_timer.timeout.connect(self.render_transcript)
         model.transcript_changed.connect(self._schedule_render)
         model.busy_changed.connect(self._busy_changed)
         model.status.connect(lambda text: self.status_label.set_status(text, error=True))
@@ -156,7 +156,7 @@ class StandaloneChatPanel(QWidget):
         self.chat.load_failed.connect(self._load_failed)
         self.refresh_models()
         self._current_changed()
-        self.render()
+        self.render_transcript()
 
     def sizeHint(self) -> QSize:
         # Asked for no more room than the in-run chat beside it was: the log keeps its share.
@@ -265,7 +265,7 @@ class StandaloneChatPanel(QWidget):
 
     def _busy_changed(self, _busy: bool) -> None:
         self._render_timer.stop()
-        self.render()  # at once: the answer's end (or start) is not left for the next frame
+        self.render_transcript()  # at once: an answer's end is not left for the next frame
 
     def _update_controls(self) -> None:
         busy = self.model.busy
@@ -277,11 +277,11 @@ class StandaloneChatPanel(QWidget):
     def _schedule_render(self) -> None:
         if self.model.current is not self._shown:
             self._current_changed()
-            self.render()
+            self.render_transcript()
         elif not self._render_timer.isActive():
             self._render_timer.start()
 
-    def render(self) -> None:
+    def render_transcript(self) -> None:
         conversation = self.model.current
         self._shown = conversation
         bar = self.transcript.verticalScrollBar()
