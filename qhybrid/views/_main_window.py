@@ -147,6 +147,7 @@ class MainWindow(QMainWindow):
         self.chat_tabs.addTab(self.model_chat_panel, "Model")
         self.chat_tabs.addTab(self.chat_panel, "Run agent")
         self.chat_dock = self._dock("Chat", "chat_dock", self.chat_tabs)
+        self.live.chat.changed.connect(self._run_chat_changed)
         self.server_model = ServerModel(self)
         self.server_panel = ServerPanel(self.server_model, self)
         self.server_dock = self._dock("Server", "server_dock", self.server_panel)
@@ -458,6 +459,13 @@ class MainWindow(QMainWindow):
         )
         self.restart_action.setEnabled(have and state != SessionState.STOPPING)
         self.workers_spin.setEnabled(not active)
+
+    def _run_chat_changed(self, _first: int) -> None:
+        """A run's LLM agents answer: show them, unless a model chat is in use."""
+        if self.chat_tabs.currentWidget() is self.model_chat_panel and not (
+            self.local_chat.ready or self.conversations.busy
+        ):
+            self.chat_tabs.setCurrentWidget(self.chat_panel)
 
     def _adapter_changed(self, text: str, _adapter: object) -> None:
         self.adapter_label.setText(text)

@@ -160,3 +160,18 @@ def test_in_a_run_an_answer_that_completes_its_prompt_never_reads_mid_word() -> 
     assert "<span style='color:gray'>Once upon a time</span>, there was" in mine
     assert ":</b> \N{HORIZONTAL ELLIPSIS}, Buster walked" in scenarios
     assert ":</b> Buster ran." in whole
+
+
+def test_a_runs_llm_answers_bring_the_run_chat_forward_unless_a_model_chat_is_in_use(
+    qtbot: QtBot,
+) -> None:
+    window = MainWindow()
+    qtbot.addWidget(window)
+    assert window.chat_tabs.currentWidget() is window.model_chat_panel
+    window.live.chat.apply([LlmTokens(1, "storyteller-0", "Once", 1, False)])
+    assert window.chat_tabs.currentWidget() is window.chat_panel
+    window.chat_tabs.setCurrentWidget(window.model_chat_panel)
+    window.local_chat.model_name = "a model"  # as once one is loaded
+    window.live.chat.apply([LlmTokens(1, "storyteller-0", " upon", 1, False)])
+    assert window.chat_tabs.currentWidget() is window.model_chat_panel
+    window.local_chat.model_name = None
