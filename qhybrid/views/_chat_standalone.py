@@ -29,6 +29,8 @@ __all__ = ["StandaloneChatPanel"]
 
 #: The transcript is redrawn at most this often while an answer streams in.
 _RENDER_MS = 40
+#: Turns shown at most (the latest; the conversation keeps them all): a redraw stays cheap.
+_SHOWN_TURNS = 60
 
 
 class StandaloneChatPanel(QWidget):
@@ -293,7 +295,10 @@ class StandaloneChatPanel(QWidget):
             )
         else:
             model = html.escape(printable(conversation.model or "model"))
-            self.transcript.setHtml("".join(_turn_html(t, model) for t in conversation.turns))
+            turns = conversation.turns[-_SHOWN_TURNS:]
+            hidden = len(conversation.turns) - len(turns)
+            head = f"<p style='color:gray'>({hidden} earlier turns not shown)</p>" if hidden else ""
+            self.transcript.setHtml(head + "".join(_turn_html(t, model) for t in turns))
         if at_end:
             bar.setValue(bar.maximum())
         self._update_controls()
