@@ -44,6 +44,7 @@ class ChatPanel(QWidget):
         self.transcript = QTextBrowser(self)
         self.transcript.setObjectName("chat_transcript")
         self.transcript.setOpenLinks(False)
+        self.transcript.setMinimumSize(60, 30)  # in a tab of a dock: the window stays small
         self.input = QLineEdit(self)
         self.input.setObjectName("chat_input")
         self.input.setPlaceholderText("Ask the agent\N{HORIZONTAL ELLIPSIS}")
@@ -61,7 +62,8 @@ class ChatPanel(QWidget):
         bottom.addWidget(self.input, 1)
         bottom.addWidget(self.send_button)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.setSpacing(3)
         layout.addLayout(top)
         layout.addWidget(self.transcript, 1)
         layout.addLayout(bottom)

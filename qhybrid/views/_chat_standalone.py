@@ -64,6 +64,7 @@ class StandaloneChatPanel(QWidget):
         left = QWidget(self)
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.setSpacing(3)
         left_layout.addWidget(self.list_view, 1)
         buttons = QHBoxLayout()
         buttons.addWidget(self.new_button)
@@ -119,6 +120,7 @@ class StandaloneChatPanel(QWidget):
         right = QWidget(self)
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.setSpacing(3)
         top = QHBoxLayout()
         top.addWidget(self.model_combo, 1)
         top.addWidget(self.refresh_button)
@@ -142,7 +144,7 @@ class StandaloneChatPanel(QWidget):
         self.split.setStretchFactor(1, 4)
         self.split.setSizes([130, 400])
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.split)
 
         # Redraws coalesced: a streamed answer grows many times a second.
