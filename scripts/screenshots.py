@@ -111,6 +111,7 @@ def _shoot(out: Path, sizes: list[tuple[int, int]], scenario: Path, *, chat: boo
         _say(str(path))
 
     def every_view(window: MainWindow, prefix: str) -> None:
+        _choose_an_agent(window)
         save(window, f"{prefix}-window")
         tabs = window.central_tabs
         for i in range(tabs.count()):
@@ -192,6 +193,17 @@ def _chat_with_a_real_model(window: object, wait: Callable[..., None]) -> None:
     panel.input.setText("What is a multi-agent system?")
     panel.send()
     wait(lambda: not window.conversations.busy, 120, "the answer")  # type: ignore[attr-defined]
+
+
+def _choose_an_agent(window: object) -> None:
+    """Select an LLM agent (else the first) in the agents table, so that views that show one
+    agent have one to show."""
+    table = getattr(getattr(window, "agents_view", None), "table", None)
+    model = table.model() if table is not None else None
+    if model is None or model.rowCount() == 0:
+        return
+    rows = [r for r in range(model.rowCount()) if "storyteller" in str(model.index(r, 0).data())]
+    table.setCurrentIndex(model.index(rows[0] if rows else 0, 0))
 
 
 def _say(text: str) -> None:
