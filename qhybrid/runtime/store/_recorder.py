@@ -172,13 +172,16 @@ class _RecordingEngine:
         owner: Hashable = None,
     ) -> int:
         rid = self._inner.submit(prompt_tokens, params, request_id, owner)
+        # Submitted on the GPU thread before the next step: recorded at the tick that
+        # accepted it (a rebuild submits it after that tick's step).
+        at = self._runtime._parts.llm.submit_tick
         # The owner (the asking agent's id) decides who gets a free slot first: a rebuild of
         # the engine after a resume must submit with it, or waiting requests change order.
         kept = owner if isinstance(owner, int | str) else None
         self._recorder._batch.llm_requests.append(
             (
                 rid,
-                self._runtime.tick,
+                self._runtime.tick if at is None else at,
                 json.dumps(list(prompt_tokens)),
                 params_json(params, owner=kept),
                 str(params.seed),

@@ -344,6 +344,11 @@ class DurableRuntime(Runtime):
         # which is the memory its run started with (docs/agent-abi.md), not what this
         # process's start found (nothing: a restore does not read a persistent namespace).
         self.memory.initial, self.memory.by_agent = st["memory"]
+        # Agents spawned before the checkpoint: made again (same ids, names, workers, loads).
+        spawned = st.get("spawned", [])
+        if spawned:
+            self._lifecycle.recreate([(str(n), str(g), str(c)) for n, g, c in spawned])
+            await self._lifecycle.after_commit(st["tick"])
         # Agents: their states and counters, and their snapshots in fresh instances.
         by_worker: dict[int, list[tuple[Any, bytes | None, list[Any]]]] = {}
         for agent, (state, handled, error, restarts, key) in zip(
@@ -385,5 +390,8 @@ class DurableRuntime(Runtime):
             parts.llm.done,
         ) = st["counters"]
         parts.gpu._job_owner = dict(st["job_owner"])
+        parts.llm.failed = [
+            (int(r), int(a), int(k), bytes(p)) for r, a, k, p in st.get("llm_failed", [])
+        ]
         await self._rebuild_llm(st, point)
         self._trace.resume_from(point.lines)

@@ -106,6 +106,8 @@ class WorkerPool:
         self._env: dict[str, str] = {}
         # What every worker must know; replayed to a replacement worker.
         self._directory: tuple[str, ...] = ()
+        #: ABI v2 spawn: (group, ids of its spawned instances), sent with the directory.
+        self._spawned: tuple[tuple[str, tuple[int, ...]], ...] = ()
         self._modules: dict[str, tuple[bytes, bytes]] = {}
         self._tensors: list[TensorEntry] = []
         self._time_limits: dict[int, int] = {}  # agent id -> ms per message (the watchdog's)
@@ -215,11 +217,18 @@ class WorkerPool:
             )
         )
 
-    async def set_directory(self, names: Sequence[str]) -> None:
+    def _directory_request(self) -> Request:
+        args = (self._directory, self._spawned) if self._spawned else (self._directory,)
+        return Request("directory", args)
+
+    async def set_directory(
+        self, names: Sequence[str], spawned: Sequence[tuple[str, tuple[int, ...]]] = ()
+    ) -> None:
         """Tell every worker the name of each agent id (for the ABI's ``lookup``)."""
         self._directory = tuple(names)
+        self._spawned = tuple(spawned)
         await asyncio.gather(
-            *(self._request(i, Request("directory", (self._directory,))) for i in range(self.size))
+            *(self._request(i, self._directory_request()) for i in range(self.size))
         )
 
     def add_tensors(self, entries: Sequence[TensorEntry]) -> None:
@@ -273,7 +282,7 @@ class WorkerPool:
         worker.busy_ns = old.busy_ns
         worker.batch_ns = old.batch_ns
         self.restarts += 1
-        await self._request(index, Request("directory", (self._directory,)))
+        await self._request(index, self._directory_request())
         for key, (serialized, original) in self._modules.items():
             await self._request(index, Request("module", (key, serialized, original)))
         logger.warning("worker %d replaced (old pid %d, new pid %d)", index, old.pid, worker.pid)

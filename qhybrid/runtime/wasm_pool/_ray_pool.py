@@ -135,6 +135,8 @@ class RayWorkerPool:
         self._actors: list[_Actor] = []
         self._closed = False
         self._directory: tuple[str, ...] = ()
+        #: ABI v2 spawn: (group, ids of its spawned instances), sent with the directory.
+        self._spawned: tuple[tuple[str, tuple[int, ...]], ...] = ()
         self._modules: dict[str, tuple[bytes, bytes]] = {}
         self._tensors: list[TensorEntry] = []
         self._time_limits: dict[int, int] = {}
@@ -296,10 +298,17 @@ class RayWorkerPool:
             )
         )
 
-    async def set_directory(self, names: Sequence[str]) -> None:
+    def _directory_request(self) -> Request:
+        args = (self._directory, self._spawned) if self._spawned else (self._directory,)
+        return Request("directory", args)
+
+    async def set_directory(
+        self, names: Sequence[str], spawned: Sequence[tuple[str, tuple[int, ...]]] = ()
+    ) -> None:
         self._directory = tuple(names)
+        self._spawned = tuple(spawned)
         await asyncio.gather(
-            *(self._request(i, Request("directory", (self._directory,))) for i in range(self.size))
+            *(self._request(i, self._directory_request()) for i in range(self.size))
         )
 
     def add_tensors(self, entries: Sequence[TensorEntry]) -> None:
@@ -379,7 +388,7 @@ class RayWorkerPool:
         self._actors[index] = actor
         await self._hello(actor)
         self.restarts += 1
-        await self._request(index, Request("directory", (self._directory,)))
+        await self._request(index, self._directory_request())
         for key, (serialized, original) in self._modules.items():
             await self._request(index, Request("module", (key, serialized, original)))
         logger.warning(
