@@ -71,7 +71,16 @@ def result_json(update: RequestUpdate) -> str | None:
 
 
 class _Batch:
-    __slots__ = ("blobs", "jobs", "llm_requests", "llm_updates", "logs", "rows", "ticks")
+    __slots__ = (
+        "blobs",
+        "jobs",
+        "llm_requests",
+        "llm_updates",
+        "logs",
+        "payloads",
+        "rows",
+        "ticks",
+    )
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, int, str]] = []
@@ -81,6 +90,7 @@ class _Batch:
         self.jobs: list[tuple[int, str, str, str, str, float, str | None, str | None]] = []
         self.ticks: list[tuple[int, float, float, int, str, float]] = []
         self.blobs: dict[str, bytes] = {}
+        self.payloads: list[tuple[int, int, bytes]] = []
 
 
 class _Writer(threading.Thread):
@@ -143,6 +153,7 @@ class _Writer(threading.Thread):
                             b.jobs,
                             b.ticks,
                             b.blobs,
+                            b.payloads,
                         )
                 elif what == "checkpoint":
                     saved: SavedState = arg
@@ -308,6 +319,10 @@ class RunRecorder:
         key = blob_digest(data)
         self._batch.blobs[key] = data
         self._digests[name] = key
+
+    def message_payload(self, tick: int, seq: int, payload: bytes) -> None:
+        """A queued message's full payload (one the trace keeps only a digest of)."""
+        self._batch.payloads.append((tick, seq, payload))
 
     # -- per tick -------------------------------------------------------------------------------
     def _send(self, rt: Runtime, *, force: bool = False) -> None:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Message payloads kept beside the trace: longer than the trace keeps (32 bytes), at most this.
+PAYLOAD_KEEP_MAX = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class RestorePoint:
@@ -138,6 +141,8 @@ class DurableRuntime(Runtime):
         self.checkpoints_ok = llm is None
         #: LLM engine steps replayed to rebuild requests in flight at the restore point.
         self.llm_steps_rebuilt = 0
+        #: The first queue sequence number whose message payload is not yet kept.
+        self._payload_seq = 0
         #: The latest pool entry of each named tensor (visibility and writers, for checkpoints).
         self.tensor_entries: dict[str, TensorEntry] = {}
         add_tensors = self.pool.add_tensors
@@ -279,8 +284,27 @@ class DurableRuntime(Runtime):
             finally:
                 tensor.close()
 
+    def _keep_payloads(self) -> None:
+        """Hand the recorder the full payloads of the messages queued since the last tick
+        that the trace keeps only a digest of (the inspector decodes them, envelopes too)."""
+        assert self.recorder is not None
+        schedule = self._parts.schedule
+        first = self._payload_seq
+        keep = self.recorder.message_payload
+        for item in schedule.queue:
+            message = item.message
+            if item.seq >= first and message is not None:
+                payload = message[3]
+                if 32 < len(payload) <= PAYLOAD_KEEP_MAX:
+                    keep(item.tick, item.seq, payload)
+        nxt = next(schedule._seq)
+        schedule._seq = itertools.count(nxt)
+        self._payload_seq = nxt
+
     async def step(self) -> bool:
         going = await super().step()
+        if self.recorder is not None:
+            self._keep_payloads()
         if self._gpu_outputs:
             self._keep_gpu_outputs()
         if self.recorder is not None:
