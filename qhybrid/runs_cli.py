@@ -5,6 +5,7 @@ or ``runs.sqlite`` in the user's data folder; ``--no-store`` turns it off). Then
 
 ```
 qhybrid runs [--json]                         the store's runs
+qhybrid runs delete RUN [RUN ...] [--json]    delete runs (and what only they used)
 qhybrid show RUN [--json]                     one run's summary
 qhybrid resume RUN [--json]                   go on from the last checkpoint
 qhybrid replay RUN [--to TICK] [--module GROUP=PATH] [--json]
@@ -324,7 +325,35 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
 
 
 # -- qhybrid runs / show ---------------------------------------------------------------------------
+def cmd_delete(args: argparse.Namespace) -> int:
+    from qhybrid.runtime.store import StoreError
+
+    if not args.targets:
+        raise BadInput("runs delete: name the runs to delete (RUN ...; see `qhybrid runs`)")
+    deleted = []
+    with _open(args, must_exist=True) as store:
+        ids = [_resolve(store, ref) for ref in args.targets]  # all resolved before any goes
+        for run_id in dict.fromkeys(ids):
+            try:
+                done = store.delete_run(run_id)
+            except StoreError as exc:
+                raise BadInput(str(exc)) from None
+            deleted.append({"run_id": run_id, **done})
+            forks = done["forks"]
+            _err().print(
+                f"deleted run {run_id}: {done['records']} trace rows, "
+                f"{done['checkpoints']} checkpoints, {done['blobs']} stored blobs freed"
+                + (f"; its forks {', '.join(forks)} keep their own copy" if forks else "")
+            )
+    _emit(args, {"store": str(store_path(args)), "deleted": deleted})
+    return EXIT_OK
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
+    if getattr(args, "action", None) == "delete":
+        return cmd_delete(args)
+    if getattr(args, "targets", None):
+        raise BadInput(f"runs: unexpected {args.targets[0]!r} (to delete: `runs delete RUN`)")
     runs = []
     if store_path(args).exists():
         with _open(args, readonly=True) as store:
@@ -656,7 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="one JSON object on stdout")
         return p
 
-    command("runs", "list the store's runs")
+    p = command("runs", "list the store's runs, or delete some (runs delete RUN ...)")
+    p.add_argument("action", nargs="?", choices=("delete",), help="delete the runs named")
+    p.add_argument("targets", nargs="*", metavar="RUN", help="runs to delete")
     p = command("show", "summarise one run")
     p.add_argument("run", metavar="RUN")
     p = command("resume", "continue an interrupted run from its last checkpoint")

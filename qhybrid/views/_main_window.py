@@ -52,6 +52,7 @@ from qhybrid.views._chat import ChatPanel
 from qhybrid.views._runs import MessageInspector, RunsPanel
 from qhybrid.views._scenario import ScenarioPanel
 from qhybrid.views._server import ServerPanel
+from qhybrid.views._state_at import StateAtPanel
 from qhybrid.views._tables import AgentsView, LogView
 from qhybrid.views._theme import THEMES, apply_theme
 from qhybrid.views._update import add_update_actions
@@ -150,11 +151,20 @@ class MainWindow(QMainWindow):
         # The run store: its runs, and a recorded run's messages.
         self.runs_model = RunsModel(parent=self)
         self.message_inspector = MessageInspector(self)
-        self.runs_panel = RunsPanel(self.runs_model, self.message_inspector, self)
+        # The state at the chosen tick (rebuilt by replay), beside the messages of that tick.
+        self.state_panel = StateAtPanel(self)
+        self.runs_panel = RunsPanel(
+            self.runs_model, self.message_inspector, self, state_panel=self.state_panel
+        )
         self.runs_split = QSplitter(Qt.Orientation.Vertical, self)
         self.runs_split.setObjectName("runs_split")
         self.runs_split.addWidget(self.runs_panel)
-        self.runs_split.addWidget(self.message_inspector)
+        self.tick_split = QSplitter(Qt.Orientation.Horizontal, self)
+        self.tick_split.setObjectName("tick_split")
+        self.tick_split.addWidget(self.message_inspector)
+        self.tick_split.addWidget(self.state_panel)
+        self.tick_split.setSizes([600, 400])
+        self.runs_split.addWidget(self.tick_split)
         self.runs_split.setStretchFactor(0, 2)
         self.runs_split.setStretchFactor(1, 3)
         # Squeezed rather than growing the window (the charts' tab asks for almost nothing).
