@@ -28,7 +28,15 @@ from PySide6.QtCore import (
 )
 
 from qhybrid.runtime import printable, printable_lines
-from qhybrid.runtime.wasm_pool import KIND_ENVELOPE
+from qhybrid.runtime.wasm_pool import (
+    KIND_ANSWER,
+    KIND_ENVELOPE,
+    KIND_GPU_DONE,
+    KIND_LLM_CHAT_DONE,
+    KIND_LLM_DONE,
+    KIND_TASK_DONE,
+    KIND_TOOL_DONE,
+)
 
 __all__ = [
     "MESSAGE_RECORDS",
@@ -49,6 +57,16 @@ MESSAGE_RECORDS = ("ok", "fail", "drop")
 _PREFIXES = tuple(f"('{name}'" for name in MESSAGE_RECORDS)
 #: The runtime itself sends as -1.
 RUNTIME_SENDER = -1
+#: The runtime's reserved kinds, by name (docs/agent-abi.md).
+KIND_NAMES = {
+    KIND_TASK_DONE: "TASK_DONE",
+    KIND_GPU_DONE: "GPU_DONE",
+    KIND_LLM_DONE: "LLM_DONE",
+    KIND_LLM_CHAT_DONE: "LLM_CHAT_DONE",
+    KIND_TOOL_DONE: "TOOL_DONE",
+    KIND_ANSWER: "ANSWER",
+    KIND_ENVELOPE: "ENVELOPE",
+}
 #: An ABI v2 envelope's header: kind, reply_to, correlation id, timer id, timer period.
 _ENVELOPE = struct.Struct("<iiqii")
 
@@ -244,7 +262,11 @@ class MessagesModel(QAbstractTableModel):
         e = self.envelopes[row]
         body = e.body if e is not None else m.payload
         how, text = decode_payload(body, pretty=True)
-        kind = f"kind {e.kind} (enveloped)" if e is not None else f"kind {m.kind}"
+        kind = (
+            f"kind {e.kind} (enveloped)"
+            if e is not None
+            else f"kind {m.kind}" + (f" ({KIND_NAMES[m.kind]})" if m.kind in KIND_NAMES else "")
+        )
         lines = [
             f"tick {m.tick}, seq {m.seq}, trace record {m.n}: {m.status}"
             + (f" ({m.note})" if m.note else ""),
@@ -326,7 +348,7 @@ class MessagesModel(QAbstractTableModel):
             return printable(self.name(m.receiver))
         e = self.envelopes[row]
         if column == self.KIND:
-            return str(m.kind) if e is None else f"{e.kind} env"
+            return KIND_NAMES.get(m.kind, str(m.kind)) if e is None else f"{e.kind} env"
         if column == self.SENT:
             return "" if m.sent is None else str(m.sent)
         if column == self.CORR:
