@@ -587,6 +587,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         updates = store.llm_updates(run_id)
         gpu_results = _gpu_results(store, run_id)
         cpu_results = _cpu_results(store, run_id)
+        effects = store.effects(run_id)
         recorded = list(store.records(run_id))
     if not recorded:
         raise BadInput(f"run {run_id} has no recorded trace to replay")
@@ -611,6 +612,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         stop_at=args.to,
         gpu_results=gpu_results,
         cpu_results=cpu_results,
+        effects=effects,
     )
     try:
         result = _execute(runtime, err, holder)

@@ -283,11 +283,11 @@ class MessagesModel(QAbstractTableModel):
             if len(chain) > 1:
                 lines.append(f"reply chain ({len(chain)} messages; Follow goes along it):")
                 for r in chain:
-                    c = self.messages[r]
+                    c, ce = self.messages[r], self.envelopes[r]
                     mark = "->" if r == row else "  "
                     lines.append(
                         f" {mark} tick {c.tick}: {self.name(c.sender)} to {self.name(c.receiver)},"
-                        f" kind {self.envelopes[r].kind if self.envelopes[r] else c.kind}"
+                        f" kind {ce.kind if ce is not None else c.kind}"
                     )
         size = len(body) if isinstance(body, bytes) else ">32"
         lines += [f"payload ({how}, {size} bytes):", printable_lines(text)]

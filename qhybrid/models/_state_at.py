@@ -217,7 +217,8 @@ class StateAtModel(QObject):
                 return ""
             return "(runtime)" if agent < 0 else names.get(agent, f"agent {agent}")
 
-        rows, tips = [], []
+        rows: list[tuple[Any, ...]] = []
+        tips: list[str] = []
         for q in state.queue:
             if q.task is not None:
                 rows.append((q.tick, q.seq, "", "", "task", q.task))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -331,9 +332,11 @@ class RunsPanel(QWidget):
             inspector.tick_changed.connect(state_panel.set_tick)
             state_panel.fork_requested.connect(self.fork_opened)
         #: Shows a dialog, True when accepted (tests answer in its place).
-        self.exec_dialog = lambda dialog: dialog.exec() == QDialog.DialogCode.Accepted
+        self.exec_dialog: Callable[[QDialog], bool] = (
+            lambda dialog: dialog.exec() == QDialog.DialogCode.Accepted
+        )
         #: Asks a yes/no question, True for yes (tests answer in its place).
-        self.confirm = self._confirm
+        self.confirm: Callable[[str], bool] = self._confirm
         self.command = RunCommand(runs.path, self)
         self.command.finished.connect(self._command_finished)
         self.opened: str | None = None
@@ -508,7 +511,7 @@ class RunsPanel(QWidget):
         ids = self.selected_ids()
         if not ids:
             return
-        children = []
+        children: list[str] = []
         for run_id in ids:
             try:
                 children += self.runs.details(run_id).get("children") or []

@@ -73,6 +73,7 @@ def result_json(update: RequestUpdate) -> str | None:
 class _Batch:
     __slots__ = (
         "blobs",
+        "effects",
         "jobs",
         "llm_requests",
         "llm_updates",
@@ -91,6 +92,7 @@ class _Batch:
         self.ticks: list[tuple[int, float, float, int, str, float]] = []
         self.blobs: dict[str, bytes] = {}
         self.payloads: list[tuple[int, int, bytes]] = []
+        self.effects: list[tuple[str, int, str]] = []
 
 
 class _Writer(threading.Thread):
@@ -154,6 +156,7 @@ class _Writer(threading.Thread):
                             b.ticks,
                             b.blobs,
                             b.payloads,
+                            b.effects,
                         )
                 elif what == "checkpoint":
                     saved: SavedState = arg
@@ -323,6 +326,10 @@ class RunRecorder:
     def message_payload(self, tick: int, seq: int, payload: bytes) -> None:
         """A queued message's full payload (one the trace keeps only a digest of)."""
         self._batch.payloads.append((tick, seq, payload))
+
+    def effect(self, key: str, tick: int, text: str) -> None:
+        """An ABI v2 tool result or a person's answer (``AgentServices.recording``)."""
+        self._batch.effects.append((key, tick, text))
 
     # -- per tick -------------------------------------------------------------------------------
     def _send(self, rt: Runtime, *, force: bool = False) -> None:

@@ -129,8 +129,14 @@ class DurableRuntime(Runtime):
         stop_at: int | None = None,
         gpu_results: dict[tuple[int, str], tuple[bytes, str]] | None = None,
         cpu_results: dict[tuple[int, str], bytes] | None = None,
+        effects: dict[str, str] | None = None,
     ) -> None:
         super().__init__(scenario, config)
+        #: ABI v2 tool results and answers: a replay's from the store (asked never again).
+        services = self._v2.services
+        if effects:
+            services.recording.update(effects)
+        self._effects_kept = set(services.recording)
         self.recorder = recorder
         self._restore_point = restore
         self._restore_state: dict[str, Any] | None = load_state(restore.state) if restore else None
@@ -301,10 +307,22 @@ class DurableRuntime(Runtime):
         schedule._seq = itertools.count(nxt)
         self._payload_seq = nxt
 
+    def _keep_effects(self) -> None:
+        """Hand the recorder the tool results and answers this tick added."""
+        assert self.recorder is not None
+        recording = self._v2.services.recording
+        if len(recording) == len(self._effects_kept):
+            return
+        for key, text in recording.items():
+            if key not in self._effects_kept:
+                self._effects_kept.add(key)
+                self.recorder.effect(key, self.tick, text)
+
     async def step(self) -> bool:
         going = await super().step()
         if self.recorder is not None:
             self._keep_payloads()
+            self._keep_effects()
         if self._gpu_outputs:
             self._keep_gpu_outputs()
         if self.recorder is not None:

@@ -43,8 +43,9 @@ ALTER TABLE runs ADD COLUMN owner_start TEXT;
 """
 
 # Format 4 adds ``payloads``: the full payloads of messages over 32 bytes (the trace keeps only
-# a digest of them), for the window's message inspector and its reply chains. It is created by
-# the schema's ``IF NOT EXISTS``; runs recorded before it simply have none.
+# a digest of them), for the window's message inspector and its reply chains; and ``effects``:
+# ABI v2 tool results and people's answers, which a replay takes instead of asking again. Both
+# are created by the schema's ``IF NOT EXISTS``; runs recorded before have none.
 
 #: How long a writer waits for another process's transaction before it calls the store locked
 #: (``QHYBRID_STORE_TIMEOUT`` seconds overrides it).
@@ -158,6 +159,13 @@ CREATE TABLE IF NOT EXISTS payloads (
     seq INTEGER NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (run_id, tick, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS effects (
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    tick INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT NOT NULL,

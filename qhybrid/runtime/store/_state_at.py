@@ -253,6 +253,7 @@ def state_at(path: Path, run_id: str, tick: int, *, workers: int | None = None) 
         updates = store.llm_updates(run_id)
         gpu = _results(store, run_id, "gpu")
         cpu = {k: d for k, (d, _) in _results(store, run_id, "cpu").items()}
+        effects = store.effects(run_id)
     names = [a["name"] for a in (run.get("summary") or {}).get("agents", [])]
     check = TraceCheck(iter(recorded), base=base, to_tick=tick)
     llm = (lambda rt: recorded_llm(rt, head, updates)) if scenario.llm is not None else None
@@ -264,6 +265,7 @@ def state_at(path: Path, run_id: str, tick: int, *, workers: int | None = None) 
         check=check,
         gpu_results=gpu,
         cpu_results=cpu,
+        effects=effects,
     )
     state, blobs, replayed = asyncio.run(_replay_to(runtime, tick))
     if not names:

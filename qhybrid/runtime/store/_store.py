@@ -270,6 +270,7 @@ class RunStore:
         ticks: Iterable[tuple[int, float, float, int, str, float]] = (),
         blobs: dict[str, bytes] | None = None,
         payloads: Iterable[tuple[int, int, bytes]] = (),
+        effects: Iterable[tuple[str, int, str]] = (),
     ) -> None:
         """Add trace records and what came with them; call inside a :meth:`transaction` to
         batch several ticks. ``rows`` are ``(n, tick, lines)``: the records from number ``n``
@@ -306,6 +307,10 @@ class RunStore:
             conn.executemany(
                 "INSERT OR REPLACE INTO payloads (run_id, tick, seq, data) VALUES (?,?,?,?)",
                 ((run_id, *row) for row in payloads),
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO effects (run_id, key, tick, text) VALUES (?,?,?,?)",
+                ((run_id, *row) for row in effects),
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO ticks (run_id, tick, t_s, dur_s, delivered, busy, llm_s)"
@@ -402,7 +407,15 @@ class RunStore:
                     "UPDATE records SET count = ?, lines = ? WHERE run_id = ? AND n = ?",
                     (len(keep), "\n".join(keep), run_id, row[0]),
                 )
-            for table in ("logs", "llm_updates", "jobs", "llm_requests", "ticks", "payloads"):
+            for table in (
+                "logs",
+                "llm_updates",
+                "jobs",
+                "llm_requests",
+                "ticks",
+                "payloads",
+                "effects",
+            ):
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND tick > ?", (run_id, tick))
             conn.execute("DELETE FROM checkpoints WHERE run_id = ? AND tick > ?", (run_id, tick))
             conn.execute(
@@ -468,6 +481,7 @@ class RunStore:
                 "jobs",
                 "ticks",
                 "payloads",
+                "effects",
                 "checkpoints",
                 "runs",
             ):
@@ -482,6 +496,26 @@ class RunStore:
         counts["blobs"] = len(freed)
         counts["forks"] = list(run["children"])
         return counts
+
+    def effects(self, run_id: str, *, to_tick: int | None = None) -> dict[str, str]:
+        """ABI v2 tool results and people's answers, by their key (``agent/ask/3``): what a
+        replay answers with instead of asking again (up to ``to_tick``, when given)."""
+        sql = "SELECT key, text FROM effects WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if to_tick is not None:
+            sql += " AND tick <= ?"
+            args.append(to_tick)
+        return {str(r[0]): str(r[1]) for r in self._query(sql, args)}
+
+    def copy_effects(self, run_id: str, effects: dict[str, str], tick: int) -> None:
+        """Give ``run_id`` these effects (a fork's, from before its fork tick)."""
+        self.append_tick(
+            run_id,
+            tick,
+            self.run(run_id)["records"],
+            [],
+            effects=[(k, tick, v) for k, v in effects.items()],
+        )
 
     # -- message payloads (beside the trace, which keeps only a digest of long ones) ----------
     def payloads(self, run_id: str) -> dict[tuple[int, int], bytes]:
