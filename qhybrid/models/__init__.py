@@ -40,6 +40,7 @@ from qhybrid.models._messages import (
     decode_payload,
     parse_messages,
 )
+from qhybrid.models._questions import Question, QuestionBox, QuestionsModel
 from qhybrid.models._runs import RunCommand, RunsModel, format_duration
 from qhybrid.models._scenario import ScenarioCheck, scenario_outline
 from qhybrid.models._series import CHANNELS, LiveSeries
@@ -67,6 +68,9 @@ __all__ = [
     "MessagesFilterModel",
     "MessagesModel",
     "PythonLogCollector",
+    "Question",
+    "QuestionBox",
+    "QuestionsModel",
     "RowsModel",
     "RunCommand",
     "RunsModel",

@@ -211,6 +211,7 @@ class RuntimeController(QObject):
     def stop(self) -> None:
         """End the run after the tick in progress (it reports "stopped")."""
         if self._state in (SessionState.STARTING, SessionState.RUNNING, SessionState.PAUSED):
+            self._cancel_questions()  # a run waiting for an answer stops waiting
             self._set_state(SessionState.STOPPING, "")
             self._submit(self._stop("stopped from the window"))
 
@@ -220,6 +221,7 @@ class RuntimeController(QObject):
             self.error.emit("no scenario is open")
             return
         if self.active:
+            self._cancel_questions()
             self._set_state(SessionState.STOPPING, "restarting")
         path, workers, device = self.scenario_path, self.workers, self.device
         self._submit(self._restart(path, workers, device))
@@ -238,6 +240,7 @@ class RuntimeController(QObject):
         Returns True when everything ended in time.
         """
         self._closed = True
+        self._cancel_questions()
         thread, self._thread = self._thread, None
         if thread is None:
             return True
@@ -259,6 +262,11 @@ class RuntimeController(QObject):
             logger.error("the runtime's thread did not end within %g s", timeout)
             clean = False
         return clean
+
+    def _cancel_questions(self) -> None:
+        cancel = getattr(self.answer, "cancel_all", None)
+        if cancel is not None:
+            cancel()
 
     # -- plumbing --------------------------------------------------------------------------
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
@@ -310,6 +318,9 @@ class RuntimeController(QObject):
         if previous is not None and not previous.done():
             await previous  # a restart waits for the previous run to close
         self._stop_reason = None
+        reopen = getattr(self.answer, "reopen", None)
+        if reopen is not None:
+            reopen()
         self._session = asyncio.ensure_future(self._run_session(path, workers, device, paused))
         self._session.add_done_callback(self._session_done)
 
@@ -433,8 +444,10 @@ class RuntimeController(QObject):
                 if not go.is_set():
                     continue  # paused while a single step held the lock
                 t0 = clock()
+                waited = getattr(self.answer, "waited_s", 0.0)
                 more = await runtime.step()
-                running_s += clock() - t0
+                # Time spent waiting for a person's answer is not running time.
+                running_s += clock() - t0 - (getattr(self.answer, "waited_s", 0.0) - waited)
             if more and limit and running_s > limit and timed_out is None:
                 timed_out = f"timed out after {limit:g} s of running time"
                 runtime.request_stop(timed_out)

@@ -39,6 +39,8 @@ from PySide6.QtWidgets import (
 import qhybrid
 from qhybrid.models import (
     LiveModels,
+    QuestionBox,
+    QuestionsModel,
     RunsModel,
     RuntimeController,
     ScenarioCheck,
@@ -49,6 +51,7 @@ from qhybrid.models import (
 from qhybrid.runtime import printable
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
+from qhybrid.views._questions import QuestionsPanel
 from qhybrid.views._runs import MessageInspector, RunsPanel
 from qhybrid.views._scenario import ScenarioPanel
 from qhybrid.views._server import ServerPanel
@@ -148,6 +151,14 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.log_dock)
         self.splitDockWidget(self.log_dock, self.chat_dock, Qt.Orientation.Horizontal)
         self.tabifyDockWidget(self.chat_dock, self.server_dock)
+        # Agents' questions to a person (ABI v2 ask): asked here, the run waits for the answer.
+        self.questions_box = QuestionBox(self)
+        self.controller.answer = self.questions_box
+        self.questions_model = QuestionsModel(self.questions_box, self)
+        self.questions_panel = QuestionsPanel(self.questions_model, self)
+        self.questions_dock = self._dock("Questions", "questions_dock", self.questions_panel)
+        self.tabifyDockWidget(self.chat_dock, self.questions_dock)
+        self.questions_panel.waiting.connect(self._questions_waiting)
         # The run store: its runs, and a recorded run's messages.
         self.runs_model = RunsModel(parent=self)
         self.message_inspector = MessageInspector(self)
@@ -455,6 +466,13 @@ class MainWindow(QMainWindow):
         )
         self.restart_action.setEnabled(have and state != SessionState.STOPPING)
         self.workers_spin.setEnabled(not active)
+
+    def _questions_waiting(self, count: int) -> None:
+        """A question waits: the panel comes to the front, the title says so."""
+        self.questions_dock.setWindowTitle(f"Questions ({count})" if count else "Questions")
+        if count:
+            self.questions_dock.show()
+            self.questions_dock.raise_()
 
     def _adapter_changed(self, text: str, _adapter: object) -> None:
         self.adapter_label.setText(text)
