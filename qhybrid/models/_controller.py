@@ -211,8 +211,10 @@ class RuntimeController(QObject):
     def stop(self) -> None:
         """End the run after the tick in progress (it reports "stopped")."""
         if self._state in (SessionState.STARTING, SessionState.RUNNING, SessionState.PAUSED):
-            self._cancel_questions()  # a run waiting for an answer stops waiting
             self._set_state(SessionState.STOPPING, "")
+            # A run waiting for an answer stops waiting (its loop thread is blocked until then,
+            # so the stop is requested right there, on that thread).
+            self._cancel_questions("stopped from the window")
             self._submit(self._stop("stopped from the window"))
 
     def restart(self) -> None:
@@ -221,7 +223,7 @@ class RuntimeController(QObject):
             self.error.emit("no scenario is open")
             return
         if self.active:
-            self._cancel_questions()
+            self._cancel_questions("restarted from the window")
             self._set_state(SessionState.STOPPING, "restarting")
         path, workers, device = self.scenario_path, self.workers, self.device
         self._submit(self._restart(path, workers, device))
@@ -240,7 +242,7 @@ class RuntimeController(QObject):
         Returns True when everything ended in time.
         """
         self._closed = True
-        self._cancel_questions()
+        self._cancel_questions("the window was closed")
         thread, self._thread = self._thread, None
         if thread is None:
             return True
@@ -263,10 +265,18 @@ class RuntimeController(QObject):
             clean = False
         return clean
 
-    def _cancel_questions(self) -> None:
+    def _cancel_questions(self, reason: str) -> None:
         cancel = getattr(self.answer, "cancel_all", None)
-        if cancel is not None:
-            cancel()
+        if cancel is None:
+            return
+
+        def stop_now() -> None:  # on the loop thread
+            self._stop_reason = reason
+            runtime = self._runtime
+            if runtime is not None and runtime.result is None:
+                runtime.request_stop(reason)
+
+        cancel(stop_now)
 
     # -- plumbing --------------------------------------------------------------------------
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:

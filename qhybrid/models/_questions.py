@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,7 @@ class QuestionBox(QObject):
         self._ids = itertools.count()
         self._open: dict[int, Question] = {}
         self._cancelled = False
+        self._then: Callable[[], None] | None = None
         #: Seconds runs spent waiting for people (the controller's timeout leaves them out).
         self.waited_s = 0.0
 
@@ -79,6 +81,11 @@ class QuestionBox(QObject):
         self.waited_s += time.perf_counter() - t0
         with self._lock:
             self._open.pop(question.id, None)
+            then, self._then = (
+                (self._then, None) if question.state == "unanswered" else (None, self._then)
+            )
+        if then is not None:
+            then()  # on the loop thread, before the tick goes on (a stop takes effect now)
         self.settled.emit(question)
         return question.answer
 
@@ -92,12 +99,15 @@ class QuestionBox(QObject):
         question._done.set()
         return True
 
-    def cancel_all(self) -> None:
+    def cancel_all(self, then: Callable[[], None] | None = None) -> None:
         """No person will answer (the run is stopping, the window closing): every open
-        question, and every one asked from now on until :meth:`reopen`, gets None."""
+        question, and every one asked from now on until :meth:`reopen`, gets None. ``then``
+        runs on the runtime's loop thread as a waiting question wakes (before its tick goes
+        on): what makes a Stop take effect after that tick, as it would have."""
         with self._lock:
             self._cancelled = True
             open_ = list(self._open.values())
+            self._then = then if open_ else None
         for question in open_:
             if not question._done.is_set():
                 question.state = "unanswered"
