@@ -120,6 +120,12 @@ class TickTimeline(pg.PlotWidget):
         if counts:
             self.bars.setOpts(x=list(range(len(counts))), height=counts)
         self.setXRange(-0.5, max(len(counts), 1) - 0.5, padding=0.01)
+        # Ticks are whole numbers: a short run gets one axis label per tick, not 0.5 steps.
+        axis = self.getAxis("bottom")
+        if len(counts) <= 24:
+            axis.setTickSpacing(major=1 if len(counts) <= 12 else 2, minor=1)
+        else:
+            axis.setTickSpacing()
         self.setYRange(0, max(counts, default=1) * 1.1 or 1, padding=0)
 
     def set_tick(self, tick: int | None) -> None:
@@ -189,7 +195,7 @@ class MessageInspector(QWidget):
         self.table.setModel(self.filter)
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # trace order
-        for column, width in enumerate((45, 50, 50, 90, 90, 55, 40, 90)):
+        for column, width in enumerate((45, 50, 50, 90, 90, 55, 40, 120)):
             self.table.setColumnWidth(column, width)
         self.table.doubleClicked.connect(lambda _i: self.follow(forward=True))
         self.detail = _mono(self)

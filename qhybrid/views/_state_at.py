@@ -114,7 +114,8 @@ class StateAtPanel(QWidget):
         self.model.queue.set_rows([])
         self.model.tensors.set_rows([])
         self.model.state = None
-        self.title.setText(f"State of run {run_id}")
+        self.title.setText("State at tick \N{HORIZONTAL ELLIPSIS}")
+        self.title.setToolTip(f"run {run_id}")
         self.summary.setText("Choose a tick on the timeline to see the run's state there")
         self.fork_button.setEnabled(True)
         self.memory.clear()
@@ -124,7 +125,7 @@ class StateAtPanel(QWidget):
         self.tick = tick
         if tick is None or self.run_id is None:
             return
-        self.title.setText(f"State of run {self.run_id} at tick {tick}")
+        self.title.setText(f"State at tick {tick}")
         self._settle.start()
 
     def _ask(self) -> None:
