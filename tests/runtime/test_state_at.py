@@ -181,3 +181,54 @@ def test_a_running_run_is_not_deleted(tmp_path: Path) -> None:
         )
         with pytest.raises(StoreError, match="still running"):
             s.delete_run(run_id)
+
+
+def test_a_message_posted_from_outside_is_recorded_and_replayed(tmp_path: Path) -> None:
+    """The window's chat posts between ticks: the store keeps each post, and a replay (and
+    the state at a later tick) posts it again at the same point, so the traces match."""
+    from qhybrid.runs_cli import main as runs_main
+
+    store = tmp_path / "runs.sqlite"
+    path = relays(tmp_path, hops=6)
+    scenario = load_scenario(path)
+    with RunStore(store) as s:
+        run_id = s.new_run(
+            scenario_name=scenario.name,
+            scenario_path=str(path),
+            scenario_text=path.read_text("utf-8"),
+            seed=scenario.seed,
+            config={"workers": 1},
+            version="test",
+        )
+    recorder = RunRecorder(store, run_id, checkpoint_every=2)
+    runtime = DurableRuntime(scenario, RuntimeConfig(workers=1, device="cpu"), recorder=recorder)
+
+    async def go() -> None:
+        async with runtime:
+            while await runtime.step():
+                if runtime.tick == 2:
+                    runtime.post("relay-1", (3).to_bytes(8, "little") * 2, kind=1)
+            result = runtime.result
+            assert result is not None
+        assert (
+            recorder.finish(
+                runtime,
+                result.status,
+                result.reason,
+                trace_hash=result.trace_hash,
+                summary=result.to_json(),
+            )
+            is None
+        )
+
+    asyncio.run(go())
+    with RunStore(store, readonly=True) as s:
+        assert [k for k in s.effects(run_id)] == ["(post) 00000000"]
+    assert runs_main(["replay", run_id, "--store", str(store)]) == 0
+    # The state after tick 3 (from the checkpoint at 2, the post made again): relay-1 got it.
+    at = state_at(store, run_id, 3)
+    assert at.checkpoint == 2 and at.divergence is None
+    # Without the recorded post, the replay differs: what makes it the post that counts.
+    with RunStore(store) as s, s.transaction() as conn:
+        conn.execute("DELETE FROM effects")
+    assert runs_main(["replay", run_id, "--store", str(store)]) == 1

@@ -16,6 +16,7 @@ import concurrent.futures
 import dataclasses
 import heapq
 import itertools
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
     from qhybrid.runtime.store._recorder import RunRecorder
 
 logger = logging.getLogger(__name__)
+
+#: The store's ``effects`` key prefix of a message posted from outside (the window's chat):
+#: recorded like an answer, so that a replay posts it again at the same point.
+POST_KEY = "(post) "
 
 #: Message payloads kept beside the trace: longer than the trace keeps (32 bytes), at most this.
 PAYLOAD_KEEP_MAX = 64 * 1024
@@ -134,8 +139,15 @@ class DurableRuntime(Runtime):
         super().__init__(scenario, config)
         #: ABI v2 tool results and answers: a replay's from the store (asked never again).
         services = self._v2.services
-        if effects:
-            services.recording.update(effects)
+        #: Posts to make again (a replay): the tick after which each was made -> in order.
+        self._replay_posts: dict[int, list[dict[str, Any]]] = {}
+        self._posts = 0
+        for key, text in sorted((effects or {}).items()):
+            if key.startswith(POST_KEY):
+                post = json.loads(text)
+                self._replay_posts.setdefault(int(post["tick"]), []).append(post)
+            else:
+                services.recording[key] = text
         self._effects_kept = set(services.recording)
         self.recorder = recorder
         self._restore_point = restore
@@ -318,7 +330,29 @@ class DurableRuntime(Runtime):
                 self._effects_kept.add(key)
                 self.recorder.effect(key, self.tick, text)
 
+    def post(self, to: str, payload: bytes, *, kind: int = 0, priority: int = 0) -> None:
+        """A message from outside (the window's chat), recorded so a replay posts it too."""
+        super().post(to, payload, kind=kind, priority=priority)
+        if self.recorder is not None:
+            text = json.dumps(
+                {
+                    "tick": self.tick,
+                    "to": to,
+                    "kind": kind,
+                    "priority": priority,
+                    "payload": payload.hex(),
+                },
+                sort_keys=True,
+            )
+            self.recorder.effect(f"{POST_KEY}{self._posts:08d}", self.tick, text)
+        self._posts += 1
+
     async def step(self) -> bool:
+        posts = self._replay_posts.pop(self.tick, None) if self._replay_posts else None
+        for p in posts or ():
+            Runtime.post(
+                self, p["to"], bytes.fromhex(p["payload"]), kind=p["kind"], priority=p["priority"]
+            )
         going = await super().step()
         if self.recorder is not None:
             self._keep_payloads()
