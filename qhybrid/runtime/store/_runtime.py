@@ -159,8 +159,6 @@ class DurableRuntime(Runtime):
         self.checkpoints_ok = llm is None
         #: LLM engine steps replayed to rebuild requests in flight at the restore point.
         self.llm_steps_rebuilt = 0
-        #: The first queue sequence number whose message payload is not yet kept.
-        self._payload_seq = 0
         #: The latest pool entry of each named tensor (visibility and writers, for checkpoints).
         self.tensor_entries: dict[str, TensorEntry] = {}
         add_tensors = self.pool.add_tensors
@@ -185,6 +183,7 @@ class DurableRuntime(Runtime):
             setattr(self._parts.llm, "open", self._open_recorded)  # noqa: B010
         if recorder is not None:
             recorder.attach(self)
+            self._wrap_push()
         if check is not None:
             sink = self._trace.sink
             if sink is None:
@@ -302,22 +301,25 @@ class DurableRuntime(Runtime):
             finally:
                 tensor.close()
 
-    def _keep_payloads(self) -> None:
-        """Hand the recorder the full payloads of the messages queued since the last tick
-        that the trace keeps only a digest of (the inspector decodes them, envelopes too)."""
-        assert self.recorder is not None
+    def _wrap_push(self) -> None:
+        """A recording keeps the full payload of each message queued that the trace keeps
+        only a digest of (the inspector decodes them, envelopes too), by (due tick, seq)."""
         schedule = self._parts.schedule
-        first = self._payload_seq
+        push = schedule.push_message
+        assert self.recorder is not None
         keep = self.recorder.message_payload
-        for item in schedule.queue:
-            message = item.message
-            if item.seq >= first and message is not None:
-                payload = message[3]
-                if 32 < len(payload) <= PAYLOAD_KEEP_MAX:
-                    keep(item.tick, item.seq, payload)
-        nxt = next(schedule._seq)
-        schedule._seq = itertools.count(nxt)
-        self._payload_seq = nxt
+
+        def wrapped(
+            tick: int, priority: int, sender: int, dst: int, kind: int, payload: bytes
+        ) -> None:
+            if 32 < len(payload) <= PAYLOAD_KEEP_MAX:
+                seq = next(schedule._seq)  # the seq this push takes
+                schedule._seq = itertools.count(seq)
+                keep(tick, seq, payload)
+            push(tick, priority, sender, dst, kind, payload)
+
+        setattr(schedule, "push_message", wrapped)  # noqa: B010 (this schedule's own method)
+        self._v2.services.push = wrapped  # (it took the method when the runtime was made)
 
     def _keep_effects(self) -> None:
         """Hand the recorder the tool results and answers this tick added."""
@@ -355,7 +357,6 @@ class DurableRuntime(Runtime):
             )
         going = await super().step()
         if self.recorder is not None:
-            self._keep_payloads()
             self._keep_effects()
         if self._gpu_outputs:
             self._keep_gpu_outputs()

@@ -413,9 +413,10 @@ class RunStore:
                 "jobs",
                 "llm_requests",
                 "ticks",
-                "payloads",
                 "effects",
             ):
+                # (Not ``payloads``: keyed by due tick and queue seq, which a resume makes
+                # again the same; those queued before the cut and due after it stay valid.)
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND tick > ?", (run_id, tick))
             conn.execute("DELETE FROM checkpoints WHERE run_id = ? AND tick > ?", (run_id, tick))
             conn.execute(
