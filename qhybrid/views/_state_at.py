@@ -138,7 +138,7 @@ class StateAtPanel(QWidget):
         text = self.model.summary()
         if self.model.busy:
             text = f"Rebuilding the state at tick {self.tick} by replay\N{HORIZONTAL ELLIPSIS}"
-        elif self.model.error and (self.model.state is None or self.model.error):
+        elif self.model.error:
             text = f"Cannot rebuild the state: {self.model.error}"
         self.summary.setText(text)
         self._agent_chosen(self.agents.currentIndex())
