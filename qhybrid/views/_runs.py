@@ -278,9 +278,12 @@ class MessageInspector(QWidget):
         self.table.selectRow(proxy.row())
         self.table.scrollTo(proxy)
 
-    def select_record(self, n: int) -> None:
-        """Select the first message whose trace record is ``n`` or after it."""
-        row = next((i for i, m in enumerate(self.model.messages) if m.n >= n), -1)
+    def select_record(self, n: int, tick: int | None = None) -> None:
+        """Select the first message whose trace record is ``n`` or after it (of ``tick``,
+        when given: else that tick's first message, the record being no message)."""
+        messages = self.model.messages
+        rows = [i for i, m in enumerate(messages) if tick is None or m.tick == tick]
+        row = next((i for i in rows if messages[i].n >= n), rows[0] if rows else -1)
         if row >= 0:
             self.go_to_row(row)
 
@@ -338,8 +341,8 @@ class RunsPanel(QWidget):
             inspector.tick_changed.connect(state_panel.set_tick)
             state_panel.fork_requested.connect(self.fork_opened)
         #: Shows a dialog, True when accepted (tests answer in its place).
-        self.exec_dialog: Callable[[QDialog], bool] = (
-            lambda dialog: dialog.exec() == QDialog.DialogCode.Accepted
+        self.exec_dialog: Callable[[QDialog], bool] = lambda dialog: (
+            dialog.exec() == QDialog.DialogCode.Accepted
         )
         #: Asks a yes/no question, True for yes (tests answer in its place).
         self.confirm: Callable[[str], bool] = self._confirm
@@ -615,7 +618,7 @@ class RunsPanel(QWidget):
             self.open_run(a)
             self.details.setPlainText(printable_lines("\n".join(lines)))
             self.inspector.tick_spin.setValue(tick)
-            self.inspector.select_record(int(data.get("first_record") or 0))
+            self.inspector.select_record(int(data.get("first_record") or 0), tick)
 
     def _update_buttons(self, *_args: Any) -> None:
         n = len(self.selected_ids())

@@ -156,7 +156,13 @@ def test_runs_browser_lists_opens_forks_and_diffs(
         inspector.filter.index(r, MessagesModel.TICK).data() == str(tick)
         for r in range(inspector.filter.rowCount())
     )
-    assert f"tick {tick}," in inspector.detail.toPlainText() or not inspector.detail.toPlainText()
+    # ... and the first message at or after the first differing record, selected in full.
+    row = inspector.current_row()
+    assert row >= 0 and messages.messages[row].tick == tick
+    at_tick = [m.n for m in messages.messages if m.tick == tick]
+    first_n = int(diff["first_record"])
+    assert messages.messages[row].n == min((n for n in at_tick if n >= first_n), default=at_tick[0])
+    assert f"tick {tick}," in inspector.detail.toPlainText()
     assert fork != first
 
     # Replay re-executes the run and compares it with its recording: the same trace.
