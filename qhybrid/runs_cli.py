@@ -427,7 +427,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         + (f" (last at tick {run['last_checkpoint']})" if run["checkpoint_ticks"] else ""),
     ]
     if run["parent"]:
-        lines.append(f"  forked from {run['parent']} at tick {run['fork_tick']}")
+        gone = " (deleted since)" if run.get("parent_deleted") else ""
+        lines.append(f"  forked from {run['parent']}{gone} at tick {run['fork_tick']}")
     if run["children"]:
         lines.append(f"  forks     {', '.join(run['children'])}")
     summary = run.get("summary") or {}

@@ -658,7 +658,8 @@ def _details_text(run: dict[str, Any]) -> str:
         f"scenario {run.get('scenario_path')}",
     ]
     if run.get("parent"):
-        lines.append(f"forked from {run['parent']} at tick {run.get('fork_tick')}")
+        gone = " (deleted since)" if run.get("parent_deleted") else ""
+        lines.append(f"forked from {run['parent']}{gone} at tick {run.get('fork_tick')}")
     if run.get("children"):
         lines.append(f"forks: {', '.join(run['children'])}")
     agents = summary.get("agents") or []
