@@ -502,11 +502,12 @@ def _run_recorded(
     restore: RestorePoint | None,
     err: Any,
     extra: dict[str, Any],
+    **kwargs: Any,
 ) -> int:
     from qhybrid.cli import _print_summary
 
     holder: dict[str, Any] = {}
-    runtime = recording.runtime(scenario, config, restore)
+    runtime = recording.runtime(scenario, config, restore, **kwargs)
     try:
         result = _execute(runtime, err, holder)
     except KeyboardInterrupt:

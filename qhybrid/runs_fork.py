@@ -174,6 +174,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
         point,
         err,
         {"parent": parent_id, "fork_tick": saved.tick},
+        checkpoint_at_start=True,
     )
 
 

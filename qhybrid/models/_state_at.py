@@ -250,6 +250,8 @@ class StateAtModel(QObject):
         if s is None:
             return self.error or "Choose a tick on the timeline to see the run's state there"
         where = f"checkpoint at tick {s.checkpoint}" if s.checkpoint is not None else "the start"
+        if s.from_run:
+            where += f" of its parent {s.from_run} (before the fork)"
         text = (
             f"State after tick {s.tick}"
             + (f" (asked {s.asked}: nothing ran in between)" if s.asked != s.tick else "")

@@ -232,3 +232,29 @@ def test_a_message_posted_from_outside_is_recorded_and_replayed(tmp_path: Path) 
     with RunStore(store) as s, s.transaction() as conn:
         conn.execute("DELETE FROM effects")
     assert runs_main(["replay", run_id, "--store", str(store)]) == 1
+
+
+def test_a_forks_state_before_and_after_its_fork_tick_and_after_its_parent_goes(
+    tmp_path: Path,
+) -> None:
+    """A fork with another seed: before its fork tick its state is its parent's; from the
+    fork tick on, its own checkpoint there (taken reseeded) rebuilds it, parent or not."""
+    from qhybrid.runs_cli import main as runs_main
+
+    store = tmp_path / "runs.sqlite"
+    parent = record(store, relays(tmp_path), every=4)
+    args = ["fork", parent, "--at", "6", "--seed", "9", "--store", str(store)]
+    assert runs_main([*args, "--checkpoint-every", "4"]) == 0
+    with RunStore(store, readonly=True) as s:
+        fork = s.run(parent)["children"][0]
+        assert s.checkpoint_ticks(fork)[0] == 6  # at its fork tick
+    before = state_at(store, fork, 3)
+    assert before.from_run == parent and before.divergence is None
+    assert before.agents == state_at(store, parent, 3).agents
+    after = state_at(store, fork, 8)
+    assert after.checkpoint == 6 and after.divergence is None and after.from_run is None
+    assert after.queue != state_at(store, parent, 8).queue  # another seed, other hops
+    with RunStore(store) as s:
+        s.delete_run(parent)
+    again = state_at(store, fork, 8)
+    assert again.divergence is None and again.agents == after.agents

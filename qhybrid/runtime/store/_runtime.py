@@ -26,7 +26,12 @@ import numpy as np
 
 from qhybrid.runtime._orchestrator import Runtime, RuntimeConfig
 from qhybrid.runtime._schedule import Item
-from qhybrid.runtime.store._checkpoint import check_restorable, load_state, unplain
+from qhybrid.runtime.store._checkpoint import (
+    check_restorable,
+    checkpointable,
+    load_state,
+    unplain,
+)
 from qhybrid.runtime.tensors import TensorHandle
 from qhybrid.runtime.wasm_pool import BatchReply, TaskOutcome, TaskRun, TensorEntry
 from qhybrid.runtime.wgpu_thread import GpuJobResult
@@ -135,8 +140,12 @@ class DurableRuntime(Runtime):
         gpu_results: dict[tuple[int, str], tuple[bytes, str]] | None = None,
         cpu_results: dict[tuple[int, str], bytes] | None = None,
         effects: dict[str, str] | None = None,
+        checkpoint_at_start: bool = False,
     ) -> None:
         super().__init__(scenario, config)
+        #: Save a checkpoint as soon as the restore is in place (a fork: its own state at its
+        #: fork tick, reseeded and changed, from which its replays and states start).
+        self.checkpoint_at_start = checkpoint_at_start
         #: ABI v2 tool results and answers: a replay's from the store (asked never again).
         services = self._v2.services
         #: Posts to make again (a replay): the tick after which each was made -> in order.
@@ -206,6 +215,8 @@ class DurableRuntime(Runtime):
             raise
         if self.recorder is not None and self._llm_factory is None:
             self.recorder.attach_llm(self)
+        if self.checkpoint_at_start and self.recorder is not None and checkpointable(self):
+            await self.recorder.checkpoint(self)
 
     def _wrap_gpu(self) -> None:
         """GPU jobs: a recording keeps each output; a replay takes it from the recording

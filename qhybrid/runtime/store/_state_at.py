@@ -13,6 +13,7 @@ It blocks (it runs its own event loop, worker processes included): call it off a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,8 @@ class StateAt:
     counters: dict[str, float]
     #: Where the replay first differed from the recording (the state is then not the run's).
     divergence: str | None = None
+    #: The run it was rebuilt from when not this one: a fork's parent, before the fork tick.
+    from_run: str | None = None
 
 
 _COUNTERS = (
@@ -242,6 +245,13 @@ def state_at(path: Path, run_id: str, tick: int, *, workers: int | None = None) 
         raise ValueError(f"tick must be >= 0, got {tick}")
     with RunStore(path, readonly=True) as store:
         run = store.run(run_id)
+        parent, fork_tick = run.get("parent"), run.get("fork_tick")
+        if parent and fork_tick is not None and tick < fork_tick and not run["parent_deleted"]:
+            # Before its fork tick a fork is its parent (its trace up to there is a copy):
+            # the parent's own checkpoints and seed rebuild it.
+            store.close()
+            got = state_at(path, str(parent), tick, workers=workers)
+            return dataclasses.replace(got, run_id=run_id, from_run=got.from_run or parent)
         try:
             scenario = _scenario(run)
         except ScenarioError as exc:
