@@ -85,7 +85,8 @@ def test_open_scrub_state_follow_fork_diff_delete(
     # The queue after tick 1: the three replies and the progress timer, due at tick 2.
     kinds = [model.queue.index(r, 4).data() for r in range(model.queue.rowCount())]
     assert sum(k.startswith("11 env") for k in kinds) == 3
-    assert "State after tick 1" in state.summary.text()
+    # ready comes before busy_changed(False): the label says "Rebuilding" until then.
+    qtbot.waitUntil(lambda: "State after tick 1" in state.summary.text(), timeout=10_000)
 
     # Follow the reply chain: the job to crew-0 -> its reply (tick 2) -> back to the job.
     inspector.table.selectRow(0)
