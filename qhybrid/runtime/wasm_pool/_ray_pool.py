@@ -12,6 +12,12 @@ Placement: one placement group of ``size`` bundles (``{"CPU": 1}`` each), strate
 new actor in the same bundle, which Ray reschedules onto a live node when its node is gone,
 and the orchestrator's recovery restores the agents there from their snapshots.
 
+Tensors: an actor on the driver's Ray node (by node id, not host name: the raylets of a local
+``Cluster`` share one machine) maps the driver's shared-memory segments as a local worker
+does; an actor on any other node gets them through Ray's object store (``_ray_tensors.py``).
+``QHYBRID_RAY_TENSORS=object-store`` (or ``tensors="object-store"``) sends every actor that
+way, the driver's node included (for tests and to measure it).
+
 Ray is optional (``pip install 'qhybrid[ray]'``): this module imports it only when a pool
 starts, and :class:`RayNotInstalled` says how to install it.
 """
@@ -42,11 +48,23 @@ from qhybrid.runtime.wasm_pool._protocol import (
 )
 from qhybrid.runtime.wasm_pool._watchdog import BASE_DEADLINE_S, batch_deadline
 
-__all__ = ["RAY_INSTALL_HINT", "RayNotInstalled", "RayWorkerPool", "import_ray"]
+__all__ = [
+    "RAY_INSTALL_HINT",
+    "RAY_TENSORS_ENV",
+    "TENSOR_PATHS",
+    "RayNotInstalled",
+    "RayWorkerPool",
+    "import_ray",
+    "ray_tensor_path",
+]
 
 logger = logging.getLogger(__name__)
 
 RAY_INSTALL_HINT = "pip install 'qhybrid[ray]'  (or: pip install ray)"
+#: How tensors reach the actors: "auto" (shared memory on the driver's node, the object
+#: store elsewhere) or "object-store" (every actor through the object store).
+RAY_TENSORS_ENV = "QHYBRID_RAY_TENSORS"
+TENSOR_PATHS = ("auto", "object-store")
 
 
 class RayNotInstalled(WorkerError):
@@ -64,6 +82,18 @@ def import_ray() -> Any:
         ) from None
 
 
+def ray_tensor_path(tensors: str | None = None) -> str:
+    """``tensors``, or ``$QHYBRID_RAY_TENSORS`` when None (default "auto"), checked: one of
+    :data:`TENSOR_PATHS`, else :class:`WorkerError` naming where the value came from."""
+    where = "tensors"
+    if tensors is None:
+        tensors = os.environ.get(RAY_TENSORS_ENV, "").strip() or "auto"
+        where = f"${RAY_TENSORS_ENV}"
+    if tensors not in TENSOR_PATHS:
+        raise WorkerError(f"{where} must be one of {', '.join(TENSOR_PATHS)}, got {tensors!r}")
+    return tensors
+
+
 class WorkerActor:
     """The body of one Ray actor: a :class:`_worker.Worker` and the same replies a worker
     process writes on its pipe (``("ok", value)``, ``("module-error", text)``,
@@ -72,7 +102,7 @@ class WorkerActor:
     def __init__(self) -> None:
         from qhybrid.runtime.wasm_pool._worker import Worker
 
-        self.worker = Worker()
+        self.worker: Any = Worker()
 
     def hello(self) -> tuple[int, str, str]:
         """This actor's process id, Ray node id and host name."""
@@ -87,6 +117,27 @@ class WorkerActor:
         except Exception as exc:  # reported to the pool, which decides; the actor goes on
             logger.exception("request %s failed", request.op)
             return "error", f"{type(exc).__name__}: {exc}"
+
+    def use_object_store(self) -> None:
+        """Read tensors from Ray's object store from now on (before any agent is loaded)."""
+        from qhybrid.runtime.wasm_pool._ray_tensors import ObjectStoreWorker
+
+        self.worker.close()
+        self.worker = ObjectStoreWorker()
+
+    def handle_remote(
+        self, request: Request, refs: dict[Any, Any]
+    ) -> tuple[str, Any, dict[int, Any]]:
+        """:meth:`handle` on the object-store path: the tensor references this actor had
+        not had yet come with the request; CPU tasks' outputs go back with the reply."""
+        self.worker.store_ctx.set_refs(refs)
+        status, value = self.handle(request)
+        return status, value, self.worker.take_outputs()
+
+    def tensor_stats(self) -> tuple[int, int]:
+        """Tensors this actor fetched from the object store, and their bytes."""
+        ctx = getattr(self.worker, "store_ctx", None)
+        return (0, 0) if ctx is None else (ctx.fetches, ctx.fetched_bytes)
 
     def close(self) -> None:
         self.worker.close()
@@ -103,6 +154,10 @@ class _Actor:
         self.busy_ns = 0
         self.requests = 0
         self.tensors_seen = 0
+        #: Tensors come through the object store (not on the driver's node, or forced).
+        self.object_store = False
+        #: The object-store references this actor has been sent, by tensor handle.
+        self.refs_sent: dict[Any, Any] = {}
 
 
 class RayWorkerPool:
@@ -112,7 +167,8 @@ class RayWorkerPool:
     ``address``: a running cluster (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
     ``None`` starts a local Ray instance with ``num_cpus`` CPUs (default: ``size``) and shuts
     it down in :meth:`aclose`. If Ray is already initialised in this process, the pool uses
-    that connection and leaves it open.
+    that connection and leaves it open. ``tensors``: one of :data:`TENSOR_PATHS` (default:
+    ``$QHYBRID_RAY_TENSORS``, else "auto").
     """
 
     def __init__(
@@ -122,9 +178,11 @@ class RayWorkerPool:
         address: str | None = None,
         start_timeout: float = 60.0,
         num_cpus: int | None = None,
+        tensors: str | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a pool needs at least one worker, got {size}")
+        self.tensor_path = ray_tensor_path(tensors)
         self.size = size
         self.address = address
         self.start_timeout = start_timeout
@@ -139,6 +197,9 @@ class RayWorkerPool:
         self._tensors: list[TensorEntry] = []
         self._time_limits: dict[int, int] = {}
         self.restarts = 0
+        self._driver_node = ""
+        self._refs: Any = None  # _ray_tensors.StoreRefs, once an actor needs the object store
+        self._tick: int | None = None
 
     # -- what the orchestrator reads --------------------------------------------------------
     @property
@@ -158,6 +219,28 @@ class RayWorkerPool:
     def busy_ns(self) -> list[int]:
         return [a.busy_ns for a in self._actors]
 
+    @property
+    def driver_node(self) -> str:
+        """The Ray node id of the driver (this process)."""
+        return self._driver_node
+
+    @property
+    def object_store(self) -> list[bool]:
+        """Per worker index: whether its actor gets tensors through the object store."""
+        return [a.object_store for a in self._actors]
+
+    def tensor_puts(self) -> tuple[int, int]:
+        """Tensor versions the driver put into the object store so far, and their bytes."""
+        return (0, 0) if self._refs is None else (self._refs.puts, self._refs.put_bytes)
+
+    async def tensor_fetches(self) -> list[tuple[int, int]]:
+        """Per worker index: tensors its actor fetched from the object store, and bytes."""
+        return list(
+            await asyncio.gather(
+                *(self._wait(a.handle.tensor_stats.remote(), "tensor stats") for a in self._actors)
+            )
+        )
+
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect to (or start) Ray, reserve the placement group, start every actor."""
@@ -176,6 +259,7 @@ class RayWorkerPool:
                         log_to_driver=False,
                     )
                 self._owns_ray = True
+            self._driver_node = str(ray.get_runtime_context().get_node_id())
             placement = importlib.import_module("ray.util.placement_group")
             self._pg = placement.placement_group([{"CPU": 1}] * self.size, strategy="SPREAD")
             await self._wait(self._pg.ready(), "the placement group")
@@ -212,18 +296,17 @@ class RayWorkerPool:
             actor.pid, actor.node_id, actor.host = await self._wait(
                 actor.handle.hello.remote(), f"worker {actor.index}'s start"
             )
+            if self.tensor_path == "object-store" or actor.node_id != self._driver_node:
+                # Another node has its own /dev/shm (a local Cluster's raylets do not, but
+                # which node it is, not which host, decides: the path is the same).
+                await self._wait(actor.handle.use_object_store.remote(), "the object store")
+                actor.object_store = True
+                if self._refs is None:
+                    from qhybrid.runtime.wasm_pool._ray_tensors import StoreRefs
+
+                    self._refs = StoreRefs(self._ray)
         except self._ray.exceptions.RayActorError as exc:
             raise WorkerCrashed(actor.index, None, None, f"Ray actor died: {exc}") from None
-        if actor.host != socket.gethostname():
-            # Tensors are shared memory on the driver's machine; carrying them to another
-            # machine through Ray's object store is not implemented yet (docs/scale-out.md).
-            logger.warning(
-                "worker %d runs on host %s, not on the driver's (%s): its agents cannot open "
-                "tensors, and CPU tasks on tensors fail there",
-                actor.index,
-                actor.host,
-                socket.gethostname(),
-            )
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Stop every actor, free the placement group, shut Ray down if this pool started
@@ -247,6 +330,8 @@ class RayWorkerPool:
         for a in actors:
             with contextlib.suppress(Exception):
                 ray.kill(a.handle, no_restart=True)
+        if self._refs is not None:
+            self._refs.close()
         if self._pg is not None:
             with contextlib.suppress(Exception):
                 importlib.import_module("ray.util.placement_group").remove_placement_group(self._pg)
@@ -263,7 +348,12 @@ class RayWorkerPool:
         ray = self._ray
         async with actor.lock:
             start = time.perf_counter_ns()
-            ref = actor.handle.handle.remote(request)
+            if actor.object_store:
+                self._refs.refresh(self._tensors, self._tick if request.op == "batch" else None)
+                refs = self._refs.delta(actor.refs_sent)
+                ref = actor.handle.handle_remote.remote(request, refs)
+            else:
+                ref = actor.handle.handle.remote(request)
             try:
                 reply = await asyncio.wait_for(asyncio.wrap_future(ref.future()), deadline_s)
             except TimeoutError:
@@ -278,9 +368,16 @@ class RayWorkerPool:
                 raise WorkerCrashed(
                     index, actor.pid, None, f"Ray actor died: {type(exc).__name__}"
                 ) from None
+            if actor.object_store:
+                status, value, outputs = reply
+                if outputs:
+                    from qhybrid.runtime.wasm_pool._ray_tensors import copy_outputs
+
+                    copy_outputs(request.args[2], outputs)
+            else:
+                status, value = reply
             actor.requests += 1
             actor.busy_ns += time.perf_counter_ns() - start
-        status, value = reply
         if status == "ok":
             return value
         if status == "module-error":
@@ -328,6 +425,7 @@ class RayWorkerPool:
         if self._closed:
             raise WorkerError("the worker pool is closed")
         actor = self._actors[index]
+        self._tick = tick
         new = self._tensors[actor.tensors_seen :]
         limits = self._time_limits
         deadline = batch_deadline(sum(limits.get(d[0], 0) for d in deliveries), len(tasks))
