@@ -247,17 +247,11 @@ class RayWorkerPool:
         ray = self._ray = import_ray()
         try:
             if not ray.is_initialized():
-                if self.address:
-                    ray.init(address=self.address, log_to_driver=False)
-                else:
-                    # "local": a new instance even if a cluster runs here (`ray start`,
-                    # RAY_ADDRESS), which ray.init() without an address would join instead.
-                    ray.init(
-                        address="local",
-                        num_cpus=self.num_cpus or self.size,
-                        include_dashboard=False,
-                        log_to_driver=False,
-                    )
+                from qhybrid.runtime.wasm_pool._ray_signals import kept_crash_handlers
+
+                # ray.init's crash handlers would replace wasmtime's trap handlers here.
+                with kept_crash_handlers():
+                    self._ray_init(ray)
                 self._owns_ray = True
             self._driver_node = str(ray.get_runtime_context().get_node_id())
             placement = importlib.import_module("ray.util.placement_group")
@@ -270,6 +264,19 @@ class RayWorkerPool:
             await self.aclose()
             raise
         logger.info("Ray pool started: %d actors on nodes %s", self.size, self.node_ids)
+
+    def _ray_init(self, ray: Any) -> None:
+        if self.address:
+            ray.init(address=self.address, log_to_driver=False)
+        else:
+            # "local": a new instance even if a cluster runs here (`ray start`, RAY_ADDRESS),
+            # which ray.init() without an address would join instead.
+            ray.init(
+                address="local",
+                num_cpus=self.num_cpus or self.size,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
 
     def _spawn(self, index: int) -> _Actor:
         strategies = importlib.import_module("ray.util.scheduling_strategies")
@@ -336,7 +343,10 @@ class RayWorkerPool:
             with contextlib.suppress(Exception):
                 importlib.import_module("ray.util.placement_group").remove_placement_group(self._pg)
         if self._owns_ray:
-            ray.shutdown()
+            from qhybrid.runtime.wasm_pool._ray_signals import kept_crash_handlers
+
+            with kept_crash_handlers():  # its shutdown resets them to the default action
+                ray.shutdown()
 
     # -- requests ---------------------------------------------------------------------------
     async def _request(
