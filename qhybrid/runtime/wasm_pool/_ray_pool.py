@@ -30,8 +30,9 @@ import importlib
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
@@ -200,6 +201,10 @@ class RayWorkerPool:
         self._driver_node = ""
         self._refs: Any = None  # _ray_tensors.StoreRefs, once an actor needs the object store
         self._tick: int | None = None
+        #: Set once Ray is initialised here (or the start failed): what a part that needs
+        #: Ray too (the GPU actor, _ray_gpu.py) waits for, from another thread.
+        self.ray_ready = threading.Event()
+        self._close_hooks: list[Callable[[], None]] = []
 
     # -- what the orchestrator reads --------------------------------------------------------
     @property
@@ -218,6 +223,15 @@ class RayWorkerPool:
 
     def busy_ns(self) -> list[int]:
         return [a.busy_ns for a in self._actors]
+
+    @property
+    def ray(self) -> Any:
+        """The ``ray`` module once :meth:`start` has imported it, else None."""
+        return self._ray
+
+    def add_close_hook(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` in :meth:`aclose` before the actors stop and Ray shuts down."""
+        self._close_hooks.append(hook)
 
     @property
     def driver_node(self) -> str:
@@ -254,6 +268,7 @@ class RayWorkerPool:
                     self._ray_init(ray)
                 self._owns_ray = True
             self._driver_node = str(ray.get_runtime_context().get_node_id())
+            self.ray_ready.set()
             placement = importlib.import_module("ray.util.placement_group")
             self._pg = placement.placement_group([{"CPU": 1}] * self.size, strategy="SPREAD")
             await self._wait(self._pg.ready(), "the placement group")
@@ -321,10 +336,16 @@ class RayWorkerPool:
         if self._closed:
             return
         self._closed = True
+        self.ray_ready.set()  # nobody waits for a start that will not come
         ray = self._ray
         actors, self._actors = self._actors, []
         if ray is None:
             return
+        for hook in self._close_hooks:
+            try:
+                await asyncio.to_thread(hook)
+            except Exception:
+                logger.exception("a Ray pool close hook failed")
         refs = []
         for a in actors:
             with contextlib.suppress(Exception):
