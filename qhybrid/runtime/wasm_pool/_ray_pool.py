@@ -36,18 +36,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
-from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._pool import WorkerCrashed, WorkerError
+from qhybrid.runtime.wasm_pool._pool_base import PoolBase
 from qhybrid.runtime.wasm_pool._protocol import (
-    AgentLoad,
     BatchReply,
-    Outcome,
     Request,
-    TaskOutcome,
     TaskRun,
-    TensorEntry,
 )
-from qhybrid.runtime.wasm_pool._watchdog import BASE_DEADLINE_S, batch_deadline
+from qhybrid.runtime.wasm_pool._watchdog import BASE_DEADLINE_S
 
 __all__ = [
     "RAY_INSTALL_HINT",
@@ -161,7 +157,7 @@ class _Actor:
         self.refs_sent: dict[Any, Any] = {}
 
 
-class RayWorkerPool:
+class RayWorkerPool(PoolBase):
     """``size`` Ray actors, one per worker index, behind the interface of
     :class:`~qhybrid.runtime.wasm_pool.WorkerPool` (the orchestrator's ``AgentPool``).
 
@@ -181,10 +177,8 @@ class RayWorkerPool:
         num_cpus: int | None = None,
         tensors: str | None = None,
     ) -> None:
-        if size < 1:
-            raise ValueError(f"a pool needs at least one worker, got {size}")
+        super().__init__(size)
         self.tensor_path = ray_tensor_path(tensors)
-        self.size = size
         self.address = address
         self.start_timeout = start_timeout
         self.num_cpus = num_cpus
@@ -193,11 +187,6 @@ class RayWorkerPool:
         self._pg: Any = None
         self._actors: list[_Actor] = []
         self._closed = False
-        self._directory: tuple[str, ...] = ()
-        self._modules: dict[str, tuple[bytes, bytes]] = {}
-        self._tensors: list[TensorEntry] = []
-        self._time_limits: dict[int, int] = {}
-        self.restarts = 0
         self._driver_node = ""
         self._refs: Any = None  # _ray_tensors.StoreRefs, once an actor needs the object store
         self._tick: int | None = None
@@ -223,6 +212,9 @@ class RayWorkerPool:
 
     def busy_ns(self) -> list[int]:
         return [a.busy_ns for a in self._actors]
+
+    def _host(self, index: int) -> _Actor:
+        return self._actors[index]
 
     @property
     def ray(self) -> Any:
@@ -415,37 +407,6 @@ class RayWorkerPool:
             raise AgentModuleError(value)
         raise WorkerError(f"worker {index}: {value}")
 
-    async def install_module(self, key: str, serialized: bytes, original: bytes = b"") -> None:
-        self._modules[key] = (serialized, original)
-        await asyncio.gather(
-            *(
-                self._request(i, Request("module", (key, serialized, original)))
-                for i in range(self.size)
-            )
-        )
-
-    async def set_directory(self, names: Sequence[str]) -> None:
-        self._directory = tuple(names)
-        await asyncio.gather(
-            *(self._request(i, Request("directory", (self._directory,))) for i in range(self.size))
-        )
-
-    def add_tensors(self, entries: Sequence[TensorEntry]) -> None:
-        self._tensors.extend(entries)
-
-    async def _sync_tensors(self, index: int) -> None:
-        actor = self._actors[index]
-        if actor.tensors_seen < len(self._tensors):
-            entries = self._tensors[actor.tensors_seen :]
-            await self._request(index, Request("tensors", (entries,)))
-            actor.tensors_seen += len(entries)
-
-    async def load_agents(self, index: int, loads: Sequence[AgentLoad]) -> None:
-        for load in loads:
-            self._time_limits[load.agent_id] = effective_limits(load.limits)[0].timeout_ms or 0
-        budget = 4 * sum(self._time_limits[load.agent_id] for load in loads)
-        await self._request(index, Request("load", (list(loads),)), batch_deadline(budget, 0))
-
     async def run_batch(
         self,
         index: int,
@@ -455,46 +416,8 @@ class RayWorkerPool:
     ) -> BatchReply:
         if self._closed:
             raise WorkerError("the worker pool is closed")
-        actor = self._actors[index]
         self._tick = tick
-        new = self._tensors[actor.tensors_seen :]
-        limits = self._time_limits
-        deadline = batch_deadline(sum(limits.get(d[0], 0) for d in deliveries), len(tasks))
-        reply = await self._request(
-            index, Request("batch", (tick, list(deliveries), list(tasks), new)), deadline
-        )
-        actor.tensors_seen += len(new)
-        outcomes, tasks_done, busy_ns = reply
-        return BatchReply(
-            tuple(map(Outcome._make, outcomes)),
-            tuple(map(TaskOutcome._make, tasks_done)),
-            busy_ns,
-        )
-
-    async def snapshot(self, index: int, agent_ids: Sequence[int]) -> dict[int, bytes | str]:
-        reply = await self._request(index, Request("snapshot", (list(agent_ids),)))
-        assert isinstance(reply, dict)
-        return reply
-
-    async def restore(
-        self,
-        index: int,
-        items: Sequence[tuple[AgentLoad, bytes | None, list[tuple[int, int, int, bytes]]]],
-    ) -> list[str | None]:
-        await self._sync_tensors(index)
-        budget = 0
-        for load, _, replay in items:
-            per = effective_limits(load.limits)[0].timeout_ms or 0
-            self._time_limits[load.agent_id] = per
-            budget += per * (len(replay) + 2)
-        reply = await self._request(
-            index, Request("restore", (list(items),)), batch_deadline(budget, 0)
-        )
-        assert isinstance(reply, list)
-        return reply
-
-    async def restart_agent(self, index: int, agent_id: int) -> None:
-        await self._request(index, Request("restart", (agent_id,)))
+        return await self._batch(index, tick, deliveries, tasks)
 
     async def respawn(self, index: int) -> None:
         """Replace a dead actor with a new one in the same placement-group bundle (Ray
@@ -508,9 +431,7 @@ class RayWorkerPool:
         self._actors[index] = actor
         await self._hello(actor)
         self.restarts += 1
-        await self._request(index, Request("directory", (self._directory,)))
-        for key, (serialized, original) in self._modules.items():
-            await self._request(index, Request("module", (key, serialized, original)))
+        await self._tell_again(index)
         logger.warning(
             "worker %d replaced: Ray actor on node %s (was %s)", index, actor.node_id, old.node_id
         )
