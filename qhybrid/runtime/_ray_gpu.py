@@ -166,6 +166,11 @@ class RayGpuDevice(GpuDevice):
         ref.future().add_done_callback(finish)
         return done
 
+    def kill_gpu_actor(self) -> None:
+        """Kill the GPU actor (for tests of its failure): the next job finds it dead."""
+        if self._actor is not None:
+            self._pool.ray.kill(self._actor, no_restart=True)
+
     def _close_actor(self, timeout: float = 10.0) -> None:
         actor, self._actor = self._actor, None
         if actor is not None:

@@ -52,3 +52,26 @@ def test_without_a_gpu_in_the_cluster_gpu_jobs_stay_on_the_driver() -> None:
     trace_hash, gpu_node, remote_jobs = asyncio.run(_run("demo", backend="ray"))
     assert (gpu_node, remote_jobs) == ("", 0)
     assert trace_hash == local_hash
+
+
+async def _run_killing_the_gpu_actor(address: str) -> tuple[str, int, bool]:
+    cfg = RuntimeConfig(device="cpu", workers=3, backend="ray", ray_address=address)
+    async with Runtime(load_scenario(SCENARIOS["demo"]), cfg) as rt:
+        device: Any = rt.device
+        on_gpu_node = bool(device.gpu_node)
+        device.kill_gpu_actor()  # before the demo's first GPU task (tick 1)
+        result = await rt.run()
+        assert result.ok, result.reason
+        return result.trace_hash, device.remote_jobs, on_gpu_node
+
+
+@pytest.mark.slow
+def test_a_dead_gpu_actor_hands_its_jobs_to_the_driver_with_the_same_hash(
+    ray_cluster: Any,
+) -> None:
+    local_hash, _, _ = asyncio.run(_run("demo"))
+    trace_hash, remote_jobs, on_gpu_node = asyncio.run(
+        _run_killing_the_gpu_actor(ray_cluster.address)
+    )
+    assert on_gpu_node and remote_jobs == 0
+    assert trace_hash == local_hash
