@@ -148,11 +148,10 @@ class RayGpuDevice(GpuDevice):
                     out.array[...] = array
             except Exception as exc:
                 if not isinstance(exc, self._pool.ray.exceptions.RayActorError):
-                    # The job's own failure (Ray's error subclasses GpuJobError when the
-                    # actor raised one).
-                    done.set_exception(
-                        exc if isinstance(exc, GpuJobError) else GpuJobError(str(exc))
-                    )
+                    # The job's own failure: the device's error as a local job gives it (Ray
+                    # wraps what the actor raised; the text goes into the trace).
+                    cause = getattr(exc, "cause", None) or exc
+                    done.set_exception(GpuJobError(str(cause)))
                     return
                 # The actor (or its node) is gone: this and later jobs run here.
                 logger.warning("the GPU actor died (%s): GPU jobs run on the driver", exc)
