@@ -27,6 +27,8 @@ import contextlib
 import importlib
 import logging
 import os
+import queue
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,6 +83,19 @@ class GpuActor:
         self.store.close()
 
 
+#: What a job was submitted with: op, inputs, output, params.
+_JobArgs = tuple[str, tuple[TensorHandle, ...], TensorHandle, dict[str, float]]
+
+
+class _RemoteJob:
+    __slots__ = ("args", "done", "ref")
+
+    def __init__(self, ref: Any, args: _JobArgs) -> None:
+        self.ref = ref
+        self.args = args
+        self.done: concurrent.futures.Future[GpuJobResult] = concurrent.futures.Future()
+
+
 class RayGpuDevice(GpuDevice):
     """The run's GPU device on the Ray backend: jobs on a GPU node's actor when the cluster
     has GPUs, else on this (the driver's) device thread."""
@@ -94,23 +109,31 @@ class RayGpuDevice(GpuDevice):
         self.gpu_node = ""
         #: GPU jobs run by the actor so far.
         self.remote_jobs = 0
+        self._waiting: queue.SimpleQueue[_RemoteJob | None] = queue.SimpleQueue()
+        self._waiter: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> DeviceInfo:
         info = super().start(timeout)
-        # The pool starts (or joins) Ray on the loop meanwhile; the GPU actor needs it.
-        if not self._pool.ray_ready.wait(self._pool.start_timeout):
+        # The pool starts (or joins) Ray on the loop meanwhile; the GPU actor needs it, and
+        # is created after the pool's actors.
+        if not self._pool.started.wait(self._pool.start_timeout):
             return info
         ray = self._pool.ray
-        if ray is None or not ray.is_initialized():
+        if not self._pool.running:
             return info  # the pool failed to start; the run fails there
         if float(ray.cluster_resources().get("GPU", 0)) < 1:
             logger.info("no GPU in the Ray cluster: GPU jobs run on the driver (%s)", info.name)
             return info
-        cls = ray.remote(GpuActor)
         env = {name: str(_blas_threads()) for name in _BLAS_THREAD_VARS}
-        actor = cls.options(
-            num_gpus=1, num_cpus=0, max_restarts=0, runtime_env={"env_vars": env}
-        ).remote(self._prefer_name)
+        try:
+            actor = (
+                ray.remote(GpuActor)
+                .options(num_gpus=1, num_cpus=0, max_restarts=0, runtime_env={"env_vars": env})
+                .remote(self._prefer_name)
+            )
+        except Exception as exc:  # e.g. the pool closed meanwhile
+            logger.warning("no GPU actor (%s): GPU jobs run on the driver", exc)
+            return info
         try:
             remote_info, node = ray.get(actor.start.remote(), timeout=self._pool.start_timeout)
         except Exception as exc:
@@ -119,6 +142,8 @@ class RayGpuDevice(GpuDevice):
             logger.warning("the GPU actor did not start (%s): GPU jobs run on the driver", exc)
             return info
         self._actor, self.gpu_node = actor, node
+        self._waiter = threading.Thread(target=self._wait_jobs, name="qhybrid-gpu-actor-waiter")
+        self._waiter.start()
         self._pool.add_close_hook(self._close_actor)  # before the pool shuts Ray down
         logger.info("GPU jobs run on Ray node %s (%s)", node, remote_info.name)
         return info
@@ -139,31 +164,39 @@ class RayGpuDevice(GpuDevice):
             with attach(handle) as mapped:
                 arrays.append(np.array(mapped.array))
         ref = actor.run.remote(op, arrays, output.shape, output.dtype, plain)
-        done: concurrent.futures.Future[GpuJobResult] = concurrent.futures.Future()
+        job = _RemoteJob(ref, (op, tuple(inputs), output, plain))
+        self._waiting.put(job)
+        return job.done
 
-        def finish(fut: concurrent.futures.Future[Any]) -> None:
+    def _wait_jobs(self) -> None:
+        """The waiter thread: each remote job's answer, in order (the actor runs them in
+        order), written into its output; a dead actor's jobs go to the driver's device.
+        A thread of its own, not a callback on Ray's threads: those are not Python's."""
+        ray = self._pool.ray
+        while (job := self._waiting.get()) is not None:
+            op, inputs, output, params = job.args
             try:
-                array, result = fut.result()
+                array, result = ray.get(job.ref)
                 with attach(output, writable=True) as out:
                     out.array[...] = array
+            except ray.exceptions.RayActorError as exc:
+                if self._actor is not None:
+                    logger.warning("the GPU actor died (%s): GPU jobs run on the driver", exc)
+                self._actor = None  # this and later jobs run here
+                local = super().submit(op, inputs, output, params)
+                try:
+                    job.done.set_result(local.result())
+                except Exception as error:
+                    job.done.set_exception(error)
+                continue
             except Exception as exc:
-                if not isinstance(exc, self._pool.ray.exceptions.RayActorError):
-                    # The job's own failure: the device's error as a local job gives it (Ray
-                    # wraps what the actor raised; the text goes into the trace).
-                    cause = getattr(exc, "cause", None) or exc
-                    done.set_exception(GpuJobError(str(cause)))
-                    return
-                # The actor (or its node) is gone: this and later jobs run here.
-                logger.warning("the GPU actor died (%s): GPU jobs run on the driver", exc)
-                self._actor = None
-                local = super(RayGpuDevice, self).submit(op, inputs, output, params)
-                local.add_done_callback(lambda f: _copy_outcome(f, done))
-                return
+                # The job's own failure: the device's error as a local job gives it (Ray
+                # wraps what the actor raised; the text goes into the trace).
+                cause = getattr(exc, "cause", None) or exc
+                job.done.set_exception(GpuJobError(str(cause)))
+                continue
             self.remote_jobs += 1
-            done.set_result(result)
-
-        ref.future().add_done_callback(finish)
-        return done
+            job.done.set_result(result)
 
     def kill_gpu_actor(self) -> None:
         """Kill the GPU actor (for tests of its failure): the next job finds it dead."""
@@ -171,6 +204,10 @@ class RayGpuDevice(GpuDevice):
             self._pool.ray.kill(self._actor, no_restart=True)
 
     def _close_actor(self, timeout: float = 10.0) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:  # the jobs in flight are answered first
+            self._waiting.put(None)
+            waiter.join(timeout)
         actor, self._actor = self._actor, None
         if actor is not None:
             ray = self._pool.ray
@@ -200,13 +237,3 @@ def _blas_threads() -> int:
             return int(value)
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-
-
-def _copy_outcome(
-    src: concurrent.futures.Future[GpuJobResult], dst: concurrent.futures.Future[GpuJobResult]
-) -> None:
-    exc = src.exception()
-    if exc is not None:
-        dst.set_exception(exc)
-    else:
-        dst.set_result(src.result())

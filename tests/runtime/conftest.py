@@ -55,3 +55,14 @@ def ray_cluster(owned_process_trees: set[int]) -> Iterator[Any]:
         for pid in left:
             psutil.Process(pid).kill()
         assert not left, f"the Ray cluster left processes running: {sorted(left)}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the Ray tests that start a Ray instance of their own before those on the shared
+    cluster: a driver that connected to the cluster, then ran a local instance beside it,
+    then connected to the cluster again, had an actor cancelled at start ("all references
+    to the actor were removed") now and then (Ray 2.60)."""
+    on_cluster = [i for i in items if "ray_cluster" in getattr(i, "fixturenames", ())]
+    if on_cluster:
+        rest = [i for i in items if "ray_cluster" not in getattr(i, "fixturenames", ())]
+        items[:] = rest + on_cluster

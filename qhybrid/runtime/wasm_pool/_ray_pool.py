@@ -190,9 +190,11 @@ class RayWorkerPool(PoolBase):
         self._driver_node = ""
         self._refs: Any = None  # _ray_tensors.StoreRefs, once an actor needs the object store
         self._tick: int | None = None
-        #: Set once Ray is initialised here (or the start failed): what a part that needs
-        #: Ray too (the GPU actor, _ray_gpu.py) waits for, from another thread.
-        self.ray_ready = threading.Event()
+        #: Set once the pool has started (or failed to): what a part that needs Ray too
+        #: (the GPU actor, _ray_gpu.py) waits for, from another thread, so that it does not
+        #: create actors while the pool does (two threads exporting actor classes at once
+        #: lost an actor now and then).
+        self.started = threading.Event()
         self._close_hooks: list[Callable[[], None]] = []
 
     # -- what the orchestrator reads --------------------------------------------------------
@@ -215,6 +217,11 @@ class RayWorkerPool(PoolBase):
 
     def _host(self, index: int) -> _Actor:
         return self._actors[index]
+
+    @property
+    def running(self) -> bool:
+        """Started and not closed."""
+        return self.started.is_set() and not self._closed
 
     @property
     def ray(self) -> Any:
@@ -260,7 +267,6 @@ class RayWorkerPool(PoolBase):
                     self._ray_init(ray)
                 self._owns_ray = True
             self._driver_node = str(ray.get_runtime_context().get_node_id())
-            self.ray_ready.set()
             placement = importlib.import_module("ray.util.placement_group")
             self._pg = placement.placement_group([{"CPU": 1}] * self.size, strategy="SPREAD")
             await self._wait(self._pg.ready(), "the placement group")
@@ -270,6 +276,7 @@ class RayWorkerPool(PoolBase):
         except BaseException:
             await self.aclose()
             raise
+        self.started.set()
         logger.info("Ray pool started: %d actors on nodes %s", self.size, self.node_ids)
 
     def _ray_init(self, ray: Any) -> None:
@@ -328,7 +335,7 @@ class RayWorkerPool(PoolBase):
         if self._closed:
             return
         self._closed = True
-        self.ray_ready.set()  # nobody waits for a start that will not come
+        self.started.set()  # nobody waits for a start that will not come
         ray = self._ray
         actors, self._actors = self._actors, []
         if ray is None:
