@@ -88,10 +88,9 @@ _JobArgs = tuple[str, tuple[TensorHandle, ...], TensorHandle, dict[str, float]]
 
 
 class _RemoteJob:
-    __slots__ = ("args", "done", "ref")
+    __slots__ = ("args", "done")
 
-    def __init__(self, ref: Any, args: _JobArgs) -> None:
-        self.ref = ref
+    def __init__(self, args: _JobArgs) -> None:
         self.args = args
         self.done: concurrent.futures.Future[GpuJobResult] = concurrent.futures.Future()
 
@@ -155,28 +154,32 @@ class RayGpuDevice(GpuDevice):
         output: TensorHandle,
         params: Mapping[str, float] | None = None,
     ) -> concurrent.futures.Future[GpuJobResult]:
-        actor = self._actor
-        if actor is None:
+        if self._waiter is None:  # no GPU actor: the driver's device thread
             return super().submit(op, inputs, output, params)
+        # Through the job thread even once the actor is dead: jobs stay in order.
         plain = {str(k): float(v) for k, v in (params or {}).items()}
-        arrays = []
-        for handle in inputs:
-            with attach(handle) as mapped:
-                arrays.append(np.array(mapped.array))
-        ref = actor.run.remote(op, arrays, output.shape, output.dtype, plain)
-        job = _RemoteJob(ref, (op, tuple(inputs), output, plain))
+        job = _RemoteJob((op, tuple(inputs), output, plain))
         self._waiting.put(job)
         return job.done
 
     def _wait_jobs(self) -> None:
-        """The waiter thread: each remote job's answer, in order (the actor runs them in
-        order), written into its output; a dead actor's jobs go to the driver's device.
-        A thread of its own, not a callback on Ray's threads: those are not Python's."""
+        """The job thread: each job in order, as the device thread runs them (a job may read
+        the output of the one before it in the same tick): its inputs read, run by the
+        actor, its output written; a dead actor's jobs go to the driver's device. A thread
+        of its own, not callbacks on Ray's threads (those are not Python's)."""
         ray = self._pool.ray
         while (job := self._waiting.get()) is not None:
             op, inputs, output, params = job.args
             try:
-                array, result = ray.get(job.ref)
+                actor = self._actor
+                if actor is None:
+                    raise ray.exceptions.RayActorError()
+                arrays = []
+                for handle in inputs:
+                    with attach(handle) as mapped:
+                        arrays.append(np.array(mapped.array))
+                ref = actor.run.remote(op, arrays, output.shape, output.dtype, params)
+                array, result = ray.get(ref)
                 with attach(output, writable=True) as out:
                     out.array[...] = array
             except ray.exceptions.RayActorError as exc:

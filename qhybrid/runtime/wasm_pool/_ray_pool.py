@@ -380,6 +380,8 @@ class RayWorkerPool(PoolBase):
             start = time.perf_counter_ns()
             if actor.object_store:
                 self._refs.refresh(self._tensors, self._tick if request.op == "batch" else None)
+                if request.op == "batch":
+                    self._refs.add_inputs(request.args[2])
                 refs = self._refs.delta(actor.refs_sent)
                 ref = actor.handle.handle_remote.remote(request, refs)
             else:

@@ -65,36 +65,54 @@ class StoreRefs:
         self.puts = 0
         self.put_bytes = 0
 
-    def _flat(self, entry: TensorEntry) -> npt.NDArray[np.uint8]:
-        mapped = self._mapped.get(entry.handle)
+    def _flat(self, handle: TensorHandle) -> npt.NDArray[np.uint8]:
+        mapped = self._mapped.get(handle)
         if mapped is None:
-            mapped = self._mapped[entry.handle] = attach(entry.handle)
+            mapped = self._mapped[handle] = attach(handle)
         return mapped.array.reshape(-1).view(np.uint8)
 
-    def _put(self, entry: TensorEntry, flat: npt.NDArray[np.uint8], mutable: bool) -> None:
+    def _put(self, handle: TensorHandle, flat: npt.NDArray[np.uint8], mutable: bool) -> None:
         ref = self._ray.put(flat)
         # On the driver's node this is a view of the store's copy, not a second copy.
         view = self._ray.get(ref)
-        self._versions[entry.handle] = _Version(ref, view, mutable)
+        self._versions[handle] = _Version(ref, view, mutable)
         self.puts += 1
         self.put_bytes += flat.nbytes
 
     def refresh(self, entries: Sequence[TensorEntry], tick: int | None) -> None:
-        """Put every tensor not put yet; once per ``tick``, put again each mutable one whose
-        bytes changed (agents' writes are applied between ticks, never during one)."""
-        check = tick is not None and tick != self._checked_tick
+        """Put every tensor not put yet; once per ``tick`` (on every call when None), put
+        again each mutable one whose bytes changed (agents' writes are applied between ticks,
+        never during one); forget released ones."""
+        check = tick is None or tick != self._checked_tick
         for entry in entries:
+            if entry.released:  # gone: its segment may be unlinked already
+                self._versions.pop(entry.handle, None)
+                mapped = self._mapped.pop(entry.handle, None)
+                if mapped is not None:
+                    mapped.close()
+                continue
+            # Only agents write tensors after they are published (their writers, and jobs
+            # into a tensor they may write); one nobody may write never changes.
+            mutable = entry.writers != frozenset()
             version = self._versions.get(entry.handle)
             if version is None:
-                # Only agents write tensors after they are published (their writers); one
-                # nobody may write never changes.
-                self._put(entry, self._flat(entry), entry.writers != frozenset())
-            elif check and version.mutable:
-                flat = self._flat(entry)
+                self._put(entry.handle, self._flat(entry.handle), mutable)
+                continue
+            version.mutable = version.mutable or mutable  # a task's output, published
+            if check and version.mutable:
+                flat = self._flat(entry.handle)
                 if not np.array_equal(flat, version.view):
-                    self._put(entry, flat, True)
-        if check:
+                    self._put(entry.handle, flat, True)
+        if tick is not None:
             self._checked_tick = tick
+
+    def add_inputs(self, tasks: Sequence[TaskRun]) -> None:
+        """Put the CPU tasks' inputs that are no named tensor yet (an earlier task's output
+        in the same tick, which a chained task reads before it is published)."""
+        for task in tasks:
+            for handle in task.inputs:
+                if handle not in self._versions:
+                    self._put(handle, self._flat(handle), False)
 
     def delta(self, sent: dict[TensorHandle, Any]) -> dict[TensorHandle, Any]:
         """The references an actor that has had ``sent`` lacks; ``sent`` is updated."""
@@ -128,6 +146,13 @@ class ObjectStoreContext(WorkerContext):
         #: Tensors fetched from the object store so far, and their bytes.
         self.fetches = 0
         self.fetched_bytes = 0
+
+    def add_tensors(self, entries: list[TensorEntry]) -> None:
+        super().add_tensors(entries)
+        for entry in entries:
+            if entry.released:
+                self._refs.pop(entry.handle, None)
+                self._fetched.pop(entry.handle, None)
 
     def set_refs(self, refs: dict[TensorHandle, Any]) -> None:
         for handle, ref in refs.items():
