@@ -46,9 +46,12 @@ from qhybrid.models import (
     SessionState,
     plain_tooltip,
 )
+from qhybrid.models._conversations import ConversationsModel
+from qhybrid.models._local_chat import LocalChat
 from qhybrid.runtime import printable
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
+from qhybrid.views._chat_standalone import StandaloneChatPanel
 from qhybrid.views._runs import MessageInspector, RunsPanel
 from qhybrid.views._scenario import ScenarioPanel
 from qhybrid.views._server import ServerPanel
@@ -133,7 +136,18 @@ class MainWindow(QMainWindow):
         self.chat_panel = ChatPanel(self.live, self.controller, self)
         self.agents_dock = self._dock("Agents", "agents_dock", self.agents_view)
         self.log_dock = self._dock("Log", "log_dock", self.log_view)
-        self.chat_dock = self._dock("Chat", "chat_dock", self.chat_panel)
+        # The chat: with a local model, no run needed (its own threads), or with an LLM agent
+        # of the run.
+        self.local_chat = LocalChat(self, device=self.controller.device)
+        self.conversations = ConversationsModel(self.local_chat, parent=self)
+        self.model_chat_panel = StandaloneChatPanel(self.conversations, self)
+        self.chat_tabs = QTabWidget(self)
+        self.chat_tabs.setObjectName("chat_tabs")
+        self.chat_tabs.setDocumentMode(True)
+        self.chat_tabs.addTab(self.model_chat_panel, "Model")
+        self.chat_tabs.addTab(self.chat_panel, "Run agent")
+        self.chat_dock = self._dock("Chat", "chat_dock", self.chat_tabs)
+        self.live.chat.changed.connect(self._run_chat_changed)
         self.server_model = ServerModel(self)
         self.server_panel = ServerPanel(self.server_model, self)
         self.server_dock = self._dock("Server", "server_dock", self.server_panel)
@@ -446,6 +460,13 @@ class MainWindow(QMainWindow):
         self.restart_action.setEnabled(have and state != SessionState.STOPPING)
         self.workers_spin.setEnabled(not active)
 
+    def _run_chat_changed(self, _first: int) -> None:
+        """A run's LLM agents answer: show them, unless a model chat is in use."""
+        if self.chat_tabs.currentWidget() is self.model_chat_panel and not (
+            self.local_chat.ready or self.conversations.busy
+        ):
+            self.chat_tabs.setCurrentWidget(self.chat_panel)
+
     def _adapter_changed(self, text: str, _adapter: object) -> None:
         self.adapter_label.setText(text)
 
@@ -520,6 +541,7 @@ class MainWindow(QMainWindow):
             self.controller.shutdown()
             self.server_model.close()
             self.runs_panel.close_command()
+            self.local_chat.close()
         finally:
             QApplication.restoreOverrideCursor()
         super().closeEvent(event)
