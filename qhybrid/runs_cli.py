@@ -185,6 +185,9 @@ def _config_json(config: RuntimeConfig, checkpoint_every: int) -> dict[str, Any]
         "device": config.device,
         "max_worker_restarts": config.max_worker_restarts,
         "checkpoint_every": checkpoint_every,
+        # Where the workers ran (issue 17): a resume or replay runs there again.
+        "backend": config.backend,
+        "ray_address": config.ray_address,
     }
 
 
@@ -286,10 +289,19 @@ def _runtime_config(run: dict[str, Any], args: argparse.Namespace) -> RuntimeCon
 
     cfg = run["config"]
     workers = getattr(args, "workers", None) or int(cfg.get("workers", 2))
+    if cfg.get("backend") == "ray":
+        from qhybrid.runtime.wasm_pool import RayNotInstalled, import_ray
+
+        try:
+            import_ray()
+        except RayNotInstalled as exc:
+            raise BadInput(f"run {run['run_id']} ran with --backend ray: {exc}") from None
     return RuntimeConfig(
         workers=workers,
         device=getattr(args, "device", None) or cfg.get("device", "auto"),
         max_worker_restarts=int(cfg.get("max_worker_restarts", 3)),
+        backend=str(cfg.get("backend", "local")),  # runs recorded before issue 17: local
+        ray_address=cfg.get("ray_address"),
     )
 
 

@@ -130,7 +130,12 @@ class Runtime:
             )
         self.pool: AgentPool = pool or WorkerPool(cfg.workers, start_timeout=cfg.start_timeout)
         # A run places GPU jobs by a fixed rule, never by timings (the trace must not vary).
-        self.device = GpuDevice(prefer=cfg.device, placement="fixed")
+        if isinstance(self.pool, RayWorkerPool):  # GPU jobs on a GPU node, if any (issue 17)
+            from qhybrid.runtime._ray_gpu import RayGpuDevice
+
+            self.device: GpuDevice = RayGpuDevice(self.pool, prefer=cfg.device)
+        else:
+            self.device = GpuDevice(prefer=cfg.device, placement="fixed")
         self.device_info: DeviceInfo | None = None
         self._metrics = MetricsRecorder(cfg.workers)
         self._trace = TraceRecorder(path=cfg.trace_path)

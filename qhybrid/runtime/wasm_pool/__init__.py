@@ -52,6 +52,7 @@ from qhybrid.runtime.wasm_pool._ray_pool import (
     RayNotInstalled,
     RayWorkerPool,
     import_ray,
+    ray_tensor_path,
 )
 from qhybrid.runtime.wasm_pool._worker import main as run_worker
 
@@ -94,6 +95,7 @@ __all__ = [
     "load_module",
     "load_python_module",
     "make_engine",
+    "ray_tensor_path",
     "run_worker",
     "worker_command",
     "wrap_envelope",
