@@ -129,8 +129,12 @@ class Commit:
         # The records and the queue, appended to and pushed on without a call per message
         # (as TraceRecorder.record and Schedule.push_message do).
         add_record = self.trace.appender()
-        queue, seq = self.schedule.queue, self.schedule.sequence
+        schedule = self.schedule
+        queue, seq = schedule.queue, schedule.sequence
         push, new_item = heapq.heappush, _new_item
+        # Inline only while nobody wraps push_message (a recording does, to keep payloads,
+        # and it may renumber the sequence counter): then every push goes through it.
+        push_message = None if "push_message" not in vars(schedule) else schedule.push_message
         next_tick = tick + 1
         every = self.checkpoint_every
         checkpoint_due = self.recovery.checkpoint_due
@@ -169,7 +173,11 @@ class Commit:
                     len(sent),
                 )
             )
-            if sent:
+            if sent and push_message is not None:
+                priority = -item.neg_priority
+                for to, out_kind, out_payload in sent:
+                    push_message(next_tick, priority, dst, to, out_kind, out_payload)
+            elif sent:
                 neg = item.neg_priority
                 for to, out_kind, out_payload in sent:
                     push(

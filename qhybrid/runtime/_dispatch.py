@@ -190,12 +190,13 @@ class Dispatcher:
         batch or the LLM step cannot be done.
         """
         tick = plan.tick
-        # Batches of messages alone (no task, no GPU job, no LLM step; and run_batch not
+        # Batches of messages alone (no task, GPU job, chained task or LLM step; run_batch not
         # wrapped, as a replay wraps it for CPU tasks): the pool's cheaper path.
         run_batches = getattr(self.pool, "run_batches", None)
         if (
             run_batches is not None
             and not plan.gpu_jobs
+            and not plan.chained
             and not any(plan.cpu_runs)
             and "run_batch" not in vars(self)
             and not self.llm.busy
