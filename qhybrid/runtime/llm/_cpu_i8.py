@@ -170,3 +170,21 @@ def matvec_i8(raw: Any, qtype: str, act: Act, out: Any, col0: int) -> None:
         _mv_q6_k(raw, raw.view(np.int8), act.q, act.d, out, col0)
     else:
         raise ValueError(f"no int8-activation kernel for {qtype}")
+
+
+def bind_i8(raw: Any, qtype: str) -> Any:
+    """``product(act, out)``: :func:`matvec_i8` into ``out[:, :rows]`` with the kernel chosen
+    once (a decode step makes 100-200 products; the dispatch is their Python overhead)."""
+    if qtype == "q8_0":
+        rawi = raw.view(np.int8)
+        return lambda a, out: _mv_q8_0(raw, rawi, a.q, a.d, out, 0)
+    if qtype in _Q45:
+        fn = _Q45[qtype]
+        return lambda a, out: fn(raw, a.q, a.d, a.qsum, a.xsum, out, 0)
+    if qtype in _K45:
+        fk = _K45[qtype]
+        return lambda a, out: fk(raw, a.q, a.d, a.xsum, out, 0)
+    if qtype == "q6_k":
+        rawi = raw.view(np.int8)
+        return lambda a, out: _mv_q6_k(raw, rawi, a.q, a.d, out, 0)
+    raise ValueError(f"no int8-activation kernel for {qtype}")
