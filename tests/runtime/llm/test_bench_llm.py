@@ -20,6 +20,13 @@ def test_bench_llm_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     (run,) = data["runs"]
     assert run["engine"] == "qhybrid" and run["placement"] == "cpu"
     assert run["prefill_tok_s"] > 0 and run["decode_tok_s"] > 0
+    assert run["prefill_tok_per_cpu_s"] > 0 and run["decode_tok_per_cpu_s"] > 0
+    # Measured in a process of its own: the peak is that whole process's, over its life.
+    assert run["peak_rss_mb"] >= run["rss_before_mb"] > 0
+    goal = run["memory_goal"]
+    assert goal["file_mb"] > 0 and goal["kv_cache_mb"] > 0
+    assert goal["limit_mb"] == pytest.approx(1.5 * (goal["file_mb"] + goal["kv_cache_mb"]), abs=0.2)
+    assert goal["met"] == (run["peak_rss_mb"] <= goal["limit_mb"])
     batching = data["batching"]["cpu"]
     assert batching["streams"] == 2 and batching["tok_s_n"] > 0
     assert data["model"]["arch"] == "llama"
