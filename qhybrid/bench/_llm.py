@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qhybrid.bench._llm_peer import Memory, prompt_ids
+
 logger = logging.getLogger(__name__)
 
 GOAL_BATCHING = 4.0
@@ -54,40 +56,6 @@ class LlmBenchConfig:
     repeat: int = 2
     paths: tuple[str, ...] = ("gpu", "cpu")
     llama_cpp: bool = True
-
-
-def _status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-class _Memory:
-    """The resident set of this process before an engine opens its model, and the peak over
-    the whole life of the process (an engine runs in a process of its own)."""
-
-    def __enter__(self) -> _Memory:
-        self.before = _status_kb("VmRSS")
-        self.peak: int | None = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.peak = _status_kb("VmHWM")
-
-    def to_json(self) -> dict[str, float | None]:
-        def mb(kb: int | None) -> float | None:
-            return None if kb is None else round(kb / 1024, 1)
-
-        grown = None if self.peak is None or self.before is None else self.peak - self.before
-        return {
-            "rss_before_mb": mb(self.before),
-            "peak_rss_mb": mb(self.peak),
-            "grown_mb": mb(grown),
-        }
 
 
 def machine() -> dict[str, Any]:
@@ -180,10 +148,13 @@ def run_llm_bench(config: LlmBenchConfig, progress: Progress) -> LlmBenchReport:
     report = LlmBenchReport(model=info.to_json(), device={})
     engines = ["qhybrid", "llama.cpp"] if config.llama_cpp else ["qhybrid"]
     for engine in engines:
-        part = _in_own_process(engine, config, progress)
-        report.device = report.device or part["device"]
+        if engine == "qhybrid":
+            part = _in_own_process(engine, config, progress)
+        else:
+            part = _llama_cpp_process(config, progress)
+        report.device = report.device or part.get("device", {})
         report.runs += part["runs"]
-        report.batching.update(part["batching"])
+        report.batching.update(part.get("batching", {}))
         report.notes += part["notes"]
     report.load_after = _load()
     return report
@@ -225,6 +196,45 @@ def _in_own_process(engine: str, config: LlmBenchConfig, progress: Progress) -> 
     return result
 
 
+def _llama_cpp_process(config: LlmBenchConfig, progress: Progress) -> dict[str, Any]:
+    """llama.cpp's measurements by :mod:`._llm_peer`, run as a script: a process with the
+    interpreter and llama-cpp-python only, so that its peak RSS is llama.cpp's own."""
+    import json
+    import subprocess
+    import sys
+
+    from qhybrid.bench import _llm_peer
+
+    args = {
+        "model": str(config.model),
+        "prompt_tokens": config.prompt_tokens,
+        "decode_tokens": config.decode_tokens,
+        "repeat": config.repeat,
+    }
+    script = [sys.executable, _llm_peer.__file__, json.dumps(args)]
+    result: dict[str, Any] | None = None
+    with subprocess.Popen(script, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            try:
+                kind, payload = json.loads(line)
+            except ValueError:
+                continue  # not one of its event lines
+            if kind == "progress":
+                progress(str(payload))
+            elif kind == "done":
+                result = payload
+            else:
+                child.wait()
+                raise BenchmarkError(str(payload))
+    if result is None:
+        raise BenchmarkError(
+            f"the llama.cpp measurement process ended without a result (exit code "
+            f"{child.returncode}; its error is on stderr above)"
+        )
+    return result
+
+
 def _child(engine: str, config: LlmBenchConfig, conn: Any) -> None:  # pragma: no cover (child)
     from qhybrid.runtime.llm import ModelError
     from qhybrid.runtime.wgpu_thread import GpuJobError
@@ -235,10 +245,7 @@ def _child(engine: str, config: LlmBenchConfig, conn: Any) -> None:  # pragma: n
         conn.send(("progress", message))
 
     try:
-        if engine == "qhybrid":
-            asyncio.run(_measure_qhybrid(config, report, progress))
-        else:
-            _measure_llama_cpp(config, report, progress)
+        asyncio.run(_measure_qhybrid(config, report, progress))
         part = {
             "device": report.device,
             "runs": report.runs,
@@ -250,19 +257,6 @@ def _child(engine: str, config: LlmBenchConfig, conn: Any) -> None:  # pragma: n
         conn.send(("error", str(exc)))
     finally:
         conn.close()
-
-
-def _prompt(tokenizer: Any, n_vocab: int, count: int) -> list[int]:
-    """``count`` ids of ordinary text (the same for every engine), BOS first if the model adds
-    one."""
-    text = (
-        "The little robot walked through the quiet garden and looked at the red flowers. "
-        "It wanted to find a friend, so it asked the old cat for help. "
-    )
-    ids = tokenizer.encode(text * (count // 8 + 4))[:count]
-    if len(ids) < count:
-        raise BenchmarkError(f"the tokenizer gave only {len(ids)} tokens for the prompt")
-    return [min(int(t), n_vocab - 1) for t in ids]
 
 
 async def _measure_qhybrid(
@@ -288,10 +282,10 @@ async def _measure_qhybrid(
                 runner=placement,  # type: ignore[arg-type]
             )
             progress(f"qhybrid {placement}: loading {config.model.name}")
-            memory = _Memory().__enter__()
+            memory = Memory().__enter__()
             async with await Llm.open(config.model, options, device=device) as llm:
                 n_vocab = llm.model.config.n_vocab
-                prompt = _prompt(llm.tokenizer, n_vocab, config.prompt_tokens)
+                prompt = prompt_ids(llm.tokenizer, n_vocab, config.prompt_tokens)
                 short = prompt[:8]
                 # Warm-up: pipelines compile, weights get cached.
                 await llm.complete(prompt, GenerationParams(max_tokens=2, sampling=greedy))
@@ -341,7 +335,7 @@ async def _measure_qhybrid(
         await asyncio.to_thread(device.close)
 
 
-def _memory_goal(model: Any, options: Any, memory: _Memory) -> dict[str, Any]:
+def _memory_goal(model: Any, options: Any, memory: Memory) -> dict[str, Any]:
     """Peak RSS against 1.5x (the file + the KV cache), the issue's memory goal."""
     from qhybrid.runtime.llm._memory import kv_cache_bytes
 
@@ -393,86 +387,3 @@ async def _batching(
         "goal": GOAL_BATCHING,
         "met": ratio >= GOAL_BATCHING,
     }
-
-
-def _measure_llama_cpp(config: LlmBenchConfig, report: LlmBenchReport, progress: Progress) -> None:
-    try:
-        import llama_cpp  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        report.notes.append(
-            "llama-cpp-python is not installed (pip install 'qhybrid[bench]'): no llama.cpp peer"
-        )
-        return
-    n_ctx = config.prompt_tokens + config.decode_tokens + 8
-    offload = [("cpu", 0)]
-    if bool(getattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)()):
-        offload.append(("gpu", -1))
-    for placement, layers in offload:
-        progress(f"llama.cpp {placement}: loading")
-        memory = _Memory().__enter__()
-        try:
-            model = llama_cpp.Llama(
-                model_path=str(config.model),
-                n_ctx=n_ctx,
-                n_gpu_layers=layers,
-                # The threads qhybrid's CPU path uses for large products: half the cores
-                # (more threads than idle cores make both engines spin, not compute).
-                n_threads=max(1, (os.cpu_count() or 1) // 2),
-                # Its prompt batches default to every core, which spin against each other on a
-                # loaded machine (prefill 19 tok/s instead of 120 here): the same count.
-                n_threads_batch=max(1, (os.cpu_count() or 1) // 2),
-                seed=0,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
-            # llama.cpp says why on its own stderr; its exception only says that it failed.
-            report.notes.append(f"llama.cpp could not load the model ({placement}): {exc}")
-            continue
-        try:
-            prompt = _prompt(_LlamaCppTokenizer(model), model.n_vocab(), config.prompt_tokens)
-            prefill = decode = prefill_cpu = decode_cpu = 0.0
-            for _ in range(config.repeat):
-                model.reset()
-                started, cpu = time.perf_counter(), time.process_time()
-                model.eval(prompt)
-                prefill = max(prefill, len(prompt) / (time.perf_counter() - started))
-                prefill_cpu = max(prefill_cpu, len(prompt) / (time.process_time() - cpu))
-                model.reset()
-                model.eval(prompt[:8])
-                started, cpu = time.perf_counter(), time.process_time()
-                for _ in range(config.decode_tokens - 1):
-                    token = model.sample(temp=0.0)
-                    model.eval([token])
-                steps = config.decode_tokens - 1
-                decode = max(decode, steps / (time.perf_counter() - started))
-                decode_cpu = max(decode_cpu, steps / (time.process_time() - cpu))
-            memory.__exit__()
-        finally:
-            model.close()
-        progress(f"llama.cpp {placement}: prefill {prefill:,.1f} tok/s, decode {decode:,.1f} tok/s")
-        report.runs.append(
-            {
-                "engine": "llama.cpp",
-                "placement": placement,
-                "device": "cpu" if placement == "cpu" else "llama.cpp GPU backend",
-                "version": getattr(llama_cpp, "__version__", "?"),
-                "prompt_tokens": len(prompt),
-                "decode_tokens": config.decode_tokens,
-                "prefill_tok_s": round(prefill, 3),
-                "decode_tok_s": round(decode, 3),
-                "prefill_tok_per_cpu_s": round(prefill_cpu, 3),
-                "decode_tok_per_cpu_s": round(decode_cpu, 3),
-                "threads": max(1, (os.cpu_count() or 1) // 2),
-                **memory.to_json(),
-            }
-        )
-
-
-class _LlamaCppTokenizer:
-    """llama.cpp's own tokenizer, so its prompt is tokenized the way it expects."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._model.tokenize(text.encode("utf-8"), add_bos=True))
