@@ -14,6 +14,11 @@ dequantization). It is inlined into the drivers of :mod:`._cpu_kernels` with ``a
 constant, so each driver compiles to its own loop without the branch. :mod:`._cpu_i8` reads the
 same blocks with int8 activations and shares the scale helpers (:func:`half`,
 :func:`k_scale_min`, :func:`qh32`).
+
+Caching: numba checks only the caller's own source file before it reuses cached machine code,
+not the files of the helpers compiled into it. After editing this module (or ``_cpu_dots``,
+``_cpu_act``), delete ``qhybrid/runtime/llm/__pycache__/*.nb[ic]`` so that the kernels that
+inline it are compiled again (a release changes every file, so users are not affected).
 """
 
 from __future__ import annotations
