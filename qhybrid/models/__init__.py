@@ -33,17 +33,20 @@ from qhybrid.models._log import (
     plain_tooltip,
 )
 from qhybrid.models._messages import (
+    Envelope,
     MessageRecord,
     MessagesFilterModel,
     MessagesModel,
     decode_payload,
     parse_messages,
 )
+from qhybrid.models._questions import Question, QuestionBox, QuestionsModel
 from qhybrid.models._runs import RunCommand, RunsModel, format_duration
 from qhybrid.models._scenario import ScenarioCheck, scenario_outline
 from qhybrid.models._series import CHANNELS, LiveSeries
 from qhybrid.models._server import ServerModel, ServerState, ServerStats
 from qhybrid.models._stall import StallMonitor
+from qhybrid.models._state_at import RowsModel, StateAtModel, memory_text
 
 __all__ = [
     "ASK_KIND",
@@ -54,6 +57,7 @@ __all__ = [
     "AgentsTableModel",
     "ChatEntry",
     "ChatModel",
+    "Envelope",
     "FeedBatch",
     "LiveModels",
     "LiveSeries",
@@ -64,6 +68,10 @@ __all__ = [
     "MessagesFilterModel",
     "MessagesModel",
     "PythonLogCollector",
+    "Question",
+    "QuestionBox",
+    "QuestionsModel",
+    "RowsModel",
     "RunCommand",
     "RunsModel",
     "RuntimeController",
@@ -74,9 +82,11 @@ __all__ = [
     "ServerStats",
     "SessionState",
     "StallMonitor",
+    "StateAtModel",
     "adapter_text",
     "decode_payload",
     "format_duration",
+    "memory_text",
     "natural_key",
     "parse_messages",
     "plain_tooltip",

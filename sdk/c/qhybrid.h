@@ -93,13 +93,15 @@
 #define QH_ERR_BAD_HANDLE (-1)
 /** tensor_read/write: bytes outside the tensor */
 #define QH_ERR_RANGE (-2)
-/** tensor_read: created this tick, readable from the next */
+/** tensor_read: created this tick, readable from the next; tensor_release: made by this message */
 #define QH_ERR_NOT_READY (-3)
-/** tensor_write: neither created by this agent nor writable */
+/** tensor_write, gpu_submit_into: neither created by this agent nor writable; tensor_release:
+ *  not made by this agent */
 #define QH_ERR_READ_ONLY (-4)
 /** tensor_create, gpu_submit: output name exists */
 #define QH_ERR_NAME_TAKEN (-5)
-/** tensor_create: bad dtype or shape */
+/** tensor_create: bad dtype or shape; gpu_submit_into: the output tensor has another shape or
+ *  dtype than the result */
 #define QH_ERR_BAD_SHAPE (-6)
 /** gpu_submit: unknown op, or shapes that do not fit */
 #define QH_ERR_BAD_OP (-7)
@@ -138,6 +140,10 @@
  *  header `<i32 kind, i32 reply_to, i64 corr, i32 timer, i32 period>` and the payload); the
  *  host unwraps it and delivers the inner kind and payload. */
 #define QH_KIND_ENVELOPE 0x7F000010
+/** v2: UTF-8 JSON `{"spawn", "tag", "status", "agent", "name", "group", "error"}`: the answer
+ *  to `spawn` (status `0`: `agent` is the new agent's id and `name` its name; else `error` says
+ *  why: the group's `max_spawned` is reached, or the name is taken). */
+#define QH_KIND_SPAWNED 0x7F000007
 /* abi:constants:end */
 
 /* ------------------------------------------------------------------------------------------ */
@@ -231,7 +237,9 @@ QH_IMPORT(tensor_create) int32_t qh_tensor_create(const char *name_ptr, size_t n
  *  the result becomes a new tensor named `out_name`; `param` is the op's scalar parameter
  *  (`scale`'s and `softmax`'s factor, `rmsnorm`'s eps; ignored by the others). Returns a job id
  *  `>= 0`; `-1` bad handle, `-5` output name taken, `-7` unknown op or shapes that do not fit.
- *  The job runs at the next tick; when it is done the agent receives a `GPU_DONE` message. */
+ *  The job runs at the next tick; when it is done the agent receives a `GPU_DONE` message. Jobs
+ *  run in queue order: an input may be the output of a job submitted earlier in the same
+ *  message (chained: it reads that job's result; if that job fails, so does this one). */
 QH_IMPORT(gpu_submit) int32_t qh_gpu_submit(const char *op_ptr, size_t op_len, const int32_t *inputs_ptr, int32_t n_inputs, const char *out_name_ptr, size_t out_name_len, float param);
 /** v1: ask the scenario's LLM (`[llm]`) for a completion of a UTF-8 prompt (at most 1 MiB) of
  *  up to `max_tokens` tokens. Returns a request id `>= 0` (it does not fail: problems come back
@@ -240,6 +248,21 @@ QH_IMPORT(gpu_submit) int32_t qh_gpu_submit(const char *op_ptr, size_t op_len, c
  *  the answer comes the tick after it ends. A scenario with no model, a prompt longer than the
  *  context, or a failed step answers with status `1` and the reason. See `docs/llm.md`. */
 QH_IMPORT(llm_complete) int32_t qh_llm_complete(const char *prompt_ptr, size_t prompt_len, int32_t max_tokens, int32_t tag);
+/** v2: release a tensor this agent made (with `tensor_create` or as a job's output) at the end
+ *  of the tick: its shared memory is freed, it is gone for every agent from the next tick, and
+ *  its name may be used again from then on (by `tensor_create`, `gpu_submit`, or another
+ *  agent). `0`; `-1` bad handle, `-3` made by this message (release it from the next tick),
+ *  `-4` not made by this agent (a scenario's tensor, another agent's). */
+QH_IMPORT(tensor_release) int32_t qh_tensor_release(int32_t h);
+/** v2: `gpu_submit`, writing the result into the existing tensor `out` (a handle) in place,
+ *  instead of a new one: `out` must be writable by this agent (made by it, or a scenario tensor
+ *  declared `writable = true`) and have the op's result shape and dtype; it may also be one of
+ *  the inputs. The job runs at the next tick; its result is applied at the end of that tick,
+ *  like `tensor_write`, and seen by agents from the tick after (by jobs queued behind it in the
+ *  same tick at once). Returns a job id `>= 0`; `-1` bad handle, `-4` `out` is read-only, `-6`
+ *  `out` has another shape or dtype, `-7` unknown op or shapes that do not fit. A `GPU_DONE`
+ *  message follows as for `gpu_submit`. */
+QH_IMPORT(gpu_submit_into) int32_t qh_gpu_submit_into(const char *op_ptr, size_t op_len, const int32_t *inputs_ptr, int32_t n_inputs, int32_t out, float param);
 /** v1: the value stored under the key as the tick began: its length (copying at most `out_cap`
  *  bytes of it to `out_ptr`), or `-1` no such key. */
 QH_IMPORT(mem_get) int32_t qh_mem_get(const void *key_ptr, size_t key_len, void *out_ptr, size_t out_cap);
@@ -324,6 +347,17 @@ QH_IMPORT(tool_call) int32_t qh_tool_call(const char *name_ptr, size_t name_len,
  *  answer comes from `--answers FILE` or standard input. Returns a question id `>= 0`; the
  *  answer comes as an `ANSWER` message, and is recorded in the trace. */
 QH_IMPORT(ask) int32_t qh_ask(const char *ptr, size_t len, int32_t tag);
+/** v2: start a new instance of the scenario's agent group `group` (one with `max_spawned > 0`,
+ *  named in this agent's `grants.spawn`) when this message succeeds: named `name` (`""`:
+ *  `group-N`), its config the group's with the keys of the UTF-8 JSON object `config` (`""`:
+ *  none) merged in. It lives from the next tick, on worker `id % workers`. Returns a spawn id
+ *  `>= 0`; the new agent's id comes as a `SPAWNED` message. `-9` the group is not granted, `-8`
+ *  a bad name or a config that is not a JSON object. */
+QH_IMPORT(spawn) int32_t qh_spawn(const char *group_ptr, size_t group_len, const char *name_ptr, size_t name_len, const char *config_ptr, size_t config_len, int32_t tag);
+/** v2: end the whole run after this tick, when this message succeeds, with the UTF-8 `reason`
+ *  (at most 4096 bytes) in its result (status `completed`). Needs `grants.stop_run = true`:
+ *  without it, `-9`, and the refusal is recorded in the trace. */
+QH_IMPORT(stop_run) int32_t qh_stop_run(const char *reason_ptr, size_t reason_len);
 /* abi:imports:end */
 
 /* ------------------------------------------------------------------------------------------ */
@@ -405,6 +439,12 @@ static inline int32_t qh_tensor_create_str(const char *name, int32_t dtype, int3
 static inline int32_t qh_gpu_submit_str(const char *op, const int32_t *inputs, int32_t n_inputs,
                                         const char *out_name, float param) {
     return qh_gpu_submit(op, strlen(op), inputs, n_inputs, out_name, strlen(out_name), param);
+}
+
+/** qh_gpu_submit_into with a NUL-terminated op name (v2). */
+static inline int32_t qh_gpu_submit_into_str(const char *op, const int32_t *inputs,
+                                             int32_t n_inputs, int32_t out, float param) {
+    return qh_gpu_submit_into(op, strlen(op), inputs, n_inputs, out, param);
 }
 
 /** A short English description of a tensor/GPU return code (QH_ERR_*). */
@@ -655,6 +695,16 @@ static inline int qh_json_get_int(const char *json, size_t len, const char *key,
     return 0;
 }
 
+/** The new agent's id from a QH_KIND_SPAWNED payload, or -1 when the spawn was refused
+ *  (its "error" says why). */
+static inline int32_t qh_spawned_agent(const uint8_t *payload, size_t len) {
+    int64_t status = 1, agent = -1;
+    if (qh_json_get_int((const char *)payload, len, "status", &status) != 0 || status != 0)
+        return -1;
+    if (qh_json_get_int((const char *)payload, len, "agent", &agent) != 0) return -1;
+    return (int32_t)agent;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Default exports: #define QH_IMPLEMENTATION in one .c file before including this header     */
 /* ------------------------------------------------------------------------------------------ */
@@ -707,6 +757,19 @@ static inline int32_t qh_ask_str(const char *question, int32_t tag) {
     return qh_ask(question, strlen(question), tag);
 }
 static inline void qh_set_error_str(const char *text) { qh_set_error(text, strlen(text)); }
+/** Lifecycle with NUL-terminated strings: spawn an instance of `group` (`name` "" or NULL:
+ *  `group-N`; `config_json` "" or NULL: the group's config); the new agent's id comes in a
+ *  QH_KIND_SPAWNED message (read it with qh_spawned_agent). End the run with a reason. */
+static inline int32_t qh_spawn_str(const char *group, const char *name, const char *config_json,
+                                   int32_t tag) {
+    if (!name) name = "";
+    if (!config_json) config_json = "";
+    return qh_spawn(group, strlen(group), name, strlen(name), config_json, strlen(config_json),
+                    tag);
+}
+static inline int32_t qh_stop_run_str(const char *reason) {
+    return qh_stop_run(reason, strlen(reason));
+}
 
 /** A JSON text built in a caller's buffer: qh_jb_init, then qh_jb_* calls, then buf holds
  *  NUL-terminated JSON unless `overflow` is set. Strings are escaped. */

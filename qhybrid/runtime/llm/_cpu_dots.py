@@ -16,33 +16,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from llvmlite import ir  # type: ignore[import-untyped]
-from numba import types
-from numba.extending import intrinsic
+from qhybrid.runtime.llm._jit import intrinsic, ir, types
 
-_I8, _I32 = ir.IntType(8), ir.IntType(32)
+
+def _int(bits: int) -> Any:
+    # (made when a kernel is compiled: in the frozen app llvmlite is not there at all)
+    return ir.IntType(bits)
 
 
 def _vec(builder: Any, context: Any, array_type: Any, array: Any, offset: Any, lanes: int) -> Any:
     """``lanes`` bytes of ``array`` from ``offset``, as an i8 vector (unaligned)."""
     arr = context.make_array(array_type)(context, builder, array)
-    ptr = builder.bitcast(builder.gep(arr.data, [offset]), ir.VectorType(_I8, lanes).as_pointer())
+    ptr = builder.bitcast(
+        builder.gep(arr.data, [offset]), ir.VectorType(_int(8), lanes).as_pointer()
+    )
     return builder.load(ptr, align=1)
 
 
 def _splat(builder: Any, value: Any, lanes: int) -> Any:
     """An integer as an i32 vector of ``lanes`` copies."""
-    v32 = ir.VectorType(_I32, lanes)
-    one = builder.insert_element(ir.Constant(v32, None), builder.trunc(value, _I32), _I32(0))
+    v32 = ir.VectorType(_int(32), lanes)
+    one = builder.insert_element(
+        ir.Constant(v32, None), builder.trunc(value, _int(32)), _int(32)(0)
+    )
     return builder.shuffle_vector(one, ir.Constant(v32, None), ir.Constant(v32, [0] * lanes))
 
 
 def _sum(builder: Any, vector: Any, lanes: int) -> Any:
     """The i32 sum of an i32 vector."""
-    v32 = ir.VectorType(_I32, lanes)
+    v32 = ir.VectorType(_int(32), lanes)
     name = f"llvm.vector.reduce.add.v{lanes}i32"
     fn = builder.module.globals.get(name) or ir.Function(
-        builder.module, ir.FunctionType(_I32, [v32]), name
+        builder.module, ir.FunctionType(_int(32), [v32]), name
     )
     return builder.call(fn, [vector])
 
@@ -53,7 +58,7 @@ def _dot32_i8(typingctx: Any, a: Any, ao: Any, b: Any, bo: Any) -> Any:
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         a_arr, a_off, b_arr, b_off = args
-        v32 = ir.VectorType(_I32, 32)
+        v32 = ir.VectorType(_int(32), 32)
         pa = builder.sext(_vec(builder, context, signature.args[0], a_arr, a_off, 32), v32)
         pb = builder.sext(_vec(builder, context, signature.args[2], b_arr, b_off, 32), v32)
         return _sum(builder, builder.mul(pa, pb), 32)
@@ -67,7 +72,7 @@ def _dot32_nibbles(typingctx: Any, w: Any, wo: Any, qh: Any, x: Any, xo: Any) ->
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         w_arr, w_off, qh_bits, x_arr, x_off = args
-        v16i8, v32 = ir.VectorType(_I8, 16), ir.VectorType(_I32, 32)
+        v16i8, v32 = ir.VectorType(_int(8), 16), ir.VectorType(_int(32), 32)
         raw = _vec(builder, context, signature.args[0], w_arr, w_off, 16)
         lo = builder.and_(raw, ir.Constant(v16i8, [15] * 16))
         hi = builder.lshr(raw, ir.Constant(v16i8, [4] * 16))
@@ -92,7 +97,7 @@ def _planes_intrinsic(lanes: int) -> Any:
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             w_arr, lo_o, ls_v, hi_o, hs_v, hm_v, bias_v, x_arr, x_o = args
-            v32 = ir.VectorType(_I32, lanes)
+            v32 = ir.VectorType(_int(32), lanes)
             w_type, x_type = signature.args[0], signature.args[7]
             low = builder.and_(
                 builder.lshr(

@@ -22,12 +22,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from llvmlite import ir  # type: ignore[import-untyped]
-from numba import types
-from numba.extending import intrinsic
 
 from qhybrid.runtime.llm._cpu_act import _quantize
 from qhybrid.runtime.llm._cpu_blocks import inline, jit
+from qhybrid.runtime.llm._jit import intrinsic, ir, types
 
 _GELU_C = np.float32(np.sqrt(2.0 / np.pi))
 

@@ -75,6 +75,10 @@ class AgentLoad:
     #: Linear memory of the worker's instances together; ``None``: the default (``_limits.py``).
     #: The scenario's ``[workers] memory_mb``, the same in every load.
     worker_memory_bytes: int | None = None
+    #: ABI v2 lifecycle: the groups the agent may ``spawn`` from, and whether it may
+    #: ``stop_run`` (``[agents.grants]`` ``spawn`` and ``stop_run``).
+    spawn: tuple[str, ...] = ()
+    stop_run: bool = False
 
     def __reduce__(self) -> tuple[type[AgentLoad], tuple[Any, ...]]:
         # As Limits: tens of thousands go to the workers at start-up. Every field, in order.
@@ -97,12 +101,15 @@ class TensorEntry:
     """A named tensor as agents see it: readable from tick ``visible_from`` on.
 
     ``writers`` are the agent ids that may write it; ``None`` means every agent.
+    ``released``: the tensor is gone from tick ``visible_from`` on (``tensor_release``); the
+    worker forgets the name and unmaps its memory.
     """
 
     name: str
     handle: TensorHandle
     visible_from: int
     writers: frozenset[int] | None = frozenset()
+    released: bool = False
 
     def writable_by(self, agent_id: int) -> bool:
         return self.writers is None or agent_id in self.writers
