@@ -64,7 +64,8 @@ class TickFinished:
     """One logical tick is committed: what it delivered and what is left queued.
 
     ``elapsed_s`` is the tick's wall time from dispatch to commit: the latency every message
-    delivered in it saw (messages are batched per tick).
+    delivered in it saw (messages are batched per tick). ``fuel`` is the fuel the agents'
+    handlers burnt in it (as the workers report it; not part of the trace).
     """
 
     tick: int
@@ -76,6 +77,7 @@ class TickFinished:
     queued_gpu: int
     worker_busy_s: tuple[float, ...]
     elapsed_s: float = 0.0
+    fuel: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import contextlib
 import gc
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from qhybrid.runtime._seeding import derive_seed
 from qhybrid.runtime.wasm_pool import (
     AgentLoad,
     AgentModuleError,
+    BatchReply,
     Limits,
     Quotas,
     default_cache_dir,
@@ -74,6 +75,10 @@ class AgentRecord:
     reads: set[str] = field(default_factory=set)
     # Set when a message failed this tick and the agent is to be restarted after the commit.
     restart_pending: bool = False
+    # Usage the workers report with each batch (observability, never in the trace).
+    fuel_used: int | None = None
+    fuel_last: int | None = None
+    memory_bytes: int | None = None
 
     def summary(self) -> AgentSummary:
         return AgentSummary(
@@ -84,6 +89,10 @@ class AgentRecord:
             self.handled,
             self.error,
             self.restarts,
+            self.group,
+            self.fuel_used,
+            self.fuel_last,
+            self.memory_bytes,
         )
 
 
@@ -130,6 +139,9 @@ class Roster:
         self.workers = workers
         self.agents: list[AgentRecord] = []
         self.by_name: dict[str, int] = {}
+        #: Fuel burnt by every agent so far, and linear memory of all agents now (bytes).
+        self.fuel_total = 0
+        self.memory_total = 0
         self._shared: dict[
             str,
             tuple[
@@ -158,6 +170,21 @@ class Roster:
                     )
                 )
                 self.by_name[name] = agent_id
+
+    def take_usage(self, replies: Iterable[BatchReply]) -> None:
+        """Add the fuel and memory the workers report with a tick's batches to the agents."""
+        agents = self.agents
+        fuel_total, memory_total = self.fuel_total, self.memory_total
+        for reply in replies:
+            for agent_id, fuel, memory in reply.usage:
+                agent = agents[agent_id]
+                if fuel is not None:
+                    agent.fuel_last = fuel
+                    agent.fuel_used = (agent.fuel_used or 0) + fuel
+                    fuel_total += fuel
+                memory_total += memory - (agent.memory_bytes or 0)
+                agent.memory_bytes = memory
+        self.fuel_total, self.memory_total = fuel_total, memory_total
 
     @property
     def names(self) -> list[str]:

@@ -604,8 +604,11 @@ def test_worker_loop_answers_each_request_and_survives_errors(tmp_path: Path) ->
     status, batch = replies[8]
     assert status == "ok"
     # On the wire a batch reply is plain tuples (the pool turns them into Outcomes).
-    outcomes, tasks, busy_ns = batch
+    outcomes, tasks, busy_ns, usage = batch
     assert tasks == () and busy_ns > 0
+    # One usage entry per agent of the batch (agent 5 is not here): fuel burnt, memory.
+    ((agent, fuel, memory),) = usage
+    assert agent == 0 and fuel > 0 and memory >= 65536
     first, second = (Outcome._make(o) for o in outcomes)
     assert first.ok
     assert first.sent == ((2, 8, b"hi"),)

@@ -33,7 +33,7 @@ from qhybrid.runtime.wasm_pool._abi import (
     AgentModuleError,
 )
 from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
-from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
+from qhybrid.runtime.wasm_pool._fastcall import fuel_gauge, host_func, i32_caller
 from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._memory_abi import AgentMemory, MemoryHost
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
@@ -204,6 +204,11 @@ class AgentHost(MemoryHost):
         stack = limits.stack_bytes
         module = ctx.module(load.module_key, stack)
         self._store = wasmtime.Store(ctx.engine(stack))
+        self._fuel_left = fuel_gauge(self._store)
+        #: Fuel the handlers burnt (every message's, failed ones too), and how much of it
+        #: the worker has reported (``Worker.batch``): not part of the trace.
+        self.fuel_used = 0
+        self.fuel_reported = 0
         self._memory_cap = limits.memory_bytes if limits.memory_bytes is not None else 1 << 32
         self._memory_set = -1  # the store's memory limit now
         self._memory_size = 0
@@ -755,12 +760,19 @@ class AgentHost(MemoryHost):
             return self._fail(self._error_of(exc), start)
         finally:
             self._count_memory()
+            if self._limited:  # (always, unless a runtime without default limits)
+                self.fuel_used += self._fuel - self._fuel_left()
         outcome = self._finish(state, code, start)
         if outcome.ok:
             self.handled += 1
             if state.mem:
                 self.mem_commit(now, state)
         return outcome
+
+    @property
+    def memory_size(self) -> int:
+        """The bytes of linear memory the instance has now."""
+        return max(self._memory_size, 0)
 
     def close(self) -> None:
         """Release what the instance holds beyond its store (nothing, for a compiled agent)."""

@@ -312,12 +312,13 @@ class WorkerPool:
             index, Request("batch", (tick, list(deliveries), list(tasks), new)), deadline
         )
         worker.tensors_seen += len(new)
-        outcomes, tasks_done, busy_ns = reply
+        outcomes, tasks_done, busy_ns, *usage = reply
         worker.batch_ns += busy_ns
         return BatchReply(
             tuple(map(Outcome._make, outcomes)),
             tuple(map(TaskOutcome._make, tasks_done)),
             busy_ns,
+            usage[0] if usage else (),
         )
 
     def kill_worker(self, index: int) -> None:

@@ -161,11 +161,18 @@ class TaskOutcome(NamedTuple):
     elapsed_ns: int = 0
 
 
+#: ``(agent_id, fuel, memory_bytes)``: the fuel an agent's handlers burnt in a batch (None:
+#: not metered, a Python agent) and the bytes of linear memory it had after it.
+AgentUsage = tuple[int, int | None, int]
+
+
 class BatchReply(NamedTuple):
     outcomes: tuple[Outcome, ...]
     tasks: tuple[TaskOutcome, ...]
     #: CPU time the worker spent in the batch (its handlers and tasks, not the framing).
     busy_ns: int
+    #: One per agent that had messages in the batch; observability only, never in the trace.
+    usage: tuple[AgentUsage, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

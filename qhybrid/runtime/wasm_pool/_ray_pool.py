@@ -335,11 +335,12 @@ class RayWorkerPool:
             index, Request("batch", (tick, list(deliveries), list(tasks), new)), deadline
         )
         actor.tensors_seen += len(new)
-        outcomes, tasks_done, busy_ns = reply
+        outcomes, tasks_done, busy_ns, *usage = reply
         return BatchReply(
             tuple(map(Outcome._make, outcomes)),
             tuple(map(TaskOutcome._make, tasks_done)),
             busy_ns,
+            usage[0] if usage else (),
         )
 
     async def snapshot(self, index: int, agent_ids: Sequence[int]) -> dict[int, bytes | str]:

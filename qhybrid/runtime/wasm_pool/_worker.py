@@ -21,6 +21,7 @@ from qhybrid.runtime.wasm_pool._abi import AgentModuleError
 from qhybrid.runtime.wasm_pool._agent import AgentHost
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
+    AgentUsage,
     Outcome,
     Request,
     TaskOutcome,
@@ -140,22 +141,29 @@ class Worker:
 
     def batch(
         self, tick: int, deliveries: list[tuple[int, int, int, bytes]], tasks: list[TaskRun]
-    ) -> tuple[tuple[tuple[Any, ...], ...], tuple[tuple[Any, ...], ...], int]:
-        """Handle deliveries in order, then tasks; plain tuples back (see Delivery), and the
+    ) -> tuple[
+        tuple[tuple[Any, ...], ...], tuple[tuple[Any, ...], ...], int, tuple[AgentUsage, ...]
+    ]:
+        """Handle deliveries in order, then tasks; plain tuples back (see Delivery), the
         CPU time the batch took (this thread's: wall time would count other programs' turns
-        on a busy machine)."""
+        on a busy machine), and each agent's usage in the batch (see ``BatchReply.usage``)."""
         start = time.thread_time_ns()
         outcomes: list[tuple[Any, ...]] = []
         agents = self.agents
+        touched: dict[int, Any] = {}
         for agent_id, sender, kind, payload in deliveries:
             agent = agents.get(agent_id)
             if agent is None:
                 missing = Outcome(False, error=f"agent {agent_id} is not on this worker")
                 outcomes.append(tuple(missing))
                 continue
+            touched[agent_id] = agent
             outcomes.append(tuple(agent.deliver(tick, sender, kind, payload)))
         task_outcomes = tuple(tuple(self.run_task(t)) for t in tasks)
-        return tuple(outcomes), task_outcomes, time.thread_time_ns() - start
+        # Once per agent of the batch, not per message: the fuel its handlers burnt since the
+        # last report and the linear memory it has now.
+        usage = tuple(map(_usage, touched.items()))
+        return tuple(outcomes), task_outcomes, time.thread_time_ns() - start, usage
 
     @staticmethod
     def run_task(task: TaskRun) -> TaskOutcome:
@@ -185,6 +193,16 @@ class Worker:
         if free_agents:
             self.agents.clear()
         self.ctx.close()
+
+
+def _usage(item: tuple[int, Any]) -> AgentUsage:
+    agent_id, agent = item
+    used = getattr(agent, "fuel_used", None)  # a Python agent has no fuel meter
+    if used is None:
+        return agent_id, None, agent._memory_size
+    fuel = used - agent.fuel_reported
+    agent.fuel_reported = used
+    return agent_id, fuel, agent.memory_size
 
 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
