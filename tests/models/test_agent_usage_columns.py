@@ -25,9 +25,7 @@ def test_fuel_and_memory_columns_show_and_sort_by_the_reported_values(qtbot: QtB
     assert memory == ["128 KiB", "64 KiB", "64 KiB"]
     tip = model.index(0, AgentsTableModel.FUEL).data(Qt.ItemDataRole.ToolTipRole)
     assert "12,000 in all" in tip and "5,000 in its last tick" in tip
-    assert "not metered" in model.index(2, AgentsTableModel.FUEL).data(
-        Qt.ItemDataRole.ToolTipRole
-    )
+    assert "not metered" in model.index(2, AgentsTableModel.FUEL).data(Qt.ItemDataRole.ToolTipRole)
     proxy = AgentsFilterModel()
     proxy.setSourceModel(model)
     proxy.sort(AgentsTableModel.FUEL, Qt.SortOrder.DescendingOrder)
