@@ -19,10 +19,23 @@ Layering: ``qhybrid.app`` -> ``qhybrid.views`` -> ``qhybrid.models`` -> ``qhybri
 
 from __future__ import annotations
 
+from qhybrid.models._agent_detail import AgentReport, LlmCall, LlmCalls, agent_report, limits_text
 from qhybrid.models._agents import SORT_ROLE, AgentsFilterModel, AgentsTableModel, natural_key
 from qhybrid.models._chat import ChatEntry, ChatModel
 from qhybrid.models._controller import ASK_KIND, RuntimeController, SessionState
+from qhybrid.models._debug_feed import DebugBatch, DebugFeed
+from qhybrid.models._debugger import DebuggerModels
 from qhybrid.models._feed import FeedBatch, RuntimeFeed
+from qhybrid.models._graph import (
+    FOLD_ABOVE,
+    AgentGraph,
+    GraphEdge,
+    GraphLayout,
+    GraphNode,
+    MessageHistory,
+    group_key,
+    parse_trace_lines,
+)
 from qhybrid.models._live import LiveModels, adapter_text
 from qhybrid.models._log import (
     LEVELS,
@@ -48,18 +61,30 @@ from qhybrid.models._stall import StallMonitor
 __all__ = [
     "ASK_KIND",
     "CHANNELS",
+    "FOLD_ABOVE",
     "LEVELS",
     "SORT_ROLE",
+    "AgentGraph",
+    "AgentReport",
     "AgentsFilterModel",
     "AgentsTableModel",
     "ChatEntry",
     "ChatModel",
+    "DebugBatch",
+    "DebugFeed",
+    "DebuggerModels",
     "FeedBatch",
+    "GraphEdge",
+    "GraphLayout",
+    "GraphNode",
     "LiveModels",
     "LiveSeries",
+    "LlmCall",
+    "LlmCalls",
     "LogFilterModel",
     "LogLine",
     "LogModel",
+    "MessageHistory",
     "MessageRecord",
     "MessagesFilterModel",
     "MessagesModel",
@@ -75,10 +100,14 @@ __all__ = [
     "SessionState",
     "StallMonitor",
     "adapter_text",
+    "agent_report",
     "decode_payload",
     "format_duration",
+    "group_key",
+    "limits_text",
     "natural_key",
     "parse_messages",
+    "parse_trace_lines",
     "plain_tooltip",
     "scenario_outline",
 ]

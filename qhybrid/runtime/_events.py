@@ -125,6 +125,18 @@ class LlmTokens:
 
 
 @dataclass(frozen=True, slots=True)
+class LlmRequested:
+    """An agent asked the scenario's LLM (``prompt`` as the agent sent it, decoded as UTF-8);
+    its answer streams as :class:`LlmTokens` with the same ``request_id``."""
+
+    request_id: int
+    agent: str
+    tick: int
+    prompt: str
+    max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class GpuAdapter:
     """The device GPU work runs on, once it has started: ``kind`` is "hardware", "software"
     (e.g. llvmpipe) or "cpu" (no adapter; numpy does the work)."""
@@ -153,5 +165,7 @@ class RuntimeEvents:
     worker_restarted = Signal(WorkerRestarted)
     #: :class:`LlmTokens`, on the orchestrator's loop thread, as an LLM request streams.
     llm_tokens = Signal(LlmTokens)
+    #: :class:`LlmRequested`, on the orchestrator's loop thread, as an agent's request arrives.
+    llm_requested = Signal(LlmRequested)
     #: :class:`GpuAdapter`, on the orchestrator's loop thread, once the GPU device started.
     gpu_adapter = Signal(GpuAdapter)

@@ -44,6 +44,7 @@ from qhybrid.runtime.wasm_pool._protocol import (
     TaskRun,
     TensorEntry,
 )
+from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._python_agent import load_python_module
 from qhybrid.runtime.wasm_pool._quotas import Quotas
 from qhybrid.runtime.wasm_pool._ray_pool import (
@@ -88,6 +89,7 @@ __all__ = [
     "check_module",
     "compile_module",
     "default_cache_dir",
+    "effective_limits",
     "import_ray",
     "load_module",
     "load_python_module",
