@@ -27,6 +27,7 @@ from qhybrid.runtime.wasm_pool._abi import (
 from qhybrid.runtime.wasm_pool._agent_v2 import V2_EFFECTS
 from qhybrid.runtime.wasm_pool._agent_v2 import wrap as wrap_envelope
 from qhybrid.runtime.wasm_pool._cache import default_cache_dir, load_module
+from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._pool import (
     WORKER_FLAG,
     WorkerCrashed,
@@ -44,7 +45,6 @@ from qhybrid.runtime.wasm_pool._protocol import (
     TaskRun,
     TensorEntry,
 )
-from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._python_agent import load_python_module
 from qhybrid.runtime.wasm_pool._quotas import Quotas
 from qhybrid.runtime.wasm_pool._ray_pool import (
