@@ -52,6 +52,9 @@ class DebuggerModels(QObject):
         self.refresh_seconds_max = 0.0
         self._runtime: Runtime | None = None
         self._fresh = False
+        self._stale = False
+        #: The views shown now (``watch``): states are polled and ``changed`` fires only then.
+        self.watching: set[str] = set()
         self.timer = QTimer(self)
         self.timer.setInterval(round(1000 / DEBUGGER_HZ))
         self.timer.timeout.connect(self.refresh)
@@ -94,12 +97,29 @@ class DebuggerModels(QObject):
             return
         self.graph.history.add_records(batch.records)
         self.llm.apply(batch.requests, batch.tokens)
-        summaries = runtime.agent_summaries()
-        if len(summaries) == len(self.graph.names):
-            self.summaries = list(summaries)
-            self.graph.set_states([s.state for s in summaries])
+        self._stale = True
+        if self.watching:  # the states and the views only while someone looks
+            self._poll_states()
         self.refresh_seconds_max = max(self.refresh_seconds_max, time.perf_counter() - t0)
+
+    def _poll_states(self) -> None:
+        runtime = self._runtime
+        if self.live and runtime is not None and not self._fresh:
+            summaries = runtime.agent_summaries()
+            if len(summaries) == len(self.graph.names):
+                self.summaries = list(summaries)
+                self.graph.set_states([s.state for s in summaries])
+        self._stale = False
         self.changed.emit()
+
+    def watch(self, view: str, visible: bool) -> None:
+        """A view says whether it is shown; a hidden debugger only keeps the records."""
+        if visible:
+            self.watching.add(view)
+            if self._stale:
+                self._poll_states()
+        else:
+            self.watching.discard(view)
 
     # -- recorded ------------------------------------------------------------------------------
     def load_run(self, store_path: Path, run_id: str) -> None:

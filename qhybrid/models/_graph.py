@@ -122,9 +122,16 @@ class MessageHistory:
             np.zeros(self.width * self.width, np.int64) if dense else None
         )
         self._sparse: dict[int, int] = {}
-        self.records: collections.deque[tuple[Any, ...]] = collections.deque(
-            maxlen=self._keep_records
+        self._seen: npt.NDArray[np.bool_] | None = (
+            np.zeros(self.width * self.width, np.bool_) if dense else None
         )
+        self._nonzero: list[npt.NDArray[np.int64]] = []  # pairs seen, in order first seen
+        # The last records whole, in the chunks they came in, with their senders and
+        # receivers as arrays (an agent's messages are found with numpy, not a Python scan).
+        self._kept: collections.deque[
+            tuple[list[tuple[Any, ...]], npt.NDArray[np.int64], npt.NDArray[np.int64]]
+        ] = collections.deque()
+        self._kept_rows = 0
         self.logs: dict[int, collections.deque[tuple[int, int, str]]] = {}
         self.errors: dict[int, list[tuple[int, str]]] = {}
         self._pending_logs: list[tuple[int, int, int, str]] = []
@@ -137,7 +144,8 @@ class MessageHistory:
         width = self.width
         ticks: list[int] = []
         pairs: list[int] = []
-        kept = self.records.append
+        chunk: list[tuple[Any, ...]] = []
+        kept = chunk.append
         pending = self._pending_logs
         for r in records:
             kind = r[0]
@@ -159,14 +167,21 @@ class MessageHistory:
         if (p < 0).any() or (p >= width * width).any():
             ok = (p >= 0) & (p < width * width)  # an agent this history was not sized for
             t, p = t[ok], p[ok]
+            chunk = [r for r, good in zip(chunk, ok.tolist(), strict=True) if good]
+        self._keep_chunk(chunk, p)
         self._ticks.append(t)
         self._pairs.append(p)
         self.rows += len(p)
         self.messages += len(p)
         if len(t):
             self.last_tick = max(self.last_tick, int(t.max()))
-        if self._dense is not None:
+        if self._dense is not None and self._seen is not None:
             np.add.at(self._dense, p, 1)
+            fresh = p[~self._seen[p]]
+            if len(fresh):
+                fresh = np.unique(fresh)
+                self._seen[fresh] = True
+                self._nonzero.append(fresh)
         else:
             keys, counts = np.unique(p, return_counts=True)
             sparse = self._sparse
@@ -178,6 +193,19 @@ class MessageHistory:
             self.rows -= len(dropped)
             self.first_tick = int(self._ticks[0].min()) if len(self._ticks[0]) else 0
         return len(p)
+
+    def _keep_chunk(self, chunk: list[tuple[Any, ...]], pairs: npt.NDArray[np.int64]) -> None:
+        if not chunk:
+            return
+        self._kept.append((chunk, pairs // self.width - 1, pairs % self.width - 1))
+        self._kept_rows += len(chunk)
+        while self._kept_rows - len(self._kept[0][0]) >= self._keep_records:
+            self._kept_rows -= len(self._kept.popleft()[0])
+
+    @property
+    def records(self) -> list[tuple[Any, ...]]:
+        """The message records kept whole, oldest first."""
+        return [r for chunk, _s, _r in self._kept for r in chunk]
 
     def _assign_logs(self, tick: int, seq: int, receiver: int) -> None:
         """Log records come just before their message's record (same tick and seq)."""
@@ -200,7 +228,9 @@ class MessageHistory:
         The whole run comes from the running totals; a range, from the rows kept."""
         if lo is None and hi is None:
             if self._dense is not None:
-                pairs = np.flatnonzero(self._dense).astype(np.int64)
+                if len(self._nonzero) > 1:
+                    self._nonzero = [np.concatenate(self._nonzero)]
+                pairs = self._nonzero[0] if self._nonzero else np.zeros(0, np.int64)
                 return pairs, self._dense[pairs]
             keys = np.fromiter(self._sparse.keys(), np.int64, len(self._sparse))
             counts = np.fromiter(self._sparse.values(), np.int64, len(self._sparse))
@@ -234,7 +264,12 @@ class MessageHistory:
 
     def messages_of(self, agent: int, limit: int = 500) -> list[tuple[Any, ...]]:
         """The last ``limit`` message records kept that ``agent`` sent or received."""
-        out = [r for r in reversed(self.records) if r[3] == agent or r[4] == agent]
+        out: list[tuple[Any, ...]] = []
+        for chunk, senders, receivers in reversed(self._kept):
+            rows = np.flatnonzero((senders == agent) | (receivers == agent))
+            out.extend(chunk[i] for i in rows[::-1].tolist())
+            if len(out) >= limit:
+                break
         return out[:limit][::-1]
 
 
@@ -391,6 +426,9 @@ class AgentGraph:
         return layout
 
     def _node(self, key: str, agents: list[int], folded: bool) -> GraphNode:
+        if len(agents) == 1:  # (most nodes of an unfolded graph: no Counter for them)
+            state = self.states[agents[0]]
+            return GraphNode(key, key, (agents[0],), folded, state, {state: 1})
         states = collections.Counter(self.states[a] for a in agents)
         worst = min(states, key=state_rank) if states else "loaded"
         if folded:
