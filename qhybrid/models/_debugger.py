@@ -28,8 +28,13 @@ __all__ = ["DEBUGGER_HZ", "DebuggerModels"]
 
 logger = logging.getLogger(__name__)
 
-#: Refreshes per second while a run is active (the graph and the detail need no more).
+#: Refreshes of the shown views per second while a run is active (they need no more).
 DEBUGGER_HZ = 2
+#: The records are taken in slices, this many times a second, each slice within
+#: INGEST_BUDGET_S of GUI-thread time, so that no one call stalls the window.
+INGEST_HZ = 10
+INGEST_SLICE = 4000
+INGEST_BUDGET_S = 0.003
 
 
 class DebuggerModels(QObject):
@@ -56,7 +61,10 @@ class DebuggerModels(QObject):
         #: The views shown now (``watch``): states are polled and ``changed`` fires only then.
         self.watching: set[str] = set()
         self.timer = QTimer(self)
-        self.timer.setInterval(round(1000 / DEBUGGER_HZ))
+        self.timer.setInterval(round(1000 / INGEST_HZ))
+        self._backlog: list[Any] = []
+        self._backlog_at = 0
+        self._next_poll = 0.0
         self.timer.timeout.connect(self.refresh)
         # Direct: runs on the runtime's thread as soon as the runtime exists, before it starts.
         controller.runtime_changed.connect(self._attach, Qt.ConnectionType.DirectConnection)
@@ -74,10 +82,12 @@ class DebuggerModels(QObject):
                 self.timer.start()
         else:
             self.timer.stop()
-            self.refresh()  # the last ticks and the final states
+            self.refresh(flush=True)  # the last ticks and the final states
 
-    def refresh(self) -> None:
-        """Take what the live run produced since the last call."""
+    def refresh(self, *, flush: bool = False) -> None:
+        """Take what the live run produced since the last call: a slice of it within
+        :data:`INGEST_BUDGET_S` (all of it with ``flush``); the shown views' states and
+        ``changed`` :data:`DEBUGGER_HZ` times a second."""
         t0 = time.perf_counter()
         runtime = self._runtime
         if self._fresh and runtime is not None:
@@ -89,16 +99,33 @@ class DebuggerModels(QObject):
             self.llm.clear()
             self.scenario = runtime.scenario
             self.graph.history.reset(0)
+            self._backlog, self._backlog_at = [], 0
             self.graph.set_agents([s.name for s in summaries], [s.group for s in summaries])
             self.source = f"live run: {runtime.scenario.name}"
             self.source_changed.emit(self.source)
         batch = self.feed.drain()
         if not self.live or runtime is None:
             return
-        self.graph.history.add_records(batch.records)
+        backlog = self._backlog
+        if self._backlog_at >= len(backlog):
+            backlog, self._backlog_at = batch.records, 0
+        else:
+            backlog.extend(batch.records)
+        self._backlog = backlog
+        add = self.graph.history.add_records
+        while self._backlog_at < len(backlog):
+            end = self._backlog_at + INGEST_SLICE
+            add(backlog[self._backlog_at : end])
+            self._backlog_at = end
+            if not flush and time.perf_counter() - t0 > INGEST_BUDGET_S:
+                break
+        if self._backlog_at >= len(backlog):
+            self._backlog, self._backlog_at = [], 0
         self.llm.apply(batch.requests, batch.tokens)
         self._stale = True
-        if self.watching:  # the states and the views only while someone looks
+        now = time.perf_counter()
+        if self.watching and (flush or now >= self._next_poll):  # only while someone looks
+            self._next_poll = now + 1.0 / DEBUGGER_HZ
             self._poll_states()
         self.refresh_seconds_max = max(self.refresh_seconds_max, time.perf_counter() - t0)
 
