@@ -107,8 +107,13 @@ class MessageHistory:
         self._keep_records = keep_records
         self.reset(agents)
 
+    generation = 0  # one more at each reset: what was built from it is stale
+
     def reset(self, agents: int) -> None:
         """Forget everything; the next records are of a run with ``agents`` agents."""
+        self.generation += 1
+        self.serial = 0  # chunks of rows added so far
+        self._serials: list[int] = []
         self.agents = agents
         self.width = agents + 1  # pair = (sender + 1) * width + receiver + 1
         self._ticks: list[npt.NDArray[np.int64]] = []
@@ -171,6 +176,8 @@ class MessageHistory:
         self._keep_chunk(chunk, p)
         self._ticks.append(t)
         self._pairs.append(p)
+        self.serial += 1
+        self._serials.append(self.serial)
         self.rows += len(p)
         self.messages += len(p)
         if len(t):
@@ -190,6 +197,7 @@ class MessageHistory:
         while self.rows > self.max_rows and len(self._ticks) > 1:
             dropped = self._ticks.pop(0)
             self._pairs.pop(0)
+            self._serials.pop(0)
             self.rows -= len(dropped)
             self.first_tick = int(self._ticks[0].min()) if len(self._ticks[0]) else 0
         return len(p)
@@ -254,6 +262,16 @@ class MessageHistory:
             return empty, empty
         keys, counts = np.unique(np.concatenate(chosen), return_counts=True)
         return keys.astype(np.int64), counts.astype(np.int64)
+
+    def pairs_since(self, serial: int) -> list[npt.NDArray[np.int64]] | None:
+        """The pair rows of the chunks added after chunk ``serial``; None if some of them
+        are no longer kept."""
+        if serial == self.serial:
+            return []
+        if not self._serials or self._serials[0] > serial + 1:
+            return None
+        start = serial + 1 - self._serials[0]
+        return self._pairs[start:]
 
     def per_tick(self) -> npt.NDArray[np.int64]:
         """Messages per tick over the ticks kept (index 0 is :attr:`first_tick`)."""
@@ -321,6 +339,7 @@ class AgentGraph:
         self.states: list[str] = []
         #: Groups the user folded or unfolded (overrides the rule of :data:`FOLD_ABOVE`).
         self.folding: dict[str, bool] = {}
+        self._cache: tuple[tuple[int, bytes], int, npt.NDArray[np.int64]] | None = None
 
     def set_agents(
         self,
@@ -385,45 +404,71 @@ class AgentGraph:
         for key in order:
             for agent in members[key]:
                 node_of_agent[agent + 1] = index[key]
-        pairs, counts = self.history.pair_counts(lo, hi)
-        width = self.history.width
-        senders = pairs // width
-        receivers = pairs % width
-        runtime_node = -1
-        if len(pairs) and (senders == 0).any():
-            runtime_node = len(order)
-            node_of_agent[0] = runtime_node
+        # The runtime's node is always numbered last; it is shown only if it sent anything.
+        n = len(order) + 1
+        node_of_agent[0] = n - 1
+        edge_keys, weights = self._node_edges(node_of_agent, n, lo, hi)
         nodes = [self._node(k, members[k], folded_of[k]) for k in order]
-        if runtime_node >= 0:
-            nodes.append(GraphNode(RUNTIME_NODE, RUNTIME_NODE, (), False, "runtime", {}))
-        layout = GraphLayout(nodes, [], int(counts.sum()) if len(counts) else 0, lo=lo, hi=hi)
+        nodes.append(GraphNode(RUNTIME_NODE, RUNTIME_NODE, (), False, "runtime", {}))
+        src, dst = edge_keys // n, edge_keys % n
+        sent = np.bincount(src, weights=weights, minlength=n)
+        received = np.bincount(dst, weights=weights, minlength=n)
+        for i, node in enumerate(nodes):
+            node.sent, node.received = int(sent[i]), int(received[i])
+        if not nodes[-1].sent:
+            nodes.pop()
+        layout = GraphLayout(nodes, [], int(weights.sum()), lo=lo, hi=hi)
         if lo is not None and lo < self.history.first_tick:
             layout.notes.append(f"ticks before {self.history.first_tick} are no longer kept")
-        if len(pairs):
-            src = node_of_agent[senders]
-            dst = node_of_agent[receivers]
-            n = len(nodes)
-            edge_keys, inverse = np.unique(src * n + dst, return_inverse=True)
-            weights = np.bincount(inverse, weights=counts).astype(np.int64)
-            sent = np.bincount(src, weights=counts, minlength=n)
-            received = np.bincount(dst, weights=counts, minlength=n)
-            for i, node in enumerate(nodes):
-                node.sent, node.received = int(sent[i]), int(received[i])
-            loops = (edge_keys // n) == (edge_keys % n)
-            for k, w in zip(edge_keys[loops].tolist(), weights[loops].tolist(), strict=True):
-                nodes[k // n].internal = int(w)
-            edge_keys, weights = edge_keys[~loops], weights[~loops]
-            if len(weights) > max_edges:
-                keep = np.argsort(-weights, kind="stable")[:max_edges]
-                layout.hidden_edges = len(weights) - max_edges
-                edge_keys, weights = edge_keys[keep], weights[keep]
-            layout.edges = [
-                GraphEdge(k // n, k % n, w)
-                for k, w in zip(edge_keys.tolist(), weights.tolist(), strict=True)
-            ]
-            layout.max_count = max((e.count for e in layout.edges), default=1) or 1
+        loops = src == dst
+        for k, w in zip(src[loops].tolist(), weights[loops].tolist(), strict=True):
+            nodes[k].internal = int(w)
+        edge_keys, weights = edge_keys[~loops], weights[~loops]
+        if len(weights) > max_edges:
+            keep = np.argsort(-weights, kind="stable")[:max_edges]
+            layout.hidden_edges = len(weights) - max_edges
+            edge_keys, weights = edge_keys[keep], weights[keep]
+        layout.edges = [
+            GraphEdge(k // n, k % n, w)
+            for k, w in zip(edge_keys.tolist(), weights.tolist(), strict=True)
+        ]
+        layout.max_count = max((e.count for e in layout.edges), default=1) or 1
         _circle(nodes)
         return layout
+
+    def _node_edges(
+        self, node_of_agent: npt.NDArray[np.int64], n: int, lo: int | None, hi: int | None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """``(source * n + target, count)`` per node pair with messages over ``lo..hi``.
+
+        The whole run's is kept between calls as an ``n`` x ``n`` matrix (while the folding
+        stays the same), and only the messages added since are counted into it: a live run's
+        refresh costs what its new messages cost, not what the whole run's pairs do.
+        """
+        history = self.history
+        width = history.width
+        whole = lo is None and hi is None
+        if whole and n * n <= 4_194_304:
+            signature = (history.generation, node_of_agent.tobytes())
+            cache = self._cache
+            new = history.pairs_since(cache[1]) if cache and cache[0] == signature else None
+            if cache is not None and new is not None:
+                matrix = cache[2]
+                for p in new:
+                    np.add.at(matrix, node_of_agent[p // width] * n + node_of_agent[p % width], 1)
+            else:
+                pairs, counts = history.pair_counts()
+                flat = node_of_agent[pairs // width] * n + node_of_agent[pairs % width]
+                matrix = np.bincount(flat, weights=counts, minlength=n * n).astype(np.int64)
+            self._cache = (signature, history.serial, matrix)
+            keys = np.flatnonzero(matrix).astype(np.int64)
+            return keys, matrix[keys]
+        pairs, counts = history.pair_counts(lo, hi)
+        if not len(pairs):
+            return pairs, counts
+        flat = node_of_agent[pairs // width] * n + node_of_agent[pairs % width]
+        keys, inverse = np.unique(flat, return_inverse=True)
+        return keys.astype(np.int64), np.bincount(inverse, weights=counts).astype(np.int64)
 
     def _node(self, key: str, agents: list[int], folded: bool) -> GraphNode:
         if len(agents) == 1:  # (most nodes of an unfolded graph: no Counter for them)

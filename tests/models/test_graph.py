@@ -119,3 +119,50 @@ def test_recorded_trace_lines_parse_into_the_same_records() -> None:
     history = MessageHistory(1)
     history.add_records(records)
     assert history.errors[0] == [(1, "out of fuel (limit 5 per message)")]
+
+
+def test_a_live_graph_counts_only_new_messages_and_agrees_with_a_fresh_count() -> None:
+    n = 1000
+    names = [f"relay-{i}" for i in range(n)] + ["sink"]
+    rng = np.random.default_rng(2)
+
+    def tick(t: int) -> list[tuple]:
+        senders = rng.integers(-1, n, n).tolist()
+        receivers = rng.integers(0, n + 1, n).tolist()
+        return [
+            ("ok", t, i, s, r, 1, b"", 0)
+            for i, (s, r) in enumerate(zip(senders, receivers, strict=True))
+        ]
+
+    live = AgentGraph()
+    live.set_agents(names, ["relay"] * n + ["sink"])
+    everything: list[tuple] = []
+    for t in range(200):  # some 180,000 distinct pairs
+        records = tick(t)
+        everything += records
+        live.history.add_records(records)
+    live.build()
+    records = tick(200)
+    everything += records
+    live.history.add_records(records)
+    t0 = time.perf_counter()
+    layout = live.build()  # one tick's messages to add
+    incremental_s = time.perf_counter() - t0
+    fresh = AgentGraph()
+    fresh.set_agents(names, ["relay"] * n + ["sink"])
+    fresh.history.add_records(everything)
+    expected = fresh.build()
+    assert [(e.source, e.target, e.count) for e in layout.edges] == [
+        (e.source, e.target, e.count) for e in expected.edges
+    ]
+    assert [(x.key, x.internal, x.sent) for x in layout.nodes] == [
+        (x.key, x.internal, x.sent) for x in expected.nodes
+    ]
+    assert layout.messages == 201 * n
+    assert incremental_s < 0.5, incremental_s  # (generous: a shared CI machine)
+    # Unfolding changes what a node is: counted again from the totals, still the same.
+    live.toggle("relay")
+    fresh.toggle("relay")
+    assert [(e.source, e.target, e.count) for e in live.build().edges] == [
+        (e.source, e.target, e.count) for e in fresh.build().edges
+    ]
