@@ -378,7 +378,7 @@ class Runtime:
         parts = self._parts
         plan = parts.dispatch.plan(tick, self._schedule.pop_due(tick))
         results = await parts.dispatch.execute(plan)
-        self._roster.take_usage(results.replies.values())  # fuel and memory, not traced
+        self._roster.take_usage(results.replies)  # fuel and memory, not traced
         parts.report.tick(tick, self._commit.apply(plan, results), t0)
         if results.llm_updates:
             parts.llm.commit(tick, results.llm_updates)

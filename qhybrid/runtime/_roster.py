@@ -10,13 +10,17 @@ the scenario's modules and loading every agent onto its worker at start.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import json
 import logging
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from qhybrid.runtime._events import AgentStateChanged, RuntimeEvents
 from qhybrid.runtime._ports import AgentPool
@@ -24,6 +28,7 @@ from qhybrid.runtime._result import AgentSummary
 from qhybrid.runtime._scenario import AgentSpec, Scenario
 from qhybrid.runtime._seeding import derive_seed
 from qhybrid.runtime.wasm_pool import (
+    USAGE_ROW,
     AgentLoad,
     AgentModuleError,
     BatchReply,
@@ -51,6 +56,9 @@ logger = logging.getLogger(__name__)
 #: Agent states.
 LOADED, FAILED, SKIPPED = "loaded", "failed", "skipped"
 
+#: Folded into the per-agent arrays past this many bytes of reports (some 40,000 rows).
+_FOLD_BYTES = 1 << 20
+
 #: ``RuntimeConfig.cache_dir`` default: the user's cache folder (or ``QHYBRID_CACHE_DIR``).
 DEFAULT_CACHE = Path("<default>")
 
@@ -75,12 +83,14 @@ class AgentRecord:
     reads: set[str] = field(default_factory=set)
     # Set when a message failed this tick and the agent is to be restarted after the commit.
     restart_pending: bool = False
-    # Usage the workers report with each batch (observability, never in the trace).
-    fuel_used: int | None = None
-    fuel_last: int | None = None
-    memory_bytes: int | None = None
 
-    def summary(self) -> AgentSummary:
+    def summary(
+        self,
+        fuel_used: int | None = None,
+        fuel_last: int | None = None,
+        memory_bytes: int | None = None,
+    ) -> AgentSummary:
+        """The agent now, with the usage its worker reported (``Roster.summaries``)."""
         return AgentSummary(
             self.name,
             self.module.name,
@@ -90,9 +100,9 @@ class AgentRecord:
             self.error,
             self.restarts,
             self.group,
-            self.fuel_used,
-            self.fuel_last,
-            self.memory_bytes,
+            fuel_used,
+            fuel_last,
+            memory_bytes,
         )
 
 
@@ -142,6 +152,17 @@ class Roster:
         #: Fuel burnt by every agent so far, and linear memory of all agents now (bytes).
         self.fuel_total = 0
         self.memory_total = 0
+        # Per-agent usage: the workers' packed reports, kept as they come (the loop thread
+        # does O(workers) work per tick) and folded into arrays in bulk when someone asks
+        # (summaries) or when enough have piled up.
+        self._usage: collections.deque[bytes] = collections.deque()
+        self._usage_bytes = 0
+        self._usage_lock = threading.Lock()
+        self._worker_memory: dict[int, int] = {}
+        # Per agent, -1 until reported (and for fuel, when not metered).
+        self._fuel_used = np.full(0, -1, np.int64)
+        self._fuel_last = np.full(0, -1, np.int64)
+        self._memory = np.full(0, -1, np.int64)
         self._shared: dict[
             str,
             tuple[
@@ -171,27 +192,69 @@ class Roster:
                 )
                 self.by_name[name] = agent_id
 
-    def take_usage(self, replies: Iterable[BatchReply]) -> None:
-        """Add the fuel and memory the workers report with a tick's batches to the agents."""
-        agents = self.agents
-        fuel_total, memory_total = self.fuel_total, self.memory_total
-        for reply in replies:
-            for agent_id, fuel, memory in reply.usage:
-                agent = agents[agent_id]
-                if fuel is not None:
-                    agent.fuel_last = fuel
-                    agent.fuel_used = (agent.fuel_used or 0) + fuel
-                    fuel_total += fuel
-                memory_total += memory - (agent.memory_bytes or 0)
-                agent.memory_bytes = memory
-        self.fuel_total, self.memory_total = fuel_total, memory_total
+    def take_usage(self, replies: Mapping[int, BatchReply]) -> None:
+        """Take the fuel and memory the workers report with a tick's batches (by worker)."""
+        fuel_total = self.fuel_total
+        for worker, reply in replies.items():
+            usage = reply.usage
+            if usage:
+                _, fuel, _, memory = USAGE_ROW.unpack_from(usage)  # the batch's totals
+                fuel_total += fuel
+                self._worker_memory[worker] = memory
+                if len(usage) > USAGE_ROW.size:
+                    self._usage.append(usage[USAGE_ROW.size :])
+                    self._usage_bytes += len(usage)
+        self.fuel_total = fuel_total
+        self.memory_total = sum(self._worker_memory.values())
+        if self._usage_bytes > _FOLD_BYTES:
+            self.fold_usage()
+
+    def fold_usage(self) -> None:
+        """Add the reports taken so far to the per-agent arrays (from any thread)."""
+        with self._usage_lock:
+            n = len(self.agents)
+            if len(self._fuel_used) != n:
+                for name in ("_fuel_used", "_fuel_last", "_memory"):
+                    old = getattr(self, name)
+                    new = np.full(n, -1, np.int64)
+                    new[: min(n, len(old))] = old[:n]
+                    setattr(self, name, new)
+            chunks = []
+            while self._usage:
+                chunks.append(self._usage.popleft())
+            self._usage_bytes = 0
+            if not chunks:
+                return
+            rows = np.frombuffer(b"".join(chunks), np.int64).reshape(-1, 4)
+            ids = rows[:, 0]
+            if len(ids) and (ids.min() < 0 or ids.max() >= n):
+                rows = rows[(ids >= 0) & (ids < n)]
+                ids = rows[:, 0]
+            # Assignments only (the workers send each agent's running total): the last
+            # report of an agent wins, as numpy assigns repeated indices in order.
+            self._fuel_last[ids] = rows[:, 1]
+            self._fuel_used[ids] = rows[:, 2]
+            self._memory[ids] = rows[:, 3]
 
     @property
     def names(self) -> list[str]:
         return [a.name for a in self.agents]
 
     def summaries(self) -> tuple[AgentSummary, ...]:
-        return tuple(a.summary() for a in list(self.agents))
+        agents = list(self.agents)
+        self.fold_usage()
+        with self._usage_lock:
+            n = len(agents)
+            used, last = self._fuel_used[:n].tolist(), self._fuel_last[:n].tolist()
+            memory = self._memory[:n].tolist()
+        return tuple(
+            a.summary(
+                used[i] if used[i] >= 0 else None,
+                last[i] if last[i] >= 0 else None,
+                memory[i] if memory[i] >= 0 else None,
+            )
+            for i, a in enumerate(agents)
+        )
 
     async def load_all(self, pool: AgentPool, events: RuntimeEvents) -> None:
         """Instantiate every agent on its worker (all workers in parallel)."""

@@ -29,6 +29,7 @@ from qhybrid.runtime.wasm_pool import (
     KIND_TASK_DONE,
     RESERVED_KIND_BASE,
     RUNTIME_SENDER,
+    USAGE_ROW,
     AgentLoad,
     AgentModuleError,
     BatchReply,
@@ -606,9 +607,11 @@ def test_worker_loop_answers_each_request_and_survives_errors(tmp_path: Path) ->
     # On the wire a batch reply is plain tuples (the pool turns them into Outcomes).
     outcomes, tasks, busy_ns, usage = batch
     assert tasks == () and busy_ns > 0
-    # One usage entry per agent of the batch (agent 5 is not here): fuel burnt, memory.
-    ((agent, fuel, memory),) = usage
-    assert agent == 0 and fuel > 0 and memory >= 65536
+    # The usage report: the batch's totals, then one row per agent of the batch (agent 5 is
+    # not here): fuel burnt, memory.
+    (_, total, _, worker_memory), (agent, fuel, fuel_all, memory) = USAGE_ROW.iter_unpack(usage)
+    assert agent == 0 and fuel > 0 and fuel_all == fuel and memory >= 65536
+    assert total == fuel and worker_memory == memory
     first, second = (Outcome._make(o) for o in outcomes)
     assert first.ok
     assert first.sent == ((2, 8, b"hi"),)

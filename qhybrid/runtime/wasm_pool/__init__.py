@@ -36,6 +36,7 @@ from qhybrid.runtime.wasm_pool._pool import (
     worker_command,
 )
 from qhybrid.runtime.wasm_pool._protocol import (
+    USAGE_ROW,
     AgentLoad,
     BatchReply,
     Delivery,
@@ -68,6 +69,7 @@ __all__ = [
     "RAY_INSTALL_HINT",
     "RESERVED_KIND_BASE",
     "RUNTIME_SENDER",
+    "USAGE_ROW",
     "V2_EFFECTS",
     "WORKER_FLAG",
     "AgentLoad",

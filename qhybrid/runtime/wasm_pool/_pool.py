@@ -318,7 +318,7 @@ class WorkerPool:
             tuple(map(Outcome._make, outcomes)),
             tuple(map(TaskOutcome._make, tasks_done)),
             busy_ns,
-            usage[0] if usage else (),
+            usage[0] if usage else b"",
         )
 
     def kill_worker(self, index: int) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import operator
 import pickle
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
@@ -161,9 +162,13 @@ class TaskOutcome(NamedTuple):
     elapsed_ns: int = 0
 
 
-#: ``(agent_id, fuel, memory_bytes)``: the fuel an agent's handlers burnt in a batch (None:
-#: not metered, a Python agent) and the bytes of linear memory it had after it.
-AgentUsage = tuple[int, int | None, int]
+#: A batch's usage report is rows of four little-endian int64: first ``(-1, fuel, 0,
+#: memory)``, the fuel the batch's handlers burnt and the worker's linear memory in all after
+#: it; then ``(agent_id, fuel, fuel_total, memory_bytes)`` per agent that had messages in it:
+#: the fuel its handlers burnt in the batch and since its instance started (-1: not metered,
+#: a Python agent), and its linear memory now. Packed bytes: the parent reads the first row
+#: per tick and the others only when someone asks (``Roster.summaries``), in bulk.
+USAGE_ROW = struct.Struct("<qqqq")
 
 
 class BatchReply(NamedTuple):
@@ -171,8 +176,8 @@ class BatchReply(NamedTuple):
     tasks: tuple[TaskOutcome, ...]
     #: CPU time the worker spent in the batch (its handlers and tasks, not the framing).
     busy_ns: int
-    #: One per agent that had messages in the batch; observability only, never in the trace.
-    usage: tuple[AgentUsage, ...] = ()
+    #: The usage report (:data:`USAGE_ROW`); observability only, never in the trace.
+    usage: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

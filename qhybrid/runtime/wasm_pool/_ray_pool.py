@@ -340,7 +340,7 @@ class RayWorkerPool:
             tuple(map(Outcome._make, outcomes)),
             tuple(map(TaskOutcome._make, tasks_done)),
             busy_ns,
-            usage[0] if usage else (),
+            usage[0] if usage else b"",
         )
 
     async def snapshot(self, index: int, agent_ids: Sequence[int]) -> dict[int, bytes | str]:

@@ -8,6 +8,7 @@ the pool.
 
 from __future__ import annotations
 
+import array
 import gc
 import logging
 import os
@@ -21,7 +22,6 @@ from qhybrid.runtime.wasm_pool._abi import AgentModuleError
 from qhybrid.runtime.wasm_pool._agent import AgentHost
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
-    AgentUsage,
     Outcome,
     Request,
     TaskOutcome,
@@ -141,9 +141,7 @@ class Worker:
 
     def batch(
         self, tick: int, deliveries: list[tuple[int, int, int, bytes]], tasks: list[TaskRun]
-    ) -> tuple[
-        tuple[tuple[Any, ...], ...], tuple[tuple[Any, ...], ...], int, tuple[AgentUsage, ...]
-    ]:
+    ) -> tuple[tuple[tuple[Any, ...], ...], tuple[tuple[Any, ...], ...], int, bytes]:
         """Handle deliveries in order, then tasks; plain tuples back (see Delivery), the
         CPU time the batch took (this thread's: wall time would count other programs' turns
         on a busy machine), and each agent's usage in the batch (see ``BatchReply.usage``)."""
@@ -160,10 +158,26 @@ class Worker:
             touched[agent_id] = agent
             outcomes.append(tuple(agent.deliver(tick, sender, kind, payload)))
         task_outcomes = tuple(tuple(self.run_task(t)) for t in tasks)
-        # Once per agent of the batch, not per message: the fuel its handlers burnt since the
-        # last report and the linear memory it has now.
-        usage = tuple(map(_usage, touched.items()))
-        return tuple(outcomes), task_outcomes, time.thread_time_ns() - start, usage
+        return tuple(outcomes), task_outcomes, time.thread_time_ns() - start, self.usage(touched)
+
+    def usage(self, touched: dict[int, Any]) -> bytes:
+        """The batch's usage report (``USAGE_ROW``): once per agent of the batch, not per
+        message, the fuel its handlers burnt since the last report and its memory now."""
+        rows = array.array("q", (-1, 0, 0, self.ctx.memory_used))
+        total = 0
+        for agent_id, agent in touched.items():
+            used = getattr(agent, "fuel_used", None)  # a Python agent has no fuel meter
+            if used is None:
+                rows.extend((agent_id, -1, -1, agent._memory_size))
+                continue
+            fuel = used - agent.fuel_reported
+            agent.fuel_reported = used
+            total += fuel
+            rows.extend((agent_id, fuel, used, agent.memory_size))
+        rows[1] = total
+        if sys.byteorder != "little":  # pragma: no cover - the format is little-endian
+            rows.byteswap()
+        return rows.tobytes()
 
     @staticmethod
     def run_task(task: TaskRun) -> TaskOutcome:
@@ -193,16 +207,6 @@ class Worker:
         if free_agents:
             self.agents.clear()
         self.ctx.close()
-
-
-def _usage(item: tuple[int, Any]) -> AgentUsage:
-    agent_id, agent = item
-    used = getattr(agent, "fuel_used", None)  # a Python agent has no fuel meter
-    if used is None:
-        return agent_id, None, agent._memory_size
-    fuel = used - agent.fuel_reported
-    agent.fuel_reported = used
-    return agent_id, fuel, agent.memory_size
 
 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
