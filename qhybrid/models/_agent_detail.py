@@ -166,14 +166,14 @@ def agent_report(
     msg_lines = []
     for m in list(messages)[-max_messages:]:
         status, tick, seq, sender, receiver, kind, payload = m[:7]
-        direction = "in " if receiver == agent else "out"
-        other = name(sender) if receiver == agent else name(receiver)
+        incoming = receiver == agent
+        other = name(sender) if incoming else name(receiver)
         how, text = decode_payload(payload)
-        word = "from" if direction == "in " else "to  "
+        arrow = "\N{LEFTWARDS ARROW}" if incoming else "\N{RIGHTWARDS ARROW}"
         extra = f" ({m[7]})" if status == "drop" and len(m) > 7 else ""
         msg_lines.append(
-            f"tick {tick:>6} seq {seq:>6}  {direction} {word} {printable(other):<16} "
-            f"kind {kind:<4} {status}{extra}  {how}: {text}"
+            f"t{tick:<5} #{seq:<6} {'in ' if incoming else 'out'} {arrow} {printable(other):<12} "
+            f"k{kind:<3} {status}{extra} {how}: {text}"
         )
     log_lines = [
         f"tick {'-' if t is None else t:>6}  {_LEVEL_NAMES.get(level, str(level)):<8} {text}"

@@ -496,8 +496,8 @@ def _circle(nodes: list[GraphNode]) -> None:
     if n == 1:
         nodes[0].x = nodes[0].y = 0.0
         return
-    spacing = sum(2 * node.radius + 26 for node in nodes)
-    radius = max(90.0, spacing / (2 * math.pi))
+    spacing = sum(2 * node.radius + 60 for node in nodes)  # a label's room between nodes
+    radius = max(120.0, spacing / (2 * math.pi))
     for i, node in enumerate(nodes):
         angle = -math.pi / 2 + 2 * math.pi * i / n
         node.x = radius * math.cos(angle)

@@ -86,7 +86,7 @@ class GraphCanvas(QWidget):
             return
         xs = [n.x for n in layout.nodes]
         ys = [n.y for n in layout.nodes]
-        margin = 60 + max(n.radius for n in layout.nodes)
+        margin = 110 + max(n.radius for n in layout.nodes)  # room for the labels outside
         w = max(xs) - min(xs) + 2 * margin
         h = max(ys) - min(ys) + 2 * margin
         self.zoom = max(0.05, min(self.width() / w, self.height() / h, 2.5))
@@ -128,14 +128,16 @@ class GraphCanvas(QWidget):
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, not many)
         points = [self._to_screen(n.x, n.y) for n in layout.nodes]
         top = math.log1p(layout.max_count)
-        edge_colour = QColor(text_colour)
+        edge_colour = QColor(
+            "#56B4E9" if palette.color(QPalette.ColorRole.Base).lightness() < 128 else "#3B5B7A"
+        )
         arrows = len(layout.edges) < ARROWS_BELOW
         # Edges lightest first, so the heavy ones stay on top.
         for edge in sorted(layout.edges, key=lambda e: e.count):
             a, b = points[edge.source], points[edge.target]
             share = math.log1p(edge.count) / top if top > 0 else 1.0
-            edge_colour.setAlphaF(0.25 + 0.6 * share)
-            pen = QPen(edge_colour, 0.8 + 5.0 * share)
+            edge_colour.setAlphaF(0.12 + 0.6 * share)
+            pen = QPen(edge_colour, 0.6 + 4.0 * share)
             painter.setPen(pen)
             dx, dy = b.x() - a.x(), b.y() - a.y()
             length = math.hypot(dx, dy) or 1.0
@@ -173,19 +175,29 @@ class GraphCanvas(QWidget):
             if not many or node.folded or node.key in (self.selected, self.hovered):
                 label = node.label
                 if node.internal:
-                    label += f" [{node.internal:,} inside]"
+                    label += (
+                        f" [{node.internal:,} inside]"
+                        if node.folded
+                        else f" [{node.internal:,} to itself]"
+                    )
                 painter.setPen(text_colour)
                 font.setBold(node.key == self.selected)
                 painter.setFont(font)
                 width = metrics.horizontalAdvance(label)
+                height = metrics.height()
+                # Outside the circle, away from its centre, where the edges are not.
+                centre = self._to_screen(0.0, 0.0)
+                dx, dy = p.x() - centre.x(), p.y() - centre.y()
+                norm = math.hypot(dx, dy)
+                ux, uy = (dx / norm, dy / norm) if norm > 1 else (0.0, 1.0)
+                ax = p.x() + ux * (r + 4)
+                ay = p.y() + uy * (r + 4)
+                left = ax - width / 2 + ux * width / 2
+                top = ay - height / 2 + uy * height / 2
+                box = QRectF(left - 2, top, width + 4, height)
                 # On a patch of the background: edges pass under the labels, not through them.
-                painter.fillRect(
-                    QRectF(p.x() - width / 2 - 2, p.y() + r + 2, width + 4, metrics.height()),
-                    backdrop,
-                )
-                painter.drawText(
-                    QPointF(p.x() - width / 2, p.y() + r + metrics.ascent() + 2), label
-                )
+                painter.fillRect(box, backdrop)
+                painter.drawText(QPointF(left, top + metrics.ascent()), label)
         painter.setBrush(Qt.BrushStyle.NoBrush)
 
     # -- interaction ----------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_the_graph_and_the_detail_follow_a_live_run(qtbot: QtBot, tmp_path: Path
     assert "fuel used:" in overview and "in all" in overview and "limits: fuel" in overview
     assert "memory: 65,536 bytes" in overview or "memory: 131,072 bytes" in overview
     messages = detail.texts["messages"].toPlainText()
-    assert "kind" in messages and (" in  from " in messages or " out to " in messages)
+    assert (" in \N{LEFTWARDS ARROW} " in messages) or (" out \N{RIGHTWARDS ARROW} " in messages)
     # The agents table shows real figures too.
     fuel = window.live.agents.index(0, window.live.agents.FUEL).data()
     assert fuel not in ("\N{EM DASH}", None) and int(fuel.replace(",", "")) > 0
