@@ -89,7 +89,7 @@ class GraphCanvas(QWidget):
         margin = 110 + max(n.radius for n in layout.nodes)  # room for the labels outside
         w = max(xs) - min(xs) + 2 * margin
         h = max(ys) - min(ys) + 2 * margin
-        self.zoom = max(0.05, min(self.width() / w, self.height() / h, 2.5))
+        self.zoom = max(0.002, min(self.width() / w, self.height() / h, 2.5))
         self.pan = QPointF(-(max(xs) + min(xs)) / 2, -(max(ys) + min(ys)) / 2)
         self._fit = False
 
