@@ -42,9 +42,14 @@ class AgentDetailPanel(QWidget):
         self.combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         self.combo.setPlaceholderText("Choose an agent")
         self.combo.activated.connect(self._chosen)
+        self.combo.setMinimumContentsLength(8)
+        self.combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.tabs = QTabWidget(self)
         self.tabs.setObjectName("agent_detail_tabs")
         self.tabs.setDocumentMode(True)
+        self.tabs.setUsesScrollButtons(True)
         self.texts: dict[str, QPlainTextEdit] = {}
         mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
         for key, title in _TABS:
@@ -60,6 +65,7 @@ class AgentDetailPanel(QWidget):
             self.texts[key] = text
             self.tabs.addTab(text, title)
         self.hint = QLabel("Click an agent in the graph or the agents table", self)
+        self.hint.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.combo)

@@ -25,10 +25,10 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import (
     QCheckBox,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QSpinBox,
+    QToolBar,
     QVBoxLayout,
     QWidget,
 )
@@ -61,7 +61,7 @@ class GraphCanvas(QWidget):
         super().__init__(parent)
         self.setObjectName("graph_canvas")
         self.setMouseTracking(True)
-        self.setMinimumSize(120, 100)
+        self.setMinimumSize(60, 30)
         self.layout_: GraphLayout | None = None
         self.selected: str | None = None
         self.hovered: str | None = None
@@ -289,17 +289,23 @@ class GraphPanel(QWidget):
         self.canvas.node_activated.connect(self._activated)
         debugger.changed.connect(self._changed)
         debugger.source_changed.connect(self._source_changed)
-        bar = QHBoxLayout()
-        bar.addWidget(self.all_ticks)
-        bar.addWidget(self.last_ticks)
-        bar.addWidget(self.fold_button)
-        bar.addWidget(self.unfold_button)
-        bar.addWidget(self.fit_button)
-        bar.addStretch(1)
+        # A tool bar: what does not fit folds behind a chevron, so the panel stays narrow.
+        bar = QToolBar(self)
+        bar.setObjectName("graph_toolbar")
+        for widget in (
+            self.all_ticks,
+            self.last_ticks,
+            self.fold_button,
+            self.unfold_button,
+            self.fit_button,
+        ):
+            bar.addWidget(widget)
+        self.source_label.setMinimumWidth(40)
+        self.info_label.setMinimumWidth(40)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.source_label)
-        layout.addLayout(bar)
+        layout.addWidget(bar)
         layout.addWidget(self.canvas, 1)
         layout.addWidget(self.info_label)
         self._stale = True
