@@ -104,6 +104,12 @@ class RunFigures:
     stall_samples: int
     startup_s: float
     frames: int = 0  # the window's own frames over the measured seconds (watched runs)
+    #: CPU time of the GUI thread over the measured seconds: what the window itself does,
+    #: whatever the machine's load does to its wall-clock figures.
+    gui_cpu_s: float = 0.0
+    #: The longest GUI-thread refreshes: LiveModels' frame and the debugger's (graph, detail).
+    frame_ms_max: float = 0.0
+    debugger_ms_max: float = 0.0
 
     @property
     def msgs_per_s(self) -> float:
@@ -123,6 +129,9 @@ class RunFigures:
             "stall_samples": self.stall_samples,
             "startup_s": round(self.startup_s, 2),
             "fps": round(self.fps, 1),
+            "gui_cpu_pct": round(100 * self.gui_cpu_s / self.seconds, 1) if self.seconds else 0,
+            "frame_ms_max": round(self.frame_ms_max, 1),
+            "debugger_ms_max": round(self.debugger_ms_max, 1),
         }
 
 
@@ -213,6 +222,8 @@ class UiBenchReport:
             "headless_msgs_per_s": round(self.headless_msgs_per_s, 1),
             "watched_msgs_per_s": round(self.watched_msgs_per_s, 1),
             "overhead_pct": round(self.overhead_pct, 2),
+            "gui_cpu_pct_headless": min(r.to_json()["gui_cpu_pct"] for r in self.headless),
+            "gui_cpu_pct_watched": min(r.to_json()["gui_cpu_pct"] for r in self.watched),
             "goals": {
                 "fps": GOAL_FPS,
                 "max_stall_ms": GOAL_MAX_STALL_MS,
@@ -344,13 +355,26 @@ def _one_run(
         monitor = StallMonitor(interval_ms=5)
         d0, t0 = runtime.delivered, time.perf_counter()
         f0 = window.live.frames if window is not None else 0
+        if window is not None:
+            window.live.frame_seconds_max = window.debugger.refresh_seconds_max = 0.0
+        cpu0 = time.thread_time()
         monitor.start()
         _wait(config.seconds)
         monitor.stop()
+        cpu1 = time.thread_time()
         d1, t1 = runtime.delivered, time.perf_counter()
         f1 = window.live.frames if window is not None else 0
         figures = RunFigures(
-            watch, d1 - d0, t1 - t0, monitor.max_stall_ms, monitor.samples, startup_s, f1 - f0
+            watch,
+            d1 - d0,
+            t1 - t0,
+            monitor.max_stall_ms,
+            monitor.samples,
+            startup_s,
+            f1 - f0,
+            cpu1 - cpu0,
+            window.live.frame_seconds_max * 1000 if window is not None else 0.0,
+            window.debugger.refresh_seconds_max * 1000 if window is not None else 0.0,
         )
         if window is not None:
             frame = _measure_frames(window, config.fps_seconds)

@@ -41,6 +41,8 @@ def test_bench_ui_prints_one_json_object_with_the_figures(
         "max_stall_ms_headless",
         "floor_stall_ms",
         "fps_capacity",
+        "gui_cpu_pct_watched",
+        "gui_cpu_pct_headless",
         "frame_ms_p50",
         "goals",
         "met",
