@@ -11,7 +11,8 @@
 # 3. the .deb: dpkg -i, `qhybrid --headless --json` from PATH must give the source checkout's
 #    trace hash; dpkg --purge must leave none of its files behind;
 # 4. the AppImage: under Xvfb, the window opens (`--start` runs the demo), closes on SIGINT,
-#    exits 0 and leaves no process, /dev/shm/qh_* segment or extracted folder behind.
+#    exits 0 and leaves no process, /dev/shm/qh_* segment or extracted folder behind; the run
+#    store under its HOME holds the window's run, completed, with the source checkout's hash.
 # Needs root (or passwordless sudo) for apt-get and dpkg. Exit code 1 when a check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -104,6 +105,23 @@ if [ "$got" != "$expected" ]; then
   echo "warning: the source checkout's own trace hash changed between two runs ($expected, $again)"
 fi
 ok "qhybrid --headless --json from PATH gives the source checkout's trace hash"
+# A real quantized model (CI fetches it before the tests) through the frozen app's CPU kernels,
+# compiled ahead of time (packaging/aot.py): the same greedy text as numba's JIT in the checkout.
+smollm=$HOME/.cache/qhybrid/models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f "$smollm" ]; then
+  greedy() {
+    env -i PATH=/usr/bin:/bin HOME="$home" LANG=C.UTF-8 "$1" generate "$smollm" \
+      "The capital of France is" --temperature 0 --max-tokens 24 --device cpu --json |
+      "$PY" -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["text"]))'
+  }
+  want=$(greedy "$PWD/.venv/bin/qhybrid")
+  got=$(cd / && greedy qhybrid)
+  echo "SmolLM2 greedy: checkout $want, installed $got"
+  [ "$got" = "$want" ] || fail "the installed qhybrid's SmolLM2 greedy text differs from the checkout's"
+  ok "the installed qhybrid's compiled CPU kernels give the checkout's greedy text on SmolLM2 Q4_1"
+else
+  echo "warning: $smollm not fetched (python -m qhybrid.runtime.llm._fetch): no real-model check"
+fi
 version=$(env -i PATH=/usr/bin:/bin HOME="$home" qhybrid --version)
 echo "installed: $version"
 rm -rf "$home"
@@ -137,8 +155,9 @@ xvfb_pid=$!
 for _ in $(seq 50); do xwininfo -display "$display" -root >/dev/null 2>&1 && break; sleep 0.2; done
 # Its own HOME and TMPDIR: the window's settings go there, and the extracted AppDir too.
 mkdir -p "$tmp/home" "$tmp/tmp"
+store="$tmp/runs.sqlite"  # the window records its run there
 env -i PATH=/usr/bin:/bin HOME="$tmp/home" TMPDIR="$tmp/tmp" DISPLAY="$display" LANG=C.UTF-8 \
-  QT_QPA_PLATFORM=xcb "$appimage" --appimage-extract-and-run --start >"$tmp/app.log" 2>&1 &
+  QT_QPA_PLATFORM=xcb QHYBRID_STORE="$store" "$appimage" --appimage-extract-and-run --start >"$tmp/app.log" 2>&1 &
 app_pid=$!
 window=""
 for _ in $(seq 120); do
@@ -151,7 +170,20 @@ done
 [ -n "$window" ] || { cat "$tmp/app.log"; fail "no qhybrid window appeared under Xvfb"; }
 echo "window: $window"
 ok "the AppImage's window opened under Xvfb"
-sleep 15  # the demo runs (--start); it takes a few seconds
+# The demo runs (--start): wait until the window's run is in the store and has ended.
+window_run() {
+  [ -e "$store" ] || { echo none; return; }
+  "$PWD/.venv/bin/qhybrid" runs --store "$store" --json 2>/dev/null | "$PY" -c '
+import json, sys
+runs = json.load(sys.stdin)["runs"]
+print(" ".join((runs[-1]["status"], runs[-1]["trace_hash"] or "-")) if runs else "none")' || echo none
+}
+run=none
+for _ in $(seq 120); do
+  run=$(window_run)
+  case "$run" in none|running*) sleep 1 ;; *) break ;; esac
+done
+echo "the window's run: $run"
 if command -v import >/dev/null && import -version 2>/dev/null | grep -q ImageMagick; then
   import -display "$display" -window root dist/smoke-window.png && echo "screenshot: dist/smoke-window.png"
 fi
@@ -169,6 +201,9 @@ if [ -z "$settings" ] || ! grep -q geometry "$settings"; then
   find "$tmp/home" | head -n 20
   fail "the window did not save its settings on close"
 fi
+# The window ran the demo to the end, with the source checkout's trace hash.
+[ "$run" = "completed $expected" ] || { cat "$tmp/app.log"; fail "the window's run is '$run', not 'completed $expected'"; }
+ok "the window ran the demo to the end, with the source checkout's trace hash"
 leftover=$(find "$tmp/tmp" -mindepth 1 -maxdepth 1 | head -n 5)
 [ -z "$leftover" ] || fail "the AppImage left its extracted folder behind: $leftover"
 if pgrep -f "$tmp" >/dev/null; then fail "processes of the AppImage still run: $(pgrep -af "$tmp")"; fi

@@ -99,8 +99,13 @@ class Commit:
             "create": EffectKind(self._create, self._check_create),
             "write": EffectKind(self._write),
             "gpu": EffectKind(self._gpu, _claim_name(4)),
+            "gpu_into": EffectKind(self._gpu_into),
+            "release": EffectKind(self._release),
             "llm": EffectKind(self._llm),
         }
+        #: Positions (in the tick's items) of the tasks that failed this tick: a job chained
+        #: behind one fails too.
+        self._failed_tasks: set[int] = set()
 
     def register_effect(self, kind: str, effect: EffectKind) -> None:
         """Handle effects whose first field is ``kind`` (replacing any handler of it)."""
@@ -124,6 +129,7 @@ class Commit:
         every = self.checkpoint_every
         checkpoint_due = self.recovery.checkpoint_due
         plain = 0
+        self._failed_tasks = set()
         for pos, (item, worker, index) in enumerate(plan.placements):
             message = item.message
             if message is None:
@@ -245,13 +251,20 @@ class Commit:
                 placement, elapsed = res.placement, res.elapsed_s
                 self.gpu.busy_s += elapsed
         else:
-            t_out = results.replies[worker].tasks[index]
+            chained = results.chained.get(pos)
+            t_out = chained if chained is not None else results.replies[worker].tasks[index]
             error = t_out.error
             elapsed = t_out.elapsed_ns / 1e9
+        if error is None:
+            for dep, name in plan.deps.get(pos, ()):
+                if dep in self._failed_tasks:
+                    error = f"input tensor {name!r}: the job that made it this tick failed"
+                    break
         self.events.task_finished.emit(
             TaskFinished(task.name, task.kind, task.op, tick, placement, elapsed, error)
         )
         if error is not None:
+            self._failed_tasks.add(pos)
             out.close()
             self.gpu.task_failed(task, tick, item.seq, error)
             return
@@ -261,8 +274,15 @@ class Commit:
             self.gpu_tasks += 1
         else:
             self.cpu_tasks += 1
-        self.tensors.publish(task.output, out, tick, frozenset())
         content = digest(np.ascontiguousarray(out.array).view(np.uint8).data)
+        if task.into:
+            # Into an existing tensor: applied at the end of the tick, like a tensor_write.
+            self.tensors.pending_writes.append((task.output, 0, out))
+        else:
+            # An agent's job output is its own: it may write and release it.
+            owner = self.gpu.owner_of(task)
+            writers = frozenset() if owner is None else frozenset({owner})
+            self.tensors.publish(task.output, out, tick, writers)
         self.trace.record("task", tick, item.seq, task.name, task.op, content)
         self.gpu.finished(task, tick, None)
         if task.notify:
@@ -331,6 +351,18 @@ class Commit:
         assert isinstance(job, int) and isinstance(op, str) and isinstance(inputs, tuple)
         assert isinstance(out_name, str) and isinstance(param, float)
         self.gpu.queue_agent_job(agent, tick, item, job, op, inputs, out_name, param)
+
+    def _gpu_into(self, agent: AgentRecord, tick: int, item: Item, effect: Effect) -> None:
+        _, job, op, inputs, out_name, param = effect
+        assert isinstance(job, int) and isinstance(op, str) and isinstance(inputs, tuple)
+        assert isinstance(out_name, str) and isinstance(param, float)
+        self.gpu.queue_agent_job(agent, tick, item, job, op, inputs, out_name, param, into=True)
+
+    def _release(self, agent: AgentRecord, tick: int, item: Item, effect: Effect) -> None:
+        _, name = effect
+        assert isinstance(name, str)
+        if self.tensors.release(name, tick):
+            self.trace.record("release", tick, item.seq, name)
 
     def _llm(self, agent: AgentRecord, tick: int, item: Item, effect: Effect) -> None:
         _, request, tag, prompt, max_tokens = effect

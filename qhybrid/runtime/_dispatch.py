@@ -6,6 +6,12 @@ GPU jobs, and a plan that says where each item's result will be; :meth:`Dispatch
 sends them all at once and waits for every answer. Which worker answers first never matters:
 the commit reads the results in queue order from the plan. A worker that dies mid-batch is
 replaced by recovery and the same batch sent again, so the tick's result does not change.
+
+Tasks are chained in queue order: a task whose input is the output of a task earlier in the
+same tick reads that output (a ``gpu_submit_into``'s result too, before it is applied). GPU
+tasks chained only to GPU tasks start with the rest, since the GPU thread runs its jobs one at
+a time in order; any other chained task (one that needs a CPU task's output, or a CPU task
+that needs any) runs after the tick's batches, one after the other in queue order.
 """
 
 from __future__ import annotations
@@ -22,9 +28,16 @@ from qhybrid.runtime._named_tensors import NamedTensors
 from qhybrid.runtime._ports import AgentPool
 from qhybrid.runtime._recovery import Recovery, RunFailed
 from qhybrid.runtime._roster import LOADED, Roster
+from qhybrid.runtime._scenario import TaskSpec
 from qhybrid.runtime._schedule import Item
-from qhybrid.runtime.tensors import SharedTensor
-from qhybrid.runtime.wasm_pool import BatchReply, TaskRun, WorkerCrashed, WorkerError
+from qhybrid.runtime.tensors import SharedTensor, TensorHandle
+from qhybrid.runtime.wasm_pool import (
+    BatchReply,
+    TaskOutcome,
+    TaskRun,
+    WorkerCrashed,
+    WorkerError,
+)
 from qhybrid.runtime.wgpu_thread import GpuJobResult
 
 if TYPE_CHECKING:
@@ -46,6 +59,17 @@ class TickPlan:
     gpu_jobs: dict[int, concurrent.futures.Future[GpuJobResult]] = field(default_factory=dict)
     #: Output tensors of the tasks that started, by position in the tick's items.
     outputs: dict[int, SharedTensor] = field(default_factory=dict)
+    #: For a task chained to earlier ones: ``(position of the producer, tensor name)``.
+    deps: dict[int, tuple[tuple[int, str], ...]] = field(default_factory=dict)
+    #: The chained tasks run after the batches, in order: (position, task, inputs, CPU run).
+    chained: list[tuple[int, TaskSpec, tuple[TensorHandle, ...], TaskRun | None]] = field(
+        default_factory=list
+    )
+
+    def all_cpu_runs(self) -> list[TaskRun]:
+        """Every CPU task's run, the batches' and the chained ones."""
+        runs = [run for batch in self.cpu_runs for run in batch]
+        return runs + [run for _, _, _, run in self.chained if run is not None]
 
     def close_outputs(self) -> None:
         """Free the outputs (the tick will not be committed)."""
@@ -58,6 +82,8 @@ class TickResults:
     replies: dict[int, BatchReply]
     gpu: dict[int, GpuJobResult | BaseException]
     llm_updates: list[RequestUpdate]
+    #: The chained CPU tasks' outcomes, by position.
+    chained: dict[int, TaskOutcome] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -89,6 +115,10 @@ class Dispatcher:
         cpu_count = 0
         agents = self.roster.agents
         named = self.tensors.by_name
+        self.tensors.drop_retired()
+        #: The outputs made so far this tick: name -> (handle, producer, chained behind a CPU
+        #: task, so readable only after the batches).
+        made: dict[str, tuple[TensorHandle, int, bool]] = {}
         for pos, item in enumerate(due):
             if item.message is not None:
                 sender, dst, kind, payload = item.message
@@ -102,16 +132,43 @@ class Dispatcher:
                 continue
             task = item.task
             assert task is not None
-            try:
-                inputs = tuple(named[name].handle for name in task.inputs)
-            except KeyError as exc:
+            handles: list[TensorHandle] = []
+            deps: list[tuple[int, str]] = []
+            late = False
+            missing = None
+            for name in task.inputs:
+                earlier = made.get(name)
+                if earlier is not None:
+                    handles.append(earlier[0])
+                    deps.append((earlier[1], name))
+                    late = late or earlier[2]
+                elif name in named:
+                    handles.append(named[name].handle)
+                else:
+                    missing = f"input tensor {name!r} does not exist"
+                    break
+            if missing is None and task.into and task.output not in named | made.keys():
+                missing = f"output tensor {task.output!r} does not exist (released?)"
+            if missing is not None:
                 # Only an agent's GPU job can name a tensor that is not there.
                 placements.append((item, -1, -1))
-                self.gpu.task_failed(task, tick, -1, f"input tensor {exc.args[0]!r} does not exist")
+                self.gpu.task_failed(task, tick, -1, missing)
                 continue
+            inputs = tuple(handles)
             out = self.tensors.store.create(task.output_shape, task.output_dtype)
             plan.outputs[pos] = out
+            if deps:
+                plan.deps[pos] = tuple(deps)
+            chained = late or (task.kind != "gpu" and bool(deps))
+            made[task.output] = (out.handle, pos, chained or task.kind != "gpu")
             self.events.task_started.emit(TaskStarted(task.name, task.kind, task.op, tick))
+            if chained:
+                placements.append((item, -1, -1))
+                run = None
+                if task.kind != "gpu":
+                    run = TaskRun(pos, task.op, inputs, out.handle, tuple(task.params.items()))
+                plan.chained.append((pos, task, inputs, run))
+                continue
             if task.kind == "gpu":
                 plan.gpu_jobs[pos] = self.gpu.submit(task, inputs, out.handle)
                 placements.append((item, -1, -1))
@@ -169,7 +226,32 @@ class Dispatcher:
         for pos, gres in zip(gpu_waits, results[len(batch_calls) :], strict=True):
             assert isinstance(gres, GpuJobResult | BaseException)
             gpu_results[pos] = gres
-        return TickResults(replies, gpu_results, llm_updates)
+        chained = await self._run_chained(plan, gpu_results) if plan.chained else {}
+        return TickResults(replies, gpu_results, llm_updates, chained)
+
+    async def _run_chained(
+        self, plan: TickPlan, gpu_results: dict[int, GpuJobResult | BaseException]
+    ) -> dict[int, TaskOutcome]:
+        """The chained tasks, one after the other in queue order (each reads what the ones
+        before it wrote); CPU ones spread over the workers as the batches' are."""
+        outcomes: dict[int, TaskOutcome] = {}
+        for n, (pos, task, inputs, run) in enumerate(plan.chained):
+            if run is None:
+                future = self.gpu.submit(task, inputs, plan.outputs[pos].handle)
+                try:
+                    done: GpuJobResult = await asyncio.wrap_future(future)
+                except Exception as exc:
+                    gpu_results[pos] = exc
+                else:
+                    gpu_results[pos] = done
+                continue
+            try:
+                reply = await self.run_batch(n % self.workers, plan.tick, [], [run])
+            except BaseException:
+                plan.close_outputs()
+                raise
+            outcomes[pos] = reply.tasks[0]
+        return outcomes
 
     async def run_batch(
         self,

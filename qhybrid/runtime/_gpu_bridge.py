@@ -5,7 +5,11 @@ the GPU's busy time so far. The :class:`GpuDevice` itself (its thread, buffers, 
 belongs to the runtime, which starts and closes it; this part only talks to it.
 
 An agent's ``gpu`` effect becomes a GPU task due at the next tick; its answer (status and
-error text, kind ``KIND_GPU_DONE``) reaches the agent the tick after the task ran.
+error text, kind ``KIND_GPU_DONE``) reaches the agent the tick after the task ran. A
+``gpu_into`` effect (``gpu_submit_into``) is the same with ``TaskSpec.into`` set: its result
+goes into the existing tensor it names. A job may take as input the output of a job the same
+agent queued earlier in the same tick: both run at the next tick, in queue order (the
+dispatcher chains them), so the bridge knows the shapes of the outputs queued so far.
 """
 
 from __future__ import annotations
@@ -39,6 +43,15 @@ class GpuBridge:
         self.trace = trace
         self.busy_s = 0.0
         self._job_owner: dict[str, tuple[int, int]] = {}
+        #: The outputs of the agents' jobs queued during the commit of tick ``_queued_tick``
+        #: (all due at the next tick): name -> (shape, dtype).
+        self._queued: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._queued_tick = -1
+
+    def owner_of(self, task: TaskSpec) -> int | None:
+        """The agent whose job ``task`` is, or None for a scenario's task."""
+        owner = self._job_owner.get(task.name)
+        return None if owner is None else owner[0]
 
     def submit(
         self, task: TaskSpec, inputs: tuple[TensorHandle, ...], out: TensorHandle
@@ -77,30 +90,33 @@ class GpuBridge:
         inputs: tuple[object, ...],
         out_name: str,
         param: float,
+        *,
+        into: bool = False,
     ) -> None:
-        """An agent's ``gpu`` effect: check it now, run it as a GPU task at the next tick."""
+        """An agent's ``gpu`` (or, ``into``, ``gpu_into``) effect: check it now, run it as a
+        GPU task at the next tick."""
+        if self._queued_tick != tick:
+            self._queued, self._queued_tick = {}, tick
         names = tuple(str(n) for n in inputs)
         # The ABI's one scalar goes to the op's one parameter (scale's and softmax's factor,
         # rmsnorm's eps); ops without one ignore it.
         op_params = get_op(op).params if op in OPS else ()
         params = {op_params[0]: param} if op_params else {}
-        metas: list[tuple[tuple[int, ...], str] | None] = []
-        for name in names:
-            tensor = self.tensors.by_name.get(name)
-            if tensor is None:
-                metas.append(None)
-                break
-            metas.append((tensor.handle.shape, tensor.handle.dtype))
         task_name = f"{agent.name}:gpu{job}"
         try:
-            if any(m is None for m in metas):
-                raise ValueError("an input tensor does not exist")
-            shape, dtype = get_op(op).check(
-                [m[0] for m in metas if m], [m[1] for m in metas if m], params
-            )
+            metas = [self._meta(name, "input") for name in names]
+            shape, dtype = get_op(op).check([m[0] for m in metas], [m[1] for m in metas], params)
+            if into:
+                target = self._meta(out_name, "output")
+                if (tuple(shape), dtype) != (tuple(target[0]), target[1]):
+                    raise ValueError(
+                        f"output tensor {out_name!r} is {target[1]} {list(target[0])}, the "
+                        f"result {dtype} {list(shape)}"
+                    )
         except ValueError as exc:
             self.answer((agent.agent_id, job), tick, 1, str(exc))
             return
+        self._queued[out_name] = (tuple(shape), dtype)
         spec = TaskSpec(
             name=task_name,
             kind="gpu",
@@ -113,6 +129,18 @@ class GpuBridge:
             at=tick + 1,
             priority=-item.neg_priority,
             notify=(),
+            into=into,
         )
         self._job_owner[task_name] = (agent.agent_id, job)
         self.schedule.push_task(tick + 1, item.neg_priority, spec)
+
+    def _meta(self, name: str, what: str) -> tuple[tuple[int, ...], str]:
+        """The shape and dtype ``name`` will have when the job runs: a named tensor's, or
+        the output of a job queued before it for the same tick."""
+        queued = self._queued.get(name)
+        if queued is not None:
+            return queued
+        tensor = self.tensors.by_name.get(name)
+        if tensor is None:
+            raise ValueError(f"{what} tensor {name!r} does not exist")
+        return tensor.handle.shape, tensor.handle.dtype

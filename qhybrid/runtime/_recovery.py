@@ -91,19 +91,20 @@ class Recovery:
 
     # -- after each commit ------------------------------------------------------------------
     async def after_commit(self, tick: int) -> None:
-        """What the commit asked for that needs the workers: restarts, then tensor writes
-        (snapshotting first every agent that read a tensor about to change, so that a replay
-        reads what it read), then the periodic checkpoint."""
+        """What the commit asked for that needs the workers: restarts, then tensor writes and
+        releases (snapshotting first every agent that read a tensor about to change or go, so
+        that a replay reads what it read), then the periodic checkpoint."""
         for agent in self.roster.agents:
             if agent.restart_pending:
                 agent.restart_pending = False
                 await self.restart_agent(agent, tick)
-        if self.tensors.pending_writes:
+        if self.tensors.pending_writes or self.tensors.pending_releases:
             written = self.tensors.pending_names()
             readers = [a for a in self.roster.agents if a.reads & written]
             if readers and self.checkpoint_every > 0:
                 await self.checkpoint(readers, tick)
             self.tensors.apply_writes()
+            self.tensors.apply_releases()
         if self.checkpoint_due:
             due, self.checkpoint_due = self.checkpoint_due, []
             await self.checkpoint(due, tick)

@@ -375,8 +375,13 @@ class _Builder:
         known = {t.name: (t.shape, t.dtype) for t in tensors}
         by_output = {task.table.output: task for task in pending}
         specs: dict[int, TaskSpec] = {}
-        # Inputs must come from strictly earlier ticks, so tick order is a topological order.
-        for task in sorted(pending, key=lambda t: (t.table.at, t.index)):
+
+        # Inputs come from earlier ticks, or from tasks before this one in the same tick's
+        # queue order (chained, issue 14): queue order is a topological order.
+        def order(t: _PendingTask) -> tuple[int, int, int]:
+            return (t.table.at, -t.table.priority, t.index)
+
+        for task in sorted(pending, key=order):
             table = task.table
             at = f"tasks[{task.index}]"
             shapes: list[tuple[int, ...]] = []
@@ -384,7 +389,7 @@ class _Builder:
             for i, name in enumerate(table.inputs):
                 field = f"{at}.inputs[{i}]"
                 producer = by_output.get(name)
-                if name in known and (producer is None or producer.table.at < table.at):
+                if name in known and (producer is None or order(producer) < order(task)):
                     shape, dtype = known[name]
                 elif producer is task:
                     self.fail(
@@ -397,8 +402,9 @@ class _Builder:
                         field,
                         f"{json.dumps(name)} is the output of task "
                         f"{json.dumps(producer.table.name)} at tick {producer.table.at}, which "
-                        f"is not before this task's tick {table.at}; an input must be a tensor "
-                        "or the output of a task with a smaller `at`",
+                        f"is not before this task's tick {table.at}; an input must be a tensor, "
+                        "the output of a task with a smaller `at`, or of one queued before this "
+                        "one at the same `at` (declared earlier, at no lower priority)",
                     )
                 else:
                     candidates = [t.name for t in tensors] + [t.table.output for t in pending]

@@ -188,6 +188,9 @@ class TaskSpec:
     at: int = 0
     priority: int = 0
     notify: tuple[str, ...] = ()
+    #: The result goes into the existing tensor ``output`` (an agent's ``gpu_submit_into``),
+    #: applied at the end of the tick, instead of becoming a new tensor of that name.
+    into: bool = False
 
 
 @dataclass(frozen=True, slots=True)

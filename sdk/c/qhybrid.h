@@ -93,13 +93,15 @@
 #define QH_ERR_BAD_HANDLE (-1)
 /** tensor_read/write: bytes outside the tensor */
 #define QH_ERR_RANGE (-2)
-/** tensor_read: created this tick, readable from the next */
+/** tensor_read: created this tick, readable from the next; tensor_release: made by this message */
 #define QH_ERR_NOT_READY (-3)
-/** tensor_write: neither created by this agent nor writable */
+/** tensor_write, gpu_submit_into: neither created by this agent nor writable; tensor_release:
+ *  not made by this agent */
 #define QH_ERR_READ_ONLY (-4)
 /** tensor_create, gpu_submit: output name exists */
 #define QH_ERR_NAME_TAKEN (-5)
-/** tensor_create: bad dtype or shape */
+/** tensor_create: bad dtype or shape; gpu_submit_into: the output tensor has another shape or
+ *  dtype than the result */
 #define QH_ERR_BAD_SHAPE (-6)
 /** gpu_submit: unknown op, or shapes that do not fit */
 #define QH_ERR_BAD_OP (-7)
@@ -231,7 +233,9 @@ QH_IMPORT(tensor_create) int32_t qh_tensor_create(const char *name_ptr, size_t n
  *  the result becomes a new tensor named `out_name`; `param` is the op's scalar parameter
  *  (`scale`'s and `softmax`'s factor, `rmsnorm`'s eps; ignored by the others). Returns a job id
  *  `>= 0`; `-1` bad handle, `-5` output name taken, `-7` unknown op or shapes that do not fit.
- *  The job runs at the next tick; when it is done the agent receives a `GPU_DONE` message. */
+ *  The job runs at the next tick; when it is done the agent receives a `GPU_DONE` message. Jobs
+ *  run in queue order: an input may be the output of a job submitted earlier in the same
+ *  message (chained: it reads that job's result; if that job fails, so does this one). */
 QH_IMPORT(gpu_submit) int32_t qh_gpu_submit(const char *op_ptr, size_t op_len, const int32_t *inputs_ptr, int32_t n_inputs, const char *out_name_ptr, size_t out_name_len, float param);
 /** v1: ask the scenario's LLM (`[llm]`) for a completion of a UTF-8 prompt (at most 1 MiB) of
  *  up to `max_tokens` tokens. Returns a request id `>= 0` (it does not fail: problems come back
@@ -240,6 +244,21 @@ QH_IMPORT(gpu_submit) int32_t qh_gpu_submit(const char *op_ptr, size_t op_len, c
  *  the answer comes the tick after it ends. A scenario with no model, a prompt longer than the
  *  context, or a failed step answers with status `1` and the reason. See `docs/llm.md`. */
 QH_IMPORT(llm_complete) int32_t qh_llm_complete(const char *prompt_ptr, size_t prompt_len, int32_t max_tokens, int32_t tag);
+/** v2: release a tensor this agent made (with `tensor_create` or as a job's output) at the end
+ *  of the tick: its shared memory is freed, it is gone for every agent from the next tick, and
+ *  its name may be used again from then on (by `tensor_create`, `gpu_submit`, or another
+ *  agent). `0`; `-1` bad handle, `-3` made by this message (release it from the next tick),
+ *  `-4` not made by this agent (a scenario's tensor, another agent's). */
+QH_IMPORT(tensor_release) int32_t qh_tensor_release(int32_t h);
+/** v2: `gpu_submit`, writing the result into the existing tensor `out` (a handle) in place,
+ *  instead of a new one: `out` must be writable by this agent (made by it, or a scenario tensor
+ *  declared `writable = true`) and have the op's result shape and dtype; it may also be one of
+ *  the inputs. The job runs at the next tick; its result is applied at the end of that tick,
+ *  like `tensor_write`, and seen by agents from the tick after (by jobs queued behind it in the
+ *  same tick at once). Returns a job id `>= 0`; `-1` bad handle, `-4` `out` is read-only, `-6`
+ *  `out` has another shape or dtype, `-7` unknown op or shapes that do not fit. A `GPU_DONE`
+ *  message follows as for `gpu_submit`. */
+QH_IMPORT(gpu_submit_into) int32_t qh_gpu_submit_into(const char *op_ptr, size_t op_len, const int32_t *inputs_ptr, int32_t n_inputs, int32_t out, float param);
 /** v1: the value stored under the key as the tick began: its length (copying at most `out_cap`
  *  bytes of it to `out_ptr`), or `-1` no such key. */
 QH_IMPORT(mem_get) int32_t qh_mem_get(const void *key_ptr, size_t key_len, void *out_ptr, size_t out_cap);
@@ -405,6 +424,12 @@ static inline int32_t qh_tensor_create_str(const char *name, int32_t dtype, int3
 static inline int32_t qh_gpu_submit_str(const char *op, const int32_t *inputs, int32_t n_inputs,
                                         const char *out_name, float param) {
     return qh_gpu_submit(op, strlen(op), inputs, n_inputs, out_name, strlen(out_name), param);
+}
+
+/** qh_gpu_submit_into with a NUL-terminated op name (v2). */
+static inline int32_t qh_gpu_submit_into_str(const char *op, const int32_t *inputs,
+                                             int32_t n_inputs, int32_t out, float param) {
+    return qh_gpu_submit_into(op, strlen(op), inputs, n_inputs, out, param);
 }
 
 /** A short English description of a tensor/GPU return code (QH_ERR_*). */

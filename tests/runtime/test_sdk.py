@@ -48,6 +48,7 @@ SAMPLE_NAMES = (
     "crew",
     "echo",
     "hop",
+    "iterate",
     "manager",
     "notes",
     "planner",

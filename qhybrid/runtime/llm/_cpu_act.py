@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numba as nb
 import numpy as np
 import numpy.typing as npt
+
+from qhybrid.runtime.llm._jit import njit
 
 F32 = npt.NDArray[np.float32]
 
@@ -33,11 +34,7 @@ class Act(NamedTuple):
     xsum: F32
 
 
-def _jit(fn: Any) -> Any:
-    try:
-        return nb.njit(cache=True, nogil=True, boundscheck=False)(fn)
-    except RuntimeError:  # no cache locator (a frozen app): compiled per process
-        return nb.njit(cache=False, nogil=True, boundscheck=False)(fn)
+_jit = njit(nogil=True, boundscheck=False)
 
 
 @_jit

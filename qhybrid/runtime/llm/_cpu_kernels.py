@@ -26,14 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numba as nb
 import numpy as np
 import numpy.typing as npt
-from llvmlite import ir  # type: ignore[import-untyped]
-from numba import types
-from numba.extending import intrinsic
 
 from qhybrid.runtime.llm._cpu_act import Act, quantize_act
+from qhybrid.runtime.llm._jit import intrinsic, ir, njit, types
 from qhybrid.runtime.wgpu_thread._quants import IQ4_KVALUES
 
 F32 = npt.NDArray[np.float32]
@@ -46,16 +43,9 @@ _FLAGS = {"reassoc", "contract"}  # vectorized sums; no finite-math assumptions
 
 
 def _njit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """numba.njit with the machine code cached on disk (next to this file, or numba's user
-    cache folder); where no cache folder can be found (a frozen app), compiled per process."""
-
-    def decorate(fn: Callable[..., Any]) -> Any:
-        try:
-            return nb.njit(cache=True, fastmath=_FLAGS, boundscheck=False, **options)(fn)
-        except RuntimeError:  # "cannot cache function ...: no locator available"
-            return nb.njit(cache=False, fastmath=_FLAGS, boundscheck=False, **options)(fn)
-
-    return decorate
+    """numba.njit with this module's options (see :mod:`._jit`: the JIT, or the same kernels
+    compiled ahead of time in the frozen app)."""
+    return njit(fastmath=_FLAGS, boundscheck=False, **options)
 
 
 _jit = _njit(nogil=True)

@@ -12,12 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from llvmlite import ir  # type: ignore[import-untyped]
-from numba import types
-from numba.extending import intrinsic
 
 from qhybrid.runtime.llm._cpu_act import Act
 from qhybrid.runtime.llm._cpu_kernels import _h, _jit, _k_scale_min
+from qhybrid.runtime.llm._jit import intrinsic, ir, types
 
 
 def _planes_intrinsic(lanes: int) -> Any:

@@ -226,13 +226,12 @@ class DurableRuntime(Runtime):
             made = plan_tick(tick, due)
             names = self._cpu_names
             names.clear()
-            for runs in made.cpu_runs:
-                for run in runs:
-                    task = due[run.task_id].task
-                    assert task is not None
-                    names[run.task_id] = task.name
-                    if self.recorder is not None and not self.cpu_results:
-                        self._gpu_outputs.append((task.name, run.output))
+            for run in made.all_cpu_runs():  # chained ones too (issue 14)
+                task = due[run.task_id].task
+                assert task is not None
+                names[run.task_id] = task.name
+                if self.recorder is not None and not self.cpu_results:
+                    self._gpu_outputs.append((task.name, run.output))
             return made
 
         async def batch(

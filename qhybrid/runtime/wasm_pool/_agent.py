@@ -42,6 +42,7 @@ from qhybrid.runtime.wasm_pool._quotas import (
     Quotas,
 )
 from qhybrid.runtime.wasm_pool._ticker import EPOCH_S
+from qhybrid.runtime.wasm_pool._wasi_poll import EINVAL, SUBSCRIPTION_SIZE, poll_events
 from qhybrid.runtime.wasm_pool._worker_context import WorkerContext
 
 __all__ = ["DTYPE_CODES", "EPOCH_S", "AgentHost", "GuestFault", "SplitMix64", "WorkerContext"]
@@ -174,44 +175,22 @@ class AgentHost(MemoryHost):
     """Owns one instance; :meth:`deliver` runs its handler for one message."""
 
     def __init__(self, ctx: WorkerContext, load: AgentLoad) -> None:
-        self.ctx = ctx
-        self.load = load
-        if load.worker_memory_bytes is not None:  # the scenario's [workers] memory_mb
-            ctx.memory_limit = load.worker_memory_bytes
-        self.name = load.name
-        self.agent_id = load.agent_id
-        self.failed: str | None = None
-        self.handled = 0
-        self._rng = SplitMix64(load.rng_seed)
-        self._now = 0
-        self._handles: list[str] = []
-        self._handle_of: dict[str, int] = {}
-        self._next_job = 0
-        self._next_request = 0
-        self._call_state = _Call(self.load.quotas)
-        self._v2 = V2Calls(self, load.tools)
-        # Every limit the scenario leaves unset takes its default (_limits.py, docs/limits.md).
-        limits, self._defaulted = effective_limits(load.limits)
-        self.limits = limits
-        self._fuel = limits.fuel if limits.fuel is not None else _NO_FUEL_LIMIT
+        self._set_up(ctx, load)
+        limits = self.limits
         self._deadline = (
             math.ceil(limits.timeout_ms / 1000 / EPOCH_S) + 1
             if limits.timeout_ms is not None
             else _NO_DEADLINE
         )
         self._limited = limits.fuel is not None or limits.timeout_ms is not None
-        self._timed = limits.timeout_ms is not None
         stack = limits.stack_bytes
         module = ctx.module(load.module_key, stack)
         self._store = wasmtime.Store(ctx.engine(stack))
         self._fuel_left = fuel_gauge(self._store)
         #: Fuel the handlers burnt (every message's, failed ones too), and how much of it
-        #: the worker has reported (``Worker.batch``): not part of the trace.
+        #: the worker has reported (``Worker.usage``): not part of the trace.
         self.fuel_used = 0
         self.fuel_reported = 0
-        self._memory_cap = limits.memory_bytes if limits.memory_bytes is not None else 1 << 32
-        self._memory_set = -1  # the store's memory limit now
-        self._memory_size = 0
         self._limit_memory()
         wanted = ctx.imports(load.module_key, module)
         self._wasi_used = any(where == WASI_MODULE for where, _ in wanted)
@@ -283,6 +262,58 @@ class AgentHost(MemoryHost):
                 raise AgentModuleError(f"{load.name}: qh_init failed: {outcome.error}")
 
     # -- set-up ---------------------------------------------------------------------------
+    def _set_up(self, ctx: WorkerContext, load: AgentLoad) -> None:
+        """The host's state for one agent, whatever runs it (a Python agent's host too):
+        names, the random stream, handles, counters, the v2 calls, the limits."""
+        self.ctx = ctx
+        self.load = load
+        if load.worker_memory_bytes is not None:  # the scenario's [workers] memory_mb
+            ctx.memory_limit = load.worker_memory_bytes
+        self.name = load.name
+        self.agent_id = load.agent_id
+        self.failed: str | None = None
+        self.handled = 0
+        self._rng = SplitMix64(load.rng_seed)
+        self._now = 0
+        self._handles: list[str] = []
+        self._handle_of: dict[str, int] = {}
+        self._next_job = 0
+        self._next_request = 0
+        self._call_state = _Call(self.load.quotas)
+        self._v2 = V2Calls(self, load.tools)
+        # Every limit the scenario leaves unset takes its default (_limits.py, docs/limits.md).
+        limits, self._defaulted = effective_limits(load.limits)
+        self.limits = limits
+        self._fuel = limits.fuel if limits.fuel is not None else _NO_FUEL_LIMIT
+        self._timed = limits.timeout_ms is not None
+        self._memory_cap = limits.memory_bytes if limits.memory_bytes is not None else 1 << 32
+        self._memory_set = -1  # the store's memory limit now
+        self._memory_size = 0
+
+    def host_state(self) -> tuple[object, ...]:
+        """What a snapshot keeps of the host's side: the random stream, handles, counters."""
+        return (
+            self._rng.state,
+            self.handled,
+            tuple(self._handles),
+            self._next_job,
+            self._next_request,
+            self.memory.state() if self._mem is not None else (),
+            self._v2.state(),
+        )
+
+    def set_host_state(self, host: tuple[Any, ...]) -> None:
+        """Restore what :meth:`host_state` kept (older snapshots have fewer fields)."""
+        rng, self.handled, handles, self._next_job, self._next_request = host[:5]
+        if len(host) > 5 and host[5]:
+            mem = self.memory
+            self._mem = AgentMemory(host[5], mem.max_keys, mem.max_bytes)
+        if len(host) > 6:
+            self._v2.set_state(host[6])
+        self._rng.state = rng
+        self._handles = list(handles)
+        self._handle_of = {name: i for i, name in enumerate(self._handles)}
+
     def _wasi_config(self) -> wasmtime.WasiConfig:
         config = wasmtime.WasiConfig()
         config.env = [(k, v) for k, v in self.load.env]
@@ -333,6 +364,12 @@ class AgentHost(MemoryHost):
                 self._store,
                 wasmtime.FuncType([_VALTYPES["i32"], _VALTYPES["i32"]], [_VALTYPES["i32"]]),
                 self._wasi_random_get,
+            )
+        if name == "poll_oneoff":  # a sleep on the logical clock: at once (_wasi_poll)
+            return wasmtime.Func(
+                self._store,
+                wasmtime.FuncType([_VALTYPES["i32"]] * 4, [_VALTYPES["i32"]]),
+                self._wasi_poll_oneoff,
             )
         found = ctx.linker(stack).get(self._store, WASI_MODULE, name)
         if not isinstance(found, wasmtime.Func):
@@ -616,6 +653,14 @@ class AgentHost(MemoryHost):
         self._write("random_get", ptr, data[:length])
         return 0
 
+    def _wasi_poll_oneoff(self, subs: int, events: int, n: int, out: int) -> int:
+        if n <= 0:
+            return EINVAL
+        raw = self._read("poll_oneoff", subs, SUBSCRIPTION_SIZE * n, SUBSCRIPTION_SIZE * 4096)
+        self._write("poll_oneoff", events, poll_events(raw, n))
+        self._write("poll_oneoff", out, n.to_bytes(4, "little"))
+        return 0
+
     # -- calls ----------------------------------------------------------------------------
     def _arm(self) -> None:
         """Reset the per-call budgets: fuel, the wall-clock deadline, the memory it may reach."""
@@ -720,13 +765,19 @@ class AgentHost(MemoryHost):
             size = memory.data_len(self._store)
             margin = max(65536, min(cap // 4, 1 << 20))
             if size + margin >= cap:
-                if cap < self._memory_cap:
-                    total = self.ctx.memory_limit / (1 << 20)
-                    why = f"the worker's total of {total:g} MiB across its agents is reached"
-                else:
-                    why = f"limit {cap / (1 << 20):g} MiB{self._default('memory')}"
-                return f"out of memory ({why}, using {size >> 10} KiB): {text}"
+                return self._out_of_memory(size, text)
         return text
+
+    def _out_of_memory(self, size: int, text: str) -> str:
+        """A failure at the memory limit, saying which limit: the instance's own, or the
+        worker's total (the store's limit is then below the instance's)."""
+        cap = self._memory_set
+        if cap < self._memory_cap:
+            total = self.ctx.memory_limit / (1 << 20)
+            why = f"the worker's total of {total:g} MiB across its agents is reached"
+        else:
+            why = f"limit {cap / (1 << 20):g} MiB{self._default('memory')}"
+        return f"out of memory ({why}, using {size >> 10} KiB): {text}"
 
     def _default(self, limit: str) -> str:
         return ", the default" if limit in self._defaulted else ""
@@ -792,15 +843,7 @@ class AgentHost(MemoryHost):
     def snapshot(self) -> bytes:
         """The agent's committed state: its own snapshot or its memory and globals, plus the
         host's state for it (random stream, handles, counters)."""
-        host = (
-            self._rng.state,
-            self.handled,
-            tuple(self._handles),
-            self._next_job,
-            self._next_request,
-            self.memory.state() if self._mem is not None else (),
-            self._v2.state(),
-        )
+        host = self.host_state()
         snap = self._exports.get("qh_snapshot")
         if isinstance(snap, wasmtime.Func):
             outcome = self._call(lambda: int(snap(self._store)))
@@ -826,15 +869,7 @@ class AgentHost(MemoryHost):
     def restore(self, data: bytes) -> None:
         """Restore a state made by :meth:`snapshot` into this fresh instance."""
         how, host, state = pickle.loads(data)
-        rng, self.handled, handles, self._next_job, self._next_request = host[:5]
-        if len(host) > 5 and host[5]:
-            mem = self.memory
-            self._mem = AgentMemory(host[5], mem.max_keys, mem.max_bytes)
-        if len(host) > 6:
-            self._v2.set_state(host[6])
-        self._rng.state = rng
-        self._handles = list(handles)
-        self._handle_of = {name: i for i, name in enumerate(self._handles)}
+        self.set_host_state(host)
         if how == "agent":
             restore = self._exports.get("qh_restore")
             if not isinstance(restore, wasmtime.Func):

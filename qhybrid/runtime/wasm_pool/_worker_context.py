@@ -123,6 +123,14 @@ class WorkerContext:
     # -- tensors ------------------------------------------------------------------------
     def add_tensors(self, entries: list[TensorEntry]) -> None:
         for entry in entries:
+            if entry.released:
+                # Released: the name is free, the mapping of its (unlinked) segment closed.
+                if self.tensors.get(entry.name, entry).handle == entry.handle:
+                    self.tensors.pop(entry.name, None)
+                segment = self._segments.pop(entry.handle.segment, None)
+                if segment is not None:
+                    segment.close()
+                continue
             self.tensors[entry.name] = entry
 
     def tensor_bytes(self, entry: TensorEntry) -> npt.NDArray[np.uint8]:

@@ -133,6 +133,42 @@ export function timerAfter(delay: i32, kind: i32): i32 {
 export function timerEvery(period: i32, kind: i32): i32 {
   return abi.timer_every(period, kind, 0, 0);
 }
+// -- tensors and GPU jobs (handles are i32; errors are the ABI's negative codes) --------------
+
+export function tensorOpen(name: string): i32 {
+  const b = utf8(name);
+  return abi.tensor_open(changetype<usize>(b), b.byteLength);
+}
+/** A new zero-filled tensor (dtype one of abi.DTYPE_*), existing from the end of the tick. */
+export function tensorCreate(name: string, dtype: i32, shape: Int32Array): i32 {
+  const b = utf8(name);
+  return abi.tensor_create(changetype<usize>(b), b.byteLength, dtype, shape.length, shape.dataStart);
+}
+export function tensorReadF32(h: i32, start: i32, dst: Float32Array): i32 {
+  return abi.tensor_read(h, start * 4, dst.dataStart, dst.length * 4);
+}
+export function tensorWriteF32(h: i32, start: i32, src: Float32Array): i32 {
+  return abi.tensor_write(h, start * 4, src.dataStart, src.length * 4);
+}
+/** v2: release a tensor this agent made, at the end of the tick (its name is free again). */
+export function tensorRelease(h: i32): i32 {
+  return abi.tensor_release(h);
+}
+/** Queue op(inputs) -> outName (a new tensor); the job id. */
+export function gpuSubmit(op: string, inputs: Int32Array, outName: string, param: f32): i32 {
+  const o = utf8(op);
+  const n = utf8(outName);
+  return abi.gpu_submit(
+    changetype<usize>(o), o.byteLength, inputs.dataStart, inputs.length,
+    changetype<usize>(n), n.byteLength, param,
+  );
+}
+/** v2: queue op(inputs) into the existing tensor out, in place; the job id. */
+export function gpuSubmitInto(op: string, inputs: Int32Array, out: i32, param: f32): i32 {
+  const o = utf8(op);
+  return abi.gpu_submit_into(changetype<usize>(o), o.byteLength, inputs.dataStart, inputs.length, out, param);
+}
+
 /** The config value at a dotted path as JSON text, or null. */
 export function configGet(path: string): string | null {
   const p = utf8(path);

@@ -37,13 +37,15 @@ pub const ERR_NOT_FOUND: i32 = -1;
 pub const ERR_BAD_HANDLE: i32 = -1;
 /// tensor_read/write: bytes outside the tensor
 pub const ERR_RANGE: i32 = -2;
-/// tensor_read: created this tick, readable from the next
+/// tensor_read: created this tick, readable from the next; tensor_release: made by this message
 pub const ERR_NOT_READY: i32 = -3;
-/// tensor_write: neither created by this agent nor writable
+/// tensor_write, gpu_submit_into: neither created by this agent nor writable; tensor_release:
+/// not made by this agent
 pub const ERR_READ_ONLY: i32 = -4;
 /// tensor_create, gpu_submit: output name exists
 pub const ERR_NAME_TAKEN: i32 = -5;
-/// tensor_create: bad dtype or shape
+/// tensor_create: bad dtype or shape; gpu_submit_into: the output tensor has another shape or
+/// dtype than the result
 pub const ERR_BAD_SHAPE: i32 = -6;
 /// gpu_submit: unknown op, or shapes that do not fit
 pub const ERR_BAD_OP: i32 = -7;
@@ -149,7 +151,9 @@ extern "C" {
     /// scalar parameter (`scale`'s and `softmax`'s factor, `rmsnorm`'s eps; ignored by the
     /// others). Returns a job id `>= 0`; `-1` bad handle, `-5` output name taken, `-7` unknown
     /// op or shapes that do not fit. The job runs at the next tick; when it is done the agent
-    /// receives a `GPU_DONE` message.
+    /// receives a `GPU_DONE` message. Jobs run in queue order: an input may be the output of a
+    /// job submitted earlier in the same message (chained: it reads that job's result; if that
+    /// job fails, so does this one).
     #[link_name = "gpu_submit"]
     pub fn gpu_submit(op_ptr: *const u8, op_len: usize, inputs_ptr: *const u8, n_inputs: i32, out_name_ptr: *const u8, out_name_len: usize, param: f32) -> i32;
     /// v1: ask the scenario's LLM (`[llm]`) for a completion of a UTF-8 prompt (at most 1 MiB)
@@ -161,6 +165,23 @@ extern "C" {
     /// See `docs/llm.md`.
     #[link_name = "llm_complete"]
     pub fn llm_complete(prompt_ptr: *const u8, prompt_len: usize, max_tokens: i32, tag: i32) -> i32;
+    /// v2: release a tensor this agent made (with `tensor_create` or as a job's output) at the
+    /// end of the tick: its shared memory is freed, it is gone for every agent from the next
+    /// tick, and its name may be used again from then on (by `tensor_create`, `gpu_submit`, or
+    /// another agent). `0`; `-1` bad handle, `-3` made by this message (release it from the
+    /// next tick), `-4` not made by this agent (a scenario's tensor, another agent's).
+    #[link_name = "tensor_release"]
+    pub fn tensor_release(h: i32) -> i32;
+    /// v2: `gpu_submit`, writing the result into the existing tensor `out` (a handle) in place,
+    /// instead of a new one: `out` must be writable by this agent (made by it, or a scenario
+    /// tensor declared `writable = true`) and have the op's result shape and dtype; it may also
+    /// be one of the inputs. The job runs at the next tick; its result is applied at the end of
+    /// that tick, like `tensor_write`, and seen by agents from the tick after (by jobs queued
+    /// behind it in the same tick at once). Returns a job id `>= 0`; `-1` bad handle, `-4`
+    /// `out` is read-only, `-6` `out` has another shape or dtype, `-7` unknown op or shapes
+    /// that do not fit. A `GPU_DONE` message follows as for `gpu_submit`.
+    #[link_name = "gpu_submit_into"]
+    pub fn gpu_submit_into(op_ptr: *const u8, op_len: usize, inputs_ptr: *const u8, n_inputs: i32, out: i32, param: f32) -> i32;
     /// v1: the value stored under the key as the tick began: its length (copying at most
     /// `out_cap` bytes of it to `out_ptr`), or `-1` no such key.
     #[link_name = "mem_get"]

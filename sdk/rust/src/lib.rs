@@ -175,6 +175,68 @@ pub fn timer_cancel(timer: i32) -> bool {
     unsafe { abi::timer_cancel(timer) == abi::OK }
 }
 
+// -- tensors and GPU jobs ----------------------------------------------------------------------
+//
+// Handles are `i32`s (see docs/agent-abi.md, "Shared tensors"); errors are the ABI's codes.
+
+/// A handle for the named tensor, or None.
+pub fn tensor_open(name: &str) -> Option<i32> {
+    let h = unsafe { abi::tensor_open(name.as_ptr(), name.len()) };
+    if h >= 0 {
+        Some(h)
+    } else {
+        None
+    }
+}
+/// A new zero-filled tensor (`dtype` one of `abi::DTYPE_*`), existing from the end of the tick.
+pub fn tensor_create(name: &str, dtype: i32, shape: &[i32]) -> Result<i32, String> {
+    code(unsafe {
+        abi::tensor_create(name.as_ptr(), name.len(), dtype, shape.len() as i32, shape.as_ptr() as *const u8)
+    })
+}
+/// Copy bytes of the tensor from byte `offset` into `dst`; how many.
+pub fn tensor_read(h: i32, offset: i32, dst: &mut [u8]) -> Result<i32, String> {
+    code(unsafe { abi::tensor_read(h, offset, dst.as_mut_ptr(), dst.len()) })
+}
+/// The tensor's float32 values from element `start` (as many as `dst` holds).
+pub fn tensor_read_f32(h: i32, start: i32, dst: &mut [f32]) -> Result<i32, String> {
+    code(unsafe { abi::tensor_read(h, start * 4, dst.as_mut_ptr() as *mut u8, dst.len() * 4) })
+}
+/// Write bytes at byte `offset`, applied at the end of the tick.
+pub fn tensor_write(h: i32, offset: i32, src: &[u8]) -> Result<(), String> {
+    code(unsafe { abi::tensor_write(h, offset, src.as_ptr(), src.len()) }).map(|_| ())
+}
+/// Write float32 values from element `start`, applied at the end of the tick.
+pub fn tensor_write_f32(h: i32, start: i32, src: &[f32]) -> Result<(), String> {
+    code(unsafe { abi::tensor_write(h, start * 4, src.as_ptr() as *const u8, src.len() * 4) })
+        .map(|_| ())
+}
+/// v2: release a tensor this agent made, at the end of the tick (its name is free again).
+pub fn tensor_release(h: i32) -> Result<(), String> {
+    code(unsafe { abi::tensor_release(h) }).map(|_| ())
+}
+/// Queue `op(inputs) -> out_name` (a new tensor); the job id. Chain: get the output's handle
+/// with [`tensor_open`] at once and pass it to a later job of the same message.
+pub fn gpu_submit(op: &str, inputs: &[i32], out_name: &str, param: f32) -> Result<i32, String> {
+    code(unsafe {
+        abi::gpu_submit(
+            op.as_ptr(),
+            op.len(),
+            inputs.as_ptr() as *const u8,
+            inputs.len() as i32,
+            out_name.as_ptr(),
+            out_name.len(),
+            param,
+        )
+    })
+}
+/// v2: queue `op(inputs)` into the existing tensor `out`, in place; the job id.
+pub fn gpu_submit_into(op: &str, inputs: &[i32], out: i32, param: f32) -> Result<i32, String> {
+    code(unsafe {
+        abi::gpu_submit_into(op.as_ptr(), op.len(), inputs.as_ptr() as *const u8, inputs.len() as i32, out, param)
+    })
+}
+
 // -- config, lifecycle, services ---------------------------------------------------------------
 
 /// The config value at a dotted path ("" for all of it).
