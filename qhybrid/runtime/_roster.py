@@ -198,7 +198,7 @@ class Roster:
         for worker, reply in replies.items():
             usage = reply.usage
             if usage:
-                _, fuel, _, memory = USAGE_ROW.unpack_from(usage)  # the batch's totals
+                _, fuel, memory = USAGE_ROW.unpack_from(usage)  # the batch's totals
                 fuel_total += fuel
                 self._worker_memory[worker] = memory
                 if len(usage) > USAGE_ROW.size:
@@ -225,16 +225,26 @@ class Roster:
             self._usage_bytes = 0
             if not chunks:
                 return
-            rows = np.frombuffer(b"".join(chunks), np.int64).reshape(-1, 4)
+            rows = np.frombuffer(b"".join(chunks), np.int64).reshape(-1, 3)
             ids = rows[:, 0]
             if len(ids) and (ids.min() < 0 or ids.max() >= n):
                 rows = rows[(ids >= 0) & (ids < n)]
                 ids = rows[:, 0]
             # Assignments only (the workers send each agent's running total): the last
             # report of an agent wins, as numpy assigns repeated indices in order.
-            self._fuel_last[ids] = rows[:, 1]
-            self._fuel_used[ids] = rows[:, 2]
-            self._memory[ids] = rows[:, 3]
+            # Each agent's last report and the one before it (in these rows, or the total
+            # folded before): the fuel of the last tick it had messages in.
+            order = np.argsort(ids, kind="stable")
+            ids, used, memory = ids[order], rows[order, 1], rows[order, 2]
+            last = np.flatnonzero(np.append(ids[1:] != ids[:-1], True))
+            agent = ids[last]
+            has_prev = (last > 0) & (ids[np.maximum(last - 1, 0)] == agent)
+            prev = np.where(has_prev, used[np.maximum(last - 1, 0)], self._fuel_used[agent])
+            now = used[last]
+            # (a restarted instance counts from 0 again: then its whole total is the last)
+            self._fuel_last[agent] = np.where((prev >= 0) & (now >= prev), now - prev, now)
+            self._fuel_used[agent] = now
+            self._memory[agent] = memory[last]
 
     @property
     def names(self) -> list[str]:

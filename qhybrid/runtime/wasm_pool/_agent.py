@@ -174,6 +174,10 @@ class _Call:
 class AgentHost(MemoryHost):
     """Owns one instance; :meth:`deliver` runs its handler for one message."""
 
+    #: The fuel its handlers burnt, every message's (failed ones too); -1: not metered (a
+    #: subclass that runs no wasm handler of its own, a Python agent). Not part of the trace.
+    fuel_used = -1
+
     def __init__(self, ctx: WorkerContext, load: AgentLoad) -> None:
         self._set_up(ctx, load)
         limits = self.limits
@@ -187,10 +191,7 @@ class AgentHost(MemoryHost):
         module = ctx.module(load.module_key, stack)
         self._store = wasmtime.Store(ctx.engine(stack))
         self._fuel_left = fuel_gauge(self._store)
-        #: Fuel the handlers burnt (every message's, failed ones too), and how much of it
-        #: the worker has reported (``Worker.usage``): not part of the trace.
         self.fuel_used = 0
-        self.fuel_reported = 0
         self._limit_memory()
         wanted = ctx.imports(load.module_key, module)
         self._wasi_used = any(where == WASI_MODULE for where, _ in wanted)
@@ -812,7 +813,9 @@ class AgentHost(MemoryHost):
         finally:
             self._count_memory()
             if self._limited:  # (always, unless a runtime without default limits)
-                self.fuel_used += self._fuel - self._fuel_left()
+                burnt = self._fuel - self._fuel_left()
+                self.fuel_used += burnt
+                self.ctx.fuel_burnt += burnt
         outcome = self._finish(state, code, start)
         if outcome.ok:
             self.handled += 1

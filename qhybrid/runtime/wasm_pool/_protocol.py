@@ -165,13 +165,13 @@ class TaskOutcome(NamedTuple):
     elapsed_ns: int = 0
 
 
-#: A batch's usage report is rows of four little-endian int64: first ``(-1, fuel, 0,
-#: memory)``, the fuel the batch's handlers burnt and the worker's linear memory in all after
-#: it; then ``(agent_id, fuel, fuel_total, memory_bytes)`` per agent that had messages in it:
-#: the fuel its handlers burnt in the batch and since its instance started (-1: not metered,
-#: a Python agent), and its linear memory now. Packed bytes: the parent reads the first row
-#: per tick and the others only when someone asks (``Roster.summaries``), in bulk.
-USAGE_ROW = struct.Struct("<qqqq")
+#: A batch's usage report is rows of three little-endian int64: first ``(-1, fuel, memory)``,
+#: the fuel the worker's handlers burnt since its last report and its linear memory in all;
+#: then ``(agent_id, fuel_used, memory_bytes)`` per agent that had messages in the batch: the
+#: fuel its handlers burnt since its instance started (-1: not metered, a Python agent) and
+#: its linear memory now. Packed bytes: the parent reads the first row per tick and the others
+#: only when someone asks (``Roster.summaries``), in bulk.
+USAGE_ROW = struct.Struct("<qqq")
 
 
 class BatchReply(NamedTuple):

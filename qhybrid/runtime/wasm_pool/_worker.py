@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from itertools import chain
 from typing import IO, Any
 
 from qhybrid.runtime.tensors import attach, run_numpy
@@ -39,6 +40,7 @@ class Worker:
         self.ctx = WorkerContext()
         self.agents: dict[int, AgentHost] = {}
         self.loads: dict[int, AgentLoad] = {}
+        self._fuel_reported = 0  # ctx.fuel_burnt at the last usage report
 
     def handle(self, request: Request) -> Any:
         op = request.op
@@ -161,20 +163,19 @@ class Worker:
         return tuple(outcomes), task_outcomes, time.thread_time_ns() - start, self.usage(touched)
 
     def usage(self, touched: dict[int, Any]) -> bytes:
-        """The batch's usage report (``USAGE_ROW``): once per agent of the batch, not per
-        message, the fuel its handlers burnt since the last report and its memory now."""
-        rows = array.array("q", (-1, 0, 0, self.ctx.memory_used))
-        total = 0
-        for agent_id, agent in touched.items():
-            used = getattr(agent, "fuel_used", None)  # a Python agent has no fuel meter
-            if used is None:
-                rows.extend((agent_id, -1, -1, agent._memory_size))
-                continue
-            fuel = used - agent.fuel_reported
-            agent.fuel_reported = used
-            total += fuel
-            rows.extend((agent_id, fuel, used, agent.memory_size))
-        rows[1] = total
+        """The batch's usage report (``USAGE_ROW``): the fuel burnt since the last report and
+        the worker's memory, then once per agent of the batch (not per message) its fuel so
+        far and its memory now."""
+        ctx = self.ctx
+        burnt = ctx.fuel_burnt - self._fuel_reported
+        self._fuel_reported = ctx.fuel_burnt
+        rows = array.array("q", (-1, burnt, ctx.memory_used))
+        rows.extend(
+            chain.from_iterable(
+                (agent_id, agent.fuel_used, agent._memory_size)
+                for agent_id, agent in touched.items()
+            )
+        )
         if sys.byteorder != "little":  # pragma: no cover - the format is little-endian
             rows.byteswap()
         return rows.tobytes()
