@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 import qasync
 from PySide6.QtGui import QIcon
@@ -72,6 +73,7 @@ def run_app(
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     window: MainWindow | None = None
+    stopped_by: list[int] = []
     try:
         # The app owns the runtime's thread (through the controller); the window steers it
         # and shuts it down when it closes.
@@ -86,7 +88,7 @@ def run_app(
                 window.set_scenario_path(demo)
         if start:
             window.start()
-        _quit_on_sigint(loop, app)
+        stopped_by = _quit_on_signals(loop, app)
         window.show()
         # qasync's run_forever is QApplication.exec(): it returns Qt's exit code, after the
         # last window closed (quitOnLastWindowClosed) or an explicit QApplication.exit(code).
@@ -97,6 +99,9 @@ def run_app(
         _close_loop(loop)
         asyncio.set_event_loop(None)
     logger.debug("event loop ended with exit code %s", exit_code)
+    if stopped_by and stopped_by[0] != signal.SIGINT and int(exit_code) == 0:
+        # As the headless run: a hangup or a kill ends with 128 + the signal's number.
+        return 128 + stopped_by[0]
     return int(exit_code)
 
 
@@ -116,18 +121,60 @@ def _set_application_metadata() -> None:
     QApplication.setDesktopFileName(APP_NAME)
 
 
-def _quit_on_sigint(loop: asyncio.AbstractEventLoop, app: QApplication) -> None:
-    """Make Ctrl+C in the terminal close the windows (saving their state) instead of being
-    ignored until Python code next runs."""
+#: What ends the window from outside, as closing it does: Ctrl-C in the terminal, the hangup
+#: of a closed terminal, ``kill``.
+_QUIT_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGHUP", "SIGTERM") if hasattr(signal, name)
+)
+
+
+def _quit_on_signals(loop: asyncio.AbstractEventLoop, app: QApplication) -> list[int]:
+    """Make SIGINT (Ctrl-C), SIGHUP (the terminal closed) and SIGTERM close the windows, which
+    stops the run and cleans up (worker processes, GPU thread, shared memory), instead of
+    being ignored until Python code next runs or killing the process with segments left.
+
+    The loop's signal handlers work under Qt: the C-level handler writes to asyncio's wake-up
+    pipe, which qasync watches with a socket notifier, so the handler runs on the GUI thread
+    at the next turn of Qt's loop. Returns the list that receives the first signal's number.
+    """
+    stopped_by: list[int] = []
+    if hasattr(signal, "SIGHUP"):
+        _start_resource_tracker_immune_to_hangup()
+
+    def on_signal(signum: int) -> None:
+        if not stopped_by:
+            stopped_by.append(signum)
+            logger.warning("%s: closing the window", signal.Signals(signum).name)
+        app.closeAllWindows()
+
     # Not on Windows (the proactor loop has no signal handlers), nor outside the main thread.
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGINT, app.closeAllWindows)
+    for sig in _QUIT_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, int(sig))
+    return stopped_by
+
+
+def _start_resource_tracker_immune_to_hangup() -> None:
+    """Start multiprocessing's resource tracker (the helper that unlinks this process's
+    shared memory should it be SIGKILLed) with SIGHUP ignored, as the headless run does: it
+    ignores SIGINT and SIGTERM but not SIGHUP, and the hangup of a closed terminal reaches
+    the whole process group, the tracker too, before the window has cleaned up."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    from multiprocessing import resource_tracker
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     """Cancel the tasks still pending, let them finish, and close the loop (as asyncio.run)."""
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.remove_signal_handler(signal.SIGINT)
+    for sig in _QUIT_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(sig)
     try:
         pending = asyncio.all_tasks(loop)
         for task in pending:

@@ -283,11 +283,12 @@ def run_headless(args: argparse.Namespace) -> int:
         err.print("[bold red]error:[/] --ray-address needs --backend ray")
         return EXIT_BAD_INPUT
     if args.backend == "ray":
-        from qhybrid.runtime.wasm_pool import RayNotInstalled, import_ray
+        from qhybrid.runtime.wasm_pool import WorkerError, import_ray, ray_tensor_path
 
         try:
             import_ray()
-        except RayNotInstalled as exc:
+            ray_tensor_path()  # $QHYBRID_RAY_TENSORS, checked before anything runs
+        except WorkerError as exc:
             from rich.markup import escape
 
             err.print(f"[bold red]error:[/] --backend ray: {escape(str(exc))}", soft_wrap=True)

@@ -5,6 +5,7 @@ or ``runs.sqlite`` in the user's data folder; ``--no-store`` turns it off). Then
 
 ```
 qhybrid runs [--json]                         the store's runs
+qhybrid runs delete RUN [RUN ...] [--json]    delete runs (and what only they used)
 qhybrid show RUN [--json]                     one run's summary
 qhybrid resume RUN [--json]                   go on from the last checkpoint
 qhybrid replay RUN [--to TICK] [--module GROUP=PATH] [--json]
@@ -184,6 +185,9 @@ def _config_json(config: RuntimeConfig, checkpoint_every: int) -> dict[str, Any]
         "device": config.device,
         "max_worker_restarts": config.max_worker_restarts,
         "checkpoint_every": checkpoint_every,
+        # Where the workers ran (issue 17): a resume or replay runs there again.
+        "backend": config.backend,
+        "ray_address": config.ray_address,
     }
 
 
@@ -285,10 +289,19 @@ def _runtime_config(run: dict[str, Any], args: argparse.Namespace) -> RuntimeCon
 
     cfg = run["config"]
     workers = getattr(args, "workers", None) or int(cfg.get("workers", 2))
+    if cfg.get("backend") == "ray":
+        from qhybrid.runtime.wasm_pool import RayNotInstalled, import_ray
+
+        try:
+            import_ray()
+        except RayNotInstalled as exc:
+            raise BadInput(f"run {run['run_id']} ran with --backend ray: {exc}") from None
     return RuntimeConfig(
         workers=workers,
         device=getattr(args, "device", None) or cfg.get("device", "auto"),
         max_worker_restarts=int(cfg.get("max_worker_restarts", 3)),
+        backend=str(cfg.get("backend", "local")),  # runs recorded before issue 17: local
+        ray_address=cfg.get("ray_address"),
     )
 
 
@@ -324,7 +337,35 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
 
 
 # -- qhybrid runs / show ---------------------------------------------------------------------------
+def cmd_delete(args: argparse.Namespace) -> int:
+    from qhybrid.runtime.store import StoreError
+
+    if not args.targets:
+        raise BadInput("runs delete: name the runs to delete (RUN ...; see `qhybrid runs`)")
+    deleted = []
+    with _open(args, must_exist=True) as store:
+        ids = [_resolve(store, ref) for ref in args.targets]  # all resolved before any goes
+        for run_id in dict.fromkeys(ids):
+            try:
+                done = store.delete_run(run_id)
+            except StoreError as exc:
+                raise BadInput(str(exc)) from None
+            deleted.append({"run_id": run_id, **done})
+            forks = done["forks"]
+            _err().print(
+                f"deleted run {run_id}: {done['records']} trace rows, "
+                f"{done['checkpoints']} checkpoints, {done['blobs']} stored blobs freed"
+                + (f"; its forks {', '.join(forks)} keep their own copy" if forks else "")
+            )
+    _emit(args, {"store": str(store_path(args)), "deleted": deleted})
+    return EXIT_OK
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
+    if getattr(args, "action", None) == "delete":
+        return cmd_delete(args)
+    if getattr(args, "targets", None):
+        raise BadInput(f"runs: unexpected {args.targets[0]!r} (to delete: `runs delete RUN`)")
     runs = []
     if store_path(args).exists():
         with _open(args, readonly=True) as store:
@@ -398,7 +439,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         + (f" (last at tick {run['last_checkpoint']})" if run["checkpoint_ticks"] else ""),
     ]
     if run["parent"]:
-        lines.append(f"  forked from {run['parent']} at tick {run['fork_tick']}")
+        gone = " (deleted since)" if run.get("parent_deleted") else ""
+        lines.append(f"  forked from {run['parent']}{gone} at tick {run['fork_tick']}")
     if run["children"]:
         lines.append(f"  forks     {', '.join(run['children'])}")
     summary = run.get("summary") or {}
@@ -472,11 +514,12 @@ def _run_recorded(
     restore: RestorePoint | None,
     err: Any,
     extra: dict[str, Any],
+    **kwargs: Any,
 ) -> int:
     from qhybrid.cli import _print_summary
 
     holder: dict[str, Any] = {}
-    runtime = recording.runtime(scenario, config, restore)
+    runtime = recording.runtime(scenario, config, restore, **kwargs)
     try:
         result = _execute(runtime, err, holder)
     except KeyboardInterrupt:
@@ -558,6 +601,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         updates = store.llm_updates(run_id)
         gpu_results = _gpu_results(store, run_id)
         cpu_results = _cpu_results(store, run_id)
+        effects = store.effects(run_id)
         recorded = list(store.records(run_id))
     if not recorded:
         raise BadInput(f"run {run_id} has no recorded trace to replay")
@@ -582,6 +626,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         stop_at=args.to,
         gpu_results=gpu_results,
         cpu_results=cpu_results,
+        effects=effects,
     )
     try:
         result = _execute(runtime, err, holder)
@@ -656,7 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="one JSON object on stdout")
         return p
 
-    command("runs", "list the store's runs")
+    p = command("runs", "list the store's runs, or delete some (runs delete RUN ...)")
+    p.add_argument("action", nargs="?", choices=("delete",), help="delete the runs named")
+    p.add_argument("targets", nargs="*", metavar="RUN", help="runs to delete")
     p = command("show", "summarise one run")
     p.add_argument("run", metavar="RUN")
     p = command("resume", "continue an interrupted run from its last checkpoint")

@@ -78,6 +78,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
         config = _runtime_config(parent, args)
         cp = store.checkpoint(parent_id, at_or_before=args.at)
         restore = _restore_point(store, parent_id, cp) if cp is not None else None
+        effects = store.effects(parent_id)
     err = _err()
     # 1. The parent's history up to --at, re-executed from its checkpoint at or before it,
     #    held in memory at the first tick from --at on where a checkpoint can be taken.
@@ -92,7 +93,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
             return going
 
     lines: list[str] = list(restore.lines) if restore else []
-    phase1 = _Until(base, config, restore=restore)
+    phase1 = _Until(base, config, restore=restore, effects=effects)
     phase1._trace.sink = lambda _records, new: lines.extend(new)
     try:
         result = _execute(phase1, err, {})
@@ -150,6 +151,10 @@ def cmd_fork(args: argparse.Namespace) -> int:
     try:
         with _open(args) as store:
             store.copy_records(recording.run_id, lines[: saved.records], saved.tick)
+            with _open(args, readonly=True) as parent_store:
+                before = parent_store.effects(parent_id, to_tick=saved.tick)
+            if before:
+                store.copy_effects(recording.run_id, before, saved.tick)
     except StoreError as exc:
         raise BadInput(str(exc)) from None
     err.print(
@@ -169,6 +174,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
         point,
         err,
         {"parent": parent_id, "fork_tick": saved.tick},
+        checkpoint_at_start=True,
     )
 
 

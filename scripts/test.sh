@@ -63,6 +63,5 @@ fi
 # The Ray tests run in a pytest process of their own: ray.init installs Ray's crash-signal
 # handlers in the driver over wasmtime's trap handlers, and a wasm trap in a later in-process
 # test then killed the whole run with SIGILL.
-RAY_TESTS=tests/runtime/test_ray_backend.py
-.venv/bin/python -m pytest --ignore="$RAY_TESTS" "$@"
-exec .venv/bin/python -m pytest "$@" "$RAY_TESTS"
+.venv/bin/python -m pytest --ignore-glob='tests/runtime/test_ray_*.py' "$@"
+exec .venv/bin/python -m pytest "$@" tests/runtime/test_ray_*.py

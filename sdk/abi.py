@@ -335,6 +335,19 @@ def chat(messages, tag=0, **options):
     """``llm_chat`` with ``messages`` ([{"role", "content"}]) and options (max_tokens,
     temperature, top_k, top_p, seed, stop, json_schema)."""
     return llm_chat(_json.dumps(dict(options, messages=messages)), tag)
+
+
+def spawn_agent(group, name="", config=None, tag=0):
+    """``spawn`` an instance of ``group`` (name "": ``group-N``; ``config``: a dict merged
+    over the group's). The spawn id; the new agent's id comes as ``KIND_SPAWNED``."""
+    return spawn(group, name, "" if config is None else _json.dumps(config), tag)
+
+
+def spawned_agent(msg):
+    """The new agent's id in a ``KIND_SPAWNED`` message, or ``None`` (refused: see its
+    ``error``)."""
+    answer = msg.json()
+    return answer["agent"] if answer.get("status") == 0 else None
 '''
 
 

@@ -46,17 +46,20 @@ from qhybrid.models._log import (
     plain_tooltip,
 )
 from qhybrid.models._messages import (
+    Envelope,
     MessageRecord,
     MessagesFilterModel,
     MessagesModel,
     decode_payload,
     parse_messages,
 )
+from qhybrid.models._questions import Question, QuestionBox, QuestionsModel
 from qhybrid.models._runs import RunCommand, RunsModel, format_duration
 from qhybrid.models._scenario import ScenarioCheck, scenario_outline
 from qhybrid.models._series import CHANNELS, LiveSeries
 from qhybrid.models._server import ServerModel, ServerState, ServerStats
 from qhybrid.models._stall import StallMonitor
+from qhybrid.models._state_at import RowsModel, StateAtModel, memory_text
 
 __all__ = [
     "ASK_KIND",
@@ -73,6 +76,7 @@ __all__ = [
     "DebugBatch",
     "DebugFeed",
     "DebuggerModels",
+    "Envelope",
     "FeedBatch",
     "GraphEdge",
     "GraphLayout",
@@ -89,6 +93,10 @@ __all__ = [
     "MessagesFilterModel",
     "MessagesModel",
     "PythonLogCollector",
+    "Question",
+    "QuestionBox",
+    "QuestionsModel",
+    "RowsModel",
     "RunCommand",
     "RunsModel",
     "RuntimeController",
@@ -99,12 +107,14 @@ __all__ = [
     "ServerStats",
     "SessionState",
     "StallMonitor",
+    "StateAtModel",
     "adapter_text",
     "agent_report",
     "decode_payload",
     "format_duration",
     "group_key",
     "limits_text",
+    "memory_text",
     "natural_key",
     "parse_messages",
     "parse_trace_lines",

@@ -4,7 +4,8 @@ Answers come from :class:`~qhybrid.runtime.LlmTokens` events: each request (by
 ``request_id``) grows one entry as its text streams, and ends with ``done``. The asking
 agent's own log lines (an agent such as ``ask`` logs "answer: ..." or "llm error: ...") are
 shown too, for the agents the user talks to, so that a scenario with no LLM model still
-answers visibly.
+answers visibly; but an "answer: ..." line of an agent whose answers stream in is left out
+(the answer would show twice).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class ChatEntry:
     ttft_s: float = 0.0
     finish: str | None = None
     error: str | None = None
+    #: The user's text this answer continues (an agent such as ``ask`` completes its prompt,
+    #: so the answer alone starts mid-sentence); None when the prompt was not the user's.
+    prompt: str | None = None
 
 
 class ChatModel(QObject):
@@ -47,9 +51,12 @@ class ChatModel(QObject):
         self.entries: list[ChatEntry] = []
         self._streams: dict[tuple[str, int], ChatEntry] = {}
         self._talked_to: set[str] = set()
+        self._streamed: set[str] = set()  # agents whose LLM answers arrive as tokens
+        self._prompts: dict[str, list[str]] = {}  # agent -> the user's texts not yet answered
 
     def add_user_message(self, agent: str, text: str) -> None:
         self._talked_to.add(agent)
+        self._prompts.setdefault(agent, []).append(text)
         self._append([ChatEntry("user", agent, text)])
 
     def apply(self, tokens: Iterable[LlmTokens], logs: Iterable[AgentLog] = ()) -> None:
@@ -62,6 +69,10 @@ class ChatModel(QObject):
             if entry is None:
                 entry = ChatEntry("llm", event.agent, "", event.request_id, done=False)
                 self._streams[key] = entry
+                self._streamed.add(event.agent)
+                waiting = self._prompts.get(event.agent)
+                if waiting:
+                    entry.prompt = waiting.pop(0)
                 added.append(entry)
             elif entry in self.entries:
                 first = min(first, self.entries.index(entry))
@@ -76,6 +87,8 @@ class ChatModel(QObject):
                 del self._streams[key]
         for line in logs:
             if line.agent in self._talked_to:
+                if line.agent in self._streamed and line.text.startswith("answer:"):
+                    continue  # the streamed entry shows it already
                 added.append(ChatEntry("agent", line.agent, line.text))
         if added:
             first = min(first, len(self.entries))
@@ -86,6 +99,7 @@ class ChatModel(QObject):
     def clear(self) -> None:
         self.entries.clear()
         self._streams.clear()
+        self._prompts.clear()
         self.changed.emit(0)
 
     def _append(self, entries: list[ChatEntry], *, notify: bool = True) -> None:

@@ -134,6 +134,15 @@ class RuntimeController(QObject):
         self.workers = workers
         self.device = device
         self.scenario_path: Path | None = None
+        #: Runs are recorded in this run store (None: the default one, ``QHYBRID_STORE`` or
+        #: the user's data folder); ``record = False`` turns it off. See ``_recording``.
+        self.store_path: Path | None = None
+        self.record = True
+        #: The id of the run being (or last) recorded, when it is.
+        self.run_id: str | None = None
+        #: Answers agents' ABI v2 questions (set by the window's questions panel): called on
+        #: the runtime's loop thread, it may block until a person answers (the run waits).
+        self.answer: Any = None
         self._state = SessionState.IDLE  # as the GUI thread knows it
         self._loop_state = SessionState.IDLE  # as the runtime's loop knows it
         # Connected first, so every other slot sees the new state.
@@ -203,6 +212,9 @@ class RuntimeController(QObject):
         """End the run after the tick in progress (it reports "stopped")."""
         if self._state in (SessionState.STARTING, SessionState.RUNNING, SessionState.PAUSED):
             self._set_state(SessionState.STOPPING, "")
+            # A run waiting for an answer stops waiting (its loop thread is blocked until then,
+            # so the stop is requested right there, on that thread).
+            self._cancel_questions("stopped from the window")
             self._submit(self._stop("stopped from the window"))
 
     def restart(self) -> None:
@@ -211,6 +223,7 @@ class RuntimeController(QObject):
             self.error.emit("no scenario is open")
             return
         if self.active:
+            self._cancel_questions("restarted from the window")
             self._set_state(SessionState.STOPPING, "restarting")
         path, workers, device = self.scenario_path, self.workers, self.device
         self._submit(self._restart(path, workers, device))
@@ -229,6 +242,7 @@ class RuntimeController(QObject):
         Returns True when everything ended in time.
         """
         self._closed = True
+        self._cancel_questions("the window was closed")
         thread, self._thread = self._thread, None
         if thread is None:
             return True
@@ -250,6 +264,19 @@ class RuntimeController(QObject):
             logger.error("the runtime's thread did not end within %g s", timeout)
             clean = False
         return clean
+
+    def _cancel_questions(self, reason: str) -> None:
+        cancel = getattr(self.answer, "cancel_all", None)
+        if cancel is None:
+            return
+
+        def stop_now() -> None:  # on the loop thread
+            self._stop_reason = reason
+            runtime = self._runtime
+            if runtime is not None and runtime.result is None:
+                runtime.request_stop(reason)
+
+        cancel(stop_now)
 
     # -- plumbing --------------------------------------------------------------------------
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
@@ -301,6 +328,9 @@ class RuntimeController(QObject):
         if previous is not None and not previous.done():
             await previous  # a restart waits for the previous run to close
         self._stop_reason = None
+        reopen = getattr(self.answer, "reopen", None)
+        if reopen is not None:
+            reopen()
         self._session = asyncio.ensure_future(self._run_session(path, workers, device, paused))
         self._session.add_done_callback(self._session_done)
 
@@ -319,11 +349,17 @@ class RuntimeController(QObject):
         self._runtime = None
         try:
             scenario = await asyncio.to_thread(load_scenario, path)
-            runtime = Runtime(scenario, RuntimeConfig(workers=workers, device=device))
+            config = RuntimeConfig(workers=workers, device=device)
+            recording = await asyncio.to_thread(self._recording, path, scenario, config)
+            runtime = (
+                recording.runtime(scenario, config) if recording else Runtime(scenario, config)
+            )
         except (ScenarioError, OSError, ValueError) as exc:
             self._set_state(SessionState.FAILED, f"cannot open the scenario: {exc}")
             self.error.emit(str(exc))
             return
+        if self.answer is not None:
+            runtime._v2.services.answer = self.answer
         self.feed.attach(runtime.events)
         self._runtime = runtime
         self.runtime_changed.emit(runtime)
@@ -349,9 +385,13 @@ class RuntimeController(QObject):
             timed_out = await self._drive(runtime)
         finally:
             await runtime.aclose()
+            if recording is not None and runtime.result is None:
+                await asyncio.to_thread(recording.finish, runtime, None)
         result = runtime.result
         assert result is not None
         state, detail = _outcome(result, timed_out, self._stop_reason)
+        if recording is not None:
+            await asyncio.to_thread(recording.finish, runtime, result, state, detail)
         if state == SessionState.FAILED:
             logger.warning("run %s failed at tick %d: %s", result.scenario, result.ticks, detail)
         else:
@@ -360,6 +400,44 @@ class RuntimeController(QObject):
             )
         self._set_state(state, detail)
         self.run_finished.emit(result)
+
+    def _recording(
+        self, path: Path, scenario: Any, config: RuntimeConfig
+    ) -> _WindowRecording | None:
+        """Create the run in the store (on a helper thread: it touches the disk). A store
+        that cannot be used is reported and the run goes on, unrecorded."""
+        self.run_id = None
+        if not self.record:
+            return None
+        from qhybrid import __version__
+        from qhybrid.runtime.store import RunRecorder, RunStore, StoreError, default_store_path
+
+        store_path = self.store_path or default_store_path()
+        every = scenario.checkpoint_every or 100
+        try:
+            with RunStore(store_path) as store:
+                run_id = store.new_run(
+                    scenario_name=scenario.name,
+                    scenario_path=str(path.resolve()),
+                    scenario_text=path.read_text(encoding="utf-8"),
+                    seed=scenario.seed,
+                    config={
+                        "workers": config.workers,
+                        "device": config.device,
+                        "max_worker_restarts": config.max_worker_restarts,
+                        "checkpoint_every": every,
+                        "from": "window",
+                    },
+                    version=__version__,
+                )
+        except (StoreError, OSError) as exc:
+            logger.warning("this run is not recorded: %s", exc)
+            self.error.emit(f"this run is not recorded in the run store: {exc}")
+            return None
+        self.run_id = run_id
+        return _WindowRecording(
+            store_path, run_id, RunRecorder(store_path, run_id, checkpoint_every=every)
+        )
 
     async def _drive(self, runtime: Runtime) -> str | None:
         """Run ticks while allowed to, until the run ends; returns why it timed out, if so."""
@@ -376,8 +454,10 @@ class RuntimeController(QObject):
                 if not go.is_set():
                     continue  # paused while a single step held the lock
                 t0 = clock()
+                waited = getattr(self.answer, "waited_s", 0.0)
                 more = await runtime.step()
-                running_s += clock() - t0
+                # Time spent waiting for a person's answer is not running time.
+                running_s += clock() - t0 - (getattr(self.answer, "waited_s", 0.0) - waited)
             if more and limit and running_s > limit and timed_out is None:
                 timed_out = f"timed out after {limit:g} s of running time"
                 runtime.request_stop(timed_out)
@@ -456,6 +536,55 @@ class RuntimeController(QObject):
         if runtime is not None:
             await runtime.aclose()  # idempotent; also when start() never finished
         self.feed.detach()
+
+
+class _WindowRecording:
+    """A window run being recorded in the run store, as ``qhybrid --headless`` records."""
+
+    def __init__(self, path: Path, run_id: str, recorder: Any) -> None:
+        self.path, self.run_id, self.recorder = path, run_id, recorder
+        self.namespace = ""
+
+    def runtime(self, scenario: Any, config: RuntimeConfig) -> Runtime:
+        from qhybrid.runtime.store import DurableRuntime, RunStore
+
+        runtime = DurableRuntime(scenario, config, recorder=self.recorder)
+        self.namespace = scenario.memory.namespace
+        if self.namespace:
+            with RunStore(self.path) as store:
+                runtime.memory.initial = store.load_memory(self.namespace)
+        return runtime
+
+    def finish(
+        self, runtime: Runtime, result: RunResult | None, state: str = "", detail: str = ""
+    ) -> None:
+        if result is None:
+            error = self.recorder.finish(runtime, "failed", "the run did not start or end")
+        else:
+            # Stopped from the window: interrupted, so that Resume goes on from a checkpoint.
+            stopped = state == SessionState.STOPPED
+            status = (
+                "interrupted"
+                if stopped
+                else ("failed" if state == SessionState.FAILED else result.status)
+            )
+            summary = result.to_json()
+            summary["run_id"] = self.run_id
+            memory = (
+                (self.namespace, runtime.memory.everyone())
+                if self.namespace and not stopped and result.ok
+                else None
+            )
+            error = self.recorder.finish(
+                runtime,
+                status,
+                detail or result.reason,
+                trace_hash=result.trace_hash,
+                summary=summary,
+                memory=memory,
+            )
+        if error:
+            logger.warning("the run store stopped recording run %s: %s", self.run_id, error)
 
 
 def _outcome(result: RunResult, timed_out: str | None, stop_reason: str | None) -> tuple[str, str]:

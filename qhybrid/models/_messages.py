@@ -10,8 +10,10 @@ A run's trace (``RunStore.records``; see docs/trace-format.md) has one ``ok``, `
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import logging
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +28,19 @@ from PySide6.QtCore import (
 )
 
 from qhybrid.runtime import printable, printable_lines
+from qhybrid.runtime.wasm_pool import (
+    KIND_ANSWER,
+    KIND_ENVELOPE,
+    KIND_GPU_DONE,
+    KIND_LLM_CHAT_DONE,
+    KIND_LLM_DONE,
+    KIND_TASK_DONE,
+    KIND_TOOL_DONE,
+)
 
 __all__ = [
     "MESSAGE_RECORDS",
+    "Envelope",
     "MessageRecord",
     "MessagesFilterModel",
     "MessagesModel",
@@ -45,6 +57,38 @@ MESSAGE_RECORDS = ("ok", "fail", "drop")
 _PREFIXES = tuple(f"('{name}'" for name in MESSAGE_RECORDS)
 #: The runtime itself sends as -1.
 RUNTIME_SENDER = -1
+#: The runtime's reserved kinds, by name (docs/agent-abi.md).
+KIND_NAMES = {
+    KIND_TASK_DONE: "TASK_DONE",
+    KIND_GPU_DONE: "GPU_DONE",
+    KIND_LLM_DONE: "LLM_DONE",
+    KIND_LLM_CHAT_DONE: "LLM_CHAT_DONE",
+    KIND_TOOL_DONE: "TOOL_DONE",
+    KIND_ANSWER: "ANSWER",
+    KIND_ENVELOPE: "ENVELOPE",
+}
+#: An ABI v2 envelope's header: kind, reply_to, correlation id, timer id, timer period.
+_ENVELOPE = struct.Struct("<iiqii")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What an ABI v2 enveloped message carries besides its payload (docs/agent-abi.md)."""
+
+    kind: int  # the kind the agent sees
+    reply_to: int  # where a reply goes (-1: the sender)
+    corr: int  # correlation id (0: none)
+    timer: int  # the timer that sent it (-1: none)
+    body: bytes
+
+
+def envelope_of(kind: int, payload: bytes | str) -> Envelope | None:
+    """The envelope of a message sent with the reserved kind ``ENVELOPE``, when its payload
+    is known in full (the trace's own bytes, or the store's ``payloads``)."""
+    if kind != KIND_ENVELOPE or not isinstance(payload, bytes) or len(payload) < _ENVELOPE.size:
+        return None
+    inner, reply_to, corr, timer, _period = _ENVELOPE.unpack_from(payload)
+    return Envelope(inner, reply_to, corr, timer, payload[_ENVELOPE.size :])
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,21 +175,68 @@ def int64s(payload: bytes) -> list[int] | None:
 class MessagesModel(QAbstractTableModel):
     """The messages of one recorded run, in trace order."""
 
-    COLUMNS = ("Tick", "Seq", "Status", "Sender", "Receiver", "Kind", "Sent", "Payload")
-    TICK, SEQ, STATUS, SENDER, RECEIVER, KIND, SENT, PAYLOAD = range(len(COLUMNS))
+    COLUMNS = ("Tick", "Seq", "Status", "Sender", "Receiver", "Kind", "Sent", "Corr", "Payload")
+    TICK, SEQ, STATUS, SENDER, RECEIVER, KIND, SENT, CORR, PAYLOAD = range(len(COLUMNS))
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.messages: list[MessageRecord] = []
         self.agent_names: list[str] = []
+        self.envelopes: list[Envelope | None] = []
         self._payload_text: list[str] = []
+        self._chains: dict[int, list[int]] = {}
 
-    def load(self, messages: Sequence[MessageRecord], agent_names: Sequence[str]) -> None:
+    def load(
+        self,
+        messages: Sequence[MessageRecord],
+        agent_names: Sequence[str],
+        payloads: dict[tuple[int, int], bytes] | None = None,
+    ) -> None:
+        """``payloads``: (tick, seq) -> the full payload of a message whose trace record
+        keeps only a digest (``RunStore.payloads``)."""
+        if payloads:
+            messages = [
+                dataclasses.replace(m, payload=payloads.get((m.tick, m.seq), m.payload))
+                if isinstance(m.payload, str)
+                else m
+                for m in messages
+            ]
         self.beginResetModel()
         self.messages = list(messages)
         self.agent_names = list(agent_names)
-        self._payload_text = [decode_payload(m.payload)[1] for m in self.messages]
+        self.envelopes = [envelope_of(m.kind, m.payload) for m in self.messages]
+        self._payload_text = [
+            decode_payload(e.body if e is not None else m.payload)[1]
+            for m, e in zip(self.messages, self.envelopes, strict=True)
+        ]
+        self._chains = {}
+        for row, e in enumerate(self.envelopes):
+            if e is not None and e.corr != 0:
+                self._chains.setdefault(e.corr, []).append(row)
         self.endResetModel()
+
+    def chain(self, row: int) -> list[int]:
+        """The rows of the messages that share this one's correlation id (the request, its
+        replies, and what they led to), in trace order; ``[]`` when it has none."""
+        e = self.envelopes[row] if 0 <= row < len(self.envelopes) else None
+        if e is None or e.corr == 0:
+            return []
+        return self._chains.get(e.corr, [])
+
+    def follow(self, row: int) -> int | None:
+        """The next message of this one's reply chain (a request's reply, a reply's next
+        request or reply), wrapping round to the first: one click each way along it."""
+        rows = self.chain(row)
+        if len(rows) < 2:
+            return None
+        return rows[(rows.index(row) + 1) % len(rows)]
+
+    def back(self, row: int) -> int | None:
+        """The previous message of this one's reply chain (wrapping round to the last)."""
+        rows = self.chain(row)
+        if len(rows) < 2:
+            return None
+        return rows[(rows.index(row) - 1) % len(rows)]
 
     def clear(self) -> None:
         self.load([], [])
@@ -165,19 +256,43 @@ class MessagesModel(QAbstractTableModel):
         return f"agent {agent}"
 
     def detail(self, row: int) -> str:
-        """A message in full: who, when, and its payload decoded (JSON pretty-printed)."""
+        """A message in full: who, when, its envelope and reply chain, and its payload
+        decoded (JSON pretty-printed)."""
         m = self.messages[row]
-        how, text = decode_payload(m.payload, pretty=True)
+        e = self.envelopes[row]
+        body = e.body if e is not None else m.payload
+        how, text = decode_payload(body, pretty=True)
+        kind = (
+            f"kind {e.kind} (enveloped)"
+            if e is not None
+            else f"kind {m.kind}" + (f" ({KIND_NAMES[m.kind]})" if m.kind in KIND_NAMES else "")
+        )
         lines = [
             f"tick {m.tick}, seq {m.seq}, trace record {m.n}: {m.status}"
             + (f" ({m.note})" if m.note else ""),
-            f"from {self.name(m.sender)} to {self.name(m.receiver)}, kind {m.kind}"
+            f"from {self.name(m.sender)} to {self.name(m.receiver)}, {kind}"
             + ("" if m.sent is None else f"; the handler sent {m.sent}"),
-            f"payload ({how}, {len(m.payload) if isinstance(m.payload, bytes) else '>32'} bytes):",
-            printable_lines(text),
         ]
-        if isinstance(m.payload, bytes) and how == "hex":
-            values = int64s(m.payload)
+        if e is not None:
+            reply = "its sender" if e.reply_to < 0 else self.name(e.reply_to)
+            lines.append(
+                f"correlation {e.corr}, replies go to {reply}"
+                + (f", from timer {e.timer}" if e.timer >= 0 else "")
+            )
+            chain = self.chain(row)
+            if len(chain) > 1:
+                lines.append(f"reply chain ({len(chain)} messages; Follow goes along it):")
+                for r in chain:
+                    c, ce = self.messages[r], self.envelopes[r]
+                    mark = "->" if r == row else "  "
+                    lines.append(
+                        f" {mark} tick {c.tick}: {self.name(c.sender)} to {self.name(c.receiver)},"
+                        f" kind {ce.kind if ce is not None else c.kind}"
+                    )
+        size = len(body) if isinstance(body, bytes) else ">32"
+        lines += [f"payload ({how}, {size} bytes):", printable_lines(text)]
+        if isinstance(body, bytes) and how == "hex":
+            values = int64s(body)
             if values is not None:
                 lines.append(f"as int64: {values}")
         return "\n".join(lines)
@@ -204,7 +319,17 @@ class MessagesModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(m, index.row(), column)
         if role == Qt.ItemDataRole.UserRole:  # sorting: numbers as numbers
-            values = (m.tick, m.seq, m.status, m.sender, m.receiver, m.kind, m.sent or 0)
+            e = self.envelopes[index.row()]
+            values = (
+                m.tick,
+                m.seq,
+                m.status,
+                m.sender,
+                m.receiver,
+                e.kind if e is not None else m.kind,
+                m.sent or 0,
+                e.corr if e is not None else 0,
+            )
             return values[column] if column < len(values) else self._payload_text[index.row()]
         if role == Qt.ItemDataRole.ToolTipRole and column == self.PAYLOAD:
             return self.detail(index.row())
@@ -221,10 +346,16 @@ class MessagesModel(QAbstractTableModel):
             return printable(self.name(m.sender))
         if column == self.RECEIVER:
             return printable(self.name(m.receiver))
+        e = self.envelopes[row]
         if column == self.KIND:
-            return str(m.kind)
+            return KIND_NAMES.get(m.kind, str(m.kind)) if e is None else f"{e.kind} env"
         if column == self.SENT:
             return "" if m.sent is None else str(m.sent)
+        if column == self.CORR:
+            if e is None or e.corr == 0:
+                return ""
+            n = len(self.chain(row))
+            return f"{e.corr:#x}" + (f" ({n})" if n > 1 else "")
         return self._payload_text[row]
 
 

@@ -6,6 +6,15 @@ token and request counts. An agent's ``llm`` effect becomes an engine request; e
 requests in flight runs one engine step (one token per running request) alongside the
 workers' batches; a finished request answers its agent (kind ``KIND_LLM_DONE``) at the next
 tick. Answers are recorded in the trace (the finish reason and the token ids).
+
+Prompts are never tokenised on the orchestrator's loop (issue 12): a request accepted at the
+commit of tick ``t`` waits in :attr:`LlmBridge.prepared` (it counts as work in flight), and the
+next engine step, on the GPU thread, first tokenises and submits every prepared request in
+commit order and then steps, so the engine sees exactly what it saw when they were submitted
+at the commit. A request that cannot be made (a prompt longer than the context, a schema that
+does not compile) is answered at the commit of that next tick, in commit order: the same
+scenario and seed give the same trace. A checkpoint first submits what is prepared
+(:meth:`LlmBridge.flush`), keeping the answers to failed ones for that same commit.
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ import itertools
 import logging
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 from qhybrid.runtime._events import LlmRequested, LlmTokens, RuntimeEvents
 from qhybrid.runtime._roster import AgentRecord, Roster
@@ -28,7 +38,7 @@ from qhybrid.runtime.wasm_pool import KIND_LLM_DONE, RUNTIME_SENDER
 from qhybrid.runtime.wgpu_thread import GpuDevice
 
 if TYPE_CHECKING:
-    from qhybrid.runtime.llm import LoadedModel, RequestUpdate
+    from qhybrid.runtime.llm import GenerationParams, LoadedModel, RequestUpdate
 
 __all__ = ["LlmBridge"]
 
@@ -36,6 +46,23 @@ logger = logging.getLogger(__name__)
 
 #: LLM requests one agent may have in flight at once (docs/limits.md).
 MAX_LLM_IN_FLIGHT = 4
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request accepted at the commit of ``tick``, to be tokenised and submitted on the GPU
+    thread before the next engine step. ``build`` makes its prompt ids and parameters (it
+    may raise: the request then fails); ``failed(text)`` is the ``(kind, payload)`` of the
+    answer that says so."""
+
+    rid: int
+    tick: int
+    agent_id: int
+    build: Callable[[], tuple[list[int], GenerationParams]]
+    failed: Callable[[str], tuple[int, bytes]]
+    #: Who the engine shares slots fairly between (the agent, for ``llm_complete``).
+    owner: int | None = None
+    cancel: bool = False
 
 
 class LlmBridge:
@@ -62,6 +89,13 @@ class LlmBridge:
         #: Offered each engine update this bridge does not own (ABI v2 chat requests, see
         #: ``_v2_bridge``); returns whether it was taken.
         self.other_updates: Callable[[int, RequestUpdate], bool] | None = None
+        #: Requests accepted at the last commit, tokenised by the next step (on the GPU thread).
+        self.prepared: list[Prepared] = []
+        #: Answers to prepared requests that could not be made: (rid, agent, kind, payload),
+        #: pushed at the next commit. Filled on the GPU thread while the loop awaits it.
+        self.failed: list[tuple[int, int, int, bytes]] = []
+        #: The tick a request being submitted was accepted at (the run store records it).
+        self.submit_tick: int | None = None
 
     @property
     def requests(self) -> dict[int, tuple[int, int, int]]:
@@ -109,7 +143,9 @@ class LlmBridge:
 
     @property
     def busy(self) -> bool:
-        """Requests are in flight: the clock must keep moving for them."""
+        """Requests are in flight (prepared ones too): the clock must keep moving for them."""
+        if self.prepared or self.failed:
+            return True
         return self.loaded is not None and self.loaded.engine.has_work()
 
     @property
@@ -117,12 +153,55 @@ class LlmBridge:
         return self.loaded.engine.active if self.loaded is not None else 0
 
     def step(self) -> concurrent.futures.Future[list[RequestUpdate]] | None:
-        """Start this tick's engine step on the GPU thread, if there is work."""
-        if not self.busy:
+        """Start this tick's engine step on the GPU thread (after the prepared requests'
+        tokenising and submission there), if there is work."""
+        if self.loaded is None or not self.busy:
             return None
+        engine = self.loaded.engine
+        prepared, self.prepared = self.prepared, []
+
+        def run(_ctx: Any) -> list[RequestUpdate]:
+            self._submit_prepared(prepared)
+            return engine.step() if engine.has_work() else []
+
+        return self.device.call(run)
+
+    def prepare(self, item: Prepared) -> None:
+        """Accept a request whose prompt the next step tokenises (see the module docstring)."""
+        self.prepared.append(item)
+
+    def _submit_prepared(self, prepared: list[Prepared]) -> None:
+        """On the GPU thread: tokenise and submit, in commit order."""
         assert self.loaded is not None
         engine = self.loaded.engine
-        return self.device.call(lambda _ctx: engine.step())
+        for item in prepared:
+            self.submit_tick = item.tick
+            try:
+                ids, params = item.build()
+                engine.submit(ids, params, request_id=item.rid, owner=item.owner)
+            except Exception as exc:  # the request's own failure goes back to its agent
+                text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+                kind, payload = item.failed(text)
+                self.failed.append((item.rid, item.agent_id, kind, payload))
+                continue
+            finally:
+                self.submit_tick = None
+            if item.cancel:
+                engine.cancel(item.rid)
+
+    async def flush(self) -> None:
+        """Submit what is prepared now (a checkpoint is due); the step then only steps."""
+        if not self.prepared or self.loaded is None:
+            return
+        prepared, self.prepared = self.prepared, []
+        await asyncio.wrap_future(self.device.call(lambda _ctx: self._submit_prepared(prepared)))
+
+    def answer_failed(self, tick: int) -> None:
+        """At the commit: answer the prepared requests that could not be made, in order."""
+        failed, self.failed = self.failed, []
+        for rid, agent_id, kind, payload in failed:
+            self._requests.pop(rid, None)
+            self.schedule.push_message(tick + 1, 0, RUNTIME_SENDER, agent_id, kind, payload)
 
     def submit(
         self, agent: AgentRecord, tick: int, request: int, tag: int, prompt: bytes, max_tokens: int
@@ -158,25 +237,32 @@ class LlmBridge:
                 "already",
             )
             return
-        try:
-            ids = encode_prompt(llm.tokenizer, prompt.decode("utf-8", "replace"), chat=spec.chat)
+        tokenizer, n_ctx, chat = llm.tokenizer, llm.runner.n_ctx, spec.chat
+        sampling = SamplingParams(
+            temperature=spec.temperature,
+            top_k=spec.top_k,
+            top_p=spec.top_p,
+            repeat_penalty=spec.repeat_penalty,
+        )
+        seed = derive_seed(self.scenario.seed, "llm", agent.name, str(request))
+
+        def build() -> tuple[list[int], GenerationParams]:  # on the GPU thread
+            ids = encode_prompt(tokenizer, prompt.decode("utf-8", "replace"), chat=chat)
             params = GenerationParams(
-                max_tokens=max(1, min(max_tokens, llm.runner.n_ctx)),
-                sampling=SamplingParams(
-                    temperature=spec.temperature,
-                    top_k=spec.top_k,
-                    top_p=spec.top_p,
-                    repeat_penalty=spec.repeat_penalty,
-                ),
-                seed=derive_seed(self.scenario.seed, "llm", agent.name, str(request)),
+                max_tokens=max(1, min(max_tokens, n_ctx)),
+                sampling=sampling,
+                seed=seed,
                 stop=spec.stop,
             )
-            # Slots are shared fairly between agents (round-robin by the slots each holds).
-            rid = llm.engine.submit(ids, params, request_id=next(self._ids), owner=agent.agent_id)
-        except ValueError as exc:
-            self._answer(agent.agent_id, tick, request, tag, 1, str(exc))
-            return
+            return list(ids), params
+
+        def failed(text: str) -> tuple[int, bytes]:
+            return KIND_LLM_DONE, struct.pack("<iii", request, tag, 1) + text.encode("utf-8")
+
+        # Slots are shared fairly between agents (round-robin by the slots each holds).
+        rid = next(self._ids)
         self._requests[rid] = (agent.agent_id, request, tag)
+        self.prepare(Prepared(rid, tick, agent.agent_id, build, failed, owner=agent.agent_id))
 
     def commit(self, tick: int, updates: list[RequestUpdate]) -> None:
         """Stream what the engine step made; a finished request answers at the next tick."""

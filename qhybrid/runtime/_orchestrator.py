@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from qhybrid.runtime._commit import EffectKind
 from qhybrid.runtime._events import GpuAdapter, RunStateChanged, RuntimeEvents
+from qhybrid.runtime._lifecycle import Lifecycle
 from qhybrid.runtime._memory import install_memory
 from qhybrid.runtime._metrics import MetricsRecorder, MetricsSnapshot
 from qhybrid.runtime._parts import Parts
@@ -129,7 +130,12 @@ class Runtime:
             )
         self.pool: AgentPool = pool or WorkerPool(cfg.workers, start_timeout=cfg.start_timeout)
         # A run places GPU jobs by a fixed rule, never by timings (the trace must not vary).
-        self.device = GpuDevice(prefer=cfg.device, placement="fixed")
+        if isinstance(self.pool, RayWorkerPool):  # GPU jobs on a GPU node, if any (issue 17)
+            from qhybrid.runtime._ray_gpu import RayGpuDevice
+
+            self.device: GpuDevice = RayGpuDevice(self.pool, prefer=cfg.device)
+        else:
+            self.device = GpuDevice(prefer=cfg.device, placement="fixed")
         self.device_info: DeviceInfo | None = None
         self._metrics = MetricsRecorder(cfg.workers)
         self._trace = TraceRecorder(path=cfg.trace_path)
@@ -150,6 +156,8 @@ class Runtime:
         self._v2 = V2Bridge(parts, self._trace, cfg.answers_path, cfg.recording_path)
         if cfg.recording_path is not None:
             self._tick_hooks.append(self._v2.save_recording)
+        #: ABI v2 ``spawn`` and ``stop_run``: agents made at run time, agents that end it.
+        self._lifecycle = Lifecycle(parts, self.pool, self._trace, self.request_stop)
         #: Agents' long-term memory (the ``mem_*`` ABI): quotas, trace records, persistence.
         self.memory = install_memory(self)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -380,8 +388,10 @@ class Runtime:
         results = await parts.dispatch.execute(plan)
         self._roster.take_usage(results.replies)  # fuel and memory, not traced
         parts.report.tick(tick, self._commit.apply(plan, results), t0)
+        parts.llm.answer_failed(tick)  # prepared LLM requests that could not be made
         if results.llm_updates:
             parts.llm.commit(tick, results.llm_updates)
+        await self._lifecycle.after_commit(tick)
         await parts.recovery.after_commit(tick)
         self._flush_trace(tick)
 

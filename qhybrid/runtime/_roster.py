@@ -335,4 +335,6 @@ class Roster:
             quotas=quotas,
             worker_memory_bytes=self.scenario.workers.memory_mb << 20,
             tools=spec.grants.tools,
+            spawn=spec.grants.spawn,
+            stop_run=spec.grants.stop_run,
         )

@@ -220,7 +220,20 @@ class _Builder:
                 first_use.setdefault(instance, at)
             first_use[name] = at
             agents.append(agent)
+        self._spawn_grants(agents)
         return tuple(agents)
+
+    def _spawn_grants(self, agents: Sequence[AgentSpec]) -> None:
+        """Each ``grants.spawn`` names a group that can be spawned (ABI v2)."""
+        spawnable = {a.name for a in agents if a.max_spawned > 0}
+        for index, agent in enumerate(agents):
+            for j, group in enumerate(agent.grants.spawn):
+                if group not in spawnable:
+                    known = ", ".join(sorted(spawnable)) or "none"
+                    self.fail(
+                        f"agents[{index}].grants.spawn[{j}]",
+                        f"no [[agents]] group {group!r} with max_spawned > 0 (spawnable: {known})",
+                    )
 
     def _module(self, text: str, field: str) -> Path:
         path = self._path(text)

@@ -64,6 +64,7 @@ __all__ = [
 #: Message kinds from here up are the runtime's own (task notifications, control messages).
 RESERVED_KIND_BASE = 0x7F000000
 MAX_AGENT_COUNT = 100_000
+MAX_SPAWNED = 10_000
 MAX_PRIORITY = 1000
 MAX_TENSOR_RANK = 4
 MAX_TENSOR_ELEMENTS = 2**28
@@ -298,6 +299,16 @@ class GrantsTable(Table):
     tools: Annotated[tuple[Annotated[str, Identifier()], ...], Array("an array of tool names")] = (
         Field(default=(), description="The [[tools]] the agent may call (ABI v2 tool_call).")
     )
+    spawn: Annotated[
+        tuple[Annotated[str, Identifier()], ...], Array("an array of agent group names")
+    ] = Field(
+        default=(),
+        description="The [[agents]] groups (with max_spawned > 0) the agent may start new "
+        "instances of at run time (ABI v2 spawn).",
+    )
+    stop_run: Annotated[bool, Flag()] = Field(
+        default=False, description="Whether the agent may end the whole run (ABI v2 stop_run)."
+    )
 
 
 TOOL_KINDS = ("python", "http")
@@ -332,6 +343,14 @@ class ToolTable(Table):
 class AgentTable(Table):
     """A group of agent instances running the same WebAssembly module with the same config."""
 
+    # count = 0 (a group only agents spawn) needs max_spawned >= 1, in the schema too.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"count": {"const": 0}}, "required": ["count"]},
+            "then": {"properties": {"max_spawned": {"minimum": 1}}, "required": ["max_spawned"]},
+        }
+    )
+
     WHAT = "[[agents]]"
     ENTRY = "this [[agents]] entry"
 
@@ -341,8 +360,9 @@ class AgentTable(Table):
     module: Annotated[str, ModulePath()] = Field(
         description="A .wasm or .wat file, relative to the scenario's folder or absolute."
     )
-    count: Annotated[int, IntRange(1, MAX_AGENT_COUNT)] = Field(
-        default=1, description="How many instances run this module."
+    count: Annotated[int, IntRange(0, MAX_AGENT_COUNT)] = Field(
+        default=1,
+        description="How many instances run this module from the start (0: only spawned ones).",
     )
     on_error: Annotated[str, OneOf(*AGENT_ON_ERROR)] = Field(
         default="fail",
@@ -370,6 +390,21 @@ class AgentTable(Table):
         default_factory=dict,
         description="Instance name -> config keys that replace the group's for that instance.",
     )
+    max_spawned: Annotated[int, IntRange(0, MAX_SPAWNED)] = Field(
+        default=0,
+        description="How many more instances agents may start at run time (ABI v2 spawn, "
+        "where their grants.spawn names this group); 0: none.",
+    )
+
+    @model_validator(mode="after")
+    def _some_instances(self) -> AgentTable:
+        if self.count == 0 and self.max_spawned == 0:
+            raise problem(
+                "count = 0 needs max_spawned > 0 (a group that only agents spawn); "
+                "otherwise the group has no instances at all",
+                "count",
+            )
+        return self
 
     @model_validator(mode="after")
     def _restarts_need_restart(self) -> AgentTable:

@@ -82,6 +82,9 @@ class AgentGrants:
     env: tuple[tuple[str, str], ...] = ()
     #: ABI v2: the ``[[tools]]`` the agent may call, by name.
     tools: tuple[str, ...] = ()
+    #: ABI v2 lifecycle: the groups it may ``spawn`` from, and whether it may ``stop_run``.
+    spawn: tuple[str, ...] = ()
+    stop_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,8 @@ class AgentSpec:
     quotas: QuotasTable = dataclasses.field(default_factory=QuotasTable)
     #: How many times an instance is replaced after errors (with ``on_error = "restart"``).
     max_restarts: int = DEFAULT_MAX_RESTARTS
+    #: ABI v2: how many instances agents may spawn at run time (``grants.spawn``).
+    max_spawned: int = 0
     #: Instance name -> config keys that replace the group's for that instance (merged into
     #: nested tables).
     overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from qhybrid.runtime._agent_services import AgentServices, answers_from_lines
 from qhybrid.runtime._commit import EffectKind
 from qhybrid.runtime._events import AgentStateChanged
+from qhybrid.runtime._llm_bridge import Prepared
 from qhybrid.runtime._llm_chat import chat_answer, chat_params, chat_prompt_ids, parse_chat_request
 from qhybrid.runtime._roster import LOADED, SKIPPED, AgentRecord
 from qhybrid.runtime._seeding import derive_seed
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from qhybrid.runtime._parts import Parts
     from qhybrid.runtime._schedule import Item
     from qhybrid.runtime._trace import TraceRecorder
-    from qhybrid.runtime.llm import RequestUpdate
+    from qhybrid.runtime.llm import GenerationParams, RequestUpdate
 
 __all__ = ["V2Bridge"]
 
@@ -75,7 +76,7 @@ class V2Bridge:
             recording=recording,
         )
         self.chats: dict[int, tuple[int, int, int]] = {}
-        for kind in V2_EFFECTS:
+        for kind in V2_EFFECTS - {"spawn", "stop_run", "stop_run_refused"}:  # see _lifecycle
             apply = self._chat if kind in ("llm_chat", "llm_cancel") else self._service
             parts.commit.register_effect(kind, EffectKind(apply))
         parts.llm.other_updates = self.llm_updates
@@ -115,7 +116,11 @@ class V2Bridge:
             for rid, (owner, req, _tag) in owned:
                 if owner == agent.agent_id and req == request and loaded is not None:
                     self.trace.record("llm_cancel", tick, item.seq, rid)
-                    loaded.engine.cancel(rid)
+                    waiting = [p for p in llm.prepared if p.rid == rid]
+                    if waiting:  # not submitted yet: cancelled right after its submission
+                        waiting[0].cancel = True
+                    else:
+                        loaded.engine.cancel(rid)
             return
         _, request, tag, data = effect
         assert isinstance(request, int) and isinstance(tag, int) and isinstance(data, bytes)
@@ -132,14 +137,24 @@ class V2Bridge:
             return
         try:
             chat = parse_chat_request(data)
-            ids = chat_prompt_ids(loaded.tokenizer, chat)
-            seed = derive_seed(llm.scenario.seed, "llm", agent.name, str(request))
-            params = chat_params(chat, spec, loaded.runner.n_ctx, seed, loaded.tokenizer)
-            rid = loaded.engine.submit(ids, params, request_id=llm.new_id())
         except ValueError as exc:
             fail(str(exc))
             return
+        seed = derive_seed(llm.scenario.seed, "llm", agent.name, str(request))
+        tokenizer, n_ctx = loaded.tokenizer, loaded.runner.n_ctx
+
+        def build() -> tuple[list[int], GenerationParams]:
+            # On the GPU thread (the LLM bridge's step): tokenising and compiling a schema
+            # into a grammar never hold up the orchestrator's loop.
+            ids = chat_prompt_ids(tokenizer, chat)
+            return ids, chat_params(chat, spec, n_ctx, seed, tokenizer)
+
+        def failed(message: str) -> tuple[int, bytes]:
+            return KIND_LLM_CHAT_DONE, chat_answer(request, tag, error=message)
+
+        rid = llm.new_id()
         self.chats[rid] = (agent.agent_id, request, tag)
+        llm.prepare(Prepared(rid, tick, agent.agent_id, build, failed))
 
     def llm_updates(self, tick: int, update: RequestUpdate) -> bool:
         """An engine update the LLM bridge does not own: a chat request's (True), or not."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent
+from PySide6.QtCore import QEvent, QObject, QPointF, Qt
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from qhybrid.models import LiveModels, LiveSeries
 
@@ -60,6 +60,9 @@ HISTORY_S = 60.0
 _SPANS_S = (2.0, 5.0, 10.0, 20.0, 30.0, HISTORY_S)
 
 _PERCENT = frozenset(title for title, unit, _ in _PLOTS if unit == "%")
+_UNITS = {title: unit for title, unit, _ in _PLOTS}
+#: Pixels from the cursor within which a sample counts as "under" it.
+_HOVER_PX = 12
 
 
 def _finite_max(values: np.ndarray) -> float:
@@ -115,6 +118,7 @@ class ChartsWidget(QWidget):
                 plot.setLabel("bottom", "time before now", units="s")
                 plot.getAxis("bottom").enableAutoSIPrefix(False)
             plot.setYRange(0, 100 if unit == "%" else 1, padding=0)
+            _set_y_ticks(plot, 100.0 if unit == "%" else 1.0)
             self._y_top[title] = 100.0 if unit == "%" else 1.0
             # The legend is in the title, outside the plot: never over the curves, never
             # clipped however small the plot gets.
@@ -135,6 +139,25 @@ class ChartsWidget(QWidget):
                 self._plot_of[channel] = title
             colour_index += len(channels)
             self.plots[title] = plot
+        # Hover: a vertical line at the cursor and the values there, with units.
+        self._hover_line: dict[str, pg.InfiniteLine] = {}
+        for title, plot in self.plots.items():
+            line = pg.InfiniteLine(angle=90, movable=False)
+            line.setZValue(10)
+            line.hide()
+            plot.addItem(line, ignoreBounds=True)
+            self._hover_line[title] = line
+        # The values float over the charts beside the cursor, as a tooltip does: a label in a
+        # plot would be clipped by it (a plot is 30 pixels tall at 1100x720).
+        self.hover_label = QLabel(self)
+        self.hover_label.setObjectName("charts_hover")
+        self.hover_label.setTextFormat(Qt.TextFormat.RichText)
+        self.hover_label.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.hover_label.setMargin(4)
+        self.hover_label.hide()
+        self._hover: tuple[str, QPointF] | None = None  # the plot and scene point hovered
+        self.graphics.scene().sigMouseMoved.connect(self.hover_at)
+        self.graphics.viewport().installEventFilter(self)
         self.apply_palette(self.palette())
         if live is not None:
             live.frame.connect(self.refresh)
@@ -178,6 +201,8 @@ class ChartsWidget(QWidget):
             if not self._unchanged(curve, t, y):
                 _set_curve(curve, t, y)
         self.redraws += 1
+        if self._hover is not None:
+            self.hover_at(self._hover[1])  # the values under a still cursor move on
 
     def _unchanged(self, curve: pg.PlotDataItem, t: np.ndarray, y: np.ndarray) -> bool:
         """True when ``curve`` already shows this picture: a flat line (or no data) at the same
@@ -221,6 +246,7 @@ class ChartsWidget(QWidget):
         if want > top or want < top * 0.5:
             self._y_top[title] = want
             self.plots[title].setYRange(0, want, padding=0)
+            _set_y_ticks(self.plots[title], want)
 
     def _ensure_worker_curves(self, workers: int) -> None:
         plot = self.plots["Worker load"]
@@ -234,6 +260,81 @@ class ChartsWidget(QWidget):
         while len(self.worker_curves) < workers:
             colour = _COLOURS[len(self.worker_curves) % len(_COLOURS)]
             self.worker_curves.append(plot.plot(pen=pg.mkPen(colour, width=1), antialias=False))
+
+    # -- hover -------------------------------------------------------------------------------
+    def hover_at(self, scene_pos: QPointF) -> None:
+        """Show the values under ``scene_pos`` (a point of the charts' scene) in the plot it
+        is over: a vertical line there and each curve's value, with its unit."""
+        over = None
+        for title, plot in self.plots.items():
+            if plot.getViewBox().sceneBoundingRect().contains(scene_pos):
+                over = title
+                break
+        if over is None:
+            self.clear_hover()
+            return
+        if self._hover is not None and self._hover[0] != over:
+            self._hide_hover(self._hover[0])
+        self._hover = (over, QPointF(scene_pos))
+        plot = self.plots[over]
+        view = plot.getViewBox()
+        point = view.mapSceneToView(scene_pos)
+        x = float(point.x())
+        text = self.values_text(over, x)
+        line = self._hover_line[over]
+        line.setPos(x)
+        line.show()
+        label = self.hover_label
+        label.setText(text)
+        label.adjustSize()
+        # Beside the cursor, on the side with room, inside the charts.
+        at = self.graphics.mapTo(self, self.graphics.mapFromScene(scene_pos))
+        left = at.x() + 14
+        if left + label.width() > self.width():
+            left = at.x() - 14 - label.width()
+        top = min(max(0, at.y() - label.height() // 2), max(0, self.height() - label.height()))
+        label.move(max(0, left), top)
+        label.raise_()
+        label.show()
+
+    def clear_hover(self) -> None:
+        if self._hover is not None:
+            self._hide_hover(self._hover[0])
+        self._hover = None
+
+    def _hide_hover(self, title: str) -> None:
+        self._hover_line[title].hide()
+        self.hover_label.hide()
+
+    def values_text(self, title: str, x: float) -> str:
+        """What hovering at time ``x`` (seconds before now, <= 0) of plot ``title`` shows
+        (rich text): the time, then each curve's value there with its unit, or "—"."""
+        unit = _UNITS.get(title, "")
+        rows = [f"<b>{-x:.2f} s ago</b>" if x < 0 else "<b>now</b>"]
+        view = self.plots[title].getViewBox()
+        per_pixel = view.viewPixelSize()[0]
+        for name, colour, curve in self._curves_of(title):
+            value = _value_near(curve, x, _HOVER_PX * per_pixel)
+            shown = "\N{EM DASH}" if value is None else f"{_number(value)}{_unit(unit)}"
+            rows.append(f"<span style='color:{colour}'>{name}: {shown}</span>")
+        return "<br>".join(rows)
+
+    def _curves_of(self, title: str) -> list[tuple[str, str, pg.PlotDataItem]]:
+        if title == "Worker load":
+            return [
+                (f"w{w}", _COLOURS[w % len(_COLOURS)], curve)
+                for w, curve in enumerate(self.worker_curves)
+            ]
+        legend = dict(self._legends.get(title, ()))
+        return [
+            (name, legend.get(name, _COLOURS[0]), self.curves[channel][0])
+            for channel, name, _scale in next(ch for t, _u, ch in _PLOTS if t == title)
+        ]
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Leave:
+            self.clear_hover()
+        return super().eventFilter(watched, event)
 
     # -- theme -------------------------------------------------------------------------------
     def apply_palette(self, palette: QPalette) -> None:
@@ -257,6 +358,13 @@ class ChartsWidget(QWidget):
                 axis = plot.getAxis(name)
                 axis.setPen(pg.mkPen(muted))
                 axis.setTextPen(pg.mkPen(foreground))
+            if title in self._hover_line:
+                self._hover_line[title].setPen(pg.mkPen(muted, width=1, style=Qt.PenStyle.DashLine))
+
+        self.hover_label.setStyleSheet(
+            f"QLabel#charts_hover {{ background: {background.name()}; color: {foreground.name()};"
+            f" border: 1px solid {muted.name(QColor.NameFormat.HexArgb)}; }}"
+        )
 
     def changeEvent(self, event: QEvent) -> None:
         if event.type() == QEvent.Type.PaletteChange:
@@ -283,3 +391,68 @@ def _set_curve(
     else:
         # Known finite: pyqtgraph need not scan the arrays again.
         curve.setData(t, y, skipFiniteCheck=True)
+
+
+def _value_near(curve: pg.PlotDataItem, x: float, tolerance: float) -> float | None:
+    """The curve's finite sample nearest to ``x``, if one lies within ``tolerance``."""
+    xs, ys = curve.getData()
+    if xs is None or ys is None or len(xs) == 0:
+        return None
+    i = int(np.searchsorted(xs, x))
+    best: tuple[float, float] | None = None
+    for j in (i - 1, i):
+        if 0 <= j < len(xs) and np.isfinite(ys[j]):
+            gap = abs(float(xs[j]) - x)
+            if best is None or gap < best[0]:
+                best = (gap, float(ys[j]))
+    if best is None or best[0] > tolerance:
+        return None
+    return best[1]
+
+
+def _number(value: float) -> str:
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 0.01:
+        return f"{value:.2f}"
+    return f"{value:.2g}"
+
+
+def _unit(unit: str) -> str:
+    if not unit:
+        return ""
+    return unit if unit in ("%", "/s") else f" {unit}"
+
+
+def _set_y_ticks(plot: pg.PlotItem, top: float) -> None:
+    """Two or three round labels from 0 to ``top``, no minor ticks: pyqtgraph's own ticks
+    pile up into an unreadable column on a plot 30 pixels tall (at 1100x720)."""
+    step = _nice_step(top / 2)
+    values = [0.0]
+    while values[-1] + step <= top * 1.0001:
+        values.append(values[-1] + step)
+    plot.getAxis("left").setTicks([[(v, _tick_text(v, step)) for v in values], []])
+
+
+def _nice_step(x: float) -> float:
+    """The smallest of 1, 2, 5 times a power of ten that is at least ``x``."""
+    if x <= 0 or not np.isfinite(x):
+        return 1.0
+    power = 10.0 ** np.floor(np.log10(x))
+    for factor in (1.0, 2.0, 5.0, 10.0):
+        if factor * power >= x * 0.9999:
+            return float(factor * power)
+    return float(10 * power)
+
+
+def _tick_text(value: float, step: float) -> str:
+    if value >= 10_000:
+        return f"{value / 1000:g}k"
+    if step >= 1:
+        return f"{value:.0f}"
+    return f"{value:g}"

@@ -44,6 +44,7 @@ class ChatPanel(QWidget):
         self.transcript = QTextBrowser(self)
         self.transcript.setObjectName("chat_transcript")
         self.transcript.setOpenLinks(False)
+        self.transcript.setMinimumSize(60, 30)  # in a tab of a dock: the window stays small
         self.input = QLineEdit(self)
         self.input.setObjectName("chat_input")
         self.input.setPlaceholderText("Ask the agent\N{HORIZONTAL ELLIPSIS}")
@@ -61,7 +62,8 @@ class ChatPanel(QWidget):
         bottom.addWidget(self.input, 1)
         bottom.addWidget(self.send_button)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.setSpacing(3)
         layout.addLayout(top)
         layout.addWidget(self.transcript, 1)
         layout.addLayout(bottom)
@@ -100,7 +102,10 @@ class ChatPanel(QWidget):
         self.input.setEnabled(live)
         self.send_button.setEnabled(live)
         self.hint.setText(
-            "" if live else "Start a scenario with an LLM agent (such as ask) to chat with it."
+            ""
+            if live
+            else "Start a scenario with an LLM agent (such as ask) to chat with it, "
+            "or talk to a model in the Model tab: no run is needed."
         )
 
     def _render(self, _first: int) -> None:
@@ -127,4 +132,16 @@ def _entry_html(entry: ChatEntry) -> str:
     elif entry.finish and entry.finish != "stop":
         status = f" <span style='color:gray'>[{html.escape(entry.finish)}]</span>"
     rate = f" <span style='color:gray'>({entry.tok_s:.1f} tok/s)</span>" if entry.tok_s else ""
-    return f"<p><b>{who} (LLM #{entry.request_id}):</b> {text}{status}{rate}</p>"
+    return f"<p><b>{who} (LLM #{entry.request_id}):</b> {_continued(entry)}{text}{status}{rate}</p>"
+
+
+def _continued(entry: ChatEntry) -> str:
+    """What an answer that completes its prompt continues: the user's prompt, in grey, or an
+    ellipsis (a scenario's prompt), so that it never reads as starting mid-word."""
+    first = entry.text.lstrip()[:1]
+    if not first or first.isupper() or first in "\"'([{-*#0123456789":
+        return ""
+    if entry.prompt:
+        prompt = html.escape(printable_lines(entry.prompt.rstrip())).replace("\n", "<br>")
+        return f"<span style='color:gray'>{prompt}</span>"
+    return "\N{HORIZONTAL ELLIPSIS}"

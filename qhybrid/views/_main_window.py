@@ -40,6 +40,8 @@ import qhybrid
 from qhybrid.models import (
     DebuggerModels,
     LiveModels,
+    QuestionBox,
+    QuestionsModel,
     RunsModel,
     RuntimeController,
     ScenarioCheck,
@@ -47,14 +49,19 @@ from qhybrid.models import (
     SessionState,
     plain_tooltip,
 )
+from qhybrid.models._conversations import ConversationsModel
+from qhybrid.models._local_chat import LocalChat
 from qhybrid.runtime import printable
 from qhybrid.views._agent_detail import AgentDetailPanel
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
+from qhybrid.views._chat_standalone import StandaloneChatPanel
 from qhybrid.views._graph import GraphPanel
+from qhybrid.views._questions import QuestionsPanel
 from qhybrid.views._runs import MessageInspector, RunsPanel
 from qhybrid.views._scenario import ScenarioPanel
 from qhybrid.views._server import ServerPanel
+from qhybrid.views._state_at import StateAtPanel
 from qhybrid.views._tables import AgentsView, LogView
 from qhybrid.views._theme import THEMES, apply_theme
 from qhybrid.views._update import add_update_actions
@@ -136,7 +143,18 @@ class MainWindow(QMainWindow):
         self.chat_panel = ChatPanel(self.live, self.controller, self)
         self.agents_dock = self._dock("Agents", "agents_dock", self.agents_view)
         self.log_dock = self._dock("Log", "log_dock", self.log_view)
-        self.chat_dock = self._dock("Chat", "chat_dock", self.chat_panel)
+        # The chat: with a local model, no run needed (its own threads), or with an LLM agent
+        # of the run.
+        self.local_chat = LocalChat(self, device=self.controller.device)
+        self.conversations = ConversationsModel(self.local_chat, parent=self)
+        self.model_chat_panel = StandaloneChatPanel(self.conversations, self)
+        self.chat_tabs = QTabWidget(self)
+        self.chat_tabs.setObjectName("chat_tabs")
+        self.chat_tabs.setDocumentMode(True)
+        self.chat_tabs.addTab(self.model_chat_panel, "Model")
+        self.chat_tabs.addTab(self.chat_panel, "Run agent")
+        self.chat_dock = self._dock("Chat", "chat_dock", self.chat_tabs)
+        self.live.chat.changed.connect(self._run_chat_changed)
         self.server_model = ServerModel(self)
         self.server_panel = ServerPanel(self.server_model, self)
         self.server_dock = self._dock("Server", "server_dock", self.server_panel)
@@ -150,14 +168,31 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.log_dock)
         self.splitDockWidget(self.log_dock, self.chat_dock, Qt.Orientation.Horizontal)
         self.tabifyDockWidget(self.chat_dock, self.server_dock)
+        # Agents' questions to a person (ABI v2 ask): asked here, the run waits for the answer.
+        self.questions_box = QuestionBox(self)
+        self.controller.answer = self.questions_box
+        self.questions_model = QuestionsModel(self.questions_box, self)
+        self.questions_panel = QuestionsPanel(self.questions_model, self)
+        self.questions_dock = self._dock("Questions", "questions_dock", self.questions_panel)
+        self.tabifyDockWidget(self.chat_dock, self.questions_dock)
+        self.questions_panel.waiting.connect(self._questions_waiting)
         # The run store: its runs, and a recorded run's messages.
         self.runs_model = RunsModel(parent=self)
         self.message_inspector = MessageInspector(self)
-        self.runs_panel = RunsPanel(self.runs_model, self.message_inspector, self)
+        # The state at the chosen tick (rebuilt by replay), beside the messages of that tick.
+        self.state_panel = StateAtPanel(self)
+        self.runs_panel = RunsPanel(
+            self.runs_model, self.message_inspector, self, state_panel=self.state_panel
+        )
         self.runs_split = QSplitter(Qt.Orientation.Vertical, self)
         self.runs_split.setObjectName("runs_split")
         self.runs_split.addWidget(self.runs_panel)
-        self.runs_split.addWidget(self.message_inspector)
+        self.tick_split = QSplitter(Qt.Orientation.Horizontal, self)
+        self.tick_split.setObjectName("tick_split")
+        self.tick_split.addWidget(self.message_inspector)
+        self.tick_split.addWidget(self.state_panel)
+        self.tick_split.setSizes([600, 400])
+        self.runs_split.addWidget(self.tick_split)
         self.runs_split.setStretchFactor(0, 2)
         self.runs_split.setStretchFactor(1, 3)
         # Squeezed rather than growing the window (the charts' tab asks for almost nothing).
@@ -487,6 +522,20 @@ class MainWindow(QMainWindow):
         self.restart_action.setEnabled(have and state != SessionState.STOPPING)
         self.workers_spin.setEnabled(not active)
 
+    def _run_chat_changed(self, _first: int) -> None:
+        """A run's LLM agents answer: show them, unless a model chat is in use."""
+        if self.chat_tabs.currentWidget() is self.model_chat_panel and not (
+            self.local_chat.ready or self.conversations.busy
+        ):
+            self.chat_tabs.setCurrentWidget(self.chat_panel)
+
+    def _questions_waiting(self, count: int) -> None:
+        """A question waits: the panel comes to the front, the title says so."""
+        self.questions_dock.setWindowTitle(f"Questions ({count})" if count else "Questions")
+        if count:
+            self.questions_dock.show()
+            self.questions_dock.raise_()
+
     def _adapter_changed(self, text: str, _adapter: object) -> None:
         self.adapter_label.setText(text)
 
@@ -561,6 +610,7 @@ class MainWindow(QMainWindow):
             self.controller.shutdown()
             self.server_model.close()
             self.runs_panel.close_command()
+            self.local_chat.close()
         finally:
             QApplication.restoreOverrideCursor()
         super().closeEvent(event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,14 @@ from PySide6.QtGui import QAction, QFontDatabase, QHideEvent, QPalette, QShowEve
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QDialog,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPlainTextEdit,
+    QPushButton,
     QSpinBox,
     QSplitter,
     QTableView,
@@ -33,6 +37,8 @@ from qhybrid.models import (
 )
 from qhybrid.runtime import printable_lines
 from qhybrid.runtime.store import RunStore, StoreError
+from qhybrid.views._fork_dialog import ForkDialog
+from qhybrid.views._state_at import StateAtPanel
 
 __all__ = ["MessageInspector", "RunsPanel"]
 
@@ -114,6 +120,12 @@ class TickTimeline(pg.PlotWidget):
         if counts:
             self.bars.setOpts(x=list(range(len(counts))), height=counts)
         self.setXRange(-0.5, max(len(counts), 1) - 0.5, padding=0.01)
+        # Ticks are whole numbers: a short run gets one axis label per tick, not 0.5 steps.
+        axis = self.getAxis("bottom")
+        if len(counts) <= 24:
+            axis.setTickSpacing(major=1 if len(counts) <= 12 else 2, minor=1)
+        else:
+            axis.setTickSpacing()
         self.setYRange(0, max(counts, default=1) * 1.1 or 1, padding=0)
 
     def set_tick(self, tick: int | None) -> None:
@@ -137,7 +149,11 @@ class TickTimeline(pg.PlotWidget):
 
 
 class MessageInspector(QWidget):
-    """The messages of a recorded run: by tick, by agent, by text; one in full below."""
+    """The messages of a recorded run: by tick, by agent, by text; one in full below, with
+    its reply chain one click away (Follow / Back, or a double click).
+    ``tick_changed(tick)``: the tick chosen (None: all ticks)."""
+
+    tick_changed = Signal(object)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -163,13 +179,25 @@ class MessageInspector(QWidget):
         self.text_edit.setClearButtonEnabled(True)
         self.text_edit.textChanged.connect(self.filter.set_text)
         self.count_label = QLabel(self)
+        self.back_button = QPushButton("\N{LEFTWARDS ARROW} Back", self)
+        self.back_button.setObjectName("messages_back")
+        self.back_button.setToolTip("The previous message of this one's reply chain")
+        self.back_button.clicked.connect(lambda: self.follow(forward=False))
+        self.follow_button = QPushButton("Follow \N{RIGHTWARDS ARROW}", self)
+        self.follow_button.setObjectName("messages_follow")
+        self.follow_button.setToolTip(
+            "The next message of this one's reply chain (same correlation id): a request's "
+            "reply, and round again (double click a row does the same)"
+        )
+        self.follow_button.clicked.connect(lambda: self.follow(forward=True))
         self.table = _table(self)
         self.table.setObjectName("messages_table")
         self.table.setModel(self.filter)
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # trace order
-        for column, width in enumerate((45, 50, 50, 90, 90, 40, 40)):
+        for column, width in enumerate((45, 50, 50, 90, 90, 55, 40, 120)):
             self.table.setColumnWidth(column, width)
+        self.table.doubleClicked.connect(lambda _i: self.follow(forward=True))
         self.detail = _mono(self)
         self.detail.setObjectName("message_detail")
         self.table.selectionModel().currentRowChanged.connect(self._show_detail)
@@ -185,6 +213,8 @@ class MessageInspector(QWidget):
         bar.addWidget(self.agent_combo)
         bar.addWidget(self.text_edit, 1)
         bar.addWidget(self.count_label)
+        bar.addWidget(self.back_button)
+        bar.addWidget(self.follow_button)
         split = QSplitter(Qt.Orientation.Vertical, self)
         split.addWidget(self.table)
         split.addWidget(self.detail)
@@ -204,8 +234,9 @@ class MessageInspector(QWidget):
         with RunStore(store_path, readonly=True) as store:
             run = store.run(run_id)
             messages = parse_messages(store.records(run_id))
+            payloads = store.payloads(run_id)
         names = [a["name"] for a in (run.get("summary") or {}).get("agents", [])]
-        self.model.load(messages, names)
+        self.model.load(messages, names, payloads)
         self.run_label.setText(f"Run {run_id} ({run['scenario_name']}, seed {run['seed']})")
         self.tick_spin.setRange(-1, max((m.tick for m in messages), default=0))
         self.timeline.set_counts(self.model.per_tick())
@@ -224,6 +255,48 @@ class MessageInspector(QWidget):
         tick = None if value < 0 else value
         self.filter.set_tick(tick)
         self.timeline.set_tick(tick)
+        self.tick_changed.emit(tick)
+
+    def current_row(self) -> int:
+        """The source row of the message shown in full, or -1."""
+        index = self.table.currentIndex()
+        return self.filter.mapToSource(index).row() if index.isValid() else -1
+
+    def go_to_row(self, row: int) -> None:
+        """Show message ``row`` (a source row): its tick on the timeline, selected, in full.
+        Filters that would hide it (tick, agent, text) give way."""
+        m = self.model.messages[row]
+        if self.filter.tick is not None and self.filter.tick != m.tick:
+            self.tick_spin.setValue(m.tick)
+        if self.filter.agent is not None and self.filter.agent not in (m.sender, m.receiver):
+            self.agent_combo.setCurrentIndex(0)
+        proxy = self.filter.mapFromSource(self.model.index(row, 0))
+        if not proxy.isValid():
+            self.text_edit.clear()
+            proxy = self.filter.mapFromSource(self.model.index(row, 0))
+        self.table.setCurrentIndex(proxy)
+        self.table.selectRow(proxy.row())
+        self.table.scrollTo(proxy)
+
+    def select_record(self, n: int, tick: int | None = None) -> None:
+        """Select the first message whose trace record is ``n`` or after it (of ``tick``,
+        when given: else that tick's first message, the record being no message)."""
+        messages = self.model.messages
+        rows = [i for i, m in enumerate(messages) if tick is None or m.tick == tick]
+        row = next((i for i in rows if messages[i].n >= n), rows[0] if rows else -1)
+        if row >= 0:
+            self.go_to_row(row)
+
+    def follow(self, *, forward: bool = True) -> bool:
+        """Along the current message's reply chain, one step; False when it has none."""
+        row = self.current_row()
+        if row < 0:
+            return False
+        target = self.model.follow(row) if forward else self.model.back(row)
+        if target is None:
+            return False
+        self.go_to_row(target)
+        return True
 
     def _agent_changed(self, _index: int) -> None:
         data = self.agent_combo.currentData()
@@ -237,9 +310,14 @@ class MessageInspector(QWidget):
     def _show_detail(self, current: Any, _previous: Any = None) -> None:
         if not current.isValid():
             self.detail.setPlainText("")
+            self.follow_button.setEnabled(False)
+            self.back_button.setEnabled(False)
             return
         row = self.filter.mapToSource(current).row()
         self.detail.setPlainText(self.model.detail(row))
+        chained = len(self.model.chain(row)) > 1
+        self.follow_button.setEnabled(chained)
+        self.back_button.setEnabled(chained)
 
 
 class RunsPanel(QWidget):
@@ -252,11 +330,22 @@ class RunsPanel(QWidget):
         runs: RunsModel,
         inspector: MessageInspector,
         parent: QWidget | None = None,
+        state_panel: StateAtPanel | None = None,
     ) -> None:
         super().__init__(parent)
         self.setObjectName("runs_panel")
         self.runs = runs
         self.inspector = inspector
+        self.state_panel = state_panel
+        if state_panel is not None:
+            inspector.tick_changed.connect(state_panel.set_tick)
+            state_panel.fork_requested.connect(self.fork_opened)
+        #: Shows a dialog, True when accepted (tests answer in its place).
+        self.exec_dialog: Callable[[QDialog], bool] = lambda dialog: (
+            dialog.exec() == QDialog.DialogCode.Accepted
+        )
+        #: Asks a yes/no question, True for yes (tests answer in its place).
+        self.confirm: Callable[[str], bool] = self._confirm
         self.command = RunCommand(runs.path, self)
         self.command.finished.connect(self._command_finished)
         self.opened: str | None = None
@@ -302,19 +391,18 @@ class RunsPanel(QWidget):
         self.refresh_button.triggered.connect(self.refresh)
         self.toolbar.addSeparator()
         self.fork_button = button(
-            "Fork", "runs_fork", "A new run from this run at a tick, with a seed"
+            "Fork\N{HORIZONTAL ELLIPSIS}",
+            "runs_fork",
+            "A new run from this run at a tick: seed, config, modules, model",
         )
-        self.fork_button.triggered.connect(self.fork_selected)
-        self.fork_tick = QSpinBox(self)
-        self.fork_tick.setObjectName("runs_fork_tick")
-        self.fork_tick.setPrefix("at tick ")
-        self.fork_tick.setRange(0, 1_000_000_000)
-        self.fork_seed = QSpinBox(self)
-        self.fork_seed.setObjectName("runs_fork_seed")
-        self.fork_seed.setPrefix("seed ")
-        self.fork_seed.setRange(0, 2_000_000_000)
-        self.toolbar.addWidget(self.fork_tick)
-        self.toolbar.addWidget(self.fork_seed)
+        self.fork_button.triggered.connect(lambda: self.fork_selected())
+        self.toolbar.addSeparator()
+        self.delete_button = button(
+            "Delete\N{HORIZONTAL ELLIPSIS}",
+            "runs_delete",
+            "Delete the selected runs from the store (asks first)",
+        )
+        self.delete_button.triggered.connect(self.delete_selected)
         self.details = _mono(self)
         self.details.setObjectName("runs_details")
         self.status_label = QLabel(self)
@@ -381,9 +469,9 @@ class RunsPanel(QWidget):
             self.status_label.setText(str(exc))
             return
         self.opened = run_id
-        self.fork_tick.setValue(int(run.get("last_tick") or 0) // 2)
-        self.fork_seed.setValue(int(run["seed"]) + 1)
         self.details.setPlainText(_details_text(run))
+        if self.state_panel is not None:
+            self.state_panel.show_run(self.runs.path, run_id)
         self.run_opened.emit(run_id)
 
     def diff_selected(self) -> None:
@@ -391,17 +479,74 @@ class RunsPanel(QWidget):
         if len(ids) == 2:
             self._start("diff", ids[0], ids[1], "--context", "2")
 
-    def fork_selected(self) -> None:
+    def fork_selected(self, tick: int | None = None) -> None:
+        """The fork dialog for the selected run, from ``tick`` (default: the tick chosen in
+        the message inspector, if that run is open, else the middle of the run)."""
         ids = self.selected_ids()
-        if ids:
-            self._start(
-                "fork",
-                ids[0],
-                "--at",
-                str(self.fork_tick.value()),
-                "--seed",
-                str(self.fork_seed.value()),
-            )
+        if not ids:
+            return
+        try:
+            run = self.runs.details(ids[0])
+        except StoreError as exc:
+            self.status_label.setText(str(exc))
+            return
+        if tick is None:
+            chosen = self.inspector.tick_spin.value()
+            tick = chosen if ids[0] == self.opened and chosen >= 0 else None
+        if tick is None:
+            tick = int(run.get("last_tick") or 0) // 2
+        groups = sorted(
+            {str(a["name"]).rsplit("-", 1)[0] for a in (run.get("summary") or {}).get("agents", [])}
+        )
+        dialog = ForkDialog(run, tick, groups, self)
+        try:
+            if not self.exec_dialog(dialog):
+                return
+            args, problem = dialog.arguments()
+        finally:
+            dialog.deleteLater()
+        if problem is not None:
+            self.status_label.setText(f"fork: {problem}")
+            return
+        self._start("fork", *args)
+
+    def fork_opened(self, tick: int) -> None:
+        """ "Fork from here": the open run, from ``tick``."""
+        if self.opened is not None:
+            self.select(self.opened)
+            self.fork_selected(tick)
+
+    def delete_selected(self) -> None:
+        ids = self.selected_ids()
+        if not ids:
+            return
+        children: list[str] = []
+        for run_id in ids:
+            try:
+                children += self.runs.details(run_id).get("children") or []
+            except StoreError:
+                pass
+        text = (
+            f"Delete {len(ids)} run{'s' if len(ids) > 1 else ''} from {self.runs.path}?\n\n"
+            + "\n".join(ids)
+            + "\n\nIts trace, logs, checkpoints and the job outputs no other run uses go; "
+            "this cannot be undone."
+        )
+        forks = [c for c in children if c not in ids]
+        if forks:
+            text += f"\n\nIts forks ({', '.join(forks)}) keep their own copy and go on working."
+        if self.confirm(text):
+            self._start("runs", "delete", *ids)
+
+    def _confirm(self, text: str) -> bool:
+        answer = QMessageBox.question(
+            self,
+            "Delete runs",
+            text,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Cancel,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def _run_on_selected(self, command: str) -> None:
         ids = self.selected_ids()
@@ -422,6 +567,17 @@ class RunsPanel(QWidget):
             return
         if code != 0:
             self.status_label.setText(f"qhybrid {command} failed (exit {code}): {err}")
+            return
+        if command == "runs":  # runs delete
+            gone = [str(d["run_id"]) for d in data.get("deleted", [])]
+            if self.opened in gone:
+                self.opened = None
+                self.inspector.model.clear()
+                self.inspector.run_label.setText("The run shown was deleted")
+                self.details.clear()
+                if self.state_panel is not None:
+                    self.state_panel.run_id = None
+            self.status_label.setText(f"deleted {', '.join(gone)}")
             return
         new = data.get("run_id")
         text = f"qhybrid {command}: {data.get('status', 'done')}"
@@ -462,6 +618,7 @@ class RunsPanel(QWidget):
             self.open_run(a)
             self.details.setPlainText(printable_lines("\n".join(lines)))
             self.inspector.tick_spin.setValue(tick)
+            self.inspector.select_record(int(data.get("first_record") or 0), tick)
 
     def _update_buttons(self, *_args: Any) -> None:
         n = len(self.selected_ids())
@@ -470,6 +627,7 @@ class RunsPanel(QWidget):
         self.diff_button.setEnabled(n == 2 and idle)
         for b in (self.replay_button, self.resume_button, self.fork_button):
             b.setEnabled(n == 1 and idle)
+        self.delete_button.setEnabled(n >= 1 and idle)
 
     # -- refresh only while shown ---------------------------------------------------------------
     def showEvent(self, event: QShowEvent) -> None:
@@ -485,6 +643,8 @@ class RunsPanel(QWidget):
         """Stop a command still running (the window is closing)."""
         self.timer.stop()
         self.command.kill()
+        if self.state_panel is not None:
+            self.state_panel.close_model()
 
 
 def _details_text(run: dict[str, Any]) -> str:
@@ -498,7 +658,8 @@ def _details_text(run: dict[str, Any]) -> str:
         f"scenario {run.get('scenario_path')}",
     ]
     if run.get("parent"):
-        lines.append(f"forked from {run['parent']} at tick {run.get('fork_tick')}")
+        gone = " (deleted since)" if run.get("parent_deleted") else ""
+        lines.append(f"forked from {run['parent']}{gone} at tick {run.get('fork_tick')}")
     if run.get("children"):
         lines.append(f"forks: {', '.join(run['children'])}")
     agents = summary.get("agents") or []

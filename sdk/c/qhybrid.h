@@ -140,6 +140,10 @@
  *  header `<i32 kind, i32 reply_to, i64 corr, i32 timer, i32 period>` and the payload); the
  *  host unwraps it and delivers the inner kind and payload. */
 #define QH_KIND_ENVELOPE 0x7F000010
+/** v2: UTF-8 JSON `{"spawn", "tag", "status", "agent", "name", "group", "error"}`: the answer
+ *  to `spawn` (status `0`: `agent` is the new agent's id and `name` its name; else `error` says
+ *  why: the group's `max_spawned` is reached, or the name is taken). */
+#define QH_KIND_SPAWNED 0x7F000007
 /* abi:constants:end */
 
 /* ------------------------------------------------------------------------------------------ */
@@ -343,6 +347,17 @@ QH_IMPORT(tool_call) int32_t qh_tool_call(const char *name_ptr, size_t name_len,
  *  answer comes from `--answers FILE` or standard input. Returns a question id `>= 0`; the
  *  answer comes as an `ANSWER` message, and is recorded in the trace. */
 QH_IMPORT(ask) int32_t qh_ask(const char *ptr, size_t len, int32_t tag);
+/** v2: start a new instance of the scenario's agent group `group` (one with `max_spawned > 0`,
+ *  named in this agent's `grants.spawn`) when this message succeeds: named `name` (`""`:
+ *  `group-N`), its config the group's with the keys of the UTF-8 JSON object `config` (`""`:
+ *  none) merged in. It lives from the next tick, on worker `id % workers`. Returns a spawn id
+ *  `>= 0`; the new agent's id comes as a `SPAWNED` message. `-9` the group is not granted, `-8`
+ *  a bad name or a config that is not a JSON object. */
+QH_IMPORT(spawn) int32_t qh_spawn(const char *group_ptr, size_t group_len, const char *name_ptr, size_t name_len, const char *config_ptr, size_t config_len, int32_t tag);
+/** v2: end the whole run after this tick, when this message succeeds, with the UTF-8 `reason`
+ *  (at most 4096 bytes) in its result (status `completed`). Needs `grants.stop_run = true`:
+ *  without it, `-9`, and the refusal is recorded in the trace. */
+QH_IMPORT(stop_run) int32_t qh_stop_run(const char *reason_ptr, size_t reason_len);
 /* abi:imports:end */
 
 /* ------------------------------------------------------------------------------------------ */
@@ -680,6 +695,16 @@ static inline int qh_json_get_int(const char *json, size_t len, const char *key,
     return 0;
 }
 
+/** The new agent's id from a QH_KIND_SPAWNED payload, or -1 when the spawn was refused
+ *  (its "error" says why). */
+static inline int32_t qh_spawned_agent(const uint8_t *payload, size_t len) {
+    int64_t status = 1, agent = -1;
+    if (qh_json_get_int((const char *)payload, len, "status", &status) != 0 || status != 0)
+        return -1;
+    if (qh_json_get_int((const char *)payload, len, "agent", &agent) != 0) return -1;
+    return (int32_t)agent;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Default exports: #define QH_IMPLEMENTATION in one .c file before including this header     */
 /* ------------------------------------------------------------------------------------------ */
@@ -732,6 +757,19 @@ static inline int32_t qh_ask_str(const char *question, int32_t tag) {
     return qh_ask(question, strlen(question), tag);
 }
 static inline void qh_set_error_str(const char *text) { qh_set_error(text, strlen(text)); }
+/** Lifecycle with NUL-terminated strings: spawn an instance of `group` (`name` "" or NULL:
+ *  `group-N`; `config_json` "" or NULL: the group's config); the new agent's id comes in a
+ *  QH_KIND_SPAWNED message (read it with qh_spawned_agent). End the run with a reason. */
+static inline int32_t qh_spawn_str(const char *group, const char *name, const char *config_json,
+                                   int32_t tag) {
+    if (!name) name = "";
+    if (!config_json) config_json = "";
+    return qh_spawn(group, strlen(group), name, strlen(name), config_json, strlen(config_json),
+                    tag);
+}
+static inline int32_t qh_stop_run_str(const char *reason) {
+    return qh_stop_run(reason, strlen(reason));
+}
 
 /** A JSON text built in a caller's buffer: qh_jb_init, then qh_jb_* calls, then buf holds
  *  NUL-terminated JSON unless `overflow` is set. Strings are escaped. */

@@ -52,3 +52,36 @@ def test_message_records_parse_and_filter_by_tick_agent_and_text() -> None:
     assert proxy.rowCount() == 3  # runtime->alice, alice->bob, alice->carol
     proxy.set_text("deadbeef")
     assert proxy.rowCount() == 1
+
+
+def test_envelopes_decode_and_reply_chains_follow_both_ways() -> None:
+    import struct
+
+    from qhybrid.runtime.wasm_pool import KIND_ENVELOPE, KIND_TOOL_DONE
+
+    def env(kind: int, corr: int, body: bytes, reply_to: int = -1) -> bytes:
+        return struct.pack("<iiqii", kind, reply_to, corr, -1, 0) + body
+
+    job = env(10, 7, b'{"n": 0}')
+    records = [
+        (0, 1, f"('ok', 1, 2, 0, 1, {KIND_ENVELOPE}, 'aaaaaaaaaaaaaaaa', 1)"),  # digest only
+        (1, 1, f"('ok', 1, 3, 0, 2, {KIND_ENVELOPE}, {env(10, 8, b'')!r}, 1)"),
+        (2, 2, f"('ok', 2, 5, 1, 0, {KIND_ENVELOPE}, 'bbbbbbbbbbbbbbbb', 0)"),
+        (3, 3, f"('ok', 3, 9, -1, 0, {KIND_TOOL_DONE}, b'{{}}', 0)"),
+    ]
+    model = MessagesModel()
+    # The long payloads in full come from the store, by (tick, seq).
+    model.load(
+        parse_messages(records), ["boss", "w1", "w2"], {(1, 2): job, (2, 5): env(11, 7, b"ok")}
+    )
+    assert model.index(0, MessagesModel.KIND).data() == "10 env"
+    assert model.index(0, MessagesModel.PAYLOAD).data() == '{"n": 0}'
+    assert model.index(0, MessagesModel.CORR).data() == "0x7 (2)"
+    assert model.index(1, MessagesModel.CORR).data() == "0x8"  # a request with no reply yet
+    assert model.index(3, MessagesModel.KIND).data() == "TOOL_DONE"
+    assert model.chain(0) == [0, 2] and model.chain(3) == []
+    assert model.follow(0) == 2 and model.follow(2) == 0  # to the reply, and round again
+    assert model.back(2) == 0 and model.follow(1) is None
+    detail = model.detail(2)
+    assert "correlation 7, replies go to its sender" in detail
+    assert "reply chain (2 messages" in detail and "tick 1: boss to w1, kind 10" in detail

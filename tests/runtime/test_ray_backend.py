@@ -12,8 +12,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +25,6 @@ DEMO = ROOT / "resources" / "scenarios" / "demo.toml"
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
-
-# Node death is noticed after health_check_period_ms * failure_threshold (defaults: 3 s x 5).
-FAST_HEALTH = {
-    "health_check_initial_delay_ms": 0,
-    "health_check_period_ms": 500,
-    "health_check_failure_threshold": 2,
-}
 
 BLOCKED_RAY = """
 import sys
@@ -97,38 +88,6 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()}
 
 
-@pytest.fixture(scope="module")
-def cluster(owned_process_trees: set[int]) -> Iterator[Any]:
-    """One local Ray cluster of three nodes for the module (each raylet costs seconds to
-    start): the head (3 CPUs) and two more (2 CPUs each).
-
-    Its daemons (GCS, raylets, ...) start and reap Ray's worker processes on their own, so
-    they and their children are exempt from the per-test leftovers check while the cluster
-    lives; this fixture shuts them down and checks that none is left."""
-    before = _children()
-    c = cluster_utils.Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 3, "_system_config": FAST_HEALTH},
-    )
-    daemons: set[int] = set()
-    try:
-        for _ in range(2):
-            c.add_node(num_cpus=2)
-        c.wait_for_nodes()
-        daemons = _children() - before
-        owned_process_trees.update(daemons)
-        yield c
-    finally:
-        c.shutdown()
-        owned_process_trees.difference_update(daemons)
-        deadline = time.monotonic() + 10
-        while (left := _children() - before) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in left:
-            psutil.Process(pid).kill()
-        assert not left, f"the Ray cluster left processes running: {sorted(left)}"
-
-
 async def _run_on(address: str, remove: Any = None) -> tuple[str, list[str], int]:
     config = RuntimeConfig(workers=3, device="cpu", backend="ray", ray_address=address)
     async with Runtime(load_scenario(DEMO), config) as rt:
@@ -143,32 +102,46 @@ async def _run_on(address: str, remove: Any = None) -> tuple[str, list[str], int
 
 @pytest.mark.slow
 def test_three_nodes_spread_the_workers_and_give_the_same_hash(
-    cluster: Any, local_hash: str
+    ray_cluster: Any, local_hash: str
 ) -> None:
-    assert len(cluster.list_all_nodes()) == 3
-    trace_hash, nodes, restarts = asyncio.run(_run_on(cluster.address))
+    assert len(ray_cluster.list_all_nodes()) == 3
+    trace_hash, nodes, restarts = asyncio.run(_run_on(ray_cluster.address))
     assert len(set(nodes)) == 3  # SPREAD: one worker actor per node
     assert (trace_hash, restarts) == (local_hash, 0)
 
 
 @pytest.mark.slow
 def test_a_node_removed_mid_run_is_survived_with_the_same_hash(
-    cluster: Any, local_hash: str
+    ray_cluster: Any, local_hash: str, owned_process_trees: set[int]
 ) -> None:
     removed: list[str] = []
 
     def remove_a_worker_node(nodes: list[str], pids: list[int]) -> None:
-        # A node that is not the head and hosts a worker actor (the head holds the GCS).
-        victim = next(n for n in cluster.worker_nodes if n.node_id in nodes)
+        # A node that is not the head and hosts a worker actor (the head holds the GCS), and
+        # not the GPU node (other tests place work there).
+        victim = next(
+            n
+            for n in ray_cluster.worker_nodes
+            if n.node_id in nodes and n.node_id != ray_cluster.qh_gpu_node_id
+        )
         removed.append(victim.node_id)
-        cluster.remove_node(victim, allow_graceful=False)
+        ray_cluster.remove_node(victim, allow_graceful=False)
         # Its actor processes end when they notice their raylet is gone (Ray's fate
         # sharing); until then they would still answer. Wait for that, so the next tick
         # meets a dead actor for certain.
         actor = psutil.Process(pids[nodes.index(victim.node_id)])
         actor.wait(timeout=30)
 
-    trace_hash, nodes, restarts = asyncio.run(_run_on(cluster.address, remove_a_worker_node))
+    try:
+        trace_hash, nodes, restarts = asyncio.run(
+            _run_on(ray_cluster.address, remove_a_worker_node)
+        )
+    finally:
+        if removed:  # the session's cluster has three nodes again for the tests after this
+            before = _children()
+            ray_cluster.add_node(num_cpus=2)
+            ray_cluster.wait_for_nodes()
+            owned_process_trees.update(_children() - before)  # the fixture ends them
     assert removed and removed[0] in nodes
     assert restarts >= 1
     assert trace_hash == local_hash

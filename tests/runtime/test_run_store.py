@@ -199,5 +199,5 @@ def test_a_format_2_store_gains_process_owners(tmp_path: Path) -> None:
         row = store.run(run)
         assert row["status"] == "running" and row["owner_pid"] is None
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     conn.close()

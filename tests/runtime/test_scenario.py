@@ -298,7 +298,7 @@ def test_inline_array_of_tables(scenario_dir: Path) -> None:
     )
     error = load_error(scenario_dir, text)
     assert str(error).endswith(
-        "demo.toml:3: agents[1].count: expected an integer from 1 to 100000, got -1"
+        "demo.toml:3: agents[1].count: expected an integer from 0 to 100000, got -1"
     )
 
 
@@ -374,7 +374,7 @@ def test_unknown_fields_everywhere(
             "count = 3",
             'count = "x"',
             "agents[0].count",
-            'expected an integer from 1 to 100000, got "x"',
+            'expected an integer from 0 to 100000, got "x"',
         ),
         ("count = 3", "count = true", "agents[0].count", "got true (a boolean)"),
         ("count = 3", "count = 3.0", "agents[0].count", "write 3 without a decimal point"),
@@ -1209,7 +1209,7 @@ def test_qhybrid_scenario_schema_and_check(
     assert main(["scenario", "check", str(good)]) == 0
     assert "good.toml: ok (demo: 4 agents)" in capsys.readouterr().out
     assert main(["scenario", "check", str(good), str(bad)]) == 2
-    assert f"{bad}:13: agents[0].count: expected an integer from 1 to 100000, got 0" in (
+    assert f"{bad}:13: agents[0].count: count = 0 needs max_spawned > 0" in (
         capsys.readouterr().err
     )
 

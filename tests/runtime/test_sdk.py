@@ -53,10 +53,11 @@ SAMPLE_NAMES = (
     "notes",
     "planner",
     "prep",
+    "spawner",
     "worker",
 )
-RUST_SAMPLES = ("rs_chat", "rs_echo", "rs_worker")
-AS_SAMPLES = ("as_chat", "as_echo", "as_worker")
+RUST_SAMPLES = ("rs_chat", "rs_echo", "rs_spawner", "rs_worker")
+AS_SAMPLES = ("as_chat", "as_echo", "as_spawner", "as_worker")
 TEST_AGENT_NAMES = ("bad_pointer", "fs_probe", "hog", "v2_probe")
 
 # The runtime's own tables are the single source of truth the header must match.

@@ -33,3 +33,11 @@ def isolated_run_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "runs.sqlite"
     monkeypatch.setenv("QHYBRID_STORE", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The window's kept chats (platformdirs' data folder): the test's own, never the user's."""
+    path = tmp_path / "data"
+    monkeypatch.setenv("XDG_DATA_HOME", str(path))
+    return path

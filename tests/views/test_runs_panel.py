@@ -13,6 +13,7 @@ from pytestqt.qtbot import QtBot
 from qhybrid._resources import resource_path
 from qhybrid.models import MessagesModel
 from qhybrid.views import MainWindow
+from qhybrid.views._fork_dialog import ForkDialog
 
 
 def _record(store: Path, scenario: Path, seed: int) -> str:
@@ -117,12 +118,21 @@ def test_runs_browser_lists_opens_forks_and_diffs(
     assert "payload (hex, 16 bytes)" in inspector.detail.toPlainText()
     assert "as int64: [12, 0]" in inspector.detail.toPlainText()
 
-    # Fork from tick 3 with another seed, in a child process.
-    panel.fork_tick.setValue(3)
-    panel.fork_seed.setValue(9)
+    # Fork from tick 3 with another seed, in a child process: the dialog asks for both.
+    asked: list[ForkDialog] = []
+
+    def answer(dialog: ForkDialog) -> bool:
+        asked.append(dialog)
+        assert dialog.tick.value() == 0  # the tick the inspector shows
+        dialog.tick.setValue(3)
+        dialog.seed.setValue(9)
+        return True
+
+    panel.exec_dialog = answer
     with qtbot.waitSignal(panel.command.finished, timeout=120_000) as done:
         panel.fork_button.trigger()
         assert not panel.fork_button.isEnabled()  # one command at a time
+    assert len(asked) == 1
     assert done.args[1] == 0, done.args[3]
     assert model.rowCount() == 3
     fork = model.run_id(2)
@@ -146,7 +156,13 @@ def test_runs_browser_lists_opens_forks_and_diffs(
         inspector.filter.index(r, MessagesModel.TICK).data() == str(tick)
         for r in range(inspector.filter.rowCount())
     )
-    assert f"tick {tick}," in inspector.detail.toPlainText() or not inspector.detail.toPlainText()
+    # ... and the first message at or after the first differing record, selected in full.
+    row = inspector.current_row()
+    assert row >= 0 and messages.messages[row].tick == tick
+    at_tick = [m.n for m in messages.messages if m.tick == tick]
+    first_n = int(diff["first_record"])
+    assert messages.messages[row].n == min((n for n in at_tick if n >= first_n), default=at_tick[0])
+    assert f"tick {tick}," in inspector.detail.toPlainText()
     assert fork != first
 
     # Replay re-executes the run and compares it with its recording: the same trace.

@@ -1,5 +1,6 @@
 """The run store: every run recorded in an embedded SQLite file, resumable from its
-checkpoints, replayable with no model calls, forkable, diffable.
+checkpoints, replayable with no model calls, forkable, diffable, deletable;
+its state at any tick rebuilt by replay (:func:`state_at`).
 
 - :class:`RunStore`: the file (WAL mode; a second process may read while a run writes).
 - :class:`RunRecorder`: records a running :class:`~qhybrid.runtime.Runtime` off its thread.
@@ -17,23 +18,29 @@ from qhybrid.runtime.store._recorder import RunRecorder
 from qhybrid.runtime.store._replay import RecordedLlm, recorded_llm
 from qhybrid.runtime.store._runtime import Divergence, DurableRuntime, RestorePoint, TraceCheck
 from qhybrid.runtime.store._schema import SCHEMA_VERSION, StoreError, default_store_path
+from qhybrid.runtime.store._state_at import AgentAt, QueuedAt, StateAt, TensorAt, state_at
 from qhybrid.runtime.store._store import Checkpoint, RunStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AgentAt",
     "Checkpoint",
     "CheckpointUnavailable",
     "Divergence",
     "DurableRuntime",
+    "QueuedAt",
     "RecordedLlm",
     "RestorePoint",
     "RunRecorder",
     "RunStore",
+    "StateAt",
     "StoreError",
+    "TensorAt",
     "TraceCheck",
     "capture",
     "checkpointable",
     "default_store_path",
     "fork_seed",
     "recorded_llm",
+    "state_at",
 ]

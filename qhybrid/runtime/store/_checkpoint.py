@@ -58,6 +58,9 @@ def checkpointable(rt: DurableRuntime) -> bool:
 async def capture(rt: DurableRuntime) -> SavedState:
     """The state after the tick just committed (call between ticks, on the runtime's loop)."""
     parts = rt._parts
+    # LLM requests accepted at this commit are tokenised and submitted now, so that the
+    # store's history (what a restore rebuilds the engine from) holds them.
+    await parts.llm.flush()
     blobs: dict[str, bytes] = {}
     by_worker: dict[int, list[int]] = {}
     agents_ = parts.roster.agents
@@ -109,6 +112,11 @@ async def capture(rt: DurableRuntime) -> SavedState:
         "tensors": tensors,
         "memory": (rt.memory.initial, rt.memory.everyone()),
         "llm_requests": dict(parts.llm._requests),
+        # ABI v2 spawn: the agents made at run time (name, group, config), in id order; a
+        # restore makes them again before their states go back. Absent: none (older states).
+        "spawned": [list(entry) for entry in rt._lifecycle.spawned],
+        # Answers to LLM requests that could not be made, due at the next commit.
+        "llm_failed": [list(entry) for entry in parts.llm.failed],
     }
     return SavedState(schedule.tick, rt._trace.records, encode(state), blobs)
 

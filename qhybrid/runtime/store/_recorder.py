@@ -71,7 +71,17 @@ def result_json(update: RequestUpdate) -> str | None:
 
 
 class _Batch:
-    __slots__ = ("blobs", "jobs", "llm_requests", "llm_updates", "logs", "rows", "ticks")
+    __slots__ = (
+        "blobs",
+        "effects",
+        "jobs",
+        "llm_requests",
+        "llm_updates",
+        "logs",
+        "payloads",
+        "rows",
+        "ticks",
+    )
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, int, str]] = []
@@ -81,6 +91,8 @@ class _Batch:
         self.jobs: list[tuple[int, str, str, str, str, float, str | None, str | None]] = []
         self.ticks: list[tuple[int, float, float, int, str, float]] = []
         self.blobs: dict[str, bytes] = {}
+        self.payloads: list[tuple[int, int, bytes]] = []
+        self.effects: list[tuple[str, int, str]] = []
 
 
 class _Writer(threading.Thread):
@@ -143,6 +155,8 @@ class _Writer(threading.Thread):
                             b.jobs,
                             b.ticks,
                             b.blobs,
+                            b.payloads,
+                            b.effects,
                         )
                 elif what == "checkpoint":
                     saved: SavedState = arg
@@ -172,13 +186,16 @@ class _RecordingEngine:
         owner: Hashable = None,
     ) -> int:
         rid = self._inner.submit(prompt_tokens, params, request_id, owner)
+        # Submitted on the GPU thread before the next step: recorded at the tick that
+        # accepted it (a rebuild submits it after that tick's step).
+        at = self._runtime._parts.llm.submit_tick
         # The owner (the asking agent's id) decides who gets a free slot first: a rebuild of
         # the engine after a resume must submit with it, or waiting requests change order.
         kept = owner if isinstance(owner, int | str) else None
         self._recorder._batch.llm_requests.append(
             (
                 rid,
-                self._runtime.tick,
+                self._runtime.tick if at is None else at,
                 json.dumps(list(prompt_tokens)),
                 params_json(params, owner=kept),
                 str(params.seed),
@@ -308,6 +325,14 @@ class RunRecorder:
         key = blob_digest(data)
         self._batch.blobs[key] = data
         self._digests[name] = key
+
+    def message_payload(self, tick: int, seq: int, payload: bytes) -> None:
+        """A queued message's full payload (one the trace keeps only a digest of)."""
+        self._batch.payloads.append((tick, seq, payload))
+
+    def effect(self, key: str, tick: int, text: str) -> None:
+        """An ABI v2 tool result or a person's answer (``AgentServices.recording``)."""
+        self._batch.effects.append((key, tick, text))
 
     # -- per tick -------------------------------------------------------------------------------
     def _send(self, rt: Runtime, *, force: bool = False) -> None:

@@ -16,6 +16,7 @@ import concurrent.futures
 import dataclasses
 import heapq
 import itertools
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,12 @@ import numpy as np
 
 from qhybrid.runtime._orchestrator import Runtime, RuntimeConfig
 from qhybrid.runtime._schedule import Item
-from qhybrid.runtime.store._checkpoint import check_restorable, load_state, unplain
+from qhybrid.runtime.store._checkpoint import (
+    check_restorable,
+    checkpointable,
+    load_state,
+    unplain,
+)
 from qhybrid.runtime.tensors import TensorHandle
 from qhybrid.runtime.wasm_pool import BatchReply, TaskOutcome, TaskRun, TensorEntry
 from qhybrid.runtime.wgpu_thread import GpuJobResult
@@ -38,6 +44,13 @@ if TYPE_CHECKING:
     from qhybrid.runtime.store._recorder import RunRecorder
 
 logger = logging.getLogger(__name__)
+
+#: The store's ``effects`` key prefix of a message posted from outside (the window's chat):
+#: recorded like an answer, so that a replay posts it again at the same point.
+POST_KEY = "(post) "
+
+#: Message payloads kept beside the trace: longer than the trace keeps (32 bytes), at most this.
+PAYLOAD_KEEP_MAX = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +139,25 @@ class DurableRuntime(Runtime):
         stop_at: int | None = None,
         gpu_results: dict[tuple[int, str], tuple[bytes, str]] | None = None,
         cpu_results: dict[tuple[int, str], bytes] | None = None,
+        effects: dict[str, str] | None = None,
+        checkpoint_at_start: bool = False,
     ) -> None:
         super().__init__(scenario, config)
+        #: Save a checkpoint as soon as the restore is in place (a fork: its own state at its
+        #: fork tick, reseeded and changed, from which its replays and states start).
+        self.checkpoint_at_start = checkpoint_at_start
+        #: ABI v2 tool results and answers: a replay's from the store (asked never again).
+        services = self._v2.services
+        #: Posts to make again (a replay): the tick after which each was made -> in order.
+        self._replay_posts: dict[int, list[dict[str, Any]]] = {}
+        self._posts = 0
+        for key, text in sorted((effects or {}).items()):
+            if key.startswith(POST_KEY):
+                post = json.loads(text)
+                self._replay_posts.setdefault(int(post["tick"]), []).append(post)
+            else:
+                services.recording[key] = text
+        self._effects_kept = set(services.recording)
         self.recorder = recorder
         self._restore_point = restore
         self._restore_state: dict[str, Any] | None = load_state(restore.state) if restore else None
@@ -162,6 +192,7 @@ class DurableRuntime(Runtime):
             setattr(self._parts.llm, "open", self._open_recorded)  # noqa: B010
         if recorder is not None:
             recorder.attach(self)
+            self._wrap_push()
         if check is not None:
             sink = self._trace.sink
             if sink is None:
@@ -184,6 +215,8 @@ class DurableRuntime(Runtime):
             raise
         if self.recorder is not None and self._llm_factory is None:
             self.recorder.attach_llm(self)
+        if self.checkpoint_at_start and self.recorder is not None and checkpointable(self):
+            await self.recorder.checkpoint(self)
 
     def _wrap_gpu(self) -> None:
         """GPU jobs: a recording keeps each output; a replay takes it from the recording
@@ -278,8 +311,63 @@ class DurableRuntime(Runtime):
             finally:
                 tensor.close()
 
+    def _wrap_push(self) -> None:
+        """A recording keeps the full payload of each message queued that the trace keeps
+        only a digest of (the inspector decodes them, envelopes too), by (due tick, seq)."""
+        schedule = self._parts.schedule
+        push = schedule.push_message
+        assert self.recorder is not None
+        keep = self.recorder.message_payload
+
+        def wrapped(
+            tick: int, priority: int, sender: int, dst: int, kind: int, payload: bytes
+        ) -> None:
+            if 32 < len(payload) <= PAYLOAD_KEEP_MAX:
+                seq = next(schedule._seq)  # the seq this push takes
+                schedule._seq = itertools.count(seq)
+                keep(tick, seq, payload)
+            push(tick, priority, sender, dst, kind, payload)
+
+        setattr(schedule, "push_message", wrapped)  # noqa: B010 (this schedule's own method)
+        self._v2.services.push = wrapped  # (it took the method when the runtime was made)
+
+    def _keep_effects(self) -> None:
+        """Hand the recorder the tool results and answers this tick added."""
+        assert self.recorder is not None
+        recording = self._v2.services.recording
+        if len(recording) == len(self._effects_kept):
+            return
+        for key, text in recording.items():
+            if key not in self._effects_kept:
+                self._effects_kept.add(key)
+                self.recorder.effect(key, self.tick, text)
+
+    def post(self, to: str, payload: bytes, *, kind: int = 0, priority: int = 0) -> None:
+        """A message from outside (the window's chat), recorded so a replay posts it too."""
+        super().post(to, payload, kind=kind, priority=priority)
+        if self.recorder is not None:
+            text = json.dumps(
+                {
+                    "tick": self.tick,
+                    "to": to,
+                    "kind": kind,
+                    "priority": priority,
+                    "payload": payload.hex(),
+                },
+                sort_keys=True,
+            )
+            self.recorder.effect(f"{POST_KEY}{self._posts:08d}", self.tick, text)
+        self._posts += 1
+
     async def step(self) -> bool:
+        posts = self._replay_posts.pop(self.tick, None) if self._replay_posts else None
+        for p in posts or ():
+            Runtime.post(
+                self, p["to"], bytes.fromhex(p["payload"]), kind=p["kind"], priority=p["priority"]
+            )
         going = await super().step()
+        if self.recorder is not None:
+            self._keep_effects()
         if self._gpu_outputs:
             self._keep_gpu_outputs()
         if self.recorder is not None:
@@ -344,6 +432,11 @@ class DurableRuntime(Runtime):
         # which is the memory its run started with (docs/agent-abi.md), not what this
         # process's start found (nothing: a restore does not read a persistent namespace).
         self.memory.initial, self.memory.by_agent = st["memory"]
+        # Agents spawned before the checkpoint: made again (same ids, names, workers, loads).
+        spawned = st.get("spawned", [])
+        if spawned:
+            self._lifecycle.recreate([(str(n), str(g), str(c)) for n, g, c in spawned])
+            await self._lifecycle.after_commit(st["tick"])
         # Agents: their states and counters, and their snapshots in fresh instances.
         by_worker: dict[int, list[tuple[Any, bytes | None, list[Any]]]] = {}
         for agent, (state, handled, error, restarts, key) in zip(
@@ -385,5 +478,8 @@ class DurableRuntime(Runtime):
             parts.llm.done,
         ) = st["counters"]
         parts.gpu._job_owner = dict(st["job_owner"])
+        parts.llm.failed = [
+            (int(r), int(a), int(k), bytes(p)) for r, a, k, p in st.get("llm_failed", [])
+        ]
         await self._rebuild_llm(st, point)
         self._trace.resume_from(point.lines)

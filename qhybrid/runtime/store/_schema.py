@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 #: The format this code writes; a store with a higher ``user_version`` is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Format 1 kept one ``records`` row per trace record (``line``); format 2 one per flush of the
 # trace (``count`` lines joined in ``lines``). Each old row becomes a row of one line.
@@ -41,6 +41,11 @@ ALTER TABLE runs ADD COLUMN owner_pid INTEGER;
 ALTER TABLE runs ADD COLUMN owner_host TEXT;
 ALTER TABLE runs ADD COLUMN owner_start TEXT;
 """
+
+# Format 4 adds ``payloads``: the full payloads of messages over 32 bytes (the trace keeps only
+# a digest of them), for the window's message inspector and its reply chains; and ``effects``:
+# ABI v2 tool results and people's answers, which a replay takes instead of asking again. Both
+# are created by the schema's ``IF NOT EXISTS``; runs recorded before have none.
 
 #: How long a writer waits for another process's transaction before it calls the store locked
 #: (``QHYBRID_STORE_TIMEOUT`` seconds overrides it).
@@ -147,6 +152,20 @@ CREATE TABLE IF NOT EXISTS memory (
 CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
     data BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS payloads (
+    run_id TEXT NOT NULL,
+    tick INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, tick, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS effects (
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    tick INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT NOT NULL,

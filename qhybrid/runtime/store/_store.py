@@ -217,6 +217,10 @@ class RunStore:
             (run_id,) * 5,
         )
         data.update(dict(counts[0]))
+        if data["parent"] is not None:
+            data["parent_deleted"] = not self._query(
+                "SELECT 1 FROM runs WHERE run_id = ?", (data["parent"],)
+            )
         data["children"] = [
             str(r["run_id"])
             for r in self._query(
@@ -265,6 +269,8 @@ class RunStore:
         jobs: Iterable[tuple[int, str, str, str, str, float, str | None, str | None]] = (),
         ticks: Iterable[tuple[int, float, float, int, str, float]] = (),
         blobs: dict[str, bytes] | None = None,
+        payloads: Iterable[tuple[int, int, bytes]] = (),
+        effects: Iterable[tuple[str, int, str]] = (),
     ) -> None:
         """Add trace records and what came with them; call inside a :meth:`transaction` to
         batch several ticks. ``rows`` are ``(n, tick, lines)``: the records from number ``n``
@@ -298,6 +304,14 @@ class RunStore:
                 conn.executemany(
                     "INSERT OR IGNORE INTO blobs (digest, data) VALUES (?, ?)", blobs.items()
                 )
+            conn.executemany(
+                "INSERT OR REPLACE INTO payloads (run_id, tick, seq, data) VALUES (?,?,?,?)",
+                ((run_id, *row) for row in payloads),
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO effects (run_id, key, tick, text) VALUES (?,?,?,?)",
+                ((run_id, *row) for row in effects),
+            )
             conn.executemany(
                 "INSERT OR REPLACE INTO ticks (run_id, tick, t_s, dur_s, delivered, busy, llm_s)"
                 " VALUES (?,?,?,?,?,?,?)",
@@ -393,7 +407,16 @@ class RunStore:
                     "UPDATE records SET count = ?, lines = ? WHERE run_id = ? AND n = ?",
                     (len(keep), "\n".join(keep), run_id, row[0]),
                 )
-            for table in ("logs", "llm_updates", "jobs", "llm_requests", "ticks"):
+            for table in (
+                "logs",
+                "llm_updates",
+                "jobs",
+                "llm_requests",
+                "ticks",
+                "effects",
+            ):
+                # (Not ``payloads``: keyed by due tick and queue seq, which a resume makes
+                # again the same; those queued before the cut and due after it stay valid.)
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND tick > ?", (run_id, tick))
             conn.execute("DELETE FROM checkpoints WHERE run_id = ? AND tick > ?", (run_id, tick))
             conn.execute(
@@ -402,6 +425,104 @@ class RunStore:
                 " owner_host = ?, owner_start = ? WHERE run_id = ?",
                 (tick, records, RUNNING, *this_process(), run_id),
             )
+
+    # -- deleting a run -----------------------------------------------------------------------
+    def delete_run(self, run_id: str) -> dict[str, Any]:
+        """Delete a run: its trace, logs, LLM traffic, jobs, ticks, message payloads and
+        checkpoints, and the blobs (snapshots, tensor contents, job outputs) that no other
+        run's checkpoints or jobs name. A run still running is refused (:class:`StoreError`).
+
+        Its forks keep working: a fork holds its own copy of the trace before its fork tick
+        and its own checkpoints; it keeps its parent's id, which :meth:`run` then reports as
+        deleted. Returns what was deleted (rows per table, ``blobs`` freed, ``forks`` left)."""
+        run = self.run(run_id)
+        if run["status"] == RUNNING:
+            raise StoreError(
+                f"run store {self.path}: run {run_id} is still running "
+                f"(pid {run['owner_pid']} on {run['owner_host']}); stop it first"
+            )
+        from qhybrid.runtime.store._checkpoint import CheckpointUnavailable, load_state
+
+        def named_by(rows: Iterable[sqlite3.Row]) -> set[str]:
+            keys: set[str] = set()
+            for (data,) in rows:
+                try:
+                    state = load_state(bytes(data))
+                except CheckpointUnavailable:
+                    continue  # an old pickled checkpoint names no blob this code can read
+                keys.update(a[4] for a in state["agents"] if a[4])
+                keys.update(t[3] for t in state["tensors"])
+            return keys
+
+        counts: dict[str, Any] = {}
+        with self.transaction() as conn:
+            mine = named_by(
+                conn.execute("SELECT state FROM checkpoints WHERE run_id = ?", (run_id,))
+            )
+            mine.update(
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT digest FROM jobs WHERE run_id = ? AND digest IS NOT NULL", (run_id,)
+                )
+            )
+            others = named_by(
+                conn.execute("SELECT state FROM checkpoints WHERE run_id != ?", (run_id,))
+            )
+            others.update(
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT digest FROM jobs WHERE run_id != ? AND digest IS NOT NULL", (run_id,)
+                )
+            )
+            for table in (
+                "records",
+                "logs",
+                "llm_requests",
+                "llm_updates",
+                "jobs",
+                "ticks",
+                "payloads",
+                "effects",
+                "checkpoints",
+                "runs",
+            ):
+                cur = conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+                counts[table] = cur.rowcount
+            freed = sorted(mine - others)
+            for i in range(0, len(freed), 500):
+                part = freed[i : i + 500]
+                conn.execute(
+                    f"DELETE FROM blobs WHERE digest IN ({','.join('?' * len(part))})", part
+                )
+        counts["blobs"] = len(freed)
+        counts["forks"] = list(run["children"])
+        return counts
+
+    def effects(self, run_id: str, *, to_tick: int | None = None) -> dict[str, str]:
+        """ABI v2 tool results and people's answers, by their key (``agent/ask/3``): what a
+        replay answers with instead of asking again (up to ``to_tick``, when given)."""
+        sql = "SELECT key, text FROM effects WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if to_tick is not None:
+            sql += " AND tick <= ?"
+            args.append(to_tick)
+        return {str(r[0]): str(r[1]) for r in self._query(sql, args)}
+
+    def copy_effects(self, run_id: str, effects: dict[str, str], tick: int) -> None:
+        """Give ``run_id`` these effects (a fork's, from before its fork tick)."""
+        self.append_tick(
+            run_id,
+            tick,
+            self.run(run_id)["records"],
+            [],
+            effects=[(k, tick, v) for k, v in effects.items()],
+        )
+
+    # -- message payloads (beside the trace, which keeps only a digest of long ones) ----------
+    def payloads(self, run_id: str) -> dict[tuple[int, int], bytes]:
+        """(tick, seq) -> the full payload of a message the trace keeps only a digest of."""
+        rows = self._query("SELECT tick, seq, data FROM payloads WHERE run_id = ?", (run_id,))
+        return {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows}
 
     # -- agents' long-term memory ----------------------------------------------------------------
     def load_memory(self, namespace: str) -> dict[str, dict[bytes, bytes]]:

@@ -14,6 +14,7 @@ from qhybrid.runtime.wasm_pool._abi import (
     KIND_GPU_DONE,
     KIND_LLM_CHAT_DONE,
     KIND_LLM_DONE,
+    KIND_SPAWNED,
     KIND_TASK_DONE,
     KIND_TOOL_DONE,
     RESERVED_KIND_BASE,
@@ -53,6 +54,7 @@ from qhybrid.runtime.wasm_pool._ray_pool import (
     RayNotInstalled,
     RayWorkerPool,
     import_ray,
+    ray_tensor_path,
 )
 from qhybrid.runtime.wasm_pool._worker import main as run_worker
 
@@ -64,6 +66,7 @@ __all__ = [
     "KIND_GPU_DONE",
     "KIND_LLM_CHAT_DONE",
     "KIND_LLM_DONE",
+    "KIND_SPAWNED",
     "KIND_TASK_DONE",
     "KIND_TOOL_DONE",
     "RAY_INSTALL_HINT",
@@ -96,6 +99,7 @@ __all__ = [
     "load_module",
     "load_python_module",
     "make_engine",
+    "ray_tensor_path",
     "run_worker",
     "worker_command",
     "wrap_envelope",

@@ -36,6 +36,8 @@ KIND_LLM_CHAT_DONE = _SPEC.kind("LLM_CHAT_DONE")
 KIND_TOOL_DONE = _SPEC.kind("TOOL_DONE")
 #: v2: a person's answer to ``ask`` (JSON).
 KIND_ANSWER = _SPEC.kind("ANSWER")
+#: v2: the answer to ``spawn`` (JSON: the new agent's id and name, or why not).
+KIND_SPAWNED = _SPEC.kind("SPAWNED")
 #: v2: the wire form of an enveloped message or a timer fire; agents never see it.
 KIND_ENVELOPE = _SPEC.kind("ENVELOPE")
 #: Sender id of messages that come from the runtime rather than an agent.

@@ -432,7 +432,7 @@ class AgentHost(MemoryHost):
                 f"send: more than {_amount(quotas.send_bytes)} of payload sent by one message"
             )
         payload = self._read("send", ptr, length, _MAX_PAYLOAD)
-        if not 0 <= to < self.load.agent_count:
+        if not 0 <= to < max(self.load.agent_count, self.ctx.agent_count):
             return SEND_UNKNOWN_AGENT
         if kind < 0 or kind >= RESERVED_KIND_BASE:
             return SEND_RESERVED_KIND
@@ -454,7 +454,8 @@ class AgentHost(MemoryHost):
         return self.agent_id
 
     def _h_agent_count(self) -> int:
-        return self.load.agent_count
+        # Spawned agents (ABI v2) grow the directory after this agent was loaded.
+        return max(self.load.agent_count, self.ctx.agent_count)
 
     def _h_peer_count(self) -> int:
         return len(self.load.peers)

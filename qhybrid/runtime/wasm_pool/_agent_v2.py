@@ -52,6 +52,10 @@ V2_EFFECTS = frozenset(
         "llm_cancel",
         "tool",
         "ask",
+        # Lifecycle (the orchestrator's ``_lifecycle``): spawn, stop the run, its refusal.
+        "spawn",
+        "stop_run",
+        "stop_run_refused",
     }
 )
 
@@ -67,6 +71,11 @@ def wrap(
 ) -> bytes:
     """The wire payload of an enveloped message (sent with kind ``ENVELOPE``)."""
     return ENVELOPE_HEADER.pack(kind, reply_to, corr, timer, period) + payload
+
+
+def _good_name(name: str) -> bool:
+    """A name a spawned agent may take: letters, digits, ``_`` and ``-``, up to 64."""
+    return len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-") for c in name)
 
 
 def _bad_kind(kind: int) -> bool:
@@ -90,6 +99,7 @@ class V2Calls:
         self.timers: dict[int, int] = {}  # live timer id -> period (0: once)
         self.next_call = 0
         self.next_question = 0
+        self.next_spawn = 0
         self.error_text: str | None = None
         self._config: Any = None
         self._config_loaded = False
@@ -106,10 +116,12 @@ class V2Calls:
             tuple(sorted(self.timers.items())),
             self.next_call,
             self.next_question,
+            self.next_spawn,
         )
 
     def set_state(self, state: tuple[Any, ...]) -> None:
-        self.next_corr, self.next_timer, timers, self.next_call, self.next_question = state
+        self.next_corr, self.next_timer, timers, self.next_call, self.next_question = state[:5]
+        self.next_spawn = state[5] if len(state) > 5 else 0  # snapshots made before spawn
         self.timers = dict(timers)
 
     def begin(self) -> None:
@@ -180,7 +192,7 @@ class V2Calls:
         self, to: int, kind: int, corr: int, reply_to: int, ptr: int, length: int
     ) -> int:
         payload = self._payload("send_env", ptr, length)
-        count = self.host.load.agent_count
+        count = max(self.host.load.agent_count, self.host.ctx.agent_count)
         if not 0 <= to < count or reply_to >= count:
             return ERR_UNKNOWN_AGENT
         if _bad_kind(kind):
@@ -309,6 +321,43 @@ class V2Calls:
 
     def _h_set_error(self, ptr: int, length: int) -> None:
         self.error_text = self._text("set_error", ptr, length, _MAX_TEXT)
+
+    def _h_spawn(
+        self,
+        group_ptr: int,
+        group_len: int,
+        name_ptr: int,
+        name_len: int,
+        config_ptr: int,
+        config_len: int,
+        tag: int,
+    ) -> int:
+        group = self._text("spawn", group_ptr, group_len)
+        name = self._text("spawn", name_ptr, name_len)
+        config = self.host.read_guest("spawn", config_ptr, config_len, _MAX_REQUEST)
+        if group not in self.host.load.spawn:
+            return ERR_NOT_GRANTED
+        if name and not _good_name(name):
+            return ERR_BAD_ARG
+        if config.strip():
+            try:
+                parsed = json.loads(config.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                return ERR_BAD_ARG
+            if not isinstance(parsed, dict):
+                return ERR_BAD_ARG
+        spawn = self.next_spawn
+        self.next_spawn += 1
+        self.host.call_state.effects.append(("spawn", spawn, tag, group, name, config))
+        return spawn
+
+    def _h_stop_run(self, ptr: int, length: int) -> int:
+        reason = self._text("stop_run", ptr, length, _MAX_TEXT)
+        if not self.host.load.stop_run:
+            self.host.call_state.effects.append(("stop_run_refused", reason))
+            return ERR_NOT_GRANTED
+        self.host.call_state.effects.append(("stop_run", reason))
+        return OK
 
     # -- LLM chat, tools, people --------------------------------------------------------
     def _h_llm_chat(self, ptr: int, length: int, tag: int) -> int:

@@ -13,23 +13,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
-from qhybrid.runtime.wasm_pool._limits import effective_limits
+from qhybrid.runtime.wasm_pool._pool_base import PoolBase
 from qhybrid.runtime.wasm_pool._protocol import (
-    AgentLoad,
     BatchReply,
-    Outcome,
     ProtocolError,
     Request,
-    TaskOutcome,
     TaskRun,
-    TensorEntry,
     encode,
     read_frame,
 )
 from qhybrid.runtime.wasm_pool._watchdog import (
     BASE_DEADLINE_S,
     WorkerUnresponsive,
-    batch_deadline,
     watched,
 )
 
@@ -89,7 +84,7 @@ class _Worker:
         return self.proc.pid
 
 
-class WorkerPool:
+class WorkerPool(PoolBase):
     """A fixed set of worker processes, each hosting agents and running CPU tasks.
 
     All methods are coroutines for the loop the pool was started on (the orchestrator's).
@@ -97,19 +92,11 @@ class WorkerPool:
     """
 
     def __init__(self, size: int, *, start_timeout: float = 60.0) -> None:
-        if size < 1:
-            raise ValueError(f"a pool needs at least one worker, got {size}")
-        self.size = size
+        super().__init__(size)
         self.start_timeout = start_timeout
         self._workers: list[_Worker] = []
         self._closed = False
         self._env: dict[str, str] = {}
-        # What every worker must know; replayed to a replacement worker.
-        self._directory: tuple[str, ...] = ()
-        self._modules: dict[str, tuple[bytes, bytes]] = {}
-        self._tensors: list[TensorEntry] = []
-        self._time_limits: dict[int, int] = {}  # agent id -> ms per message (the watchdog's)
-        self.restarts = 0
 
     @property
     def pids(self) -> list[int]:
@@ -201,60 +188,6 @@ class WorkerPool:
             raise AgentModuleError(value)
         raise WorkerError(f"worker {index}: {value}")
 
-    async def install_module(self, key: str, serialized: bytes, original: bytes = b"") -> None:
-        """Give every worker a compiled module, to instantiate agents from by ``key``.
-
-        ``original`` is the module's source (binary or WAT), which workers inspect to tell
-        whether memory and exported globals hold all of an instance's state.
-        """
-        self._modules[key] = (serialized, original)
-        await asyncio.gather(
-            *(
-                self._request(i, Request("module", (key, serialized, original)))
-                for i in range(self.size)
-            )
-        )
-
-    async def set_directory(self, names: Sequence[str]) -> None:
-        """Tell every worker the name of each agent id (for the ABI's ``lookup``)."""
-        self._directory = tuple(names)
-        await asyncio.gather(
-            *(self._request(i, Request("directory", (self._directory,))) for i in range(self.size))
-        )
-
-    def add_tensors(self, entries: Sequence[TensorEntry]) -> None:
-        """Named tensors agents may open; each worker learns them with its next batch."""
-        self._tensors.extend(entries)
-
-    async def snapshot(self, index: int, agent_ids: Sequence[int]) -> dict[int, bytes | str]:
-        """Snapshots of agents on worker ``index`` (see ``AgentHost.snapshot``), or for an
-        agent that cannot be snapshotted, why."""
-        reply = await self._request(index, Request("snapshot", (list(agent_ids),)))
-        assert isinstance(reply, dict)
-        return reply
-
-    async def restore(
-        self,
-        index: int,
-        items: Sequence[tuple[AgentLoad, bytes | None, list[tuple[int, int, int, bytes]]]],
-    ) -> list[str | None]:
-        """Recreate agents on worker ``index`` from snapshots plus the messages to replay."""
-        await self._sync_tensors(index)
-        budget = 0
-        for load, _, replay in items:  # a replay may take what its messages may take
-            per = effective_limits(load.limits)[0].timeout_ms or 0
-            self._time_limits[load.agent_id] = per
-            budget += per * (len(replay) + 2)  # + start-up and the restore itself
-        reply = await self._request(
-            index, Request("restore", (list(items),)), batch_deadline(budget, 0)
-        )
-        assert isinstance(reply, list)
-        return reply
-
-    async def restart_agent(self, index: int, agent_id: int) -> None:
-        """Replace an agent with a fresh instance of its module (its ``restart`` policy)."""
-        await self._request(index, Request("restart", (agent_id,)))
-
     async def respawn(self, index: int) -> None:
         """Replace a dead worker with a new process that knows what the old one knew
         (names, modules, tensors) but hosts no agents yet."""
@@ -273,25 +206,11 @@ class WorkerPool:
         worker.busy_ns = old.busy_ns
         worker.batch_ns = old.batch_ns
         self.restarts += 1
-        await self._request(index, Request("directory", (self._directory,)))
-        for key, (serialized, original) in self._modules.items():
-            await self._request(index, Request("module", (key, serialized, original)))
+        await self._tell_again(index)
         logger.warning("worker %d replaced (old pid %d, new pid %d)", index, old.pid, worker.pid)
 
-    async def _sync_tensors(self, index: int) -> None:
-        worker = self._workers[index]
-        if worker.tensors_seen < len(self._tensors):
-            entries = self._tensors[worker.tensors_seen :]
-            await self._request(index, Request("tensors", (entries,)))
-            worker.tensors_seen += len(entries)
-
-    async def load_agents(self, index: int, loads: Sequence[AgentLoad]) -> None:
-        """Instantiate agents on worker ``index`` (their module must be installed)."""
-        for load in loads:  # what each may take per message: the batches' deadlines
-            self._time_limits[load.agent_id] = effective_limits(load.limits)[0].timeout_ms or 0
-        # Start-up is four limited calls at most (start, _initialize, version, qh_init).
-        budget = 4 * sum(self._time_limits[load.agent_id] for load in loads)
-        await self._request(index, Request("load", (list(loads),)), batch_deadline(budget, 0))
+    def _host(self, index: int) -> _Worker:
+        return self._workers[index]
 
     async def run_batch(
         self,
@@ -304,22 +223,9 @@ class WorkerPool:
         in order, then ``tasks``, on worker ``index``."""
         if self._closed:
             raise WorkerError("the worker pool is closed")
-        worker = self._workers[index]
-        new = self._tensors[worker.tensors_seen :]
-        limits = self._time_limits
-        deadline = batch_deadline(sum(limits.get(d[0], 0) for d in deliveries), len(tasks))
-        reply = await self._request(
-            index, Request("batch", (tick, list(deliveries), list(tasks), new)), deadline
-        )
-        worker.tensors_seen += len(new)
-        outcomes, tasks_done, busy_ns, *usage = reply
-        worker.batch_ns += busy_ns
-        return BatchReply(
-            tuple(map(Outcome._make, outcomes)),
-            tuple(map(TaskOutcome._make, tasks_done)),
-            busy_ns,
-            usage[0] if usage else b"",
-        )
+        reply = await self._batch(index, tick, deliveries, tasks)
+        self._workers[index].batch_ns += reply.busy_ns
+        return reply
 
     def kill_worker(self, index: int) -> None:
         """SIGKILL one worker (for tests of crash handling)."""

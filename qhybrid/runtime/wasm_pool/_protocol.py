@@ -76,6 +76,10 @@ class AgentLoad:
     #: Linear memory of the worker's instances together; ``None``: the default (``_limits.py``).
     #: The scenario's ``[workers] memory_mb``, the same in every load.
     worker_memory_bytes: int | None = None
+    #: ABI v2 lifecycle: the groups the agent may ``spawn`` from, and whether it may
+    #: ``stop_run`` (``[agents.grants]`` ``spawn`` and ``stop_run``).
+    spawn: tuple[str, ...] = ()
+    stop_run: bool = False
 
     def __reduce__(self) -> tuple[type[AgentLoad], tuple[Any, ...]]:
         # As Limits: tens of thousands go to the workers at start-up. Every field, in order.

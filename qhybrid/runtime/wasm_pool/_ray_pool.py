@@ -12,6 +12,12 @@ Placement: one placement group of ``size`` bundles (``{"CPU": 1}`` each), strate
 new actor in the same bundle, which Ray reschedules onto a live node when its node is gone,
 and the orchestrator's recovery restores the agents there from their snapshots.
 
+Tensors: an actor on the driver's Ray node (by node id, not host name: the raylets of a local
+``Cluster`` share one machine) maps the driver's shared-memory segments as a local worker
+does; an actor on any other node gets them through Ray's object store (``_ray_tensors.py``).
+``QHYBRID_RAY_TENSORS=object-store`` (or ``tensors="object-store"``) sends every actor that
+way, the driver's node included (for tests and to measure it).
+
 Ray is optional (``pip install 'qhybrid[ray]'``): this module imports it only when a pool
 starts, and :class:`RayNotInstalled` says how to install it.
 """
@@ -24,29 +30,38 @@ import importlib
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
-from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._pool import WorkerCrashed, WorkerError
+from qhybrid.runtime.wasm_pool._pool_base import PoolBase
 from qhybrid.runtime.wasm_pool._protocol import (
-    AgentLoad,
     BatchReply,
-    Outcome,
     Request,
-    TaskOutcome,
     TaskRun,
-    TensorEntry,
 )
-from qhybrid.runtime.wasm_pool._watchdog import BASE_DEADLINE_S, batch_deadline
+from qhybrid.runtime.wasm_pool._watchdog import BASE_DEADLINE_S
 
-__all__ = ["RAY_INSTALL_HINT", "RayNotInstalled", "RayWorkerPool", "import_ray"]
+__all__ = [
+    "RAY_INSTALL_HINT",
+    "RAY_TENSORS_ENV",
+    "TENSOR_PATHS",
+    "RayNotInstalled",
+    "RayWorkerPool",
+    "import_ray",
+    "ray_tensor_path",
+]
 
 logger = logging.getLogger(__name__)
 
 RAY_INSTALL_HINT = "pip install 'qhybrid[ray]'  (or: pip install ray)"
+#: How tensors reach the actors: "auto" (shared memory on the driver's node, the object
+#: store elsewhere) or "object-store" (every actor through the object store).
+RAY_TENSORS_ENV = "QHYBRID_RAY_TENSORS"
+TENSOR_PATHS = ("auto", "object-store")
 
 
 class RayNotInstalled(WorkerError):
@@ -64,6 +79,18 @@ def import_ray() -> Any:
         ) from None
 
 
+def ray_tensor_path(tensors: str | None = None) -> str:
+    """``tensors``, or ``$QHYBRID_RAY_TENSORS`` when None (default "auto"), checked: one of
+    :data:`TENSOR_PATHS`, else :class:`WorkerError` naming where the value came from."""
+    where = "tensors"
+    if tensors is None:
+        tensors = os.environ.get(RAY_TENSORS_ENV, "").strip() or "auto"
+        where = f"${RAY_TENSORS_ENV}"
+    if tensors not in TENSOR_PATHS:
+        raise WorkerError(f"{where} must be one of {', '.join(TENSOR_PATHS)}, got {tensors!r}")
+    return tensors
+
+
 class WorkerActor:
     """The body of one Ray actor: a :class:`_worker.Worker` and the same replies a worker
     process writes on its pipe (``("ok", value)``, ``("module-error", text)``,
@@ -72,7 +99,7 @@ class WorkerActor:
     def __init__(self) -> None:
         from qhybrid.runtime.wasm_pool._worker import Worker
 
-        self.worker = Worker()
+        self.worker: Any = Worker()
 
     def hello(self) -> tuple[int, str, str]:
         """This actor's process id, Ray node id and host name."""
@@ -87,6 +114,27 @@ class WorkerActor:
         except Exception as exc:  # reported to the pool, which decides; the actor goes on
             logger.exception("request %s failed", request.op)
             return "error", f"{type(exc).__name__}: {exc}"
+
+    def use_object_store(self) -> None:
+        """Read tensors from Ray's object store from now on (before any agent is loaded)."""
+        from qhybrid.runtime.wasm_pool._ray_tensors import ObjectStoreWorker
+
+        self.worker.close()
+        self.worker = ObjectStoreWorker()
+
+    def handle_remote(
+        self, request: Request, refs: dict[Any, Any]
+    ) -> tuple[str, Any, dict[int, Any]]:
+        """:meth:`handle` on the object-store path: the tensor references this actor had
+        not had yet come with the request; CPU tasks' outputs go back with the reply."""
+        self.worker.store_ctx.set_refs(refs)
+        status, value = self.handle(request)
+        return status, value, self.worker.take_outputs()
+
+    def tensor_stats(self) -> tuple[int, int]:
+        """Tensors this actor fetched from the object store, and their bytes."""
+        ctx = getattr(self.worker, "store_ctx", None)
+        return (0, 0) if ctx is None else (ctx.fetches, ctx.fetched_bytes)
 
     def close(self) -> None:
         self.worker.close()
@@ -103,16 +151,21 @@ class _Actor:
         self.busy_ns = 0
         self.requests = 0
         self.tensors_seen = 0
+        #: Tensors come through the object store (not on the driver's node, or forced).
+        self.object_store = False
+        #: The object-store references this actor has been sent, by tensor handle.
+        self.refs_sent: dict[Any, Any] = {}
 
 
-class RayWorkerPool:
+class RayWorkerPool(PoolBase):
     """``size`` Ray actors, one per worker index, behind the interface of
     :class:`~qhybrid.runtime.wasm_pool.WorkerPool` (the orchestrator's ``AgentPool``).
 
     ``address``: a running cluster (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
     ``None`` starts a local Ray instance with ``num_cpus`` CPUs (default: ``size``) and shuts
     it down in :meth:`aclose`. If Ray is already initialised in this process, the pool uses
-    that connection and leaves it open.
+    that connection and leaves it open. ``tensors``: one of :data:`TENSOR_PATHS` (default:
+    ``$QHYBRID_RAY_TENSORS``, else "auto").
     """
 
     def __init__(
@@ -122,10 +175,10 @@ class RayWorkerPool:
         address: str | None = None,
         start_timeout: float = 60.0,
         num_cpus: int | None = None,
+        tensors: str | None = None,
     ) -> None:
-        if size < 1:
-            raise ValueError(f"a pool needs at least one worker, got {size}")
-        self.size = size
+        super().__init__(size)
+        self.tensor_path = ray_tensor_path(tensors)
         self.address = address
         self.start_timeout = start_timeout
         self.num_cpus = num_cpus
@@ -134,11 +187,15 @@ class RayWorkerPool:
         self._pg: Any = None
         self._actors: list[_Actor] = []
         self._closed = False
-        self._directory: tuple[str, ...] = ()
-        self._modules: dict[str, tuple[bytes, bytes]] = {}
-        self._tensors: list[TensorEntry] = []
-        self._time_limits: dict[int, int] = {}
-        self.restarts = 0
+        self._driver_node = ""
+        self._refs: Any = None  # _ray_tensors.StoreRefs, once an actor needs the object store
+        self._tick: int | None = None
+        #: Set once the pool has started (or failed to): what a part that needs Ray too
+        #: (the GPU actor, _ray_gpu.py) waits for, from another thread, so that it does not
+        #: create actors while the pool does (two threads exporting actor classes at once
+        #: lost an actor now and then).
+        self.started = threading.Event()
+        self._close_hooks: list[Callable[[], None]] = []
 
     # -- what the orchestrator reads --------------------------------------------------------
     @property
@@ -158,24 +215,58 @@ class RayWorkerPool:
     def busy_ns(self) -> list[int]:
         return [a.busy_ns for a in self._actors]
 
+    def _host(self, index: int) -> _Actor:
+        return self._actors[index]
+
+    @property
+    def running(self) -> bool:
+        """Started and not closed."""
+        return self.started.is_set() and not self._closed
+
+    @property
+    def ray(self) -> Any:
+        """The ``ray`` module once :meth:`start` has imported it, else None."""
+        return self._ray
+
+    def add_close_hook(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` in :meth:`aclose` before the actors stop and Ray shuts down."""
+        self._close_hooks.append(hook)
+
+    @property
+    def driver_node(self) -> str:
+        """The Ray node id of the driver (this process)."""
+        return self._driver_node
+
+    @property
+    def object_store(self) -> list[bool]:
+        """Per worker index: whether its actor gets tensors through the object store."""
+        return [a.object_store for a in self._actors]
+
+    def tensor_puts(self) -> tuple[int, int]:
+        """Tensor versions the driver put into the object store so far, and their bytes."""
+        return (0, 0) if self._refs is None else (self._refs.puts, self._refs.put_bytes)
+
+    async def tensor_fetches(self) -> list[tuple[int, int]]:
+        """Per worker index: tensors its actor fetched from the object store, and bytes."""
+        return list(
+            await asyncio.gather(
+                *(self._wait(a.handle.tensor_stats.remote(), "tensor stats") for a in self._actors)
+            )
+        )
+
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect to (or start) Ray, reserve the placement group, start every actor."""
         ray = self._ray = import_ray()
         try:
             if not ray.is_initialized():
-                if self.address:
-                    ray.init(address=self.address, log_to_driver=False)
-                else:
-                    # "local": a new instance even if a cluster runs here (`ray start`,
-                    # RAY_ADDRESS), which ray.init() without an address would join instead.
-                    ray.init(
-                        address="local",
-                        num_cpus=self.num_cpus or self.size,
-                        include_dashboard=False,
-                        log_to_driver=False,
-                    )
+                from qhybrid.runtime.wasm_pool._ray_signals import kept_crash_handlers
+
+                # ray.init's crash handlers would replace wasmtime's trap handlers here.
+                with kept_crash_handlers():
+                    self._ray_init(ray)
                 self._owns_ray = True
+            self._driver_node = str(ray.get_runtime_context().get_node_id())
             placement = importlib.import_module("ray.util.placement_group")
             self._pg = placement.placement_group([{"CPU": 1}] * self.size, strategy="SPREAD")
             await self._wait(self._pg.ready(), "the placement group")
@@ -185,7 +276,21 @@ class RayWorkerPool:
         except BaseException:
             await self.aclose()
             raise
+        self.started.set()
         logger.info("Ray pool started: %d actors on nodes %s", self.size, self.node_ids)
+
+    def _ray_init(self, ray: Any) -> None:
+        if self.address:
+            ray.init(address=self.address, log_to_driver=False)
+        else:
+            # "local": a new instance even if a cluster runs here (`ray start`, RAY_ADDRESS),
+            # which ray.init() without an address would join instead.
+            ray.init(
+                address="local",
+                num_cpus=self.num_cpus or self.size,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
 
     def _spawn(self, index: int) -> _Actor:
         strategies = importlib.import_module("ray.util.scheduling_strategies")
@@ -212,18 +317,17 @@ class RayWorkerPool:
             actor.pid, actor.node_id, actor.host = await self._wait(
                 actor.handle.hello.remote(), f"worker {actor.index}'s start"
             )
+            if self.tensor_path == "object-store" or actor.node_id != self._driver_node:
+                # Another node has its own /dev/shm (a local Cluster's raylets do not, but
+                # which node it is, not which host, decides: the path is the same).
+                await self._wait(actor.handle.use_object_store.remote(), "the object store")
+                actor.object_store = True
+                if self._refs is None:
+                    from qhybrid.runtime.wasm_pool._ray_tensors import StoreRefs
+
+                    self._refs = StoreRefs(self._ray)
         except self._ray.exceptions.RayActorError as exc:
             raise WorkerCrashed(actor.index, None, None, f"Ray actor died: {exc}") from None
-        if actor.host != socket.gethostname():
-            # Tensors are shared memory on the driver's machine; carrying them to another
-            # machine through Ray's object store is not implemented yet (docs/scale-out.md).
-            logger.warning(
-                "worker %d runs on host %s, not on the driver's (%s): its agents cannot open "
-                "tensors, and CPU tasks on tensors fail there",
-                actor.index,
-                actor.host,
-                socket.gethostname(),
-            )
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Stop every actor, free the placement group, shut Ray down if this pool started
@@ -231,10 +335,16 @@ class RayWorkerPool:
         if self._closed:
             return
         self._closed = True
+        self.started.set()  # nobody waits for a start that will not come
         ray = self._ray
         actors, self._actors = self._actors, []
         if ray is None:
             return
+        for hook in self._close_hooks:
+            try:
+                await asyncio.to_thread(hook)
+            except Exception:
+                logger.exception("a Ray pool close hook failed")
         refs = []
         for a in actors:
             with contextlib.suppress(Exception):
@@ -247,11 +357,16 @@ class RayWorkerPool:
         for a in actors:
             with contextlib.suppress(Exception):
                 ray.kill(a.handle, no_restart=True)
+        if self._refs is not None:
+            self._refs.close()
         if self._pg is not None:
             with contextlib.suppress(Exception):
                 importlib.import_module("ray.util.placement_group").remove_placement_group(self._pg)
         if self._owns_ray:
-            ray.shutdown()
+            from qhybrid.runtime.wasm_pool._ray_signals import kept_crash_handlers
+
+            with kept_crash_handlers():  # its shutdown resets them to the default action
+                ray.shutdown()
 
     # -- requests ---------------------------------------------------------------------------
     async def _request(
@@ -263,7 +378,14 @@ class RayWorkerPool:
         ray = self._ray
         async with actor.lock:
             start = time.perf_counter_ns()
-            ref = actor.handle.handle.remote(request)
+            if actor.object_store:
+                self._refs.refresh(self._tensors, self._tick if request.op == "batch" else None)
+                if request.op == "batch":
+                    self._refs.add_inputs(request.args[2])
+                refs = self._refs.delta(actor.refs_sent)
+                ref = actor.handle.handle_remote.remote(request, refs)
+            else:
+                ref = actor.handle.handle.remote(request)
             try:
                 reply = await asyncio.wait_for(asyncio.wrap_future(ref.future()), deadline_s)
             except TimeoutError:
@@ -278,45 +400,21 @@ class RayWorkerPool:
                 raise WorkerCrashed(
                     index, actor.pid, None, f"Ray actor died: {type(exc).__name__}"
                 ) from None
+            if actor.object_store:
+                status, value, outputs = reply
+                if outputs:
+                    from qhybrid.runtime.wasm_pool._ray_tensors import copy_outputs
+
+                    copy_outputs(request.args[2], outputs)
+            else:
+                status, value = reply
             actor.requests += 1
             actor.busy_ns += time.perf_counter_ns() - start
-        status, value = reply
         if status == "ok":
             return value
         if status == "module-error":
             raise AgentModuleError(value)
         raise WorkerError(f"worker {index}: {value}")
-
-    async def install_module(self, key: str, serialized: bytes, original: bytes = b"") -> None:
-        self._modules[key] = (serialized, original)
-        await asyncio.gather(
-            *(
-                self._request(i, Request("module", (key, serialized, original)))
-                for i in range(self.size)
-            )
-        )
-
-    async def set_directory(self, names: Sequence[str]) -> None:
-        self._directory = tuple(names)
-        await asyncio.gather(
-            *(self._request(i, Request("directory", (self._directory,))) for i in range(self.size))
-        )
-
-    def add_tensors(self, entries: Sequence[TensorEntry]) -> None:
-        self._tensors.extend(entries)
-
-    async def _sync_tensors(self, index: int) -> None:
-        actor = self._actors[index]
-        if actor.tensors_seen < len(self._tensors):
-            entries = self._tensors[actor.tensors_seen :]
-            await self._request(index, Request("tensors", (entries,)))
-            actor.tensors_seen += len(entries)
-
-    async def load_agents(self, index: int, loads: Sequence[AgentLoad]) -> None:
-        for load in loads:
-            self._time_limits[load.agent_id] = effective_limits(load.limits)[0].timeout_ms or 0
-        budget = 4 * sum(self._time_limits[load.agent_id] for load in loads)
-        await self._request(index, Request("load", (list(loads),)), batch_deadline(budget, 0))
 
     async def run_batch(
         self,
@@ -327,46 +425,8 @@ class RayWorkerPool:
     ) -> BatchReply:
         if self._closed:
             raise WorkerError("the worker pool is closed")
-        actor = self._actors[index]
-        new = self._tensors[actor.tensors_seen :]
-        limits = self._time_limits
-        deadline = batch_deadline(sum(limits.get(d[0], 0) for d in deliveries), len(tasks))
-        reply = await self._request(
-            index, Request("batch", (tick, list(deliveries), list(tasks), new)), deadline
-        )
-        actor.tensors_seen += len(new)
-        outcomes, tasks_done, busy_ns, *usage = reply
-        return BatchReply(
-            tuple(map(Outcome._make, outcomes)),
-            tuple(map(TaskOutcome._make, tasks_done)),
-            busy_ns,
-            usage[0] if usage else b"",
-        )
-
-    async def snapshot(self, index: int, agent_ids: Sequence[int]) -> dict[int, bytes | str]:
-        reply = await self._request(index, Request("snapshot", (list(agent_ids),)))
-        assert isinstance(reply, dict)
-        return reply
-
-    async def restore(
-        self,
-        index: int,
-        items: Sequence[tuple[AgentLoad, bytes | None, list[tuple[int, int, int, bytes]]]],
-    ) -> list[str | None]:
-        await self._sync_tensors(index)
-        budget = 0
-        for load, _, replay in items:
-            per = effective_limits(load.limits)[0].timeout_ms or 0
-            self._time_limits[load.agent_id] = per
-            budget += per * (len(replay) + 2)
-        reply = await self._request(
-            index, Request("restore", (list(items),)), batch_deadline(budget, 0)
-        )
-        assert isinstance(reply, list)
-        return reply
-
-    async def restart_agent(self, index: int, agent_id: int) -> None:
-        await self._request(index, Request("restart", (agent_id,)))
+        self._tick = tick
+        return await self._batch(index, tick, deliveries, tasks)
 
     async def respawn(self, index: int) -> None:
         """Replace a dead actor with a new one in the same placement-group bundle (Ray
@@ -380,9 +440,7 @@ class RayWorkerPool:
         self._actors[index] = actor
         await self._hello(actor)
         self.restarts += 1
-        await self._request(index, Request("directory", (self._directory,)))
-        for key, (serialized, original) in self._modules.items():
-            await self._request(index, Request("module", (key, serialized, original)))
+        await self._tell_again(index)
         logger.warning(
             "worker %d replaced: Ray actor on node %s (was %s)", index, actor.node_id, old.node_id
         )

@@ -21,15 +21,18 @@ from typing import IO, Any
 from qhybrid.runtime.tensors import attach, run_numpy
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
 from qhybrid.runtime.wasm_pool._agent import AgentHost
+from qhybrid.runtime.wasm_pool._frames import FrameError
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
     Outcome,
     Request,
     TaskOutcome,
     TaskRun,
+    encode,
     read_frame_sync,
     write_frame_sync,
 )
+from qhybrid.runtime.wasm_pool._reply_bound import bound_reply
 from qhybrid.runtime.wasm_pool._worker_context import WorkerContext
 
 logger = logging.getLogger("qhybrid.worker")
@@ -54,9 +57,9 @@ class Worker:
             self.ctx.add_module(key, serialized, original[0] if original else b"")
             return None
         if op == "directory":
-            (names,) = request.args
+            names, *spawned = request.args
             # Updated in place: agents already loaded hold this same mapping.
-            self.ctx.set_directory(names)
+            self.ctx.set_directory(names, *spawned)
             return None
         if op == "tensors":
             (entries,) = request.args
@@ -76,6 +79,10 @@ class Worker:
             self.load([self.loads[agent_id]])
             return None
         raise ValueError(f"unknown request {op!r}")
+
+    def name_of(self, agent_id: int) -> str:
+        load = self.loads.get(agent_id)
+        return load.name if load is not None else str(agent_id)
 
     def load(self, loads: list[AgentLoad]) -> None:
         # Each agent is some dozens of long-lived objects: with the cyclic collector on, it
@@ -225,7 +232,12 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
             except Exception as exc:  # reported to the pool, which decides; the worker goes on
                 logger.exception("request %s failed", getattr(request, "op", request))
                 reply = ("error", f"{type(exc).__name__}: {exc}")
-            write_frame_sync(stdout, reply)
+            try:
+                data = encode(reply)
+            except FrameError:  # too large to carry: the culprits named, not a dead worker
+                data = encode(bound_reply(request, reply, worker.name_of))
+            stdout.write(data)
+            stdout.flush()
     finally:
         worker.close(free_agents=False)
 

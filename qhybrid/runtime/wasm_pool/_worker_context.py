@@ -27,7 +27,11 @@ class WorkerContext:
         self._imports: dict[str, tuple[tuple[str, str], ...]] = {}
         self._recoverable: dict[str, bool] = {}
         self.directory: dict[str, int] = {}
+        #: How many agents the run has (spawned ones included).
+        self.agent_count = 0
         self._groups: dict[str, list[int]] = {}
+        #: ABI v2 spawn: group -> the ids of its spawned instances, in spawn order.
+        self._spawned: dict[str, tuple[int, ...]] = {}
         #: Python agents' sources, by module key.
         self.sources: dict[str, bytes] = {}
         self.tensors: dict[str, TensorEntry] = {}
@@ -94,12 +98,20 @@ class WorkerContext:
                 members.append(i)
             if not members and group in self.directory:
                 members = [self.directory[group]]
+            members.extend(i for i in self._spawned.get(group, ()) if i not in members)
             self._groups[group] = members
         return members
 
-    def set_directory(self, names: list[str] | tuple[str, ...]) -> None:
+    def set_directory(
+        self,
+        names: list[str] | tuple[str, ...],
+        spawned: tuple[tuple[str, tuple[int, ...]], ...] = (),
+    ) -> None:
+        """Every agent's name by id, and (ABI v2) the spawned instances of each group."""
         self.directory.clear()
         self.directory.update((name, i) for i, name in enumerate(names))
+        self.agent_count = len(names)
+        self._spawned = dict(spawned)
         self._groups.clear()
 
     def module(self, key: str, stack_bytes: int | None) -> wasmtime.Module:

@@ -190,6 +190,28 @@ export function toolCall(tool: string, argsJson: string, tag: i32): i32 {
   const b = utf8(argsJson);
   return abi.tool_call(changetype<usize>(t), t.byteLength, changetype<usize>(b), b.byteLength, tag);
 }
+/** Start an instance of the scenario's group `group` (name "": `group-N`; configJson "": the
+ *  group's config) when this message succeeds; the spawn id, or a negative code. The new
+ *  agent's id comes as KIND_SPAWNED: read it with spawnedAgent. */
+export function spawn(group: string, name: string, configJson: string, tag: i32): i32 {
+  const g = utf8(group);
+  const n = utf8(name);
+  const c = utf8(configJson);
+  return abi.spawn(
+    changetype<usize>(g), g.byteLength, changetype<usize>(n), n.byteLength,
+    changetype<usize>(c), c.byteLength, tag,
+  );
+}
+/** The new agent's id in a KIND_SPAWNED payload (JSON text), or -1 when it was refused. */
+export function spawnedAgent(answerJson: string): i32 {
+  if (jsonGetInt(answerJson, "status", 1) != 0) return -1;
+  return <i32>jsonGetInt(answerJson, "agent", -1);
+}
+/** End the whole run after this tick with `reason` (needs grants.stop_run); 0 or -9. */
+export function stopRun(reason: string): i32 {
+  const b = utf8(reason);
+  return abi.stop_run(changetype<usize>(b), b.byteLength);
+}
 /** Inside qh_snapshot: hand the host the agent's state. */
 export function snapshotPut(state: Uint8Array): void {
   abi.snapshot_put(state.dataStart, state.length);

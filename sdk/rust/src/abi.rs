@@ -84,6 +84,10 @@ pub const KIND_ANSWER: i32 = 0x7f000006;
 /// header `<i32 kind, i32 reply_to, i64 corr, i32 timer, i32 period>` and the payload); the
 /// host unwraps it and delivers the inner kind and payload.
 pub const KIND_ENVELOPE: i32 = 0x7f000010;
+/// v2: UTF-8 JSON `{"spawn", "tag", "status", "agent", "name", "group", "error"}`: the answer
+/// to `spawn` (status `0`: `agent` is the new agent's id and `name` its name; else `error` says
+/// why: the group's `max_spawned` is reached, or the name is taken).
+pub const KIND_SPAWNED: i32 = 0x7f000007;
 
 #[link(wasm_import_module = "qhybrid")]
 extern "C" {
@@ -295,4 +299,17 @@ extern "C" {
     /// the answer comes as an `ANSWER` message, and is recorded in the trace.
     #[link_name = "ask"]
     pub fn ask(ptr: *const u8, len: usize, tag: i32) -> i32;
+    /// v2: start a new instance of the scenario's agent group `group` (one with `max_spawned >
+    /// 0`, named in this agent's `grants.spawn`) when this message succeeds: named `name`
+    /// (`""`: `group-N`), its config the group's with the keys of the UTF-8 JSON object
+    /// `config` (`""`: none) merged in. It lives from the next tick, on worker `id % workers`.
+    /// Returns a spawn id `>= 0`; the new agent's id comes as a `SPAWNED` message. `-9` the
+    /// group is not granted, `-8` a bad name or a config that is not a JSON object.
+    #[link_name = "spawn"]
+    pub fn spawn(group_ptr: *const u8, group_len: usize, name_ptr: *const u8, name_len: usize, config_ptr: *const u8, config_len: usize, tag: i32) -> i32;
+    /// v2: end the whole run after this tick, when this message succeeds, with the UTF-8
+    /// `reason` (at most 4096 bytes) in its result (status `completed`). Needs `grants.stop_run
+    /// = true`: without it, `-9`, and the refusal is recorded in the trace.
+    #[link_name = "stop_run"]
+    pub fn stop_run(reason_ptr: *const u8, reason_len: usize) -> i32;
 }

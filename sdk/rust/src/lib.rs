@@ -284,6 +284,28 @@ pub fn tool_call(tool: &str, args: &Value, tag: i32) -> Result<i32, String> {
 pub fn ask(question: &str, tag: i32) -> i32 {
     unsafe { abi::ask(question.as_ptr(), question.len(), tag) }
 }
+/// Start an instance of the scenario's group `group` (`name` "": `group-N`; `config`: keys
+/// merged over the group's, `None`: none) when this message succeeds. The spawn id, or the
+/// refusal; the new agent's id comes as `KIND_SPAWNED` (read it with `spawned_agent`).
+pub fn spawn(group: &str, name: &str, config: Option<&Value>, tag: i32) -> Result<i32, String> {
+    let text = config.map(|c| c.to_string()).unwrap_or_default();
+    code(unsafe {
+        abi::spawn(group.as_ptr(), group.len(), name.as_ptr(), name.len(), text.as_ptr(), text.len(), tag)
+    })
+}
+/// The new agent's id in a `KIND_SPAWNED` message, or its error text.
+pub fn spawned_agent(msg: &Message) -> Result<i32, String> {
+    let answer = msg.json()?;
+    match (answer.get("status").and_then(|v| v.as_i64()), answer.get("agent").and_then(|v| v.as_i64())) {
+        (Some(0), Some(agent)) => Ok(agent as i32),
+        _ => Err(answer.get("error").and_then(|v| v.as_str()).unwrap_or("spawn refused").to_string()),
+    }
+}
+/// End the whole run after this tick with `reason` (needs `grants.stop_run`).
+pub fn stop_run(reason: &str) -> Result<(), String> {
+    let n = reason.len().min(abi::LOG_MAX as usize);
+    code(unsafe { abi::stop_run(reason.as_ptr(), n) }).map(|_| ())
+}
 
 // -- export glue (used by export_agent!) ------------------------------------------------------
 
