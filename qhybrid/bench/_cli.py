@@ -233,6 +233,13 @@ def _add_ui_parser(commands: Any) -> None:
         help="headless and watched runs, R of each, taking turns; the best counts (2)",
     )
     ui.add_argument(
+        "--view",
+        choices=("charts", "graph"),
+        default="charts",
+        help="what the watched window shows: the live charts and agents table, or the agent "
+        "graph and one agent's detail (charts)",
+    )
+    ui.add_argument(
         "--json", action="store_true", help="print the figures as one JSON object on stdout"
     )
     ui.set_defaults(parser=ui)
@@ -490,6 +497,7 @@ def _ui(args: argparse.Namespace) -> int:
         warmup_s=args.warmup,
         fps_seconds=args.fps_seconds,
         repeat=args.repeat,
+        view=args.view,
     )
     return _measure(
         args,
@@ -519,16 +527,26 @@ def _print_ui_table(console: Any, data: dict[str, Any]) -> None:
         return "[green]met[/]" if met[key] else "[red]missed[/]"
 
     table.add_row(
-        "frames/s (refresh + repaint)",
-        f"{data['fps']:,.1f}  (p50 {data['frame_ms_p50']:.1f} ms)",
+        f"frames/s the window made ({data['view']})",
+        f"{data['fps']:,.1f}",
         f">= {data['goals']['fps']:g} {mark('fps')}",
+    )
+    table.add_row(
+        "frames/s back to back (refresh + repaint)",
+        f"{data['fps_capacity']:,.1f}  (p50 {data['frame_ms_p50']:.1f} ms)",
+        "-",
     )
     table.add_row(
         "longest GUI stall, watched",
         f"{data['max_stall_ms']:,.1f} ms",
         f"< {data['goals']['max_stall_ms']:g} ms {mark('max_stall_ms')}",
     )
-    table.add_row("longest GUI stall, headless", f"{data['max_stall_ms_headless']:,.1f} ms", "-")
+    table.add_row("longest GUI stall, headless (floor)", f"{data['floor_stall_ms']:,.1f} ms", "-")
+    table.add_row(
+        "stall over the floor",
+        f"{data['stall_over_floor_ms']:,.1f} ms",
+        f"<= {data['goals']['stall_over_floor_ms']:g} ms {mark('stall_over_floor_ms')}",
+    )
     table.add_row("runtime msgs/s, headless", f"{data['headless_msgs_per_s']:,.0f}", "-")
     table.add_row("runtime msgs/s, watched", f"{data['watched_msgs_per_s']:,.0f}", "-")
     table.add_row(

@@ -11,9 +11,13 @@ Every figure comes from the same file in the same run:
   prompt and decode on the CPU (and with all layers offloaded when its build has a GPU
   backend), so ``vs_llama_cpp`` compares decode and prefill rates on the same device (goal:
   decode at least 0.9);
-- memory: each engine's peak resident set while it loads and runs (Linux: the process's
-  ``VmHWM``, reset through ``/proc/self/clear_refs`` before each engine starts), and the
-  resident set before it, so that the growth is that engine's own;
+- memory: each engine runs in a process of its own (spawned), so that its peak resident set
+  is the whole process's, from its start (Linux: ``VmHWM``): the interpreter, the imports,
+  the model's mapped pages and everything the engine allocates, and nothing of the other
+  engine's; the resident set before the model opens (the fixed cost) beside it. For qhybrid,
+  the goal of at most 1.5x the file plus the KV cache, met or not;
+- rates per CPU second of that process as well (``time.process_time``: all its threads),
+  steadier than wall-clock tokens/s on a shared machine;
 - the machine (CPU model, cores, memory) and the load average before and after, since the
   figures of a shared machine move with its load.
 """
@@ -29,10 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qhybrid.bench._llm_peer import Memory, prompt_ids
+
 logger = logging.getLogger(__name__)
 
 GOAL_BATCHING = 4.0
 GOAL_VS_LLAMA_CPP = 0.9
+#: Peak RSS of the whole process at most this times (file + KV cache).
+GOAL_MEMORY = 1.5
 
 
 class BenchmarkError(RuntimeError):
@@ -48,43 +56,6 @@ class LlmBenchConfig:
     repeat: int = 2
     paths: tuple[str, ...] = ("gpu", "cpu")
     llama_cpp: bool = True
-
-
-def _status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-class _Memory:
-    """Resident set before an engine runs and its peak while it runs (Linux; None elsewhere)."""
-
-    def __enter__(self) -> _Memory:
-        try:  # "5" resets the peak resident set (VmHWM) to the current one
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-        self.before = _status_kb("VmRSS")
-        self.peak: int | None = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.peak = _status_kb("VmHWM")
-
-    def to_json(self) -> dict[str, float | None]:
-        def mb(kb: int | None) -> float | None:
-            return None if kb is None else round(kb / 1024, 1)
-
-        grown = None if self.peak is None or self.before is None else self.peak - self.before
-        return {
-            "rss_before_mb": mb(self.before),
-            "peak_rss_mb": mb(self.peak),
-            "grown_mb": mb(grown),
-        }
 
 
 def machine() -> dict[str, Any]:
@@ -155,6 +126,8 @@ class LlmBenchReport:
             "vs_llama_cpp": {
                 "decode_ratio": ratios,
                 "prefill_ratio": ratio("prefill_tok_s"),
+                "decode_ratio_per_cpu_s": ratio("decode_tok_per_cpu_s"),
+                "prefill_ratio_per_cpu_s": ratio("prefill_tok_per_cpu_s"),
                 "goal": GOAL_VS_LLAMA_CPP,
                 "met": {place: r >= GOAL_VS_LLAMA_CPP for place, r in ratios.items()},
             },
@@ -167,34 +140,123 @@ Progress = Callable[[str], None]
 
 def run_llm_bench(config: LlmBenchConfig, progress: Progress) -> LlmBenchReport:
     """Measure everything (see the module docstring); raises :class:`BenchmarkError`."""
-    from qhybrid.runtime.llm import ModelError, read_model_info
-    from qhybrid.runtime.wgpu_thread import GpuJobError
+    from qhybrid.runtime.llm import read_model_info
 
     info = read_model_info(config.model)
     if not info.supported:
         raise BenchmarkError(f"{config.model}: {info.reason}")
     report = LlmBenchReport(model=info.to_json(), device={})
-    try:
-        asyncio.run(_measure_qhybrid(config, report, progress))
-    except (ModelError, GpuJobError, ValueError) as exc:
-        raise BenchmarkError(str(exc)) from exc
-    if config.llama_cpp:
-        _measure_llama_cpp(config, report, progress)
+    engines = ["qhybrid", "llama.cpp"] if config.llama_cpp else ["qhybrid"]
+    for engine in engines:
+        if engine == "qhybrid":
+            part = _in_own_process(engine, config, progress)
+        else:
+            part = _llama_cpp_process(config, progress)
+        report.device = report.device or part.get("device", {})
+        report.runs += part["runs"]
+        report.batching.update(part.get("batching", {}))
+        report.notes += part["notes"]
     report.load_after = _load()
     return report
 
 
-def _prompt(tokenizer: Any, n_vocab: int, count: int) -> list[int]:
-    """``count`` ids of ordinary text (the same for every engine), BOS first if the model adds
-    one."""
-    text = (
-        "The little robot walked through the quiet garden and looked at the red flowers. "
-        "It wanted to find a friend, so it asked the old cat for help. "
-    )
-    ids = tokenizer.encode(text * (count // 8 + 4))[:count]
-    if len(ids) < count:
-        raise BenchmarkError(f"the tokenizer gave only {len(ids)} tokens for the prompt")
-    return [min(int(t), n_vocab - 1) for t in ids]
+def _in_own_process(engine: str, config: LlmBenchConfig, progress: Progress) -> dict[str, Any]:
+    """One engine's measurements in a spawned process (its peak RSS is then its own)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(engine, config, theirs), name=f"bench-{engine}")
+    child.start()
+    theirs.close()
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    try:
+        while True:
+            try:
+                kind, payload = ours.recv()
+            except EOFError:
+                break
+            if kind == "progress":
+                progress(payload)
+            elif kind == "done":
+                result = payload
+            else:
+                error = payload
+    finally:
+        ours.close()
+        child.join()
+    if error is not None:
+        raise BenchmarkError(error)
+    if result is None:
+        raise BenchmarkError(
+            f"the {engine} measurement process ended without a result (exit code "
+            f"{child.exitcode}; its error is on stderr above)"
+        )
+    return result
+
+
+def _llama_cpp_process(config: LlmBenchConfig, progress: Progress) -> dict[str, Any]:
+    """llama.cpp's measurements by :mod:`._llm_peer`, run as a script: a process with the
+    interpreter and llama-cpp-python only, so that its peak RSS is llama.cpp's own."""
+    import json
+    import subprocess
+    import sys
+
+    from qhybrid.bench import _llm_peer
+
+    args = {
+        "model": str(config.model),
+        "prompt_tokens": config.prompt_tokens,
+        "decode_tokens": config.decode_tokens,
+        "repeat": config.repeat,
+    }
+    script = [sys.executable, _llm_peer.__file__, json.dumps(args)]
+    result: dict[str, Any] | None = None
+    with subprocess.Popen(script, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            try:
+                kind, payload = json.loads(line)
+            except ValueError:
+                continue  # not one of its event lines
+            if kind == "progress":
+                progress(str(payload))
+            elif kind == "done":
+                result = payload
+            else:
+                child.wait()
+                raise BenchmarkError(str(payload))
+    if result is None:
+        raise BenchmarkError(
+            f"the llama.cpp measurement process ended without a result (exit code "
+            f"{child.returncode}; its error is on stderr above)"
+        )
+    return result
+
+
+def _child(engine: str, config: LlmBenchConfig, conn: Any) -> None:  # pragma: no cover (child)
+    from qhybrid.runtime.llm import ModelError
+    from qhybrid.runtime.wgpu_thread import GpuJobError
+
+    report = LlmBenchReport(model={}, device={})
+
+    def progress(message: str) -> None:
+        conn.send(("progress", message))
+
+    try:
+        asyncio.run(_measure_qhybrid(config, report, progress))
+        part = {
+            "device": report.device,
+            "runs": report.runs,
+            "batching": report.batching,
+            "notes": report.notes,
+        }
+        conn.send(("done", part))
+    except (BenchmarkError, ModelError, GpuJobError, ValueError) as exc:
+        conn.send(("error", str(exc)))
+    finally:
+        conn.close()
 
 
 async def _measure_qhybrid(
@@ -205,7 +267,8 @@ async def _measure_qhybrid(
 
     greedy = SamplingParams(temperature=0.0)
     n_ctx = config.prompt_tokens + config.decode_tokens + 8
-    device = GpuDevice()
+    # Only the GPU path needs an adapter (and wgpu's and the driver's memory).
+    device = GpuDevice() if "gpu" in config.paths else GpuDevice(prefer="cpu")
     try:
         await asyncio.to_thread(device.start)
         report.device = device.info.to_json()
@@ -219,19 +282,22 @@ async def _measure_qhybrid(
                 runner=placement,  # type: ignore[arg-type]
             )
             progress(f"qhybrid {placement}: loading {config.model.name}")
-            memory = _Memory().__enter__()
+            memory = Memory().__enter__()
             async with await Llm.open(config.model, options, device=device) as llm:
                 n_vocab = llm.model.config.n_vocab
-                prompt = _prompt(llm.tokenizer, n_vocab, config.prompt_tokens)
+                prompt = prompt_ids(llm.tokenizer, n_vocab, config.prompt_tokens)
                 short = prompt[:8]
                 # Warm-up: pipelines compile, weights get cached.
                 await llm.complete(prompt, GenerationParams(max_tokens=2, sampling=greedy))
-                prefill = decode = 0.0
+                prefill = decode = prefill_cpu = decode_cpu = 0.0
                 for _ in range(config.repeat):
+                    cpu = time.process_time()
                     result = await llm.complete(
                         prompt, GenerationParams(max_tokens=1, sampling=greedy)
                     )
                     prefill = max(prefill, result.prefill_tok_s)
+                    prefill_cpu = max(prefill_cpu, len(prompt) / (time.process_time() - cpu))
+                    cpu = time.process_time()
                     result = await llm.complete(
                         short,
                         GenerationParams(
@@ -239,6 +305,9 @@ async def _measure_qhybrid(
                         ),
                     )
                     decode = max(decode, result.decode_tok_s)
+                    # (this CPU time includes the 8-token prompt's step)
+                    used = time.process_time() - cpu
+                    decode_cpu = max(decode_cpu, len(result.tokens) / used)
                 memory.__exit__()
                 progress(
                     f"qhybrid {placement}: prefill {prefill:,.1f} tok/s, decode {decode:,.1f} tok/s"
@@ -252,7 +321,10 @@ async def _measure_qhybrid(
                         "decode_tokens": config.decode_tokens,
                         "prefill_tok_s": round(prefill, 3),
                         "decode_tok_s": round(decode, 3),
+                        "prefill_tok_per_cpu_s": round(prefill_cpu, 3),
+                        "decode_tok_per_cpu_s": round(decode_cpu, 3),
                         **memory.to_json(),
+                        "memory_goal": _memory_goal(llm.model, options, memory),
                     }
                 )
                 if config.streams > 1:
@@ -261,6 +333,22 @@ async def _measure_qhybrid(
                     )
     finally:
         await asyncio.to_thread(device.close)
+
+
+def _memory_goal(model: Any, options: Any, memory: Memory) -> dict[str, Any]:
+    """Peak RSS against 1.5x (the file + the KV cache), the issue's memory goal."""
+    from qhybrid.runtime.llm._memory import kv_cache_bytes
+
+    file_mb = model.path.stat().st_size / 2**20
+    kv_mb = kv_cache_bytes(model.config, options.n_slots, options.n_ctx) / 2**20
+    limit = GOAL_MEMORY * (file_mb + kv_mb)
+    peak = memory.to_json()["peak_rss_mb"]
+    return {
+        "file_mb": round(file_mb, 1),
+        "kv_cache_mb": round(kv_mb, 1),
+        "limit_mb": round(limit, 1),
+        "met": None if peak is None else peak <= limit,
+    }
 
 
 async def _batching(
@@ -299,81 +387,3 @@ async def _batching(
         "goal": GOAL_BATCHING,
         "met": ratio >= GOAL_BATCHING,
     }
-
-
-def _measure_llama_cpp(config: LlmBenchConfig, report: LlmBenchReport, progress: Progress) -> None:
-    try:
-        import llama_cpp  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        report.notes.append(
-            "llama-cpp-python is not installed (pip install 'qhybrid[bench]'): no llama.cpp peer"
-        )
-        return
-    n_ctx = config.prompt_tokens + config.decode_tokens + 8
-    offload = [("cpu", 0)]
-    if bool(getattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)()):
-        offload.append(("gpu", -1))
-    for placement, layers in offload:
-        progress(f"llama.cpp {placement}: loading")
-        memory = _Memory().__enter__()
-        try:
-            model = llama_cpp.Llama(
-                model_path=str(config.model),
-                n_ctx=n_ctx,
-                n_gpu_layers=layers,
-                # The threads qhybrid's CPU path uses for large products: half the cores
-                # (more threads than idle cores make both engines spin, not compute).
-                n_threads=max(1, (os.cpu_count() or 1) // 2),
-                # Its prompt batches default to every core, which spin against each other on a
-                # loaded machine (prefill 19 tok/s instead of 120 here): the same count.
-                n_threads_batch=max(1, (os.cpu_count() or 1) // 2),
-                seed=0,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
-            # llama.cpp says why on its own stderr; its exception only says that it failed.
-            report.notes.append(f"llama.cpp could not load the model ({placement}): {exc}")
-            continue
-        try:
-            prompt = _prompt(_LlamaCppTokenizer(model), model.n_vocab(), config.prompt_tokens)
-            prefill = decode = 0.0
-            for _ in range(config.repeat):
-                model.reset()
-                started = time.perf_counter()
-                model.eval(prompt)
-                prefill = max(prefill, len(prompt) / (time.perf_counter() - started))
-                model.reset()
-                model.eval(prompt[:8])
-                started = time.perf_counter()
-                for _ in range(config.decode_tokens - 1):
-                    token = model.sample(temp=0.0)
-                    model.eval([token])
-                decode = max(decode, (config.decode_tokens - 1) / (time.perf_counter() - started))
-            memory.__exit__()
-        finally:
-            model.close()
-        progress(f"llama.cpp {placement}: prefill {prefill:,.1f} tok/s, decode {decode:,.1f} tok/s")
-        report.runs.append(
-            {
-                "engine": "llama.cpp",
-                "placement": placement,
-                "device": "cpu" if placement == "cpu" else "llama.cpp GPU backend",
-                "version": getattr(llama_cpp, "__version__", "?"),
-                "prompt_tokens": len(prompt),
-                "decode_tokens": config.decode_tokens,
-                "prefill_tok_s": round(prefill, 3),
-                "decode_tok_s": round(decode, 3),
-                "threads": max(1, (os.cpu_count() or 1) // 2),
-                **memory.to_json(),
-            }
-        )
-
-
-class _LlamaCppTokenizer:
-    """llama.cpp's own tokenizer, so its prompt is tokenized the way it expects."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._model.tokenize(text.encode("utf-8"), add_bos=True))

@@ -19,10 +19,23 @@ Layering: ``qhybrid.app`` -> ``qhybrid.views`` -> ``qhybrid.models`` -> ``qhybri
 
 from __future__ import annotations
 
+from qhybrid.models._agent_detail import AgentReport, LlmCall, LlmCalls, agent_report, limits_text
 from qhybrid.models._agents import SORT_ROLE, AgentsFilterModel, AgentsTableModel, natural_key
 from qhybrid.models._chat import ChatEntry, ChatModel
 from qhybrid.models._controller import ASK_KIND, RuntimeController, SessionState
+from qhybrid.models._debug_feed import DebugBatch, DebugFeed
+from qhybrid.models._debugger import DebuggerModels
 from qhybrid.models._feed import FeedBatch, RuntimeFeed
+from qhybrid.models._graph import (
+    FOLD_ABOVE,
+    AgentGraph,
+    GraphEdge,
+    GraphLayout,
+    GraphNode,
+    MessageHistory,
+    group_key,
+    parse_trace_lines,
+)
 from qhybrid.models._live import LiveModels, adapter_text
 from qhybrid.models._log import (
     LEVELS,
@@ -51,19 +64,31 @@ from qhybrid.models._state_at import RowsModel, StateAtModel, memory_text
 __all__ = [
     "ASK_KIND",
     "CHANNELS",
+    "FOLD_ABOVE",
     "LEVELS",
     "SORT_ROLE",
+    "AgentGraph",
+    "AgentReport",
     "AgentsFilterModel",
     "AgentsTableModel",
     "ChatEntry",
     "ChatModel",
+    "DebugBatch",
+    "DebugFeed",
+    "DebuggerModels",
     "Envelope",
     "FeedBatch",
+    "GraphEdge",
+    "GraphLayout",
+    "GraphNode",
     "LiveModels",
     "LiveSeries",
+    "LlmCall",
+    "LlmCalls",
     "LogFilterModel",
     "LogLine",
     "LogModel",
+    "MessageHistory",
     "MessageRecord",
     "MessagesFilterModel",
     "MessagesModel",
@@ -84,11 +109,15 @@ __all__ = [
     "StallMonitor",
     "StateAtModel",
     "adapter_text",
+    "agent_report",
     "decode_payload",
     "format_duration",
+    "group_key",
+    "limits_text",
     "memory_text",
     "natural_key",
     "parse_messages",
+    "parse_trace_lines",
     "plain_tooltip",
     "scenario_outline",
 ]

@@ -43,8 +43,10 @@ def natural_key(name: str) -> str:
 class AgentsTableModel(QAbstractTableModel):
     """Agents as rows; columns in :attr:`COLUMNS`.
 
-    "Fuel used" and "Memory" are shown when the runtime reports them per agent; the current
-    runtime does not (its summaries have no such fields), so those cells read "—".
+    "Fuel used" is the fuel the agent's handlers burnt in all (its tooltip: in the last tick
+    it had messages), "Memory" its linear memory now, both as the workers report them beside
+    each batch's results; "—" for an agent not metered (a Python agent) or with no message
+    handled yet.
     """
 
     COLUMNS = (
@@ -68,6 +70,7 @@ class AgentsTableModel(QAbstractTableModel):
         # error): an update compares whole columns at C speed (``list != list``) and looks
         # row by row only into the columns that changed.
         self._columns: list[list[Any]] = [[] for _ in range(len(self.COLUMNS) - 1)]
+        self._fuel_last: list[int | None] = []
 
     # -- updates ---------------------------------------------------------------------------
     def update_agents(self, agents: Sequence[AgentSummary]) -> int:
@@ -78,10 +81,11 @@ class AgentsTableModel(QAbstractTableModel):
             [a.worker for a in agents],
             [a.handled for a in agents],
             [a.restarts for a in agents],
-            [getattr(a, "fuel_used", None) for a in agents],
-            [getattr(a, "memory_bytes", None) for a in agents],
+            [a.fuel_used for a in agents],
+            [a.memory_bytes for a in agents],
             [a.error or "" for a in agents],
         ]
+        self._fuel_last = [a.fuel_last for a in agents]  # tooltips only: no signal
         if names != self._names:
             self.beginResetModel()
             self._names = names
@@ -115,6 +119,7 @@ class AgentsTableModel(QAbstractTableModel):
     def clear(self) -> None:
         self.beginResetModel()
         self._names, self._name_keys, self._modules = [], [], []
+        self._fuel_last = []
         self._columns = [[] for _ in range(len(self.COLUMNS) - 1)]
         self.endResetModel()
 
@@ -161,7 +166,12 @@ class AgentsTableModel(QAbstractTableModel):
             if column == self.ERROR and self._columns[self.ERROR - 1][row]:
                 return plain_tooltip(self._columns[self.ERROR - 1][row])
             if column in (self.FUEL, self.MEMORY) and self._columns[column - 1][row] is None:
-                return "not reported per agent by this runtime"
+                return "not metered (a Python agent), or no message handled yet"
+            if column == self.FUEL:
+                last = self._fuel_last[row] if row < len(self._fuel_last) else None
+                return f"{self._columns[column - 1][row]:,} in all; {last or 0:,} in its last tick"
+            if column == self.MEMORY:
+                return f"{self._columns[column - 1][row]:,} bytes of linear memory"
         return None
 
     def _display(self, row: int, column: int) -> str:

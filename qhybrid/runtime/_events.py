@@ -64,7 +64,8 @@ class TickFinished:
     """One logical tick is committed: what it delivered and what is left queued.
 
     ``elapsed_s`` is the tick's wall time from dispatch to commit: the latency every message
-    delivered in it saw (messages are batched per tick).
+    delivered in it saw (messages are batched per tick). ``fuel`` is the fuel the agents'
+    handlers burnt in it (as the workers report it; not part of the trace).
     """
 
     tick: int
@@ -76,6 +77,7 @@ class TickFinished:
     queued_gpu: int
     worker_busy_s: tuple[float, ...]
     elapsed_s: float = 0.0
+    fuel: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,18 @@ class LlmTokens:
 
 
 @dataclass(frozen=True, slots=True)
+class LlmRequested:
+    """An agent asked the scenario's LLM (``prompt`` as the agent sent it, decoded as UTF-8);
+    its answer streams as :class:`LlmTokens` with the same ``request_id``."""
+
+    request_id: int
+    agent: str
+    tick: int
+    prompt: str
+    max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class GpuAdapter:
     """The device GPU work runs on, once it has started: ``kind`` is "hardware", "software"
     (e.g. llvmpipe) or "cpu" (no adapter; numpy does the work)."""
@@ -151,5 +165,7 @@ class RuntimeEvents:
     worker_restarted = Signal(WorkerRestarted)
     #: :class:`LlmTokens`, on the orchestrator's loop thread, as an LLM request streams.
     llm_tokens = Signal(LlmTokens)
+    #: :class:`LlmRequested`, on the orchestrator's loop thread, as an agent's request arrives.
+    llm_requested = Signal(LlmRequested)
     #: :class:`GpuAdapter`, on the orchestrator's loop thread, once the GPU device started.
     gpu_adapter = Signal(GpuAdapter)

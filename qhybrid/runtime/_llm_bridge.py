@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from qhybrid.runtime._events import LlmTokens, RuntimeEvents
+from qhybrid.runtime._events import LlmRequested, LlmTokens, RuntimeEvents
 from qhybrid.runtime._roster import AgentRecord, Roster
 from qhybrid.runtime._scenario import Scenario
 from qhybrid.runtime._schedule import Schedule
@@ -207,6 +207,9 @@ class LlmBridge:
         self, agent: AgentRecord, tick: int, request: int, tag: int, prompt: bytes, max_tokens: int
     ) -> None:
         """Queue an agent's request for the next tick's engine step, or answer at once why not."""
+        self.events.llm_requested.emit(
+            LlmRequested(request, agent.name, tick, prompt.decode("utf-8", "replace"), max_tokens)
+        )
         llm, spec = self.loaded, self.scenario.llm
         if llm is None or spec is None:
             self._answer(

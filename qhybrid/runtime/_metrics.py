@@ -22,6 +22,8 @@ SERIES = (
     "tensor_bytes",
     "llm_tokens_total",  # tokens the scenario's LLM generated
     "llm_active",  # LLM requests holding a KV-cache slot
+    "fuel_total",  # fuel the agents' handlers burnt (reported by the workers, not traced)
+    "agent_memory_bytes",  # the agents' linear memory together
 )
 
 

@@ -386,6 +386,7 @@ class Runtime:
         parts = self._parts
         plan = parts.dispatch.plan(tick, self._schedule.pop_due(tick))
         results = await parts.dispatch.execute(plan)
+        self._roster.take_usage(results.replies)  # fuel and memory, not traced
         parts.report.tick(tick, self._commit.apply(plan, results), t0)
         parts.llm.answer_failed(tick)  # prepared LLM requests that could not be made
         if results.llm_updates:

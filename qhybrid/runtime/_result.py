@@ -15,6 +15,14 @@ class AgentSummary:
     handled: int
     error: str | None
     restarts: int = 0
+    #: The ``[[agents]]`` entry the agent comes from (its name, for a ``count`` group).
+    group: str = ""
+    #: Fuel its handlers burnt in all, and in the last tick it had messages; None: not
+    #: metered (a Python agent). Reported by the workers beside the results, not traced.
+    fuel_used: int | None = None
+    fuel_last: int | None = None
+    #: Bytes of linear memory after its last message (None: none handled yet).
+    memory_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,17 @@ the scenario's modules and loading every agent onto its worker at start.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import json
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from qhybrid.runtime._events import AgentStateChanged, RuntimeEvents
 from qhybrid.runtime._ports import AgentPool
@@ -24,8 +28,10 @@ from qhybrid.runtime._result import AgentSummary
 from qhybrid.runtime._scenario import AgentSpec, Scenario
 from qhybrid.runtime._seeding import derive_seed
 from qhybrid.runtime.wasm_pool import (
+    USAGE_ROW,
     AgentLoad,
     AgentModuleError,
+    BatchReply,
     Limits,
     Quotas,
     default_cache_dir,
@@ -49,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 #: Agent states.
 LOADED, FAILED, SKIPPED = "loaded", "failed", "skipped"
+
+#: Folded into the per-agent arrays past this many bytes of reports (some 40,000 rows).
+_FOLD_BYTES = 1 << 20
 
 #: ``RuntimeConfig.cache_dir`` default: the user's cache folder (or ``QHYBRID_CACHE_DIR``).
 DEFAULT_CACHE = Path("<default>")
@@ -75,7 +84,13 @@ class AgentRecord:
     # Set when a message failed this tick and the agent is to be restarted after the commit.
     restart_pending: bool = False
 
-    def summary(self) -> AgentSummary:
+    def summary(
+        self,
+        fuel_used: int | None = None,
+        fuel_last: int | None = None,
+        memory_bytes: int | None = None,
+    ) -> AgentSummary:
+        """The agent now, with the usage its worker reported (``Roster.summaries``)."""
         return AgentSummary(
             self.name,
             self.module.name,
@@ -84,6 +99,10 @@ class AgentRecord:
             self.handled,
             self.error,
             self.restarts,
+            self.group,
+            fuel_used,
+            fuel_last,
+            memory_bytes,
         )
 
 
@@ -130,6 +149,20 @@ class Roster:
         self.workers = workers
         self.agents: list[AgentRecord] = []
         self.by_name: dict[str, int] = {}
+        #: Fuel burnt by every agent so far, and linear memory of all agents now (bytes).
+        self.fuel_total = 0
+        self.memory_total = 0
+        # Per-agent usage: the workers' packed reports, kept as they come (the loop thread
+        # does O(workers) work per tick) and folded into arrays in bulk when someone asks
+        # (summaries) or when enough have piled up.
+        self._usage: collections.deque[bytes] = collections.deque()
+        self._usage_bytes = 0
+        self._usage_lock = threading.Lock()
+        self._worker_memory: dict[int, int] = {}
+        # Per agent, -1 until reported (and for fuel, when not metered).
+        self._fuel_used = np.full(0, -1, np.int64)
+        self._fuel_last = np.full(0, -1, np.int64)
+        self._memory = np.full(0, -1, np.int64)
         self._shared: dict[
             str,
             tuple[
@@ -159,12 +192,79 @@ class Roster:
                 )
                 self.by_name[name] = agent_id
 
+    def take_usage(self, replies: Mapping[int, BatchReply]) -> None:
+        """Take the fuel and memory the workers report with a tick's batches (by worker)."""
+        fuel_total = self.fuel_total
+        for worker, reply in replies.items():
+            usage = reply.usage
+            if usage:
+                _, fuel, memory = USAGE_ROW.unpack_from(usage)  # the batch's totals
+                fuel_total += fuel
+                self._worker_memory[worker] = memory
+                if len(usage) > USAGE_ROW.size:
+                    self._usage.append(usage[USAGE_ROW.size :])
+                    self._usage_bytes += len(usage)
+        self.fuel_total = fuel_total
+        self.memory_total = sum(self._worker_memory.values())
+        if self._usage_bytes > _FOLD_BYTES:
+            self.fold_usage()
+
+    def fold_usage(self) -> None:
+        """Add the reports taken so far to the per-agent arrays (from any thread)."""
+        with self._usage_lock:
+            n = len(self.agents)
+            if len(self._fuel_used) != n:
+                for name in ("_fuel_used", "_fuel_last", "_memory"):
+                    old = getattr(self, name)
+                    new = np.full(n, -1, np.int64)
+                    new[: min(n, len(old))] = old[:n]
+                    setattr(self, name, new)
+            chunks = []
+            while self._usage:
+                chunks.append(self._usage.popleft())
+            self._usage_bytes = 0
+            if not chunks:
+                return
+            rows = np.frombuffer(b"".join(chunks), np.int64).reshape(-1, 3)
+            ids = rows[:, 0]
+            if len(ids) and (ids.min() < 0 or ids.max() >= n):
+                rows = rows[(ids >= 0) & (ids < n)]
+                ids = rows[:, 0]
+            # Assignments only (the workers send each agent's running total): the last
+            # report of an agent wins, as numpy assigns repeated indices in order.
+            # Each agent's last report and the one before it (in these rows, or the total
+            # folded before): the fuel of the last tick it had messages in.
+            order = np.argsort(ids, kind="stable")
+            ids, used, memory = ids[order], rows[order, 1], rows[order, 2]
+            last = np.flatnonzero(np.append(ids[1:] != ids[:-1], True))
+            agent = ids[last]
+            has_prev = (last > 0) & (ids[np.maximum(last - 1, 0)] == agent)
+            prev = np.where(has_prev, used[np.maximum(last - 1, 0)], self._fuel_used[agent])
+            now = used[last]
+            # (a restarted instance counts from 0 again: then its whole total is the last)
+            self._fuel_last[agent] = np.where((prev >= 0) & (now >= prev), now - prev, now)
+            self._fuel_used[agent] = now
+            self._memory[agent] = memory[last]
+
     @property
     def names(self) -> list[str]:
         return [a.name for a in self.agents]
 
     def summaries(self) -> tuple[AgentSummary, ...]:
-        return tuple(a.summary() for a in list(self.agents))
+        agents = list(self.agents)
+        self.fold_usage()
+        with self._usage_lock:
+            n = len(agents)
+            used, last = self._fuel_used[:n].tolist(), self._fuel_last[:n].tolist()
+            memory = self._memory[:n].tolist()
+        return tuple(
+            a.summary(
+                used[i] if used[i] >= 0 else None,
+                last[i] if last[i] >= 0 else None,
+                memory[i] if memory[i] >= 0 else None,
+            )
+            for i, a in enumerate(agents)
+        )
 
     async def load_all(self, pool: AgentPool, events: RuntimeEvents) -> None:
         """Instantiate every agent on its worker (all workers in parallel)."""

@@ -44,6 +44,7 @@ class Reporter:
         self.llm = llm
         self.metrics = metrics
         self.events = events
+        self._fuel_seen = 0  # the roster's fuel total at the last tick
 
     def tick(self, tick: int, counts: TickCounts, t0: float) -> None:
         """After the commit of ``tick`` (started at ``perf_counter()`` ``t0``)."""
@@ -62,6 +63,8 @@ class Reporter:
                 "tensor_bytes": self.store.stats().bytes,
                 "llm_tokens_total": llm.tokens,
                 "llm_active": llm.active,
+                "fuel_total": self.roster.fuel_total,
+                "agent_memory_bytes": self.roster.memory_total,
             },
             busy,
         )
@@ -76,8 +79,10 @@ class Reporter:
                 queued[2],
                 tuple(busy),
                 time.perf_counter() - t0,
+                self.roster.fuel_total - self._fuel_seen,
             )
         )
+        self._fuel_seen = self.roster.fuel_total
 
     def result(
         self,

@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 
 import qhybrid
 from qhybrid.models import (
+    DebuggerModels,
     LiveModels,
     QuestionBox,
     QuestionsModel,
@@ -51,9 +52,11 @@ from qhybrid.models import (
 from qhybrid.models._conversations import ConversationsModel
 from qhybrid.models._local_chat import LocalChat
 from qhybrid.runtime import printable
+from qhybrid.views._agent_detail import AgentDetailPanel
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
 from qhybrid.views._chat_standalone import StandaloneChatPanel
+from qhybrid.views._graph import GraphPanel
 from qhybrid.views._questions import QuestionsPanel
 from qhybrid.views._runs import MessageInspector, RunsPanel
 from qhybrid.views._scenario import ScenarioPanel
@@ -202,6 +205,7 @@ class MainWindow(QMainWindow):
         self._create_toolbar()
         self._create_menus()
         self._create_status_bar()
+        self._add_debugger_views()
 
         self.controller.state_changed.connect(self._state_changed)
         self.controller.error.connect(self._show_error)
@@ -222,6 +226,43 @@ class MainWindow(QMainWindow):
         self._state_changed(self.controller.state, "")
         if self.scenario_path is None:
             self.statusBar().showMessage("No scenario open")
+
+    def _add_debugger_views(self) -> None:
+        """The agent graph (a tab in the middle) and the per-agent detail (a dock beside the
+        agents), over the live run or the recorded run opened in Recorded runs."""
+        self.debugger = DebuggerModels(self.controller, self)
+        self.graph_panel = GraphPanel(self.debugger, self)
+        self.central_tabs.addTab(self.graph_panel, "Agent graph")
+        self.agent_detail = AgentDetailPanel(self.debugger, self)
+        self.agent_detail_dock = self._dock("Agent", "agent_detail_dock", self.agent_detail)
+        self.tabifyDockWidget(self.agents_dock, self.agent_detail_dock)
+        self.agents_dock.raise_()
+        self.view_menu.insertAction(
+            self.scenario_dock.toggleViewAction(), self.agent_detail_dock.toggleViewAction()
+        )
+
+        def show_agent(agent: int) -> None:
+            self.agent_detail.show_agent(agent)
+            self.graph_panel.select_agent(agent)
+            self.agent_detail_dock.show()
+            self.agent_detail_dock.raise_()
+
+        self.graph_panel.agent_selected.connect(show_agent)
+        table = self.agents_view.table
+
+        def table_choice(current: object, _previous: object = None) -> None:
+            index = self.live.agents_filter.mapToSource(current)  # type: ignore[arg-type]
+            if index.isValid() and self.debugger.live:
+                name = self.live.agents.names[index.row()]
+                agent = self.debugger.agent_id(name)
+                if agent >= 0:
+                    self.agent_detail.show_agent(agent)
+                    self.graph_panel.select_agent(agent)
+
+        table.selectionModel().currentRowChanged.connect(table_choice)
+        self.runs_panel.run_opened.connect(
+            lambda run_id: self.debugger.load_run(self.runs_model.path, run_id)
+        )
 
     def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
         dock = QDockWidget(title, self)

@@ -29,6 +29,7 @@ from qhybrid.runtime.wasm_pool import (
     KIND_TASK_DONE,
     RESERVED_KIND_BASE,
     RUNTIME_SENDER,
+    USAGE_ROW,
     AgentLoad,
     AgentModuleError,
     BatchReply,
@@ -602,8 +603,13 @@ def test_worker_loop_answers_each_request_and_survives_errors(tmp_path: Path) ->
     status, batch = replies[8]
     assert status == "ok"
     # On the wire a batch reply is plain tuples (the pool turns them into Outcomes).
-    outcomes, tasks, busy_ns = batch
+    outcomes, tasks, busy_ns, usage = batch
     assert tasks == () and busy_ns > 0
+    # The usage report: the batch's totals, then one row per agent of the batch (agent 5 is
+    # not here): fuel burnt, memory.
+    (_, total, worker_memory), (agent, fuel, memory) = USAGE_ROW.iter_unpack(usage)
+    assert agent == 0 and fuel > 0 and memory >= 65536
+    assert total == fuel and worker_memory == memory
     first, second = (Outcome._make(o) for o in outcomes)
     assert first.ok
     assert first.sent == ((2, 8, b"hi"),)

@@ -27,6 +27,7 @@ from threadpoolctl import ThreadpoolController
 
 from qhybrid.runtime.llm import _cpu_kernels as cpu
 from qhybrid.runtime.llm._cpu_act import Act, quantize_act
+from qhybrid.runtime.llm._cpu_decode import FusedDecode
 from qhybrid.runtime.llm._gguf import ModelConfig, ModelFile, TensorData
 from qhybrid.runtime.llm._runner import SeqInput, check_items
 from qhybrid.runtime.wgpu_thread import _reference as ref
@@ -299,6 +300,8 @@ class NumpyRunner:
         self.k_cache = [np.zeros(shape, dtype=np.float32) for _ in range(c.n_layer)]
         self.v_cache = [np.zeros(shape, dtype=np.float32) for _ in range(c.n_layer)]
         self._factor = c.query_scale
+        # Not exact: decode steps run the fused numba graph (one call between two products).
+        self._fused = FusedDecode(self) if not exact and FusedDecode.supports(self) else None
 
     @property
     def dense_bytes(self) -> int:
@@ -313,6 +316,8 @@ class NumpyRunner:
 
     def logits(self, items: Sequence[SeqInput]) -> F32:
         check_items(items, self.n_slots, self.n_ctx, self.config.n_vocab)
+        if self._fused is not None and self._fused.applies(items) and not self._weights.budget:
+            return self._fused.logits(items)  # no BLAS: its thread limits do not matter
         c = self.config
         tokens = sum(len(item.tokens) for item in items)
         small = 2 * tokens * c.n_embd * c.n_ff <= _SMALL_PRODUCT_FLOPS

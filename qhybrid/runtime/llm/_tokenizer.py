@@ -517,17 +517,32 @@ def _bpe_backend(texts: list[str], merges: list[str], pre: str) -> Any:
 def _spm_merges(texts: list[str], types: np.ndarray, scores: np.ndarray) -> list[tuple[str, str]]:
     """Merges for a SentencePiece vocabulary: every split of a normal piece into two normal
     pieces, the merged piece with the higher score first (llama.cpp's SPM tokenizer merges the
-    best-scoring adjacent pair first)."""
+    best-scoring adjacent pair first).
+
+    Gemma 3's 262,144 pieces give 513,511 merges: the pairs refer to the strings of ``texts``
+    (no new string per merge) and are ordered by one numpy sort, which keeps the list at ~35 MB
+    instead of ~160 MB of tuples and sliced strings (a peak the process kept as fragmented
+    heap)."""
     normal = {t: i for i, t in enumerate(texts) if int(types[i]) == NORMAL}
-    found: list[tuple[float, int, int, str, str]] = []
+    left_ids: list[int] = []
+    right_ids: list[int] = []
+    merged: list[int] = []
     for piece, pid in normal.items():
         for cut in range(1, len(piece)):
-            left, right = piece[:cut], piece[cut:]
-            li, ri = normal.get(left), normal.get(right)
-            if li is not None and ri is not None:
-                found.append((-float(scores[pid]), li, ri, left, right))
-    found.sort()
-    return [(left, right) for _, _, _, left, right in found]
+            li = normal.get(piece[:cut])
+            if li is None:
+                continue
+            ri = normal.get(piece[cut:])
+            if ri is not None:
+                left_ids.append(li)
+                right_ids.append(ri)
+                merged.append(pid)
+    left = np.array(left_ids, dtype=np.int64)
+    right = np.array(right_ids, dtype=np.int64)
+    score = -np.asarray(scores, dtype=np.float64)[np.array(merged, dtype=np.int64)]
+    # (left, right) names the merged piece, so (-score, left, right) orders every merge.
+    order = np.lexsort((right, left, score)) if len(merged) else np.zeros(0, dtype=np.int64)
+    return [(texts[left[k]], texts[right[k]]) for k in order.tolist()]
 
 
 def _spm_backend(

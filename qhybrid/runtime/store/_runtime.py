@@ -294,7 +294,7 @@ class DurableRuntime(Runtime):
                 reply = BatchReply((), (), 0)
             ran = iter(reply.tasks)
             tasks = tuple(done[i] if i in done else next(ran) for i in range(len(runs)))
-            return BatchReply(reply.outcomes, tasks, reply.busy_ns)
+            return reply._replace(tasks=tasks)
 
         setattr(dispatch, "plan", plan)  # noqa: B010 (this dispatcher's own methods)
         setattr(dispatch, "run_batch", batch)  # noqa: B010

@@ -28,6 +28,7 @@ from qhybrid.runtime.wasm_pool._abi import (
 from qhybrid.runtime.wasm_pool._agent_v2 import V2_EFFECTS
 from qhybrid.runtime.wasm_pool._agent_v2 import wrap as wrap_envelope
 from qhybrid.runtime.wasm_pool._cache import default_cache_dir, load_module
+from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._pool import (
     WORKER_FLAG,
     WorkerCrashed,
@@ -36,6 +37,7 @@ from qhybrid.runtime.wasm_pool._pool import (
     worker_command,
 )
 from qhybrid.runtime.wasm_pool._protocol import (
+    USAGE_ROW,
     AgentLoad,
     BatchReply,
     Delivery,
@@ -70,6 +72,7 @@ __all__ = [
     "RAY_INSTALL_HINT",
     "RESERVED_KIND_BASE",
     "RUNTIME_SENDER",
+    "USAGE_ROW",
     "V2_EFFECTS",
     "WORKER_FLAG",
     "AgentLoad",
@@ -91,6 +94,7 @@ __all__ = [
     "check_module",
     "compile_module",
     "default_cache_dir",
+    "effective_limits",
     "import_ray",
     "load_module",
     "load_python_module",

@@ -33,7 +33,7 @@ from qhybrid.runtime.wasm_pool._abi import (
     AgentModuleError,
 )
 from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
-from qhybrid.runtime.wasm_pool._fastcall import host_func, i32_caller
+from qhybrid.runtime.wasm_pool._fastcall import fuel_gauge, host_func, i32_caller
 from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._memory_abi import AgentMemory, MemoryHost
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Effect, Outcome, TensorEntry
@@ -174,6 +174,10 @@ class _Call:
 class AgentHost(MemoryHost):
     """Owns one instance; :meth:`deliver` runs its handler for one message."""
 
+    #: The fuel its handlers burnt, every message's (failed ones too); -1: not metered (a
+    #: subclass that runs no wasm handler of its own, a Python agent). Not part of the trace.
+    fuel_used = -1
+
     def __init__(self, ctx: WorkerContext, load: AgentLoad) -> None:
         self._set_up(ctx, load)
         limits = self.limits
@@ -186,6 +190,8 @@ class AgentHost(MemoryHost):
         stack = limits.stack_bytes
         module = ctx.module(load.module_key, stack)
         self._store = wasmtime.Store(ctx.engine(stack))
+        self._fuel_left = fuel_gauge(self._store)
+        self.fuel_used = 0
         self._limit_memory()
         wanted = ctx.imports(load.module_key, module)
         self._wasi_used = any(where == WASI_MODULE for where, _ in wanted)
@@ -807,12 +813,21 @@ class AgentHost(MemoryHost):
             return self._fail(self._error_of(exc), start)
         finally:
             self._count_memory()
+            if self._limited:  # (always, unless a runtime without default limits)
+                burnt = self._fuel - self._fuel_left()
+                self.fuel_used += burnt
+                self.ctx.fuel_burnt += burnt
         outcome = self._finish(state, code, start)
         if outcome.ok:
             self.handled += 1
             if state.mem:
                 self.mem_commit(now, state)
         return outcome
+
+    @property
+    def memory_size(self) -> int:
+        """The bytes of linear memory the instance has now."""
+        return max(self._memory_size, 0)
 
     def close(self) -> None:
         """Release what the instance holds beyond its store (nothing, for a compiled agent)."""

@@ -162,9 +162,10 @@ class PoolBase:
             index, Request("batch", (tick, list(deliveries), list(tasks), new)), deadline
         )
         host.tensors_seen += len(new)
-        outcomes, tasks_done, busy_ns = reply
+        outcomes, tasks_done, busy_ns, *usage = reply
         return BatchReply(
             tuple(map(Outcome._make, outcomes)),
             tuple(map(TaskOutcome._make, tasks_done)),
             busy_ns,
+            usage[0] if usage else b"",
         )

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import operator
 import pickle
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
@@ -168,11 +169,22 @@ class TaskOutcome(NamedTuple):
     elapsed_ns: int = 0
 
 
+#: A batch's usage report is rows of three little-endian int64: first ``(-1, fuel, memory)``,
+#: the fuel the worker's handlers burnt since its last report and its linear memory in all;
+#: then ``(agent_id, fuel_used, memory_bytes)`` per agent that had messages in the batch: the
+#: fuel its handlers burnt since its instance started (-1: not metered, a Python agent) and
+#: its linear memory now. Packed bytes: the parent reads the first row per tick and the others
+#: only when someone asks (``Roster.summaries``), in bulk.
+USAGE_ROW = struct.Struct("<qqq")
+
+
 class BatchReply(NamedTuple):
     outcomes: tuple[Outcome, ...]
     tasks: tuple[TaskOutcome, ...]
     #: CPU time the worker spent in the batch (its handlers and tasks, not the framing).
     busy_ns: int
+    #: The usage report (:data:`USAGE_ROW`); observability only, never in the trace.
+    usage: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,12 +8,14 @@ the pool.
 
 from __future__ import annotations
 
+import array
 import gc
 import logging
 import os
 import signal
 import sys
 import time
+from itertools import chain
 from typing import IO, Any
 
 from qhybrid.runtime.tensors import attach, run_numpy
@@ -41,6 +43,7 @@ class Worker:
         self.ctx = WorkerContext()
         self.agents: dict[int, AgentHost] = {}
         self.loads: dict[int, AgentLoad] = {}
+        self._fuel_reported = 0  # ctx.fuel_burnt at the last usage report
 
     def handle(self, request: Request) -> Any:
         op = request.op
@@ -147,22 +150,42 @@ class Worker:
 
     def batch(
         self, tick: int, deliveries: list[tuple[int, int, int, bytes]], tasks: list[TaskRun]
-    ) -> tuple[tuple[tuple[Any, ...], ...], tuple[tuple[Any, ...], ...], int]:
-        """Handle deliveries in order, then tasks; plain tuples back (see Delivery), and the
+    ) -> tuple[tuple[tuple[Any, ...], ...], tuple[tuple[Any, ...], ...], int, bytes]:
+        """Handle deliveries in order, then tasks; plain tuples back (see Delivery), the
         CPU time the batch took (this thread's: wall time would count other programs' turns
-        on a busy machine)."""
+        on a busy machine), and each agent's usage in the batch (see ``BatchReply.usage``)."""
         start = time.thread_time_ns()
         outcomes: list[tuple[Any, ...]] = []
         agents = self.agents
+        touched: dict[int, Any] = {}
         for agent_id, sender, kind, payload in deliveries:
             agent = agents.get(agent_id)
             if agent is None:
                 missing = Outcome(False, error=f"agent {agent_id} is not on this worker")
                 outcomes.append(tuple(missing))
                 continue
+            touched[agent_id] = agent
             outcomes.append(tuple(agent.deliver(tick, sender, kind, payload)))
         task_outcomes = tuple(tuple(self.run_task(t)) for t in tasks)
-        return tuple(outcomes), task_outcomes, time.thread_time_ns() - start
+        return tuple(outcomes), task_outcomes, time.thread_time_ns() - start, self.usage(touched)
+
+    def usage(self, touched: dict[int, Any]) -> bytes:
+        """The batch's usage report (``USAGE_ROW``): the fuel burnt since the last report and
+        the worker's memory, then once per agent of the batch (not per message) its fuel so
+        far and its memory now."""
+        ctx = self.ctx
+        burnt = ctx.fuel_burnt - self._fuel_reported
+        self._fuel_reported = ctx.fuel_burnt
+        rows = array.array("q", (-1, burnt, ctx.memory_used))
+        rows.extend(
+            chain.from_iterable(
+                (agent_id, agent.fuel_used, agent._memory_size)
+                for agent_id, agent in touched.items()
+            )
+        )
+        if sys.byteorder != "little":  # pragma: no cover - the format is little-endian
+            rows.byteswap()
+        return rows.tobytes()
 
     @staticmethod
     def run_task(task: TaskRun) -> TaskOutcome:

@@ -41,6 +41,8 @@ class WorkerContext:
         self.memory_limit = DEFAULT_WORKER_MEMORY_BYTES
         self._memory_of: dict[int, int] = {}  # agent id -> its instance's memory, last seen
         self.memory_used = 0
+        #: Fuel every agent's handlers burnt so far (the batches' usage reports).
+        self.fuel_burnt = 0
 
     # -- the memory total across instances ------------------------------------------------
     def memory_room(self, agent_id: int) -> int:

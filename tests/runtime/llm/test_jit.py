@@ -103,7 +103,8 @@ def test_without_numba_the_kernel_modules_load_the_compiled_kernels() -> None:
             return "compiled"
         aot._cpu_act___quantize__0 = _quantize
         sys.modules[aot.__name__] = aot
-        from qhybrid.runtime.llm import _cpu_act, _cpu_kernels, _cpu_kq, _jit  # noqa: F401
+        from qhybrid.runtime.llm import _cpu_act, _cpu_kernels, _jit  # noqa: F401
+        from qhybrid.runtime.llm import _cpu_decode, _cpu_dots, _cpu_i8, _cpu_ops  # noqa: F401
         from qhybrid.runtime.llm import _numpy_model  # noqa: F401
         assert _jit.mode() == "aot", _jit.mode()
         assert "numba" not in sys.modules and "llvmlite" not in sys.modules

@@ -78,9 +78,12 @@ def _greedy(runner: Any, ids: list[int], steps: int, logits_of: Callable[..., An
     return out
 
 
-def test_greedy_continuations_equal_llama_cpp_on_the_cpu(loaded: Any) -> None:
+@pytest.mark.parametrize("exact", [True, False], ids=["float32", "int8-activations"])
+def test_greedy_continuations_equal_llama_cpp_on_the_cpu(loaded: Any, exact: bool) -> None:
+    # exact=True: every product in float32 (the GPU path's reference); False: the engine's
+    # default, int8 activations and the fused decode kernels, as llama.cpp computes.
     name, model, tok = loaded
-    runner = NumpyRunner(model, 1, 128)
+    runner = NumpyRunner(model, 1, 128, exact=exact)
     compared = 0
     for case in _cases(name, greedy=True):
         steps = min(case["checked"], CPU_STEPS)

@@ -1,0 +1,124 @@
+"""The agent graph and the per-agent detail in the window, over a real live run and over a
+recorded run from the run store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pytestqt.qtbot import QtBot
+
+from qhybrid._resources import resource_path
+from qhybrid.models import RuntimeController, SessionState
+from qhybrid.views import MainWindow
+
+
+def _scenario(tmp_path: Path, relays: int = 40, hops: int = 300) -> Path:
+    path = tmp_path / "relays.toml"
+    path.write_text(
+        f"""
+name = "relays"
+seed = 5
+[stop]
+max_ticks = 400
+timeout_s = 120
+[[agents]]
+name = "relay"
+module = "{resource_path("agents", "relay.wat").as_posix()}"
+count = {relays}
+[[agents]]
+name = "sink"
+module = "{resource_path("agents", "sink.wat").as_posix()}"
+[[messages]]
+to = "relay"
+kind = 1
+payload_i64 = [{hops}, 0]
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_the_graph_and_the_detail_follow_a_live_run(qtbot: QtBot, tmp_path: Path) -> None:
+    window = MainWindow(_scenario(tmp_path), controller=RuntimeController(workers=2, device="cpu"))
+    qtbot.addWidget(window)
+    window.show()
+    window.central_tabs.setCurrentWidget(window.graph_panel)
+    window.start_action.trigger()
+    qtbot.waitUntil(lambda: window.controller.state in SessionState.ENDED, timeout=120_000)
+    graph = window.debugger.graph
+    assert len(graph.names) == 41 and window.debugger.live
+    layout = window.graph_panel.rebuild()
+    # 41 agents > FOLD_ABOVE: the relays fold into one node, the sink stays.
+    assert [n.key for n in layout.nodes][:2] == ["relay", "sink"]
+    relay = layout.nodes[0]
+    assert relay.folded and relay.internal > 0  # relays pass the token among themselves
+    delivered = window.controller.runtime.result.messages_delivered
+    assert layout.messages == delivered == graph.history.messages
+    assert "41 agents in" in window.graph_panel.info_label.text()
+    # Double-click the group: every relay gets its node.
+    window.graph_panel._activated("relay")
+    assert len(window.graph_panel.rebuild().nodes) >= 41
+    # Choosing an agent in the table shows it in the detail, with its fuel and memory.
+    window.agents_view.table.selectRow(0)
+    window.agents_view.table.setCurrentIndex(window.live.agents_filter.index(0, 0))
+    detail = window.agent_detail
+    name = graph.names[detail.agent]
+    assert detail.report is not None and detail.report.title == name
+    overview = detail.texts["overview"].toPlainText()
+    assert "fuel used:" in overview and "in all" in overview and "limits: fuel" in overview
+    assert "memory: 65,536 bytes" in overview or "memory: 131,072 bytes" in overview
+    messages = detail.texts["messages"].toPlainText()
+    assert (" in \N{LEFTWARDS ARROW} " in messages) or (" out \N{RIGHTWARDS ARROW} " in messages)
+    # The agents table shows real figures too.
+    fuel = window.live.agents.index(0, window.live.agents.FUEL).data()
+    assert fuel not in ("\N{EM DASH}", None) and int(fuel.replace(",", "")) > 0
+    window.close()
+
+
+def test_the_graph_shows_a_recorded_run(
+    qtbot: QtBot, tmp_path: Path, isolated_run_store: Path
+) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qhybrid",
+            "--headless",
+            str(_scenario(tmp_path, 6, 40)),
+            "--store",
+            str(isolated_run_store),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(out.stdout)
+    window = MainWindow(controller=RuntimeController(workers=1, device="cpu"))
+    qtbot.addWidget(window)
+    window.runs_panel.refresh()
+    window.runs_panel.open_run(result["run_id"])
+    debugger = window.debugger
+    assert not debugger.live and result["run_id"] in debugger.source
+    assert window.graph_panel.source_label.text() == debugger.source
+    layout = window.graph_panel.rebuild()
+    # 7 agents: nothing folded; every relay and the sink, and the runtime's first message.
+    keys = [n.key for n in layout.nodes]
+    assert keys == [*(f"relay-{i}" for i in range(6)), "sink", "(runtime)"]
+    assert layout.messages == result["messages_delivered"]
+    sink = layout.nodes[keys.index("sink")]
+    assert sink.received > 0
+    window.graph_panel.all_ticks.setChecked(False)
+    window.graph_panel.last_ticks.setValue(5)
+    ranged = window.graph_panel.rebuild()
+    assert 0 < ranged.messages < layout.messages
+    window.agent_detail.show_agent(keys.index("sink"))
+    overview = window.agent_detail.texts["overview"].toPlainText()
+    assert overview.startswith("sink") and "handled" in overview
+    window.close()
