@@ -343,12 +343,13 @@ class WorkerPool(PoolBase):
     def _batch_reply(worker: _Worker, new: int, reply: Any) -> BatchReply:
         """As :meth:`PoolBase._batch` reads a reply (and the batch's CPU time counted)."""
         worker.tensors_seen += new
-        outcomes, tasks_done, busy_ns = reply
+        outcomes, tasks_done, busy_ns, *usage = reply
         worker.batch_ns += busy_ns
         return BatchReply(
             tuple(map(Outcome._make, outcomes)),
             tuple(map(TaskOutcome._make, tasks_done)),
             busy_ns,
+            usage[0] if usage else b"",
         )
 
     def kill_worker(self, index: int) -> None:
