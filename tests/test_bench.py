@@ -36,6 +36,8 @@ FIGURES: dict[str, type | tuple[type, ...]] = {
     "inprocess_steps_per_s": float,
     "vs_inprocess_per_worker": float,
     "runtime_us_per_msg": float,
+    "orchestrator_us_per_msg": float,
+    "worker_ipc_us_per_msg": float,
     "ray_calls_per_s": (float, type(None)),
     "vs_ray": (float, type(None)),
     "machine": dict,

@@ -113,6 +113,10 @@ class PoolFigures:
     #: The runtime's own CPU time per message: the orchestrator's process and the workers',
     #: less what the workers spent inside their batches (the agents' handlers).
     runtime_us_per_msg: float = 0.0
+    #: Of that, the orchestrator's process, and the workers' time outside their batches
+    #: (reading, decoding, encoding and writing frames, their epoch tickers).
+    orchestrator_us_per_msg: float = 0.0
+    worker_ipc_us_per_msg: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +192,8 @@ class DispatchReport:
             "vs_ray": None if vs_ray is None else round(vs_ray, 3),
             "vs_inprocess_per_worker": round(self.vs_inprocess_per_worker, 3),
             "runtime_us_per_msg": round(self.pool.runtime_us_per_msg, 2),
+            "orchestrator_us_per_msg": round(self.pool.orchestrator_us_per_msg, 2),
+            "worker_ipc_us_per_msg": round(self.pool.worker_ipc_us_per_msg, 2),
             "backend": self.config.backend,
             **_ray_backend_json(self),
             "machine": self.machine,
@@ -328,7 +334,7 @@ async def _pool_once(config: DispatchConfig, backend: str = "local") -> PoolFigu
         cpu0 = _run_cpu_s(runtime)
         result = await runtime.run()
         t2 = time.perf_counter()
-        cpu = _run_cpu_s(runtime) - cpu0
+        cpu1 = _run_cpu_s(runtime)
     if not result.ok:
         raise BenchmarkError(f"the pool run {result.status}: {result.reason}")
     expected = config.total_steps
@@ -345,16 +351,21 @@ async def _pool_once(config: DispatchConfig, backend: str = "local") -> PoolFigu
         startup_s=t1 - t0,
         run_s=run_s,
         ticks=len(latencies),
-        runtime_us_per_msg=cpu / result.messages_delivered * 1e6,
+        runtime_us_per_msg=(cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1])
+        / result.messages_delivered
+        * 1e6,
+        orchestrator_us_per_msg=(cpu1[0] - cpu0[0]) / result.messages_delivered * 1e6,
+        worker_ipc_us_per_msg=(cpu1[1] - cpu0[1]) / result.messages_delivered * 1e6,
     )
 
 
-def _run_cpu_s(runtime: Runtime) -> float:
+def _run_cpu_s(runtime: Runtime) -> tuple[float, float]:
     """CPU seconds the run has used outside the agents: this process (the orchestrator, all
-    its threads) and the workers, less the time the workers report inside their batches."""
+    its threads), and the workers less the time they report inside their batches."""
     pool = runtime.pool
     inside = sum(getattr(pool, "batch_ns", lambda: [0])()) / 1e9
-    return process_cpu_s(os.getpid()) + sum(process_cpu_s(p) for p in pool.pids) - inside
+    workers = sum(process_cpu_s(p) for p in pool.pids) - inside
+    return process_cpu_s(os.getpid()), workers
 
 
 def process_cpu_s(pid: int) -> float:
@@ -390,6 +401,8 @@ def best_pool(runs: Sequence[PoolFigures]) -> PoolFigures:
         run_s=best.run_s,
         ticks=best.ticks,
         runtime_us_per_msg=min(r.runtime_us_per_msg for r in runs),
+        orchestrator_us_per_msg=min(r.orchestrator_us_per_msg for r in runs),
+        worker_ipc_us_per_msg=min(r.worker_ipc_us_per_msg for r in runs),
     )
 
 

@@ -14,6 +14,7 @@ of a handler before any is applied (return an error to fail the handler and appl
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from qhybrid.runtime._named_tensors import NamedTensors
 from qhybrid.runtime._recovery import Recovery
 from qhybrid.runtime._roster import LOADED, AgentRecord, Roster
 from qhybrid.runtime._schedule import Item, Schedule
+from qhybrid.runtime._schedule import new_item as _new_item
 from qhybrid.runtime._trace import TraceRecorder, digest
 from qhybrid.runtime.wasm_pool import KIND_TASK_DONE, RUNTIME_SENDER, Outcome
 from qhybrid.runtime.wasm_pool._protocol import Effect
@@ -124,8 +126,16 @@ class Commit:
         replies = results.replies
         outcomes_of = {w: reply.outcomes for w, reply in replies.items()}
         agents = self.roster.agents
-        record = self.trace.record
-        push = self.schedule.push_message
+        # The records and the queue, appended to and pushed on without a call per message
+        # (as TraceRecorder.record and Schedule.push_message do).
+        add_record = self.trace.appender()
+        schedule = self.schedule
+        queue, seq = schedule.queue, schedule.sequence
+        push, new_item = heapq.heappush, _new_item
+        # Inline only while nobody wraps push_message (a recording does, to keep payloads,
+        # and it may renumber the sequence counter): then every push goes through it.
+        push_message = None if "push_message" not in vars(schedule) else schedule.push_message
+        next_tick = tick + 1
         every = self.checkpoint_every
         checkpoint_due = self.recovery.checkpoint_due
         plain = 0
@@ -151,20 +161,31 @@ class Commit:
             plain += 1
             agent.handled += 1
             sent = outcome.sent
-            record(
-                "ok",
-                tick,
-                item.seq,
-                sender,
-                dst,
-                kind,
-                payload if len(payload) <= 32 else digest(payload),
-                len(sent),
+            add_record(
+                (
+                    "ok",
+                    tick,
+                    item.seq,
+                    sender,
+                    dst,
+                    kind,
+                    payload if len(payload) <= 32 else digest(payload),
+                    len(sent),
+                )
             )
-            if sent:
+            if sent and push_message is not None:
                 priority = -item.neg_priority
                 for to, out_kind, out_payload in sent:
-                    push(tick + 1, priority, dst, to, out_kind, out_payload)
+                    push_message(next_tick, priority, dst, to, out_kind, out_payload)
+            elif sent:
+                neg = item.neg_priority
+                for to, out_kind, out_payload in sent:
+                    push(
+                        queue,
+                        new_item(
+                            (next_tick, neg, next(seq), (dst, to, out_kind, out_payload), None)
+                        ),
+                    )
             if every > 0:
                 log = agent.log
                 log.append((tick, sender, kind, payload))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -189,6 +190,18 @@ class Dispatcher:
         batch or the LLM step cannot be done.
         """
         tick = plan.tick
+        # Batches of messages alone (no task, GPU job, chained task or LLM step; run_batch not
+        # wrapped, as a replay wraps it for CPU tasks): the pool's cheaper path.
+        run_batches = getattr(self.pool, "run_batches", None)
+        if (
+            run_batches is not None
+            and not plan.gpu_jobs
+            and not plan.chained
+            and not any(plan.cpu_runs)
+            and "run_batch" not in vars(self)
+            and not self.llm.busy
+        ):
+            return await self._execute_batches(plan, run_batches)
         batch_calls = {
             w: self.run_batch(w, tick, plan.deliveries[w], plan.cpu_runs[w])
             for w in range(self.workers)
@@ -252,6 +265,38 @@ class Dispatcher:
                 raise
             outcomes[pos] = reply.tasks[0]
         return outcomes
+
+    async def _execute_batches(
+        self, plan: TickPlan, run_batches: Callable[..., Awaitable[dict[int, object]]]
+    ) -> TickResults:
+        """A tick of worker batches alone (the common case): all sent at once through the
+        pool's :meth:`~qhybrid.runtime.wasm_pool.WorkerPool.run_batches`, one wait for every
+        reply, no task per worker; a worker that died is recovered and its batch sent again,
+        as :meth:`run_batch` does."""
+        tick = plan.tick
+        deliveries, cpu_runs = plan.deliveries, plan.cpu_runs
+        batches = {
+            w: (deliveries[w], cpu_runs[w])
+            for w in range(self.workers)
+            if deliveries[w] or cpu_runs[w]
+        }
+        try:
+            results = await run_batches(tick, batches)
+            replies: dict[int, BatchReply] = {}
+            for w, res in results.items():
+                if isinstance(res, WorkerCrashed):
+                    await self.recovery.recover_worker(w, tick, res)
+                    res = await self.run_batch(w, tick, deliveries[w], cpu_runs[w])
+                if not isinstance(res, BatchReply):
+                    if isinstance(res, WorkerError):
+                        raise res
+                    cause = res if isinstance(res, BaseException) else None
+                    raise RunFailed(f"worker {w}: {res}") from cause
+                replies[w] = res
+        except BaseException:
+            plan.close_outputs()
+            raise
+        return TickResults(replies, {}, [])
 
     async def run_batch(
         self,

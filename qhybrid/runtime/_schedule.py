@@ -16,7 +16,7 @@ from typing import NamedTuple
 from qhybrid.runtime._scenario import Scenario, StopSpec, TaskSpec
 from qhybrid.runtime.wasm_pool import RUNTIME_SENDER
 
-__all__ = ["Item", "Message", "Schedule"]
+__all__ = ["Item", "Message", "Schedule", "new_item"]
 
 #: An agent message as queued: ``(sender, destination, kind, payload)``.
 Message = tuple[int, int, int, bytes]
@@ -33,7 +33,7 @@ class Item(NamedTuple):
     task: TaskSpec | None = None
 
 
-_new_item = Item._make  # tuple.__new__: the cheapest way to build one, per message
+new_item = Item._make  # tuple.__new__: the cheapest way to build one, per message
 
 
 class Schedule:
@@ -50,13 +50,19 @@ class Schedule:
         self.failure: str | None = None
 
     # -- pushing ----------------------------------------------------------------------------
+    @property
+    def sequence(self) -> itertools.count[int]:
+        """The sequence numbers, in push order: the commit's hot loop pushes as
+        :meth:`push_message` does (``new_item`` onto :attr:`queue` with ``heapq.heappush``)."""
+        return self._seq
+
     def push_message(
         self, tick: int, priority: int, sender: int, dst: int, kind: int, payload: bytes
     ) -> None:
         """Queue a message for ``tick``; among equal ticks and priorities, first pushed first."""
         heapq.heappush(
             self.queue,
-            _new_item((tick, -priority, next(self._seq), (sender, dst, kind, payload), None)),
+            new_item((tick, -priority, next(self._seq), (sender, dst, kind, payload), None)),
         )
 
     def push_task(self, tick: int, neg_priority: int, task: TaskSpec) -> None:

@@ -43,6 +43,11 @@ class TraceRecorder:
     def record(self, *fields: Field) -> None:
         self._pending.append(fields)
 
+    def appender(self) -> Callable[[tuple[Field, ...]], None]:
+        """``add(fields)``, as ``record(*fields)`` without a call per record, until the next
+        :meth:`flush` (a loop over a tick's messages takes it once)."""
+        return self._pending.append
+
     def flush(self) -> list[tuple[Field, ...]]:
         """Hash (and write) the buffered records; returns them (oldest first)."""
         pending = self._pending

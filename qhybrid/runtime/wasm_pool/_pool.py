@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
+from qhybrid.runtime.wasm_pool._channel import ReplyChannel, spawn
 from qhybrid.runtime.wasm_pool._pool_base import PoolBase
 from qhybrid.runtime.wasm_pool._protocol import (
     BatchReply,
+    Outcome,
     ProtocolError,
     Request,
+    TaskOutcome,
     TaskRun,
+    TensorEntry,
     encode,
-    read_frame,
 )
 from qhybrid.runtime.wasm_pool._watchdog import (
     BASE_DEADLINE_S,
     WorkerUnresponsive,
+    batch_deadline,
     watched,
 )
 
@@ -59,6 +64,15 @@ class WorkerCrashed(WorkerError):
         super().__init__(f"worker {index} (pid {pid}) died: {how}")
 
 
+def _unwrap(index: int, reply: Any) -> Any:
+    status, value = reply
+    if status == "ok":
+        return value
+    if status == "module-error":
+        raise AgentModuleError(value)
+    raise WorkerError(f"worker {index}: {value}")
+
+
 def worker_command() -> list[str]:
     """How to start a worker: the same interpreter running the worker module, or, in a
     frozen app where ``sys.executable`` is the app itself, the app with :data:`WORKER_FLAG`."""
@@ -68,9 +82,10 @@ def worker_command() -> list[str]:
 
 
 class _Worker:
-    def __init__(self, index: int, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, index: int, proc: asyncio.subprocess.Process, channel: ReplyChannel) -> None:
         self.index = index
         self.proc = proc
+        self.channel = channel
         self.lock = asyncio.Lock()
         self.busy_ns = 0
         # Of that, the time the worker itself reports spending in its batches' handlers and
@@ -112,13 +127,8 @@ class WorkerPool(PoolBase):
         return [w.batch_ns for w in self._workers]
 
     async def _spawn(self, index: int) -> _Worker:
-        proc = await asyncio.create_subprocess_exec(
-            *worker_command(),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=self._env,
-        )
-        return _Worker(index, proc)
+        proc, channel = await spawn(worker_command(), self._env)
+        return _Worker(index, proc, channel)
 
     async def start(self) -> None:
         """Start every worker and wait for each one's READY handshake."""
@@ -142,9 +152,8 @@ class WorkerPool(PoolBase):
         logger.info("worker pool started: %d workers, pids %s", self.size, self.pids)
 
     async def _handshake(self, worker: _Worker) -> None:
-        assert worker.proc.stdout is not None
         try:
-            hello = await read_frame(worker.proc.stdout)
+            hello = await worker.channel.next_reply()
         except ProtocolError:
             raise await self._crashed(worker, "no READY handshake") from None
         if not (isinstance(hello, tuple) and hello[0] == "ready"):
@@ -162,31 +171,45 @@ class WorkerPool(PoolBase):
             raise WorkerError("the worker pool is closed")
         worker = self._workers[index]
         async with worker.lock:
-            proc = worker.proc
-            assert proc.stdin is not None and proc.stdout is not None
             start = time.perf_counter_ns()
+            waiting = await self._send(worker, request, deadline_s)
             try:
-                proc.stdin.write(encode(request))
-                # The watchdog (_watchdog.py): a stopped or silent worker is killed and
-                # reported as crashed, so the usual recovery replaces it.
-                what = f"a {request.op!r} request"
-                await watched(proc.stdin.drain(), worker.pid, deadline_s, what)
-                reply = await watched(read_frame(proc.stdout), worker.pid, deadline_s, what)
-            except (ProtocolError, ConnectionError) as exc:
-                raise await self._crashed(worker, str(exc)) from None
-            except WorkerUnresponsive as exc:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                logger.warning("worker %d (pid %d) %s: killed", index, worker.pid, exc)
-                raise await self._crashed(worker, f"unresponsive: {exc}") from None
+                reply = await waiting
+            except (ProtocolError, WorkerUnresponsive) as exc:
+                raise await self._lost(worker, exc) from None
             worker.requests += 1
             worker.busy_ns += time.perf_counter_ns() - start
-        status, value = reply
-        if status == "ok":
-            return value
-        if status == "module-error":
-            raise AgentModuleError(value)
-        raise WorkerError(f"worker {index}: {value}")
+        return _unwrap(index, reply)
+
+    async def _send(
+        self, worker: _Worker, request: Request, deadline_s: float
+    ) -> asyncio.Future[Any]:
+        """Write ``request`` to ``worker`` (the caller holds its lock); the future of its
+        reply, watched by the watchdog (_watchdog.py): a stopped or silent worker is killed
+        and reported as crashed, so the usual recovery replaces it."""
+        stdin = worker.proc.stdin
+        assert stdin is not None
+        what = f"a {request.op!r} request"
+        try:
+            stdin.write(encode(request))
+            # Only a request the pipe could not take at once has anything to drain.
+            if stdin.transport.get_write_buffer_size():
+                await watched(stdin.drain(), worker.pid, deadline_s, what)
+        except (ProtocolError, ConnectionError, WorkerUnresponsive) as exc:
+            raise await self._lost(worker, exc) from None
+        waiting = worker.channel.next_reply()
+        worker.channel.watch(waiting, worker.pid, deadline_s, what)
+        return waiting
+
+    async def _lost(self, worker: _Worker, exc: BaseException) -> WorkerCrashed:
+        """What a request that got no reply (``exc``) means: the worker died, or it is
+        unresponsive and is killed now."""
+        if isinstance(exc, WorkerUnresponsive):
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()
+            logger.warning("worker %d (pid %d) %s: killed", worker.index, worker.pid, exc)
+            return await self._crashed(worker, f"unresponsive: {exc}")
+        return await self._crashed(worker, str(exc))
 
     async def respawn(self, index: int) -> None:
         """Replace a dead worker with a new process that knows what the old one knew
@@ -226,6 +249,108 @@ class WorkerPool(PoolBase):
         reply = await self._batch(index, tick, deliveries, tasks)
         self._workers[index].batch_ns += reply.busy_ns
         return reply
+
+    async def run_batches(
+        self,
+        tick: int,
+        batches: Mapping[int, tuple[Sequence[tuple[int, int, int, bytes]], Sequence[TaskRun]]],
+    ) -> dict[int, BatchReply | BaseException]:
+        """:meth:`run_batch` on several workers at once: every batch written, then one wait
+        for all the replies, each resolved straight from its pipe (no task per worker).
+        Returns each worker's reply or what went wrong with it (a :class:`WorkerCrashed`
+        for a worker that died or stopped answering: the caller recovers it)."""
+        if self._closed:
+            raise WorkerError("the worker pool is closed")
+        if type(self).run_batch is not WorkerPool.run_batch:  # a subclass's batches: its way
+            calls = [self.run_batch(i, tick, d, t) for i, (d, t) in batches.items()]
+            done = await asyncio.gather(*calls, return_exceptions=True)
+            return dict(zip(batches, done, strict=True))
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[int, _Worker, int, asyncio.Future[Any]]] = []  # index, worker, news
+        results: dict[int, BatchReply | BaseException] = {}
+        # When each request went out and its reply came in (the workers' busy time).
+        times: list[list[int]] = []
+        clock = time.perf_counter_ns
+        try:
+            for index, (deliveries, tasks) in batches.items():
+                worker = self._workers[index]
+                await worker.lock.acquire()
+                new = self._tensors[worker.tensors_seen :]
+                request, deadline = self._batch_request(tick, deliveries, tasks, new)
+                times.append([clock(), 0])
+                try:
+                    waiting = await self._send(worker, request, deadline)
+                except BaseException:
+                    worker.lock.release()
+                    raise
+                sent.append((index, worker, len(new), waiting))
+            left = len(sent)
+            all_in = loop.create_future()
+
+            def one_in(at: list[int], _: asyncio.Future[Any]) -> None:
+                nonlocal left
+                at[1] = clock()
+                left -= 1
+                if left == 0 and not all_in.done():
+                    all_in.set_result(None)
+
+            for (*_, waiting), at in zip(sent, times, strict=True):
+                waiting.add_done_callback(functools.partial(one_in, at))
+            if sent:
+                await all_in
+            for (index, worker, news, waiting), (sent_at, got_at) in zip(sent, times, strict=True):
+                exc = waiting.exception()
+                if exc is not None:
+                    if isinstance(exc, ProtocolError | WorkerUnresponsive):
+                        exc = await self._lost(worker, exc)
+                    results[index] = exc
+                    continue
+                worker.requests += 1
+                worker.busy_ns += got_at - sent_at
+                try:
+                    reply = _unwrap(index, waiting.result())
+                    results[index] = self._batch_reply(worker, news, reply)
+                except WorkerError as error:
+                    results[index] = error
+        except BaseException:
+            for *_, waiting in sent:
+                waiting.cancel()
+            raise
+        finally:
+            for _, worker, *_ in sent:
+                worker.lock.release()
+        return results
+
+    def _batch_request(
+        self,
+        tick: int,
+        deliveries: Sequence[tuple[int, int, int, bytes]],
+        tasks: Sequence[TaskRun],
+        new: list[TensorEntry],
+    ) -> tuple[Request, float]:
+        """The batch request, and its deadline (what its messages may take), as
+        :meth:`PoolBase._batch` makes them."""
+        limits = self._time_limits
+        budget = sum(limits.get(d[0], 0) for d in deliveries)
+        if not isinstance(deliveries, list):
+            deliveries = list(deliveries)
+        if not isinstance(tasks, list):
+            tasks = list(tasks)
+        request = Request("batch", (tick, deliveries, tasks, new))
+        return request, batch_deadline(budget, len(tasks))
+
+    @staticmethod
+    def _batch_reply(worker: _Worker, new: int, reply: Any) -> BatchReply:
+        """As :meth:`PoolBase._batch` reads a reply (and the batch's CPU time counted)."""
+        worker.tensors_seen += new
+        outcomes, tasks_done, busy_ns, *usage = reply
+        worker.batch_ns += busy_ns
+        return BatchReply(
+            tuple(map(Outcome._make, outcomes)),
+            tuple(map(TaskOutcome._make, tasks_done)),
+            busy_ns,
+            usage[0] if usage else b"",
+        )
 
     def kill_worker(self, index: int) -> None:
         """SIGKILL one worker (for tests of crash handling)."""

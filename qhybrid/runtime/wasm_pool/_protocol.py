@@ -207,6 +207,11 @@ def encode(obj: object) -> bytes:
     return frame(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def decode(body: bytes) -> Any:
+    """The message in one frame's ``body`` (as :func:`encode` made it)."""
+    return pickle.loads(body)
+
+
 async def read_frame(reader: asyncio.StreamReader) -> Any:
     """Read one message; :class:`ProtocolError` when the stream ends or is corrupt."""
     try:
@@ -215,7 +220,7 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
         raise ProtocolError("the stream ended") from None
     except FrameError as exc:
         raise ProtocolError(str(exc)) from None
-    return pickle.loads(body)
+    return decode(body)
 
 
 def read_frame_sync(stream: IO[bytes]) -> Any:
@@ -224,7 +229,7 @@ def read_frame_sync(stream: IO[bytes]) -> Any:
         body = read_body_sync(stream)
     except FrameError as exc:
         raise ProtocolError(str(exc)) from None
-    return None if body is None else pickle.loads(body)
+    return None if body is None else decode(body)
 
 
 def write_frame_sync(stream: IO[bytes], obj: object) -> None:
