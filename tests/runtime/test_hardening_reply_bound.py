@@ -75,7 +75,7 @@ def test_an_outcome_over_the_bound_fails_its_agent_by_name(
     )
     ready, module, load, batch, snapshot = replies
     assert ready[0] == "ready" and module == ("ok", None) and load == ("ok", None)
-    status, (outcomes, _tasks, _busy) = batch
+    status, (outcomes, *_rest) = batch  # then the tasks, the busy time, the usage report
     assert status == "ok"
     bulky, small = (Outcome(*o) for o in outcomes)
     assert not bulky.ok and bulky.sent == ()

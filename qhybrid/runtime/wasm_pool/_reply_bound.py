@@ -22,7 +22,7 @@ from qhybrid.runtime.wasm_pool._protocol import Outcome, Request
 
 __all__ = ["bound_reply"]
 
-#: Room left for the reply's own framing (tuples, task outcomes, the busy time).
+#: Room left for the reply's own framing (tuples, task outcomes, the busy time, the usage).
 _SLACK = 1 << 16
 
 
@@ -44,7 +44,7 @@ def bound_reply(request: Request, reply: tuple[str, Any], name_of: Callable[[int
     status, value = reply
     budget = _frames.MAX_MESSAGE_BYTES - _SLACK
     if status == "ok" and request.op == "batch":
-        outcomes, tasks, busy_ns = value
+        outcomes, *rest = value  # then the tasks, the busy time and the usage report
         deliveries = request.args[1]
         sizes = [_size(o) for o in outcomes]
         kept = list(outcomes)
@@ -58,7 +58,7 @@ def bound_reply(request: Request, reply: tuple[str, Any], name_of: Callable[[int
                 Outcome(False, error=error, elapsed_ns=Outcome(*outcomes[i]).elapsed_ns)
             )
             total += _size(kept[i]) - sizes[i]
-        return ("ok", (tuple(kept), tasks, busy_ns))
+        return ("ok", (tuple(kept), *rest))
     if status == "ok" and request.op == "snapshot" and isinstance(value, dict):
         snaps: dict[int, Any] = dict(value)
         sizes_by = {k: _size(v) for k, v in snaps.items()}
