@@ -3,9 +3,10 @@
 :class:`RayGpuDevice` is the run's :class:`~qhybrid.runtime.wgpu_thread.GpuDevice` (its own
 device thread starts as always: the LLM engine's ``call`` work and the fallback run there).
 When the Ray cluster declares GPUs (``ray.cluster_resources()["GPU"] >= 1``, the
-``num_gpus`` of its nodes), it also starts one actor with ``num_gpus=1`` (so Ray places it on
-such a node) that opens a ``GpuDevice`` there with the same preference and the fixed
-placement rule, and every GPU job (scenario GPU tasks, agents' ``gpu_submit``) runs in it:
+``num_gpus`` of its nodes), it also starts one actor with ``num_gpus=0.5`` (so Ray places it
+on such a node, and the LLM actor fits beside it) that opens a ``GpuDevice`` there with the
+same preference and the fixed placement rule, and every GPU job (scenario GPU tasks,
+agents' ``gpu_submit``) runs in it:
 the inputs go as arrays (Ray's object store for large ones), the output comes back and is
 written into the output's shared memory on the driver, and the future resolves as a local
 job's does. Without GPUs in the cluster, jobs run on the driver's device, as locally. If
