@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QModelIndex,
     QObject,
     QPersistentModelIndex,
@@ -22,6 +21,7 @@ from PySide6.QtCore import (
 )
 
 from qhybrid.models._log import plain_tooltip
+from qhybrid.models._table import TableModel
 from qhybrid.runtime import AgentSummary, printable
 
 __all__ = ["SORT_ROLE", "AgentsFilterModel", "AgentsTableModel", "natural_key"]
@@ -40,7 +40,7 @@ def natural_key(name: str) -> str:
     return _DIGITS.sub(lambda m: m.group().rjust(20, "0"), name.casefold())
 
 
-class AgentsTableModel(QAbstractTableModel):
+class AgentsTableModel(TableModel):
     """Agents as rows; columns in :attr:`COLUMNS`.
 
     "Fuel used" is the fuel the agent's handlers burnt in all (its tooltip: in the last tick
@@ -134,18 +134,8 @@ class AgentsTableModel(QAbstractTableModel):
             return ""
 
     # -- QAbstractTableModel ---------------------------------------------------------------
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._names)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.COLUMNS[section]
-        return None
+    def row_count(self) -> int:
+        return len(self._names)
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QModelIndex,
     QObject,
     QPersistentModelIndex,
@@ -22,6 +21,7 @@ from PySide6.QtCore import (
     Qt,
 )
 
+from qhybrid.models._table import TableModel
 from qhybrid.runtime import printable
 
 __all__ = ["LEVELS", "LogFilterModel", "LogLine", "LogModel", "PythonLogCollector"]
@@ -61,7 +61,7 @@ def level_name(level: int) -> str:
     return "debug"
 
 
-class LogModel(QAbstractTableModel):
+class LogModel(TableModel):
     """The last ``capacity`` log lines, oldest first; columns Tick, Level, Source, Message."""
 
     COLUMNS = ("Tick", "Level", "Source", "Message")
@@ -96,18 +96,8 @@ class LogModel(QAbstractTableModel):
     def line(self, row: int) -> LogLine:
         return self._lines[row]
 
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._lines)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.COLUMNS[section]
-        return None
+    def row_count(self) -> int:
+        return len(self._lines)
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QModelIndex,
     QObject,
     QPersistentModelIndex,
@@ -27,6 +26,7 @@ from PySide6.QtCore import (
     Qt,
 )
 
+from qhybrid.models._table import TableModel
 from qhybrid.runtime import printable, printable_lines
 from qhybrid.runtime.wasm_pool import (
     KIND_ANSWER,
@@ -172,7 +172,7 @@ def int64s(payload: bytes) -> list[int] | None:
     ]
 
 
-class MessagesModel(QAbstractTableModel):
+class MessagesModel(TableModel):
     """The messages of one recorded run, in trace order."""
 
     COLUMNS = ("Tick", "Seq", "Status", "Sender", "Receiver", "Kind", "Sent", "Corr", "Payload")
@@ -298,18 +298,8 @@ class MessagesModel(QAbstractTableModel):
         return "\n".join(lines)
 
     # -- QAbstractTableModel ---------------------------------------------------------------
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.messages)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.COLUMNS[section]
-        return None
+    def row_count(self) -> int:
+        return len(self.messages)
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QModelIndex,
     QObject,
     QPersistentModelIndex,
@@ -31,6 +30,7 @@ from PySide6.QtCore import (
     Slot,
 )
 
+from qhybrid.models._table import TableModel
 from qhybrid.runtime import printable
 
 __all__ = ["Question", "QuestionBox", "QuestionsModel"]
@@ -124,7 +124,7 @@ class QuestionBox(QObject):
             return [q for q in self._open.values() if not q._done.is_set()]
 
 
-class QuestionsModel(QAbstractTableModel):
+class QuestionsModel(TableModel):
     """Every question of the window's runs, newest last: agent, question, state, answer."""
 
     COLUMNS = ("Agent", "Question", "State", "Answer")
@@ -170,18 +170,8 @@ class QuestionsModel(QAbstractTableModel):
         return ok
 
     # -- QAbstractTableModel ---------------------------------------------------------------
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.questions)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.COLUMNS[section]
-        return None
+    def row_count(self) -> int:
+        return len(self.questions)
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():

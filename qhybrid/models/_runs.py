@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QModelIndex,
     QObject,
     QPersistentModelIndex,
@@ -28,6 +27,7 @@ from PySide6.QtCore import (
     Signal,
 )
 
+from qhybrid.models._table import TableModel
 from qhybrid.runtime import printable
 from qhybrid.runtime.store import RunStore, StoreError, default_store_path
 
@@ -48,7 +48,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-class RunsModel(QAbstractTableModel):
+class RunsModel(TableModel):
     """One row per recorded run, oldest first; :attr:`error` says why the store cannot be read."""
 
     COLUMNS = ("Run", "Kind", "Scenario", "Seed", "Status", "Ticks", "Duration", "Trace", "Parent")
@@ -94,18 +94,8 @@ class RunsModel(QAbstractTableModel):
             return store.run(run_id)
 
     # -- QAbstractTableModel ---------------------------------------------------------------
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.runs)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.COLUMNS[section]
-        return None
+    def row_count(self) -> int:
+        return len(self.runs)
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():

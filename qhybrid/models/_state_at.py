@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QModelIndex,
     QObject,
     QPersistentModelIndex,
@@ -29,6 +28,7 @@ from PySide6.QtCore import (
 )
 
 from qhybrid.models._messages import decode_payload, envelope_of
+from qhybrid.models._table import TableModel
 from qhybrid.runtime import printable
 from qhybrid.runtime.store import StateAt, StoreError, state_at
 
@@ -42,12 +42,12 @@ _Index = QModelIndex | QPersistentModelIndex
 CACHE_SIZE = 32
 
 
-class RowsModel(QAbstractTableModel):
+class RowsModel(TableModel):
     """A read-only table of rows; ``UserRole`` gives the raw value (numbers sort as numbers)."""
 
     def __init__(self, columns: Sequence[str], parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.columns = list(columns)
+        self.COLUMNS = tuple(columns)
         self.rows: list[tuple[Any, ...]] = []
         self.tips: list[str] = []
 
@@ -57,18 +57,8 @@ class RowsModel(QAbstractTableModel):
         self.tips = list(tips)
         self.endResetModel()
 
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.columns)
-
-    def headerData(
-        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
-    ) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.columns[section]
-        return None
+    def row_count(self) -> int:
+        return len(self.rows)
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
