@@ -81,3 +81,21 @@ def test_a_dead_llm_actor_hands_its_engine_to_the_driver_with_the_same_hash(
     assert on_driver == "local"  # the actor died with requests in flight, the driver took over
     assert tokens == local_tokens
     assert trace_hash == local_hash
+
+
+async def _run_killing_the_llm_actor_without_fallback(address: str) -> tuple[bool, str]:
+    cfg = RuntimeConfig(device="cpu", workers=3, backend="ray", ray_address=address)
+    async with Runtime(load_scenario(SCENARIOS["demo"]), cfg) as rt:
+        engine: Any = getattr(rt.device, "llm_engine", None)
+        assert engine is not None
+        engine._fallback = None  # as if the driver could not open the model
+        engine.kill()  # before the demo's first request
+        result = await rt.run()
+        return result.ok, result.reason or ""
+
+
+@pytest.mark.slow
+def test_a_dead_llm_actor_without_a_fallback_fails_the_run_naming_it(ray_cluster: Any) -> None:
+    ok, reason = asyncio.run(_run_killing_the_llm_actor_without_fallback(ray_cluster.address))
+    assert not ok
+    assert "LlmActor on Ray node" in reason and "died" in reason, reason
