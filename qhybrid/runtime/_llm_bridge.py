@@ -120,9 +120,11 @@ class LlmBridge:
             n_ctx=spec.n_ctx or None,
             runner=cast("RunnerChoice", spec.device),
         )
+        # The Ray backend's device opens it on a GPU node when the cluster has one (_ray_llm).
+        opener = getattr(self.device, "open_engine", open_engine)
         try:
             self.loaded = await asyncio.wrap_future(
-                self.device.call(lambda ctx: open_engine(ctx, spec.model, options))
+                self.device.call(lambda ctx: opener(ctx, spec.model, options))
             )
         except ModelError as exc:
             raise self.scenario.error("llm.model", str(exc)) from None

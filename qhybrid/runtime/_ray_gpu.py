@@ -3,9 +3,10 @@
 :class:`RayGpuDevice` is the run's :class:`~qhybrid.runtime.wgpu_thread.GpuDevice` (its own
 device thread starts as always: the LLM engine's ``call`` work and the fallback run there).
 When the Ray cluster declares GPUs (``ray.cluster_resources()["GPU"] >= 1``, the
-``num_gpus`` of its nodes), it also starts one actor with ``num_gpus=1`` (so Ray places it on
-such a node) that opens a ``GpuDevice`` there with the same preference and the fixed
-placement rule, and every GPU job (scenario GPU tasks, agents' ``gpu_submit``) runs in it:
+``num_gpus`` of its nodes), it also starts one actor with ``num_gpus=0.5`` (so Ray places it
+on such a node, and the LLM actor fits beside it) that opens a ``GpuDevice`` there with the
+same preference and the fixed placement rule, and every GPU job (scenario GPU tasks,
+agents' ``gpu_submit``) runs in it:
 the inputs go as arrays (Ray's object store for large ones), the output comes back and is
 written into the output's shared memory on the driver, and the future resolves as a local
 job's does. Without GPUs in the cluster, jobs run on the driver's device, as locally. If
@@ -16,8 +17,10 @@ its device is the same kind as the driver's would be (numpy with ``--device cpu`
 adapter), the trace hash is the local run's. A different GPU can round differently, as it
 would locally.
 
-Not here: the LLM engine stays on the driver's device thread (its weights and KV cache
-live there).
+The LLM engine: with GPUs in the cluster, :meth:`RayGpuDevice.open_engine` opens the
+scenario's model in a second actor on a GPU node (``_ray_llm``); both actors ask for
+``num_gpus=0.5``, so one GPU holds both. Without GPUs, the model opens on the driver's device
+thread, as locally.
 """
 
 from __future__ import annotations
@@ -30,14 +33,24 @@ import os
 import queue
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from qhybrid.runtime.tensors import TensorHandle, TensorStore, attach
 from qhybrid.runtime.wasm_pool import RayWorkerPool
-from qhybrid.runtime.wgpu_thread import DeviceInfo, GpuDevice, GpuJobError, GpuJobResult
+from qhybrid.runtime.wgpu_thread import (
+    ComputeContext,
+    DeviceInfo,
+    GpuDevice,
+    GpuJobError,
+    GpuJobResult,
+)
+
+if TYPE_CHECKING:
+    from qhybrid.runtime._ray_llm import RemoteEngine
+    from qhybrid.runtime.llm import LlmOptions, LoadedModel
 
 __all__ = ["GpuActor", "RayGpuDevice"]
 
@@ -110,6 +123,9 @@ class RayGpuDevice(GpuDevice):
         self.remote_jobs = 0
         self._waiting: queue.SimpleQueue[_RemoteJob | None] = queue.SimpleQueue()
         self._waiter: threading.Thread | None = None
+        #: The LLM engine's actor, when the model was opened on a GPU node (``_ray_llm``).
+        self.llm_engine: RemoteEngine | None = None
+        self._gpus = False
 
     def start(self, timeout: float = 30.0) -> DeviceInfo:
         info = super().start(timeout)
@@ -123,11 +139,12 @@ class RayGpuDevice(GpuDevice):
         if float(ray.cluster_resources().get("GPU", 0)) < 1:
             logger.info("no GPU in the Ray cluster: GPU jobs run on the driver (%s)", info.name)
             return info
+        self._gpus = True
         env = {name: str(_blas_threads()) for name in _BLAS_THREAD_VARS}
         try:
             actor = (
                 ray.remote(GpuActor)
-                .options(num_gpus=1, num_cpus=0, max_restarts=0, runtime_env={"env_vars": env})
+                .options(num_gpus=0.5, num_cpus=0, max_restarts=0, runtime_env={"env_vars": env})
                 .remote(self._prefer_name)
             )
         except Exception as exc:  # e.g. the pool closed meanwhile
@@ -201,6 +218,44 @@ class RayGpuDevice(GpuDevice):
             self.remote_jobs += 1
             job.done.set_result(result)
 
+    def open_engine(
+        self, ctx: ComputeContext | None, path: str | os.PathLike[str], options: LlmOptions
+    ) -> LoadedModel:
+        """The scenario's model (on this device thread): in an actor on a GPU node when the
+        cluster has GPUs, else here, as locally."""
+        from qhybrid.runtime._ray_llm import open_remote
+        from qhybrid.runtime.llm import open_engine
+
+        if not self._gpus or not self._pool.running:
+            return open_engine(ctx, path, options)
+        env = {name: str(_blas_threads()) for name in _BLAS_THREAD_VARS}
+        loaded = open_remote(
+            self._pool.ray,
+            path,
+            options,
+            prefer=self._prefer_name,
+            env=env,
+            timeout=self._pool.start_timeout,
+            # If the actor dies: the model opened here, on this device thread, where the
+            # engine's calls are made.
+            fallback=lambda: open_engine(ctx, path, options),
+        )
+        self.llm_engine = cast("RemoteEngine", loaded.engine)
+        self._pool.add_close_hook(self._close_llm)  # before the pool shuts Ray down
+        return loaded
+
+    def _close_llm(self) -> None:
+        engine, self.llm_engine = self.llm_engine, None
+        if engine is None:
+            return
+        engine.close()
+        local, engine.local = engine.local, None
+        if local is not None:  # the driver's engine, after the actor died: its device thread
+            try:
+                self.call(lambda _ctx: local.close()).result(timeout=10)
+            except Exception:
+                logger.debug("releasing the driver's LLM failed", exc_info=True)
+
     def kill_gpu_actor(self) -> None:
         """Kill the GPU actor (for tests of its failure): the next job finds it dead."""
         if self._actor is not None:
@@ -221,6 +276,7 @@ class RayGpuDevice(GpuDevice):
 
     def close(self, timeout: float = 10.0) -> None:
         self._close_actor(timeout)
+        self._close_llm()
         super().close(timeout)
 
 

@@ -31,6 +31,8 @@ async def _run(scenario: str, **config: Any) -> tuple[str, str, int]:
         result = await rt.run()
         assert result.ok, result.reason
         device: Any = rt.device
+        if not getattr(device, "gpu_node", ""):  # no GPU in the cluster: the LLM stays here
+            assert getattr(device, "llm_engine", None) is None
         return result.trace_hash, getattr(device, "gpu_node", ""), getattr(device, "remote_jobs", 0)
 
 
