@@ -34,6 +34,35 @@ if os.name == "posix":
     resource_tracker.ensure_running()
 SHM = Path("/dev/shm")
 
+#: The shipped sample agents.
+AGENTS = ROOT / "resources" / "agents"
+#: What a worker process's command line names.
+WORKER_MODULE = "qhybrid.runtime.wasm_pool"
+#: A run that goes on until it is stopped (for the hard-stop tests): relays passing a token,
+#: a sink, and a shared tensor (so that it has a /dev/shm segment to leave behind or not).
+LONG_RUN_SCENARIO = f"""
+name = "long"
+seed = 11
+[stop]
+max_ticks = 1000000
+timeout_s = 120
+[[agents]]
+name = "relay"
+module = "{AGENTS.as_posix()}/relay.wat"
+count = 4
+[[agents]]
+name = "sink"
+module = "{AGENTS.as_posix()}/sink.wat"
+[[messages]]
+to = "relay"
+kind = 1
+payload_i64 = [1000000, 0]
+[[tensors]]
+name = "a"
+shape = [64, 64]
+init = "random"
+"""
+
 
 def _foreign(name: str) -> bool:
     """Whether a segment belongs to a live process outside this test session's tree.

@@ -19,35 +19,9 @@ import psutil
 import pytest
 
 from qhybrid.runtime.tensors import remove_stale_segments
-from tests.conftest import ROOT, SHM, shm_segments
+from tests.conftest import AGENTS, LONG_RUN_SCENARIO, SHM, WORKER_MODULE, shm_segments
 
 pytestmark = pytest.mark.skipif(not SHM.is_dir(), reason="POSIX shared memory in /dev/shm")
-
-AGENTS = ROOT / "resources" / "agents"
-WORKER_MODULE = "qhybrid.runtime.wasm_pool"
-
-LONG = f"""
-name = "long"
-seed = 11
-[stop]
-max_ticks = 1000000
-timeout_s = 120
-[[agents]]
-name = "relay"
-module = "{AGENTS.as_posix()}/relay.wat"
-count = 4
-[[agents]]
-name = "sink"
-module = "{AGENTS.as_posix()}/sink.wat"
-[[messages]]
-to = "relay"
-kind = 1
-payload_i64 = [1000000, 0]
-[[tensors]]
-name = "a"
-shape = [64, 64]
-init = "random"
-"""
 
 
 def _dead_pid() -> int:
@@ -59,7 +33,7 @@ def _dead_pid() -> int:
 
 def _start(tmp_path: Path, cli_env: dict[str, str]) -> tuple[subprocess.Popen[str], list[int]]:
     path = tmp_path / "long.toml"
-    path.write_text(LONG, encoding="utf-8")
+    path.write_text(LONG_RUN_SCENARIO, encoding="utf-8")
     proc = subprocess.Popen(
         [sys.executable, "-m", "qhybrid", "--headless", "--workers", "2", str(path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env,

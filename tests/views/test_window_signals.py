@@ -17,37 +17,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, SHM, shm_segments
+from tests.conftest import LONG_RUN_SCENARIO, SHM, WORKER_MODULE, shm_segments
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or not SHM.is_dir(), reason="POSIX signals and /dev/shm"
 )
-
-AGENTS = ROOT / "resources" / "agents"
-WORKER_MODULE = "qhybrid.runtime.wasm_pool"
-
-LONG = f"""
-name = "long"
-seed = 11
-[stop]
-max_ticks = 1000000
-timeout_s = 120
-[[agents]]
-name = "relay"
-module = "{AGENTS.as_posix()}/relay.wat"
-count = 4
-[[agents]]
-name = "sink"
-module = "{AGENTS.as_posix()}/sink.wat"
-[[messages]]
-to = "relay"
-kind = 1
-payload_i64 = [1000000, 0]
-[[tensors]]
-name = "a"
-shape = [64, 64]
-init = "random"
-"""
 
 
 def _workers(pid: int) -> list[int]:
@@ -65,7 +39,7 @@ def _start_window(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> tuple[subprocess.Popen[str], list[int]]:
     path = tmp_path / "long.toml"
-    path.write_text(LONG, encoding="utf-8")
+    path.write_text(LONG_RUN_SCENARIO, encoding="utf-8")
     env = dict(cli_env)
     env["QT_QPA_PLATFORM"] = "offscreen"
     # The window's settings, run store and chats: the test's own, never the user's.
