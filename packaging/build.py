@@ -204,10 +204,11 @@ def freeze(dist: Path, version: str, *, aot: bool = True) -> Path:
 
 def aot_kernels(out: Path) -> Path:
     """The CPU path's numba kernels compiled ahead of time (packaging/aot.py), so that the
-    frozen app leaves numba and LLVM out. Rebuilt when the kernels' sources, numba or the
-    Python version change; returns the extension module."""
-    sources = sorted((REPO_ROOT / "qhybrid" / "runtime" / "llm").glob("_cpu_*.py"))
-    sources += [REPO_ROOT / "qhybrid" / "runtime" / "llm" / "_jit.py", PACKAGING / "aot.py"]
+    frozen app leaves numba and LLVM out. Rebuilt when the LLM package's sources (the kernels,
+    and the callers whose argument types make the signatures), numba or the Python version
+    change; returns the extension module."""
+    sources = sorted((REPO_ROOT / "qhybrid" / "runtime" / "llm").glob("*.py"))
+    sources.append(PACKAGING / "aot.py")
     digest = hashlib.sha256(sys.version.encode())
     digest.update(importlib.metadata.version("numba").encode())
     for path in sources:
