@@ -164,6 +164,12 @@ class AgentsTableModel(TableModel):
                 return f"{self._columns[column - 1][row]:,} bytes of linear memory"
         return None
 
+    def display_text(self, row: int, column: int) -> str:
+        """What the cell shows (its DisplayRole), in one call (the view's delegate)."""
+        if 0 <= row < len(self._names) and 0 <= column < len(self.COLUMNS):
+            return self._display(row, column)
+        return ""
+
     def _display(self, row: int, column: int) -> str:
         if column == self.NAME:
             return printable(self._names[row])

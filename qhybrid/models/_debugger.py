@@ -130,6 +130,10 @@ class DebuggerModels(QObject):
         self.refresh_seconds_max = max(self.refresh_seconds_max, time.perf_counter() - t0)
 
     def _poll_states(self) -> None:
+        self._take_states()
+        self.changed.emit()
+
+    def _take_states(self) -> None:
         runtime = self._runtime
         if self.live and runtime is not None and not self._fresh:
             summaries = runtime.agent_summaries()
@@ -137,7 +141,6 @@ class DebuggerModels(QObject):
                 self.summaries = list(summaries)
                 self.graph.set_states([s.state for s in summaries])
         self._stale = False
-        self.changed.emit()
 
     def watch(self, view: str, visible: bool) -> None:
         """A view says whether it is shown; a hidden debugger only keeps the records."""
@@ -199,6 +202,8 @@ class DebuggerModels(QObject):
         return ""
 
     def report(self, agent: int) -> AgentReport:
+        if self._stale:  # asked while no view was watching: the states as of now
+            self._take_states()
         history = self.graph.history
         names = self.graph.names
         summary = self.summaries[agent] if 0 <= agent < len(self.summaries) else None

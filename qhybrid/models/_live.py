@@ -27,8 +27,9 @@ from qhybrid.runtime import GpuAdapter, Runtime
 
 __all__ = ["LiveModels", "adapter_text"]
 
-#: Frames per second while a run is active.
-DEFAULT_FPS = 30
+#: Frames per second the timer asks for while a run is active. Above the 30 a second that
+#: the window promises, so that a late timer or a slow frame now and then still leaves 30.
+DEFAULT_FPS = 40
 #: Agent table refreshes per second (a thousand rows need not change 30 times a second).
 AGENTS_HZ = 2
 #: The interpreter's thread switch interval while a run is shown (Python's default: 5 ms).
@@ -38,11 +39,16 @@ AGENTS_HZ = 2
 #: GIL hand-overs on the loop thread (measured by ``qhybrid bench ui``).
 GUI_SWITCH_INTERVAL_S = 0.001
 #: Adaptive throttling: the timer's interval is kept at least this many times the recent cost
-#: of one refresh, so that the GUI thread spends at most about a quarter of its time on
-#: frames (and leaves the GIL and the cores to the runtime) when the machine is busy.
+#: of one frame (its refresh and, as the window reports it, its painting), so that the GUI
+#: thread spends at most about a quarter of its time on frames (and leaves the GIL and the
+#: cores to the runtime) when there is much to show. The cost is the GUI thread's CPU time,
+#: not the wall clock: waiting for the GIL or for a core that other processes hold costs the
+#: runtime nothing, and throttling for it would only drop frames.
 FRAME_COST_FACTOR = 4.0
 #: The slowest the charts go when the machine is very busy.
 MIN_FPS = 4
+#: Seconds of samples the charts can show.
+HISTORY_S = 60
 
 
 #: The runtime's own end states: the log shows the session's verdict instead (see _on_state).
@@ -85,10 +91,11 @@ class LiveModels(QObject):
         self.log_filter = LogFilterModel(self)
         self.log_filter.setSourceModel(self.log)
         self.chat = ChatModel(self)
-        self.series = LiveSeries()
+        self.series = LiveSeries(capacity=HISTORY_S * max(fps, DEFAULT_FPS))
         self.adapter: GpuAdapter | None = None
         self.frames = 0
         self.frame_seconds_max = 0.0  # the longest refresh so far (GUI-thread work per frame)
+        self.frame_cpu_s = 0.0  # the GUI thread's CPU time in refreshes and reported paints
         self._t0 = time.perf_counter()
         self._agents_period = 1.0 / AGENTS_HZ
         self._agents_next = 0.0  # perf_counter time of the next agents poll
@@ -104,6 +111,13 @@ class LiveModels(QObject):
         self.timer.setObjectName("live_models_timer")
         self.timer.setInterval(self._base_interval_ms)
         self.timer.timeout.connect(self._on_timer)
+        # The agents table is polled in a slice of its own, half a frame after the charts':
+        # its cost (a thousand summaries, the rows that changed, their repaint) then never
+        # adds to a frame's, and the event loop answers the user in between.
+        self._agents_timer = QTimer(self)
+        self._agents_timer.setSingleShot(True)
+        self._agents_timer.timeout.connect(self._poll_agents)
+        self._paint_cpu_s = 0.0  # reported by the window since the last frame
 
         controller.runtime_changed.connect(self._on_runtime)
         controller.state_changed.connect(self._on_state)
@@ -137,16 +151,25 @@ class LiveModels(QObject):
 
     def _stop_timer(self) -> None:
         self.timer.stop()
+        self._agents_timer.stop()
         if self._saved_switch_interval is not None:
             sys.setswitchinterval(self._saved_switch_interval)
             self._saved_switch_interval = None
 
+    def add_paint_cost(self, cpu_s: float) -> None:
+        """The window says what painting the last frame cost (the GUI thread's CPU time)."""
+        self._paint_cpu_s += cpu_s
+        self.frame_cpu_s += cpu_s
+
     def _on_timer(self) -> None:
-        t0 = time.perf_counter()
-        self.refresh()
-        cost_ms = (time.perf_counter() - t0) * 1000.0
-        # Throttle: when a frame costs more (a busy runtime holds the GIL and the cores, or
-        # there is much to show), refresh less often; come back as soon as it is cheap again.
+        c0 = time.thread_time()
+        self.refresh(agents=False)
+        if self._agents_wanted(time.perf_counter()) and not self._agents_timer.isActive():
+            self._agents_timer.start(max(1, self.timer.interval() // 2))
+        cost_ms = (time.thread_time() - c0 + self._paint_cpu_s) * 1000.0
+        self._paint_cpu_s = 0.0
+        # Throttle: when a frame costs more (there is much to show), refresh less often;
+        # come back as soon as it is cheap again.
         self._cost_ms = 0.8 * self._cost_ms + 0.2 * cost_ms
         want = max(self._base_interval_ms, round(FRAME_COST_FACTOR * self._cost_ms))
         want = min(want, max(self._base_interval_ms, round(1000 / MIN_FPS)))
@@ -178,24 +201,41 @@ class LiveModels(QObject):
         self.log.append_lines([LogLine(None, 40, "window", message)])
 
     # -- one frame ---------------------------------------------------------------------------
-    def refresh(self) -> None:
-        """Take what the runtime produced since the last frame and update every model."""
+    def _agents_wanted(self, now: float) -> bool:
+        return self.controller.runtime is not None and (
+            self._agents_due or (self.agents_visible and now >= self._agents_next)
+        )
+
+    def _poll_agents(self) -> None:
+        """The agents table's own slice (see ``_agents_timer``)."""
+        c0 = time.thread_time()
+        runtime = self.controller.runtime
+        if runtime is not None:
+            self._update_agents(runtime, time.perf_counter())
+        self.frame_cpu_s += time.thread_time() - c0
+
+    def _update_agents(self, runtime: Runtime, now: float) -> None:
+        # A thousand agents make this the costliest part of the window's work: a few times a
+        # second only, and not at all while the table is hidden (agent state changes still are).
+        self.agents.update_agents(runtime.agent_summaries())
+        self._agents_due = False
+        self._agents_next = now + self._agents_period
+
+    def refresh(self, *, agents: bool = True) -> None:
+        """Take what the runtime produced since the last frame and update every model (the
+        agents table too, when it is due, unless ``agents`` is false: the timer polls it in a
+        slice of its own)."""
         t_start = time.perf_counter()
+        c_start = time.thread_time()
         batch = self.controller.feed.drain()
         runtime = self.controller.runtime
         self._apply(batch)
         metrics = runtime.metrics() if runtime is not None else None
         self.series.sample(t_start - self._t0, metrics, batch.tasks, batch.llm)
-        if runtime is not None and (
-            self._agents_due
-            or batch.agent_states
-            or (self.agents_visible and t_start >= self._agents_next)
-        ):
-            # A thousand agents make this the costliest part of a frame: a few times a second
-            # only, and not at all while the table is hidden (agent state changes still are).
-            self.agents.update_agents(runtime.agent_summaries())
-            self._agents_due = False
-            self._agents_next = t_start + self._agents_period
+        if batch.agent_states:
+            self._agents_due = True  # a state changed: shown within half a frame
+        if agents and runtime is not None and self._agents_wanted(t_start):
+            self._update_agents(runtime, t_start)
         latest = self.series.latest
         if runtime is not None and latest:
             tick = latest.get("tick")
@@ -206,6 +246,7 @@ class LiveModels(QObject):
         self.frames += 1
         self.frame.emit()
         self.frame_seconds_max = max(self.frame_seconds_max, time.perf_counter() - t_start)
+        self.frame_cpu_s += time.thread_time() - c_start
 
     def _apply(self, batch: FeedBatch) -> None:
         lines = [

@@ -75,6 +75,7 @@ class AgentDetailPanel(QWidget):
         debugger.source_changed.connect(self._source_changed)
         self._names: list[str] = []
         self._shown: dict[str, str] = {}
+        self.seen = False  # shown and not behind another dock's tab (see set_seen)
 
     def show_agent(self, agent: int) -> None:
         """Show agent ``agent`` (an id of the run the debugger shows)."""
@@ -122,7 +123,17 @@ class AgentDetailPanel(QWidget):
         self.refresh()
 
     def _changed(self) -> None:
-        if self.isVisible():
+        if self.seen and self.isVisible():
+            self.refresh()
+
+    def set_seen(self, seen: bool) -> None:
+        """Whether anyone can see the panel: its dock's ``visibilityChanged`` (a tabbed dock
+        behind another tab stays "visible", moved off-screen). Unseen, it is not refreshed."""
+        if seen == self.seen:
+            return
+        self.seen = seen
+        self.debugger.watch("agent_detail", seen)
+        if seen:
             self.refresh()
 
     def _source_changed(self, _text: str) -> None:
@@ -133,10 +144,12 @@ class AgentDetailPanel(QWidget):
         self._sync_names()
 
     def showEvent(self, event: QShowEvent) -> None:
+        self.seen = True
         self.debugger.watch("agent_detail", True)
         self.refresh()
         super().showEvent(event)
 
     def hideEvent(self, event: QHideEvent) -> None:
+        self.seen = False
         self.debugger.watch("agent_detail", False)
         super().hideEvent(event)

@@ -15,12 +15,15 @@ headless runs' stall is the **floor** (``floor_stall_ms``): what the runtime's t
 costs the GUI thread by holding the GIL; the watched runs' stall must not exceed it by more
 than 10 ms (``stall_over_floor_ms``).
 
-``fps`` is the frames the window really made over the watched run's measured seconds (its
-models refreshed by their own timer, with its adaptive throttle, and the widgets repainted
-by the event loop), the figure a user sees. The watched run then measures the capacity
-(``fps_capacity``): ``fps_seconds`` of back-to-back frames, each a full refresh of the models
-from the running runtime (:meth:`LiveModels.refresh`) and a repaint of the whole window
-(``QWidget.grab()``), while the runtime keeps running.
+``fps`` is the frames the window really painted over the watched run's measured seconds:
+repaints of the window (``MainWindow.painted_frames``) that showed a refresh of its models
+not shown before, the models refreshed by their own timer (with its adaptive throttle) and
+the widgets repainted by the event loop; the figure a user sees. ``refreshes_per_s`` is the
+models' refreshes over the same seconds (one painted frame may show two of them). The
+watched run then measures the capacity (``fps_capacity``): ``fps_seconds`` of back-to-back
+frames, each a full refresh of the models from the running runtime
+(:meth:`LiveModels.refresh`) and a repaint of the whole window (``QWidget.grab()``), while
+the runtime keeps running.
 
 ``view`` chooses what the watched window shows: "charts" (the Live run tab, the agents
 table) or "graph" (the Agent graph tab, folded, and the Agent dock on one agent).
@@ -103,13 +106,14 @@ class RunFigures:
     max_stall_ms: float
     stall_samples: int
     startup_s: float
-    frames: int = 0  # the window's own frames over the measured seconds (watched runs)
+    frames: int = 0  # frames the window painted over the measured seconds (watched runs)
     #: CPU time of the GUI thread over the measured seconds: what the window itself does,
     #: whatever the machine's load does to its wall-clock figures.
     gui_cpu_s: float = 0.0
     #: The longest GUI-thread refreshes: LiveModels' frame and the debugger's (graph, detail).
     frame_ms_max: float = 0.0
     debugger_ms_max: float = 0.0
+    refreshes: int = 0  # the models' refreshes over the measured seconds
 
     @property
     def msgs_per_s(self) -> float:
@@ -129,6 +133,7 @@ class RunFigures:
             "stall_samples": self.stall_samples,
             "startup_s": round(self.startup_s, 2),
             "fps": round(self.fps, 1),
+            "refreshes_per_s": round(self.refreshes / self.seconds, 1) if self.seconds else 0,
             "gui_cpu_pct": round(100 * self.gui_cpu_s / self.seconds, 1) if self.seconds else 0,
             "frame_ms_max": round(self.frame_ms_max, 1),
             "debugger_ms_max": round(self.debugger_ms_max, 1),
@@ -354,7 +359,8 @@ def _one_run(
         assert runtime is not None
         monitor = StallMonitor(interval_ms=5)
         d0, t0 = runtime.delivered, time.perf_counter()
-        f0 = window.live.frames if window is not None else 0
+        f0 = window.painted_frames if window is not None else 0
+        r0 = window.live.frames if window is not None else 0
         if window is not None:
             window.live.frame_seconds_max = window.debugger.refresh_seconds_max = 0.0
         cpu0 = time.thread_time()
@@ -363,7 +369,8 @@ def _one_run(
         monitor.stop()
         cpu1 = time.thread_time()
         d1, t1 = runtime.delivered, time.perf_counter()
-        f1 = window.live.frames if window is not None else 0
+        f1 = window.painted_frames if window is not None else 0
+        r1 = window.live.frames if window is not None else 0
         figures = RunFigures(
             watch,
             d1 - d0,
@@ -375,6 +382,7 @@ def _one_run(
             cpu1 - cpu0,
             window.live.frame_seconds_max * 1000 if window is not None else 0.0,
             window.debugger.refresh_seconds_max * 1000 if window is not None else 0.0,
+            r1 - r0,
         )
         if window is not None:
             frame = _measure_frames(window, config.fps_seconds)

@@ -12,7 +12,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, QPointF, Qt
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QLabel, QVBoxLayout, QWidget
 
 from qhybrid.models import LiveModels, LiveSeries
 
@@ -112,6 +112,11 @@ class ChartsWidget(QWidget):
             # their cached drawing while the curves scroll (redrawing axes costs most).
             plot.enableAutoRange(axis="x", enable=False)
             plot.setXRange(-_SPANS_S[0], 0, padding=0)
+            _set_x_ticks(plot, _SPANS_S[0])
+            for name in ("left", "bottom"):
+                # Drawn once into a pixmap, blitted while the curves move: an axis is redrawn
+                # (its Python paint, its recorded picture replayed) only when it changes.
+                plot.getAxis(name).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
             if index >= len(_PLOTS) - (1 if len(_PLOTS) % 2 else 2):
                 # The plots share one time axis: labelled once, on the bottom row (a label
                 # per plot takes a fifth of each plot's height at 1100x720).
@@ -235,6 +240,7 @@ class ChartsWidget(QWidget):
             self.x_span = span
             for plot in self.plots.values():
                 plot.setXRange(-span, 0, padding=0)
+                _set_x_ticks(plot, span)
 
     def _fit_y(self, title: str, peak: float) -> None:
         """Show 0 to a little above ``peak``; change the range only when that changes much,
@@ -437,6 +443,19 @@ def _set_y_ticks(plot: pg.PlotItem, top: float) -> None:
     while values[-1] + step <= top * 1.0001:
         values.append(values[-1] + step)
     plot.getAxis("left").setTicks([[(v, _tick_text(v, step)) for v in values], []])
+
+
+def _set_x_ticks(plot: pg.PlotItem, span: float) -> None:
+    """Four to six labelled ticks over the last ``span`` seconds, no minor ones, given rather
+    than searched for: all the plots' time axes are redrawn at once when the span grows, and
+    pyqtgraph's own search (spacings, strings, text sizes) and a tick mark every tenth cost
+    the most of that frame."""
+    step = _nice_step(span / 5)
+    ticks = []
+    for k in range(int(span / step + 1e-9) + 1):
+        text = _tick_text(k * step, step)
+        ticks.append((-k * step, text if k == 0 else f"-{text}"))
+    plot.getAxis("bottom").setTicks([ticks, []])
 
 
 def _nice_step(x: float) -> float:

@@ -10,10 +10,11 @@ run's events and metrics to the GUI thread in batches, about 30 times a second.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import PySide6
-from PySide6.QtCore import QByteArray, QCoreApplication, QSettings, Qt, Signal, qVersion
+from PySide6.QtCore import QByteArray, QCoreApplication, QEvent, QSettings, Qt, Signal, qVersion
 from PySide6.QtGui import (
     QAction,
     QActionGroup,
@@ -129,6 +130,10 @@ class MainWindow(QMainWindow):
         self.controller = controller or RuntimeController(self)
         self.controller.workers = _int(settings.value(_WORKERS_KEY), self.controller.workers)
         self.live = LiveModels(self.controller, self)
+        #: Frames painted: repaints of the window that showed a refresh of the models not
+        #: shown before (what ``qhybrid bench ui`` reports as fps).
+        self.painted_frames = 0
+        self._painted_refresh = 0
 
         self.charts = ChartsWidget(self.live, self)
         # The middle: the live run's charts, or the run store's recorded runs (the list above,
@@ -240,6 +245,12 @@ class MainWindow(QMainWindow):
         self.view_menu.insertAction(
             self.scenario_dock.toggleViewAction(), self.agent_detail_dock.toggleViewAction()
         )
+        # Qt keeps a tabbed dock that is not the current tab "visible" (moved off-screen), so
+        # the panels' show and hide events do not say whether anyone sees them; the docks'
+        # visibilityChanged does. A table or a detail nobody sees is neither polled nor
+        # redrawn (a thousand agents' summaries cost a frame's worth of GUI time).
+        self.agents_dock.visibilityChanged.connect(self.live.set_agents_visible)
+        self.agent_detail_dock.visibilityChanged.connect(self.agent_detail.set_seen)
 
         def show_agent(agent: int) -> None:
             self.agent_detail.show_agent(agent)
@@ -274,6 +285,19 @@ class MainWindow(QMainWindow):
             | QDockWidget.DockWidgetFeature.DockWidgetClosable
         )
         return dock
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() != QEvent.Type.UpdateRequest:
+            return super().event(event)
+        # The window's repaint: every widget changed since the last one is painted now, in
+        # this call. Its cost counts in the models' frame cost (their throttle).
+        c0 = time.thread_time()
+        handled = super().event(event)
+        self.live.add_paint_cost(time.thread_time() - c0)
+        if self.live.frames != self._painted_refresh:
+            self._painted_refresh = self.live.frames
+            self.painted_frames += 1
+        return handled
 
     # -- scenario -------------------------------------------------------------------------
     def open_scenario(self) -> Path | None:
