@@ -93,6 +93,7 @@ class ChartsWidget(QWidget):
         self._scatter = {"kernel_ms"}
         self._legends: dict[str, list[tuple[str, str]]] = {}
         self.x_span = _SPANS_S[0]
+        self._x_pending: list[pg.PlotItem] = []  # plots still showing the previous span
         colour_index = 0
         for index, (title, unit, channels) in enumerate(_PLOTS):
             span = 2 if index == len(_PLOTS) - 1 and len(_PLOTS) % 2 else 1
@@ -238,9 +239,14 @@ class ChartsWidget(QWidget):
         span = next((s for s in _SPANS_S if age_s <= s), HISTORY_S)
         if span != self.x_span:
             self.x_span = span
-            for plot in self.plots.values():
-                plot.setXRange(-span, 0, padding=0)
-                _set_x_ticks(plot, span)
+            self._x_pending = list(self.plots.values())
+        if self._x_pending:
+            # One plot a frame: redrawing a time axis is the costliest part of a frame, and
+            # all seven at once made the longest frame of a run (a few frames of a plot still
+            # on the shorter span are not seen).
+            plot = self._x_pending.pop(0)
+            plot.setXRange(-span, 0, padding=0)
+            _set_x_ticks(plot, span)
 
     def _fit_y(self, title: str, peak: float) -> None:
         """Show 0 to a little above ``peak``; change the range only when that changes much,
