@@ -96,6 +96,9 @@ class LiveModels(QObject):
         self.frames = 0
         self.frame_seconds_max = 0.0  # the longest refresh so far (GUI-thread work per frame)
         self.frame_cpu_s = 0.0  # the GUI thread's CPU time in refreshes and reported paints
+        #: The longest of those, one event-loop slice each (a refresh, the agents' poll, a
+        #: paint): on an idle machine, about the longest the window keeps the GUI thread.
+        self.slice_cpu_max_s = 0.0
         self._t0 = time.perf_counter()
         self._agents_period = 1.0 / AGENTS_HZ
         self._agents_next = 0.0  # perf_counter time of the next agents poll
@@ -160,6 +163,7 @@ class LiveModels(QObject):
         """The window says what painting the last frame cost (the GUI thread's CPU time)."""
         self._paint_cpu_s += cpu_s
         self.frame_cpu_s += cpu_s
+        self.slice_cpu_max_s = max(self.slice_cpu_max_s, cpu_s)
 
     def _on_timer(self) -> None:
         c0 = time.thread_time()
@@ -212,7 +216,9 @@ class LiveModels(QObject):
         runtime = self.controller.runtime
         if runtime is not None:
             self._update_agents(runtime, time.perf_counter())
-        self.frame_cpu_s += time.thread_time() - c0
+        cpu_s = time.thread_time() - c0
+        self.frame_cpu_s += cpu_s
+        self.slice_cpu_max_s = max(self.slice_cpu_max_s, cpu_s)
 
     def _update_agents(self, runtime: Runtime, now: float) -> None:
         # A thousand agents make this the costliest part of the window's work: a few times a
@@ -246,7 +252,9 @@ class LiveModels(QObject):
         self.frames += 1
         self.frame.emit()
         self.frame_seconds_max = max(self.frame_seconds_max, time.perf_counter() - t_start)
-        self.frame_cpu_s += time.thread_time() - c_start
+        cpu_s = time.thread_time() - c_start
+        self.frame_cpu_s += cpu_s
+        self.slice_cpu_max_s = max(self.slice_cpu_max_s, cpu_s)
 
     def _apply(self, batch: FeedBatch) -> None:
         lines = [

@@ -44,6 +44,7 @@ def test_bench_ui_prints_one_json_object_with_the_figures(
         "gui_cpu_pct_watched",
         "gui_cpu_pct_headless",
         "frame_ms_p50",
+        "slice_cpu_ms_max",
         "goals",
         "met",
         "runs",
