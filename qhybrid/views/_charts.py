@@ -77,6 +77,7 @@ class ChartsWidget(QWidget):
         super().__init__(parent)
         self.setObjectName("charts")
         self.series: LiveSeries | None = live.series if live is not None else None
+        self._live = live
         self.graphics = pg.GraphicsLayoutWidget(self)
         self.graphics.setObjectName("charts_graphics")
         layout = QVBoxLayout(self)
@@ -240,13 +241,16 @@ class ChartsWidget(QWidget):
         if span != self.x_span:
             self.x_span = span
             self._x_pending = list(self.plots.values())
-        if self._x_pending:
-            # One plot a frame: redrawing a time axis is the costliest part of a frame, and
-            # all seven at once made the longest frame of a run (a few frames of a plot still
-            # on the shorter span are not seen).
+        # One plot a frame: redrawing a time axis is the costliest part of a frame, and all
+        # seven at once made the longest frame of a run (a few frames of a plot still on the
+        # shorter span are not seen). The last frame of a run (no timer any more) does all.
+        last = self._live is not None and not self._live.timer.isActive()
+        while self._x_pending:
             plot = self._x_pending.pop(0)
             plot.setXRange(-span, 0, padding=0)
             _set_x_ticks(plot, span)
+            if not last:
+                break
 
     def _fit_y(self, title: str, peak: float) -> None:
         """Show 0 to a little above ``peak``; change the range only when that changes much,

@@ -209,3 +209,22 @@ def test_a_longer_time_span_reaches_every_plot_one_a_frame(qtbot: QtBot) -> None
     assert [r.count(-10.0) for r in ranges] == list(range(1, len(charts.plots) + 1))
     ticks = charts.plots["Throughput"].getAxis("bottom")._tickLevels
     assert [text for _value, text in ticks[0]] == ["0", "-2", "-4", "-6", "-8", "-10"]
+
+
+def test_the_last_frame_of_a_run_shows_every_plot_on_the_same_span(qtbot: QtBot) -> None:
+    controller = RuntimeController()
+    live = LiveModels(controller)
+    charts = ChartsWidget(live)
+    qtbot.addWidget(charts)
+    charts.resize(700, 440)
+    charts.show()
+    series = live.series
+    walls = [0.05 * i for i in range(31)] + [1.5 + 0.1 * i for i in range(1, 40)]
+    for i in range(1, len(walls) + 1):
+        series.sample(walls[i - 1], _snapshot(walls[:i]))
+    assert not live.timer.isActive()  # the run is over: this refresh is its last frame
+    charts.refresh()
+    assert charts.x_span == 10.0
+    assert {p.getViewBox().viewRange()[0][0] for p in charts.plots.values()} == {-10.0}
+    live.close()
+    assert controller.shutdown()
