@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, QSortFilterProxyModel, Qt
-from PySide6.QtGui import QColor, QHideEvent, QPalette, QShowEvent
+from collections.abc import Sequence
+
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSortFilterProxyModel, Qt
+from PySide6.QtGui import QAccessible, QColor, QHideEvent, QPalette, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -23,8 +25,34 @@ from qhybrid.models import LEVELS, AgentsTableModel, LiveModels
 __all__ = ["AgentsView", "LogView"]
 
 
-def _table(model: QSortFilterProxyModel, parent: QWidget) -> QTableView:
-    view = QTableView(parent)
+class ChangedColumnsTableView(QTableView):
+    """A table view that repaints, for a change over several cells, only the columns that
+    changed (Qt's repaints the whole viewport): the agents' counters change every poll, their
+    names, states and errors seldom."""
+
+    def dataChanged(
+        self,
+        topLeft: QModelIndex | QPersistentModelIndex,
+        bottomRight: QModelIndex | QPersistentModelIndex,
+        roles: Sequence[int] = (),
+    ) -> None:
+        if QAccessible.isActive() or not (topLeft.isValid() and bottomRight.isValid()):
+            super().dataChanged(topLeft, bottomRight, list(roles))  # screen readers told too
+            return
+        height = self.viewport().height()
+        area = QRect()
+        for column in range(topLeft.column(), bottomRight.column() + 1):
+            if not self.isColumnHidden(column):
+                x = self.columnViewportPosition(column)
+                area = area.united(QRect(x, 0, self.columnWidth(column), height))
+        if not area.isEmpty():
+            self.viewport().update(area)
+
+
+def _table(
+    model: QSortFilterProxyModel, parent: QWidget, view_class: type[QTableView] = QTableView
+) -> QTableView:
+    view = view_class(parent)
     view.setModel(model)
     view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
     view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -62,17 +90,19 @@ class AgentsDelegate(QStyledItemDelegate):
         self._proxy = proxy
         self._model = model
 
-    def initStyleOption(self, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+    def initStyleOption(
+        self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex
+    ) -> None:
         # What QStyledItemDelegate.initStyleOption does for the roles this model answers.
         source = self._proxy.mapToSource(index)
         column = source.column()
         text = self._model.display_text(source.row(), column)
-        option.index = index
+        option.index = index  # type: ignore[assignment]  # a QModelIndex from the view
         option.features |= _HAS_DISPLAY
         option.text = text
         if AgentsTableModel.WORKER <= column <= AgentsTableModel.MEMORY:
             option.displayAlignment = _RIGHT
-        option.styleObject = None
+        option.styleObject = None  # type: ignore[assignment]  # nullptr: no style animation
         if column == AgentsTableModel.STATE:
             colour = STATE_COLOURS.get(text)
             if colour is not None:
@@ -93,7 +123,7 @@ class AgentsView(QWidget):
         self.filter_edit.setClearButtonEnabled(True)
         self.filter_edit.textChanged.connect(live.agents_filter.setFilterFixedString)
         self.count_label = QLabel(self)
-        self.table = _table(live.agents_filter, self)
+        self.table = _table(live.agents_filter, self, ChangedColumnsTableView)
         self.table.setObjectName("agents_table")
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(AgentsTableModel.NAME, Qt.SortOrder.AscendingOrder)

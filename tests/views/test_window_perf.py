@@ -6,6 +6,7 @@ a cell, the charts' time axes redrawn one plot a frame. (The figures themselves 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from pathlib import Path
 
@@ -226,5 +227,39 @@ def test_the_last_frame_of_a_run_shows_every_plot_on_the_same_span(qtbot: QtBot)
     charts.refresh()
     assert charts.x_span == 10.0
     assert {p.getViewBox().viewRange()[0][0] for p in charts.plots.values()} == {-10.0}
+    live.close()
+    assert controller.shutdown()
+
+
+def test_the_agents_table_repaints_only_the_columns_that_changed(qtbot: QtBot) -> None:
+    from qhybrid.views._tables import AgentsDelegate
+
+    controller = RuntimeController()
+    live = LiveModels(controller)
+    view = AgentsView(live)
+    qtbot.addWidget(view)
+    view.resize(700, 400)
+    view.show()
+    qtbot.waitExposed(view)
+    painted: list[int] = []
+
+    class Counting(AgentsDelegate):
+        def initStyleOption(self, option, index) -> None:  # type: ignore[no-untyped-def]
+            painted.append(index.column())
+            super().initStyleOption(option, index)
+
+    view.table.setItemDelegate(Counting(live.agents_filter, live.agents, view.table))
+    live.agents.update_agents(_summaries(1))
+    qtbot.waitUntil(lambda: bool(painted))  # the first paint: every column
+    qtbot.wait(50)
+    painted.clear()
+    changed = _summaries(1)
+    changed[3] = dataclasses.replace(changed[3], handled=changed[3].handled + 5)
+    live.agents.update_agents(changed)
+    qtbot.waitUntil(lambda: bool(painted))
+    qtbot.wait(50)
+    assert AgentsTableModel.HANDLED in painted
+    assert set(painted) == {AgentsTableModel.HANDLED}  # not the names, states, workers...
+    assert view.table.model().index(3, AgentsTableModel.HANDLED).data() == f"{3 % 7 + 10 + 5}"
     live.close()
     assert controller.shutdown()
