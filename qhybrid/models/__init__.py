@@ -8,7 +8,7 @@ without a display; widgets and charts live in ``qhybrid.views``.
 - :class:`RuntimeController` runs a scenario on an asyncio loop in a ``QThread`` it owns and
   steers it (start, pause, step, stop, restart, post); the GUI thread never awaits it.
 - :class:`RuntimeFeed` collects the runtime's events where they fire (append-only deques).
-- :class:`LiveModels` drains the feed and polls the metrics once per frame (about 30 a
+- :class:`LiveModels` drains the feed and polls the metrics once per frame (about 40 a
   second) into :class:`AgentsTableModel`, :class:`LogModel`, :class:`ChatModel` and
   :class:`LiveSeries` (the charts' ring buffers).
 - :class:`ServerModel` starts and stops ``qhybrid serve`` (an HTTP API over a model) for the

@@ -1,11 +1,12 @@
 """One timer on the GUI thread turns the runtime's events and metrics into model updates.
 
-:class:`LiveModels` owns every model a window shows and one :class:`QTimer` (about 30 times a
+:class:`LiveModels` owns every model a window shows and one :class:`QTimer` (about 40 times a
 second while a run is active). Each frame it drains the :class:`RuntimeFeed`, polls
-:meth:`Runtime.metrics` (and, a few times a second, :meth:`Runtime.agent_summaries`), applies
-all of it to the models in batches, and emits :attr:`LiveModels.frame` once, which is when the
-charts redraw. However fast the runtime goes, the GUI does a bounded amount of work per frame,
-and the runtime's loop only ever appends to deques.
+:meth:`Runtime.metrics`, applies all of it to the models in batches, and emits
+:attr:`LiveModels.frame` once, which is when the charts redraw; a few times a second, in a
+slice of its own, it polls :meth:`Runtime.agent_summaries` for the agents table. However
+fast the runtime goes, the GUI does a bounded amount of work per frame, and the runtime's loop
+only ever appends to deques.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = ["LiveModels", "adapter_text"]
 #: Frames per second the timer asks for while a run is active. Above the 30 a second that
 #: the window promises, so that a late timer or a slow frame now and then still leaves 30.
 DEFAULT_FPS = 40
-#: Agent table refreshes per second (a thousand rows need not change 30 times a second).
+#: Agent table refreshes per second (a thousand rows need not change 40 times a second).
 AGENTS_HZ = 2
 #: The interpreter's thread switch interval while a run is shown (Python's default: 5 ms).
 #: The runtime's loop thread is busy in Python most of the time; when the GUI thread wants the

@@ -4,7 +4,7 @@ the run's controls in a toolbar, the run's state and the GPU adapter in the stat
 The window only observes and steers. A :class:`~qhybrid.models.RuntimeController` runs the
 scenario on its own thread (and the worker processes and GPU thread beside it); the window's
 buttons call its non-blocking methods, and :class:`~qhybrid.models.LiveModels` brings the
-run's events and metrics to the GUI thread in batches, about 30 times a second.
+run's events and metrics to the GUI thread in batches, about 40 times a second.
 """
 
 from __future__ import annotations
