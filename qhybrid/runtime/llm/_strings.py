@@ -135,6 +135,35 @@ def _crc(data: bytes) -> int:
     return zlib.crc32(data)
 
 
+def _crc_table() -> npt.NDArray[np.uint32]:
+    c = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        c = np.where(c & 1, np.uint32(0xEDB88320) ^ (c >> 1), c >> 1).astype(np.uint32)
+    return c
+
+
+def crc32_all(strings: StringArray) -> npt.NDArray[np.uint32]:
+    """``zlib.crc32`` of every string, vectorized over the strings (one table step per byte
+    position, the strings sorted by length so that each step is a prefix): 40 ms for Gemma
+    3's 262k pieces, against 100 ms for a loop over ``zlib.crc32``."""
+    n = len(strings)
+    lengths = strings.lengths()
+    order = np.argsort(-lengths, kind="stable")
+    starts = strings.offsets[:-1][order]
+    longest = lengths[order]
+    raw = np.frombuffer(strings.data, dtype=np.uint8)
+    table = _crc_table()
+    crc = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
+    # active[j]: how many strings are longer than j (a prefix of the sorted order).
+    active = np.searchsorted(-longest, -np.arange(int(longest[0]) if n else 0), side="left")
+    for j, k in enumerate(active.tolist()):
+        c = crc[:k]
+        crc[:k] = table[(c ^ raw[starts[:k] + j]) & 0xFF] ^ (c >> 8)
+    out = np.empty(n, dtype=np.uint32)
+    out[order] = crc ^ np.uint32(0xFFFFFFFF)
+    return out
+
+
 class StringIndex:
     """Index of a :class:`StringArray`'s strings by their bytes (the first index for a string
     that appears twice): linear probing over CRC-32 keys, each hit checked byte for byte."""
@@ -142,10 +171,7 @@ class StringIndex:
     def __init__(self, strings: StringArray) -> None:
         n = len(strings)
         cap = 1 << max(4, (2 * n - 1).bit_length())
-        data, off = strings.data, strings._off
-        crcs = np.fromiter(
-            (_crc(data[off[i] : off[i + 1]]) for i in range(n)), dtype=np.uint32, count=n
-        )
+        crcs = crc32_all(strings)
         mask = cap - 1
         keys = np.zeros(cap, dtype=np.uint32)
         ids = np.full(cap, -1, dtype=np.int32)

@@ -7,6 +7,7 @@ that a small vocabulary can show, with ids worked out by hand.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from gguf import GGUFWriter, TokenType
 
 from qhybrid.runtime.llm import Tokenizer, read_metadata
-from qhybrid.runtime.llm._strings import StringArray, StringIndex
+from qhybrid.runtime.llm._strings import StringArray, StringIndex, crc32_all
 
 
 def _spm(
@@ -131,6 +132,10 @@ def test_string_index_finds_each_string_and_keeps_the_first_duplicate() -> None:
     for s, i in first.items():
         assert index.get(s.encode()) == i
     assert index.get(b"zzz") == -1 and index.get(b"") == -1
+    # The index's keys, computed for all strings at once, are zlib's CRC-32 (queries use zlib).
+    mixed = StringArray.from_strings(["", "a", "東京🙂", "x" * 200, *strings[:50]])
+    want = [zlib.crc32(mixed.raw(i)) for i in range(len(mixed))]
+    assert crc32_all(mixed).tolist() == want
 
 
 @pytest.mark.parametrize("text", ["", " ", "  two  spaces ", "a\nb\tc", "ÆØÅ 東京"])
