@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +40,7 @@ class SpmEncoder:
         unk: int | None,
         add_space_prefix: bool,
     ) -> None:
+        self._args = (texts, types, scores, unk, add_space_prefix)
         self._index = StringIndex(texts)
         self._scores = np.ascontiguousarray(scores, dtype=np.float32).data
         self._prefix = add_space_prefix
@@ -64,6 +66,10 @@ class SpmEncoder:
         self._special: Sequence[tuple[str, int, bool]] = [
             (t, i, kind != _USER_DEFINED) for t, i, kind in entries if t
         ]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        texts, types, scores, unk, prefix = self._args
+        return (_rebuild, (texts, types, scores, unk, prefix))
 
     def encode(self, text: str, *, parse_special: bool = True) -> list[int]:
         out: list[int] = []
@@ -164,3 +170,13 @@ class SpmEncoder:
                         )
                     out.append(byte_ids[b])
             i = nxt[i]
+
+
+def _rebuild(
+    texts: StringArray,
+    types: npt.NDArray[np.int32],
+    scores: npt.NDArray[np.float32],
+    unk: int | None,
+    prefix: bool,
+) -> SpmEncoder:
+    return SpmEncoder(texts, types, scores, unk=unk, add_space_prefix=prefix)

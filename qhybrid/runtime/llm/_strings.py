@@ -72,6 +72,9 @@ class StringArray(Sequence[str]):
         in_prefix = np.cumsum(edge[:-1], dtype=np.int8).astype(bool)
         return cls(region[~in_prefix].tobytes(), offsets), pos
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StringArray, (self.data, self.offsets))
+
     def __len__(self) -> int:
         return len(self._off) - 1
 
@@ -195,6 +198,9 @@ class StringIndex:
         self._keys_np, self._ids_np = keys, ids
         self._keys = keys.data
         self._ids = ids.data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StringIndex, (self._strings,))
 
     def get(self, text: bytes) -> int:
         """The index of ``text``, or -1."""

@@ -7,6 +7,7 @@ that a small vocabulary can show, with ids worked out by hand.
 
 from __future__ import annotations
 
+import pickle
 import zlib
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,10 @@ def test_string_index_finds_each_string_and_keeps_the_first_duplicate() -> None:
 def test_decode_inverts_encode(text: str) -> None:
     tok, _ = _spm({"▁": (-1.0, N), "a": (-1.0, N), "b": (-1.0, N)}, prefix=True)
     assert tok.decode(tok.encode(text)) == text
+
+
+def test_a_tokenizer_survives_pickling() -> None:
+    tok, _ = _spm({"▁": (-1.0, N), "a": (-1.0, N), "▁a": (-0.5, N)}, prefix=True)
+    copy = pickle.loads(pickle.dumps(tok))
+    assert copy.encode("a a</s>a") == tok.encode("a a</s>a")
+    assert copy.decode(tok.encode("a a")) == "a a"
