@@ -28,6 +28,46 @@ _UNKNOWN, _CONTROL, _USER_DEFINED = 2, 3, 4
 _SPACE = "\u2581"
 
 
+class TokenizerError(Exception):
+    """The metadata does not describe a tokenizer qhybrid can build (or a text it cannot
+    encode with it)."""
+
+
+class SpecialTokens:
+    """The control, user-defined and unknown tokens of a vocabulary, matched in text as
+    llama.cpp's ``tokenizer_st_partition`` does."""
+
+    def __init__(self, texts: StringArray, types: npt.NDArray[np.int32]) -> None:
+        # Longest first (stable: the lower id first among equal lengths).
+        special = np.flatnonzero(np.isin(types, (_UNKNOWN, _CONTROL, _USER_DEFINED))).tolist()
+        entries = [(texts[i], i, int(types[i])) for i in special]
+        entries.sort(key=lambda e: -len(e[0].encode("utf-8", errors="surrogatepass")))
+        self._tokens: Sequence[tuple[str, int, bool]] = [
+            (t, i, kind != _USER_DEFINED) for t, i, kind in entries if t
+        ]
+
+    def partition(self, text: str, parse_special: bool) -> list[str | int]:
+        """``text`` cut at its special tokens (ids), as llama.cpp's tokenizer_st_partition:
+        each token in turn, longest first, splits every piece of text left (user-defined
+        tokens always; control and unknown ones only when ``parse_special``)."""
+        frags: list[str | int] = [text] if text else []
+        for token, tid, control in self._tokens:
+            if (control and not parse_special) or token not in text:
+                continue
+            cut: list[str | int] = []
+            for frag in frags:
+                if isinstance(frag, int) or token not in frag:
+                    cut.append(frag)
+                    continue
+                for k, part in enumerate(frag.split(token)):
+                    if k:
+                        cut.append(tid)
+                    if part:
+                        cut.append(part)
+            frags = cut
+        return frags
+
+
 class SpmEncoder:
     """Text to token ids for a SentencePiece (``tokenizer.ggml.model = "llama"``) vocabulary."""
 
@@ -59,13 +99,7 @@ class SpmEncoder:
         #: Bytes with neither a ``<0xXX>`` token nor a one-byte token (llama.cpp would fail on
         #: them; here they become the unknown token, when there is one).
         self.missing_bytes = tuple(missing)
-        # Special tokens, longest first (stable: the lower id first among equal lengths).
-        special = np.flatnonzero(np.isin(types, (_UNKNOWN, _CONTROL, _USER_DEFINED)))
-        entries = [(texts[int(i)], int(i), int(types[i])) for i in special]
-        entries.sort(key=lambda e: -len(e[0].encode("utf-8", errors="surrogatepass")))
-        self._special: Sequence[tuple[str, int, bool]] = [
-            (t, i, kind != _USER_DEFINED) for t, i, kind in entries if t
-        ]
+        self._special = SpecialTokens(texts, types)
 
     def __reduce__(self) -> tuple[Any, ...]:
         texts, types, scores, unk, prefix = self._args
@@ -74,7 +108,7 @@ class SpmEncoder:
     def encode(self, text: str, *, parse_special: bool = True) -> list[int]:
         out: list[int] = []
         prev_special = True
-        for frag in self._partition(text, parse_special):
+        for frag in self._special.partition(text, parse_special):
             if isinstance(frag, int):
                 out.append(frag)
                 prev_special = True
@@ -84,27 +118,6 @@ class SpmEncoder:
             self._tokenize(frag.replace(" ", _SPACE).encode("utf-8", errors="surrogatepass"), out)
             prev_special = False
         return out
-
-    def _partition(self, text: str, parse_special: bool) -> list[str | int]:
-        """``text`` cut at its special tokens (ids), as llama.cpp's tokenizer_st_partition:
-        each token in turn, longest first, splits every piece of text left (user-defined
-        tokens always; control and unknown ones only when ``parse_special``)."""
-        frags: list[str | int] = [text] if text else []
-        for token, tid, control in self._special:
-            if (control and not parse_special) or token not in text:
-                continue
-            cut: list[str | int] = []
-            for frag in frags:
-                if isinstance(frag, int) or token not in frag:
-                    cut.append(frag)
-                    continue
-                for k, part in enumerate(frag.split(token)):
-                    if k:
-                        cut.append(tid)
-                    if part:
-                        cut.append(part)
-            frags = cut
-        return frags
 
     def _tokenize(self, text: bytes, out: list[int]) -> None:
         """llm_tokenizer_spm_session::tokenize on one piece of escaped text."""
@@ -162,8 +175,6 @@ class SpmEncoder:
             else:  # not a token: its bytes
                 for b in piece:
                     if byte_ids[b] < 0:
-                        from qhybrid.runtime.llm._tokenizer import TokenizerError
-
                         raise TokenizerError(
                             f"the vocabulary has no token for byte 0x{b:02X} (no <0x{b:02X}> "
                             "byte token and no unknown token)"

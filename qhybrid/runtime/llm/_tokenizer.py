@@ -1,25 +1,26 @@
-"""The tokenizer of a GGUF model, built from its metadata with the ``tokenizers`` library.
+"""The tokenizer of a GGUF model, built from its metadata as llama.cpp reads it.
 
-Two vocabularies, as llama.cpp reads them (``tokenizer.ggml.model``):
+Two vocabularies (``tokenizer.ggml.model``), each encoded by llama.cpp's own algorithm:
 
-- ``gpt2``: byte-level BPE. The tokens are GPT-2 byte symbols; ``tokenizer.ggml.merges`` ranks
-  the merges; the text is first split by the pre-tokenizer regexes llama.cpp picks by
-  ``tokenizer.ggml.pre`` (each regex splits the pieces the previous one left, keeping both the
-  matches and the text between them: ``Split(..., "isolated")`` in a sequence).
-- ``llama``: SentencePiece, encoded by :class:`~._spm.SpmEncoder` (llama.cpp's own algorithm
-  over the scores, not the ``tokenizers`` library). Spaces are ``▁`` and one is prepended to
-  the text (and after each special token, as llama.cpp does) when
-  ``tokenizer.ggml.add_space_prefix`` (default true); characters missing from the vocabulary
-  fall back to ``<0xXX>`` byte tokens.
+- ``gpt2``: byte-level BPE (:class:`~._bpe.BpeEncoder`). The tokens are GPT-2 byte symbols;
+  ``tokenizer.ggml.merges`` ranks the merges; the text is first split by the pre-tokenizer
+  regexes llama.cpp picks by ``tokenizer.ggml.pre`` (each regex splits the pieces the
+  previous one left, keeping both the matches and the text between them: the ``tokenizers``
+  library's ``Split(..., "isolated")`` in a sequence).
+- ``llama``: SentencePiece (:class:`~._spm.SpmEncoder`): merges by the scores. Spaces are
+  ``▁`` and one is prepended to the text (and after each special token, as llama.cpp does)
+  when ``tokenizer.ggml.add_space_prefix`` (default true); characters missing from the
+  vocabulary fall back to ``<0xXX>`` byte tokens.
 
-The vocabulary stays in the metadata's :class:`~._strings.StringArray` (one buffer); a
-token's text and bytes are made when asked for, not kept per token.
+The vocabulary and merges stay in the metadata's :class:`~._strings.StringArray` (one buffer
+each, with a CRC index); a token's text and bytes are made when asked for, not kept per token.
 
-Control and user-defined tokens (``tokenizer.ggml.token_type`` 3 and 4) are matched in the
-text as whole tokens; control ones only when ``parse_special`` (the default, so chat
-templates' markers become their ids). Decoding goes through each token's bytes (llama.cpp's
-``token_to_piece``: control tokens give no text), so :class:`IncrementalDecoder` can hold back
-an incomplete UTF-8 sequence split across byte tokens while streaming.
+Control, user-defined and unknown tokens (``tokenizer.ggml.token_type`` 3, 4 and 2) are
+matched in the text as whole tokens, the longest first; control and unknown ones only when
+``parse_special`` (the default, so chat templates' markers become their ids). Decoding goes
+through each token's bytes (llama.cpp's ``token_to_piece``: control tokens give no text), so
+:class:`IncrementalDecoder` can hold back an incomplete UTF-8 sequence split across byte
+tokens while streaming.
 """
 
 # ruff: noqa: RUF001  (the pre-tokenizer regexes hold look-alike characters on purpose)
@@ -35,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from qhybrid.runtime.llm._bpe import BpeEncoder
 from qhybrid.runtime.llm._spm import SpmEncoder
+from qhybrid.runtime.llm._spm import TokenizerError as TokenizerError
 from qhybrid.runtime.llm._strings import StringArray, as_string_array
 
 logger = logging.getLogger(__name__)
@@ -228,10 +231,6 @@ def fallback_template(texts: Sequence[str]) -> str | None:
     return None
 
 
-class TokenizerError(Exception):
-    """The metadata does not describe a tokenizer qhybrid can build."""
-
-
 class ChatTemplateError(Exception):
     """No chat template, or the template failed (its ``raise_exception`` message included)."""
 
@@ -273,7 +272,7 @@ class Tokenizer:
     def __init__(
         self,
         *,
-        backend: Any,
+        backend: BpeEncoder | SpmEncoder,
         kind: str,
         pre: str | None,
         types: np.ndarray,
@@ -340,6 +339,7 @@ class Tokenizer:
         template = metadata.get("tokenizer.chat_template") or fallback_template(texts)
         add_space_prefix = False
         pre: str | None = None
+        backend: BpeEncoder | SpmEncoder
         if kind == "gpt2":
             pre_name = str(metadata.get("tokenizer.ggml.pre") or "default")
             if pre_name in UNSUPPORTED_PRE:
@@ -355,9 +355,10 @@ class Tokenizer:
             add_bos = pre in _ADD_BOS and not (
                 pre == "llama3" and pre_name in ("dbrx", "smaug-bpe")
             )
-            merges = metadata.get("tokenizer.ggml.merges") or []
-            backend = _bpe_backend(texts, merges, pre)
-            _add_special_tokens(backend, texts, types)
+            merges = as_string_array(metadata.get("tokenizer.ggml.merges") or [])
+            backend = BpeEncoder(
+                texts, types, merges, PRE_REGEXES[pre], ignore_merges=pre in _IGNORE_MERGES
+            )
         elif kind == "llama":
             add_bos = True
             add_space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
@@ -396,12 +397,7 @@ class Tokenizer:
         """Token ids of ``text``; BOS first when ``add_bos`` (default: the model's
         ``add_bos_token``); control tokens written in the text become their ids when
         ``parse_special``, else they are tokenized as plain text."""
-        ids: list[int]
-        if isinstance(self._backend, SpmEncoder):
-            ids = self._backend.encode(text, parse_special=parse_special)
-        else:
-            self._backend.encode_special_tokens = not parse_special
-            ids = list(self._backend.encode(text, add_special_tokens=False).ids)
+        ids = self._backend.encode(text, parse_special=parse_special)
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids.insert(0, self.bos_id)
         if self.add_eos and self.eos_id is not None:
@@ -498,51 +494,6 @@ def render_chat_template(source: str, messages: Sequence[Mapping[str, Any]], **c
         raise
     except jinja2.TemplateError as exc:
         raise ChatTemplateError(f"chat template error: {exc}") from None
-
-
-# -- backends (the tokenizers library) -----------------------------------------------------------
-def _vocab_dict(texts: Sequence[str]) -> dict[str, int]:
-    vocab: dict[str, int] = {}
-    for i, t in enumerate(texts):
-        vocab.setdefault(t, i)  # llama.cpp keeps the last duplicate; duplicates are bugs anyway
-    return vocab
-
-
-def _bpe_backend(texts: Sequence[str], merges: Sequence[str], pre: str) -> Any:
-    from tokenizers import Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HfTokenizer
-
-    pairs = []
-    for m in merges:
-        left, sep, right = m.partition(" ")
-        if not sep:
-            raise TokenizerError(f"bad merge {m!r} (expected two tokens and a space)")
-        pairs.append((left, right))
-    model = models.BPE(vocab=_vocab_dict(texts), merges=pairs, ignore_merges=pre in _IGNORE_MERGES)
-    tok = HfTokenizer(model)
-    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_REGEXES[pre]]
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    return tok
-
-
-def _add_special_tokens(backend: Any, texts: Sequence[str], types: np.ndarray) -> None:
-    from tokenizers import AddedToken
-
-    control = [
-        AddedToken(texts[i], special=True, normalized=False)
-        for i in np.flatnonzero(types == CONTROL).tolist()
-    ]
-    user = [
-        AddedToken(texts[i], special=False, normalized=False)
-        for i in np.flatnonzero(types == USER_DEFINED).tolist()
-    ]
-    if control:
-        backend.add_special_tokens(control)
-    if user:
-        backend.add_tokens(user)
 
 
 def _bpe_piece(text: str, kind: int, table: Mapping[str, int]) -> bytes:

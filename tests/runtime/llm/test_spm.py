@@ -1,8 +1,10 @@
-"""SentencePiece as llama.cpp encodes it, and the compact string arrays the vocabulary lives in.
+"""SentencePiece and byte-level BPE as llama.cpp encodes them, and the compact string arrays
+the vocabulary lives in.
 
-The real Gemma 3 vocabulary is checked against llama.cpp's own ids in test_real_models.py;
-these cases pin the rules of llama.cpp's ``llm_tokenizer_spm`` and ``tokenizer_st_partition``
-that a small vocabulary can show, with ids worked out by hand.
+The real vocabularies (Gemma 3, SmolLM2) are checked against llama.cpp's own ids in
+test_real_models.py, BPE against the ``tokenizers`` library's in test_tokenizer.py; these
+cases pin the rules of llama.cpp's ``llm_tokenizer_spm``, ``llm_tokenizer_bpe_session`` and
+``tokenizer_st_partition`` that a small vocabulary can show, with ids worked out by hand.
 """
 
 from __future__ import annotations
@@ -150,3 +152,36 @@ def test_a_tokenizer_survives_pickling() -> None:
     copy = pickle.loads(pickle.dumps(tok))
     assert copy.encode("a a</s>a") == tok.encode("a a</s>a")
     assert copy.decode(tok.encode("a a")) == "a a"
+
+
+def _bpe(merges: list[str], ignore_merges: bool = False) -> tuple[Tokenizer, dict[str, int]]:
+    tokens = ["<|x|>", "a", "b", "aa", "ab", "aab", "Ġ"]
+    meta: dict[str, Any] = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "llama-bpe" if ignore_merges else "gpt-2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [int(TokenType.CONTROL)] + [int(N)] * (len(tokens) - 1),
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": 0,
+        "tokenizer.ggml.add_bos_token": False,
+    }
+    return Tokenizer.from_metadata(meta), {t: i for i, t in enumerate(tokens)}
+
+
+def test_bpe_merges_the_lowest_rank_first_and_the_leftmost_on_a_tie() -> None:
+    tok, ids = _bpe(["a a", "a b"])
+    assert tok.encode("aab") == [ids["aa"], ids["b"]]
+    assert tok.encode("aaa") == [ids["aa"], ids["a"]]  # the left pair first
+    tok, ids = _bpe(["a b", "a a"])
+    assert tok.encode("aab") == [ids["a"], ids["ab"]]
+    # Special tokens are cut out before the words are split; a space is its byte symbol.
+    assert tok.encode("a<|x|>b a") == [ids["a"], 0, ids["b"], ids["Ġ"], ids["a"]]
+
+
+def test_bpe_with_ignore_merges_takes_a_word_that_is_a_token_whole() -> None:
+    tok, ids = _bpe(["a a", "a b"], ignore_merges=True)  # llama3: "aab" is a token
+    assert tok.encode("aab") == [ids["aab"]]
+    tok, ids = _bpe(["a a", "a b"])
+    assert tok.encode("aab") == [ids["aa"], ids["b"]]
+    copy = pickle.loads(pickle.dumps(tok))
+    assert copy.encode("aab aa") == tok.encode("aab aa")
