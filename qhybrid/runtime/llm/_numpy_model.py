@@ -270,7 +270,14 @@ def _fresh_zeros(shape: tuple[int, ...]) -> F32:
     held before and clear it, making the whole cache resident at once, whatever the
     sequences' lengths.)"""
     count = int(np.prod(shape))
-    pages = mmap.mmap(-1, max(1, count * 4))
+    size = max(1, count * 4)
+    private = getattr(mmap, "MAP_PRIVATE", None)
+    # Private (copy-on-write in a forked child, as heap memory); Windows has no flags.
+    pages = (
+        mmap.mmap(-1, size, flags=private | mmap.MAP_ANONYMOUS)
+        if private is not None
+        else mmap.mmap(-1, size)
+    )
     return np.frombuffer(pages, dtype=np.float32, count=count).reshape(shape)
 
 

@@ -31,6 +31,7 @@ import ctypes
 import datetime
 import json
 import logging
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -522,9 +523,11 @@ def _release_heap() -> None:
     tokenizer frees tens of MB of short-lived Python objects, which would otherwise stay in
     the process's resident set, under the model's pages. (No ``gc.collect()``: the build
     leaves no cycles, and a collection walks every object of the process, 0.1 s.)"""
+    if not sys.platform.startswith("linux"):
+        return
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
+    except (OSError, AttributeError, TypeError):  # not glibc
         return
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
