@@ -386,6 +386,14 @@ def prepare() -> str | None:
             f"in {cache_root()}: build them with `python -m qhybrid.runtime.llm._aot_build "
             "--cache`, or unset the variable"
         )
+    root, key = cache_root(), cache_key()
+    if (root / f".{key}.lock").exists():
+        with _lock(root / f".{key}.lock", wait=False) as free:
+            if not free:
+                return (
+                    "the CPU kernels are compiled by numba in this run; another process is "
+                    f"compiling them ahead of time (log: {root / 'build.log'})"
+                )
     log = start_background_build()
     if log is None:
         return None

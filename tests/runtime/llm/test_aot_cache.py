@@ -309,3 +309,17 @@ def test_a_call_no_compiled_variant_takes_falls_back_to_the_jit(machine_entry: P
     assert "_cpu_act._quantize was not compiled ahead of time for (float64[2d, C]" in (
         result.stderr
     )
+
+
+def test_a_command_does_not_start_a_second_build_while_one_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QHYBRID_CACHE", str(tmp_path))
+    monkeypatch.setenv(_aot_cache.BUILD_ENV, "1")
+    monkeypatch.delenv("QHYBRID_CPU_KERNELS", raising=False)
+    root = _aot_cache.cache_root()
+    root.mkdir(parents=True)
+    with _aot_cache._lock(root / f".{cache_key()}.lock", wait=True):  # a builder at work
+        note = _aot_cache.prepare()
+    assert note is not None and "another process is compiling them ahead of time" in note
+    assert not (root / "build.log").exists()  # nothing started, no log overwritten
