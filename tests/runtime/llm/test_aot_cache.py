@@ -323,3 +323,24 @@ def test_a_command_does_not_start_a_second_build_while_one_runs(
         note = _aot_cache.prepare()
     assert note is not None and "another process is compiling them ahead of time" in note
     assert not (root / "build.log").exists()  # nothing started, no log overwritten
+
+
+def test_generate_on_the_cpu_imports_neither_numba_nor_the_orchestrator(
+    machine_entry: Path,
+) -> None:
+    from qhybrid._resources import resource_path
+
+    model = resource_path("models", "tiny-stories.gguf")
+    result = run_python(
+        f"""
+        import sys
+        from qhybrid.cli import main
+        code = main(["generate", "--device", "cpu", "--max-tokens", "4", {str(model)!r}, "Once"])
+        unwanted = ("numba", "llvmlite", "wgpu", "pydantic", "wasmtime",
+                    "qhybrid.runtime._orchestrator", "qhybrid.runtime.wasm_pool")
+        print("\\nexit", code, [m for m in unwanted if m in sys.modules])
+        """,
+        QHYBRID_CPU_KERNELS="auto",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "exit 0 []"
