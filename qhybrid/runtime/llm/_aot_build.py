@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None, *, default_models: Path | None = None) -
     logging.getLogger("qhybrid.aot").setLevel(logging.INFO)
     logging.getLogger("gguf").setLevel(logging.WARNING)
     cpu = args.cpu or ("host" if args.cache else DEFAULT_CPU.get(platform.machine(), "generic"))
+    # This process compiles with numba first (the warm-up), whatever is cached already.
+    os.environ["QHYBRID_CPU_KERNELS"] = "jit"
     try:
         if args.cache:
             return _build_cache(cpu, args.models, background=args.background)
@@ -278,7 +280,6 @@ def main(argv: list[str] | None = None, *, default_models: Path | None = None) -
 
 
 def _build_cache(cpu: str, models: Path | None, *, background: bool) -> int:
-    os.environ["QHYBRID_CPU_KERNELS"] = "jit"  # this process compiles with numba first
     from qhybrid.runtime.llm import _aot_cache
 
     if background and hasattr(os, "nice"):
