@@ -60,12 +60,13 @@ def make_check(specs: list[ArgSpec]) -> Callable[[tuple[Any, ...]], bool] | None
         if kind == "array":
             _, dtype, ndim, layout, readonly = spec
             env[f"D{i}"] = np.dtype(dtype)
+            # (no isinstance: what is not an array has no .ndim, caught below)
             lines += [
                 f"    a = args[{i}]",
-                f"    if not isinstance(a, _nd) or a.ndim != {int(ndim)}:",
+                f"    if a.ndim != {int(ndim)}:",
                 "        return False",
                 "    d = a.dtype",
-                f"    if d is not D{i} and d != D{i}:",
+                f"    if d is not D{i} and (d != D{i} or not isinstance(a, _nd)):",
                 "        return False",
             ]
             need = []
@@ -97,6 +98,8 @@ def make_check(specs: list[ArgSpec]) -> Callable[[tuple[Any, ...]], bool] | None
         else:
             return None
     lines.append("    return True")
-    exec("\n".join(lines), env)  # code generated from our own manifest
+    body = "\n".join("    " + line for line in lines[1:])
+    code = f"{lines[0]}\n    try:\n{body}\n    except AttributeError:\n        return False\n"
+    exec(code, env)  # code generated from our own manifest
     check: Callable[[tuple[Any, ...]], bool] = env["fits"]
     return check
