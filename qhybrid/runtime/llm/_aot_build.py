@@ -25,6 +25,7 @@ when it cannot build.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -289,11 +290,17 @@ def _build_cache(cpu: str, models: Path | None, *, background: bool) -> int:
         return str(build_into(folder, cpu, models)["module"])
 
     started = time.monotonic()
+    failed = _aot_cache.failure_marker()
     try:
         module = _aot_cache.build(compile_into, wait=not background)
     except Exception as exc:  # the C compiler, LLVM, a full disk: one line, then JIT
-        sys.stderr.write(f"qhybrid aot build: {type(exc).__name__}: {exc}\n")
+        message = f"{type(exc).__name__}: {exc}"
+        sys.stderr.write(f"qhybrid aot build: {message}\n")
+        with contextlib.suppress(OSError):  # the commands do not retry it in the background
+            failed.write_text(message + "\n")
         return 1
+    with contextlib.suppress(OSError):
+        failed.unlink(missing_ok=True)
     if module is None:
         logger.info("another process is building %s", _aot_cache.cache_root())
     else:

@@ -60,6 +60,7 @@ __all__ = [
     "cache_root",
     "discard",
     "ensure_built",
+    "failure_marker",
     "find",
     "kernel_choice",
     "load",
@@ -328,6 +329,13 @@ def _child_env() -> dict[str, str]:
     return dict(os.environ, **{CHOICE_ENV: "jit"})
 
 
+def failure_marker(root: Path | None = None, key: str | None = None) -> Path:
+    """The file a failed build leaves (its error): the commands then do not start it again for
+    the same key; ``python -m qhybrid.runtime.llm._aot_build --cache`` does, and removes it."""
+    root = cache_root() if root is None else root
+    return root / f".{cache_key() if key is None else key}.failed"
+
+
 def start_background_build() -> Path | None:
     """Start the builder as a detached, low-priority process that outlives this one (the
     next run loads what it builds); returns its log file, or None when builds are off
@@ -401,6 +409,9 @@ def prepare() -> str | None:
             "--cache`, or unset the variable"
         )
     root, key = cache_root(), cache_key()
+    if failure_marker(root, key).exists():  # it failed for these sources: not every run again
+        logger.info("the CPU kernels' build failed before (%s): numba's JIT is used", root)
+        return None
     if (root / f".{key}.lock").exists():
         with _lock(root / f".{key}.lock", wait=False) as free:
             if not free:

@@ -344,3 +344,16 @@ def test_generate_on_the_cpu_imports_neither_numba_nor_the_orchestrator(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "exit 0 []"
+
+
+def test_after_a_failed_build_the_commands_do_not_start_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QHYBRID_CACHE", str(tmp_path))
+    monkeypatch.setenv(_aot_cache.BUILD_ENV, "1")
+    monkeypatch.delenv("QHYBRID_CPU_KERNELS", raising=False)
+    marker = _aot_cache.failure_marker()
+    marker.parent.mkdir(parents=True)
+    marker.write_text("CompileError: no C compiler\n")  # what the builder leaves
+    assert _aot_cache.prepare() is None  # no process started: nothing would be left to reap
+    assert not (marker.parent / "build.log").exists()
