@@ -127,6 +127,8 @@ class MessageHistory:
             np.zeros(self.width * self.width, np.int64) if dense else None
         )
         self._sparse: dict[int, int] = {}
+        #: Messages per tick over the whole run (kept when the rows of old ticks are dropped).
+        self._per_tick = np.zeros(0, np.int64)
         self._seen: npt.NDArray[np.bool_] | None = (
             np.zeros(self.width * self.width, np.bool_) if dense else None
         )
@@ -182,6 +184,12 @@ class MessageHistory:
         self.messages += len(p)
         if len(t):
             self.last_tick = max(self.last_tick, int(t.max()))
+            counts = np.bincount(t[t >= 0])
+            if len(counts) > len(self._per_tick):
+                grown = np.zeros(max(len(counts), 2 * len(self._per_tick)), np.int64)
+                grown[: len(self._per_tick)] = self._per_tick
+                self._per_tick = grown
+            self._per_tick[: len(counts)] += counts
         if self._dense is not None and self._seen is not None:
             np.add.at(self._dense, p, 1)
             fresh = p[~self._seen[p]]
@@ -277,8 +285,12 @@ class MessageHistory:
         """Messages per tick over the ticks kept (index 0 is :attr:`first_tick`)."""
         if not self._ticks or self.last_tick < self.first_tick:
             return np.zeros(0, np.int64)
-        t = np.concatenate(self._ticks) - self.first_tick
-        return np.bincount(t[t >= 0], minlength=self.last_tick - self.first_tick + 1)
+        return self._per_tick[self.first_tick : self.last_tick + 1].copy()
+
+    def run_per_tick(self) -> npt.NDArray[np.int64]:
+        """Messages per tick over the whole run (index 0 is tick 0), kept as the records come
+        (a refresh costs nothing like a count over every row)."""
+        return self._per_tick[: self.last_tick + 1]
 
     def messages_of(self, agent: int, limit: int = 500) -> list[tuple[Any, ...]]:
         """The last ``limit`` message records kept that ``agent`` sent or received."""

@@ -24,7 +24,7 @@ from PySide6.QtGui import (
     QWheelEvent,
 )
 from PySide6.QtWidgets import (
-    QCheckBox,
+    QComboBox,
     QLabel,
     QPushButton,
     QSpinBox,
@@ -34,8 +34,12 @@ from PySide6.QtWidgets import (
 )
 
 from qhybrid.models import DebuggerModels, GraphLayout
+from qhybrid.views._timeline import TickTimeline
 
-__all__ = ["NODE_COLOURS", "GraphCanvas", "GraphPanel"]
+__all__ = ["NODE_COLOURS", "RANGE_ALL", "RANGE_CHOSEN", "RANGE_LAST", "GraphCanvas", "GraphPanel"]
+
+#: The graph's tick ranges (its combo's data).
+RANGE_ALL, RANGE_CHOSEN, RANGE_LAST = "all", "chosen", "last"
 
 #: Okabe-Ito: distinct for colour-blind readers too.
 NODE_COLOURS = {
@@ -264,9 +268,22 @@ class GraphPanel(QWidget):
         self.debugger = debugger
         self.source_label = QLabel(debugger.source, self)
         self.source_label.setObjectName("graph_source")
-        self.all_ticks = QCheckBox("All ticks", self)
-        self.all_ticks.setObjectName("graph_all_ticks")
-        self.all_ticks.setChecked(True)
+        # Which ticks the edges count: the whole run, the ticks chosen on a timeline (this
+        # panel's, or the Recorded runs tab's scrubber), or the last N.
+        self.range_combo = QComboBox(self)
+        self.range_combo.setObjectName("graph_range")
+        self.range_combo.addItem("Whole run", RANGE_ALL)
+        self.range_combo.addItem("Chosen ticks", RANGE_CHOSEN)
+        self.range_combo.addItem("Last ticks", RANGE_LAST)
+        self.range_combo.setToolTip(
+            "The ticks whose messages the edges count: the whole run, the ticks chosen on the "
+            "timeline below (click a tick, drag the range's edges) or on the Recorded runs "
+            "tab's scrubber, or the last N ticks"
+        )
+        self.timeline = TickTimeline(self, ranged=True)
+        self.timeline.setObjectName("graph_timeline")
+        self.timeline.setMaximumHeight(80)
+        self.timeline.range_chosen.connect(debugger.select_ticks)
         self.last_ticks = QSpinBox(self)
         self.last_ticks.setObjectName("graph_last_ticks")
         self.last_ticks.setRange(1, 1_000_000_000)
@@ -280,8 +297,9 @@ class GraphPanel(QWidget):
         self.info_label = QLabel(self)
         self.info_label.setObjectName("graph_info")
         self.canvas = GraphCanvas(self)
-        self.all_ticks.toggled.connect(self._range_changed)
+        self.range_combo.currentIndexChanged.connect(self._range_changed)
         self.last_ticks.valueChanged.connect(self._range_changed)
+        debugger.selection_changed.connect(self._selection_changed)
         self.fold_button.clicked.connect(lambda: self._fold_all(True))
         self.unfold_button.clicked.connect(lambda: self._fold_all(False))
         self.fit_button.clicked.connect(self.canvas.fit)
@@ -293,7 +311,7 @@ class GraphPanel(QWidget):
         bar = QToolBar(self)
         bar.setObjectName("graph_toolbar")
         for widget in (
-            self.all_ticks,
+            self.range_combo,
             self.last_ticks,
             self.fold_button,
             self.unfold_button,
@@ -307,15 +325,26 @@ class GraphPanel(QWidget):
         layout.addWidget(self.source_label)
         layout.addWidget(bar)
         layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.timeline)
         layout.addWidget(self.info_label)
         self._stale = True
         self.last_build_s = 0.0
 
+    def range_mode(self) -> str:
+        return str(self.range_combo.currentData())
+
+    def set_range_mode(self, mode: str) -> None:
+        self.range_combo.setCurrentIndex(self.range_combo.findData(mode))
+
     def tick_range(self) -> tuple[int | None, int | None]:
-        if self.all_ticks.isChecked():
-            return None, None
-        last = self.debugger.graph.history.last_tick
-        return max(0, last - self.last_ticks.value() + 1), last
+        """The ticks the edges count (inclusive; None: open)."""
+        mode = self.range_mode()
+        if mode == RANGE_CHOSEN and self.debugger.selection is not None:
+            return self.debugger.selection
+        if mode == RANGE_LAST:
+            last = self.debugger.graph.history.last_tick
+            return max(0, last - self.last_ticks.value() + 1), last
+        return None, None
 
     def rebuild(self) -> GraphLayout:
         import time
@@ -324,7 +353,14 @@ class GraphPanel(QWidget):
         lo, hi = self.tick_range()
         layout = self.debugger.graph.build(lo, hi)
         self.canvas.set_layout(layout)
-        span = "all ticks" if lo is None else f"ticks {lo}\N{EN DASH}{hi}"
+        self.timeline.set_counts(self.debugger.tick_counts())
+        self.timeline.set_range(None if lo is None or hi is None else (lo, hi))
+        if lo is None:
+            span = "the whole run"
+        elif lo == hi:
+            span = f"tick {lo}"
+        else:
+            span = f"ticks {lo}\N{EN DASH}{hi}"
         text = (
             f"{len(self.debugger.graph.names):,} agents in {len(layout.nodes):,} nodes, "
             f"{layout.messages:,} messages over {span}, {len(layout.edges):,} edges"
@@ -349,8 +385,18 @@ class GraphPanel(QWidget):
         self.canvas.fit()
 
     def _range_changed(self, *_args: object) -> None:
-        self.last_ticks.setEnabled(not self.all_ticks.isChecked())
+        self.last_ticks.setEnabled(self.range_mode() == RANGE_LAST)
         self._changed()
+
+    def _selection_changed(self, chosen: tuple[int, int] | None) -> None:
+        """Ticks chosen on a timeline: the edges count them (None: back to the whole run)."""
+        mode = self.range_mode()
+        if chosen is not None and mode != RANGE_CHOSEN:
+            self.set_range_mode(RANGE_CHOSEN)  # (rebuilds)
+        elif chosen is None and mode == RANGE_CHOSEN:
+            self.set_range_mode(RANGE_ALL)
+        else:
+            self._changed()
 
     def _fold_all(self, folded: bool) -> None:
         graph = self.debugger.graph

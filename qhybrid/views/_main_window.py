@@ -264,6 +264,14 @@ class MainWindow(QMainWindow):
             lambda run_id: self.debugger.load_run(self.runs_model.path, run_id)
         )
 
+        def scrubbed(tick: int | None) -> None:
+            # The Recorded runs tab's scrubber chooses the graph's ticks too (same run only).
+            inspector = self.message_inspector
+            if not self.debugger.live and inspector.run_id == self.debugger.run_id:
+                self.debugger.select_ticks(tick)
+
+        self.message_inspector.tick_changed.connect(scrubbed)
+
     def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
         dock = QDockWidget(title, self)
         dock.setObjectName(name)

@@ -6,9 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QItemSelectionModel, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QFontDatabase, QHideEvent, QPalette, QShowEvent
+from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QFontDatabase, QHideEvent, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -39,6 +38,7 @@ from qhybrid.runtime import printable_lines
 from qhybrid.runtime.store import RunStore, StoreError
 from qhybrid.views._fork_dialog import ForkDialog
 from qhybrid.views._state_at import StateAtPanel
+from qhybrid.views._timeline import TickTimeline
 
 __all__ = ["MessageInspector", "RunsPanel"]
 
@@ -67,87 +67,6 @@ def _mono(parent: QWidget) -> QPlainTextEdit:
     return text
 
 
-class TickTimeline(pg.PlotWidget):
-    """Messages per tick over the whole recorded run, with a scrubber: drag it (or click a
-    tick) to choose the tick the message list shows; ``tick_chosen(tick)`` says which."""
-
-    tick_chosen = Signal(int)
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("tick_timeline")
-        self.setMinimumHeight(60)
-        self.setMaximumHeight(110)
-        self.setMenuEnabled(False)
-        self.hideButtons()
-        self.setLabel("bottom", "tick")
-        self.setLabel("left", "msgs")
-        self.getViewBox().setMouseEnabled(x=False, y=False)
-        # Ranges set by set_counts, never pyqtgraph's auto-range (see _charts.py for why).
-        self.enableAutoRange(enable=False)
-        self.setXRange(-0.5, 0.5, padding=0)
-        self.setYRange(0, 1, padding=0)
-        self.bars = pg.BarGraphItem(x=[0], height=[0], width=0.8, brush="#0072B2", pen=None)
-        self.addItem(self.bars)
-        self.scrubber = pg.InfiniteLine(
-            pos=0, angle=90, movable=True, pen=pg.mkPen("#D55E00", width=2)
-        )
-        self.scrubber.setZValue(10)
-        self.scrubber.sigPositionChanged.connect(self._dragged)
-        self.addItem(self.scrubber)
-        self.ticks = 0
-        self.scene().sigMouseClicked.connect(self._clicked)
-        self.apply_palette(self.palette())
-
-    def apply_palette(self, palette: QPalette) -> None:
-        """Coloured like the window (light or dark), as the live charts are."""
-        self.setBackground(palette.color(QPalette.ColorRole.Base))
-        text = palette.color(QPalette.ColorRole.Text)
-        for name in ("left", "bottom"):
-            axis = self.getAxis(name)
-            axis.setPen(pg.mkPen(text))
-            axis.setTextPen(pg.mkPen(text))
-
-    def changeEvent(self, event: QEvent) -> None:
-        # (Palette changes come during construction too, before the plot exists.)
-        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "scrubber"):
-            self.apply_palette(self.palette())
-        super().changeEvent(event)
-
-    def set_counts(self, counts: list[int]) -> None:
-        self.ticks = len(counts)
-        self.bars.setVisible(bool(counts))
-        if counts:
-            self.bars.setOpts(x=list(range(len(counts))), height=counts)
-        self.setXRange(-0.5, max(len(counts), 1) - 0.5, padding=0.01)
-        # Ticks are whole numbers: a short run gets one axis label per tick, not 0.5 steps.
-        axis = self.getAxis("bottom")
-        if len(counts) <= 24:
-            axis.setTickSpacing(major=1 if len(counts) <= 12 else 2, minor=1)
-        else:
-            axis.setTickSpacing()
-        self.setYRange(0, max(counts, default=1) * 1.1 or 1, padding=0)
-
-    def set_tick(self, tick: int | None) -> None:
-        self.scrubber.setVisible(tick is not None)
-        if tick is not None and round(self.scrubber.value()) != tick:
-            self.scrubber.setValue(tick)
-
-    def _dragged(self, line: pg.InfiniteLine) -> None:
-        tick = max(0, min(self.ticks - 1, round(line.value())))
-        if line.value() != tick:
-            line.setValue(tick)  # snaps to whole ticks (and fires again, once)
-            return
-        self.tick_chosen.emit(tick)
-
-    def _clicked(self, event: object) -> None:
-        pos = event.scenePos()  # type: ignore[attr-defined]
-        if self.plotItem.sceneBoundingRect().contains(pos):
-            x = self.getViewBox().mapSceneToView(pos).x()
-            self.scrubber.setVisible(True)
-            self.scrubber.setValue(max(0, min(self.ticks - 1, round(x))))
-
-
 class MessageInspector(QWidget):
     """The messages of a recorded run: by tick, by agent, by text; one in full below, with
     its reply chain one click away (Follow / Back, or a double click).
@@ -158,6 +77,7 @@ class MessageInspector(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("message_inspector")
+        self.run_id: str | None = None  # the run shown
         self.model = MessagesModel(self)
         self.filter = MessagesFilterModel(self)
         self.filter.setSourceModel(self.model)
@@ -237,6 +157,7 @@ class MessageInspector(QWidget):
             payloads = store.payloads(run_id)
         names = [a["name"] for a in (run.get("summary") or {}).get("agents", [])]
         self.model.load(messages, names, payloads)
+        self.run_id = run_id
         self.run_label.setText(f"Run {run_id} ({run['scenario_name']}, seed {run['seed']})")
         self.tick_spin.setRange(-1, max((m.tick for m in messages), default=0))
         self.timeline.set_counts(self.model.per_tick())

@@ -114,10 +114,30 @@ def test_the_graph_shows_a_recorded_run(
     assert layout.messages == result["messages_delivered"]
     sink = layout.nodes[keys.index("sink")]
     assert sink.received > 0
-    window.graph_panel.all_ticks.setChecked(False)
-    window.graph_panel.last_ticks.setValue(5)
-    ranged = window.graph_panel.rebuild()
+    panel = window.graph_panel
+    panel.set_range_mode("last")
+    panel.last_ticks.setValue(5)
+    ranged = panel.rebuild()
     assert 0 < ranged.messages < layout.messages
+    # The ticks chosen on the Recorded runs tab's scrubber are the graph's: one tick's
+    # messages, as many as the message inspector lists for it.
+    inspector = window.message_inspector
+    counts = debugger.tick_counts()
+    busy = int(counts[1:].argmax()) + 1
+    inspector.timeline.scrubber.setValue(busy)
+    assert debugger.selection == (busy, busy) and panel.range_mode() == "chosen"
+    one = panel.rebuild()
+    assert one.messages == counts[busy] == inspector.filter.rowCount()
+    assert f"over tick {busy}," in panel.info_label.text()
+    assert panel.timeline.chosen_range() == (busy, busy)
+    # A range chosen on the graph's own timeline: the edges count its ticks, exactly.
+    panel.timeline.set_range((2, 9))
+    panel.timeline._region_moved(panel.timeline.region)
+    assert debugger.selection == (2, 9)
+    span = panel.rebuild()
+    assert span.messages == int(counts[2:10].sum())
+    inspector.tick_spin.setValue(-1)  # "all ticks" there: the whole run here
+    assert panel.range_mode() == "all" and panel.rebuild().messages == layout.messages
     window.agent_detail.show_agent(keys.index("sink"))
     overview = window.agent_detail.texts["overview"].toPlainText()
     assert overview.startswith("sink") and "handled" in overview
