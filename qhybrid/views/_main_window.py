@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 import PySide6
-from PySide6.QtCore import QByteArray, QCoreApplication, QSettings, Qt, Signal, qVersion
+from PySide6.QtCore import QByteArray, QCoreApplication, QSettings, Qt, QTimer, Signal, qVersion
 from PySide6.QtGui import (
     QAction,
     QActionGroup,
@@ -21,6 +21,7 @@ from PySide6.QtGui import (
     QDragEnterEvent,
     QDropEvent,
     QKeySequence,
+    QShowEvent,
 )
 from PySide6.QtWidgets import (
     QApplication,
@@ -56,6 +57,7 @@ from qhybrid.views._agent_detail import AgentDetailPanel
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
 from qhybrid.views._chat_standalone import StandaloneChatPanel
+from qhybrid.views._dock_tabs import hide_stale_dock_tab_bars
 from qhybrid.views._graph import GraphPanel
 from qhybrid.views._questions import QuestionsPanel
 from qhybrid.views._runs import MessageInspector, RunsPanel
@@ -214,6 +216,7 @@ class MainWindow(QMainWindow):
         self.live.progress.connect(self.progress_label.setText)
 
         self._restore_geometry()
+        hide_stale_dock_tab_bars(self)
         self._theme = str(settings.value(_THEME_KEY, "system") or "system")
         if self._theme != "system":
             self.set_theme(self._theme)
@@ -280,6 +283,10 @@ class MainWindow(QMainWindow):
             QDockWidget.DockWidgetFeature.DockWidgetMovable
             | QDockWidget.DockWidgetFeature.DockWidgetFloatable
             | QDockWidget.DockWidgetFeature.DockWidgetClosable
+        )
+        # A dock moved by the user may leave an orphaned tab bar too (see _dock_tabs).
+        dock.dockLocationChanged.connect(
+            lambda _area: QTimer.singleShot(0, lambda: hide_stale_dock_tab_bars(self))
         )
         return dock
 
@@ -605,6 +612,10 @@ class MainWindow(QMainWindow):
         settings.setValue(_LOG_LEVEL_KEY, self.log_view.min_level)
         settings.setValue(_WORKERS_KEY, self.workers_spin.value())
         settings.sync()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        hide_stale_dock_tab_bars(self)  # (Qt leaves one behind; see _dock_tabs)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_geometry()
