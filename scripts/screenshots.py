@@ -189,6 +189,9 @@ def _shoot(out: Path, sizes: list[tuple[int, int]], scenario: Path, *, chat: boo
         window.runs_panel.select(str(run["run_id"]))
         runs.open_run(str(run["run_id"]))
         window.message_inspector.tick_spin.setValue(12)  # a tick with messages, scrubbed to
+        state = window.state_panel.model
+        settle(0.5)  # (the state panel waits for the scrubber to rest, then replays)
+        wait(lambda m=state: not m.busy, 120, "the state at tick 12")
         every_view(window, f"{size}-3-recorded")
         # A thousand agents: folded by group, one group unfolded, a range of ticks chosen.
         found = [r for r in recorded if r.get("scenario_name") == "thousand"]

@@ -35,6 +35,7 @@ from qhybrid.models._agents import natural_key
 
 __all__ = [
     "FOLD_ABOVE",
+    "LABEL_ALL_BELOW",
     "RUNTIME_NODE",
     "AgentGraph",
     "GraphEdge",
@@ -42,6 +43,7 @@ __all__ = [
     "GraphNode",
     "MessageHistory",
     "group_key",
+    "labelled",
     "parse_trace_lines",
     "state_rank",
 ]
@@ -50,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 #: A run with more agents than this shows its groups folded (each a single node).
 FOLD_ABOVE = 24
+#: Past this many nodes, only folded groups (and the chosen and hovered nodes) are named.
+LABEL_ALL_BELOW = 120
+_LABEL_CHAR_PX = 7.0  # about one character of a label, in the layout's units (pixels at 1x)
 #: The node the runtime's own messages (the scenario's initial ones) come from.
 RUNTIME_NODE = "(runtime)"
 #: Trace records the history reads (messages, agents' log lines, agents' failures).
@@ -502,15 +507,29 @@ class AgentGraph:
         return node
 
 
+def labelled(node: GraphNode, nodes: int) -> bool:
+    """Whether the graph names ``node`` (of ``nodes``) without it being hovered or chosen:
+    every node of a small graph, only the folded groups of a large one."""
+    return nodes < LABEL_ALL_BELOW or node.folded
+
+
 def _circle(nodes: list[GraphNode]) -> None:
-    """Nodes on a circle (one in the middle when alone), far enough apart for their size."""
+    """Nodes on a circle (one in the middle when alone), in order, each given an arc as long
+    as its circle and its label need: a folded group's long label does not run over its
+    neighbours, and the unlabelled members of an unfolded group sit close together."""
     n = len(nodes)
     if n == 1:
         nodes[0].x = nodes[0].y = 0.0
         return
-    spacing = sum(2 * node.radius + 60 for node in nodes)  # a label's room between nodes
-    radius = max(120.0, spacing / (2 * math.pi))
-    for i, node in enumerate(nodes):
-        angle = -math.pi / 2 + 2 * math.pi * i / n
+    rooms = [
+        2 * node.radius + (_LABEL_CHAR_PX * len(node.label) + 24 if labelled(node, n) else 6)
+        for node in nodes
+    ]
+    total = sum(rooms)
+    radius = max(120.0, total / (2 * math.pi))
+    before = 0.0
+    for node, room in zip(nodes, rooms, strict=True):
+        angle = -math.pi / 2 + 2 * math.pi * (before + room / 2) / total
+        before += room
         node.x = radius * math.cos(angle)
         node.y = radius * math.sin(angle)

@@ -194,9 +194,15 @@ class MainWindow(QMainWindow):
         self.tick_split.addWidget(self.message_inspector)
         self.tick_split.addWidget(self.state_panel)
         self.tick_split.setSizes([600, 400])
+        self.tick_split.setStretchFactor(0, 3)  # the messages get the room a window gains
+        self.tick_split.setStretchFactor(1, 2)
         self.runs_split.addWidget(self.tick_split)
-        self.runs_split.setStretchFactor(0, 2)
-        self.runs_split.setStretchFactor(1, 3)
+        # The runs list keeps about 150 pixels (three runs and its details; more by dragging),
+        # the tick's messages and state get the rest, on a small screen or a large one.
+        self.runs_split.setStretchFactor(0, 0)
+        self.runs_split.setStretchFactor(1, 1)
+        self.runs_split.setSizes([150, 400])
+        self.runs_split.setChildrenCollapsible(False)
         # Squeezed rather than growing the window (the charts' tab asks for almost nothing).
         self.runs_split.setMinimumSize(100, 60)
         self.central_tabs.addTab(self.runs_split, "Recorded runs")
@@ -597,8 +603,12 @@ class MainWindow(QMainWindow):
             self.resize(*_DEFAULT_SIZE)
         state = settings.value(_STATE_KEY)
         if not (isinstance(state, QByteArray) and self.restoreState(state, _LAYOUT_VERSION)):
-            # First start: the charts get most of the room.
-            self.resizeDocks([self.agents_dock], [400], Qt.Orientation.Horizontal)
+            # First start: the charts (the recorded runs, the graph) get most of the room; a
+            # small window's right docks take less of it (330 of 1100 pixels, 400 of 1920).
+            width = self.width()
+            self.resizeDocks(
+                [self.agents_dock], [max(300, min(400, width * 3 // 10))], Qt.Orientation.Horizontal
+            )
             self.resizeDocks([self.log_dock], [200], Qt.Orientation.Vertical)
         self.theme_actions.get(
             str(settings.value(_THEME_KEY, "system") or "system"), self.theme_actions["system"]

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QSplitter,
     QTableView,
@@ -90,13 +91,20 @@ class MessageInspector(QWidget):
         self.tick_spin.valueChanged.connect(self._tick_changed)
         self.timeline = TickTimeline(self)
         self.timeline.tick_chosen.connect(self.tick_spin.setValue)
+        # Wide enough for "tick 12,345" and an agent's name, whatever the window's width.
+        self.tick_spin.setMinimumWidth(self.fontMetrics().horizontalAdvance("tick 000000") + 30)
         self.agent_combo = QComboBox(self)
         self.agent_combo.setObjectName("messages_agent")
+        self.agent_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.agent_combo.setMinimumContentsLength(10)
         self.agent_combo.currentIndexChanged.connect(self._agent_changed)
         self.text_edit = QLineEdit(self)
         self.text_edit.setObjectName("messages_filter")
         self.text_edit.setPlaceholderText("Filter (agent, status, kind, payload)")
         self.text_edit.setClearButtonEnabled(True)
+        self.text_edit.setMinimumWidth(90)
         self.text_edit.textChanged.connect(self.filter.set_text)
         self.count_label = QLabel(self)
         self.back_button = QPushButton("\N{LEFTWARDS ARROW} Back", self)
@@ -115,7 +123,7 @@ class MessageInspector(QWidget):
         self.table.setModel(self.filter)
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # trace order
-        for column, width in enumerate((45, 50, 50, 90, 90, 55, 40, 120)):
+        for column, width in enumerate((40, 44, 48, 84, 84, 44, 38, 110)):
             self.table.setColumnWidth(column, width)
         self.table.doubleClicked.connect(lambda _i: self.follow(forward=True))
         self.detail = _mono(self)
@@ -136,13 +144,21 @@ class MessageInspector(QWidget):
         bar.addWidget(self.back_button)
         bar.addWidget(self.follow_button)
         split = QSplitter(Qt.Orientation.Vertical, self)
+        split.setObjectName("messages_split")
         split.addWidget(self.table)
         split.addWidget(self.detail)
-        split.setSizes([300, 90])
-        self.table.setMinimumHeight(40)
-        self.detail.setMinimumHeight(30)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 1)
+        split.setSizes([300, 100])
+        split.setChildrenCollapsible(False)
+        line = self.fontMetrics().height()
+        self.table.setMinimumHeight(4 * line + 12)  # the header and three messages
+        self.detail.setMinimumHeight(2 * line + 10)  # a message in full: two lines at least
+        self.run_label.setMinimumWidth(40)
+        self.run_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setContentsMargins(4, 2, 4, 2)
+        layout.setSpacing(2)
         layout.addWidget(self.run_label)
         layout.addWidget(self.timeline)
         layout.addLayout(bar)
@@ -273,12 +289,19 @@ class RunsPanel(QWidget):
         self.last_diff: dict[str, Any] | None = None
 
         self.store_label = QLabel(self)
-        self.store_label.setWordWrap(True)
+        self.store_label.setObjectName("runs_store")
+        # One line at the tool bar's end (the full text in its tooltip): rows, not a header,
+        # get the height of a small window.
+        self.store_label.setMinimumWidth(40)
+        self.store_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.table = _table(self)
         self.table.setObjectName("runs_table")
         self.table.setModel(runs)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        for column, width in enumerate((150, 40, 70, 45, 75, 45, 60, 125)):
+        # Run ids keep their date and their suffix (elided in the middle), hashes their
+        # start; the columns a user scans first get the room (the rest are a scroll away).
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        for column, width in enumerate((122, 34, 84, 40, 78, 45, 52, 90)):
             self.table.setColumnWidth(column, width)
         self.table.doubleClicked.connect(lambda _i: self.open_selected())
         self.table.selectionModel().selectionChanged.connect(self._update_buttons)
@@ -330,14 +353,26 @@ class RunsPanel(QWidget):
         self.status_label.setObjectName("runs_status")
         self.status_label.setWordWrap(True)
 
+        self.details.setMinimumWidth(120)
+        self.table.setMinimumWidth(160)
+        row = self.table.verticalHeader().defaultSectionSize()
+        self.table.setMinimumHeight(4 * row + 20)  # the header, three runs, a scroll bar
         split = QSplitter(Qt.Orientation.Horizontal, self)
+        split.setObjectName("runs_details_split")
         split.addWidget(self.table)
         split.addWidget(self.details)
-        split.setSizes([620, 380])
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        split.setSizes([600, 400])
+        split.setChildrenCollapsible(False)
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.toolbar)
+        top.addWidget(self.store_label, 1)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.store_label)
-        layout.addWidget(self.toolbar)
+        layout.setContentsMargins(4, 2, 4, 2)
+        layout.setSpacing(2)
+        layout.addLayout(top)
         layout.addWidget(split, 1)
         layout.addWidget(self.status_label)
 
@@ -350,15 +385,17 @@ class RunsPanel(QWidget):
     def refresh(self) -> None:
         self.runs.refresh()
         count = self.runs.rowCount()
-        where = f"Run store: {self.runs.path}"
+        where = f"run store {self.runs.path}"
         if self.runs.error:
-            self.store_label.setText(f"{where}\n{self.runs.error}")
+            self.store_label.setText(f"store unreadable \N{MIDDLE DOT} {where}")
+            self.status_label.setText(self.runs.error)  # (wraps: the whole message shows)
         elif not self.runs.path.exists():
             self.store_label.setText(
-                f"{where} (no runs recorded yet: `qhybrid --headless` records)"
+                f"no runs recorded yet (`qhybrid --headless` records) \N{MIDDLE DOT} {where}"
             )
         else:
-            self.store_label.setText(f"{where} \N{MIDDLE DOT} {count} runs")
+            self.store_label.setText(f"{count} runs \N{MIDDLE DOT} {where}")
+        self.store_label.setToolTip(f"Run store: {self.runs.path}")
         self._update_buttons()
 
     def selected_ids(self) -> list[str]:

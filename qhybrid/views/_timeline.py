@@ -107,6 +107,8 @@ class TickTimeline(pg.PlotWidget):
         else:
             axis.setTickSpacing()
         self.setYRange(0, top * 1.1 or 1, padding=0)
+        # Two labels, 0 and the peak: a short plot has no room for more (they would overlap).
+        self.getAxis("left").setTicks([[(0, "0"), (top, f"{top:,}")], []])
         self.region.setBounds((-0.5, max(ticks, 1) - 0.5))
 
     # -- one tick ---------------------------------------------------------------------------
