@@ -67,3 +67,28 @@ def test_the_chosen_ticks_are_one_selection_the_graph_counts_over(
     assert np.array_equal(debugger.tick_counts(), counts)
     controller.shutdown()
     debugger.close()
+
+
+def test_live_requests_pair_with_their_tokens_and_a_refused_one_says_why() -> None:
+    from qhybrid.models import LlmCalls, agent_report
+    from qhybrid.runtime import LlmRequested, LlmTokens
+
+    calls = LlmCalls()
+    calls.apply(
+        [
+            LlmRequested(3, "mood", 4, "system: be brief\nuser: hi", 32, "chat", 1),
+            LlmRequested(-1, "mood", 6, "user: again", 0, "chat", 2, "no LLM model is here"),
+        ],
+        [
+            LlmTokens(3, "mood", '{"mood":', 2, False),
+            LlmTokens(3, "mood", '"happy"}', 3, True, 120.0, 0.05, "stop"),
+        ],
+    )
+    mine = calls.of_agent("mood")
+    assert [c.request_id for c in mine] == [3, -1]
+    assert mine[0].answer == '{"mood":"happy"}' and mine[0].tokens == 5 and mine[0].done
+    assert mine[1].done and mine[1].finish == "error" and mine[1].error == "no LLM model is here"
+    text = agent_report(0, ["mood"], llm=mine).llm
+    assert text.startswith("chat 3 at tick 4: stop; 5 tokens")
+    assert "prompt: system: be brief\n          user: hi" in text
+    assert "chat at tick 6: refused" in text and "error: no LLM model is here" in text
