@@ -224,11 +224,27 @@ class GraphCanvas(QWidget):
                 if math.hypot(gap_x, gap_y) >= r + 2:
                     break
                 left, top = left + 2 * ux, top + 2 * uy
-            box = QRectF(left - 2, top, width + 4, height)
             must = node.key in (self.selected, self.hovered)
-            if not must and any(box.intersects(other) for other in drawn):
+            # Where it overlaps a label already drawn, a folded group's label (the few that
+            # name a large graph) moves further out, up to three lines, with a leader line;
+            # any other is left out (hover shows it).
+            step = (height + 2) if node.folded else 0.0
+            for k in range(4 if node.folded else 1):
+                box = QRectF(left - 2 + ux * step * k, top + uy * step * k, width + 4, height)
+                if must or not any(box.intersects(other) for other in drawn):
+                    break
+            else:
                 continue
             drawn.append(box)
+            if k:
+                painter.drawLine(
+                    QPointF(p.x() + ux * r, p.y() + uy * r),
+                    QPointF(
+                        min(max(p.x(), box.left()), box.right()),
+                        min(max(p.y(), box.top()), box.bottom()),
+                    ),
+                )
+            left, top = box.left() + 2, box.top()
             font.setBold(node.key == self.selected)
             painter.setFont(font)
             # On a patch of the background: edges pass under the labels, not through them.
