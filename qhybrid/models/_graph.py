@@ -357,6 +357,14 @@ class AgentGraph:
         #: Groups the user folded or unfolded (overrides the rule of :data:`FOLD_ABOVE`).
         self.folding: dict[str, bool] = {}
         self._cache: tuple[tuple[int, bytes], int, npt.NDArray[np.int64]] | None = None
+        self._range_cache: (
+            tuple[
+                tuple[int, int, int | None, int | None],
+                npt.NDArray[np.int64],
+                npt.NDArray[np.int64],
+            ]
+            | None
+        ) = None
 
     def set_agents(
         self,
@@ -480,7 +488,15 @@ class AgentGraph:
             self._cache = (signature, history.serial, matrix)
             keys = np.flatnonzero(matrix).astype(np.int64)
             return keys, matrix[keys]
-        pairs, counts = history.pair_counts(lo, hi)
+        # A range that ended before the last tick seen is done: its counts are kept (a live
+        # run's refresh, or a refold of a recorded one, does not count its rows again).
+        key = (history.generation, history.first_tick, lo, hi)
+        if self._range_cache is not None and self._range_cache[0] == key:
+            pairs, counts = self._range_cache[1], self._range_cache[2]
+        else:
+            pairs, counts = history.pair_counts(lo, hi)
+            done = hi is not None and hi < history.last_tick
+            self._range_cache = (key, pairs, counts) if done else None
         if not len(pairs):
             return pairs, counts
         flat = node_of_agent[pairs // width] * n + node_of_agent[pairs % width]
