@@ -190,6 +190,12 @@ class Dispatcher:
         batch or the LLM step cannot be done.
         """
         tick = plan.tick
+        # The agents' usage rows ride on this tick's batches only if someone read the usage
+        # since the last tick (Roster.summaries); a pool that does not know of them ignores it.
+        asked = self.roster.usage_asked
+        self.roster.usage_asked = False
+        if hasattr(self.pool, "usage_rows"):
+            self.pool.usage_rows = asked
         # Batches of messages alone (no task, GPU job, chained task or LLM step; run_batch not
         # wrapped, as a replay wraps it for CPU tasks): the pool's cheaper path.
         run_batches = getattr(self.pool, "run_batches", None)

@@ -336,7 +336,7 @@ class WorkerPool(PoolBase):
             deliveries = list(deliveries)
         if not isinstance(tasks, list):
             tasks = list(tasks)
-        request = Request("batch", (tick, deliveries, tasks, new))
+        request = Request("batch", (tick, deliveries, tasks, new, self.usage_rows))
         return request, batch_deadline(budget, len(tasks))
 
     @staticmethod
