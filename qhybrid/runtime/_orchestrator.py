@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -208,6 +209,9 @@ class Runtime:
         except BaseException:
             await self.aclose()
             raise
+        # What start-up made lives for the run: out of the collector's full passes, which
+        # would otherwise walk it again and again (unfrozen at close, so nothing leaks).
+        gc.freeze()
         self._metrics.reset_clock()
 
     async def aclose(self) -> None:
@@ -215,6 +219,7 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        gc.unfreeze()
         try:
             await self.pool.aclose()
         finally:

@@ -93,14 +93,14 @@ def test_per_agent_usage_travels_only_when_someone_reads_it() -> None:
     async def main() -> tuple[int | None, int | None, RunResult]:
         async with Runtime(scenario, RuntimeConfig(workers=1, device="cpu")) as rt:
             pool = rt.pool
-            send = pool._send  # type: ignore[attr-defined]
+            write = pool._write  # type: ignore[attr-defined]
 
-            async def spy(worker: object, request: Request, deadline: float) -> object:
+            async def spy(worker: object, request: Request, deadline: float) -> None:
                 if request.op == "batch":
                     asked.append(request.args[4])  # does it ask for the agents' rows?
-                return await send(worker, request, deadline)
+                await write(worker, request, deadline)
 
-            pool._send = spy  # type: ignore[attr-defined]
+            pool._write = spy  # type: ignore[attr-defined]
             await rt.step()  # tick 1: echo handles "one"; nobody has asked
             before = next(a for a in rt.agent_summaries() if a.name == "echo").fuel_used
             await rt.step()  # tick 2 (spin): asked, so echo's row from tick 1 comes along
