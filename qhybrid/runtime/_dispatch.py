@@ -107,6 +107,9 @@ class Dispatcher:
         self.recovery = recovery
         self.events = events
         self.workers = workers
+        #: Called once a tick's batches are all written, while the workers run them (work
+        #: of the tick before that nothing of this tick depends on: the trace's hashing).
+        self.while_waiting: Callable[[], None] | None = None
 
     def plan(self, tick: int, due: list[Item]) -> TickPlan:
         """Sort the tick's items into batches; start the GPU jobs and allocate task outputs."""
@@ -287,7 +290,7 @@ class Dispatcher:
             if deliveries[w] or cpu_runs[w]
         }
         try:
-            results = await run_batches(tick, batches)
+            results = await run_batches(tick, batches, while_waiting=self.while_waiting)
             replies: dict[int, BatchReply] = {}
             for w, res in results.items():
                 if isinstance(res, WorkerCrashed):

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
@@ -278,14 +278,19 @@ class WorkerPool(PoolBase):
         self,
         tick: int,
         batches: Mapping[int, tuple[Sequence[tuple[int, int, int, bytes]], Sequence[TaskRun]]],
+        *,
+        while_waiting: Callable[[], None] | None = None,
     ) -> dict[int, BatchReply | BaseException]:
         """:meth:`run_batch` on several workers at once: every batch written, then one wait
         for all the replies, each resolved straight from its pipe (no task per worker).
         Returns each worker's reply or what went wrong with it (a :class:`WorkerCrashed`
-        for a worker that died or stopped answering: the caller recovers it)."""
+        for a worker that died or stopped answering: the caller recovers it).
+        ``while_waiting()`` runs once the batches are written, before the wait."""
         if self._closed:
             raise WorkerError("the worker pool is closed")
         if type(self).run_batch is not WorkerPool.run_batch:  # a subclass's batches: its way
+            if while_waiting is not None:
+                while_waiting()
             calls = [self.run_batch(i, tick, d, t) for i, (d, t) in batches.items()]
             done = await asyncio.gather(*calls, return_exceptions=True)
             return dict(zip(batches, done, strict=True))
@@ -337,6 +342,8 @@ class WorkerPool(PoolBase):
                         "a 'batch' request",
                         functools.partial(self._unresponsive, worker, sink),
                     )
+            if while_waiting is not None:
+                while_waiting()
             if left:
                 await all_in
             for slot in slots:
