@@ -590,7 +590,13 @@ def _module_overrides(scenario: Scenario, specs: list[str]) -> Scenario:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from qhybrid.runtime.store import DurableRuntime, TraceCheck, recorded_llm
+    from qhybrid.runtime.store import (
+        ReplayRuntime,
+        StoreError,
+        TraceCheck,
+        recorded_llm,
+        replay_start,
+    )
 
     with _open(args, readonly=True) as store:
         run_id = _resolve(store, args.run)
@@ -603,14 +609,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
         cpu_results = _cpu_results(store, run_id)
         effects = store.effects(run_id)
         recorded = list(store.records(run_id))
+        try:
+            # A fork starts from its own checkpoint at its fork tick: before it, its records
+            # are its parent's, made with the parent's seed (replay the parent for those).
+            restore, fork_tick = replay_start(store, run_id)
+        except StoreError as exc:
+            raise BadInput(str(exc)) from None
     if not recorded:
         raise BadInput(f"run {run_id} has no recorded trace to replay")
+    base = len(restore.lines) if restore is not None else 0
+    if args.to is not None and fork_tick is not None and args.to < fork_tick:
+        raise BadInput(
+            f"--to {args.to}: run {run_id} is a fork at tick {fork_tick}; before it, its "
+            f"records are its parent's (replay {run['parent']} instead)"
+        )
     err = _err()
     err.print(
         f"qhybrid {__version__}: replaying run [bold]{run_id}[/] ({scenario.name}, "
-        f"{len(recorded)} records" + (f", to tick {args.to}" if args.to is not None else "") + ")"
+        f"{len(recorded) - base} records"
+        + (f", from its fork tick {fork_tick}" if fork_tick is not None else "")
+        + (f", to tick {args.to}" if args.to is not None else "")
+        + ")"
     )
-    check = TraceCheck(iter(recorded), to_tick=args.to)
+    check = TraceCheck(iter(recorded[base:]), base=base, to_tick=args.to)
     holder: dict[str, Any] = {}
     box: dict[str, Any] = {}
 
@@ -618,9 +639,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         box["llm"] = llm = recorded_llm(rt, head, updates)
         return llm
 
-    runtime = DurableRuntime(
+    runtime = ReplayRuntime(
         scenario,
         config,
+        restore=restore,
         llm=make_llm,
         check=check,
         stop_at=args.to,
@@ -661,6 +683,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "cpu_tasks_from_store": runtime.cpu_tasks_replayed,
             "identical": identical,
             "records_checked": check.checked,
+            "from_tick": fork_tick or 0,
             "ticks": result.ticks,
         },
     )

@@ -441,6 +441,14 @@ def test_fork_with_another_seed_differs_only_from_its_tick_and_diff_shows_it(
     assert diff["a"] != diff["b"]
     same = cli_json(qhybrid_cmd, env, "diff", parent["run_id"], parent["run_id"])
     assert same["identical"] is True
+    # A fork replays from its own checkpoint at its fork tick, with its own seed (from the
+    # start, its parent's records would diverge at the first random tensor).
+    replayed = cli_json(qhybrid_cmd, env, "replay", fork["run_id"])
+    assert replayed["status"] == "identical" and replayed["from_tick"] == 60
+    assert replayed["trace_hash"] == fork["trace_hash"] and replayed["records_checked"] > 0
+    before = cli(qhybrid_cmd, env, "replay", fork["run_id"], "--to", "30")
+    assert before.returncode == 2 and parent["run_id"] in before.stderr
+    assert "Traceback" not in before.stderr
 
 
 # -- faults ---------------------------------------------------------------------------------------

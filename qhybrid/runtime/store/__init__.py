@@ -18,7 +18,15 @@ from qhybrid.runtime.store._recorder import RunRecorder
 from qhybrid.runtime.store._replay import RecordedLlm, recorded_llm
 from qhybrid.runtime.store._runtime import Divergence, DurableRuntime, RestorePoint, TraceCheck
 from qhybrid.runtime.store._schema import SCHEMA_VERSION, StoreError, default_store_path
-from qhybrid.runtime.store._state_at import AgentAt, QueuedAt, StateAt, TensorAt, state_at
+from qhybrid.runtime.store._state_at import (
+    AgentAt,
+    QueuedAt,
+    ReplayRuntime,
+    StateAt,
+    TensorAt,
+    replay_start,
+    state_at,
+)
 from qhybrid.runtime.store._store import Checkpoint, RunStore
 
 __all__ = [
@@ -30,6 +38,7 @@ __all__ = [
     "DurableRuntime",
     "QueuedAt",
     "RecordedLlm",
+    "ReplayRuntime",
     "RestorePoint",
     "RunRecorder",
     "RunStore",
@@ -42,5 +51,6 @@ __all__ = [
     "default_store_path",
     "fork_seed",
     "recorded_llm",
+    "replay_start",
     "state_at",
 ]

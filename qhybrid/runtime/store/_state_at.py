@@ -234,6 +234,24 @@ def _restore(store: RunStore, run_id: str, tick: int) -> tuple[RestorePoint | No
     return RestorePoint(cp.state, blobs, lines), cp.tick
 
 
+def replay_start(store: RunStore, run_id: str) -> tuple[RestorePoint | None, int | None]:
+    """Where a replay of run ``run_id`` starts: a fork's own checkpoint at its fork tick (its
+    records before it are its parent's, made with the parent's seed and config), else the
+    scenario's start ``(None, None)``. Raises :class:`StoreError` for a fork whose checkpoint
+    at its fork tick is missing or unusable."""
+    run = store.run(run_id)
+    fork_tick = run.get("fork_tick")
+    if not run.get("parent") or fork_tick is None:
+        return None, None
+    restore, tick = _restore(store, run_id, int(fork_tick))
+    if restore is None or tick != fork_tick:
+        raise StoreError(
+            f"run {run_id} is a fork at tick {fork_tick} with no usable checkpoint there: "
+            "it cannot be replayed"
+        )
+    return restore, tick
+
+
 def state_at(path: Path, run_id: str, tick: int, *, workers: int | None = None) -> StateAt:
     """The state of run ``run_id`` (in the store at ``path``) as of tick ``tick``; raises
     :class:`StoreError` (unreadable store, unknown run) or ``ValueError`` (a negative tick,
@@ -267,7 +285,7 @@ def state_at(path: Path, run_id: str, tick: int, *, workers: int | None = None) 
     names = [a["name"] for a in (run.get("summary") or {}).get("agents", [])]
     check = TraceCheck(iter(recorded), base=base, to_tick=tick)
     llm = (lambda rt: recorded_llm(rt, head, updates)) if scenario.llm is not None else None
-    runtime = _ReplayTo(
+    runtime = ReplayRuntime(
         scenario,
         _config(run, workers),
         restore=restore,
@@ -298,7 +316,9 @@ def state_at(path: Path, run_id: str, tick: int, *, workers: int | None = None) 
     )
 
 
-class _ReplayTo(DurableRuntime):
+class ReplayRuntime(DurableRuntime):
+    """A replay from a checkpoint with the recorded LLM stand-in (``recorded_llm``)."""
+
     async def _rebuild_llm(self, st: dict[str, Any], point: RestorePoint) -> None:
         # The stand-in engine answers from the store by request id: the requests in flight
         # at the checkpoint only have to be known to it.
