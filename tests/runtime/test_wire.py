@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qhybrid.runtime.wasm_pool import BatchReply, WorkerCrashed, WorkerPool, _frames
-from qhybrid.runtime.wasm_pool._channel import ReplyChannel
+from qhybrid.runtime.wasm_pool._channel import ReplyChannel, Watchdog
 from qhybrid.runtime.wasm_pool._protocol import ProtocolError, encode
 from tests.runtime.test_wasm_pool import ECHO, compile_text, in_pool, load
 
@@ -87,6 +87,26 @@ def test_garbage_and_an_ended_stream_fail_the_reply() -> None:
             loop.run_until_complete(waiting)
     finally:
         loop.close()
+
+
+def test_one_watchdog_round_for_all_batches_fails_only_the_late_one() -> None:
+    """run_batches' watchdog: a reply past its deadline is given up on with the reason; one
+    that came in time (``done``) is never failed, and the rounds stop when none is left."""
+
+    async def main() -> tuple[list[tuple[int, str]], bool]:
+        dog = Watchdog(asyncio.get_running_loop())
+        failed: list[tuple[int, str]] = []
+        dog.watch(0, os.getpid(), 0.3, "a 'batch' request", lambda why: failed.append((0, why)))
+        dog.watch(1, os.getpid(), 0.3, "a 'batch' request", lambda why: failed.append((1, why)))
+        dog.done(1)  # its reply came
+        await asyncio.sleep(0.9)
+        idle = dog._timer is None
+        dog.close()
+        return failed, idle
+
+    failed, idle = asyncio.run(main())
+    assert failed == [(0, "no answer to a 'batch' request within its deadline of 0 s")]
+    assert idle
 
 
 def test_batches_to_all_workers_at_once_and_a_dead_one_reported(tmp_path: Path) -> None:
