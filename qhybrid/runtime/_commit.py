@@ -158,7 +158,8 @@ class Commit:
                 or agent.state != LOADED
                 or agent.restart_pending
             ):
-                self._message(tick, item, message, outcome, counts)
+                full = None if outcome is None else Outcome._make(outcome)
+                self._message(tick, item, message, full, counts)
                 continue
             plain += 1
             agent.handled += 1

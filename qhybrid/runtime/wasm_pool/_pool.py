@@ -18,7 +18,6 @@ from qhybrid.runtime.wasm_pool._channel import ReplyChannel, Sink, Watchdog, spa
 from qhybrid.runtime.wasm_pool._pool_base import PoolBase
 from qhybrid.runtime.wasm_pool._protocol import (
     BatchReply,
-    Outcome,
     ProtocolError,
     Request,
     TaskOutcome,
@@ -79,10 +78,6 @@ def worker_command() -> list[str]:
     if getattr(sys, "frozen", False):
         return [sys.executable, WORKER_FLAG]
     return [sys.executable, "-m", WORKER_MODULE]
-
-
-#: ``Outcome._make`` without its Python frame (one per message).
-_outcome = functools.partial(tuple.__new__, Outcome)
 
 
 class _Slot:
@@ -402,7 +397,7 @@ class WorkerPool(PoolBase):
         outcomes, tasks_done, busy_ns, *usage = reply
         worker.batch_ns += busy_ns
         return BatchReply(
-            tuple(map(_outcome, outcomes)),
+            outcomes,  # plain tuples, read by position (BatchReply.outcomes)
             tuple(map(TaskOutcome._make, tasks_done)),
             busy_ns,
             usage[0] if usage else b"",

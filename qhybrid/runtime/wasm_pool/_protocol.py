@@ -184,7 +184,10 @@ AGENT_USAGE_ROW = struct.Struct("<qqqq")
 
 
 class BatchReply(NamedTuple):
-    outcomes: tuple[Outcome, ...]
+    #: One per delivery, in order: an :class:`Outcome`, or (from ``WorkerPool.run_batches``,
+    #: the orchestrator's hot path, which reads them by position) the same fields as the
+    #: plain tuple that came over the pipe: ``Outcome._make`` turns either into an Outcome.
+    outcomes: tuple[Outcome | tuple[Any, ...], ...]
     tasks: tuple[TaskOutcome, ...]
     #: CPU time the worker spent in the batch (its handlers and tasks, not the framing).
     busy_ns: int
