@@ -146,6 +146,7 @@ def run_llm_bench(config: LlmBenchConfig, progress: Progress) -> LlmBenchReport:
     if not info.supported:
         raise BenchmarkError(f"{config.model}: {info.reason}")
     report = LlmBenchReport(model=info.to_json(), device={})
+    _prepare_kernels(progress)
     engines = ["qhybrid", "llama.cpp"] if config.llama_cpp else ["qhybrid"]
     for engine in engines:
         if engine == "qhybrid":
@@ -158,6 +159,20 @@ def run_llm_bench(config: LlmBenchConfig, progress: Progress) -> LlmBenchReport:
         report.notes += part["notes"]
     report.load_after = _load()
     return report
+
+
+def _prepare_kernels(progress: Progress) -> None:
+    """Compile the CPU kernels ahead of time first (once per machine and version, in a child
+    process: qhybrid's measurement process then loads them without numba and LLVM, as every
+    run after the first does), unless QHYBRID_CPU_KERNELS=jit asks for numba's JIT."""
+    from qhybrid.runtime.llm import _aot_cache
+
+    try:
+        choice = _aot_cache.kernel_choice()
+    except _aot_cache.BadChoice as exc:
+        raise BenchmarkError(str(exc)) from None
+    if choice != "jit" and _aot_cache.numba_installed():
+        _aot_cache.ensure_built(progress)
 
 
 def _in_own_process(engine: str, config: LlmBenchConfig, progress: Progress) -> dict[str, Any]:
@@ -317,6 +332,7 @@ async def _measure_qhybrid(
                         "engine": "qhybrid",
                         "placement": placement,
                         "device": report.device["name"] if placement == "gpu" else "cpu (numpy)",
+                        "cpu_kernels": _kernel_mode(),
                         "prompt_tokens": len(prompt),
                         "decode_tokens": config.decode_tokens,
                         "prefill_tok_s": round(prefill, 3),
@@ -333,6 +349,17 @@ async def _measure_qhybrid(
                     )
     finally:
         await asyncio.to_thread(device.close)
+
+
+def _kernel_mode() -> str:
+    """``aot`` (compiled ahead of time: numba was never imported) or ``jit``, as this process
+    ran them."""
+    import sys
+
+    from qhybrid.runtime.llm import _jit
+
+    jitted = "numba" in sys.modules
+    return _jit.mode() + (" (+ numba JIT fallback)" if _jit.mode() == "aot" and jitted else "")
 
 
 def _memory_goal(model: Any, options: Any, memory: Memory) -> dict[str, Any]:
