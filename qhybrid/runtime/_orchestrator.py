@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -208,6 +209,9 @@ class Runtime:
         except BaseException:
             await self.aclose()
             raise
+        # What start-up made lives for the run: out of the collector's full passes, which
+        # would otherwise walk it again and again (unfrozen at close, so nothing leaks).
+        gc.freeze()
         self._metrics.reset_clock()
 
     async def aclose(self) -> None:
@@ -215,6 +219,7 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        gc.unfreeze()
         try:
             await self.pool.aclose()
         finally:
@@ -348,6 +353,8 @@ class Runtime:
             # as much as a tick's messages when agents are quick).
             async with asyncio.timeout(timeout):
                 while self._finished is None:
+                    if not self._resume.is_set():  # paused: the usage up to here, then wait
+                        await self._roster.collect_usage(self.pool)
                     await self._resume.wait()
                     await self.step()
         except TimeoutError:
@@ -360,26 +367,30 @@ class Runtime:
         if self._finished is not None:
             return False
         if self._stop_requested is not None:
-            self._finish("completed", self._stop_requested)
-            return False
+            return await self._end("completed", self._stop_requested)
         schedule = self._schedule
         tick = schedule.next_tick(self._parts.llm.busy)
         if isinstance(tick, str):
-            self._finish("completed", tick)
-            return False
+            return await self._end("completed", tick)
         try:
             await self._run_tick(tick)
         except (RunFailed, WorkerError, GpuJobError) as exc:
-            self._finish("failed", str(exc))
+            self._finish("failed", str(exc))  # (no usage asked of workers that failed)
             return False
+        if not self._resume.is_set():  # a step while paused: its usage, for the window
+            await self._roster.collect_usage(self.pool)
         if schedule.failure is not None:
-            self._finish("failed", schedule.failure)
-            return False
+            return await self._end("failed", schedule.failure)
         reason = schedule.stop_after(self._commit.delivered)
         if reason is not None:
-            self._finish("completed", reason)
-            return False
+            return await self._end("completed", reason)
         return True
+
+    async def _end(self, status: str, reason: str) -> bool:
+        """Finish the run, with the agents' last usage in its result."""
+        await self._roster.collect_usage(self.pool)
+        self._finish(status, reason)
+        return False
 
     async def _run_tick(self, tick: int) -> None:
         t0 = time.perf_counter()
