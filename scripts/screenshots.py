@@ -40,10 +40,27 @@ def _long_demo(folder: Path) -> Path:
     return path
 
 
-def _record_a_run(store: Path, env: dict[str, str]) -> None:
-    demo = ROOT / "resources" / "scenarios" / "demo.toml"
+def _thousand(folder: Path) -> Path:
+    """A thousand relay agents in four groups, passing tokens within their group and
+    reporting to one sink: the agent graph's case of many agents."""
+    relay = (ROOT / "resources" / "agents" / "relay.wat").as_posix()
+    sink = (ROOT / "resources" / "agents" / "sink.wat").as_posix()
+    groups = (("ring", 500), ("mesh", 300), ("fan", 190), ("spare", 9))
+    text = 'name = "thousand"\nseed = 11\n[stop]\nmax_ticks = 60\n'
+    for name, count in groups:
+        text += f'[[agents]]\nname = "{name}"\nmodule = "{relay}"\ncount = {count}\n'
+    text += f'[[agents]]\nname = "sink"\nmodule = "{sink}"\n'
+    for name, _count in groups:
+        text += f'[[messages]]\nto = "{name}"\nkind = 1\npayload_i64 = [50, 0]\n'
+    path = folder / "thousand.toml"
+    path.write_text(text, "utf-8")
+    return path
+
+
+def _record_a_run(store: Path, env: dict[str, str], scenario: Path | None = None) -> None:
+    scenario = scenario or ROOT / "resources" / "scenarios" / "demo.toml"
     cmd = [sys.executable, "-m", "qhybrid", "--headless", "--device", "cpu", "--store", str(store)]
-    subprocess.run([*cmd, str(demo)], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([*cmd, str(scenario)], env=env, check=True, capture_output=True, timeout=300)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     env.pop("QHYBRID_DEVICE", None)
     os.environ.update(env)
     _record_a_run(work / "runs.sqlite", env)
+    _record_a_run(work / "runs.sqlite", env, _thousand(work))
     scenario = _long_demo(work)
     return _shoot(out, sizes, scenario, chat=not args.no_chat)
 
@@ -164,12 +182,35 @@ def _shoot(out: Path, sizes: list[tuple[int, int]], scenario: Path, *, chat: boo
         window.central_tabs.setCurrentWidget(window.runs_split)
         runs.refresh()
         wait(lambda m=window.runs_model: m.rowCount() > 0, 30, "the recorded runs")
-        # The run recorded headlessly (the window's own run may be recorded too).
-        found = [r for r in window.runs_model.runs if "demo-long" not in str(r)]
-        run = (found or window.runs_model.runs)[0]
+        # The demo run recorded headlessly (the window's own run may be recorded too).
+        recorded = window.runs_model.runs
+        found = [r for r in recorded if r.get("scenario_name") == "demo"]
+        run = (found or recorded)[0]
         window.runs_panel.select(str(run["run_id"]))
         runs.open_run(str(run["run_id"]))
+        window.message_inspector.tick_spin.setValue(12)  # a tick with messages, scrubbed to
+        state = window.state_panel.model
+        settle(0.5)  # (the state panel waits for the scrubber to rest, then replays)
+        wait(lambda m=state: not m.busy, 120, "the state at tick 12")
         every_view(window, f"{size}-3-recorded")
+        # A thousand agents: folded by group, one group unfolded, a range of ticks chosen.
+        found = [r for r in recorded if r.get("scenario_name") == "thousand"]
+        if found:
+            runs.select(str(found[0]["run_id"]))
+            runs.open_run(str(found[0]["run_id"]))
+            graph = window.graph_panel
+            window.central_tabs.setCurrentWidget(graph)
+            save(window, f"{size}-4-thousand-graph-folded")
+            window.debugger.graph.toggle("spare")
+            graph.canvas.fit()
+            graph._changed()
+            window.debugger.select_ticks(20, 35)
+            save(window, f"{size}-4-thousand-graph-unfolded-spare-ticks-20-35")
+            window.debugger.graph.toggle("spare")
+            window.debugger.graph.toggle("fan")
+            graph.canvas.fit()
+            graph._changed()
+            save(window, f"{size}-4-thousand-graph-unfolded-fan")
         window.close()
         settle(0.2)
     _say(f"{len(written)} screenshots in {out}")
@@ -204,6 +245,13 @@ def _choose_an_agent(window: object) -> None:
         return
     rows = [r for r in range(model.rowCount()) if "storyteller" in str(model.index(r, 0).data())]
     table.setCurrentIndex(model.index(rows[0] if rows else 0, 0))
+    debugger = getattr(window, "debugger", None)
+    detail = getattr(window, "agent_detail", None)
+    if debugger is not None and detail is not None:
+        if not debugger.live:  # a recorded run's agent (the table shows the live run's)
+            agent = debugger.agent_id("storyteller-0")
+            detail.show_agent(max(agent, 0))
+        detail.tabs.setCurrentIndex(3)  # its LLM requests
 
 
 def _say(text: str) -> None:

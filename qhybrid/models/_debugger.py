@@ -22,7 +22,7 @@ from qhybrid.models._controller import RuntimeController, SessionState
 from qhybrid.models._debug_feed import DebugFeed
 from qhybrid.models._graph import AgentGraph, parse_trace_lines
 from qhybrid.runtime import AgentSummary, Runtime, Scenario, load_scenario
-from qhybrid.runtime.store import RunStore
+from qhybrid.runtime.store import RunStore, llm_calls
 
 __all__ = ["DEBUGGER_HZ", "DebuggerModels"]
 
@@ -43,6 +43,8 @@ class DebuggerModels(QObject):
 
     changed = Signal()
     source_changed = Signal(str)
+    #: The ticks chosen on a timeline, ``(lo, hi)`` inclusive, or None (no choice: all).
+    selection_changed = Signal(object)
 
     def __init__(self, controller: RuntimeController, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -52,6 +54,11 @@ class DebuggerModels(QObject):
         self.llm = LlmCalls()
         self.source = "no run yet"
         self.live = True
+        #: The recorded run shown (None: the live run, or none yet).
+        self.run_id: str | None = None
+        #: The ticks chosen on a timeline (the Recorded runs tab's scrubber, the graph's own
+        #: range): the graph counts its edges over them.
+        self.selection: tuple[int, int] | None = None
         self.summaries: list[AgentSummary | dict[str, Any]] = []
         self.scenario: Scenario | None = None
         self.refresh_seconds_max = 0.0
@@ -102,6 +109,8 @@ class DebuggerModels(QObject):
             self._backlog, self._backlog_at = [], 0
             self.graph.set_agents([s.name for s in summaries], [s.group for s in summaries])
             self.source = f"live run: {runtime.scenario.name}"
+            self.run_id = None
+            self.select_ticks(None)
             self.source_changed.emit(self.source)
         batch = self.feed.drain()
         if not self.live or runtime is None:
@@ -157,14 +166,15 @@ class DebuggerModels(QObject):
         with RunStore(store_path, readonly=True) as store:
             run = store.run(run_id)
             records = parse_trace_lines(store.records(run_id))
-        agents = list((run.get("summary") or {}).get("agents") or [])
+            agents = list((run.get("summary") or {}).get("agents") or [])
+            calls = llm_calls(store, run_id, [str(a.get("name")) for a in agents])
         if not agents:  # not finished: the agents the trace names
             top = max(
                 (max(r[3], r[4]) for r in records if r[0] in ("ok", "fail", "drop")), default=-1
             )
             agents = [{"name": f"agent {i}", "state": "?"} for i in range(top + 1)]
         self.live = False
-        self.llm.clear()
+        self.llm.load_recorded(calls)
         self.summaries = agents
         self.scenario = None
         path = run.get("scenario_path")
@@ -181,8 +191,28 @@ class DebuggerModels(QObject):
         )
         self.graph.history.add_records(records)
         self.source = f"recorded run {run_id} ({run.get('scenario_name')}, seed {run.get('seed')})"
+        self.run_id = run_id
+        self.select_ticks(None)
         self.source_changed.emit(self.source)
         self.changed.emit()
+
+    # -- the chosen ticks ----------------------------------------------------------------------
+    def select_ticks(self, lo: int | None, hi: int | None = None) -> None:
+        """Choose ticks ``lo..hi`` (inclusive; ``hi`` None: just ``lo``; ``lo`` None: no
+        choice). ``selection_changed`` fires when the choice changes."""
+        if lo is None:
+            chosen: tuple[int, int] | None = None
+        else:
+            hi = lo if hi is None else hi
+            lo, hi = max(0, min(lo, hi)), max(0, lo, hi)
+            chosen = (lo, hi)
+        if chosen != self.selection:
+            self.selection = chosen
+            self.selection_changed.emit(chosen)
+
+    def tick_counts(self) -> Any:
+        """Messages per tick of the run shown, over the whole run (a numpy array)."""
+        return self.graph.history.run_per_tick()
 
     # -- one agent -----------------------------------------------------------------------------
     def agent_id(self, name: str) -> int:

@@ -35,6 +35,7 @@ from qhybrid.models._agents import natural_key
 
 __all__ = [
     "FOLD_ABOVE",
+    "LABEL_ALL_BELOW",
     "RUNTIME_NODE",
     "AgentGraph",
     "GraphEdge",
@@ -42,6 +43,7 @@ __all__ = [
     "GraphNode",
     "MessageHistory",
     "group_key",
+    "labelled",
     "parse_trace_lines",
     "state_rank",
 ]
@@ -50,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 #: A run with more agents than this shows its groups folded (each a single node).
 FOLD_ABOVE = 24
+#: Past this many nodes, only folded groups (and the chosen and hovered nodes) are named.
+LABEL_ALL_BELOW = 120
+_LABEL_CHAR_PX = 7.0  # about one character of a label, in the layout's units (pixels at 1x)
 #: The node the runtime's own messages (the scenario's initial ones) come from.
 RUNTIME_NODE = "(runtime)"
 #: Trace records the history reads (messages, agents' log lines, agents' failures).
@@ -127,6 +132,8 @@ class MessageHistory:
             np.zeros(self.width * self.width, np.int64) if dense else None
         )
         self._sparse: dict[int, int] = {}
+        #: Messages per tick over the whole run (kept when the rows of old ticks are dropped).
+        self._per_tick = np.zeros(0, np.int64)
         self._seen: npt.NDArray[np.bool_] | None = (
             np.zeros(self.width * self.width, np.bool_) if dense else None
         )
@@ -182,6 +189,12 @@ class MessageHistory:
         self.messages += len(p)
         if len(t):
             self.last_tick = max(self.last_tick, int(t.max()))
+            counts = np.bincount(t[t >= 0])
+            if len(counts) > len(self._per_tick):
+                grown = np.zeros(max(len(counts), 2 * len(self._per_tick)), np.int64)
+                grown[: len(self._per_tick)] = self._per_tick
+                self._per_tick = grown
+            self._per_tick[: len(counts)] += counts
         if self._dense is not None and self._seen is not None:
             np.add.at(self._dense, p, 1)
             fresh = p[~self._seen[p]]
@@ -277,8 +290,12 @@ class MessageHistory:
         """Messages per tick over the ticks kept (index 0 is :attr:`first_tick`)."""
         if not self._ticks or self.last_tick < self.first_tick:
             return np.zeros(0, np.int64)
-        t = np.concatenate(self._ticks) - self.first_tick
-        return np.bincount(t[t >= 0], minlength=self.last_tick - self.first_tick + 1)
+        return self._per_tick[self.first_tick : self.last_tick + 1].copy()
+
+    def run_per_tick(self) -> npt.NDArray[np.int64]:
+        """Messages per tick over the whole run (index 0 is tick 0), kept as the records come
+        (a refresh costs nothing like a count over every row)."""
+        return self._per_tick[: self.last_tick + 1]
 
     def messages_of(self, agent: int, limit: int = 500) -> list[tuple[Any, ...]]:
         """The last ``limit`` message records kept that ``agent`` sent or received."""
@@ -340,6 +357,14 @@ class AgentGraph:
         #: Groups the user folded or unfolded (overrides the rule of :data:`FOLD_ABOVE`).
         self.folding: dict[str, bool] = {}
         self._cache: tuple[tuple[int, bytes], int, npt.NDArray[np.int64]] | None = None
+        self._range_cache: (
+            tuple[
+                tuple[int, int, int | None, int | None],
+                npt.NDArray[np.int64],
+                npt.NDArray[np.int64],
+            ]
+            | None
+        ) = None
 
     def set_agents(
         self,
@@ -463,7 +488,15 @@ class AgentGraph:
             self._cache = (signature, history.serial, matrix)
             keys = np.flatnonzero(matrix).astype(np.int64)
             return keys, matrix[keys]
-        pairs, counts = history.pair_counts(lo, hi)
+        # A range that ended before the last tick seen is done: its counts are kept (a live
+        # run's refresh, or a refold of a recorded one, does not count its rows again).
+        key = (history.generation, history.first_tick, lo, hi)
+        if self._range_cache is not None and self._range_cache[0] == key:
+            pairs, counts = self._range_cache[1], self._range_cache[2]
+        else:
+            pairs, counts = history.pair_counts(lo, hi)
+            done = hi is not None and hi < history.last_tick
+            self._range_cache = (key, pairs, counts) if done else None
         if not len(pairs):
             return pairs, counts
         flat = node_of_agent[pairs // width] * n + node_of_agent[pairs % width]
@@ -490,15 +523,29 @@ class AgentGraph:
         return node
 
 
+def labelled(node: GraphNode, nodes: int) -> bool:
+    """Whether the graph names ``node`` (of ``nodes``) without it being hovered or chosen:
+    every node of a small graph, only the folded groups of a large one."""
+    return nodes < LABEL_ALL_BELOW or node.folded
+
+
 def _circle(nodes: list[GraphNode]) -> None:
-    """Nodes on a circle (one in the middle when alone), far enough apart for their size."""
+    """Nodes on a circle (one in the middle when alone), in order, each given an arc as long
+    as its circle and its label need: a folded group's long label does not run over its
+    neighbours, and the unlabelled members of an unfolded group sit close together."""
     n = len(nodes)
     if n == 1:
         nodes[0].x = nodes[0].y = 0.0
         return
-    spacing = sum(2 * node.radius + 60 for node in nodes)  # a label's room between nodes
-    radius = max(120.0, spacing / (2 * math.pi))
-    for i, node in enumerate(nodes):
-        angle = -math.pi / 2 + 2 * math.pi * i / n
+    rooms = [
+        2 * node.radius + (_LABEL_CHAR_PX * len(node.label) + 24 if labelled(node, n) else 6)
+        for node in nodes
+    ]
+    total = sum(rooms)
+    radius = max(120.0, total / (2 * math.pi))
+    before = 0.0
+    for node, room in zip(nodes, rooms, strict=True):
+        angle = -math.pi / 2 + 2 * math.pi * (before + room / 2) / total
+        before += room
         node.x = radius * math.cos(angle)
         node.y = radius * math.sin(angle)

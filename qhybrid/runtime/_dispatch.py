@@ -107,6 +107,9 @@ class Dispatcher:
         self.recovery = recovery
         self.events = events
         self.workers = workers
+        #: Called once a tick's batches are all written, while the workers run them (work
+        #: of the tick before that nothing of this tick depends on: the trace's hashing).
+        self.while_waiting: Callable[[], None] | None = None
 
     def plan(self, tick: int, due: list[Item]) -> TickPlan:
         """Sort the tick's items into batches; start the GPU jobs and allocate task outputs."""
@@ -190,6 +193,12 @@ class Dispatcher:
         batch or the LLM step cannot be done.
         """
         tick = plan.tick
+        # The agents' usage rows ride on this tick's batches only if someone read the usage
+        # since the last tick (Roster.summaries); a pool that does not know of them ignores it.
+        asked = self.roster.usage_asked
+        self.roster.usage_asked = False
+        if hasattr(self.pool, "usage_rows"):
+            self.pool.usage_rows = asked
         # Batches of messages alone (no task, GPU job, chained task or LLM step; run_batch not
         # wrapped, as a replay wraps it for CPU tasks): the pool's cheaper path.
         run_batches = getattr(self.pool, "run_batches", None)
@@ -281,7 +290,7 @@ class Dispatcher:
             if deliveries[w] or cpu_runs[w]
         }
         try:
-            results = await run_batches(tick, batches)
+            results = await run_batches(tick, batches, while_waiting=self.while_waiting)
             replies: dict[int, BatchReply] = {}
             for w, res in results.items():
                 if isinstance(res, WorkerCrashed):

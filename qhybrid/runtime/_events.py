@@ -126,14 +126,26 @@ class LlmTokens:
 
 @dataclass(frozen=True, slots=True)
 class LlmRequested:
-    """An agent asked the scenario's LLM (``prompt`` as the agent sent it, decoded as UTF-8);
-    its answer streams as :class:`LlmTokens` with the same ``request_id``."""
+    """An agent asked the scenario's LLM; its answer streams as :class:`LlmTokens` with the
+    same ``request_id`` (the engine's id of the request).
+
+    ``prompt`` is what the agent sent, decoded as UTF-8 (``kind`` "complete", ABI v1's
+    ``llm_complete``), or its chat messages as ``role: content`` lines (``kind`` "chat", ABI
+    v2's ``llm_chat``). ``request`` is the agent's own number for it. A request answered at
+    once, without reaching the engine (no model, a quota, a malformed chat request), has a
+    negative ``request_id`` and ``error`` saying why; no :class:`LlmTokens` follow it.
+
+    An observer's event, like every event here: it is not part of the trace (the trace hash
+    is the same with or without anyone listening)."""
 
     request_id: int
     agent: str
     tick: int
     prompt: str
     max_tokens: int
+    kind: str = "complete"
+    request: int = 0
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,8 @@ class LlmBridge:
         self.loaded: LoadedModel | None = None
         self._requests: dict[int, tuple[int, int, int]] = {}  # id -> (agent, request, tag)
         self._ids = itertools.count(1)
+        #: Ids of the requests answered at once (observers' only: neither engine nor trace).
+        self._unseen = itertools.count(-1, -1)
         self.tokens = 0
         self.done = 0
         #: Offered each engine update this bridge does not own (ABI v2 chat requests, see
@@ -209,19 +211,12 @@ class LlmBridge:
         self, agent: AgentRecord, tick: int, request: int, tag: int, prompt: bytes, max_tokens: int
     ) -> None:
         """Queue an agent's request for the next tick's engine step, or answer at once why not."""
-        self.events.llm_requested.emit(
-            LlmRequested(request, agent.name, tick, prompt.decode("utf-8", "replace"), max_tokens)
-        )
+        text = prompt.decode("utf-8", "replace")
         llm, spec = self.loaded, self.scenario.llm
         if llm is None or spec is None:
-            self._answer(
-                agent.agent_id,
-                tick,
-                request,
-                tag,
-                1,
-                "no LLM model is configured for this scenario",
-            )
+            why = "no LLM model is configured for this scenario"
+            self.asked(-1, agent.name, tick, text, max_tokens, "complete", request, why)
+            self._answer(agent.agent_id, tick, request, tag, 1, why)
             return
         from qhybrid.runtime.llm import GenerationParams, SamplingParams, encode_prompt
 
@@ -229,15 +224,12 @@ class LlmBridge:
         # requests hold engine slots at once; the others are answered at once, with why.
         mine = sum(1 for owner, _, _ in self._requests.values() if owner == agent.agent_id)
         if mine >= MAX_LLM_IN_FLIGHT:
-            self._answer(
-                agent.agent_id,
-                tick,
-                request,
-                tag,
-                1,
+            why = (
                 f"quota exceeded: {MAX_LLM_IN_FLIGHT} LLM requests of this agent are in flight "
-                "already",
+                "already"
             )
+            self.asked(-1, agent.name, tick, text, max_tokens, "complete", request, why)
+            self._answer(agent.agent_id, tick, request, tag, 1, why)
             return
         tokenizer, n_ctx, chat = llm.tokenizer, llm.runner.n_ctx, spec.chat
         sampling = SamplingParams(
@@ -264,7 +256,27 @@ class LlmBridge:
         # Slots are shared fairly between agents (round-robin by the slots each holds).
         rid = next(self._ids)
         self._requests[rid] = (agent.agent_id, request, tag)
+        self.asked(rid, agent.name, tick, text, max_tokens, "complete", request)
         self.prepare(Prepared(rid, tick, agent.agent_id, build, failed, owner=agent.agent_id))
+
+    def asked(
+        self,
+        rid: int,
+        agent: str,
+        tick: int,
+        prompt: str,
+        max_tokens: int,
+        kind: str,
+        request: int,
+        error: str | None = None,
+    ) -> None:
+        """Tell observers of a request (``rid`` -1: answered at once with ``error``, given
+        an id of its own below 0). Never recorded in the trace: observers only."""
+        if rid < 0:
+            rid = next(self._unseen)
+        self.events.llm_requested.emit(
+            LlmRequested(rid, agent, tick, prompt, max_tokens, kind, request, error)
+        )
 
     def commit(self, tick: int, updates: list[RequestUpdate]) -> None:
         """Stream what the engine step made; a finished request answers at the next tick."""

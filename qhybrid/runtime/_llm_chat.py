@@ -99,6 +99,16 @@ def parse_chat_request(data: bytes) -> ChatRequest:
     )
 
 
+def chat_transcript(request: ChatRequest) -> str:
+    """The request's messages as ``role: content`` lines: what observers show as its prompt
+    (the window's agent detail, the run store), not what the engine is given."""
+    text = "\n".join(f"{m['role']}: {m['content']}" for m in request.messages)
+    if request.json_schema is not None:
+        schema = json.dumps(request.json_schema, sort_keys=True, ensure_ascii=False)
+        text += f"\n(answer as JSON following {schema})"
+    return text
+
+
 def chat_prompt_ids(tokenizer: Tokenizer, request: ChatRequest) -> list[int]:
     """The messages rendered with the model's chat template; without one, a plain
     ``role: content`` transcript ending in ``assistant:``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,9 +68,17 @@ class MetricsRecorder:
         row = [
             time.perf_counter() - self._t0 if n == "wall_s" else values.get(n, 0.0) for n in SERIES
         ]
+        self.record_row(row[1:], worker_busy_s)
+
+    def record_row(self, row: Sequence[float], worker_busy_s: Sequence[float]) -> None:
+        """One sample: ``row`` holds every series after ``wall_s``, in :data:`SERIES` order
+        (the orchestrator's way, once per tick: no dict to build and look up)."""
+        wall = time.perf_counter() - self._t0
         with self._lock:
             i = self._count % self.capacity
-            self._data[i] = row
+            data = self._data[i]
+            data[0] = wall
+            data[1:] = row
             self._busy[i, : len(worker_busy_s)] = worker_busy_s
             self._count += 1
 

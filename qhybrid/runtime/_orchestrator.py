@@ -22,14 +22,18 @@ The work is done by parts, each owning its own state (their docstrings say which
 - ``_parts``: builds the parts and wires them together;
 - ``_ports``: :class:`AgentPool` (what another agent host implements) and tick hooks.
 
+- ``_tick``: one tick through the parts in their order, and the tick hooks.
+
 A tick: ``schedule.pop_due`` -> ``dispatch.plan`` -> ``dispatch.execute`` -> ``commit.apply``
--> ``report.tick`` -> ``llm.commit`` -> ``recovery.after_commit`` -> trace flush -> tick hooks.
+-> ``report.tick`` -> ``llm.commit`` -> ``lifecycle.after_commit`` -> ``recovery.after_commit``
+-> trace flush -> tick hooks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +52,7 @@ from qhybrid.runtime._recovery import RunFailed
 from qhybrid.runtime._result import AgentSummary, RunResult
 from qhybrid.runtime._roster import DEFAULT_CACHE, collector_paused, compile_modules
 from qhybrid.runtime._scenario import Scenario
+from qhybrid.runtime._tick import TickPipeline
 from qhybrid.runtime._trace import TraceRecorder
 from qhybrid.runtime._v2_bridge import V2Bridge
 from qhybrid.runtime.tensors import TensorStore
@@ -122,20 +127,9 @@ class Runtime:
             raise ValueError(f"workers must be >= 1, got {cfg.workers}")
         self.events = RuntimeEvents()
         self.tensors = TensorStore()
-        if cfg.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
-        if pool is None and cfg.backend == "ray":
-            pool = RayWorkerPool(
-                cfg.workers, address=cfg.ray_address, start_timeout=cfg.start_timeout
-            )
-        self.pool: AgentPool = pool or WorkerPool(cfg.workers, start_timeout=cfg.start_timeout)
-        # A run places GPU jobs by a fixed rule, never by timings (the trace must not vary).
-        if isinstance(self.pool, RayWorkerPool):  # GPU jobs on a GPU node, if any (issue 17)
-            from qhybrid.runtime._ray_gpu import RayGpuDevice
-
-            self.device: GpuDevice = RayGpuDevice(self.pool, prefer=cfg.device)
-        else:
-            self.device = GpuDevice(prefer=cfg.device, placement="fixed")
+        self.pool: AgentPool
+        self.device: GpuDevice
+        self.pool, self.device = _agent_host(cfg, pool)
         self.device_info: DeviceInfo | None = None
         self._metrics = MetricsRecorder(cfg.workers)
         self._trace = TraceRecorder(path=cfg.trace_path)
@@ -152,12 +146,12 @@ class Runtime:
             events=self.events,
         )
         self._schedule, self._roster, self._commit = parts.schedule, parts.roster, parts.commit
-        self._tick_hooks: list[TickHook] = []
         self._v2 = V2Bridge(parts, self._trace, cfg.answers_path, cfg.recording_path)
-        if cfg.recording_path is not None:
-            self._tick_hooks.append(self._v2.save_recording)
         #: ABI v2 ``spawn`` and ``stop_run``: agents made at run time, agents that end it.
         self._lifecycle = Lifecycle(parts, self.pool, self._trace, self.request_stop)
+        self._ticks = TickPipeline(parts, self._lifecycle, self._trace)
+        if cfg.recording_path is not None:
+            self._ticks.hooks.append(self._v2.save_recording)
         #: Agents' long-term memory (the ``mem_*`` ABI): quotas, trace records, persistence.
         self.memory = install_memory(self)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,6 +202,9 @@ class Runtime:
         except BaseException:
             await self.aclose()
             raise
+        # What start-up made lives for the run: out of the collector's full passes, which
+        # would otherwise walk it again and again (unfrozen at close, so nothing leaks).
+        gc.freeze()
         self._metrics.reset_clock()
 
     async def aclose(self) -> None:
@@ -215,6 +212,7 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        gc.unfreeze()
         try:
             await self.pool.aclose()
         finally:
@@ -229,7 +227,7 @@ class Runtime:
     def add_tick_hook(self, hook: TickHook) -> None:
         """Call ``hook(tick, records)`` after each tick with the trace records made since the
         last call (and once more with the final ones when the run ends), on the loop."""
-        self._tick_hooks.append(hook)
+        self._ticks.hooks.append(hook)
 
     def register_effect(self, kind: str, effect: EffectKind) -> None:
         """Handle agents' effects of ``kind`` at the commit (see :class:`EffectKind`)."""
@@ -348,6 +346,8 @@ class Runtime:
             # as much as a tick's messages when agents are quick).
             async with asyncio.timeout(timeout):
                 while self._finished is None:
+                    if not self._resume.is_set():  # paused: the usage up to here, then wait
+                        await self._roster.collect_usage(self.pool)
                     await self._resume.wait()
                     await self.step()
         except TimeoutError:
@@ -360,52 +360,36 @@ class Runtime:
         if self._finished is not None:
             return False
         if self._stop_requested is not None:
-            self._finish("completed", self._stop_requested)
-            return False
+            return await self._end("completed", self._stop_requested)
         schedule = self._schedule
         tick = schedule.next_tick(self._parts.llm.busy)
         if isinstance(tick, str):
-            self._finish("completed", tick)
-            return False
+            return await self._end("completed", tick)
         try:
-            await self._run_tick(tick)
+            await self._ticks.run(tick)
         except (RunFailed, WorkerError, GpuJobError) as exc:
-            self._finish("failed", str(exc))
+            self._finish("failed", str(exc))  # (no usage asked of workers that failed)
             return False
+        if not self._resume.is_set():  # a step while paused: its usage, for the window
+            await self._roster.collect_usage(self.pool)
         if schedule.failure is not None:
-            self._finish("failed", schedule.failure)
-            return False
+            return await self._end("failed", schedule.failure)
         reason = schedule.stop_after(self._commit.delivered)
         if reason is not None:
-            self._finish("completed", reason)
-            return False
+            return await self._end("completed", reason)
         return True
 
-    async def _run_tick(self, tick: int) -> None:
-        t0 = time.perf_counter()
-        parts = self._parts
-        plan = parts.dispatch.plan(tick, self._schedule.pop_due(tick))
-        results = await parts.dispatch.execute(plan)
-        self._roster.take_usage(results.replies)  # fuel and memory, not traced
-        parts.report.tick(tick, self._commit.apply(plan, results), t0)
-        parts.llm.answer_failed(tick)  # prepared LLM requests that could not be made
-        if results.llm_updates:
-            parts.llm.commit(tick, results.llm_updates)
-        await self._lifecycle.after_commit(tick)
-        await parts.recovery.after_commit(tick)
-        self._flush_trace(tick)
-
-    def _flush_trace(self, tick: int) -> None:
-        records = self._trace.flush()
-        if records:
-            for hook in self._tick_hooks:
-                hook(tick, records)
+    async def _end(self, status: str, reason: str) -> bool:
+        """Finish the run, with the agents' last usage in its result."""
+        await self._roster.collect_usage(self.pool)
+        self._finish(status, reason)
+        return False
 
     def _finish(self, status: str, reason: str) -> None:
         if self._finished is not None:
             return
         self._trace.record("end", status, self.tick)
-        self._flush_trace(self.tick)
+        self._ticks.flush(self.tick)
         self._finished = self._parts.report.result(
             status,
             reason,
@@ -419,6 +403,21 @@ class Runtime:
 
     def _emit_state(self, state: str, reason: str | None = None) -> None:
         self.events.run_state.emit(RunStateChanged(state, self.tick, reason))
+
+
+def _agent_host(cfg: RuntimeConfig, pool: AgentPool | None) -> tuple[AgentPool, GpuDevice]:
+    """The agents' pool (``pool``, else the configured backend's) and the GPU device."""
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
+    if pool is None and cfg.backend == "ray":
+        pool = RayWorkerPool(cfg.workers, address=cfg.ray_address, start_timeout=cfg.start_timeout)
+    pool = pool or WorkerPool(cfg.workers, start_timeout=cfg.start_timeout)
+    # A run places GPU jobs by a fixed rule, never by timings (the trace must not vary).
+    if isinstance(pool, RayWorkerPool):  # GPU jobs on a GPU node, if any (issue 17)
+        from qhybrid.runtime._ray_gpu import RayGpuDevice
+
+        return pool, RayGpuDevice(pool, prefer=cfg.device)
+    return pool, GpuDevice(prefer=cfg.device, placement="fixed")
 
 
 async def run_scenario(scenario: Scenario, config: RuntimeConfig | None = None) -> RunResult:

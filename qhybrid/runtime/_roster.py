@@ -28,6 +28,7 @@ from qhybrid.runtime._result import AgentSummary
 from qhybrid.runtime._scenario import AgentSpec, Scenario
 from qhybrid.runtime._seeding import derive_seed
 from qhybrid.runtime.wasm_pool import (
+    AGENT_USAGE_ROW,
     USAGE_ROW,
     AgentLoad,
     AgentModuleError,
@@ -154,7 +155,10 @@ class Roster:
         self.memory_total = 0
         # Per-agent usage: the workers' packed reports, kept as they come (the loop thread
         # does O(workers) work per tick) and folded into arrays in bulk when someone asks
-        # (summaries) or when enough have piled up.
+        # (summaries) or when enough have piled up. The workers send the rows only when
+        # asked (``usage_asked``, set by summaries: the next tick's batches ask for them),
+        # and once more at the end of the run and at a pause (collect_usage).
+        self.usage_asked = False
         self._usage: collections.deque[bytes] = collections.deque()
         self._usage_bytes = 0
         self._usage_lock = threading.Lock()
@@ -209,6 +213,22 @@ class Roster:
         if self._usage_bytes > _FOLD_BYTES:
             self.fold_usage()
 
+    async def collect_usage(self, pool: AgentPool) -> None:
+        """Ask every worker for the usage rows it has not sent (no batch will carry them:
+        the run ends or pauses). Best effort: usage is observability, never in the trace."""
+        ask = getattr(pool, "agent_usage", None)
+        if ask is None:
+            return
+        for index in range(self.workers):
+            try:
+                rows = await ask(index)
+            except Exception as exc:  # a dead or stuck worker: keep what was reported
+                logger.debug("no usage from worker %d: %s", index, exc)
+                continue
+            if rows:
+                self._usage.append(rows)
+                self._usage_bytes += len(rows)
+
     def fold_usage(self) -> None:
         """Add the reports taken so far to the per-agent arrays (from any thread)."""
         with self._usage_lock:
@@ -225,32 +245,30 @@ class Roster:
             self._usage_bytes = 0
             if not chunks:
                 return
-            rows = np.frombuffer(b"".join(chunks), np.int64).reshape(-1, 3)
+            width = AGENT_USAGE_ROW.size // 8
+            rows = np.frombuffer(b"".join(chunks), np.int64).reshape(-1, width)
             ids = rows[:, 0]
             if len(ids) and (ids.min() < 0 or ids.max() >= n):
                 rows = rows[(ids >= 0) & (ids < n)]
                 ids = rows[:, 0]
-            # Assignments only (the workers send each agent's running total): the last
-            # report of an agent wins, as numpy assigns repeated indices in order.
-            # Each agent's last report and the one before it (in these rows, or the total
-            # folded before): the fuel of the last tick it had messages in.
+            # Assignments only (the workers send each agent's running totals and its last
+            # tick's fuel): the last report of an agent wins.
             order = np.argsort(ids, kind="stable")
-            ids, used, memory = ids[order], rows[order, 1], rows[order, 2]
+            ids, rows = ids[order], rows[order]
             last = np.flatnonzero(np.append(ids[1:] != ids[:-1], True))
             agent = ids[last]
-            has_prev = (last > 0) & (ids[np.maximum(last - 1, 0)] == agent)
-            prev = np.where(has_prev, used[np.maximum(last - 1, 0)], self._fuel_used[agent])
-            now = used[last]
-            # (a restarted instance counts from 0 again: then its whole total is the last)
-            self._fuel_last[agent] = np.where((prev >= 0) & (now >= prev), now - prev, now)
-            self._fuel_used[agent] = now
-            self._memory[agent] = memory[last]
+            self._fuel_used[agent] = rows[last, 1]
+            self._memory[agent] = rows[last, 2]
+            self._fuel_last[agent] = rows[last, 3]
 
     @property
     def names(self) -> list[str]:
         return [a.name for a in self.agents]
 
     def summaries(self) -> tuple[AgentSummary, ...]:
+        """Every agent now; fuel and memory as last reported (asking for the next report:
+        the workers send per-agent usage only while someone reads it)."""
+        self.usage_asked = True
         agents = list(self.agents)
         self.fold_usage()
         with self._usage_lock:

@@ -51,21 +51,22 @@ class Reporter:
         commit, llm = self.commit, self.llm
         busy = [ns / 1e9 for ns in self.pool.busy_ns()]
         queued = self.schedule.depths()
-        self.metrics.record(
-            {
-                "tick": tick,
-                "delivered_total": commit.delivered,
-                "tasks_total": commit.tasks_completed,
-                "queued_messages": queued[0],
-                "queued_cpu": queued[1],
-                "queued_gpu": queued[2],
-                "gpu_busy_s_total": commit.gpu.busy_s,
-                "tensor_bytes": self.store.stats().bytes,
-                "llm_tokens_total": llm.tokens,
-                "llm_active": llm.active,
-                "fuel_total": self.roster.fuel_total,
-                "agent_memory_bytes": self.roster.memory_total,
-            },
+        # Every series of SERIES after wall_s, in its order.
+        self.metrics.record_row(
+            (
+                tick,
+                commit.delivered,
+                commit.tasks_completed,
+                queued[0],
+                queued[1],
+                queued[2],
+                commit.gpu.busy_s,
+                self.store.bytes_used,
+                llm.tokens,
+                llm.active,
+                self.roster.fuel_total,
+                self.roster.memory_total,
+            ),
             busy,
         )
         self.events.tick_finished.emit(

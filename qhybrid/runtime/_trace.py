@@ -5,9 +5,11 @@ None). The ``trace_hash`` is the
 SHA-256 of every record's ``repr`` followed by a newline, in order; ``repr`` of those types is
 the same on every platform and Python 3 version, and far cheaper than JSON, which matters at
 several records per message. Records are buffered and hashed in batches (at the end of each
-tick); the hash does not depend on where the batches break. Records never hold wall-clock
-times, worker numbers or anything else that depends on timing or placement, so the same
-scenario and seed give the same hash with any number of workers.
+tick); the hash does not depend on where the batches break. Without a sink or a file, a tick's
+batch is hashed later, while the workers run the next tick (:meth:`TraceRecorder.digest`), or
+at the next flush at the latest; reading the hash hashes everything first. Records never hold
+wall-clock times, worker numbers or anything else that depends on timing or placement, so the
+same scenario and seed give the same hash with any number of workers.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class TraceRecorder:
     def __init__(self, keep: int = 1000, path: Path | None = None) -> None:
         self._hash = hashlib.sha256()
         self._pending: list[tuple[Field, ...]] = []
+        self._unhashed: list[tuple[Field, ...]] = []  # flushed, not hashed yet (no sink, file)
         self._recent: deque[tuple[Field, ...]] = deque(maxlen=keep)
         self.records = 0
         self._file: IO[str] | None = path.open("w", encoding="utf-8") if path else None
@@ -49,12 +52,19 @@ class TraceRecorder:
         return self._pending.append
 
     def flush(self) -> list[tuple[Field, ...]]:
-        """Hash (and write) the buffered records; returns them (oldest first)."""
+        """Take the buffered records (returned, oldest first) and hash (and write) them: now
+        with a sink or a file, else at the next :meth:`digest` or flush (what was taken before
+        is hashed first, so the order stays)."""
+        if self._unhashed:
+            self.digest()
         pending = self._pending
         if not pending:
             return pending
         self._pending = []
         self.records += len(pending)
+        if self.sink is None and self._file is None:
+            self._unhashed = pending
+            return pending
         lines = list(map(repr, pending))
         self._hash.update(("\n".join(lines) + "\n").encode("utf-8"))
         if self.sink is not None:
@@ -64,10 +74,20 @@ class TraceRecorder:
             self._file.writelines(_json(r) + "\n" for r in pending)
         return pending
 
+    def digest(self) -> None:
+        """Hash the records flushed but not hashed yet (the orchestrator calls it while it
+        waits for the workers)."""
+        unhashed = self._unhashed
+        if unhashed:
+            self._unhashed = []
+            self._hash.update(("\n".join(map(repr, unhashed)) + "\n").encode("utf-8"))
+            self._recent.extend(unhashed)
+
     def resume_from(self, lines: list[str]) -> None:
         """Continue a run restored from a checkpoint: drop what is buffered and hash the
         recorded ``repr`` lines of the records before it, so the hash goes on as it would."""
         self._pending = []
+        self._unhashed = []
         if lines:
             self._hash.update(("\n".join(lines) + "\n").encode("utf-8"))
         self.records = len(lines)
@@ -75,15 +95,18 @@ class TraceRecorder:
     @property
     def hash(self) -> str:
         self.flush()
+        self.digest()
         return self._hash.hexdigest()
 
     def recent(self) -> list[str]:
         """The last records, as JSON lines."""
         self.flush()
+        self.digest()
         return [_json(r) for r in self._recent]
 
     def close(self) -> None:
         self.flush()
+        self.digest()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -17,9 +17,15 @@ from typing import TYPE_CHECKING
 
 from qhybrid.runtime._agent_services import AgentServices, answers_from_lines
 from qhybrid.runtime._commit import EffectKind
-from qhybrid.runtime._events import AgentStateChanged
+from qhybrid.runtime._events import AgentStateChanged, LlmTokens
 from qhybrid.runtime._llm_bridge import Prepared
-from qhybrid.runtime._llm_chat import chat_answer, chat_params, chat_prompt_ids, parse_chat_request
+from qhybrid.runtime._llm_chat import (
+    chat_answer,
+    chat_params,
+    chat_prompt_ids,
+    chat_transcript,
+    parse_chat_request,
+)
 from qhybrid.runtime._roster import LOADED, SKIPPED, AgentRecord
 from qhybrid.runtime._seeding import derive_seed
 from qhybrid.runtime.wasm_pool import KIND_LLM_CHAT_DONE, RUNTIME_SENDER, V2_EFFECTS
@@ -126,19 +132,20 @@ class V2Bridge:
         assert isinstance(request, int) and isinstance(tag, int) and isinstance(data, bytes)
         self.trace.record("llm_chat", tick, item.seq, request)
 
-        def fail(message: str) -> None:
+        def fail(message: str, prompt: str, max_tokens: int = 0) -> None:
+            llm.asked(-1, agent.name, tick, prompt, max_tokens, "chat", request, message)
             payload = chat_answer(request, tag, error=message)
             self.parts.schedule.push_message(
                 tick + 1, 0, RUNTIME_SENDER, agent.agent_id, KIND_LLM_CHAT_DONE, payload
             )
 
-        if loaded is None or spec is None:
-            fail("no LLM model is configured for this scenario")
+        if loaded is None or spec is None:  # (checked first: the answer says this)
+            fail("no LLM model is configured for this scenario", data.decode("utf-8", "replace"))
             return
         try:
             chat = parse_chat_request(data)
         except ValueError as exc:
-            fail(str(exc))
+            fail(str(exc), data.decode("utf-8", "replace"))
             return
         seed = derive_seed(llm.scenario.seed, "llm", agent.name, str(request))
         tokenizer, n_ctx = loaded.tokenizer, loaded.runner.n_ctx
@@ -154,6 +161,7 @@ class V2Bridge:
 
         rid = llm.new_id()
         self.chats[rid] = (agent.agent_id, request, tag)
+        llm.asked(rid, agent.name, tick, chat_transcript(chat), chat.max_tokens, "chat", request)
         llm.prepare(Prepared(rid, tick, agent.agent_id, build, failed))
 
     def llm_updates(self, tick: int, update: RequestUpdate) -> bool:
@@ -164,11 +172,27 @@ class V2Bridge:
         llm = self.parts.llm
         llm.tokens += len(update.new_tokens)
         result = update.result
+        agent_id, request, tag = owner
+        name = self.parts.roster.agents[agent_id].name
+        emit = llm.events.llm_tokens.emit  # observers only, as for llm_complete
         if result is None:
+            emit(LlmTokens(update.request_id, name, update.text, len(update.new_tokens), False))
             return True
         del self.chats[update.request_id]
         llm.done += 1
-        agent_id, request, tag = owner
+        emit(
+            LlmTokens(
+                update.request_id,
+                name,
+                update.text,
+                len(update.new_tokens),
+                True,
+                result.decode_tok_s,
+                result.ttft_s,
+                result.finish,
+                result.error,
+            )
+        )
         self.trace.record("llm_done", tick, update.request_id, result.finish, repr(result.tokens))
         payload = chat_answer(request, tag, result)
         self.parts.schedule.push_message(

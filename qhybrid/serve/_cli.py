@@ -118,6 +118,14 @@ def _check_models(specs: list[str]) -> str | None:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from qhybrid.runtime.llm import _aot_cache
+
+    try:  # before the kernels load: where none are compiled yet, build them for next time
+        if note := _aot_cache.prepare():
+            sys.stderr.write(f"{PROG}: {note}\n")
+    except _aot_cache.BadChoice as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_BAD_INPUT
     from qhybrid.serve._app import ServeOptions, bind_socket, create_app, uvicorn_server
 
     levels = (logging.WARNING, logging.INFO, logging.DEBUG)

@@ -24,7 +24,7 @@ from PySide6.QtGui import (
     QWheelEvent,
 )
 from PySide6.QtWidgets import (
-    QCheckBox,
+    QComboBox,
     QLabel,
     QPushButton,
     QSpinBox,
@@ -33,9 +33,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qhybrid.models import DebuggerModels, GraphLayout
+from qhybrid.models import DebuggerModels, GraphLayout, GraphNode
+from qhybrid.models._graph import LABEL_ALL_BELOW, labelled
+from qhybrid.views._timeline import TickTimeline
 
-__all__ = ["NODE_COLOURS", "GraphCanvas", "GraphPanel"]
+__all__ = ["NODE_COLOURS", "RANGE_ALL", "RANGE_CHOSEN", "RANGE_LAST", "GraphCanvas", "GraphPanel"]
+
+#: The graph's tick ranges (its combo's data).
+RANGE_ALL, RANGE_CHOSEN, RANGE_LAST = "all", "chosen", "last"
 
 #: Okabe-Ito: distinct for colour-blind readers too.
 NODE_COLOURS = {
@@ -46,8 +51,6 @@ NODE_COLOURS = {
     "restarted": "#E69F00",
     "runtime": "#009E73",
 }
-#: Past this many nodes, only folded groups, the selected node and the hovered one get labels.
-LABEL_ALL_BELOW = 120
 ARROWS_BELOW = 400
 
 
@@ -69,6 +72,7 @@ class GraphCanvas(QWidget):
         self.pan = QPointF(0, 0)
         self._drag: QPointF | None = None
         self._fit = True
+        self.labels_drawn = 0  # at the last paint (labels that would overlap are left out)
 
     def set_layout(self, layout: GraphLayout) -> None:
         changed_nodes = self.layout_ is None or [n.key for n in self.layout_.nodes] != [
@@ -127,7 +131,13 @@ class GraphCanvas(QWidget):
         many = len(layout.nodes) >= LABEL_ALL_BELOW
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, not many)
         points = [self._to_screen(n.x, n.y) for n in layout.nodes]
+        # Widths and shades span the edges shown, lightest to heaviest (on a log scale); and
+        # the more edges there are, the thinner and fainter each, so that a dense graph (every
+        # relay talking to every other) shows its structure, not a solid disc.
         top = math.log1p(layout.max_count)
+        bottom = math.log1p(min((e.count for e in layout.edges), default=0))
+        span = top - bottom
+        density = min(1.0, 40 / max(1, len(layout.edges))) ** 0.5
         edge_colour = QColor(
             "#56B4E9" if palette.color(QPalette.ColorRole.Base).lightness() < 128 else "#3B5B7A"
         )
@@ -135,9 +145,9 @@ class GraphCanvas(QWidget):
         # Edges lightest first, so the heavy ones stay on top.
         for edge in sorted(layout.edges, key=lambda e: e.count):
             a, b = points[edge.source], points[edge.target]
-            share = math.log1p(edge.count) / top if top > 0 else 1.0
-            edge_colour.setAlphaF(0.12 + 0.6 * share)
-            pen = QPen(edge_colour, 0.6 + 4.0 * share)
+            share = 0.15 + 0.85 * (math.log1p(edge.count) - bottom) / span if span > 0 else 1.0
+            edge_colour.setAlphaF((0.1 + 0.6 * share) * (0.35 + 0.65 * density))
+            pen = QPen(edge_colour, 0.6 + 3.6 * share * (0.4 + 0.6 * density))
             painter.setPen(pen)
             dx, dy = b.x() - a.x(), b.y() - a.y()
             length = math.hypot(dx, dy) or 1.0
@@ -163,6 +173,7 @@ class GraphCanvas(QWidget):
         metrics = painter.fontMetrics()
         backdrop = QColor(palette.color(QPalette.ColorRole.Base))
         backdrop.setAlphaF(0.8)
+        wanted: list[tuple[GraphNode, QPointF, float]] = []
         for node, p in zip(layout.nodes, points, strict=True):
             r = max(3.0, node.radius * self.zoom)
             colour = QColor(NODE_COLOURS.get(node.state, NODE_COLOURS["loaded"]))
@@ -172,32 +183,74 @@ class GraphCanvas(QWidget):
             painter.setPen(outline)
             painter.setBrush(colour)
             painter.drawEllipse(p, r, r)
-            if not many or node.folded or node.key in (self.selected, self.hovered):
-                label = node.label
-                if node.internal:
-                    label += (
-                        f" [{node.internal:,} inside]"
-                        if node.folded
-                        else f" [{node.internal:,} to itself]"
-                    )
-                painter.setPen(text_colour)
-                font.setBold(node.key == self.selected)
-                painter.setFont(font)
-                width = metrics.horizontalAdvance(label)
-                height = metrics.height()
-                # Outside the circle, away from its centre, where the edges are not.
-                centre = self._to_screen(0.0, 0.0)
-                dx, dy = p.x() - centre.x(), p.y() - centre.y()
-                norm = math.hypot(dx, dy)
-                ux, uy = (dx / norm, dy / norm) if norm > 1 else (0.0, 1.0)
-                ax = p.x() + ux * (r + 4)
-                ay = p.y() + uy * (r + 4)
-                left = ax - width / 2 + ux * width / 2
-                top = ay - height / 2 + uy * height / 2
-                box = QRectF(left - 2, top, width + 4, height)
-                # On a patch of the background: edges pass under the labels, not through them.
-                painter.fillRect(box, backdrop)
-                painter.drawText(QPointF(left, top + metrics.ascent()), label)
+            if labelled(node, len(layout.nodes)) or node.key in (self.selected, self.hovered):
+                wanted.append((node, p, r))
+        # Labels, most wanted first (the chosen and the hovered node, folded groups, then the
+        # busiest); one that would overlap a label already drawn is left out (hover shows it).
+        wanted.sort(
+            key=lambda w: (
+                w[0].key != self.selected,
+                w[0].key != self.hovered,
+                not w[0].folded,
+                -(w[0].sent + w[0].received),
+            )
+        )
+        centre = self._to_screen(0.0, 0.0)
+        height = metrics.height()
+        drawn: list[QRectF] = []
+        painter.setPen(text_colour)
+        for node, p, r in wanted:
+            label = node.label
+            if node.internal:
+                label += (
+                    f" [{node.internal:,} inside]"
+                    if node.folded
+                    else f" [{node.internal:,} to itself]"
+                )
+            width = metrics.horizontalAdvance(label)
+            # Outside the circle, away from its centre, where the edges are not.
+            dx, dy = p.x() - centre.x(), p.y() - centre.y()
+            norm = math.hypot(dx, dy)
+            ux, uy = (dx / norm, dy / norm) if norm > 1 else (0.0, 1.0)
+            ax = p.x() + ux * (r + 4)
+            ay = p.y() + uy * (r + 4)
+            left = ax - width / 2 + ux * width / 2
+            top = ay - height / 2 + uy * height / 2
+            # A big (folded) node's label, off to one side, may still cut into the circle
+            # with a corner of its box: pushed out along the same line until it does not.
+            for _ in range(int(r) // 2 + 1):
+                gap_x = max(left - 2 - p.x(), 0.0, p.x() - (left + width + 2))
+                gap_y = max(top - p.y(), 0.0, p.y() - (top + height))
+                if math.hypot(gap_x, gap_y) >= r + 2:
+                    break
+                left, top = left + 2 * ux, top + 2 * uy
+            must = node.key in (self.selected, self.hovered)
+            # Where it overlaps a label already drawn, a folded group's label (the few that
+            # name a large graph) moves further out, up to three lines, with a leader line;
+            # any other is left out (hover shows it).
+            step = (height + 2) if node.folded else 0.0
+            for k in range(4 if node.folded else 1):
+                box = QRectF(left - 2 + ux * step * k, top + uy * step * k, width + 4, height)
+                if must or not any(box.intersects(other) for other in drawn):
+                    break
+            else:
+                continue
+            drawn.append(box)
+            if k:
+                painter.drawLine(
+                    QPointF(p.x() + ux * r, p.y() + uy * r),
+                    QPointF(
+                        min(max(p.x(), box.left()), box.right()),
+                        min(max(p.y(), box.top()), box.bottom()),
+                    ),
+                )
+            left, top = box.left() + 2, box.top()
+            font.setBold(node.key == self.selected)
+            painter.setFont(font)
+            # On a patch of the background: edges pass under the labels, not through them.
+            painter.fillRect(box, backdrop)
+            painter.drawText(QPointF(left, top + metrics.ascent()), label)
+        self.labels_drawn = len(drawn)
         painter.setBrush(Qt.BrushStyle.NoBrush)
 
     # -- interaction ----------------------------------------------------------------------------
@@ -264,9 +317,23 @@ class GraphPanel(QWidget):
         self.debugger = debugger
         self.source_label = QLabel(debugger.source, self)
         self.source_label.setObjectName("graph_source")
-        self.all_ticks = QCheckBox("All ticks", self)
-        self.all_ticks.setObjectName("graph_all_ticks")
-        self.all_ticks.setChecked(True)
+        # Which ticks the edges count: the whole run, the ticks chosen on a timeline (this
+        # panel's, or the Recorded runs tab's scrubber), or the last N.
+        self.range_combo = QComboBox(self)
+        self.range_combo.setObjectName("graph_range")
+        self.range_combo.addItem("Whole run", RANGE_ALL)
+        self.range_combo.addItem("Chosen ticks", RANGE_CHOSEN)
+        self.range_combo.addItem("Last ticks", RANGE_LAST)
+        self.range_combo.setToolTip(
+            "The ticks whose messages the edges count: the whole run, the ticks chosen on the "
+            "timeline below (click a tick, drag the range's edges) or on the Recorded runs "
+            "tab's scrubber, or the last N ticks"
+        )
+        self.timeline = TickTimeline(self, ranged=True)
+        self.timeline.setObjectName("graph_timeline")
+        self.timeline.setMaximumHeight(80)
+        self.timeline.setMinimumHeight(30)  # (a small window is not made taller for it)
+        self.timeline.range_chosen.connect(debugger.select_ticks)
         self.last_ticks = QSpinBox(self)
         self.last_ticks.setObjectName("graph_last_ticks")
         self.last_ticks.setRange(1, 1_000_000_000)
@@ -280,8 +347,9 @@ class GraphPanel(QWidget):
         self.info_label = QLabel(self)
         self.info_label.setObjectName("graph_info")
         self.canvas = GraphCanvas(self)
-        self.all_ticks.toggled.connect(self._range_changed)
+        self.range_combo.currentIndexChanged.connect(self._range_changed)
         self.last_ticks.valueChanged.connect(self._range_changed)
+        debugger.selection_changed.connect(self._selection_changed)
         self.fold_button.clicked.connect(lambda: self._fold_all(True))
         self.unfold_button.clicked.connect(lambda: self._fold_all(False))
         self.fit_button.clicked.connect(self.canvas.fit)
@@ -293,7 +361,7 @@ class GraphPanel(QWidget):
         bar = QToolBar(self)
         bar.setObjectName("graph_toolbar")
         for widget in (
-            self.all_ticks,
+            self.range_combo,
             self.last_ticks,
             self.fold_button,
             self.unfold_button,
@@ -307,15 +375,26 @@ class GraphPanel(QWidget):
         layout.addWidget(self.source_label)
         layout.addWidget(bar)
         layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.timeline)
         layout.addWidget(self.info_label)
         self._stale = True
         self.last_build_s = 0.0
 
+    def range_mode(self) -> str:
+        return str(self.range_combo.currentData())
+
+    def set_range_mode(self, mode: str) -> None:
+        self.range_combo.setCurrentIndex(self.range_combo.findData(mode))
+
     def tick_range(self) -> tuple[int | None, int | None]:
-        if self.all_ticks.isChecked():
-            return None, None
-        last = self.debugger.graph.history.last_tick
-        return max(0, last - self.last_ticks.value() + 1), last
+        """The ticks the edges count (inclusive; None: open)."""
+        mode = self.range_mode()
+        if mode == RANGE_CHOSEN and self.debugger.selection is not None:
+            return self.debugger.selection
+        if mode == RANGE_LAST:
+            last = self.debugger.graph.history.last_tick
+            return max(0, last - self.last_ticks.value() + 1), last
+        return None, None
 
     def rebuild(self) -> GraphLayout:
         import time
@@ -324,7 +403,14 @@ class GraphPanel(QWidget):
         lo, hi = self.tick_range()
         layout = self.debugger.graph.build(lo, hi)
         self.canvas.set_layout(layout)
-        span = "all ticks" if lo is None else f"ticks {lo}\N{EN DASH}{hi}"
+        self.timeline.set_counts(self.debugger.tick_counts())
+        self.timeline.set_range(None if lo is None or hi is None else (lo, hi))
+        if lo is None:
+            span = "the whole run"
+        elif lo == hi:
+            span = f"tick {lo}"
+        else:
+            span = f"ticks {lo}\N{EN DASH}{hi}"
         text = (
             f"{len(self.debugger.graph.names):,} agents in {len(layout.nodes):,} nodes, "
             f"{layout.messages:,} messages over {span}, {len(layout.edges):,} edges"
@@ -349,8 +435,18 @@ class GraphPanel(QWidget):
         self.canvas.fit()
 
     def _range_changed(self, *_args: object) -> None:
-        self.last_ticks.setEnabled(not self.all_ticks.isChecked())
+        self.last_ticks.setEnabled(self.range_mode() == RANGE_LAST)
         self._changed()
+
+    def _selection_changed(self, chosen: tuple[int, int] | None) -> None:
+        """Ticks chosen on a timeline: the edges count them (None: back to the whole run)."""
+        mode = self.range_mode()
+        if chosen is not None and mode != RANGE_CHOSEN:
+            self.set_range_mode(RANGE_CHOSEN)  # (rebuilds)
+        elif chosen is None and mode == RANGE_CHOSEN:
+            self.set_range_mode(RANGE_ALL)
+        else:
+            self._changed()
 
     def _fold_all(self, folded: bool) -> None:
         graph = self.debugger.graph

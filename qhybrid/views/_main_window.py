@@ -14,7 +14,16 @@ import time
 from pathlib import Path
 
 import PySide6
-from PySide6.QtCore import QByteArray, QCoreApplication, QEvent, QSettings, Qt, Signal, qVersion
+from PySide6.QtCore import (
+    QByteArray,
+    QCoreApplication,
+    QEvent,
+    QSettings,
+    Qt,
+    QTimer,
+    Signal,
+    qVersion,
+)
 from PySide6.QtGui import (
     QAction,
     QActionGroup,
@@ -22,6 +31,7 @@ from PySide6.QtGui import (
     QDragEnterEvent,
     QDropEvent,
     QKeySequence,
+    QShowEvent,
 )
 from PySide6.QtWidgets import (
     QApplication,
@@ -57,6 +67,7 @@ from qhybrid.views._agent_detail import AgentDetailPanel
 from qhybrid.views._charts import ChartsWidget
 from qhybrid.views._chat import ChatPanel
 from qhybrid.views._chat_standalone import StandaloneChatPanel
+from qhybrid.views._dock_tabs import hide_stale_dock_tab_bars
 from qhybrid.views._graph import GraphPanel
 from qhybrid.views._questions import QuestionsPanel
 from qhybrid.views._runs import MessageInspector, RunsPanel
@@ -197,9 +208,15 @@ class MainWindow(QMainWindow):
         self.tick_split.addWidget(self.message_inspector)
         self.tick_split.addWidget(self.state_panel)
         self.tick_split.setSizes([600, 400])
+        self.tick_split.setStretchFactor(0, 3)  # the messages get the room a window gains
+        self.tick_split.setStretchFactor(1, 2)
         self.runs_split.addWidget(self.tick_split)
-        self.runs_split.setStretchFactor(0, 2)
-        self.runs_split.setStretchFactor(1, 3)
+        # The runs list keeps about 150 pixels (three runs and its details; more by dragging),
+        # the tick's messages and state get the rest, on a small screen or a large one.
+        self.runs_split.setStretchFactor(0, 0)
+        self.runs_split.setStretchFactor(1, 1)
+        self.runs_split.setSizes([150, 400])
+        self.runs_split.setChildrenCollapsible(False)
         # Squeezed rather than growing the window (the charts' tab asks for almost nothing).
         self.runs_split.setMinimumSize(100, 60)
         self.central_tabs.addTab(self.runs_split, "Recorded runs")
@@ -219,6 +236,7 @@ class MainWindow(QMainWindow):
         self.live.progress.connect(self.progress_label.setText)
 
         self._restore_geometry()
+        hide_stale_dock_tab_bars(self)
         self._theme = str(settings.value(_THEME_KEY, "system") or "system")
         if self._theme != "system":
             self.set_theme(self._theme)
@@ -275,6 +293,14 @@ class MainWindow(QMainWindow):
             lambda run_id: self.debugger.load_run(self.runs_model.path, run_id)
         )
 
+        def scrubbed(tick: int | None) -> None:
+            # The Recorded runs tab's scrubber chooses the graph's ticks too (same run only).
+            inspector = self.message_inspector
+            if not self.debugger.live and inspector.run_id == self.debugger.run_id:
+                self.debugger.select_ticks(tick)
+
+        self.message_inspector.tick_changed.connect(scrubbed)
+
     def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
         dock = QDockWidget(title, self)
         dock.setObjectName(name)
@@ -283,6 +309,10 @@ class MainWindow(QMainWindow):
             QDockWidget.DockWidgetFeature.DockWidgetMovable
             | QDockWidget.DockWidgetFeature.DockWidgetFloatable
             | QDockWidget.DockWidgetFeature.DockWidgetClosable
+        )
+        # A dock moved by the user may leave an orphaned tab bar too (see _dock_tabs).
+        dock.dockLocationChanged.connect(
+            lambda _area: QTimer.singleShot(0, lambda: hide_stale_dock_tab_bars(self))
         )
         return dock
 
@@ -606,8 +636,12 @@ class MainWindow(QMainWindow):
             self.resize(*_DEFAULT_SIZE)
         state = settings.value(_STATE_KEY)
         if not (isinstance(state, QByteArray) and self.restoreState(state, _LAYOUT_VERSION)):
-            # First start: the charts get most of the room.
-            self.resizeDocks([self.agents_dock], [400], Qt.Orientation.Horizontal)
+            # First start: the charts (the recorded runs, the graph) get most of the room; a
+            # small window's right docks take less of it (330 of 1100 pixels, 400 of 1920).
+            width = self.width()
+            self.resizeDocks(
+                [self.agents_dock], [max(300, min(400, width * 3 // 10))], Qt.Orientation.Horizontal
+            )
             self.resizeDocks([self.log_dock], [200], Qt.Orientation.Vertical)
         self.theme_actions.get(
             str(settings.value(_THEME_KEY, "system") or "system"), self.theme_actions["system"]
@@ -621,6 +655,10 @@ class MainWindow(QMainWindow):
         settings.setValue(_LOG_LEVEL_KEY, self.log_view.min_level)
         settings.setValue(_WORKERS_KEY, self.workers_spin.value())
         settings.sync()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        hide_stale_dock_tab_bars(self)  # (Qt leaves one behind; see _dock_tabs)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_geometry()

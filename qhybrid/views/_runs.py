@@ -6,9 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QItemSelectionModel, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QFontDatabase, QHideEvent, QPalette, QShowEvent
+from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QFontDatabase, QHideEvent, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -20,6 +19,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QSplitter,
     QTableView,
@@ -39,6 +39,7 @@ from qhybrid.runtime import printable_lines
 from qhybrid.runtime.store import RunStore, StoreError
 from qhybrid.views._fork_dialog import ForkDialog
 from qhybrid.views._state_at import StateAtPanel
+from qhybrid.views._timeline import TickTimeline
 
 __all__ = ["MessageInspector", "RunsPanel"]
 
@@ -67,87 +68,6 @@ def _mono(parent: QWidget) -> QPlainTextEdit:
     return text
 
 
-class TickTimeline(pg.PlotWidget):
-    """Messages per tick over the whole recorded run, with a scrubber: drag it (or click a
-    tick) to choose the tick the message list shows; ``tick_chosen(tick)`` says which."""
-
-    tick_chosen = Signal(int)
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("tick_timeline")
-        self.setMinimumHeight(60)
-        self.setMaximumHeight(110)
-        self.setMenuEnabled(False)
-        self.hideButtons()
-        self.setLabel("bottom", "tick")
-        self.setLabel("left", "msgs")
-        self.getViewBox().setMouseEnabled(x=False, y=False)
-        # Ranges set by set_counts, never pyqtgraph's auto-range (see _charts.py for why).
-        self.enableAutoRange(enable=False)
-        self.setXRange(-0.5, 0.5, padding=0)
-        self.setYRange(0, 1, padding=0)
-        self.bars = pg.BarGraphItem(x=[0], height=[0], width=0.8, brush="#0072B2", pen=None)
-        self.addItem(self.bars)
-        self.scrubber = pg.InfiniteLine(
-            pos=0, angle=90, movable=True, pen=pg.mkPen("#D55E00", width=2)
-        )
-        self.scrubber.setZValue(10)
-        self.scrubber.sigPositionChanged.connect(self._dragged)
-        self.addItem(self.scrubber)
-        self.ticks = 0
-        self.scene().sigMouseClicked.connect(self._clicked)
-        self.apply_palette(self.palette())
-
-    def apply_palette(self, palette: QPalette) -> None:
-        """Coloured like the window (light or dark), as the live charts are."""
-        self.setBackground(palette.color(QPalette.ColorRole.Base))
-        text = palette.color(QPalette.ColorRole.Text)
-        for name in ("left", "bottom"):
-            axis = self.getAxis(name)
-            axis.setPen(pg.mkPen(text))
-            axis.setTextPen(pg.mkPen(text))
-
-    def changeEvent(self, event: QEvent) -> None:
-        # (Palette changes come during construction too, before the plot exists.)
-        if event.type() == QEvent.Type.PaletteChange and hasattr(self, "scrubber"):
-            self.apply_palette(self.palette())
-        super().changeEvent(event)
-
-    def set_counts(self, counts: list[int]) -> None:
-        self.ticks = len(counts)
-        self.bars.setVisible(bool(counts))
-        if counts:
-            self.bars.setOpts(x=list(range(len(counts))), height=counts)
-        self.setXRange(-0.5, max(len(counts), 1) - 0.5, padding=0.01)
-        # Ticks are whole numbers: a short run gets one axis label per tick, not 0.5 steps.
-        axis = self.getAxis("bottom")
-        if len(counts) <= 24:
-            axis.setTickSpacing(major=1 if len(counts) <= 12 else 2, minor=1)
-        else:
-            axis.setTickSpacing()
-        self.setYRange(0, max(counts, default=1) * 1.1 or 1, padding=0)
-
-    def set_tick(self, tick: int | None) -> None:
-        self.scrubber.setVisible(tick is not None)
-        if tick is not None and round(self.scrubber.value()) != tick:
-            self.scrubber.setValue(tick)
-
-    def _dragged(self, line: pg.InfiniteLine) -> None:
-        tick = max(0, min(self.ticks - 1, round(line.value())))
-        if line.value() != tick:
-            line.setValue(tick)  # snaps to whole ticks (and fires again, once)
-            return
-        self.tick_chosen.emit(tick)
-
-    def _clicked(self, event: object) -> None:
-        pos = event.scenePos()  # type: ignore[attr-defined]
-        if self.plotItem.sceneBoundingRect().contains(pos):
-            x = self.getViewBox().mapSceneToView(pos).x()
-            self.scrubber.setVisible(True)
-            self.scrubber.setValue(max(0, min(self.ticks - 1, round(x))))
-
-
 class MessageInspector(QWidget):
     """The messages of a recorded run: by tick, by agent, by text; one in full below, with
     its reply chain one click away (Follow / Back, or a double click).
@@ -158,6 +78,7 @@ class MessageInspector(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("message_inspector")
+        self.run_id: str | None = None  # the run shown
         self.model = MessagesModel(self)
         self.filter = MessagesFilterModel(self)
         self.filter.setSourceModel(self.model)
@@ -170,13 +91,20 @@ class MessageInspector(QWidget):
         self.tick_spin.valueChanged.connect(self._tick_changed)
         self.timeline = TickTimeline(self)
         self.timeline.tick_chosen.connect(self.tick_spin.setValue)
+        # Wide enough for "tick 12,345" and an agent's name, whatever the window's width.
+        self.tick_spin.setMinimumWidth(self.fontMetrics().horizontalAdvance("tick 000000") + 30)
         self.agent_combo = QComboBox(self)
         self.agent_combo.setObjectName("messages_agent")
+        self.agent_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.agent_combo.setMinimumContentsLength(10)
         self.agent_combo.currentIndexChanged.connect(self._agent_changed)
         self.text_edit = QLineEdit(self)
         self.text_edit.setObjectName("messages_filter")
         self.text_edit.setPlaceholderText("Filter (agent, status, kind, payload)")
         self.text_edit.setClearButtonEnabled(True)
+        self.text_edit.setMinimumWidth(90)
         self.text_edit.textChanged.connect(self.filter.set_text)
         self.count_label = QLabel(self)
         self.back_button = QPushButton("\N{LEFTWARDS ARROW} Back", self)
@@ -195,7 +123,7 @@ class MessageInspector(QWidget):
         self.table.setModel(self.filter)
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # trace order
-        for column, width in enumerate((45, 50, 50, 90, 90, 55, 40, 120)):
+        for column, width in enumerate((40, 44, 48, 84, 84, 44, 38, 110)):
             self.table.setColumnWidth(column, width)
         self.table.doubleClicked.connect(lambda _i: self.follow(forward=True))
         self.detail = _mono(self)
@@ -216,13 +144,21 @@ class MessageInspector(QWidget):
         bar.addWidget(self.back_button)
         bar.addWidget(self.follow_button)
         split = QSplitter(Qt.Orientation.Vertical, self)
+        split.setObjectName("messages_split")
         split.addWidget(self.table)
         split.addWidget(self.detail)
-        split.setSizes([300, 90])
-        self.table.setMinimumHeight(40)
-        self.detail.setMinimumHeight(30)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 1)
+        split.setSizes([300, 100])
+        split.setChildrenCollapsible(False)
+        line = self.fontMetrics().height()
+        self.table.setMinimumHeight(4 * line + 12)  # the header and three messages
+        self.detail.setMinimumHeight(2 * line + 10)  # a message in full: two lines at least
+        self.run_label.setMinimumWidth(40)
+        self.run_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setContentsMargins(4, 2, 4, 2)
+        layout.setSpacing(2)
         layout.addWidget(self.run_label)
         layout.addWidget(self.timeline)
         layout.addLayout(bar)
@@ -237,6 +173,7 @@ class MessageInspector(QWidget):
             payloads = store.payloads(run_id)
         names = [a["name"] for a in (run.get("summary") or {}).get("agents", [])]
         self.model.load(messages, names, payloads)
+        self.run_id = run_id
         self.run_label.setText(f"Run {run_id} ({run['scenario_name']}, seed {run['seed']})")
         self.tick_spin.setRange(-1, max((m.tick for m in messages), default=0))
         self.timeline.set_counts(self.model.per_tick())
@@ -352,12 +289,19 @@ class RunsPanel(QWidget):
         self.last_diff: dict[str, Any] | None = None
 
         self.store_label = QLabel(self)
-        self.store_label.setWordWrap(True)
+        self.store_label.setObjectName("runs_store")
+        # One line at the tool bar's end (the full text in its tooltip): rows, not a header,
+        # get the height of a small window.
+        self.store_label.setMinimumWidth(40)
+        self.store_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.table = _table(self)
         self.table.setObjectName("runs_table")
         self.table.setModel(runs)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        for column, width in enumerate((150, 40, 70, 45, 75, 45, 60, 125)):
+        # Run ids keep their date and their suffix (elided in the middle), hashes their
+        # start; the columns a user scans first get the room (the rest are a scroll away).
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        for column, width in enumerate((122, 34, 84, 40, 78, 45, 52, 90)):
             self.table.setColumnWidth(column, width)
         self.table.doubleClicked.connect(lambda _i: self.open_selected())
         self.table.selectionModel().selectionChanged.connect(self._update_buttons)
@@ -409,14 +353,26 @@ class RunsPanel(QWidget):
         self.status_label.setObjectName("runs_status")
         self.status_label.setWordWrap(True)
 
+        self.details.setMinimumWidth(120)
+        self.table.setMinimumWidth(160)
+        row = self.table.verticalHeader().defaultSectionSize()
+        self.table.setMinimumHeight(4 * row + 20)  # the header, three runs, a scroll bar
         split = QSplitter(Qt.Orientation.Horizontal, self)
+        split.setObjectName("runs_details_split")
         split.addWidget(self.table)
         split.addWidget(self.details)
-        split.setSizes([620, 380])
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        split.setSizes([600, 400])
+        split.setChildrenCollapsible(False)
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.toolbar)
+        top.addWidget(self.store_label, 1)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.store_label)
-        layout.addWidget(self.toolbar)
+        layout.setContentsMargins(4, 2, 4, 2)
+        layout.setSpacing(2)
+        layout.addLayout(top)
         layout.addWidget(split, 1)
         layout.addWidget(self.status_label)
 
@@ -429,15 +385,17 @@ class RunsPanel(QWidget):
     def refresh(self) -> None:
         self.runs.refresh()
         count = self.runs.rowCount()
-        where = f"Run store: {self.runs.path}"
+        where = f"run store {self.runs.path}"
         if self.runs.error:
-            self.store_label.setText(f"{where}\n{self.runs.error}")
+            self.store_label.setText(f"store unreadable \N{MIDDLE DOT} {where}")
+            self.status_label.setText(self.runs.error)  # (wraps: the whole message shows)
         elif not self.runs.path.exists():
             self.store_label.setText(
-                f"{where} (no runs recorded yet: `qhybrid --headless` records)"
+                f"no runs recorded yet (`qhybrid --headless` records) \N{MIDDLE DOT} {where}"
             )
         else:
-            self.store_label.setText(f"{where} \N{MIDDLE DOT} {count} runs")
+            self.store_label.setText(f"{count} runs \N{MIDDLE DOT} {where}")
+        self.store_label.setToolTip(f"Run store: {self.runs.path}")
         self._update_buttons()
 
     def selected_ids(self) -> list[str]:

@@ -166,3 +166,24 @@ def test_a_live_graph_counts_only_new_messages_and_agrees_with_a_fresh_count() -
     assert [(e.source, e.target, e.count) for e in live.build().edges] == [
         (e.source, e.target, e.count) for e in fresh.build().edges
     ]
+
+
+def test_a_past_range_is_counted_once_and_stays_right_as_ticks_come_and_groups_fold() -> None:
+    graph = AgentGraph()
+    names = [f"relay-{i}" for i in range(30)] + ["sink"]
+    graph.set_agents(names, ["relay"] * 30 + ["sink"])
+    history = graph.history
+    for t in range(10):
+        history.add_records([_ok(t, i, i % 30, 30) for i in range(t + 1)])
+    folded = graph.build(2, 4)
+    assert folded.messages == 3 + 4 + 5 and graph._range_cache is not None
+    history.add_records([_ok(10, 0, 0, 30)])  # a later tick
+    assert graph.build(2, 4).messages == 12  # (from the kept counts)
+    graph.toggle("relay")
+    unfolded = graph.build(2, 4)
+    assert unfolded.messages == 12 and len(unfolded.nodes) == 31
+    sink = unfolded.nodes[unfolded.node_of("sink")]
+    assert sink.received == 12
+    live = graph.build(9, 10)  # reaches the last tick: counted afresh each time
+    history.add_records([_ok(10, 1, 2, 30)])
+    assert graph.build(9, 10).messages == live.messages + 1

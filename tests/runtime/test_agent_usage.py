@@ -7,6 +7,7 @@ import asyncio
 
 from qhybrid.runtime import RunResult, Runtime, RuntimeConfig, TickFinished, parse_scenario
 from qhybrid.runtime.wasm_pool._limits import DEFAULT_FUEL
+from qhybrid.runtime.wasm_pool._protocol import Request
 from tests.conftest import ROOT
 
 AGENTS = (ROOT / "resources" / "agents").as_posix()
@@ -81,3 +82,34 @@ def test_the_workers_report_fuel_and_memory_per_agent_without_touching_the_trace
     other, _, _ = _run(workers=1)
     assert other.trace_hash == result.trace_hash
     assert next(a for a in other.agents if a.name == "echo").fuel_used == echo.fuel_used
+
+
+def test_per_agent_usage_travels_only_when_someone_reads_it() -> None:
+    """The workers send per-agent rows with a tick's batches only after someone read the
+    summaries (a window polls them); a headless run gets them once, at the end."""
+    scenario = parse_scenario(SCENARIO, source="usage.toml")
+    asked: list[bool] = []
+
+    async def main() -> tuple[int | None, int | None, RunResult]:
+        async with Runtime(scenario, RuntimeConfig(workers=1, device="cpu")) as rt:
+            pool = rt.pool
+            write = pool._write  # type: ignore[attr-defined]
+
+            async def spy(worker: object, request: Request, deadline: float) -> None:
+                if request.op == "batch":
+                    asked.append(request.args[4])  # does it ask for the agents' rows?
+                await write(worker, request, deadline)
+
+            pool._write = spy  # type: ignore[attr-defined]
+            await rt.step()  # tick 1: echo handles "one"; nobody has asked
+            before = next(a for a in rt.agent_summaries() if a.name == "echo").fuel_used
+            await rt.step()  # tick 2 (spin): asked, so echo's row from tick 1 comes along
+            after = next(a for a in rt.agent_summaries() if a.name == "echo").fuel_used
+            result = await rt.run()
+            return before, after, result
+
+    before, after, result = asyncio.run(main())
+    assert asked[:2] == [False, True] and not any(asked[3:])
+    assert before is None and after is not None and after > 0
+    echo = next(a for a in result.agents if a.name == "echo")
+    assert echo.fuel_used is not None and echo.fuel_used > after  # the end's report

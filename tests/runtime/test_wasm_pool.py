@@ -26,6 +26,7 @@ import wasmtime
 from qhybrid.runtime.tensors import TensorStore
 from qhybrid.runtime.wasm_pool import (
     ABI_VERSION,
+    AGENT_USAGE_ROW,
     KIND_TASK_DONE,
     RESERVED_KIND_BASE,
     RUNTIME_SENDER,
@@ -583,6 +584,11 @@ def test_worker_loop_answers_each_request_and_survives_errors(tmp_path: Path) ->
         Request("frobnicate"),
         Request("load", ([load(0, "echo")],)),
         Request("batch", (3, [Delivery(0, 2, 7, b"hi"), Delivery(5, 2, 7, b"")], [])),
+        # Without the usage rows (the parent asks for them only while someone reads them):
+        Request("batch", (4, [Delivery(0, 2, 7, b"ho")], [], [], False)),
+        Request("batch", (5, [Delivery(0, 2, 7, b"hu")], [], [], False)),
+        Request("usage"),
+        Request("usage"),
         Request("shutdown"),
         Request("directory", ((),)),  # never read: the worker stopped at shutdown
     ]
@@ -606,15 +612,23 @@ def test_worker_loop_answers_each_request_and_survives_errors(tmp_path: Path) ->
     outcomes, tasks, busy_ns, usage = batch
     assert tasks == () and busy_ns > 0
     # The usage report: the batch's totals, then one row per agent of the batch (agent 5 is
-    # not here): fuel burnt, memory.
-    (_, total, worker_memory), (agent, fuel, memory) = USAGE_ROW.iter_unpack(usage)
-    assert agent == 0 and fuel > 0 and memory >= 65536
+    # not here): fuel so far, memory, fuel in its last tick.
+    _, total, worker_memory = USAGE_ROW.unpack_from(usage)
+    ((agent, fuel, memory, last),) = AGENT_USAGE_ROW.iter_unpack(usage[USAGE_ROW.size :])
+    assert agent == 0 and fuel > 0 and memory >= 65536 and last == fuel
     assert total == fuel and worker_memory == memory
     first, second = (Outcome._make(o) for o in outcomes)
     assert first.ok
     assert first.sent == ((2, 8, b"hi"),)
     assert second == Outcome(False, error="agent 5 is not on this worker")
-    assert len(replies) == 9
+    # Batches that do not ask for the rows carry the totals alone; a usage request then
+    # gives each agent's row once (its totals since start, its last tick's fuel).
+    totals = [USAGE_ROW.unpack(reply[1][3]) for reply in replies[9:11]]
+    assert [t[1] for t in totals] == [fuel, fuel]  # the same handler, the same payload size
+    ((agent, fuel_now, _, last),) = AGENT_USAGE_ROW.iter_unpack(replies[11][1])
+    assert agent == 0 and fuel_now == 3 * fuel and last == fuel
+    assert replies[12] == ("ok", b"")
+    assert len(replies) == 13
 
 
 # -- the pool --------------------------------------------------------------------------------

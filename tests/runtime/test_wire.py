@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from qhybrid.runtime.wasm_pool import BatchReply, WorkerCrashed, WorkerPool, _frames
-from qhybrid.runtime.wasm_pool._channel import ReplyChannel
+from qhybrid.runtime.wasm_pool import BatchReply, Outcome, WorkerCrashed, WorkerPool, _frames
+from qhybrid.runtime.wasm_pool._channel import ReplyChannel, Watchdog
 from qhybrid.runtime.wasm_pool._protocol import ProtocolError, encode
 from tests.runtime.test_wasm_pool import ECHO, compile_text, in_pool, load
 
@@ -89,6 +89,26 @@ def test_garbage_and_an_ended_stream_fail_the_reply() -> None:
         loop.close()
 
 
+def test_one_watchdog_round_for_all_batches_fails_only_the_late_one() -> None:
+    """run_batches' watchdog: a reply past its deadline is given up on with the reason; one
+    that came in time (``done``) is never failed, and the rounds stop when none is left."""
+
+    async def main() -> tuple[list[tuple[int, str]], bool]:
+        dog = Watchdog(asyncio.get_running_loop())
+        failed: list[tuple[int, str]] = []
+        dog.watch(0, os.getpid(), 0.3, "a 'batch' request", lambda why: failed.append((0, why)))
+        dog.watch(1, os.getpid(), 0.3, "a 'batch' request", lambda why: failed.append((1, why)))
+        dog.done(1)  # its reply came
+        await asyncio.sleep(0.9)
+        idle = dog._timer is None
+        dog.close()
+        return failed, idle
+
+    failed, idle = asyncio.run(main())
+    assert failed == [(0, "no answer to a 'batch' request within its deadline of 0 s")]
+    assert idle
+
+
 def test_batches_to_all_workers_at_once_and_a_dead_one_reported(tmp_path: Path) -> None:
     echo = compile_text(tmp_path, "echo", ECHO)
 
@@ -103,13 +123,15 @@ def test_batches_to_all_workers_at_once_and_a_dead_one_reported(tmp_path: Path) 
             one = await pool.run_batch(w, 3, deliveries, tasks)
             reply = got[w]
             assert isinstance(reply, BatchReply)
-            assert [o._replace(elapsed_ns=0) for o in reply.outcomes] == [
-                o._replace(elapsed_ns=0) for o in one.outcomes
+            # (run_batches leaves the outcomes as the plain tuples that came: the commit
+            # reads them by position; Outcome._make gives the same Outcomes.)
+            assert [Outcome._make(o)._replace(elapsed_ns=0) for o in reply.outcomes] == [
+                Outcome._make(o)._replace(elapsed_ns=0) for o in one.outcomes
             ]
-            assert reply.outcomes[0].sent == ((1 - w, 6, deliveries[0][3]),)
+            assert Outcome._make(reply.outcomes[0]).sent == ((1 - w, 6, deliveries[0][3]),)
         pool.kill_worker(1)
         got = await pool.run_batches(4, batches)
-        assert isinstance(got[0], BatchReply) and got[0].outcomes[0].ok
+        assert isinstance(got[0], BatchReply) and Outcome._make(got[0].outcomes[0]).ok
         assert isinstance(got[1], WorkerCrashed)
 
     asyncio.run(in_pool(body))

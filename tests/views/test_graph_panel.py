@@ -114,11 +114,97 @@ def test_the_graph_shows_a_recorded_run(
     assert layout.messages == result["messages_delivered"]
     sink = layout.nodes[keys.index("sink")]
     assert sink.received > 0
-    window.graph_panel.all_ticks.setChecked(False)
-    window.graph_panel.last_ticks.setValue(5)
-    ranged = window.graph_panel.rebuild()
+    panel = window.graph_panel
+    panel.set_range_mode("last")
+    panel.last_ticks.setValue(5)
+    ranged = panel.rebuild()
     assert 0 < ranged.messages < layout.messages
+    # The ticks chosen on the Recorded runs tab's scrubber are the graph's: one tick's
+    # messages, as many as the message inspector lists for it.
+    inspector = window.message_inspector
+    counts = debugger.tick_counts()
+    busy = int(counts[1:].argmax()) + 1
+    inspector.timeline.scrubber.setValue(busy)
+    assert debugger.selection == (busy, busy) and panel.range_mode() == "chosen"
+    one = panel.rebuild()
+    assert one.messages == counts[busy] == inspector.filter.rowCount()
+    assert f"over tick {busy}," in panel.info_label.text()
+    assert panel.timeline.chosen_range() == (busy, busy)
+    # A range chosen on the graph's own timeline: the edges count its ticks, exactly.
+    panel.timeline.set_range((2, 9))
+    panel.timeline._region_moved(panel.timeline.region)
+    assert debugger.selection == (2, 9)
+    span = panel.rebuild()
+    assert span.messages == int(counts[2:10].sum())
+    inspector.tick_spin.setValue(-1)  # "all ticks" there: the whole run here
+    assert panel.range_mode() == "all" and panel.rebuild().messages == layout.messages
     window.agent_detail.show_agent(keys.index("sink"))
     overview = window.agent_detail.texts["overview"].toPlainText()
     assert overview.startswith("sink") and "handled" in overview
     window.close()
+
+
+def test_a_thousand_agents_read_as_coloured_groups_and_unfold_on_demand(qtbot: QtBot) -> None:
+    """1000 agents in four groups (one with failed members) and a sink, at 1100x720's room:
+    a node per group, named with its size, coloured by its worst member; one unfolds on a
+    double click; the edges count the ticks chosen on the graph's timeline."""
+    from PySide6.QtCore import QPointF, Qt
+    from PySide6.QtGui import QColor
+
+    from qhybrid.models import DebuggerModels
+    from qhybrid.views._graph import NODE_COLOURS, GraphPanel
+
+    groups = (("ring", 500), ("mesh", 300), ("fan", 190), ("spare", 9))
+    names = [f"{g}-{i}" for g, n in groups for i in range(n)] + ["sink"]
+    states = ["loaded"] * len(names)
+    states[names.index("spare-3")] = "failed"
+    controller = RuntimeController(workers=1, device="cpu")
+    debugger = DebuggerModels(controller)
+    debugger.live = False
+    graph = debugger.graph
+    graph.set_agents(names, [n.rsplit("-", 1)[0] for n in names], states)
+    first = {g: names.index(f"{g}-0") for g, _n in groups}
+    records = []
+    for tick in range(50):
+        for g, n in groups:  # each group passes a token round among itself, then reports
+            a = first[g] + tick % n
+            records.append(("ok", tick, len(records), a, first[g] + (tick + 1) % n, 1, b"", 0))
+            if tick % 10 == 9:
+                records.append(("ok", tick, len(records), a, len(names) - 1, 2, b"", 0))
+    graph.history.add_records(records)
+    panel = GraphPanel(debugger)
+    qtbot.addWidget(panel)
+    panel.resize(690, 430)
+    panel.show()
+    qtbot.waitExposed(panel)
+    layout = panel.rebuild()
+    assert [n.key for n in layout.nodes] == ["fan", "mesh", "ring", "sink", "spare"]
+    spare = layout.nodes[layout.node_of("spare")]
+    assert (
+        spare.folded
+        and spare.state == "failed"
+        and "\N{MULTIPLICATION SIGN}9 (1 failed)" in (spare.label)
+    )
+    image = panel.canvas.grab().toImage()
+    for node in layout.nodes:  # each node painted in its state's colour, its label shown
+        p = panel.canvas._to_screen(node.x, node.y)
+        colour = image.pixelColor(round(p.x()), round(p.y()))
+        assert colour == QColor(NODE_COLOURS[node.state]), (node.key, colour.name())
+    assert panel.canvas.labels_drawn == len(layout.nodes)
+    assert "1,000 agents in 5 nodes" in panel.info_label.text()
+    # A double click unfolds "spare": its nine agents, the failed one in its colour.
+    p = panel.canvas._to_screen(spare.x, spare.y)
+    qtbot.mouseDClick(panel.canvas, Qt.MouseButton.LeftButton, pos=QPointF(p).toPoint())
+    unfolded = panel.canvas.layout_
+    assert unfolded is not None and len(unfolded.nodes) == 4 + 9
+    assert unfolded.nodes[unfolded.node_of("spare-3")].state == "failed"
+    # Ticks 10-19 chosen on the timeline: the sink got one report per group then.
+    panel.timeline.set_range((10, 19))
+    panel.timeline._region_moved(panel.timeline.region)
+    ranged = panel.rebuild()
+    sink = ranged.nodes[ranged.node_of("sink")]
+    assert sink.received == 4 and ranged.messages == 4 * 10 + 4
+    assert "over ticks 10\N{EN DASH}19" in panel.info_label.text()
+    panel.close()
+    debugger.close()
+    assert controller.shutdown()

@@ -14,7 +14,7 @@ import pytest
 import qasync
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QIcon, QKeySequence
-from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
+from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox, QTabBar
 from pytestqt.qtbot import QtBot
 
 import qhybrid
@@ -62,6 +62,27 @@ def test_window_shows_charts_agents_log_and_chat(window: MainWindow) -> None:
     assert window.statusBar().currentMessage() == "No scenario open"
     assert not window.start_action.isEnabled()  # nothing to run yet
     assert window.adapter_label.text() == "GPU: not started"
+
+
+def test_no_stray_dock_tab_bar_is_shown(window: MainWindow, qtbot: QtBot) -> None:
+    """Qt leaves the tab bar of a two-dock group behind when a third dock joins it (shown
+    over the middle of the window, owned by no layout): each shown bar has tabs of its own."""
+
+    def shown() -> list[set[str]]:
+        return [
+            {bar.tabText(i) for i in range(bar.count())}
+            for bar in window.findChildren(QTabBar)
+            if bar.parent() is window and bar.isVisible()
+        ]
+
+    def alone(bars: list[set[str]]) -> bool:
+        return all(not (a & b) for i, a in enumerate(bars) for b in bars[i + 1 :])
+
+    bars = shown()
+    assert {"Chat", "Server", "Questions"} in bars and alone(bars)
+    # A dock moved by hand into another group: still one bar per group.
+    window.tabifyDockWidget(window.log_dock, window.scenario_dock)
+    qtbot.waitUntil(lambda: alone(shown()))
 
 
 def test_file_and_help_menus_have_their_actions(window: MainWindow) -> None:

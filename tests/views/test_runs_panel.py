@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
 from qhybrid._resources import resource_path
@@ -171,4 +172,55 @@ def test_runs_browser_lists_opens_forks_and_diffs(
         panel.replay_button.trigger()
     assert done.args[1] == 0, done.args[3]
     assert "qhybrid replay" in panel.status_label.text()
+    window.close()
+
+
+def test_the_recorded_runs_tab_is_readable_at_1100x720(
+    qtbot: QtBot, tmp_path: Path, isolated_run_store: Path
+) -> None:
+    """The smallest size the window is made for, with its docks as they start: the runs and
+    a tick's messages have rows to read, the controls their text, no stray tab bar."""
+    from PySide6.QtWidgets import QTabBar
+
+    scenario = _scenario(tmp_path)
+    ids = [_record(isolated_run_store, scenario, seed) for seed in (1, 2, 3)]
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.resize(1100, 720)
+    window.show()
+    qtbot.waitExposed(window)
+    window.central_tabs.setCurrentWidget(window.runs_split)
+    panel, inspector = window.runs_panel, window.message_inspector
+    panel.refresh()
+    panel.open_run(ids[0])
+    inspector.tick_spin.setValue(3)
+    qtbot.wait(50)
+
+    def rows_shown(table: object) -> int:
+        view = table  # a QTableView
+        return view.viewport().height() // view.verticalHeader().defaultSectionSize()  # type: ignore[attr-defined]
+
+    assert rows_shown(panel.table) >= 3  # the three runs
+    assert rows_shown(inspector.table) >= 3
+    assert inspector.detail.height() >= 2 * inspector.detail.fontMetrics().height()
+    # Controls keep their text: the tick, an agent's name, the filter's room.
+    spin = inspector.tick_spin
+    assert spin.width() >= spin.fontMetrics().horizontalAdvance("tick 12,345")
+    assert inspector.agent_combo.width() >= inspector.agent_combo.fontMetrics().horizontalAdvance(
+        "relay-5"
+    )
+    assert inspector.text_edit.width() >= 90
+    # Run ids keep both ends (elided in the middle), so runs of one day tell apart.
+    assert panel.table.textElideMode() == Qt.TextElideMode.ElideMiddle
+    assert panel.store_label.toolTip().endswith(str(isolated_run_store))
+    # The central tab is not squeezed by the right docks beyond a third of the width.
+    assert window.runs_split.width() >= 700
+    stray = [
+        bar
+        for bar in window.findChildren(QTabBar)
+        if bar.parent() is window
+        and bar.isVisible()
+        and window.central_tabs.geometry().contains(bar.geometry())
+    ]
+    assert not stray
     window.close()

@@ -16,56 +16,106 @@
   chat template.
 
 Never imports Qt. See docs/llm.md.
+
+The names are imported on first use (PEP 562 ``__getattr__``), so that importing one private
+module (``_aot_cache``, ``_gguf`` for a file's metadata) does not load the CPU kernels.
 """
 
 from __future__ import annotations
 
-from qhybrid.runtime.llm._arch import SUPPORTED_ARCHS
-from qhybrid.runtime.llm._engine import (
-    Constraint,
-    GenerationParams,
-    GenerationResult,
-    LlmEngine,
-    RequestUpdate,
-    sample_host,
-)
-from qhybrid.runtime.llm._gguf import (
-    SUPPORTED_QTYPES,
-    ModelConfig,
-    ModelError,
-    ModelFile,
-    ModelInfo,
-    TensorData,
-    load_model,
-    read_metadata,
-    read_model_info,
-)
-from qhybrid.runtime.llm._grammar import (
-    GrammarError,
-    JsonGrammar,
-    TokenConstraint,
-    TokenGrammar,
-    TokenVocabulary,
-    compile_json_schema,
-)
-from qhybrid.runtime.llm._numpy_model import NumpyRunner
-from qhybrid.runtime.llm._runner import GREEDY, ModelRunner, SamplingParams, SeqInput
-from qhybrid.runtime.llm._service import (
-    Llm,
-    LlmOptions,
-    LoadedModel,
-    RunnerChoice,
-    TokenStream,
-    encode_prompt,
-    open_engine,
-)
-from qhybrid.runtime.llm._tokenizer import (
-    ChatTemplateError,
-    IncrementalDecoder,
-    Tokenizer,
-    TokenizerError,
-    render_chat_template,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qhybrid.runtime.llm._arch import SUPPORTED_ARCHS
+    from qhybrid.runtime.llm._engine import (
+        Constraint,
+        GenerationParams,
+        GenerationResult,
+        LlmEngine,
+        RequestUpdate,
+        sample_host,
+    )
+    from qhybrid.runtime.llm._gguf import (
+        SUPPORTED_QTYPES,
+        ModelConfig,
+        ModelError,
+        ModelFile,
+        ModelInfo,
+        TensorData,
+        load_model,
+        read_metadata,
+        read_model_info,
+    )
+    from qhybrid.runtime.llm._grammar import (
+        GrammarError,
+        JsonGrammar,
+        TokenConstraint,
+        TokenGrammar,
+        TokenVocabulary,
+        compile_json_schema,
+    )
+    from qhybrid.runtime.llm._numpy_model import NumpyRunner
+    from qhybrid.runtime.llm._runner import GREEDY, ModelRunner, SamplingParams, SeqInput
+    from qhybrid.runtime.llm._service import (
+        Llm,
+        LlmOptions,
+        LoadedModel,
+        RunnerChoice,
+        TokenStream,
+        encode_prompt,
+        open_engine,
+    )
+    from qhybrid.runtime.llm._tokenizer import (
+        ChatTemplateError,
+        IncrementalDecoder,
+        Tokenizer,
+        TokenizerError,
+        render_chat_template,
+    )
+
+#: Each public name and the module it comes from, imported when first asked for.
+_LAZY: dict[str, str] = {
+    "SUPPORTED_ARCHS": "qhybrid.runtime.llm._arch",
+    "Constraint": "qhybrid.runtime.llm._engine",
+    "GenerationParams": "qhybrid.runtime.llm._engine",
+    "GenerationResult": "qhybrid.runtime.llm._engine",
+    "LlmEngine": "qhybrid.runtime.llm._engine",
+    "RequestUpdate": "qhybrid.runtime.llm._engine",
+    "sample_host": "qhybrid.runtime.llm._engine",
+    "SUPPORTED_QTYPES": "qhybrid.runtime.llm._gguf",
+    "ModelConfig": "qhybrid.runtime.llm._gguf",
+    "ModelError": "qhybrid.runtime.llm._gguf",
+    "ModelFile": "qhybrid.runtime.llm._gguf",
+    "ModelInfo": "qhybrid.runtime.llm._gguf",
+    "TensorData": "qhybrid.runtime.llm._gguf",
+    "load_model": "qhybrid.runtime.llm._gguf",
+    "read_metadata": "qhybrid.runtime.llm._gguf",
+    "read_model_info": "qhybrid.runtime.llm._gguf",
+    "GrammarError": "qhybrid.runtime.llm._grammar",
+    "JsonGrammar": "qhybrid.runtime.llm._grammar",
+    "TokenConstraint": "qhybrid.runtime.llm._grammar",
+    "TokenGrammar": "qhybrid.runtime.llm._grammar",
+    "TokenVocabulary": "qhybrid.runtime.llm._grammar",
+    "compile_json_schema": "qhybrid.runtime.llm._grammar",
+    "NumpyRunner": "qhybrid.runtime.llm._numpy_model",
+    "GREEDY": "qhybrid.runtime.llm._runner",
+    "ModelRunner": "qhybrid.runtime.llm._runner",
+    "SamplingParams": "qhybrid.runtime.llm._runner",
+    "SeqInput": "qhybrid.runtime.llm._runner",
+    "Llm": "qhybrid.runtime.llm._service",
+    "LlmOptions": "qhybrid.runtime.llm._service",
+    "LoadedModel": "qhybrid.runtime.llm._service",
+    "RunnerChoice": "qhybrid.runtime.llm._service",
+    "TokenStream": "qhybrid.runtime.llm._service",
+    "encode_prompt": "qhybrid.runtime.llm._service",
+    "open_engine": "qhybrid.runtime.llm._service",
+    "ChatTemplateError": "qhybrid.runtime.llm._tokenizer",
+    "IncrementalDecoder": "qhybrid.runtime.llm._tokenizer",
+    "Tokenizer": "qhybrid.runtime.llm._tokenizer",
+    "TokenizerError": "qhybrid.runtime.llm._tokenizer",
+    "render_chat_template": "qhybrid.runtime.llm._tokenizer",
+}
 
 __all__ = [
     "GREEDY",
@@ -108,3 +158,16 @@ __all__ = [
     "render_chat_template",
     "sample_host",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

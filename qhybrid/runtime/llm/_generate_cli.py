@@ -149,6 +149,13 @@ def main(argv: list[str]) -> int:
         args.model = _resolve(args.model)
     except _NameError as exc:
         return _bad(str(exc))
+    from qhybrid.runtime.llm import _aot_cache
+
+    try:
+        if note := _aot_cache.prepare():
+            sys.stderr.write(f"qhybrid generate: {note}\n")
+    except _aot_cache.BadChoice as exc:
+        return _bad(str(exc))
     try:
         return asyncio.run(_generate(args))
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from qhybrid.runtime.llm._arch import (
     arch_config,
     unsupported_arch_message,
 )
+from qhybrid.runtime.llm._strings import StringArray
 from qhybrid.runtime.wgpu_thread import _reference as ref
 
 logger = logging.getLogger(__name__)
@@ -183,8 +185,9 @@ class ModelInfo:
 class _Metadata(Mapping[str, Any]):
     """The file's key/value metadata as Python values, converted on first access.
 
-    Strings are ``str``; arrays of strings ``list[str]``; numeric arrays numpy arrays
-    (tokenizer scores and types have ~150k entries: a list of floats would be wasteful).
+    Strings are ``str``; arrays of strings a :class:`~._strings.StringArray` (a ``Sequence[str]``
+    in one buffer); numeric arrays numpy arrays (tokenizer scores and types have ~150k entries:
+    a list of floats would be wasteful).
     """
 
     def __init__(self, reader: Any) -> None:
@@ -213,11 +216,15 @@ def _field_value(fld: Any) -> Any:
         if len(types) < 2:
             return []  # empty array: no element type recorded
         if types[-1] == GGUFValueType.STRING:
+            if len(fld.data) == 1 and isinstance(fld.parts[fld.data[0]], StringArray):
+                return fld.parts[fld.data[0]]
             return [bytes(fld.parts[i]).decode("utf-8", errors="replace") for i in fld.data]
         if len(types) > 2:
             raise ValueError(f"nested arrays are not supported ({fld.name})")
         if not fld.data:
             return np.zeros(0)
+        if len(fld.data) == 1:  # our reader's one part: a read-only view of the file, no copy
+            return np.asarray(fld.parts[fld.data[0]])
         return np.concatenate([fld.parts[i] for i in fld.data])
     if types[0] == GGUFValueType.STRING:
         return bytes(fld.parts[-1]).decode("utf-8", errors="replace")
@@ -273,6 +280,22 @@ class ModelFile:
     def output_weight(self) -> TensorData:
         """The output projection: ``output.weight``, or the token embeddings when tied."""
         return self.tensor("token_embd.weight" if self.config.tied_embeddings else "output.weight")
+
+    def release_header_pages(self) -> None:
+        """Drop the header's mapped pages (metadata, vocabulary, tensor infos) from this
+        process's resident set, once what is needed from them has been read (the vocabulary
+        is a copy). They are clean pages of the file, still in the page cache: a later read of
+        a metadata value faults its page back in. Gemma 3's header is 6 MB."""
+        data = getattr(self._reader, "data", None)
+        mapping = getattr(data, "_mmap", None)
+        if mapping is None or not hasattr(mapping, "madvise"):
+            return
+        end = int(self._reader.data_offset) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > 0:
+            try:
+                mapping.madvise(mmap.MADV_DONTNEED, 0, end)
+            except (OSError, ValueError) as exc:  # an advice, not a necessity
+                logger.debug("%s: madvise of the header failed: %s", self.path, exc)
 
     def close(self) -> None:
         self._reader = None
@@ -335,14 +358,11 @@ class _CheckedReader(GGUFReader):
         if n == 0:
             return offs - orig_offs, [raw_itype, alen], [], [GGUFValueType.ARRAY]
         if itype == GGUFValueType.STRING and self.byte_order == "I":
-            view = self.data.data  # a memoryview of the mapped file
-            strings: list[Any] = []
-            for _ in range(n):
-                size = int.from_bytes(view[offs : offs + 8], "little")
-                strings.append(bytes(view[offs + 8 : offs + 8 + size]))
-                offs += 8 + size
-            parts = [raw_itype, alen, *strings]
-            return offs - orig_offs, parts, list(range(2, 2 + n)), [GGUFValueType.ARRAY, itype]
+            # One buffer and an offset per string (a vocabulary as bytes objects and the stock
+            # reader's index list kept ~25 MB for Gemma 3's 262k pieces).
+            strings, end = StringArray.from_gguf(self.data.data, offs, n)
+            parts = [raw_itype, alen, strings]
+            return end - orig_offs, parts, [2], [GGUFValueType.ARRAY, itype]
         nptype = self.gguf_scalar_to_np.get(itype)
         if nptype is None:  # nested arrays: the stock way
             return super()._get_field_parts(orig_offs, raw_type)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import mmap
 import os
 from collections.abc import Sequence
 
@@ -263,6 +264,23 @@ def decode_attention(
     return result
 
 
+def _fresh_zeros(shape: tuple[int, ...]) -> F32:
+    """float32 zeros in an anonymous mapping of their own: a page of the KV cache becomes
+    resident when a position in it is first written. (``np.zeros`` may take memory the heap
+    held before and clear it, making the whole cache resident at once, whatever the
+    sequences' lengths.)"""
+    count = int(np.prod(shape))
+    size = max(1, count * 4)
+    private = getattr(mmap, "MAP_PRIVATE", None)
+    # Private (copy-on-write in a forked child, as heap memory); Windows has no flags.
+    pages = (
+        mmap.mmap(-1, size, flags=private | mmap.MAP_ANONYMOUS)
+        if private is not None
+        else mmap.mmap(-1, size)
+    )
+    return np.frombuffer(pages, dtype=np.float32, count=count).reshape(shape)
+
+
 class NumpyRunner:
     """The :class:`~._runner.ModelRunner` on the CPU, for every architecture of :mod:`._arch`.
 
@@ -297,8 +315,8 @@ class NumpyRunner:
         )
         self._layers = [_Layer(model, i) for i in range(c.n_layer)]
         shape = (n_slots, n_ctx, c.n_head_kv, c.head_dim)
-        self.k_cache = [np.zeros(shape, dtype=np.float32) for _ in range(c.n_layer)]
-        self.v_cache = [np.zeros(shape, dtype=np.float32) for _ in range(c.n_layer)]
+        self.k_cache = [_fresh_zeros(shape) for _ in range(c.n_layer)]
+        self.v_cache = [_fresh_zeros(shape) for _ in range(c.n_layer)]
         self._factor = c.query_scale
         # Not exact: decode steps run the fused numba graph (one call between two products).
         self._fused = FusedDecode(self) if not exact and FusedDecode.supports(self) else None
@@ -309,10 +327,10 @@ class NumpyRunner:
         return self._weights.used
 
     def reset_slot(self, slot: int) -> None:
+        # Attention reads positions 0..pos of a slot, all written by this sequence first: no
+        # need to clear the slot (which made all its n_ctx positions resident, every request).
         if not 0 <= slot < self.n_slots:
             raise ValueError(f"slot {slot} out of range 0..{self.n_slots - 1}")
-        for cache in (*self.k_cache, *self.v_cache):
-            cache[slot] = 0.0
 
     def logits(self, items: Sequence[SeqInput]) -> F32:
         check_items(items, self.n_slots, self.n_ctx, self.config.n_vocab)

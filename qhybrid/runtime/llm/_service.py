@@ -98,6 +98,7 @@ def open_engine(
     model = load_model(path)
     try:
         tokenizer = _load_tokenizer(model)
+        model.release_header_pages()  # the vocabulary is read: its pages are not needed
         config = model.config
         n_ctx = options.n_ctx or min(config.n_ctx_train or DEFAULT_N_CTX, DEFAULT_N_CTX)
         runner: ModelRunner

@@ -1,34 +1,46 @@
-"""The tokenizer of a GGUF model, built from its metadata with the ``tokenizers`` library.
+"""The tokenizer of a GGUF model, built from its metadata as llama.cpp reads it.
 
-Two vocabularies, as llama.cpp reads them (``tokenizer.ggml.model``):
+Two vocabularies (``tokenizer.ggml.model``), each encoded by llama.cpp's own algorithm:
 
-- ``gpt2``: byte-level BPE. The tokens are GPT-2 byte symbols; ``tokenizer.ggml.merges`` ranks
-  the merges; the text is first split by the pre-tokenizer regexes llama.cpp picks by
-  ``tokenizer.ggml.pre`` (each regex splits the pieces the previous one left, keeping both the
-  matches and the text between them: ``Split(..., "isolated")`` in a sequence).
-- ``llama``: SentencePiece. Spaces are ``▁`` and one is prepended to the text (and after each
-  special token, as llama.cpp does) when ``tokenizer.ggml.add_space_prefix`` (default true);
-  merges come from the scores (the merged piece with the higher score first); characters
-  missing from the vocabulary fall back to ``<0xXX>`` byte tokens.
+- ``gpt2``: byte-level BPE (:class:`~._bpe.BpeEncoder`). The tokens are GPT-2 byte symbols;
+  ``tokenizer.ggml.merges`` ranks the merges; the text is first split by the pre-tokenizer
+  regexes llama.cpp picks by ``tokenizer.ggml.pre`` (each regex splits the pieces the
+  previous one left, keeping both the matches and the text between them: the ``tokenizers``
+  library's ``Split(..., "isolated")`` in a sequence).
+- ``llama``: SentencePiece (:class:`~._spm.SpmEncoder`): merges by the scores. Spaces are
+  ``▁`` and one is prepended to the text (and after each special token, as llama.cpp does)
+  when ``tokenizer.ggml.add_space_prefix`` (default true); characters missing from the
+  vocabulary fall back to ``<0xXX>`` byte tokens.
 
-Control and user-defined tokens (``tokenizer.ggml.token_type`` 3 and 4) are matched in the
-text as whole tokens; control ones only when ``parse_special`` (the default, so chat
-templates' markers become their ids). Decoding goes through each token's bytes (llama.cpp's
-``token_to_piece``: control tokens give no text), so :class:`IncrementalDecoder` can hold back
-an incomplete UTF-8 sequence split across byte tokens while streaming.
+The vocabulary and merges stay in the metadata's :class:`~._strings.StringArray` (one buffer
+each, with a CRC index); a token's text and bytes are made when asked for, not kept per token.
+
+Control, user-defined and unknown tokens (``tokenizer.ggml.token_type`` 3, 4 and 2) are
+matched in the text as whole tokens, the longest first; control and unknown ones only when
+``parse_special`` (the default, so chat templates' markers become their ids). Decoding goes
+through each token's bytes (llama.cpp's ``token_to_piece``: control tokens give no text), so
+:class:`IncrementalDecoder` can hold back an incomplete UTF-8 sequence split across byte
+tokens while streaming.
 """
 
 # ruff: noqa: RUF001  (the pre-tokenizer regexes hold look-alike characters on purpose)
 from __future__ import annotations
 
 import codecs
+import ctypes
 import datetime
 import json
 import logging
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from qhybrid.runtime.llm._bpe import BpeEncoder
+from qhybrid.runtime.llm._spm import SpmEncoder
+from qhybrid.runtime.llm._spm import TokenizerError as TokenizerError
+from qhybrid.runtime.llm._strings import StringArray, as_string_array
 
 logger = logging.getLogger(__name__)
 
@@ -213,15 +225,11 @@ FALLBACK_TEMPLATES: tuple[tuple[str, str], ...] = (
 
 
 def fallback_template(texts: Sequence[str]) -> str | None:
-    vocab = set(texts)
+    strings = as_string_array(texts)
     for marker, template in FALLBACK_TEMPLATES:
-        if marker in vocab:
+        if strings.find(marker) is not None:
             return template
     return None
-
-
-class TokenizerError(Exception):
-    """The metadata does not describe a tokenizer qhybrid can build."""
 
 
 class ChatTemplateError(Exception):
@@ -265,25 +273,24 @@ class Tokenizer:
     def __init__(
         self,
         *,
-        backend: Any,
+        backend: BpeEncoder | SpmEncoder,
         kind: str,
         pre: str | None,
-        pieces: list[bytes],
         types: np.ndarray,
         special: Mapping[str, int | None],
         add_bos: bool,
         add_eos: bool,
         add_space_prefix: bool,
         chat_template: str | None,
-        texts: list[str],
+        texts: StringArray,
     ) -> None:
         self._backend = backend
         self.kind = kind
         self.pre = pre
-        self._pieces = pieces
         self._types = types
         self._texts = texts
-        self.n_vocab = len(pieces)
+        self._byte_table = _byte_decoder() if kind == "gpt2" else None
+        self.n_vocab = len(texts)
         self.bos_id = special.get("bos")
         self.eos_id = special.get("eos")
         self.eot_id = special.get("eot")
@@ -295,9 +302,9 @@ class Tokenizer:
         self.chat_template = chat_template
         eog = {i for i in (self.eos_id, self.eot_id, special.get("eom")) if i is not None}
         eog |= {
-            i
-            for i, t in enumerate(texts)
-            if t in _EOG_TEXTS and types[i] in (CONTROL, USER_DEFINED)
+            int(i)
+            for i in np.flatnonzero(np.isin(types, (CONTROL, USER_DEFINED)))
+            if texts[int(i)] in _EOG_TEXTS
         }
         #: Tokens that end a generation (EOS, EOT, EOM, and llama.cpp's known end markers).
         self.eog_ids: frozenset[int] = frozenset(eog)
@@ -310,12 +317,12 @@ class Tokenizer:
         tokens = metadata.get("tokenizer.ggml.tokens")
         if kind is None or tokens is None:
             raise TokenizerError("the model has no tokenizer (tokenizer.ggml.model/tokens)")
-        tokens = list(tokens)
-        n = len(tokens)
-        types = np.asarray(metadata.get("tokenizer.ggml.token_type", np.full(n, NORMAL)))
+        texts = as_string_array(tokens).with_empty_named()
+        n = len(texts)
+        # A copy: the metadata's array is a view that would keep the mapped file alive.
+        types = np.array(metadata.get("tokenizer.ggml.token_type", np.full(n, NORMAL)), np.int32)
         if len(types) != n:
             raise TokenizerError(f"token_type has {len(types)} entries for {n} tokens")
-        texts = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
 
         def special_id(name: str) -> int | None:
             value = metadata.get(f"tokenizer.ggml.{name}_token_id")
@@ -333,6 +340,7 @@ class Tokenizer:
         template = metadata.get("tokenizer.chat_template") or fallback_template(texts)
         add_space_prefix = False
         pre: str | None = None
+        backend: BpeEncoder | SpmEncoder
         if kind == "gpt2":
             pre_name = str(metadata.get("tokenizer.ggml.pre") or "default")
             if pre_name in UNSUPPORTED_PRE:
@@ -348,22 +356,24 @@ class Tokenizer:
             add_bos = pre in _ADD_BOS and not (
                 pre == "llama3" and pre_name in ("dbrx", "smaug-bpe")
             )
-            merges = list(metadata.get("tokenizer.ggml.merges") or [])
-            backend = _bpe_backend(texts, merges, pre)
-            table = _byte_decoder()
-            pieces = [_bpe_piece(t, int(types[i]), table) for i, t in enumerate(texts)]
+            merges = as_string_array(metadata.get("tokenizer.ggml.merges") or [])
+            backend = BpeEncoder(
+                texts, types, merges, PRE_REGEXES[pre], ignore_merges=pre in _IGNORE_MERGES
+            )
         elif kind == "llama":
             add_bos = True
             add_space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
-            scores = np.asarray(metadata.get("tokenizer.ggml.scores", np.zeros(n)), np.float32)
-            unk = special["unk"] if special["unk"] is not None else None
-            backend = _spm_backend(texts, types, scores, unk, add_space_prefix)
-            pieces = [_spm_piece(t, int(types[i])) for i, t in enumerate(texts)]
+            scores = np.array(metadata.get("tokenizer.ggml.scores", np.zeros(n)), np.float32)
+            if len(scores) != n:
+                raise TokenizerError(f"scores has {len(scores)} entries for {n} tokens")
+            backend = SpmEncoder(
+                texts, types, scores, unk=special["unk"], add_space_prefix=add_space_prefix
+            )
         else:
             raise TokenizerError(
                 f"tokenizer model {kind!r} is not supported (supported: gpt2, llama)"
             )
-        _add_special_tokens(backend, texts, types)
+        _release_heap()  # e.g. the vocabulary and merges handed to Rust as Python objects
         add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", add_bos))
         add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
         if add_bos and special["bos"] is None:
@@ -372,7 +382,6 @@ class Tokenizer:
             backend=backend,
             kind=str(kind),
             pre=pre,
-            pieces=pieces,
             types=types,
             special=special,
             add_bos=add_bos,
@@ -389,8 +398,7 @@ class Tokenizer:
         """Token ids of ``text``; BOS first when ``add_bos`` (default: the model's
         ``add_bos_token``); control tokens written in the text become their ids when
         ``parse_special``, else they are tokenized as plain text."""
-        self._backend.encode_special_tokens = not parse_special
-        ids: list[int] = list(self._backend.encode(text, add_special_tokens=False).ids)
+        ids = self._backend.encode(text, parse_special=parse_special)
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids.insert(0, self.bos_id)
         if self.add_eos and self.eos_id is not None:
@@ -400,7 +408,10 @@ class Tokenizer:
     # -- decoding -----------------------------------------------------------------------------
     def token_bytes(self, token: int) -> bytes:
         """The bytes a token stands for in generated text (control tokens: none)."""
-        return self._pieces[token]
+        kind = int(self._types[token])
+        if self._byte_table is not None:
+            return _bpe_piece(self._texts[token], kind, self._byte_table)
+        return _spm_piece(self._texts[token], kind)
 
     def token_text(self, token: int) -> str:
         """The token as the vocabulary spells it (``"<|im_end|>"``, ``"Ġthe"``, ``"▁the"``)."""
@@ -412,7 +423,7 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], *, strip_leading_space: bool | None = None) -> str:
         """The text of ``ids`` (control tokens give none). A SentencePiece model's leading
         space, the one encoding prepends, is dropped unless ``strip_leading_space=False``."""
-        data = b"".join(self._pieces[int(i)] for i in ids)
+        data = b"".join(self.token_bytes(int(i)) for i in ids)
         strip = self.add_space_prefix if strip_leading_space is None else strip_leading_space
         if strip:
             data = data.removeprefix(b" ")
@@ -486,104 +497,6 @@ def render_chat_template(source: str, messages: Sequence[Mapping[str, Any]], **c
         raise ChatTemplateError(f"chat template error: {exc}") from None
 
 
-# -- backends (the tokenizers library) -----------------------------------------------------------
-def _vocab_dict(texts: list[str]) -> dict[str, int]:
-    vocab: dict[str, int] = {}
-    for i, t in enumerate(texts):
-        vocab.setdefault(t, i)  # llama.cpp keeps the last duplicate; duplicates are bugs anyway
-    return vocab
-
-
-def _bpe_backend(texts: list[str], merges: list[str], pre: str) -> Any:
-    from tokenizers import Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as HfTokenizer
-
-    pairs = []
-    for m in merges:
-        left, sep, right = m.partition(" ")
-        if not sep:
-            raise TokenizerError(f"bad merge {m!r} (expected two tokens and a space)")
-        pairs.append((left, right))
-    model = models.BPE(vocab=_vocab_dict(texts), merges=pairs, ignore_merges=pre in _IGNORE_MERGES)
-    tok = HfTokenizer(model)
-    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_REGEXES[pre]]
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    return tok
-
-
-def _spm_merges(texts: list[str], types: np.ndarray, scores: np.ndarray) -> list[tuple[str, str]]:
-    """Merges for a SentencePiece vocabulary: every split of a normal piece into two normal
-    pieces, the merged piece with the higher score first (llama.cpp's SPM tokenizer merges the
-    best-scoring adjacent pair first).
-
-    Gemma 3's 262,144 pieces give 513,511 merges: the pairs refer to the strings of ``texts``
-    (no new string per merge) and are ordered by one numpy sort, which keeps the list at ~35 MB
-    instead of ~160 MB of tuples and sliced strings (a peak the process kept as fragmented
-    heap)."""
-    normal = {t: i for i, t in enumerate(texts) if int(types[i]) == NORMAL}
-    left_ids: list[int] = []
-    right_ids: list[int] = []
-    merged: list[int] = []
-    for piece, pid in normal.items():
-        for cut in range(1, len(piece)):
-            li = normal.get(piece[:cut])
-            if li is None:
-                continue
-            ri = normal.get(piece[cut:])
-            if ri is not None:
-                left_ids.append(li)
-                right_ids.append(ri)
-                merged.append(pid)
-    left = np.array(left_ids, dtype=np.int64)
-    right = np.array(right_ids, dtype=np.int64)
-    score = -np.asarray(scores, dtype=np.float64)[np.array(merged, dtype=np.int64)]
-    # (left, right) names the merged piece, so (-score, left, right) orders every merge.
-    order = np.lexsort((right, left, score)) if len(merged) else np.zeros(0, dtype=np.int64)
-    return [(texts[left[k]], texts[right[k]]) for k in order.tolist()]
-
-
-def _spm_backend(
-    texts: list[str], types: np.ndarray, scores: np.ndarray, unk: int | None, prefix: bool
-) -> Any:
-    from tokenizers import Tokenizer as HfTokenizer
-    from tokenizers import decoders, models, normalizers
-
-    model = models.BPE(
-        vocab=_vocab_dict(texts),
-        merges=_spm_merges(texts, types, scores),
-        unk_token=texts[unk] if unk is not None else None,
-        fuse_unk=True,
-        byte_fallback=True,
-    )
-    tok = HfTokenizer(model)
-    steps = [normalizers.Prepend("▁")] if prefix else []
-    tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-    )
-    return tok
-
-
-def _add_special_tokens(backend: Any, texts: list[str], types: np.ndarray) -> None:
-    from tokenizers import AddedToken
-
-    control = [
-        AddedToken(texts[i], special=True, normalized=False)
-        for i in np.flatnonzero(types == CONTROL)
-    ]
-    user = [
-        AddedToken(texts[i], special=False, normalized=False)
-        for i in np.flatnonzero(types == USER_DEFINED)
-    ]
-    if control:
-        backend.add_special_tokens(control)
-    if user:
-        backend.add_tokens(user)
-
-
 def _bpe_piece(text: str, kind: int, table: Mapping[str, int]) -> bytes:
     if kind in (CONTROL, UNUSED, UNKNOWN):
         return b""
@@ -603,3 +516,18 @@ def _spm_piece(text: str, kind: int) -> bytes:
     if kind == UNKNOWN:
         return "\u2585".encode()  # llama.cpp prints an unknown token as U+2585
     return text.replace("▁", " ").encode("utf-8")
+
+
+def _release_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``): building a
+    tokenizer frees tens of MB of short-lived Python objects, which would otherwise stay in
+    the process's resident set, under the model's pages. (No ``gc.collect()``: the build
+    leaves no cycles, and a collection walks every object of the process, 0.1 s.)"""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from qhybrid.runtime.store._checkpoint import CheckpointUnavailable, capture, checkpointable
 from qhybrid.runtime.store._fork import fork_seed
+from qhybrid.runtime.store._llm_calls import LLM_KEY, RecordedLlmCall, llm_calls
 from qhybrid.runtime.store._recorder import RunRecorder
 from qhybrid.runtime.store._replay import RecordedLlm, recorded_llm
 from qhybrid.runtime.store._runtime import Divergence, DurableRuntime, RestorePoint, TraceCheck
@@ -30,6 +31,7 @@ from qhybrid.runtime.store._state_at import (
 from qhybrid.runtime.store._store import Checkpoint, RunStore
 
 __all__ = [
+    "LLM_KEY",
     "SCHEMA_VERSION",
     "AgentAt",
     "Checkpoint",
@@ -38,6 +40,7 @@ __all__ = [
     "DurableRuntime",
     "QueuedAt",
     "RecordedLlm",
+    "RecordedLlmCall",
     "ReplayRuntime",
     "RestorePoint",
     "RunRecorder",
@@ -50,6 +53,7 @@ __all__ = [
     "checkpointable",
     "default_store_path",
     "fork_seed",
+    "llm_calls",
     "recorded_llm",
     "replay_start",
     "state_at",

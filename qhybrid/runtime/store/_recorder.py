@@ -30,11 +30,12 @@ from qhybrid.runtime.store._checkpoint import (
     capture,
     checkpointable,
 )
+from qhybrid.runtime.store._llm_calls import ask_row
 from qhybrid.runtime.store._schema import StoreError
 from qhybrid.runtime.store._store import RunStore, blob_digest
 
 if TYPE_CHECKING:
-    from qhybrid.runtime._events import AgentLog, TaskFinished, TickFinished
+    from qhybrid.runtime._events import AgentLog, LlmRequested, TaskFinished, TickFinished
     from qhybrid.runtime._trace import Field
     from qhybrid.runtime.llm import GenerationParams, LlmEngine, RequestUpdate
     from qhybrid.runtime.store._runtime import DurableRuntime as Runtime
@@ -274,6 +275,7 @@ class RunRecorder:
         rt.events.agent_log.connect(self._on_log)
         rt.events.task_finished.connect(self._on_task)
         rt.events.tick_finished.connect(self._on_tick)
+        rt.events.llm_requested.connect(self._on_llm_request)
 
     def attach_llm(self, rt: Runtime) -> None:
         """Record the LLM's traffic (after ``rt`` started, before its first tick)."""
@@ -291,6 +293,10 @@ class RunRecorder:
 
     def _on_log(self, event: AgentLog) -> None:
         self._batch.logs.append((event.tick, event.agent, event.level, event.text))
+
+    def _on_llm_request(self, event: LlmRequested) -> None:
+        # Who asked and the prompt as text (the engine's rows have ids only): see _llm_calls.
+        self._batch.effects.append(ask_row(event))
 
     def _on_task(self, event: TaskFinished) -> None:
         self._batch.jobs.append(

@@ -32,6 +32,7 @@ from qhybrid.runtime.store._checkpoint import (
     load_state,
     unplain,
 )
+from qhybrid.runtime.store._llm_calls import LLM_KEY
 from qhybrid.runtime.tensors import TensorHandle
 from qhybrid.runtime.wasm_pool import BatchReply, TaskOutcome, TaskRun, TensorEntry
 from qhybrid.runtime.wgpu_thread import GpuJobResult
@@ -155,6 +156,8 @@ class DurableRuntime(Runtime):
             if key.startswith(POST_KEY):
                 post = json.loads(text)
                 self._replay_posts.setdefault(int(post["tick"]), []).append(post)
+            elif key.startswith(LLM_KEY):
+                continue  # an LLM request's observer record: it answers nothing
             else:
                 services.recording[key] = text
         self._effects_kept = set(services.recording)

@@ -37,6 +37,7 @@ from qhybrid.runtime.wasm_pool._pool import (
     worker_command,
 )
 from qhybrid.runtime.wasm_pool._protocol import (
+    AGENT_USAGE_ROW,
     USAGE_ROW,
     AgentLoad,
     BatchReply,
@@ -61,6 +62,7 @@ from qhybrid.runtime.wasm_pool._worker import main as run_worker
 __all__ = [
     "ABI_VERSION",
     "ABI_VERSIONS",
+    "AGENT_USAGE_ROW",
     "KIND_ANSWER",
     "KIND_ENVELOPE",
     "KIND_GPU_DONE",

@@ -177,6 +177,9 @@ class AgentHost(MemoryHost):
     #: The fuel its handlers burnt, every message's (failed ones too); -1: not metered (a
     #: subclass that runs no wasm handler of its own, a Python agent). Not part of the trace.
     fuel_used = -1
+    #: Of that, what its handlers burnt in the last tick it had messages in (-1: not metered).
+    fuel_last = -1
+    _fuel_tick = -1  # the tick fuel_last is of
 
     def __init__(self, ctx: WorkerContext, load: AgentLoad) -> None:
         self._set_up(ctx, load)
@@ -192,6 +195,7 @@ class AgentHost(MemoryHost):
         self._store = wasmtime.Store(ctx.engine(stack))
         self._fuel_left = fuel_gauge(self._store)
         self.fuel_used = 0
+        self.fuel_last = 0
         self._limit_memory()
         wanted = ctx.imports(load.module_key, module)
         self._wasi_used = any(where == WASI_MODULE for where, _ in wanted)
@@ -817,6 +821,11 @@ class AgentHost(MemoryHost):
                 burnt = self._fuel - self._fuel_left()
                 self.fuel_used += burnt
                 self.ctx.fuel_burnt += burnt
+                if self._fuel_tick == now:
+                    self.fuel_last += burnt
+                else:
+                    self._fuel_tick = now
+                    self.fuel_last = burnt
         outcome = self._finish(state, code, start)
         if outcome.ok:
             self.handled += 1

@@ -28,7 +28,11 @@ from qhybrid.runtime.wasm_pool._protocol import ProtocolError, decode
 from qhybrid.runtime.wasm_pool._watchdog import POLL_S, STOPPED_GRACE_S, WorkerUnresponsive
 from qhybrid.runtime.wasm_pool._watchdog import _stopped as stopped
 
-__all__ = ["ReplyChannel", "spawn"]
+__all__ = ["ReplyChannel", "Sink", "Watchdog", "spawn"]
+
+#: ``sink(message, None)``, or ``sink(None, error)`` when no message will come: who waits for
+#: a reply without a future (:meth:`ReplyChannel.expect`), called straight from the pipe.
+Sink = Callable[[Any, BaseException | None], None]
 
 _HEADER = _frames.HEADER.size
 _unpack_header = _frames.HEADER.unpack_from
@@ -48,6 +52,7 @@ class ReplyChannel(asyncio.subprocess.SubprocessStreamProtocol):
         self._total = 0
         self._ready: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[Any] | None = None
+        self._sink: Sink | None = None
         self._failed: ProtocolError | None = None
 
     # -- reading ------------------------------------------------------------------------------
@@ -111,6 +116,11 @@ class ReplyChannel(asyncio.subprocess.SubprocessStreamProtocol):
             buf += view[pos:]
 
     def _deliver(self, message: Any) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._sink = None
+            sink(message, None)
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -124,6 +134,10 @@ class ReplyChannel(asyncio.subprocess.SubprocessStreamProtocol):
             self._failed = exc
             self._buf.clear()
             self._parts.clear()
+        sink = self._sink
+        if sink is not None:
+            self._sink = None
+            sink(None, exc)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -147,6 +161,20 @@ class ReplyChannel(asyncio.subprocess.SubprocessStreamProtocol):
             self._waiter = fut
         return fut
 
+    def expect(self, sink: Sink) -> None:
+        """Hand the next message to ``sink`` (see :data:`Sink`) the moment it is read: no
+        future, no callback scheduled (one tick's batches wait this way)."""
+        if self._ready:
+            sink(self._ready.popleft(), None)
+        elif self._failed is not None:
+            sink(None, self._failed)
+        else:
+            self._sink = sink
+
+    def forget(self) -> None:
+        """Nobody waits any more for what :meth:`expect` asked for."""
+        self._sink = None
+
     def watch(self, fut: asyncio.Future[Any], pid: int, deadline_s: float, what: str) -> None:
         """The watchdog for ``fut``: it fails with :class:`WorkerUnresponsive` when the worker
         misses ``deadline_s`` or stays stopped :data:`STOPPED_GRACE_S`; looked at every
@@ -154,35 +182,16 @@ class ReplyChannel(asyncio.subprocess.SubprocessStreamProtocol):
         if fut.done():
             return
         loop = self._loop
-        start = time.monotonic()
-        stopped_since: list[float] = []
+        watched = _Watched(pid, deadline_s, what)
 
         def look() -> None:
             if fut.done():
                 return
-            now = time.monotonic()
-            if now - start > deadline_s:
-                fut.set_exception(
-                    WorkerUnresponsive(
-                        f"no answer to {what} within its deadline of {deadline_s:.0f} s"
-                    )
-                )
+            problem = watched.problem()
+            if problem is not None:
+                fut.set_exception(WorkerUnresponsive(problem))
                 self._drop(fut)
                 return
-            if os.name == "posix" and stopped(pid):
-                if not stopped_since:
-                    stopped_since.append(now)
-                elif now - stopped_since[0] >= STOPPED_GRACE_S:
-                    fut.set_exception(
-                        WorkerUnresponsive(
-                            f"stopped (SIGSTOP?) for {now - stopped_since[0]:.1f} s "
-                            f"while handling {what}"
-                        )
-                    )
-                    self._drop(fut)
-                    return
-            else:
-                stopped_since.clear()
             timer[0] = loop.call_later(POLL_S, look)
 
         timer = [loop.call_later(POLL_S, look)]
@@ -191,6 +200,76 @@ class ReplyChannel(asyncio.subprocess.SubprocessStreamProtocol):
     def _drop(self, fut: asyncio.Future[Any]) -> None:
         if self._waiter is fut:
             self._waiter = None
+
+
+class _Watched:
+    """One reply waited for from worker ``pid``: is it late, or is the worker stopped?"""
+
+    __slots__ = ("deadline_s", "pid", "start", "stopped_since", "what")
+
+    def __init__(self, pid: int, deadline_s: float, what: str) -> None:
+        self.pid = pid
+        self.deadline_s = deadline_s
+        self.what = what
+        self.start = time.monotonic()
+        self.stopped_since: float | None = None
+
+    def problem(self) -> str | None:
+        """Why the worker is unresponsive now, or None."""
+        now = time.monotonic()
+        if now - self.start > self.deadline_s:
+            return f"no answer to {self.what} within its deadline of {self.deadline_s:.0f} s"
+        if os.name == "posix" and stopped(self.pid):
+            if self.stopped_since is None:
+                self.stopped_since = now
+            elif now - self.stopped_since >= STOPPED_GRACE_S:
+                return (
+                    f"stopped (SIGSTOP?) for {now - self.stopped_since:.1f} s "
+                    f"while handling {self.what}"
+                )
+        else:
+            self.stopped_since = None
+        return None
+
+
+class Watchdog:
+    """The watchdog's rounds (see :meth:`ReplyChannel.watch`) for replies waited for through
+    :meth:`ReplyChannel.expect`: one timer for all of them, every :data:`POLL_S` while any is
+    outstanding, instead of a timer set and cancelled per reply. Keyed by worker: one reply
+    waited for per worker at a time, forgotten the moment it comes (:meth:`done`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: dict[int, tuple[_Watched, Callable[[str], None]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(
+        self, key: int, pid: int, deadline_s: float, what: str, fail: Callable[[str], None]
+    ) -> None:
+        """Until :meth:`done` ``(key)``, look at worker ``pid`` every round; ``fail(why)`` once
+        it misses ``deadline_s`` or stays stopped :data:`STOPPED_GRACE_S`."""
+        self._items[key] = (_Watched(pid, deadline_s, what), fail)
+        if self._timer is None:
+            self._timer = self._loop.call_later(POLL_S, self._look)
+
+    def done(self, key: int) -> None:
+        self._items.pop(key, None)
+
+    def _look(self) -> None:
+        self._timer = None
+        for key, (watched, fail) in list(self._items.items()):
+            problem = watched.problem()
+            if problem is not None:
+                del self._items[key]
+                fail(problem)
+        if self._items:
+            self._timer = self._loop.call_later(POLL_S, self._look)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._items.clear()
 
 
 async def spawn(

@@ -10,15 +10,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
-from qhybrid.runtime.wasm_pool._channel import ReplyChannel, spawn
+from qhybrid.runtime.wasm_pool._channel import ReplyChannel, Sink, Watchdog, spawn
 from qhybrid.runtime.wasm_pool._pool_base import PoolBase
 from qhybrid.runtime.wasm_pool._protocol import (
     BatchReply,
-    Outcome,
     ProtocolError,
     Request,
     TaskOutcome,
@@ -81,6 +80,21 @@ def worker_command() -> list[str]:
     return [sys.executable, "-m", WORKER_MODULE]
 
 
+class _Slot:
+    """One batch of :meth:`WorkerPool.run_batches`: sent when, answered when, with what."""
+
+    __slots__ = ("error", "got_at", "index", "message", "news", "sent_at", "worker")
+
+    def __init__(self, index: int, worker: _Worker, news: int, sent_at: int) -> None:
+        self.index = index
+        self.worker = worker
+        self.news = news
+        self.sent_at = sent_at
+        self.got_at = 0
+        self.message: Any = None
+        self.error: BaseException | None = None
+
+
 class _Worker:
     def __init__(self, index: int, proc: asyncio.subprocess.Process, channel: ReplyChannel) -> None:
         self.index = index
@@ -112,6 +126,7 @@ class WorkerPool(PoolBase):
         self._workers: list[_Worker] = []
         self._closed = False
         self._env: dict[str, str] = {}
+        self._watchdog: Watchdog | None = None  # run_batches' (made on the pool's loop)
 
     @property
     def pids(self) -> list[int]:
@@ -187,19 +202,23 @@ class WorkerPool(PoolBase):
         """Write ``request`` to ``worker`` (the caller holds its lock); the future of its
         reply, watched by the watchdog (_watchdog.py): a stopped or silent worker is killed
         and reported as crashed, so the usual recovery replaces it."""
+        await self._write(worker, request, deadline_s)
+        waiting = worker.channel.next_reply()
+        worker.channel.watch(waiting, worker.pid, deadline_s, f"a {request.op!r} request")
+        return waiting
+
+    async def _write(self, worker: _Worker, request: Request, deadline_s: float) -> None:
+        """Write ``request`` to ``worker``; :class:`WorkerCrashed` when it cannot be."""
         stdin = worker.proc.stdin
         assert stdin is not None
-        what = f"a {request.op!r} request"
         try:
             stdin.write(encode(request))
             # Only a request the pipe could not take at once has anything to drain.
             if stdin.transport.get_write_buffer_size():
+                what = f"a {request.op!r} request"
                 await watched(stdin.drain(), worker.pid, deadline_s, what)
         except (ProtocolError, ConnectionError, WorkerUnresponsive) as exc:
             raise await self._lost(worker, exc) from None
-        waiting = worker.channel.next_reply()
-        worker.channel.watch(waiting, worker.pid, deadline_s, what)
-        return waiting
 
     async def _lost(self, worker: _Worker, exc: BaseException) -> WorkerCrashed:
         """What a request that got no reply (``exc``) means: the worker died, or it is
@@ -254,72 +273,104 @@ class WorkerPool(PoolBase):
         self,
         tick: int,
         batches: Mapping[int, tuple[Sequence[tuple[int, int, int, bytes]], Sequence[TaskRun]]],
+        *,
+        while_waiting: Callable[[], None] | None = None,
     ) -> dict[int, BatchReply | BaseException]:
         """:meth:`run_batch` on several workers at once: every batch written, then one wait
         for all the replies, each resolved straight from its pipe (no task per worker).
         Returns each worker's reply or what went wrong with it (a :class:`WorkerCrashed`
-        for a worker that died or stopped answering: the caller recovers it)."""
+        for a worker that died or stopped answering: the caller recovers it).
+        ``while_waiting()`` runs once the batches are written, before the wait."""
         if self._closed:
             raise WorkerError("the worker pool is closed")
         if type(self).run_batch is not WorkerPool.run_batch:  # a subclass's batches: its way
+            if while_waiting is not None:
+                while_waiting()
             calls = [self.run_batch(i, tick, d, t) for i, (d, t) in batches.items()]
             done = await asyncio.gather(*calls, return_exceptions=True)
             return dict(zip(batches, done, strict=True))
         loop = asyncio.get_running_loop()
-        sent: list[tuple[int, _Worker, int, asyncio.Future[Any]]] = []  # index, worker, news
-        results: dict[int, BatchReply | BaseException] = {}
-        # When each request went out and its reply came in (the workers' busy time).
-        times: list[list[int]] = []
+        watchdog = self._watchdog
+        if watchdog is None:
+            watchdog = self._watchdog = Watchdog(loop)
         clock = time.perf_counter_ns
+        # Per batch sent: its worker, the tensors it tells of, when it went out and when its
+        # answer came in (0: not yet), and the answer: (message, None) or (None, error).
+        slots: list[_Slot] = []
+        results: dict[int, BatchReply | BaseException] = {}
+        all_in = loop.create_future()
+        left = 0
+
+        def arrive(slot: _Slot, message: Any, error: BaseException | None) -> None:
+            nonlocal left
+            if slot.got_at:  # answered already (the watchdog gave up on it)
+                return
+            watchdog.done(slot.index)
+            slot.got_at = clock()
+            slot.message, slot.error = message, error
+            left -= 1
+            if left == 0 and not all_in.done():
+                all_in.set_result(None)
+
         try:
             for index, (deliveries, tasks) in batches.items():
                 worker = self._workers[index]
                 await worker.lock.acquire()
                 new = self._tensors[worker.tensors_seen :]
                 request, deadline = self._batch_request(tick, deliveries, tasks, new)
-                times.append([clock(), 0])
+                slot = _Slot(index, worker, len(new), clock())
+                slots.append(slot)
                 try:
-                    waiting = await self._send(worker, request, deadline)
-                except BaseException:
-                    worker.lock.release()
-                    raise
-                sent.append((index, worker, len(new), waiting))
-            left = len(sent)
-            all_in = loop.create_future()
-
-            def one_in(at: list[int], _: asyncio.Future[Any]) -> None:
-                nonlocal left
-                at[1] = clock()
-                left -= 1
-                if left == 0 and not all_in.done():
-                    all_in.set_result(None)
-
-            for (*_, waiting), at in zip(sent, times, strict=True):
-                waiting.add_done_callback(functools.partial(one_in, at))
-            if sent:
+                    await self._write(worker, request, deadline)
+                except WorkerCrashed as crashed:  # the caller recovers it, as a late death
+                    slot.got_at, slot.error = clock(), crashed
+                    continue
+                left += 1
+                sink = functools.partial(arrive, slot)
+                # The answer is handed over straight from the pipe (no future, no callback).
+                worker.channel.expect(sink)
+                if not slot.got_at:
+                    watchdog.watch(
+                        index,
+                        worker.pid,
+                        deadline,
+                        "a 'batch' request",
+                        functools.partial(self._unresponsive, worker, sink),
+                    )
+            if while_waiting is not None:
+                while_waiting()
+            if left:
                 await all_in
-            for (index, worker, news, waiting), (sent_at, got_at) in zip(sent, times, strict=True):
-                exc = waiting.exception()
-                if exc is not None:
-                    if isinstance(exc, ProtocolError | WorkerUnresponsive):
-                        exc = await self._lost(worker, exc)
-                    results[index] = exc
+            for slot in slots:
+                index, worker, error = slot.index, slot.worker, slot.error
+                if error is not None:
+                    if isinstance(error, ProtocolError | WorkerUnresponsive):
+                        error = await self._lost(worker, error)
+                    results[index] = error
                     continue
                 worker.requests += 1
-                worker.busy_ns += got_at - sent_at
+                worker.busy_ns += slot.got_at - slot.sent_at
                 try:
-                    reply = _unwrap(index, waiting.result())
-                    results[index] = self._batch_reply(worker, news, reply)
-                except WorkerError as error:
-                    results[index] = error
+                    reply = _unwrap(index, slot.message)
+                    results[index] = self._batch_reply(worker, slot.news, reply)
+                except WorkerError as failure:
+                    results[index] = failure
         except BaseException:
-            for *_, waiting in sent:
-                waiting.cancel()
+            for slot in slots:
+                if not slot.got_at:
+                    slot.worker.channel.forget()
+                    watchdog.done(slot.index)
             raise
         finally:
-            for _, worker, *_ in sent:
-                worker.lock.release()
+            for slot in slots:
+                slot.worker.lock.release()
         return results
+
+    @staticmethod
+    def _unresponsive(worker: _Worker, sink: Sink, why: str) -> None:
+        """The watchdog gave up on ``worker``'s answer: whoever waits for it is told."""
+        worker.channel.forget()
+        sink(None, WorkerUnresponsive(why))
 
     def _batch_request(
         self,
@@ -336,7 +387,7 @@ class WorkerPool(PoolBase):
             deliveries = list(deliveries)
         if not isinstance(tasks, list):
             tasks = list(tasks)
-        request = Request("batch", (tick, deliveries, tasks, new))
+        request = Request("batch", (tick, deliveries, tasks, new, self.usage_rows))
         return request, batch_deadline(budget, len(tasks))
 
     @staticmethod
@@ -346,7 +397,7 @@ class WorkerPool(PoolBase):
         outcomes, tasks_done, busy_ns, *usage = reply
         worker.batch_ns += busy_ns
         return BatchReply(
-            tuple(map(Outcome._make, outcomes)),
+            outcomes,  # plain tuples, read by position (BatchReply.outcomes)
             tuple(map(TaskOutcome._make, tasks_done)),
             busy_ns,
             usage[0] if usage else b"",
@@ -359,6 +410,8 @@ class WorkerPool(PoolBase):
     async def aclose(self, timeout: float = 5.0) -> None:
         """Ask every worker to exit; kill those that do not within ``timeout``. Idempotent."""
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.close()
         workers, self._workers = self._workers, []
         for w in workers:
             if w.proc.stdin is not None and w.proc.returncode is None:

@@ -52,6 +52,9 @@ class PoolBase:
         self._tensors: list[TensorEntry] = []
         self._time_limits: dict[int, int] = {}  # agent id -> ms per message (the watchdog's)
         self.restarts = 0
+        #: Whether the batches sent now ask for the agents' usage rows (``AGENT_USAGE_ROW``):
+        #: the orchestrator sets it per tick, while someone reads the agents' usage.
+        self.usage_rows = False
 
     # -- what a subclass provides -----------------------------------------------------------
     async def _request(
@@ -141,6 +144,13 @@ class PoolBase:
         assert isinstance(reply, list)
         return reply
 
+    async def agent_usage(self, index: int) -> bytes:
+        """The usage rows (``AGENT_USAGE_ROW``) of worker ``index``'s agents that had messages
+        since their last report (the end of a run, a pause: no batch is coming to carry them)."""
+        rows = await self._request(index, Request("usage"))
+        assert isinstance(rows, bytes)
+        return rows
+
     async def restart_agent(self, index: int, agent_id: int) -> None:
         """Replace an agent with a fresh instance of its module (its ``restart`` policy)."""
         await self._request(index, Request("restart", (agent_id,)))
@@ -158,9 +168,8 @@ class PoolBase:
         new = self._tensors[host.tensors_seen :]
         limits = self._time_limits
         deadline = batch_deadline(sum(limits.get(d[0], 0) for d in deliveries), len(tasks))
-        reply = await self._request(
-            index, Request("batch", (tick, list(deliveries), list(tasks), new)), deadline
-        )
+        args = (tick, list(deliveries), list(tasks), new, self.usage_rows)
+        reply = await self._request(index, Request("batch", args), deadline)
         host.tensors_seen += len(new)
         outcomes, tasks_done, busy_ns, *usage = reply
         return BatchReply(

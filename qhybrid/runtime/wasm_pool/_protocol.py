@@ -169,17 +169,25 @@ class TaskOutcome(NamedTuple):
     elapsed_ns: int = 0
 
 
-#: A batch's usage report is rows of three little-endian int64: first ``(-1, fuel, memory)``,
-#: the fuel the worker's handlers burnt since its last report and its linear memory in all;
-#: then ``(agent_id, fuel_used, memory_bytes)`` per agent that had messages in the batch: the
-#: fuel its handlers burnt since its instance started (-1: not metered, a Python agent) and
-#: its linear memory now. Packed bytes: the parent reads the first row per tick and the others
-#: only when someone asks (``Roster.summaries``), in bulk.
+#: A batch's usage report starts with three little-endian int64 ``(-1, fuel, memory)``: the
+#: fuel the worker's handlers burnt since its last report and its linear memory in all. When
+#: the batch asked for them (the parent does while someone reads the agents' usage,
+#: ``Roster.summaries``), :data:`AGENT_USAGE_ROW` s follow, one per agent that had messages
+#: since its last report. Packed bytes: the parent reads the first row per tick and the others
+#: in bulk when someone asks.
 USAGE_ROW = struct.Struct("<qqq")
+#: ``(agent_id, fuel_used, memory_bytes, fuel_last)``: the fuel the agent's handlers burnt
+#: since its instance started (-1: not metered, a Python agent), its linear memory now, and
+#: the fuel it burnt in the last tick it had messages in (-1: not metered). Also what a
+#: ``usage`` request returns (rows only).
+AGENT_USAGE_ROW = struct.Struct("<qqqq")
 
 
 class BatchReply(NamedTuple):
-    outcomes: tuple[Outcome, ...]
+    #: One per delivery, in order: an :class:`Outcome`, or (from ``WorkerPool.run_batches``,
+    #: the orchestrator's hot path, which reads them by position) the same fields as the
+    #: plain tuple that came over the pipe: ``Outcome._make`` turns either into an Outcome.
+    outcomes: tuple[Outcome | tuple[Any, ...], ...]
     tasks: tuple[TaskOutcome, ...]
     #: CPU time the worker spent in the batch (its handlers and tasks, not the framing).
     busy_ns: int

@@ -23,6 +23,7 @@ from qhybrid.runtime.wasm_pool._abi import AgentModuleError
 from qhybrid.runtime.wasm_pool._agent import AgentHost
 from qhybrid.runtime.wasm_pool._frames import FrameError
 from qhybrid.runtime.wasm_pool._protocol import (
+    USAGE_ROW,
     AgentLoad,
     Outcome,
     Request,
@@ -44,6 +45,9 @@ class Worker:
         self.agents: dict[int, AgentHost] = {}
         self.loads: dict[int, AgentLoad] = {}
         self._fuel_reported = 0  # ctx.fuel_burnt at the last usage report
+        # The agents that had messages since their usage was last reported (by id): rows
+        # are built only when the parent asks for them (a batch's flag, a "usage" request).
+        self._unreported: dict[int, Any] = {}
 
     def handle(self, request: Request) -> Any:
         op = request.op
@@ -51,7 +55,9 @@ class Worker:
             tick, deliveries, tasks, *rest = request.args
             if rest and rest[0]:
                 self.ctx.add_tensors(rest[0])
-            return self.batch(tick, deliveries, tasks)
+            return self.batch(tick, deliveries, tasks, rest[1] if len(rest) > 1 else True)
+        if op == "usage":
+            return self.agent_rows()
         if op == "module":
             key, serialized, *original = request.args
             self.ctx.add_module(key, serialized, original[0] if original else b"")
@@ -149,15 +155,20 @@ class Worker:
         return problems
 
     def batch(
-        self, tick: int, deliveries: list[tuple[int, int, int, bytes]], tasks: list[TaskRun]
+        self,
+        tick: int,
+        deliveries: list[tuple[int, int, int, bytes]],
+        tasks: list[TaskRun],
+        rows: bool = True,
     ) -> tuple[tuple[tuple[Any, ...], ...], tuple[tuple[Any, ...], ...], int, bytes]:
         """Handle deliveries in order, then tasks; plain tuples back (see Delivery), the
         CPU time the batch took (this thread's: wall time would count other programs' turns
-        on a busy machine), and each agent's usage in the batch (see ``BatchReply.usage``)."""
+        on a busy machine), and the usage report (see ``BatchReply.usage``): the totals,
+        and with ``rows`` each agent's that had messages since its last report."""
         start = time.thread_time_ns()
         outcomes: list[tuple[Any, ...]] = []
         agents = self.agents
-        touched: dict[int, Any] = {}
+        touched = self._unreported
         for agent_id, sender, kind, payload in deliveries:
             agent = agents.get(agent_id)
             if agent is None:
@@ -167,21 +178,29 @@ class Worker:
             touched[agent_id] = agent
             outcomes.append(tuple(agent.deliver(tick, sender, kind, payload)))
         task_outcomes = tuple(tuple(self.run_task(t)) for t in tasks)
-        return tuple(outcomes), task_outcomes, time.thread_time_ns() - start, self.usage(touched)
+        return tuple(outcomes), task_outcomes, time.thread_time_ns() - start, self.usage(rows)
 
-    def usage(self, touched: dict[int, Any]) -> bytes:
+    def usage(self, rows: bool = True) -> bytes:
         """The batch's usage report (``USAGE_ROW``): the fuel burnt since the last report and
-        the worker's memory, then once per agent of the batch (not per message) its fuel so
-        far and its memory now."""
+        the worker's memory; with ``rows``, then :meth:`agent_rows`."""
         ctx = self.ctx
         burnt = ctx.fuel_burnt - self._fuel_reported
         self._fuel_reported = ctx.fuel_burnt
-        rows = array.array("q", (-1, burnt, ctx.memory_used))
-        rows.extend(
+        totals = USAGE_ROW.pack(-1, burnt, ctx.memory_used)
+        return totals + self.agent_rows() if rows else totals
+
+    def agent_rows(self) -> bytes:
+        """Once per agent that had messages since its last report (not per message), an
+        ``AGENT_USAGE_ROW``: its fuel so far, its memory now, its fuel in its last tick."""
+        touched, self._unreported = self._unreported, {}
+        if not touched:
+            return b""
+        rows = array.array(
+            "q",
             chain.from_iterable(
-                (agent_id, agent.fuel_used, agent._memory_size)
+                (agent_id, agent.fuel_used, agent._memory_size, agent.fuel_last)
                 for agent_id, agent in touched.items()
-            )
+            ),
         )
         if sys.byteorder != "little":  # pragma: no cover - the format is little-endian
             rows.byteswap()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +65,30 @@ def test_llama_cpp_is_measured_in_a_process_without_qhybrid(tmp_path: Path) -> N
     # Installed: the missing file is a note; not installed: that is.
     want = "could not load the model" if "llama_cpp" in modules else "not installed"
     assert want in payload["notes"][0]
+
+
+def _run(engine: str, place: str, decode: float, prefill: float, cpu_s: float) -> dict[str, Any]:
+    return {
+        "engine": engine,
+        "placement": place,
+        "decode_tok_s": decode,
+        "prefill_tok_s": prefill,
+        "decode_tok_per_cpu_s": decode / cpu_s,
+        "prefill_tok_per_cpu_s": prefill / cpu_s,
+    }
+
+
+def test_the_goals_against_llama_cpp_are_the_issues_per_path() -> None:
+    from qhybrid.bench._llm import GOALS_VS_LLAMA_CPP, LlmBenchReport
+
+    assert GOALS_VS_LLAMA_CPP["cpu"] == {"decode": 0.7, "prefill": 0.5}
+    theirs = _run("llama.cpp", "cpu", 100.0, 500.0, 1.0)
+    # The CPU path is judged per CPU second: 0.75x in wall time but two threads' CPU -> missed.
+    two_threads = LlmBenchReport({}, {}, runs=[_run("qhybrid", "cpu", 75.0, 400.0, 2.0), theirs])
+    vs = two_threads.to_json()["vs_llama_cpp"]
+    assert vs["decode_ratio"]["cpu"] == 0.75 and vs["decode_ratio_per_cpu_s"]["cpu"] == 0.375
+    assert vs["met"] == {"cpu": False} and vs["goal"]["cpu"]["prefill"] == 0.5
+    ok = LlmBenchReport({}, {}, runs=[_run("qhybrid", "cpu", 75.0, 260.0, 1.0), theirs])
+    assert ok.to_json()["vs_llama_cpp"]["met"] == {"cpu": True}
+    slow_prefill = LlmBenchReport({}, {}, runs=[_run("qhybrid", "cpu", 75.0, 240.0, 1.0), theirs])
+    assert slow_prefill.to_json()["vs_llama_cpp"]["met"] == {"cpu": False}

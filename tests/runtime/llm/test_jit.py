@@ -1,9 +1,11 @@
 """The CPU kernels' two modes: numba's JIT, and kernels compiled ahead of time (the frozen
-app's, built by packaging/aot.py). The AOT module itself is built and run by the installers'
-smoke test (packaging/smoke.sh: the frozen app's demo gives the source checkout's hash)."""
+app's, built by packaging/aot.py; a pip install's cache is tested in test_aot_cache.py). The
+frozen app's AOT module itself is built and run by the installers' smoke test
+(packaging/smoke.sh: the frozen app's demo gives the source checkout's hash)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -33,8 +35,18 @@ def run_child(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_this_checkout_compiles_with_numba() -> None:
-    assert mode() == "jit"
+def test_qhybrid_cpu_kernels_jit_compiles_with_numba_whatever_is_cached() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from qhybrid.runtime.llm import _jit; "
+         "print(_jit.mode(), 'numba' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "QHYBRID_CPU_KERNELS": "jit"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["jit", "True"]
+    assert mode() in ("jit", "aot")  # this process: the cache's kernels where built
 
 
 def test_exported_names_say_module_kernel_and_variant() -> None:
