@@ -137,6 +137,28 @@ def test_batches_to_all_workers_at_once_and_a_dead_one_reported(tmp_path: Path) 
     asyncio.run(in_pool(body))
 
 
+def test_a_worker_known_dead_first_does_not_end_the_wait_for_the_others(tmp_path: Path) -> None:
+    """Worker 0 is dead and its pipe closed before the batches go out: its answer (a crash)
+    comes at once, while worker 1's batch is still to be written; the others are waited for."""
+    echo = compile_text(tmp_path, "echo", ECHO)
+
+    async def body(pool: WorkerPool) -> None:
+        await pool.set_directory(["a", "b"])
+        await pool.install_module("echo", bytes(echo.serialize()))
+        await pool.load_agents(0, [load(0, "echo", agent_count=2)])
+        await pool.load_agents(1, [load(1, "echo", agent_count=2)])
+        pool.kill_worker(0)
+        await pool._workers[0].proc.wait()
+        for _ in range(20):  # the loop sees the pipe end
+            await asyncio.sleep(0.01)
+        batches = {0: ([(0, 1, 5, b"a")], []), 1: ([(1, 0, 5, b"bc")], [])}
+        got = await pool.run_batches(3, batches)
+        assert isinstance(got[0], WorkerCrashed)
+        assert isinstance(got[1], BatchReply) and Outcome._make(got[1].outcomes[0]).ok
+
+    asyncio.run(in_pool(body))
+
+
 class _CountingEngine:
     def __init__(self) -> None:
         self.epoch = 0

@@ -299,7 +299,10 @@ class WorkerPool(PoolBase):
         slots: list[_Slot] = []
         results: dict[int, BatchReply | BaseException] = {}
         all_in = loop.create_future()
-        left = 0
+        # One more than the batches not answered yet while they are being written: a worker
+        # found dead at once answers before the next batch goes out, and that must not look
+        # like the last answer (the others' would then never be waited for).
+        left = 1
 
         def arrive(slot: _Slot, message: Any, error: BaseException | None) -> None:
             nonlocal left
@@ -337,6 +340,7 @@ class WorkerPool(PoolBase):
                         "a 'batch' request",
                         functools.partial(self._unresponsive, worker, sink),
                     )
+            left -= 1  # every batch is out
             if while_waiting is not None:
                 while_waiting()
             if left:
