@@ -42,6 +42,7 @@ from qhybrid.runtime.wasm_pool._quotas import (
     Quotas,
 )
 from qhybrid.runtime.wasm_pool._ticker import EPOCH_S
+from qhybrid.runtime.wasm_pool._wasi_output import console_fd_write
 from qhybrid.runtime.wasm_pool._wasi_poll import EINVAL, SUBSCRIPTION_SIZE, poll_events
 from qhybrid.runtime.wasm_pool._worker_context import WorkerContext
 
@@ -379,11 +380,16 @@ class AgentHost(MemoryHost):
         found = ctx.linker(stack).get(self._store, WASI_MODULE, name)
         if not isinstance(found, wasmtime.Func):
             raise AgentModuleError(f"{self.name}: unknown WASI import {name}")
+        if name == "fd_write" and not self.load.dirs:  # the log, fast (see _wasi_output)
+            return console_fd_write(self._store, self._memory_now, self._output)
         return found
 
     # -- guest memory ---------------------------------------------------------------------
     def _base(self) -> int:
         return ctypes.addressof(self._memory.data_ptr(self._store).contents)
+
+    def _memory_now(self) -> tuple[int, int]:
+        return self._base(), self._memory.data_len(self._store)
 
     def _check(self, what: str, ptr: int, length: int) -> None:
         size = self._memory.data_len(self._store)
