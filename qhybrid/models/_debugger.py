@@ -72,6 +72,7 @@ class DebuggerModels(QObject):
         self._backlog: list[Any] = []
         self._backlog_at = 0
         self._next_poll = 0.0
+        self._poll_queued = False
         self.timer.timeout.connect(self.refresh)
         # Direct: runs on the runtime's thread as soon as the runtime exists, before it starts.
         controller.runtime_changed.connect(self._attach, Qt.ConnectionType.DirectConnection)
@@ -135,8 +136,21 @@ class DebuggerModels(QObject):
         now = time.perf_counter()
         if self.watching and (flush or now >= self._next_poll):  # only while someone looks
             self._next_poll = now + 1.0 / DEBUGGER_HZ
-            self._poll_states()
+            if flush:
+                self._poll_states()
+            elif not self._poll_queued:
+                # In slices of their own, after this one's paint: the states (the agents'
+                # summaries), then the views that show them (the graph, the detail). One
+                # slice with the records' intake was the window's longest stall at 1000 agents.
+                self._poll_queued = True
+                QTimer.singleShot(0, self._queued_poll)
         self.refresh_seconds_max = max(self.refresh_seconds_max, time.perf_counter() - t0)
+
+    def _queued_poll(self) -> None:
+        self._poll_queued = False
+        if self.watching:
+            self._take_states()
+            QTimer.singleShot(0, self.changed.emit)
 
     def _poll_states(self) -> None:
         self._take_states()

@@ -263,3 +263,38 @@ def test_the_agents_table_repaints_only_the_columns_that_changed(qtbot: QtBot) -
     assert view.table.model().index(3, AgentsTableModel.HANDLED).data() == f"{3 % 7 + 10 + 5}"
     live.close()
     assert controller.shutdown()
+
+
+def test_the_debuggers_states_poll_and_its_views_run_in_slices_after_the_intake(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    window = _window(qtbot)
+    debugger = window.debugger
+    debugger.watch("test", True)
+    during: list[bool] = []
+    in_refresh = [False]
+    debugger.changed.connect(lambda: during.append(in_refresh[0]))
+    original = debugger.refresh
+
+    def refresh(*, flush: bool = False) -> None:
+        in_refresh[0] = True
+        try:
+            original(flush=flush)
+        finally:
+            in_refresh[0] = False
+
+    debugger.refresh = refresh  # type: ignore[method-assign]
+    debugger.timer.timeout.disconnect()
+    debugger.timer.timeout.connect(refresh)
+    window.set_scenario_path(heavy_scenario(tmp_path, agents=30))
+    window.start_action.trigger()
+    qtbot.waitUntil(lambda: window.controller.state == S.RUNNING, timeout=60_000)
+    qtbot.waitUntil(lambda: len(during) >= 2, timeout=30_000)
+    assert not any(during)  # never inside the intake's slice while the run goes
+    with qtbot.waitSignal(window.controller.run_finished, timeout=60_000) as finished:
+        window.stop_action.trigger()
+    qtbot.waitUntil(lambda: window.controller.state == S.STOPPED, timeout=10_000)
+    result = finished.args[0]
+    # The last refresh (a flush) takes the final states at once.
+    assert [s.state for s in debugger.summaries] == [a.state for a in result.agents]
+    window.close()
