@@ -292,25 +292,12 @@ class LlmBridge:
             self.tokens += len(update.new_tokens)
             result = update.result
             name = agents[agent_id].name
+            emit(tokens_event(update, name))
             if result is None:
-                emit(LlmTokens(update.request_id, name, update.text, len(update.new_tokens), False))
                 continue
             del self._requests[update.request_id]
             self.done += 1
             ok = result.finish in ("stop", "length")
-            emit(
-                LlmTokens(
-                    update.request_id,
-                    name,
-                    update.text,
-                    len(update.new_tokens),
-                    True,
-                    result.decode_tok_s,
-                    result.ttft_s,
-                    result.finish,
-                    result.error,
-                )
-            )
             text = result.text if ok else (result.error or f"the request was {result.finish}")
             self.trace.record(
                 "llm_done", tick, update.request_id, result.finish, repr(result.tokens)
@@ -334,3 +321,23 @@ class LlmBridge:
     ) -> None:
         payload = struct.pack("<iii", request, tag, status) + text.encode("utf-8")
         self.schedule.push_message(tick + 1, 0, RUNTIME_SENDER, agent_id, KIND_LLM_DONE, payload)
+
+
+def tokens_event(update: RequestUpdate, agent: str) -> LlmTokens:
+    """The observers' event for one engine update of ``agent``'s request (the last one
+    carries the result's rate, time to first token, finish and error)."""
+    result = update.result
+    n = len(update.new_tokens)
+    if result is None:
+        return LlmTokens(update.request_id, agent, update.text, n, False)
+    return LlmTokens(
+        update.request_id,
+        agent,
+        update.text,
+        n,
+        True,
+        result.decode_tok_s,
+        result.ttft_s,
+        result.finish,
+        result.error,
+    )

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from qhybrid.runtime._agent_services import AgentServices, answers_from_lines
 from qhybrid.runtime._commit import EffectKind
-from qhybrid.runtime._events import AgentStateChanged, LlmTokens
-from qhybrid.runtime._llm_bridge import Prepared
+from qhybrid.runtime._events import AgentStateChanged
+from qhybrid.runtime._llm_bridge import Prepared, tokens_event
 from qhybrid.runtime._llm_chat import (
     chat_answer,
     chat_params,
@@ -175,24 +175,11 @@ class V2Bridge:
         agent_id, request, tag = owner
         name = self.parts.roster.agents[agent_id].name
         emit = llm.events.llm_tokens.emit  # observers only, as for llm_complete
+        emit(tokens_event(update, name))
         if result is None:
-            emit(LlmTokens(update.request_id, name, update.text, len(update.new_tokens), False))
             return True
         del self.chats[update.request_id]
         llm.done += 1
-        emit(
-            LlmTokens(
-                update.request_id,
-                name,
-                update.text,
-                len(update.new_tokens),
-                True,
-                result.decode_tok_s,
-                result.ttft_s,
-                result.finish,
-                result.error,
-            )
-        )
         self.trace.record("llm_done", tick, update.request_id, result.finish, repr(result.tokens))
         payload = chat_answer(request, tag, result)
         self.parts.schedule.push_message(

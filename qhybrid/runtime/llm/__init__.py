@@ -23,8 +23,9 @@ module (``_aot_cache``, ``_gguf`` for a file's metadata) does not load the CPU k
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from qhybrid.runtime._lazy import lazy_names
 
 if TYPE_CHECKING:
     from qhybrid.runtime.llm._arch import SUPPORTED_ARCHS
@@ -160,14 +161,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__)
