@@ -29,9 +29,13 @@ from qhybrid.runtime import GpuAdapter, Runtime
 __all__ = ["LiveModels", "adapter_text"]
 
 #: Frames per second the timer asks for while a run is active. Above the 30 a second that
-#: the window promises, so that a late timer or a slow frame now and then still leaves 30.
-DEFAULT_FPS = 40
-#: Agent table refreshes per second (a thousand rows need not change 40 times a second).
+#: the window promises, so that a late timer or a slow frame now and then still leaves 30
+#: (the coarse timer gives about 36), and not more: on two cores shared with the workers and
+#: the runtime's thread, every frame more is GUI work the runtime waits for. ``bench ui`` at
+#: 1000 agents on the idle dev VM: asking 40 gave 40 painted and the longest stall 11-14 ms
+#: over the no-window floor, asking 34 gave 35.8 and 7.6-10.5 ms.
+DEFAULT_FPS = 34
+#: Agent table refreshes per second (a thousand rows need not change 34 times a second).
 AGENTS_HZ = 2
 #: The interpreter's thread switch interval while a run is shown (Python's default: 5 ms).
 #: The runtime's loop thread is busy in Python most of the time; when the GUI thread wants the
