@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qhybrid.runtime.llm._spm import SpecialTokens, TokenizerError
+from qhybrid.runtime.llm._spm import SpecialTokens, TokenizerError, utf8_symbols
 from qhybrid.runtime.llm._strings import StringArray, StringIndex
 
 #: Words whose ids are remembered (prompts repeat words: chat markers, spaces, common words).
@@ -83,13 +83,8 @@ class BpeEncoder:
             tid = get(word)
             if tid >= 0:
                 return (tid,)
-        raw = np.frombuffer(word, dtype=np.uint8)
-        starts = np.flatnonzero((raw & 0xC0) != 0x80).tolist()
+        starts, size, prev, nxt = utf8_symbols(word)
         m = len(starts)
-        size = np.diff(np.append(starts, len(word))).tolist()
-        prev = list(range(-1, m - 1))
-        nxt = list(range(1, m + 1))
-        nxt[-1] = -1
         rank = self._ranks.get
         heap: list[tuple[int, int, int, int]] = []
         for i in range(1, m):

@@ -123,14 +123,8 @@ class SpmEncoder:
         """llm_tokenizer_spm_session::tokenize on one piece of escaped text."""
         if not text:
             return
-        raw = np.frombuffer(text, dtype=np.uint8)
-        # UTF-8 characters: a lead byte and its continuations (the text is valid UTF-8).
-        starts = np.flatnonzero((raw & 0xC0) != 0x80).tolist()
+        starts, size, prev, nxt = utf8_symbols(text)
         m = len(starts)
-        size = np.diff(np.append(starts, len(text))).tolist()
-        prev = list(range(-1, m - 1))
-        nxt = list(range(1, m + 1))
-        nxt[-1] = -1
         get = self._index.get
         score = self._scores
         heap: list[tuple[float, int, int, int]] = []
@@ -191,3 +185,17 @@ def _rebuild(
     prefix: bool,
 ) -> SpmEncoder:
     return SpmEncoder(texts, types, scores, unk=unk, add_space_prefix=prefix)
+
+
+def utf8_symbols(text: bytes) -> tuple[list[int], list[int], list[int], list[int]]:
+    """The symbols llama.cpp's tokenizers start from, one per UTF-8 character of ``text`` (a
+    lead byte and its continuations; the text is valid UTF-8), as a linked list: each one's
+    byte offset and size, and its previous and next symbol (-1: none)."""
+    raw = np.frombuffer(text, dtype=np.uint8)
+    starts: list[int] = np.flatnonzero((raw & 0xC0) != 0x80).tolist()
+    m = len(starts)
+    size: list[int] = np.diff(np.append(starts, len(text))).tolist()
+    prev = list(range(-1, m - 1))
+    nxt = list(range(1, m + 1))
+    nxt[-1] = -1
+    return starts, size, prev, nxt
