@@ -26,13 +26,14 @@ from typing import Any, TypeVar
 from PySide6.QtCore import QObject, QThread, Signal
 
 from qhybrid.models._feed import RuntimeFeed
-from qhybrid.models._heap import freeze_heap, unfreeze_heap
 from qhybrid.runtime import (
     RunResult,
     Runtime,
     RuntimeConfig,
     ScenarioError,
+    freeze_heap,
     load_scenario,
+    unfreeze_heap,
 )
 
 __all__ = ["ASK_KIND", "RuntimeController", "SessionState"]
@@ -156,7 +157,6 @@ class RuntimeController(QObject):
         self._stop_reason: str | None = None
         self._step_lock: asyncio.Lock | None = None
         self._closed = False
-        self._heap_frozen = False  # see _heap.py: while a run goes, in the window or not
 
     # -- what the GUI reads ----------------------------------------------------------------
     @property
@@ -265,7 +265,7 @@ class RuntimeController(QObject):
         if not thread.wait(int(timeout * 1000)):
             logger.error("the runtime's thread did not end within %g s", timeout)
             clean = False
-        self._release_heap()  # the last state change may never be delivered now
+        unfreeze_heap(self)  # the last state change may never be delivered now
         return clean
 
     def _cancel_questions(self, reason: str) -> None:
@@ -320,17 +320,11 @@ class RuntimeController(QObject):
     def _record_state(self, state: str, _detail: str) -> None:
         self._state = state
         # The run's objects are made: long-lived ones from here on stay out of the collector's
-        # full collections, which otherwise stop the GUI thread (see _heap.py).
-        if state == SessionState.RUNNING and not self._heap_frozen:
-            self._heap_frozen = True
-            freeze_heap()
+        # full collections, which otherwise stop the GUI thread (see runtime/_heap.py).
+        if state == SessionState.RUNNING:
+            freeze_heap(self)
         elif state not in SessionState.ACTIVE:
-            self._release_heap()
-
-    def _release_heap(self) -> None:
-        if self._heap_frozen:
-            self._heap_frozen = False
-            unfreeze_heap()
+            unfreeze_heap(self)
 
     # -- on the runtime's loop ------------------------------------------------------------
     # The controller drives the ticks itself with Runtime.step() instead of Runtime.run(), so

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         TickFinished,
         WorkerRestarted,
     )
+    from qhybrid.runtime._heap import freeze_heap, heap_frozen, unfreeze_heap
     from qhybrid.runtime._metrics import SERIES, MetricsSnapshot
     from qhybrid.runtime._orchestrator import RunFailed, Runtime, RuntimeConfig, run_scenario
     from qhybrid.runtime._result import AgentSummary, RunResult
@@ -91,6 +92,9 @@ _LAZY: dict[str, str] = {
     "TaskSpec": "qhybrid.runtime._scenario",
     "TensorSpec": "qhybrid.runtime._scenario",
     "load_scenario": "qhybrid.runtime._scenario",
+    "freeze_heap": "qhybrid.runtime._heap",
+    "heap_frozen": "qhybrid.runtime._heap",
+    "unfreeze_heap": "qhybrid.runtime._heap",
     "parse_scenario": "qhybrid.runtime._scenario",
     "printable": "qhybrid.runtime._text",
     "printable_lines": "qhybrid.runtime._text",
@@ -132,11 +136,14 @@ __all__ = [
     "TensorStore",
     "TickFinished",
     "WorkerRestarted",
+    "freeze_heap",
+    "heap_frozen",
     "load_scenario",
     "parse_scenario",
     "printable",
     "printable_lines",
     "run_scenario",
+    "unfreeze_heap",
 ]
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +42,7 @@ from typing import Any, TypeVar
 
 from qhybrid.runtime._commit import EffectKind
 from qhybrid.runtime._events import GpuAdapter, RunStateChanged, RuntimeEvents
+from qhybrid.runtime._heap import freeze_heap, unfreeze_heap
 from qhybrid.runtime._lifecycle import Lifecycle
 from qhybrid.runtime._memory import install_memory
 from qhybrid.runtime._metrics import MetricsRecorder, MetricsSnapshot
@@ -204,7 +204,7 @@ class Runtime:
             raise
         # What start-up made lives for the run: out of the collector's full passes, which
         # would otherwise walk it again and again (unfrozen at close, so nothing leaks).
-        gc.freeze()
+        freeze_heap(self)
         self._metrics.reset_clock()
 
     async def aclose(self) -> None:
@@ -212,7 +212,7 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
-        gc.unfreeze()
+        unfreeze_heap(self)
         try:
             await self.pool.aclose()
         finally:
