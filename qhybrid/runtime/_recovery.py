@@ -121,15 +121,7 @@ class Recovery:
                 by_worker.setdefault(agent.worker, []).append(agent)
 
         async def one(worker: int, group: list[AgentRecord]) -> None:
-            while True:
-                try:
-                    snaps = await self.pool.snapshot(worker, [a.agent_id for a in group])
-                    break
-                except WorkerCrashed as exc:
-                    await self.recover_worker(worker, tick, exc)  # RunFailed past the limit
-                    group = [a for a in group if a.state == LOADED]
-                    if not group:
-                        return
+            snaps = await self.snapshot(worker, group, tick)
             for agent in group:
                 snap = snaps.get(agent.agent_id)
                 if isinstance(snap, bytes):
@@ -138,6 +130,23 @@ class Recovery:
                     agent.reads.clear()
 
         await asyncio.gather(*(one(w, g) for w, g in by_worker.items()))
+
+    async def snapshot(
+        self, worker: int, agents: list[AgentRecord], tick: int
+    ) -> dict[int, bytes | str]:
+        """Snapshots of ``agents`` (all on ``worker``), taken between ticks: bytes, or why an
+        agent cannot have one. A worker that dies meanwhile is replaced like any other (its
+        agents restored from their last snapshot and replay log, which hold everything up to
+        ``tick``) and asked again; an agent that could not be restored has no entry.
+        Raises :class:`RunFailed` past the restart limit."""
+        while True:
+            ids = [a.agent_id for a in agents if a.state == LOADED]
+            if not ids:
+                return {}
+            try:
+                return await self.pool.snapshot(worker, ids)
+            except WorkerCrashed as exc:
+                await self.recover_worker(worker, tick, exc)
 
     # -- a dead worker ----------------------------------------------------------------------
     async def recover_worker(self, worker: int, tick: int, crash: WorkerCrashed) -> None:

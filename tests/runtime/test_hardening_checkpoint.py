@@ -8,9 +8,13 @@ replayed, the checkpoint taken again, and the trace is the one of an undisturbed
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from qhybrid.runtime import RunResult, Runtime, RuntimeConfig, parse_scenario
+from qhybrid.runtime.store import DurableRuntime, RunRecorder, RunStore
 from tests.conftest import ROOT
 
 AGENTS = (ROOT / "resources" / "agents").as_posix()
@@ -65,3 +69,64 @@ def test_a_worker_killed_during_a_checkpoint_is_replaced_and_the_run_completes()
     assert hit.worker_restarts == 3
     assert hit.trace_hash == calm.trace_hash
     assert hit.messages_delivered == calm.messages_delivered
+
+
+def _record(store: Path, kill_at: tuple[int, ...], restarts: int) -> tuple[RunResult, str | None]:
+    """The same run recorded in a store (``qhybrid --headless`` does this), whose checkpoints
+    are taken by the recorder (``store._checkpoint.capture``), not by the recovery part."""
+    scenario = parse_scenario(SCENARIO, source="checkpointed.toml")
+    with RunStore(store) as s:
+        run_id = s.new_run(
+            scenario_name=scenario.name,
+            scenario_path="checkpointed.toml",
+            scenario_text=SCENARIO,
+            seed=scenario.seed,
+            config={"workers": 2, "checkpoint_every": 3},
+            version="test",
+        )
+    recorder = RunRecorder(store, run_id, checkpoint_every=3)
+    config = RuntimeConfig(workers=2, device="cpu", max_worker_restarts=restarts)
+    runtime = DurableRuntime(scenario, config, recorder=recorder)
+
+    async def main() -> tuple[RunResult, str | None]:
+        async with runtime as rt:
+            pool = rt.pool
+            real = pool.snapshot
+            calls = [0]
+
+            async def snapshot(index: int, agent_ids: Any) -> Any:
+                calls[0] += 1
+                if calls[0] in kill_at:
+                    pool.kill_worker(index)
+                return await real(index, agent_ids)
+
+            pool.snapshot = snapshot  # type: ignore[method-assign]
+            result = await rt.run()
+        problem = recorder.checkpoint_problem
+        recorder.finish(runtime, result.status, result.reason, trace_hash=result.trace_hash)
+        return result, problem
+
+    return asyncio.run(main())
+
+
+def test_a_worker_killed_during_a_recorded_checkpoint_is_replaced(tmp_path: Path) -> None:
+    calm, _ = _record(tmp_path / "calm.sqlite", (), restarts=3)
+    hit, problem = _record(tmp_path / "hit.sqlite", (4, 9), restarts=3)
+    assert calm.ok, calm.reason
+    assert hit.ok, hit.reason
+    assert problem is None  # the checkpoints went on: the death is not a checkpoint's fault
+    assert hit.worker_restarts == 2
+    assert hit.trace_hash == calm.trace_hash
+    with RunStore(tmp_path / "hit.sqlite", readonly=True) as s:
+        (run,) = s.runs()
+        assert len(s.checkpoint_ticks(run["run_id"])) > 2
+
+
+def test_a_worker_killed_during_a_recorded_checkpoint_past_the_limit_fails_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hit, problem = _record(tmp_path / "hit.sqlite", (4,), restarts=0)
+    assert hit.status == "failed"
+    assert "the limit" in (hit.reason or "") and "died" in (hit.reason or "")
+    assert problem is None
+    assert not [r for r in caplog.records if r.exc_info]  # reported, no traceback logged

@@ -24,6 +24,7 @@ from qhybrid.runtime.store._codec import CodecError, decode, encode, plain_pickl
 from qhybrid.runtime.store._store import blob_digest
 
 if TYPE_CHECKING:
+    from qhybrid.runtime._roster import AgentRecord
     from qhybrid.runtime.store._runtime import DurableRuntime
 
 #: Bumped when the state's layout changes; an older checkpoint is refused, not misread.
@@ -62,14 +63,15 @@ async def capture(rt: DurableRuntime) -> SavedState:
     # store's history (what a restore rebuilds the engine from) holds them.
     await parts.llm.flush()
     blobs: dict[str, bytes] = {}
-    by_worker: dict[int, list[int]] = {}
+    by_worker: dict[int, list[AgentRecord]] = {}
     agents_ = parts.roster.agents
     for agent in agents_:
         if agent.state == "loaded":
-            by_worker.setdefault(agent.worker, []).append(agent.agent_id)
+            by_worker.setdefault(agent.worker, []).append(agent)
     snaps: dict[int, str] = {}
-    for worker, ids in by_worker.items():
-        got = await rt.pool.snapshot(worker, ids)
+    for worker, group in by_worker.items():
+        # A worker that dies here is replaced as in a tick (RunFailed past the limit).
+        got = await parts.recovery.snapshot(worker, group, rt.tick)
         for agent_id, snap in got.items():
             if not isinstance(snap, bytes):
                 raise CheckpointUnavailable(snap)

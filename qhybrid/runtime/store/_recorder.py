@@ -24,6 +24,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qhybrid.runtime._recovery import RunFailed
 from qhybrid.runtime.store._checkpoint import (
     CheckpointUnavailable,
     SavedState,
@@ -378,6 +379,8 @@ class RunRecorder:
             self.checkpoint_problem = str(exc)
             logger.warning("no checkpoints for this run: %s", exc)
             return False
+        except RunFailed:  # a worker died and could not be replaced: the run's failure
+            raise
         except Exception as exc:  # a checkpoint that cannot be made must not end the run
             self.checkpoint_problem = f"{type(exc).__name__}: {exc}"
             logger.exception("no checkpoints for this run")

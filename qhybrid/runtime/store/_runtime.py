@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qhybrid.runtime._orchestrator import Runtime, RuntimeConfig
+from qhybrid.runtime._orchestrator import RunFailed, Runtime, RuntimeConfig
 from qhybrid.runtime._schedule import Item
 from qhybrid.runtime.store._checkpoint import (
     check_restorable,
@@ -219,7 +219,10 @@ class DurableRuntime(Runtime):
         if self.recorder is not None and self._llm_factory is None:
             self.recorder.attach_llm(self)
         if self.checkpoint_at_start and self.recorder is not None and checkpointable(self):
-            await self.recorder.checkpoint(self)
+            try:
+                await self.recorder.checkpoint(self)
+            except RunFailed as exc:
+                self._finish("failed", str(exc))
 
     def _wrap_gpu(self) -> None:
         """GPU jobs: a recording keeps each output; a replay takes it from the recording
@@ -374,7 +377,11 @@ class DurableRuntime(Runtime):
         if self._gpu_outputs:
             self._keep_gpu_outputs()
         if self.recorder is not None:
-            await self.recorder.end_tick(self)
+            try:
+                await self.recorder.end_tick(self)
+            except RunFailed as exc:  # a worker died during the checkpoint, past the limit
+                self._finish("failed", str(exc))
+                return False
         else:
             self._trace.flush()
         if self.check is not None and self.check.divergence is not None:
