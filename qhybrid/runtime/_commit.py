@@ -34,7 +34,7 @@ from qhybrid.runtime._schedule import Item, Schedule
 from qhybrid.runtime._schedule import new_item as _new_item
 from qhybrid.runtime._trace import TraceRecorder, digest
 from qhybrid.runtime.wasm_pool import KIND_TASK_DONE, RUNTIME_SENDER, Outcome
-from qhybrid.runtime.wasm_pool._protocol import Effect
+from qhybrid.runtime.wasm_pool._protocol import Effect, outcome_of
 
 __all__ = ["Commit", "EffectKind", "TickCounts"]
 
@@ -148,22 +148,15 @@ class Commit:
             outcome = outcomes_of[worker][index] if worker >= 0 else None
             sender, dst, kind, payload = message
             agent = agents[dst]
-            # (Outcome's fields by position, cheaper than by name: 1 sent, 2 logs, 3 error,
-            # 5 effects, 6 reads.)
-            if (
-                outcome is None
-                or outcome[3] is not None
-                or outcome[5]
-                or outcome[2]
-                or agent.state != LOADED
-                or agent.restart_pending
-            ):
-                full = None if outcome is None else Outcome._make(outcome)
+            # A plain tuple is the compact form of a handled message that only sent
+            # messages (``wire_outcome``): what it sent. Anything else takes the long way.
+            if outcome.__class__ is not tuple or agent.state != LOADED or agent.restart_pending:
+                full = None if outcome is None else outcome_of(outcome)
                 self._message(tick, item, message, full, counts)
                 continue
             plain += 1
             agent.handled += 1
-            sent = outcome[1]
+            sent = outcome
             add_record(
                 (
                     "ok",
@@ -194,8 +187,6 @@ class Commit:
                 log.append((tick, sender, kind, payload))
                 if len(log) == every:
                     checkpoint_due.append(agent)
-                if outcome[6]:
-                    agent.reads.update(outcome[6])
         counts.delivered += plain
         self.tasks_completed += plain
         self.delivered += counts.delivered

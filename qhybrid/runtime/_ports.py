@@ -4,7 +4,8 @@
   CPU tasks. :class:`~qhybrid.runtime.wasm_pool.WorkerPool` (local worker processes) is one;
   another backend (e.g. Ray actors, one per "worker" index) implements the same coroutines and
   passes itself as ``Runtime(..., pool=...)``. Agent ``i`` always lives at index
-  ``i % size``; a batch's reply must hold one outcome per delivery, in order.
+  ``i % size``; a batch's reply must hold one outcome per delivery, in order (an
+  ``Outcome``, or one of the wire forms ``BatchReply.outcomes`` names).
 - :data:`TickHook`: called after every tick's commit with the trace records that tick made
   (``Runtime.add_tick_hook``), e.g. for a durable-runs store.
 

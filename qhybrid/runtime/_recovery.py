@@ -58,6 +58,8 @@ class Recovery:
         self.max_worker_restarts = max_worker_restarts
         #: Agents whose replay log reached ``checkpoint_every`` this tick (the commit adds).
         self.checkpoint_due: list[AgentRecord] = []
+        #: Agents that failed this tick and are to be restarted after its commit.
+        self.restarts_pending: list[AgentRecord] = []
         self.worker_restarts = 0
 
     # -- an agent's failure -----------------------------------------------------------------
@@ -70,6 +72,7 @@ class Recovery:
             # Replaced by a fresh instance after this tick's commit; the rest of its
             # messages in this tick are dropped.
             agent.restart_pending = True
+            self.restarts_pending.append(agent)
             emit(AgentStateChanged(agent.name, agent.agent_id, agent.worker, FAILED, tick, error))
             return
         if agent.on_error == "restart":
@@ -94,10 +97,12 @@ class Recovery:
         """What the commit asked for that needs the workers: restarts, then tensor writes and
         releases (snapshotting first every agent that read a tensor about to change or go, so
         that a replay reads what it read), then the periodic checkpoint."""
-        for agent in self.roster.agents:
-            if agent.restart_pending:
-                agent.restart_pending = False
-                await self.restart_agent(agent, tick)
+        if self.restarts_pending:  # (a list: not a look at every agent every tick)
+            pending, self.restarts_pending = self.restarts_pending, []
+            for agent in sorted(pending, key=lambda a: a.agent_id):  # in id order, as ever
+                if agent.restart_pending:  # (not restarted already with its dead worker)
+                    agent.restart_pending = False
+                    await self.restart_agent(agent, tick)
         if self.tensors.pending_writes or self.tensors.pending_releases:
             written = self.tensors.pending_names()
             readers = [a for a in self.roster.agents if a.reads & written]

@@ -16,9 +16,9 @@ import wasmtime
 from qhybrid.runtime.wasm_pool import _frames, make_engine
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
-    Outcome,
     Request,
     encode,
+    outcome_of,
     read_frame_sync,
 )
 from qhybrid.runtime.wasm_pool._worker import serve
@@ -77,7 +77,7 @@ def test_an_outcome_over_the_bound_fails_its_agent_by_name(
     assert ready[0] == "ready" and module == ("ok", None) and load == ("ok", None)
     status, (outcomes, *_rest) = batch  # then the tasks, the busy time, the usage report
     assert status == "ok"
-    bulky, small = (Outcome(*o) for o in outcomes)
+    bulky, small = (outcome_of(o) for o in outcomes)  # the wire's forms
     assert not bulky.ok and bulky.sent == ()
     assert bulky.error is not None and bulky.error.startswith("agent bulky: ")
     assert "larger than the 1048576 bytes" in bulky.error

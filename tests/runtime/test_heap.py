@@ -22,3 +22,17 @@ def test_the_last_holder_gives_the_heap_back() -> None:
     assert heap_frozen()
     unfreeze_heap(window)
     assert not heap_frozen() and gc.get_freeze_count() == 0
+
+
+def test_the_young_generation_is_collected_less_often_while_held() -> None:
+    from qhybrid.runtime._heap import YOUNG_THRESHOLD
+
+    before = gc.get_threshold()
+    run = object()
+    freeze_heap(run)
+    try:
+        young, *older = gc.get_threshold()
+        assert young == max(before[0], YOUNG_THRESHOLD) and tuple(older) == before[1:]
+    finally:
+        unfreeze_heap(run)
+    assert gc.get_threshold() == before  # given back as it was

@@ -50,6 +50,7 @@ from qhybrid.runtime.wasm_pool._protocol import (
     ProtocolError,
     Request,
     encode,
+    outcome_of,
     read_frame,
     read_frame_sync,
 )
@@ -608,7 +609,8 @@ def test_worker_loop_answers_each_request_and_survives_errors(tmp_path: Path) ->
     assert replies[7] == ("ok", None)
     status, batch = replies[8]
     assert status == "ok"
-    # On the wire a batch reply is plain tuples (the pool turns them into Outcomes).
+    # On the wire a batch reply's outcomes are compact: what a plain handled message sent (a
+    # tuple), or an Outcome's fields in a list (outcome_of turns either into an Outcome).
     outcomes, tasks, busy_ns, usage = batch
     assert tasks == () and busy_ns > 0
     # The usage report: the batch's totals, then one row per agent of the batch (agent 5 is
@@ -617,7 +619,8 @@ def test_worker_loop_answers_each_request_and_survives_errors(tmp_path: Path) ->
     ((agent, fuel, memory, last),) = AGENT_USAGE_ROW.iter_unpack(usage[USAGE_ROW.size :])
     assert agent == 0 and fuel > 0 and memory >= 65536 and last == fuel
     assert total == fuel and worker_memory == memory
-    first, second = (Outcome._make(o) for o in outcomes)
+    assert outcomes[0] == ((2, 8, b"hi"),) and isinstance(outcomes[1], list)
+    first, second = (outcome_of(o) for o in outcomes)
     assert first.ok
     assert first.sent == ((2, 8, b"hi"),)
     assert second == Outcome(False, error="agent 5 is not on this worker")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from qhybrid.runtime.wasm_pool import BatchReply, Outcome, WorkerCrashed, WorkerPool, _frames
+from qhybrid.runtime.wasm_pool import BatchReply, WorkerCrashed, WorkerPool, _frames
 from qhybrid.runtime.wasm_pool._channel import ReplyChannel, Watchdog
-from qhybrid.runtime.wasm_pool._protocol import ProtocolError, encode
+from qhybrid.runtime.wasm_pool._protocol import ProtocolError, encode, outcome_of
 from tests.runtime.test_wasm_pool import ECHO, compile_text, in_pool, load
 
 
@@ -123,15 +123,15 @@ def test_batches_to_all_workers_at_once_and_a_dead_one_reported(tmp_path: Path) 
             one = await pool.run_batch(w, 3, deliveries, tasks)
             reply = got[w]
             assert isinstance(reply, BatchReply)
-            # (run_batches leaves the outcomes as the plain tuples that came: the commit
-            # reads them by position; Outcome._make gives the same Outcomes.)
-            assert [Outcome._make(o)._replace(elapsed_ns=0) for o in reply.outcomes] == [
-                Outcome._make(o)._replace(elapsed_ns=0) for o in one.outcomes
+            # (run_batches leaves the outcomes in the compact forms that came, for the
+            # commit; outcome_of gives the same Outcomes as run_batch's.)
+            assert [outcome_of(o)._replace(elapsed_ns=0) for o in reply.outcomes] == [
+                o._replace(elapsed_ns=0) for o in one.outcomes
             ]
-            assert Outcome._make(reply.outcomes[0]).sent == ((1 - w, 6, deliveries[0][3]),)
+            assert reply.outcomes[0] == ((1 - w, 6, deliveries[0][3]),)
         pool.kill_worker(1)
         got = await pool.run_batches(4, batches)
-        assert isinstance(got[0], BatchReply) and Outcome._make(got[0].outcomes[0]).ok
+        assert isinstance(got[0], BatchReply) and outcome_of(got[0].outcomes[0]).ok
         assert isinstance(got[1], WorkerCrashed)
 
     asyncio.run(in_pool(body))
@@ -154,7 +154,7 @@ def test_a_worker_known_dead_first_does_not_end_the_wait_for_the_others(tmp_path
         batches = {0: ([(0, 1, 5, b"a")], []), 1: ([(1, 0, 5, b"bc")], [])}
         got = await pool.run_batches(3, batches)
         assert isinstance(got[0], WorkerCrashed)
-        assert isinstance(got[1], BatchReply) and Outcome._make(got[1].outcomes[0]).ok
+        assert isinstance(got[1], BatchReply) and outcome_of(got[1].outcomes[0]).ok
 
     asyncio.run(in_pool(body))
 

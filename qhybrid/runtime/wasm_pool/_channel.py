@@ -20,6 +20,7 @@ import asyncio
 import collections
 import os
 import time
+from asyncio import base_subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,22 @@ class ReplyChannel(asyncio.subprocess.SubprocessStreamProtocol):
         self._failed: ProtocolError | None = None
 
     # -- reading ------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # asyncio hands a subprocess pipe's data to its protocol through ``call_soon``: one
+        # more turn of the loop (a ``select`` and a handle) per reply. The stdout pipe's data
+        # comes here straight from its read instead. Safe from reordering: the data read
+        # before now is queued in the same turn as this call, so it is handled before any
+        # read that comes here directly.
+        get_pipe = getattr(transport, "get_pipe_transport", None)
+        pipe = get_pipe(1) if get_pipe is not None else None
+        proto = getattr(pipe, "_protocol", None)
+        if isinstance(proto, base_subprocess.ReadSubprocessPipeProto):
+            proto.data_received = self._stdout_data  # type: ignore[method-assign]
+
+    def _stdout_data(self, data: bytes) -> None:
+        self.pipe_data_received(1, data)
+
     def pipe_data_received(self, fd: int, data: bytes | str) -> None:
         if fd != 1 or isinstance(data, str):
             super().pipe_data_received(fd, data)

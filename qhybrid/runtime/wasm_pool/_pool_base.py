@@ -19,11 +19,11 @@ from qhybrid.runtime.wasm_pool._limits import effective_limits
 from qhybrid.runtime.wasm_pool._protocol import (
     AgentLoad,
     BatchReply,
-    Outcome,
     Request,
     TaskOutcome,
     TaskRun,
     TensorEntry,
+    outcome_of,
 )
 from qhybrid.runtime.wasm_pool._watchdog import BASE_DEADLINE_S, batch_deadline
 
@@ -173,7 +173,7 @@ class PoolBase:
         host.tensors_seen += len(new)
         outcomes, tasks_done, busy_ns, *usage = reply
         return BatchReply(
-            tuple(map(Outcome._make, outcomes)),
+            tuple(map(outcome_of, outcomes)),
             tuple(map(TaskOutcome._make, tasks_done)),
             busy_ns,
             usage[0] if usage else b"",

@@ -163,6 +163,22 @@ class Outcome(NamedTuple):
     reads: tuple[str, ...] = ()
 
 
+def outcome_of(entry: Outcome | tuple[Any, ...] | list[Any]) -> Outcome:
+    """The :class:`Outcome` of one entry of ``BatchReply.outcomes`` (any of its forms)."""
+    if entry.__class__ is tuple:  # the compact form: what a plain handled message sent
+        return Outcome(True, entry)
+    return entry if isinstance(entry, Outcome) else Outcome._make(entry)
+
+
+def wire_outcome(outcome: Outcome) -> tuple[Any, ...] | list[Any]:
+    """How a worker sends ``outcome`` back (see ``BatchReply.outcomes``): for the common
+    case, a handled message that only sent messages, just what it sent (a tuple: about half
+    the bytes and half the pickling of the whole record); else its fields, in a list."""
+    if outcome[0] and not (outcome[2] or outcome[5] or outcome[6]):
+        return outcome[1]
+    return list(outcome)
+
+
 class TaskOutcome(NamedTuple):
     ok: bool
     error: str | None = None
@@ -184,10 +200,12 @@ AGENT_USAGE_ROW = struct.Struct("<qqqq")
 
 
 class BatchReply(NamedTuple):
-    #: One per delivery, in order: an :class:`Outcome`, or (from ``WorkerPool.run_batches``,
-    #: the orchestrator's hot path, which reads them by position) the same fields as the
-    #: plain tuple that came over the pipe: ``Outcome._make`` turns either into an Outcome.
-    outcomes: tuple[Outcome | tuple[Any, ...], ...]
+    #: One per delivery, in order: an :class:`Outcome` (``run_batch``), or (from
+    #: ``WorkerPool.run_batches``, the orchestrator's hot path) the form it came over the
+    #: pipe in (:func:`wire_outcome`): a plain ``tuple`` of the messages sent, for a handled
+    #: message that did nothing else, or else a ``list`` of an Outcome's fields.
+    #: :func:`outcome_of` turns any of them into an Outcome.
+    outcomes: tuple[Outcome | tuple[Any, ...] | list[Any], ...]
     tasks: tuple[TaskOutcome, ...]
     #: CPU time the worker spent in the batch (its handlers and tasks, not the framing).
     busy_ns: int

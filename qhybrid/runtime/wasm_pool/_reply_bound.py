@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qhybrid.runtime.wasm_pool import _frames
-from qhybrid.runtime.wasm_pool._protocol import Outcome, Request
+from qhybrid.runtime.wasm_pool._protocol import Outcome, Request, outcome_of
 
 __all__ = ["bound_reply"]
 
@@ -54,8 +54,8 @@ def bound_reply(request: Request, reply: tuple[str, Any], name_of: Callable[[int
                 break
             agent_id = deliveries[i][0]
             error = _too_large(name_of(agent_id), "the reply to its message", sizes[i])
-            kept[i] = tuple(
-                Outcome(False, error=error, elapsed_ns=Outcome(*outcomes[i]).elapsed_ns)
+            kept[i] = list(
+                Outcome(False, error=error, elapsed_ns=outcome_of(outcomes[i]).elapsed_ns)
             )
             total += _size(kept[i]) - sizes[i]
         return ("ok", (tuple(kept), *rest))

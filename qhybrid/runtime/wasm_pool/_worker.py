@@ -160,23 +160,29 @@ class Worker:
         deliveries: list[tuple[int, int, int, bytes]],
         tasks: list[TaskRun],
         rows: bool = True,
-    ) -> tuple[tuple[tuple[Any, ...], ...], tuple[tuple[Any, ...], ...], int, bytes]:
-        """Handle deliveries in order, then tasks; plain tuples back (see Delivery), the
+    ) -> tuple[tuple[tuple[Any, ...] | list[Any], ...], tuple[tuple[Any, ...], ...], int, bytes]:
+        """Handle deliveries in order, then tasks; their outcomes back as ``wire_outcome``
+        makes them (see ``BatchReply.outcomes``), the task outcomes as plain tuples, the
         CPU time the batch took (this thread's: wall time would count other programs' turns
         on a busy machine), and the usage report (see ``BatchReply.usage``): the totals,
         and with ``rows`` each agent's that had messages since its last report."""
         start = time.thread_time_ns()
-        outcomes: list[tuple[Any, ...]] = []
+        outcomes: list[tuple[Any, ...] | list[Any]] = []
         agents = self.agents
         touched = self._unreported
         for agent_id, sender, kind, payload in deliveries:
             agent = agents.get(agent_id)
             if agent is None:
                 missing = Outcome(False, error=f"agent {agent_id} is not on this worker")
-                outcomes.append(tuple(missing))
+                outcomes.append(list(missing))
                 continue
             touched[agent_id] = agent
-            outcomes.append(tuple(agent.deliver(tick, sender, kind, payload)))
+            outcome = agent.deliver(tick, sender, kind, payload)
+            # (wire_outcome, inline: this is per message)
+            if outcome[0] and not (outcome[2] or outcome[5] or outcome[6]):
+                outcomes.append(outcome[1])
+            else:
+                outcomes.append(list(outcome))
         task_outcomes = tuple(tuple(self.run_task(t)) for t in tasks)
         return tuple(outcomes), task_outcomes, time.thread_time_ns() - start, self.usage(rows)
 
