@@ -369,7 +369,17 @@ def _run_cpu_s(runtime: Runtime) -> tuple[float, float]:
 
 
 def process_cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of process ``pid`` so far (Linux /proc, else psutil)."""
+    """User plus system CPU seconds of process ``pid`` so far (Linux /proc, else psutil).
+
+    On Linux, the nanosecond run times of its threads (``/proc/PID/task/*/schedstat``): the
+    clock ticks of ``/proc/PID/stat`` are 10 ms apart, which over a run of a hundred thousand
+    messages is up to 0.1 us per message of error per process and per reading."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        total_ns = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                total_ns += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+        return total_ns / 1e9
     with contextlib.suppress(OSError, ValueError, IndexError):
         text = Path(f"/proc/{pid}/stat").read_text()
         fields = text[text.rindex(")") + 2 :].split()

@@ -32,7 +32,7 @@ from qhybrid.runtime._recovery import Recovery
 from qhybrid.runtime._roster import LOADED, AgentRecord, Roster
 from qhybrid.runtime._schedule import Item, Schedule
 from qhybrid.runtime._schedule import new_item as _new_item
-from qhybrid.runtime._trace import TraceRecorder, digest
+from qhybrid.runtime._trace import OK_LINE, TraceRecorder, digest
 from qhybrid.runtime.wasm_pool import KIND_TASK_DONE, RUNTIME_SENDER, Outcome
 from qhybrid.runtime.wasm_pool._protocol import Effect, outcome_of
 
@@ -128,10 +128,10 @@ class Commit:
         agents = self.roster.agents
         # The records and the queue, appended to and pushed on without a call per message
         # (as TraceRecorder.record and Schedule.push_message do).
-        add_record = self.trace.appender()
+        add_record, add_line = self.trace.appenders()
         schedule = self.schedule
         queue, seq = schedule.queue, schedule.sequence
-        push, new_item = heapq.heappush, _new_item
+        push, new_item, ok_line = heapq.heappush, _new_item, OK_LINE
         # Inline only while nobody wraps push_message (a recording does, to keep payloads,
         # and it may renumber the sequence counter): then every push goes through it.
         push_message = None if "push_message" not in vars(schedule) else schedule.push_message
@@ -157,18 +157,10 @@ class Commit:
             plain += 1
             agent.handled += 1
             sent = outcome
-            add_record(
-                (
-                    "ok",
-                    tick,
-                    item.seq,
-                    sender,
-                    dst,
-                    kind,
-                    payload if len(payload) <= 32 else digest(payload),
-                    len(sent),
-                )
-            )
+            field = payload if len(payload) <= 32 else digest(payload)
+            n, at = len(sent), item.seq
+            add_record(("ok", tick, at, sender, dst, kind, field, n))
+            add_line(ok_line % (tick, at, sender, dst, kind, field, n))  # its repr, made now
             if sent and push_message is not None:
                 priority = -item.neg_priority
                 for to, out_kind, out_payload in sent:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Sequence
@@ -49,6 +50,10 @@ class MetricsSnapshot:
         return float((values[-1] - values[0]) / (wall[-1] - wall[0]))
 
 
+#: Samples kept before they are written into the ring buffers in one go.
+FOLD_ROWS = 256
+
+
 class MetricsRecorder:
     """Thread-safe ring buffers: the orchestrator writes a sample per tick, observers poll."""
 
@@ -57,7 +62,10 @@ class MetricsRecorder:
         self.workers = workers
         self._data = np.zeros((capacity, len(SERIES)), dtype=np.float64)
         self._busy = np.zeros((capacity, max(workers, 1)), dtype=np.float64)
-        self._count = 0
+        self._count = 0  # samples written into the buffers
+        self._rows: collections.deque[tuple[float, Sequence[float], Sequence[float]]] = (
+            collections.deque()
+        )
         self._lock = threading.Lock()
         self._t0 = time.perf_counter()
 
@@ -72,17 +80,35 @@ class MetricsRecorder:
 
     def record_row(self, row: Sequence[float], worker_busy_s: Sequence[float]) -> None:
         """One sample: ``row`` holds every series after ``wall_s``, in :data:`SERIES` order
-        (the orchestrator's way, once per tick: no dict to build and look up)."""
-        wall = time.perf_counter() - self._t0
+        (the orchestrator's way, once per tick: no dict to build and look up). Kept as it
+        comes, and written into the ring buffers :data:`FOLD_ROWS` at a time or when
+        someone reads them (a numpy row assignment per tick cost more than the row)."""
+        self._rows.append((time.perf_counter() - self._t0, row, worker_busy_s))
+        if len(self._rows) >= FOLD_ROWS:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Write the samples kept so far into the ring buffers (from any thread)."""
         with self._lock:
-            i = self._count % self.capacity
-            data = self._data[i]
-            data[0] = wall
-            data[1:] = row
-            self._busy[i, : len(worker_busy_s)] = worker_busy_s
-            self._count += 1
+            rows = self._rows
+            taken = []
+            while rows:  # (popleft: the orchestrator may append meanwhile)
+                taken.append(rows.popleft())
+            if not taken:
+                return
+            taken = taken[-self.capacity :]
+            width = self._busy.shape[1]
+            data = np.array([(wall, *row) for wall, row, _ in taken], dtype=np.float64)
+            busy = np.zeros((len(taken), width), dtype=np.float64)
+            for i, (_, _, b) in enumerate(taken):
+                busy[i, : min(len(b), width)] = b[:width]
+            at = (self._count + np.arange(len(taken))) % self.capacity
+            self._data[at] = data
+            self._busy[at] = busy
+            self._count += len(taken)
 
     def snapshot(self) -> MetricsSnapshot:
+        self._fold()
         with self._lock:
             n = min(self._count, self.capacity)
             start = self._count % self.capacity if self._count > self.capacity else 0

@@ -71,7 +71,6 @@ class Parts:
             max_worker_restarts=max_worker_restarts,
         )
         dispatch = Dispatcher(pool, roster, named, gpu, llm, recovery, events, workers)
-        dispatch.while_waiting = trace.digest  # the last tick's hashing, while workers run
         commit = Commit(
             schedule,
             roster,

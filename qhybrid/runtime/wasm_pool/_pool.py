@@ -212,7 +212,9 @@ class WorkerPool(PoolBase):
         stdin = worker.proc.stdin
         assert stdin is not None
         try:
-            stdin.write(encode(request))
+            # As a plain (op, args) tuple: pickling the Request class by reference cost
+            # more than a one-message batch's own bytes, on both sides of the pipe.
+            stdin.write(encode((request.op, request.args)))
             # Only a request the pipe could not take at once has anything to drain.
             if stdin.transport.get_write_buffer_size():
                 what = f"a {request.op!r} request"
@@ -385,8 +387,7 @@ class WorkerPool(PoolBase):
     ) -> tuple[Request, float]:
         """The batch request, and its deadline (what its messages may take), as
         :meth:`PoolBase._batch` makes them."""
-        limits = self._time_limits
-        budget = sum(limits.get(d[0], 0) for d in deliveries)
+        budget = self._message_budget(deliveries)
         if not isinstance(deliveries, list):
             deliveries = list(deliveries)
         if not isinstance(tasks, list):

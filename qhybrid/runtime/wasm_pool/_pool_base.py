@@ -51,6 +51,7 @@ class PoolBase:
         self._modules: dict[str, tuple[bytes, bytes]] = {}
         self._tensors: list[TensorEntry] = []
         self._time_limits: dict[int, int] = {}  # agent id -> ms per message (the watchdog's)
+        self._uniform_ms: int | None = None  # the one limit they all have (-1: not one)
         self.restarts = 0
         #: Whether the batches sent now ask for the agents' usage rows (``AGENT_USAGE_ROW``):
         #: the orchestrator sets it per tick, while someone reads the agents' usage.
@@ -114,11 +115,24 @@ class PoolBase:
             await self._request(index, Request("tensors", (entries,)))
             host.tensors_seen += len(entries)
 
+    def _message_budget(self, deliveries: Sequence[tuple[int, int, int, bytes]]) -> int:
+        """What a batch's messages may take in all (ms): the sum of their agents' limits, or
+        when every agent has the same one (the common case) that times their number."""
+        per = self._uniform_ms
+        if per is None:
+            values = set(self._time_limits.values())
+            per = self._uniform_ms = values.pop() if len(values) == 1 else -1
+        if per >= 0:
+            return per * len(deliveries)
+        limits = self._time_limits
+        return sum(limits.get(d[0], 0) for d in deliveries)
+
     # -- agents -----------------------------------------------------------------------------
     async def load_agents(self, index: int, loads: Sequence[AgentLoad]) -> None:
         """Instantiate agents on worker ``index`` (their module must be installed)."""
         for load in loads:  # what each may take per message: the batches' deadlines
             self._time_limits[load.agent_id] = effective_limits(load.limits)[0].timeout_ms or 0
+        self._uniform_ms = None
         # Start-up is four limited calls at most (start, _initialize, version, qh_init).
         budget = 4 * sum(self._time_limits[load.agent_id] for load in loads)
         await self._request(index, Request("load", (list(loads),)), batch_deadline(budget, 0))
@@ -138,6 +152,7 @@ class PoolBase:
             per = effective_limits(load.limits)[0].timeout_ms or 0
             self._time_limits[load.agent_id] = per
             budget += per * (len(replay) + 2)  # + start-up and the restore itself
+        self._uniform_ms = None
         reply = await self._request(
             index, Request("restore", (list(items),)), batch_deadline(budget, 0)
         )
@@ -166,8 +181,7 @@ class PoolBase:
         """Worker ``index``'s batch, with the tensors it has not been told of yet."""
         host = self._host(index)
         new = self._tensors[host.tensors_seen :]
-        limits = self._time_limits
-        deadline = batch_deadline(sum(limits.get(d[0], 0) for d in deliveries), len(tasks))
+        deadline = batch_deadline(self._message_budget(deliveries), len(tasks))
         args = (tick, list(deliveries), list(tasks), new, self.usage_rows)
         reply = await self._request(index, Request("batch", args), deadline)
         host.tensors_seen += len(new)

@@ -248,6 +248,8 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
         write_frame_sync(stdout, ("ready", os.getpid(), "wasmtime"))
         while True:
             request = read_frame_sync(stdin)
+            if request.__class__ is tuple and len(request) == 2:  # (op, args): the pool's way
+                request = Request(*request)
             if request is None or (isinstance(request, Request) and request.op == "shutdown"):
                 return 0
             try:
