@@ -137,6 +137,7 @@ class Commit:
         push_message = None if "push_message" not in vars(schedule) else schedule.push_message
         next_tick = tick + 1
         every = self.checkpoint_every
+        every4 = 4 * every
         checkpoint_due = self.recovery.checkpoint_due
         plain = 0
         self._failed_tasks = set()
@@ -176,8 +177,8 @@ class Commit:
                     )
             if every > 0:
                 log = agent.log
-                log.append((tick, sender, kind, payload))
-                if len(log) == every:
+                log.extend((tick, sender, kind, payload))  # (flat: see AgentRecord.log)
+                if len(log) == every4:
                     checkpoint_due.append(agent)
         counts.delivered += plain
         self.tasks_completed += plain
@@ -225,8 +226,8 @@ class Commit:
         every = self.checkpoint_every
         if every > 0:
             log = agent.log
-            log.append((tick, sender, kind, payload))
-            if len(log) == every:
+            log.extend((tick, sender, kind, payload))  # (flat: see AgentRecord.log)
+            if len(log) == 4 * every:
                 self.recovery.checkpoint_due.append(agent)
             if outcome.reads:
                 agent.reads.update(outcome.reads)

@@ -167,7 +167,7 @@ class Recovery:
         items = []
         for agent in lost:
             assert agent.load is not None
-            items.append((agent.load, agent.snapshot, list(agent.log)))
+            items.append((agent.load, agent.snapshot, agent.replay_log()))
         problems = await self.pool.restore(worker, items) if items else []
         for agent, problem in zip(lost, problems, strict=True):
             if problem is None:

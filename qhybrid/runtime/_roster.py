@@ -78,12 +78,20 @@ class AgentRecord:
     error: str | None = None
     restarts: int = 0
     load: AgentLoad | None = None
-    # Crash recovery: the last snapshot (None: fresh from its module) and what it handled since.
+    # Crash recovery: the last snapshot (None: fresh from its module) and what it handled since:
+    # ``log`` holds each message's tick, sender, kind and payload, flat (four items a message:
+    # a tuple per message kept until the next snapshot made the cyclic collector walk them all
+    # again and again, milliseconds each time); :meth:`replay_log` gives them as tuples.
     snapshot: bytes | None = None
-    log: list[tuple[int, int, int, bytes]] = field(default_factory=list)
+    log: list[int | bytes] = field(default_factory=list)
     reads: set[str] = field(default_factory=set)
     # Set when a message failed this tick and the agent is to be restarted after the commit.
     restart_pending: bool = False
+
+    def replay_log(self) -> list[tuple[int, int, int, bytes]]:
+        """The messages handled since the snapshot: ``(tick, sender, kind, payload)`` each."""
+        it = iter(self.log)
+        return list(zip(it, it, it, it, strict=True))  # type: ignore[arg-type]
 
     def summary(
         self,

@@ -191,3 +191,24 @@ def test_the_epoch_is_never_ahead_of_a_running_call() -> None:
         assert 0 < before_end <= ran / EPOCH_S + 1
     finally:
         ticker.close()
+
+
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_GETPIPE_SZ"), reason="Linux pipes only")
+def test_a_workers_pipes_are_widened_for_large_replies() -> None:
+    """A checkpoint's snapshots are megabytes: the request and reply pipes hold 1 MiB (where
+    the system allows it), not the 64 KiB that made them cross in 32 turns."""
+    import fcntl
+
+    from qhybrid.runtime.wasm_pool._worker import PIPE_BYTES
+
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+
+    async def body(pool: WorkerPool) -> None:
+        for worker in pool._workers:
+            transport = worker.proc._transport  # type: ignore[attr-defined]
+            for fd in (0, 1):  # the worker's stdin and stdout, from the pool's side
+                pipe = transport.get_pipe_transport(fd).get_extra_info("pipe")
+                size = fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ)
+                assert size >= min(PIPE_BYTES, limit), (fd, size)
+
+    asyncio.run(in_pool(body))

@@ -9,6 +9,7 @@ the pool.
 from __future__ import annotations
 
 import array
+import contextlib
 import gc
 import logging
 import os
@@ -17,6 +18,11 @@ import sys
 import time
 from itertools import chain
 from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from qhybrid.runtime.tensors import attach, run_numpy
 from qhybrid.runtime.wasm_pool._abi import AgentModuleError
@@ -269,6 +275,27 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
         worker.close(free_agents=False)
 
 
+#: The pipes' capacity asked for (Linux's default is 64 KiB; an unprivileged process may ask
+#: up to ``/proc/sys/fs/pipe-max-size``, 1 MiB by default).
+PIPE_BYTES = 1 << 20
+
+
+def _widen_pipes() -> None:
+    """Widen the request and reply pipes, where the system allows it: a checkpoint of 32
+    agents is megabytes of snapshots, which went through the 64 KiB pipe in 32 turns of
+    write, wake the reader, read; at 1 MiB, in two (issue 11: checkpoints were the longest
+    ticks of ``qhybrid bench dispatch``)."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if set_size is None:
+        return
+    for fd in (0, 1):
+        try:
+            fcntl.fcntl(fd, set_size, PIPE_BYTES)
+        except OSError:  # not a pipe (a test's file), or above the system's limit
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, set_size, 256 << 10)
+
+
 def main() -> int:
     # Ctrl-C reaches the whole process group; the parent decides how to stop us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -281,6 +308,7 @@ def main() -> int:
     )
     stdin = sys.stdin.buffer
     stdout = sys.stdout.buffer
+    _widen_pipes()
     # Anything printed by accident must not corrupt the protocol stream.
     sys.stdout = sys.stderr
     try:
