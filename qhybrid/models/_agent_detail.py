@@ -145,6 +145,12 @@ def _summary_dict(summary: AgentSummary | Mapping[str, Any] | None) -> dict[str,
     return dict(summary)
 
 
+def usage_text(fuel: int, memory: int) -> str:
+    """A handled message's fuel and its agent's memory after it, short."""
+    burnt = "fuel -" if fuel < 0 else f"fuel {fuel:,}"
+    return f"[{burnt}, mem {memory / 1024:,.0f} KiB]" if memory >= 0 else f"[{burnt}]"
+
+
 def agent_report(
     agent: int,
     names: Sequence[str],
@@ -156,6 +162,7 @@ def agent_report(
     errors: Sequence[tuple[int, str]] = (),
     llm: Sequence[LlmCall] = (),
     max_messages: int = 300,
+    usage: Mapping[tuple[int, int], tuple[int, int]] | None = None,
 ) -> AgentReport:
     """The texts of agent ``agent`` (an id into ``names``)."""
 
@@ -200,9 +207,11 @@ def agent_report(
         how, text = decode_payload(payload)
         arrow = "\N{LEFTWARDS ARROW}" if incoming else "\N{RIGHTWARDS ARROW}"
         extra = f" ({m[7]})" if status == "drop" and len(m) > 7 else ""
+        used = usage.get((tick, seq)) if usage and incoming else None
+        cost = "" if used is None else " " + usage_text(*used)
         msg_lines.append(
             f"t{tick:<5} #{seq:<6} {'in ' if incoming else 'out'} {arrow} {printable(other):<12} "
-            f"k{kind:<3} {status}{extra} {how}: {text}"
+            f"k{kind:<3} {status}{extra}{cost} {how}: {text}"
         )
     log_lines = [
         f"tick {'-' if t is None else t:>6}  {_LEVEL_NAMES.get(level, str(level)):<8} {text}"

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from qhybrid.runtime import LlmRequested, LlmTokens, Runtime
+from qhybrid.runtime import LlmRequested, LlmTokens, MessageUsage, Runtime
 
 __all__ = ["DebugBatch", "DebugFeed"]
 
@@ -26,6 +26,7 @@ class DebugBatch:
     records: list[tuple[Any, ...]] = field(default_factory=list)
     requests: list[LlmRequested] = field(default_factory=list)
     tokens: list[LlmTokens] = field(default_factory=list)
+    usage: list[MessageUsage] = field(default_factory=list)
 
 
 class DebugFeed:
@@ -35,6 +36,7 @@ class DebugFeed:
         self._ticks: collections.deque[Sequence[tuple[Any, ...]]] = collections.deque()
         self._requests: collections.deque[LlmRequested] = collections.deque()
         self._tokens: collections.deque[LlmTokens] = collections.deque()
+        self._usage: collections.deque[MessageUsage] = collections.deque()
         self._runtime: Runtime | None = None
         self._lock = threading.Lock()
 
@@ -51,12 +53,16 @@ class DebugFeed:
         runtime.add_tick_hook(on_tick)
         runtime.events.llm_requested.connect(self._requests.append, check_nargs=False)
         runtime.events.llm_tokens.connect(self._tokens.append, check_nargs=False)
+        # Connected, the workers report each message's fuel and memory (a little more work
+        # per message, for as long as a window watches the run).
+        runtime.events.message_usage.connect(self._usage.append, check_nargs=False)
 
     def detach(self) -> None:
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
             runtime.events.llm_requested.disconnect(self._requests.append)
             runtime.events.llm_tokens.disconnect(self._tokens.append)
+            runtime.events.message_usage.disconnect(self._usage.append)
 
     def drain(self) -> DebugBatch:
         """Everything gathered since the last call (records oldest first)."""
@@ -68,4 +74,6 @@ class DebugFeed:
                 batch.requests.append(self._requests.popleft())
             for _ in range(len(self._tokens)):
                 batch.tokens.append(self._tokens.popleft())
+            for _ in range(len(self._usage)):
+                batch.usage.append(self._usage.popleft())
             return batch

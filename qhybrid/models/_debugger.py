@@ -132,6 +132,8 @@ class DebuggerModels(QObject):
         if self._backlog_at >= len(backlog):
             self._backlog, self._backlog_at = [], 0
         self.llm.apply(batch.requests, batch.tokens)
+        for used in batch.usage:
+            self.graph.history.add_usage(used.tick, used.seqs, used.fuel, used.memory)
         self._stale = True
         now = time.perf_counter()
         if self.watching and (flush or now >= self._next_poll):  # only while someone looks
@@ -182,6 +184,7 @@ class DebuggerModels(QObject):
             records = parse_trace_lines(store.records(run_id))
             agents = list((run.get("summary") or {}).get("agents") or [])
             calls = llm_calls(store, run_id, [str(a.get("name")) for a in agents])
+            usage = store.message_usage(run_id)
         if not agents:  # not finished: the agents the trace names
             top = max(
                 (max(r[3], r[4]) for r in records if r[0] in ("ok", "fail", "drop")), default=-1
@@ -204,6 +207,7 @@ class DebuggerModels(QObject):
             [str(a.get("state") or "?") for a in agents],
         )
         self.graph.history.add_records(records)
+        self.graph.history.usage = usage
         self.source = f"recorded run {run_id} ({run.get('scenario_name')}, seed {run.get('seed')})"
         self.run_id = run_id
         self.select_ticks(None)
@@ -261,6 +265,7 @@ class DebuggerModels(QObject):
             log=list(history.logs.get(agent, ())),
             errors=history.errors.get(agent, []),
             llm=self.llm.of_agent(name),
+            usage=history.usage,
         )
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import itertools
 import logging
 import math
 import re
@@ -147,8 +148,24 @@ class MessageHistory:
         self.logs: dict[int, collections.deque[tuple[int, int, str]]] = {}
         self.errors: dict[int, list[tuple[int, str]]] = {}
         self._pending_logs: list[tuple[int, int, int, str]] = []
+        #: (tick, seq) -> (fuel, memory) of the messages handled, as the workers reported
+        #: them (``MessageUsage``; a recorded run's ``RunStore.message_usage``), oldest first.
+        self.usage: dict[tuple[int, int], tuple[int, int]] = {}
 
     # -- input ------------------------------------------------------------------------------
+    def add_usage(
+        self, tick: int, seqs: Sequence[int], fuel: Sequence[int], memory: Sequence[int]
+    ) -> None:
+        """Each message's fuel and memory for a tick (``MessageUsage``'s fields); as many
+        are kept as records (the oldest forgotten first)."""
+        usage = self.usage
+        for seq, f, m in zip(seqs, fuel, memory, strict=True):
+            usage[(tick, seq)] = (f, m)
+        extra = len(usage) - self._keep_records
+        if extra > 0:
+            for key in list(itertools.islice(usage, extra)):
+                del usage[key]
+
     def add_records(self, records: Sequence[tuple[Any, ...]]) -> int:
         """Take trace records (any kinds; messages, logs and failures are kept); returns how
         many messages they held."""

@@ -175,8 +175,22 @@ def int64s(payload: bytes) -> list[int] | None:
 class MessagesModel(TableModel):
     """The messages of one recorded run, in trace order."""
 
-    COLUMNS = ("Tick", "Seq", "Status", "Sender", "Receiver", "Kind", "Sent", "Corr", "Payload")
-    TICK, SEQ, STATUS, SENDER, RECEIVER, KIND, SENT, CORR, PAYLOAD = range(len(COLUMNS))
+    COLUMNS = (
+        "Tick",
+        "Seq",
+        "Status",
+        "Sender",
+        "Receiver",
+        "Kind",
+        "Sent",
+        "Corr",
+        "Fuel",
+        "Memory",
+        "Payload",
+    )
+    TICK, SEQ, STATUS, SENDER, RECEIVER, KIND, SENT, CORR, FUEL, MEMORY, PAYLOAD = range(
+        len(COLUMNS)
+    )
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -185,15 +199,18 @@ class MessagesModel(TableModel):
         self.envelopes: list[Envelope | None] = []
         self._payload_text: list[str] = []
         self._chains: dict[int, list[int]] = {}
+        self.usage: dict[tuple[int, int], tuple[int, int]] = {}
 
     def load(
         self,
         messages: Sequence[MessageRecord],
         agent_names: Sequence[str],
         payloads: dict[tuple[int, int], bytes] | None = None,
+        usage: dict[tuple[int, int], tuple[int, int]] | None = None,
     ) -> None:
         """``payloads``: (tick, seq) -> the full payload of a message whose trace record
-        keeps only a digest (``RunStore.payloads``)."""
+        keeps only a digest (``RunStore.payloads``); ``usage``: (tick, seq) -> the fuel its
+        handler burnt and its agent's memory after it (``RunStore.message_usage``)."""
         if payloads:
             messages = [
                 dataclasses.replace(m, payload=payloads.get((m.tick, m.seq), m.payload))
@@ -204,6 +221,7 @@ class MessagesModel(TableModel):
         self.beginResetModel()
         self.messages = list(messages)
         self.agent_names = list(agent_names)
+        self.usage = dict(usage or {})
         self.envelopes = [envelope_of(m.kind, m.payload) for m in self.messages]
         self._payload_text = [
             decode_payload(e.body if e is not None else m.payload)[1]
@@ -273,6 +291,13 @@ class MessagesModel(TableModel):
             f"from {self.name(m.sender)} to {self.name(m.receiver)}, {kind}"
             + ("" if m.sent is None else f"; the handler sent {m.sent}"),
         ]
+        used = self.usage.get((m.tick, m.seq))
+        if used is not None:
+            fuel, memory = used
+            lines.append(
+                ("fuel not metered" if fuel < 0 else f"its handler burnt {fuel:,} fuel")
+                + (f"; the agent's memory after it: {memory:,} bytes" if memory >= 0 else "")
+            )
         if e is not None:
             reply = "its sender" if e.reply_to < 0 else self.name(e.reply_to)
             lines.append(
@@ -319,6 +344,7 @@ class MessagesModel(TableModel):
                 e.kind if e is not None else m.kind,
                 m.sent or 0,
                 e.corr if e is not None else 0,
+                *self.usage.get((m.tick, m.seq), (-1, -1)),
             )
             return values[column] if column < len(values) else self._payload_text[index.row()]
         if role == Qt.ItemDataRole.ToolTipRole and column == self.PAYLOAD:
@@ -346,6 +372,12 @@ class MessagesModel(TableModel):
                 return ""
             n = len(self.chain(row))
             return f"{e.corr:#x}" + (f" ({n})" if n > 1 else "")
+        if column in (self.FUEL, self.MEMORY):
+            used = self.usage.get((m.tick, m.seq))
+            value = None if used is None else used[column - self.FUEL]
+            if value is None or value < 0:
+                return ""
+            return f"{value:,}" if column == self.FUEL else f"{value / 1024:,.0f} KiB"
         return self._payload_text[row]
 
 

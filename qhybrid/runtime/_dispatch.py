@@ -33,6 +33,8 @@ from qhybrid.runtime._scenario import TaskSpec
 from qhybrid.runtime._schedule import Item
 from qhybrid.runtime.tensors import SharedTensor, TensorHandle
 from qhybrid.runtime.wasm_pool import (
+    USAGE_AGENTS,
+    USAGE_MESSAGES,
     BatchReply,
     TaskOutcome,
     TaskRun,
@@ -195,7 +197,9 @@ class Dispatcher:
         tick = plan.tick
         # The agents' usage rows ride on this tick's batches only if someone read the usage
         # since the last tick (Roster.summaries); a pool that does not know of them ignores it.
-        asked = self.roster.usage_asked
+        asked = USAGE_AGENTS if self.roster.usage_asked else 0
+        if len(self.events.message_usage):  # someone listens: each message's too
+            asked |= USAGE_MESSAGES
         self.roster.usage_asked = False
         if hasattr(self.pool, "usage_rows"):
             self.pool.usage_rows = asked

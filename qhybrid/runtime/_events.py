@@ -158,6 +158,21 @@ class GpuAdapter:
     kind: str
 
 
+@dataclass(frozen=True, slots=True)
+class MessageUsage:
+    """What each message handled in a tick used, as its worker reported it: by queue
+    sequence number (the trace records' ``seq``; worker by worker, not in queue order), the
+    fuel its handler burnt (-1: not metered, e.g. a Python agent's) and the agent's linear
+    memory after it (bytes). Only
+    while someone listens to :attr:`RuntimeEvents.message_usage` (the window's debugger, a
+    recording): then every batch asks its worker for them. Never part of the trace."""
+
+    tick: int
+    seqs: tuple[int, ...]
+    fuel: tuple[int, ...]
+    memory: tuple[int, ...]
+
+
 class RuntimeEvents:
     """The runtime's signals (psygnal); all of them fire on the orchestrator's loop thread."""
 
@@ -181,3 +196,6 @@ class RuntimeEvents:
     llm_requested = Signal(LlmRequested)
     #: :class:`GpuAdapter`, on the orchestrator's loop thread, once the GPU device started.
     gpu_adapter = Signal(GpuAdapter)
+    #: :class:`MessageUsage`, on the orchestrator's loop thread, after each tick with messages,
+    #: while anyone is connected (connecting is what makes the workers report it).
+    message_usage = Signal(MessageUsage)

@@ -16,13 +16,14 @@ import gc
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from qhybrid.runtime._events import AgentStateChanged, RuntimeEvents
+from qhybrid.runtime._events import AgentStateChanged, MessageUsage, RuntimeEvents
 from qhybrid.runtime._ports import AgentPool
 from qhybrid.runtime._result import AgentSummary
 from qhybrid.runtime._scenario import AgentSpec, Scenario
@@ -39,6 +40,7 @@ from qhybrid.runtime.wasm_pool import (
     load_module,
     load_python_module,
     make_engine,
+    split_usage,
 )
 
 __all__ = [
@@ -59,6 +61,24 @@ LOADED, FAILED, SKIPPED = "loaded", "failed", "skipped"
 
 #: Folded into the per-agent arrays past this many bytes of reports (some 40,000 rows).
 _FOLD_BYTES = 1 << 20
+
+
+def _message_usage(
+    tick: int, per_worker: Mapping[int, bytes], placements: Sequence[tuple[Any, int, int]]
+) -> MessageUsage:
+    """Each worker's per-delivery ``(fuel, memory)`` pairs by the queue sequence numbers of
+    the messages it was given (a worker's deliveries are its placements' in queue order)."""
+    seqs: list[int] = []
+    fuel: list[int] = []
+    memory: list[int] = []
+    for worker, pairs in per_worker.items():
+        got = [it.seq for it, w, _ in placements if w == worker and it.message is not None]
+        values = np.frombuffer(pairs, "<i8")[: 2 * len(got)]
+        seqs += got[: len(values) // 2]
+        fuel += values[0::2].tolist()
+        memory += values[1::2].tolist()
+    return MessageUsage(tick, tuple(seqs), tuple(fuel), tuple(memory))
+
 
 #: ``RuntimeConfig.cache_dir`` default: the user's cache folder (or ``QHYBRID_CACHE_DIR``).
 DEFAULT_CACHE = Path("<default>")
@@ -204,22 +224,38 @@ class Roster:
                 )
                 self.by_name[name] = agent_id
 
-    def take_usage(self, replies: Mapping[int, BatchReply]) -> None:
-        """Take the fuel and memory the workers report with a tick's batches (by worker)."""
+    def take_usage(
+        self,
+        replies: Mapping[int, BatchReply],
+        placements: Sequence[tuple[Any, int, int]] = (),
+        tick: int = -1,
+    ) -> MessageUsage | None:
+        """Take the fuel and memory the workers report with a tick's batches (by worker).
+        When they carry each delivery's (the batches asked for rows), returns them by queue
+        sequence number, read off the tick's ``placements`` (the plan's ``(item, worker,
+        index)``, in queue order)."""
         fuel_total = self.fuel_total
+        per_worker: dict[int, bytes] = {}
         for worker, reply in replies.items():
             usage = reply.usage
             if usage:
-                _, fuel, memory = USAGE_ROW.unpack_from(usage)  # the batch's totals
+                if len(usage) == USAGE_ROW.size:  # the batch's totals alone (the hot path)
+                    _, fuel, memory = USAGE_ROW.unpack_from(usage)
+                    rows = b""
+                else:
+                    (fuel, memory), pairs, rows = split_usage(usage)
+                    if pairs:
+                        per_worker[worker] = pairs
                 fuel_total += fuel
                 self._worker_memory[worker] = memory
-                if len(usage) > USAGE_ROW.size:
-                    self._usage.append(usage[USAGE_ROW.size :])
-                    self._usage_bytes += len(usage)
+                if rows:
+                    self._usage.append(rows)
+                    self._usage_bytes += len(rows)
         self.fuel_total = fuel_total
         self.memory_total = sum(self._worker_memory.values())
         if self._usage_bytes > _FOLD_BYTES:
             self.fold_usage()
+        return _message_usage(tick, per_worker, placements) if per_worker else None
 
     async def collect_usage(self, pool: AgentPool) -> None:
         """Ask every worker for the usage rows it has not sent (no batch will carry them:

@@ -40,7 +40,10 @@ class TickPipeline:
         parts = self._parts
         plan = parts.dispatch.plan(tick, parts.schedule.pop_due(tick))
         results = await parts.dispatch.execute(plan)
-        parts.roster.take_usage(results.replies)  # fuel and memory, not traced
+        # Fuel and memory, not traced; by message while someone listens for them.
+        used = parts.roster.take_usage(results.replies, plan.placements, tick)
+        if used is not None:
+            parts.dispatch.events.message_usage.emit(used)
         parts.report.tick(tick, parts.commit.apply(plan, results), t0)
         parts.llm.answer_failed(tick)  # prepared LLM requests that could not be made
         if results.llm_updates:

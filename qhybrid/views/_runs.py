@@ -123,7 +123,7 @@ class MessageInspector(QWidget):
         self.table.setModel(self.filter)
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(-1, Qt.SortOrder.AscendingOrder)  # trace order
-        for column, width in enumerate((40, 44, 48, 84, 84, 44, 38, 110)):
+        for column, width in enumerate((40, 44, 48, 84, 84, 44, 38, 110, 64, 56)):
             self.table.setColumnWidth(column, width)
         self.table.doubleClicked.connect(lambda _i: self.follow(forward=True))
         self.detail = _mono(self)
@@ -171,8 +171,9 @@ class MessageInspector(QWidget):
             run = store.run(run_id)
             messages = parse_messages(store.records(run_id))
             payloads = store.payloads(run_id)
+            usage = store.message_usage(run_id)
         names = [a["name"] for a in (run.get("summary") or {}).get("agents", [])]
-        self.model.load(messages, names, payloads)
+        self.model.load(messages, names, payloads, usage)
         self.run_id = run_id
         self.run_label.setText(f"Run {run_id} ({run['scenario_name']}, seed {run['seed']})")
         self.tick_spin.setRange(-1, max((m.tick for m in messages), default=0))

@@ -39,23 +39,29 @@ payload_i64 = [300, 0]
 """
 
 
+def _kill_during_snapshots(rt: Runtime, kill_at: tuple[int, ...]) -> None:
+    """Kill the worker asked for its snapshots at the ``kill_at``-th snapshot requests (1 on),
+    with the request in flight."""
+    pool = rt.pool
+    real = pool.snapshot
+    calls = [0]
+
+    async def snapshot(index: int, agent_ids: Any) -> Any:
+        calls[0] += 1
+        if calls[0] in kill_at:
+            pool.kill_worker(index)  # type: ignore[attr-defined]
+        return await real(index, agent_ids)
+
+    pool.snapshot = snapshot  # type: ignore[method-assign]
+
+
 def _run(kill_at: tuple[int, ...] = ()) -> RunResult:
     scenario = parse_scenario(SCENARIO, source="checkpointed.toml")
     config = RuntimeConfig(workers=2, device="cpu", checkpoint_every=1, max_worker_restarts=10)
 
     async def main() -> RunResult:
         async with Runtime(scenario, config) as rt:
-            pool = rt.pool
-            real = pool.snapshot
-            calls = [0]
-
-            async def snapshot(index: int, agent_ids: Any) -> Any:
-                calls[0] += 1
-                if calls[0] in kill_at:
-                    pool.kill_worker(index)  # dies with the snapshot request in flight
-                return await real(index, agent_ids)
-
-            pool.snapshot = snapshot  # type: ignore[method-assign]
+            _kill_during_snapshots(rt, kill_at)
             return await rt.run()
 
     return asyncio.run(main())
@@ -90,17 +96,7 @@ def _record(store: Path, kill_at: tuple[int, ...], restarts: int) -> tuple[RunRe
 
     async def main() -> tuple[RunResult, str | None]:
         async with runtime as rt:
-            pool = rt.pool
-            real = pool.snapshot
-            calls = [0]
-
-            async def snapshot(index: int, agent_ids: Any) -> Any:
-                calls[0] += 1
-                if calls[0] in kill_at:
-                    pool.kill_worker(index)
-                return await real(index, agent_ids)
-
-            pool.snapshot = snapshot  # type: ignore[method-assign]
+            _kill_during_snapshots(rt, kill_at)
             result = await rt.run()
         problem = recorder.checkpoint_problem
         recorder.finish(runtime, result.status, result.reason, trace_hash=result.trace_hash)

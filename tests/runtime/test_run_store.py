@@ -199,5 +199,20 @@ def test_a_format_2_store_gains_process_owners(tmp_path: Path) -> None:
         row = store.run(run)
         assert row["status"] == "running" and row["owner_pid"] is None
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    conn.close()
+
+
+def test_a_format_4_store_gains_the_messages_usage_and_its_runs_have_none(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    with RunStore(path) as store:
+        run = _run(store)
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TABLE usage; PRAGMA user_version = 4;")
+    conn.close()
+    with RunStore(path, readonly=True) as store:  # brought up to date, then read
+        assert store.message_usage(run) == {}
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert conn.execute("SELECT count(*) FROM usage").fetchone()[0] == 0
     conn.close()

@@ -43,6 +43,7 @@ from qhybrid.runtime.wasm_pool import (
     check_module,
     compile_module,
     make_engine,
+    split_usage,
 )
 from qhybrid.runtime.wasm_pool._abi_spec import load_spec
 from qhybrid.runtime.wasm_pool._agent import AgentHost, SplitMix64, WorkerContext
@@ -613,12 +614,14 @@ def test_worker_loop_answers_each_request_and_survives_errors(tmp_path: Path) ->
     # tuple), or an Outcome's fields in a list (outcome_of turns either into an Outcome).
     outcomes, tasks, busy_ns, usage = batch
     assert tasks == () and busy_ns > 0
-    # The usage report: the batch's totals, then one row per agent of the batch (agent 5 is
-    # not here): fuel so far, memory, fuel in its last tick.
-    _, total, worker_memory = USAGE_ROW.unpack_from(usage)
-    ((agent, fuel, memory, last),) = AGENT_USAGE_ROW.iter_unpack(usage[USAGE_ROW.size :])
+    # The usage report: the batch's totals, each delivery's fuel and memory (agent 5 is not
+    # here: -1, -1), then one row per agent of the batch: fuel so far, memory, fuel in its
+    # last tick.
+    (total, worker_memory), pairs, rows = split_usage(usage)
+    ((agent, fuel, memory, last),) = AGENT_USAGE_ROW.iter_unpack(rows)
     assert agent == 0 and fuel > 0 and memory >= 65536 and last == fuel
     assert total == fuel and worker_memory == memory
+    assert list(struct.iter_unpack("<qq", pairs)) == [(fuel, memory), (-1, -1)]
     assert outcomes[0] == ((2, 8, b"hi"),) and isinstance(outcomes[1], list)
     first, second = (outcome_of(o) for o in outcomes)
     assert first.ok

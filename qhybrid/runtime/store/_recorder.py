@@ -24,6 +24,8 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from qhybrid.runtime._recovery import RunFailed
 from qhybrid.runtime.store._checkpoint import (
     CheckpointUnavailable,
@@ -36,7 +38,13 @@ from qhybrid.runtime.store._schema import StoreError
 from qhybrid.runtime.store._store import RunStore, blob_digest
 
 if TYPE_CHECKING:
-    from qhybrid.runtime._events import AgentLog, LlmRequested, TaskFinished, TickFinished
+    from qhybrid.runtime._events import (
+        AgentLog,
+        LlmRequested,
+        MessageUsage,
+        TaskFinished,
+        TickFinished,
+    )
     from qhybrid.runtime._trace import Field
     from qhybrid.runtime.llm import GenerationParams, LlmEngine, RequestUpdate
     from qhybrid.runtime.store._runtime import DurableRuntime as Runtime
@@ -83,6 +91,7 @@ class _Batch:
         "payloads",
         "rows",
         "ticks",
+        "usage",
     )
 
     def __init__(self) -> None:
@@ -95,6 +104,7 @@ class _Batch:
         self.blobs: dict[str, bytes] = {}
         self.payloads: list[tuple[int, int, bytes]] = []
         self.effects: list[tuple[str, int, str]] = []
+        self.usage: list[tuple[int, bytes]] = []
 
 
 class _Writer(threading.Thread):
@@ -159,6 +169,7 @@ class _Writer(threading.Thread):
                             b.blobs,
                             b.payloads,
                             b.effects,
+                            b.usage,
                         )
                 elif what == "checkpoint":
                     saved: SavedState = arg
@@ -277,6 +288,8 @@ class RunRecorder:
         rt.events.task_finished.connect(self._on_task)
         rt.events.tick_finished.connect(self._on_tick)
         rt.events.llm_requested.connect(self._on_llm_request)
+        # (Connected, the workers report each message's fuel and memory: see MessageUsage.)
+        rt.events.message_usage.connect(self._on_usage)
 
     def attach_llm(self, rt: Runtime) -> None:
         """Record the LLM's traffic (after ``rt`` started, before its first tick)."""
@@ -291,6 +304,11 @@ class RunRecorder:
         # One row per flush: the lines joined (each record's tick is read back from its line).
         self._batch.rows.append((self._n, self._tick, "\n".join(lines)))
         self._n += len(lines)
+
+    def _on_usage(self, event: MessageUsage) -> None:
+        rows = np.empty((len(event.seqs), 3), "<i8")
+        rows[:, 0], rows[:, 1], rows[:, 2] = event.seqs, event.fuel, event.memory
+        self._batch.usage.append((event.tick, rows.tobytes()))
 
     def _on_log(self, event: AgentLog) -> None:
         self._batch.logs.append((event.tick, event.agent, event.level, event.text))

@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 #: The format this code writes; a store with a higher ``user_version`` is refused.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Format 1 kept one ``records`` row per trace record (``line``); format 2 one per flush of the
 # trace (``count`` lines joined in ``lines``). Each old row becomes a row of one line.
@@ -46,6 +46,11 @@ ALTER TABLE runs ADD COLUMN owner_start TEXT;
 # a digest of them), for the window's message inspector and its reply chains; and ``effects``:
 # ABI v2 tool results and people's answers, which a replay takes instead of asking again. Both
 # are created by the schema's ``IF NOT EXISTS``; runs recorded before have none.
+
+# Format 5 adds ``usage``: each tick's messages' fuel and memory as the workers reported them
+# (packed int64 triplets: queue seq, fuel, memory), for the debugger's per-message columns; a
+# rowid table, its rows being kilobytes. Created by ``IF NOT EXISTS``; runs recorded before
+# have none.
 
 #: How long a writer waits for another process's transaction before it calls the store locked
 #: (``QHYBRID_STORE_TIMEOUT`` seconds overrides it).
@@ -167,6 +172,12 @@ CREATE TABLE IF NOT EXISTS effects (
     text TEXT NOT NULL,
     PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage (
+    run_id TEXT NOT NULL,
+    tick INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, tick)
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT NOT NULL,
     tick INTEGER NOT NULL,

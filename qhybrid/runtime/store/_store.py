@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from qhybrid.runtime.store._owner import owner_gone, this_process
 from qhybrid.runtime.store._schema import StoreError, connect, describe
 
@@ -271,6 +273,7 @@ class RunStore:
         blobs: dict[str, bytes] | None = None,
         payloads: Iterable[tuple[int, int, bytes]] = (),
         effects: Iterable[tuple[str, int, str]] = (),
+        usage: Iterable[tuple[int, bytes]] = (),
     ) -> None:
         """Add trace records and what came with them; call inside a :meth:`transaction` to
         batch several ticks. ``rows`` are ``(n, tick, lines)``: the records from number ``n``
@@ -311,6 +314,10 @@ class RunStore:
             conn.executemany(
                 "INSERT OR REPLACE INTO effects (run_id, key, tick, text) VALUES (?,?,?,?)",
                 ((run_id, *row) for row in effects),
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO usage (run_id, tick, data) VALUES (?,?,?)",
+                ((run_id, *row) for row in usage),
             )
             conn.executemany(
                 "INSERT OR REPLACE INTO ticks (run_id, tick, t_s, dur_s, delivered, busy, llm_s)"
@@ -414,6 +421,7 @@ class RunStore:
                 "llm_requests",
                 "ticks",
                 "effects",
+                "usage",
             ):
                 # (Not ``payloads``: keyed by due tick and queue seq, which a resume makes
                 # again the same; those queued before the cut and due after it stay valid.)
@@ -483,6 +491,7 @@ class RunStore:
                 "ticks",
                 "payloads",
                 "effects",
+                "usage",
                 "checkpoints",
                 "runs",
             ):
@@ -519,6 +528,18 @@ class RunStore:
         )
 
     # -- message payloads (beside the trace, which keeps only a digest of long ones) ----------
+    def message_usage(self, run_id: str) -> dict[tuple[int, int], tuple[int, int]]:
+        """(tick, seq) -> the fuel a message's handler burnt (-1: not metered) and its agent's
+        memory after it, as the workers reported them (runs recorded before store format 5,
+        and messages dropped before they were handled, have none)."""
+        rows = self._query("SELECT tick, data FROM usage WHERE run_id = ?", (run_id,))
+        out: dict[tuple[int, int], tuple[int, int]] = {}
+        for tick, data in rows:
+            values = np.frombuffer(bytes(data), "<i8").reshape(-1, 3).tolist()
+            for seq, fuel, memory in values:
+                out[(int(tick), seq)] = (fuel, memory)
+        return out
+
     def payloads(self, run_id: str) -> dict[tuple[int, int], bytes]:
         """(tick, seq) -> the full payload of a message the trace keeps only a digest of."""
         rows = self._query("SELECT tick, seq, data FROM payloads WHERE run_id = ?", (run_id,))

@@ -38,6 +38,9 @@ from qhybrid.runtime.wasm_pool._pool import (
 )
 from qhybrid.runtime.wasm_pool._protocol import (
     AGENT_USAGE_ROW,
+    MESSAGE_USAGE_MARK,
+    USAGE_AGENTS,
+    USAGE_MESSAGES,
     USAGE_ROW,
     AgentLoad,
     BatchReply,
@@ -47,6 +50,7 @@ from qhybrid.runtime.wasm_pool._protocol import (
     TaskOutcome,
     TaskRun,
     TensorEntry,
+    split_usage,
 )
 from qhybrid.runtime.wasm_pool._python_agent import load_python_module
 from qhybrid.runtime.wasm_pool._quotas import Quotas
@@ -71,9 +75,12 @@ __all__ = [
     "KIND_SPAWNED",
     "KIND_TASK_DONE",
     "KIND_TOOL_DONE",
+    "MESSAGE_USAGE_MARK",
     "RAY_INSTALL_HINT",
     "RESERVED_KIND_BASE",
     "RUNTIME_SENDER",
+    "USAGE_AGENTS",
+    "USAGE_MESSAGES",
     "USAGE_ROW",
     "V2_EFFECTS",
     "WORKER_FLAG",
@@ -103,6 +110,7 @@ __all__ = [
     "make_engine",
     "ray_tensor_path",
     "run_worker",
+    "split_usage",
     "worker_command",
     "wrap_envelope",
 ]

@@ -53,9 +53,10 @@ class PoolBase:
         self._time_limits: dict[int, int] = {}  # agent id -> ms per message (the watchdog's)
         self._uniform_ms: int | None = None  # the one limit they all have (-1: not one)
         self.restarts = 0
-        #: Whether the batches sent now ask for the agents' usage rows (``AGENT_USAGE_ROW``):
-        #: the orchestrator sets it per tick, while someone reads the agents' usage.
-        self.usage_rows = False
+        #: What the batches sent now ask to add to their usage reports (``USAGE_AGENTS``:
+        #: the agents' rows; ``USAGE_MESSAGES``: each delivery's): the orchestrator sets it
+        #: per tick, while someone reads the agents' usage or listens for the messages'.
+        self.usage_rows: int = 0
 
     # -- what a subclass provides -----------------------------------------------------------
     async def _request(

@@ -192,11 +192,35 @@ class TaskOutcome(NamedTuple):
 #: since its last report. Packed bytes: the parent reads the first row per tick and the others
 #: in bulk when someone asks.
 USAGE_ROW = struct.Struct("<qqq")
+#: The head of a batch report's per-message section, when the batch asked for rows: a
+#: :data:`USAGE_ROW` ``(-2, count, 0)``, then ``count`` pairs of int64 ``(fuel, memory)``, one
+#: per delivery in the batch's order: the fuel its handler burnt (-1: not metered) and the
+#: agent's linear memory after it (observability only, like the rest of the report).
+MESSAGE_USAGE_MARK = -2
+#: What a batch request's last field asks the worker to add to its usage report (bits; the
+#: old ``True`` means both): the agents' rows (:data:`AGENT_USAGE_ROW`), each delivery's.
+USAGE_AGENTS, USAGE_MESSAGES = 1, 2
 #: ``(agent_id, fuel_used, memory_bytes, fuel_last)``: the fuel the agent's handlers burnt
 #: since its instance started (-1: not metered, a Python agent), its linear memory now, and
 #: the fuel it burnt in the last tick it had messages in (-1: not metered). Also what a
 #: ``usage`` request returns (rows only).
 AGENT_USAGE_ROW = struct.Struct("<qqqq")
+
+
+def split_usage(usage: bytes) -> tuple[tuple[int, int], bytes, bytes]:
+    """A batch's usage report as ``((fuel burnt, worker memory), per-message pairs, agent
+    rows)``: the packed pairs (empty when the batch did not ask for rows) and
+    :data:`AGENT_USAGE_ROW` s."""
+    _, fuel, memory = USAGE_ROW.unpack_from(usage)
+    at = USAGE_ROW.size
+    pairs = b""
+    if len(usage) >= at + USAGE_ROW.size:
+        mark, count, _ = USAGE_ROW.unpack_from(usage, at)
+        if mark == MESSAGE_USAGE_MARK:
+            start = at + USAGE_ROW.size
+            pairs = usage[start : start + 16 * count]
+            at = start + 16 * count
+    return (fuel, memory), pairs, usage[at:]
 
 
 class BatchReply(NamedTuple):

@@ -29,6 +29,9 @@ from qhybrid.runtime.wasm_pool._abi import AgentModuleError
 from qhybrid.runtime.wasm_pool._agent import AgentHost
 from qhybrid.runtime.wasm_pool._frames import FrameError
 from qhybrid.runtime.wasm_pool._protocol import (
+    MESSAGE_USAGE_MARK,
+    USAGE_AGENTS,
+    USAGE_MESSAGES,
     USAGE_ROW,
     AgentLoad,
     Outcome,
@@ -165,41 +168,66 @@ class Worker:
         tick: int,
         deliveries: list[tuple[int, int, int, bytes]],
         tasks: list[TaskRun],
-        rows: bool = True,
+        rows: int = True,
     ) -> tuple[tuple[tuple[Any, ...] | list[Any], ...], tuple[tuple[Any, ...], ...], int, bytes]:
         """Handle deliveries in order, then tasks; their outcomes back as ``wire_outcome``
         makes them (see ``BatchReply.outcomes``), the task outcomes as plain tuples, the
         CPU time the batch took (this thread's: wall time would count other programs' turns
         on a busy machine), and the usage report (see ``BatchReply.usage``): the totals,
-        and with ``rows`` each agent's that had messages since its last report."""
+        then what ``rows`` asks for (:data:`USAGE_AGENTS`: each agent's that had messages
+        since its last report; :data:`USAGE_MESSAGES`: each delivery's; ``True``: both)."""
         start = time.thread_time_ns()
         outcomes: list[tuple[Any, ...] | list[Any]] = []
         agents = self.agents
         touched = self._unreported
+        ctx = self.ctx
+        if rows is True:
+            rows = USAGE_AGENTS | USAGE_MESSAGES
+        # Each delivery's fuel and memory, when asked for (see usage()).
+        per_message = array.array("q") if rows & USAGE_MESSAGES else None
         for agent_id, sender, kind, payload in deliveries:
             agent = agents.get(agent_id)
             if agent is None:
                 missing = Outcome(False, error=f"agent {agent_id} is not on this worker")
                 outcomes.append(list(missing))
+                if per_message is not None:
+                    per_message.extend((-1, -1))
                 continue
             touched[agent_id] = agent
-            outcome = agent.deliver(tick, sender, kind, payload)
+            if per_message is None:
+                outcome = agent.deliver(tick, sender, kind, payload)
+            else:
+                burnt = ctx.fuel_burnt
+                outcome = agent.deliver(tick, sender, kind, payload)
+                metered = agent.fuel_used >= 0
+                per_message.extend((ctx.fuel_burnt - burnt if metered else -1, agent._memory_size))
             # (wire_outcome, inline: this is per message)
             if outcome[0] and not (outcome[2] or outcome[5] or outcome[6]):
                 outcomes.append(outcome[1])
             else:
                 outcomes.append(list(outcome))
         task_outcomes = tuple(tuple(self.run_task(t)) for t in tasks)
-        return tuple(outcomes), task_outcomes, time.thread_time_ns() - start, self.usage(rows)
+        busy = time.thread_time_ns() - start
+        return tuple(outcomes), task_outcomes, busy, self.usage(rows, per_message)
 
-    def usage(self, rows: bool = True) -> bytes:
+    def usage(self, rows: int = True, per_message: array.array[int] | None = None) -> bytes:
         """The batch's usage report (``USAGE_ROW``): the fuel burnt since the last report and
-        the worker's memory; with ``rows``, then :meth:`agent_rows`."""
+        the worker's memory; then ``per_message``, each delivery's ``(fuel, memory)`` (the
+        section ``MESSAGE_USAGE_MARK`` heads), and with ``rows`` (:data:`USAGE_AGENTS`)
+        :meth:`agent_rows`."""
         ctx = self.ctx
         burnt = ctx.fuel_burnt - self._fuel_reported
         self._fuel_reported = ctx.fuel_burnt
         totals = USAGE_ROW.pack(-1, burnt, ctx.memory_used)
-        return totals + self.agent_rows() if rows else totals
+        if not rows:
+            return totals
+        section = b""
+        if per_message is not None:
+            if sys.byteorder != "little":  # pragma: no cover - the format is little-endian
+                per_message.byteswap()
+            section = USAGE_ROW.pack(MESSAGE_USAGE_MARK, len(per_message) // 2, 0)
+            section += per_message.tobytes()
+        return totals + section + (self.agent_rows() if rows & USAGE_AGENTS else b"")
 
     def agent_rows(self) -> bytes:
         """Once per agent that had messages since its last report (not per message), an
