@@ -150,14 +150,22 @@ class Commit:
             sender, dst, kind, payload = message
             agent = agents[dst]
             # A plain tuple is the compact form of a handled message that only sent
-            # messages (``wire_outcome``): what it sent. Anything else takes the long way.
-            if outcome.__class__ is not tuple or agent.state != LOADED or agent.restart_pending:
+            # messages (``wire_outcome``): what it sent. ``run_batch`` (a pool that wraps it,
+            # a recording, Ray) gives Outcomes: the same test, by position. Anything else
+            # takes the long way.
+            sent = outcome
+            if outcome.__class__ is not tuple:
+                sent = None
+                if outcome.__class__ is Outcome and not (
+                    not outcome[0] or outcome[2] or outcome[5] or outcome[6]
+                ):
+                    sent = outcome[1]
+            if sent is None or agent.state != LOADED or agent.restart_pending:
                 full = None if outcome is None else outcome_of(outcome)
                 self._message(tick, item, message, full, counts)
                 continue
             plain += 1
             agent.handled += 1
-            sent = outcome
             field = payload if len(payload) <= 32 else digest(payload)
             n, at = len(sent), item.seq
             add_record(("ok", tick, at, sender, dst, kind, field, n))

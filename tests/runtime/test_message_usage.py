@@ -11,6 +11,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from qhybrid.runtime import (
     MessageUsage,
     RunResult,
@@ -99,3 +101,39 @@ def test_a_recorded_run_keeps_each_messages_fuel_and_memory(tmp_path: Path) -> N
         s.delete_run(run_id)
     with RunStore(store, readonly=True) as s:
         assert s.message_usage(run_id) == {}
+
+
+def test_a_recordings_ticks_take_the_short_ways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recorded run sends its message-only ticks through ``run_batches`` (one wait for all
+    workers) and commits plain handled messages inline, as a run with no store does: its
+    wrapper of ``run_batch`` is a replay's only, and ``run_batch``'s Outcomes count as plain."""
+    from qhybrid.runtime._commit import Commit
+    from qhybrid.runtime.wasm_pool import WorkerPool
+
+    calls = {"long": 0, "batches": 0}
+    long_way, batches = Commit._message, WorkerPool.run_batches
+
+    def counted_message(self: Commit, *args: Any) -> None:
+        calls["long"] += 1
+        long_way(self, *args)
+
+    async def counted_batches(self: WorkerPool, *args: Any, **kwargs: Any) -> Any:
+        calls["batches"] += 1
+        return await batches(self, *args, **kwargs)
+
+    monkeypatch.setattr(Commit, "_message", counted_message)
+    monkeypatch.setattr(WorkerPool, "run_batches", counted_batches)
+    store = tmp_path / "runs.sqlite"
+    run_id = record(store, relays(tmp_path), every=0)
+    with RunStore(store, readonly=True) as s:
+        assert s.run(run_id)["status"] == "completed"
+        logged = {
+            (rec[1], rec[2])
+            for _n, _t, line in s.records(run_id)
+            if line.startswith("('log'")
+            for rec in [ast.literal_eval(line)]
+        }
+    # Only the messages whose handlers logged (the relays' last hops) took the long way.
+    assert calls["batches"] > 10 and logged and calls["long"] == len(logged)

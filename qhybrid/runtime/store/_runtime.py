@@ -303,7 +303,8 @@ class DurableRuntime(Runtime):
             return reply._replace(tasks=tasks)
 
         setattr(dispatch, "plan", plan)  # noqa: B010 (this dispatcher's own methods)
-        setattr(dispatch, "run_batch", batch)  # noqa: B010
+        if self.cpu_results:  # a replay's: a recording's ticks keep the pool's cheaper path
+            setattr(dispatch, "run_batch", batch)  # noqa: B010
 
     def _keep_gpu_outputs(self) -> None:
         outputs, self._gpu_outputs = self._gpu_outputs, []
