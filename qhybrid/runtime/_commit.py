@@ -34,7 +34,7 @@ from qhybrid.runtime._schedule import Item, Schedule
 from qhybrid.runtime._schedule import new_item as _new_item
 from qhybrid.runtime._trace import OK_LINE, TraceRecorder, digest
 from qhybrid.runtime.wasm_pool import KIND_TASK_DONE, RUNTIME_SENDER, Outcome
-from qhybrid.runtime.wasm_pool._protocol import Effect, outcome_of
+from qhybrid.runtime.wasm_pool._protocol import Effect, outcome_of, plain_sent
 
 __all__ = ["Commit", "EffectKind", "TickCounts"]
 
@@ -155,11 +155,7 @@ class Commit:
             # takes the long way.
             sent = outcome
             if outcome.__class__ is not tuple:
-                sent = None
-                if outcome.__class__ is Outcome and not (
-                    not outcome[0] or outcome[2] or outcome[5] or outcome[6]
-                ):
-                    sent = outcome[1]
+                sent = plain_sent(outcome) if outcome.__class__ is Outcome else None
             if sent is None or agent.state != LOADED or agent.restart_pending:
                 full = None if outcome is None else outcome_of(outcome)
                 self._message(tick, item, message, full, counts)

@@ -170,13 +170,21 @@ def outcome_of(entry: Outcome | tuple[Any, ...] | list[Any]) -> Outcome:
     return entry if isinstance(entry, Outcome) else Outcome._make(entry)
 
 
-def wire_outcome(outcome: Outcome) -> tuple[Any, ...] | list[Any]:
-    """How a worker sends ``outcome`` back (see ``BatchReply.outcomes``): for the common
-    case, a handled message that only sent messages, just what it sent (a tuple: about half
-    the bytes and half the pickling of the whole record); else its fields, in a list."""
+def plain_sent(outcome: Outcome) -> tuple[tuple[int, int, bytes], ...] | None:
+    """What ``outcome``'s message sent, when that is all its handler did (it succeeded, with
+    no logs, effects or tensor reads: the common case); else None. (By position: 2 logs,
+    5 effects, 6 reads.)"""
     if outcome[0] and not (outcome[2] or outcome[5] or outcome[6]):
         return outcome[1]
-    return list(outcome)
+    return None
+
+
+def wire_outcome(outcome: Outcome) -> tuple[Any, ...] | list[Any]:
+    """How a worker sends ``outcome`` back (see ``BatchReply.outcomes``): for a plain handled
+    message (:func:`plain_sent`), just what it sent (a tuple: about half the bytes and half
+    the pickling of the whole record); else its fields, in a list."""
+    sent = plain_sent(outcome)
+    return list(outcome) if sent is None else sent
 
 
 class TaskOutcome(NamedTuple):

@@ -40,6 +40,7 @@ from qhybrid.runtime.wasm_pool._protocol import (
     TaskRun,
     encode,
     read_frame_sync,
+    wire_outcome,
     write_frame_sync,
 )
 from qhybrid.runtime.wasm_pool._reply_bound import bound_reply
@@ -181,6 +182,7 @@ class Worker:
         agents = self.agents
         touched = self._unreported
         ctx = self.ctx
+        wire = wire_outcome
         if rows is True:
             rows = USAGE_AGENTS | USAGE_MESSAGES
         # Each delivery's fuel and memory, when asked for (see usage()).
@@ -189,23 +191,18 @@ class Worker:
             agent = agents.get(agent_id)
             if agent is None:
                 missing = Outcome(False, error=f"agent {agent_id} is not on this worker")
-                outcomes.append(list(missing))
+                outcomes.append(wire(missing))
                 if per_message is not None:
                     per_message.extend((-1, -1))
                 continue
             touched[agent_id] = agent
             if per_message is None:
-                outcome = agent.deliver(tick, sender, kind, payload)
-            else:
-                burnt = ctx.fuel_burnt
-                outcome = agent.deliver(tick, sender, kind, payload)
-                metered = agent.fuel_used >= 0
-                per_message.extend((ctx.fuel_burnt - burnt if metered else -1, agent._memory_size))
-            # (wire_outcome, inline: this is per message)
-            if outcome[0] and not (outcome[2] or outcome[5] or outcome[6]):
-                outcomes.append(outcome[1])
-            else:
-                outcomes.append(list(outcome))
+                outcomes.append(wire(agent.deliver(tick, sender, kind, payload)))
+                continue
+            burnt = ctx.fuel_burnt
+            outcomes.append(wire(agent.deliver(tick, sender, kind, payload)))
+            metered = agent.fuel_used >= 0
+            per_message.extend((ctx.fuel_burnt - burnt if metered else -1, agent._memory_size))
         task_outcomes = tuple(tuple(self.run_task(t)) for t in tasks)
         busy = time.thread_time_ns() - start
         return tuple(outcomes), task_outcomes, busy, self.usage(rows, per_message)
