@@ -720,7 +720,7 @@ def _host(name: str, memory_mb: int | None = None) -> Any:
 
     ctx = WorkerContext()
     ctx.set_directory([name, "peer"])
-    engine = ctx.engine(None)
+    engine = ctx.engine((None, True))
     module = wasmtime.Module.from_file(engine, str(SAMPLES / f"{name}.wasm"))
     ctx.add_module(name, bytes(module.serialize()), (SAMPLES / f"{name}.wasm").read_bytes())
     limits = Limits(memory_bytes=memory_mb << 20 if memory_mb else None)

@@ -99,34 +99,79 @@ def _fmt(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
 
 
 #: How linear memories are laid out: each exactly as large as it is (no reservation ahead, no
-#: guard pages, no room kept for growth: a memory that grows moves), filled by copying the
-#: module's data rather than mapping its image. wasmtime's defaults (a 4 GiB reservation with
-#: guards, copy-on-write images) spare compiled code its bounds checks, but cost 3 to 4 memory
-#: mappings and 6 GiB of address space per instance: Linux's default limit of 65,530 mappings
-#: per process then stops a worker at about 21,000 agents. Laid out like this, neighbouring
-#: memories merge into one mapping, and one worker hosts hundreds of thousands of agents; the
-#: price is a bounds check per memory access, small beside a message's host calls.
-#: A memory that grows moves once and then has :data:`MEMORY_GROWTH_RESERVATION` to grow into
-#: in place (the per-instance default limit, so at most one move): without it, a malloc
-#: growing page by page copied the whole memory at every page (quadratic: 256 MiB took 400 s
-#: alone, 0.003 s with it). Agents that never grow (most) stay one merged mapping.
+#: guard pages), filled by copying the module's data rather than mapping its image. wasmtime's
+#: defaults (a 4 GiB reservation with guards, copy-on-write images) spare compiled code its
+#: bounds checks, but cost 3 to 4 memory mappings and 6 GiB of address space per instance:
+#: Linux's default limit of 65,530 mappings per process then stops a worker at about 21,000
+#: agents. Laid out like this, neighbouring memories merge into one mapping, and one worker
+#: hosts hundreds of thousands of agents; the price is a bounds check per memory access, small
+#: beside a message's host calls.
 MEMORY_RESERVATION = 0
 MEMORY_GUARD = 0
+#: Room to grow in place, reserved (address space only) behind a memory: without it a memory
+#: moves at every ``memory.grow``, and a malloc growing page by page copied the whole memory
+#: at every page (quadratic: 256 MiB took 400 s, 0.003 s with the room). The room costs a
+#: second mapping per instance (it is not accessible, so it does not merge with its
+#: neighbours), so a worker gives it to its first :func:`roomy_instances` agents only; the
+#: others' memories can grow all the same, by moving. It is a run-time setting: compiled code
+#: does not depend on it (wasmtime does not check it when a module is deserialized), so the
+#: same compiled module serves both kinds of engine.
 MEMORY_GROWTH_RESERVATION = 256 << 20
+#: Linux's default ``vm.max_map_count``, used where the system does not say.
+DEFAULT_MAX_MAP_COUNT = 65_530
+
+
+def roomy_instances(max_map_count: int | None = None) -> int:
+    """How many of a worker's instances get :data:`MEMORY_GROWTH_RESERVATION`: two mappings
+    each, within a quarter of the process's mapping limit (``/proc/sys/vm/max_map_count`` on
+    Linux), so that the other agents, the interpreter and the compiled code have the rest.
+    With Linux's default limit that is 16,382 instances, 4 TiB of reserved address space."""
+    if max_map_count is None:
+        max_map_count = DEFAULT_MAX_MAP_COUNT
+        try:
+            with open("/proc/sys/vm/max_map_count", encoding="ascii") as f:
+                max_map_count = int(f.read().strip())
+        except (OSError, ValueError):
+            pass
+    return max(0, min(max_map_count, 1 << 20) // 4)
+
+
+def out_of_mappings_hint(
+    error: str, mappings: int | None = None, limit: int | None = None
+) -> str:
+    """For an instantiation that failed for want of memory ("os error 12"): what to do about
+    it, when the cause is the process's limit of memory mappings (``mappings`` of ``limit``,
+    read from ``/proc`` when not given) rather than memory itself; else ""."""
+    if "os error 12" not in error:
+        return ""
+    try:
+        if mappings is None:
+            with open("/proc/self/maps", "rb") as f:
+                mappings = sum(1 for _ in f)
+        if limit is None:
+            with open("/proc/sys/vm/max_map_count", encoding="ascii") as f:
+                limit = int(f.read().strip())
+    except (OSError, ValueError):
+        return ""
+    if mappings < limit * 9 // 10:
+        return ""
+    return (
+        f" (this worker has {mappings:,} memory mappings, near the system's limit "
+        f"vm.max_map_count = {limit:,}: run more workers, or raise the limit with "
+        "sysctl -w vm.max_map_count=N)"
+    )
 
 
 def engine_config_key() -> str:
     """What, besides the module, decides compiled code: part of the disk cache's key."""
-    return (
-        f"fuel=1;epoch=1;opt=speed;mem={MEMORY_RESERVATION};guard={MEMORY_GUARD};"
-        f"grow={MEMORY_GROWTH_RESERVATION};cow=0"
-    )
+    return f"fuel=1;epoch=1;opt=speed;mem={MEMORY_RESERVATION};guard={MEMORY_GUARD};cow=0"
 
 
-def make_engine(stack_bytes: int | None = None) -> wasmtime.Engine:
+def make_engine(stack_bytes: int | None = None, *, room_to_grow: bool = True) -> wasmtime.Engine:
     """The engine every process uses: identical code generation everywhere, so modules
     compiled once move between processes. Fuel and epoch interruption are always compiled in
-    (they are what enforce the per-message limits); the stack size is a run-time setting.
+    (they are what enforce the per-message limits); the stack size is a run-time setting, and
+    so is ``room_to_grow`` (:data:`MEMORY_GROWTH_RESERVATION` behind each memory, or none).
     Linear memories take no more address space than they use (see :data:`MEMORY_RESERVATION`),
     so that a worker can host many agents."""
     config = wasmtime.Config()
@@ -135,7 +180,7 @@ def make_engine(stack_bytes: int | None = None) -> wasmtime.Engine:
     config.epoch_interruption = True
     config.memory_reservation = MEMORY_RESERVATION
     config.memory_guard_size = MEMORY_GUARD
-    config.memory_reservation_for_growth = MEMORY_GROWTH_RESERVATION
+    config.memory_reservation_for_growth = MEMORY_GROWTH_RESERVATION if room_to_grow else 0
     config.memory_init_cow = False
     if stack_bytes is not None:
         config.max_wasm_stack = stack_bytes

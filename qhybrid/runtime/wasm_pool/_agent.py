@@ -31,6 +31,7 @@ from qhybrid.runtime.wasm_pool._abi import (
     SEND_UNKNOWN_AGENT,
     WASI_MODULE,
     AgentModuleError,
+    out_of_mappings_hint,
 )
 from qhybrid.runtime.wasm_pool._agent_v2 import V2Calls
 from qhybrid.runtime.wasm_pool._fastcall import fuel_gauge, host_func, i32_caller
@@ -44,7 +45,7 @@ from qhybrid.runtime.wasm_pool._quotas import (
 from qhybrid.runtime.wasm_pool._ticker import EPOCH_S
 from qhybrid.runtime.wasm_pool._wasi_output import console_fd_write
 from qhybrid.runtime.wasm_pool._wasi_poll import EINVAL, SUBSCRIPTION_SIZE, poll_events
-from qhybrid.runtime.wasm_pool._worker_context import WorkerContext
+from qhybrid.runtime.wasm_pool._worker_context import EngineKind, WorkerContext
 
 __all__ = ["DTYPE_CODES", "EPOCH_S", "AgentHost", "GuestFault", "SplitMix64", "WorkerContext"]
 
@@ -191,9 +192,9 @@ class AgentHost(MemoryHost):
             else _NO_DEADLINE
         )
         self._limited = limits.fuel is not None or limits.timeout_ms is not None
-        stack = limits.stack_bytes
-        module = ctx.module(load.module_key, stack)
-        self._store = wasmtime.Store(ctx.engine(stack))
+        kind = ctx.engine_kind(load.agent_id, limits.stack_bytes)
+        module = ctx.module(load.module_key, kind)
+        self._store = wasmtime.Store(ctx.engine(kind))
         self._fuel_left = fuel_gauge(self._store)
         self.fuel_used = 0
         self.fuel_last = 0
@@ -202,7 +203,7 @@ class AgentHost(MemoryHost):
         self._wasi_used = any(where == WASI_MODULE for where, _ in wanted)
         if self._wasi_used:
             self._store.set_wasi(self._wasi_config())
-        imports = [self._import(ctx, stack, where, name) for where, name in wanted]
+        imports = [self._import(ctx, kind, where, name) for where, name in wanted]
         # Start-up runs under the limits too: the start function (here), _initialize,
         # qh_abi_version and qh_init each get a fresh budget.
         self._arm()
@@ -214,7 +215,9 @@ class AgentHost(MemoryHost):
                 f"{self._describe_trap(exc)}"
             ) from None
         except wasmtime.WasmtimeError as exc:
-            raise AgentModuleError(f"{load.name}: instantiation failed: {exc}") from None
+            raise AgentModuleError(
+                f"{load.name}: instantiation failed: {exc}{out_of_mappings_hint(str(exc))}"
+            ) from None
         finally:
             self._count_memory()
         exports = self._instance.exports(self._store)
@@ -340,9 +343,7 @@ class AgentHost(MemoryHost):
             if line:
                 self._call_state.log(level, line[:_MAX_LOG])
 
-    def _import(
-        self, ctx: WorkerContext, stack: int | None, where: str, name: str
-    ) -> wasmtime.Func:
+    def _import(self, ctx: WorkerContext, kind: EngineKind, where: str, name: str) -> wasmtime.Func:
         if where == HOST_MODULE:
             params, results = HOST_FUNCTIONS[name]
             impl: Callable[..., Any] = (
@@ -377,7 +378,7 @@ class AgentHost(MemoryHost):
                 wasmtime.FuncType([_VALTYPES["i32"]] * 4, [_VALTYPES["i32"]]),
                 self._wasi_poll_oneoff,
             )
-        found = ctx.linker(stack).get(self._store, WASI_MODULE, name)
+        found = ctx.linker(kind).get(self._store, WASI_MODULE, name)
         if not isinstance(found, wasmtime.Func):
             raise AgentModuleError(f"{self.name}: unknown WASI import {name}")
         if name == "fd_write" and not self.load.dirs:  # the log, fast (see _wasi_output)

@@ -40,7 +40,7 @@ from qhybrid.runtime.wasm_pool._agent import AgentHost, GuestFault, _Call
 from qhybrid.runtime.wasm_pool._guest_api import GUEST_API
 from qhybrid.runtime.wasm_pool._protocol import AgentLoad, Outcome
 from qhybrid.runtime.wasm_pool._wasi_poll import EINVAL, SUBSCRIPTION_SIZE, poll_events
-from qhybrid.runtime.wasm_pool._worker_context import EPOCH_S, WorkerContext
+from qhybrid.runtime.wasm_pool._worker_context import EPOCH_S, EngineKind, WorkerContext
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +194,9 @@ class PythonAgentHost(AgentHost):
             if limits.timeout_ms is not None
             else _NO_LIMIT
         )
-        module = ctx.module(load.module_key, limits.stack_bytes)
-        self._store = wasmtime.Store(ctx.engine(limits.stack_bytes))
+        kind = ctx.engine_kind(load.agent_id, limits.stack_bytes)
+        module = ctx.module(load.module_key, kind)
+        self._store = wasmtime.Store(ctx.engine(kind))
         # The interpreter's memory counts in the worker's total like any agent's (issue 14):
         # its start-up may grow only into the room the worker's other agents leave.
         self._limit_memory()
@@ -211,7 +212,7 @@ class PythonAgentHost(AgentHost):
         config.env = [("PYTHONHASHSEED", "0"), ("PYTHONDONTWRITEBYTECODE", "1")]
         self._store.set_wasi(config)
         wanted = ctx.imports(load.module_key, module)
-        imports = [self._import(ctx, limits.stack_bytes, where, name) for where, name in wanted]
+        imports = [self._import(ctx, kind, where, name) for where, name in wanted]
         self._store.set_fuel(_NO_LIMIT)
         self._store.set_epoch_deadline(_NO_LIMIT)
         try:
@@ -251,7 +252,7 @@ class PythonAgentHost(AgentHost):
         except BaseException as exc:
             self._from_guest.put(("trap", exc))
 
-    def _import(self, ctx: WorkerContext, stack: int | None, where: str, name: str) -> Any:
+    def _import(self, ctx: WorkerContext, kind: EngineKind, where: str, name: str) -> Any:
         i32 = wasmtime.ValType.i32()
         if name in ("fd_read", "fd_write"):
             ty = wasmtime.FuncType([i32, i32, i32, i32], [i32])
@@ -270,7 +271,7 @@ class PythonAgentHost(AgentHost):
         if name == "poll_oneoff":
             ty = wasmtime.FuncType([i32, i32, i32, i32], [i32])
             return wasmtime.Func(self._store, ty, self._poll_oneoff, access_caller=True)
-        return super()._import(ctx, stack, where, name)
+        return super()._import(ctx, kind, where, name)
 
     def _poll_oneoff(
         self, caller: wasmtime.Caller, subs: int, events: int, n: int, out: int

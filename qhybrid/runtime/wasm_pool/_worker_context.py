@@ -13,17 +13,26 @@ from qhybrid.runtime.wasm_pool._limits import DEFAULT_WORKER_MEMORY_BYTES
 from qhybrid.runtime.wasm_pool._protocol import TensorEntry
 from qhybrid.runtime.wasm_pool._ticker import EPOCH_S, EpochTicker
 
-__all__ = ["EPOCH_S", "WorkerContext"]
+__all__ = ["EPOCH_S", "EngineKind", "WorkerContext"]
+
+#: Which engine an instance is made with: its stack limit (None: wasmtime's default) and
+#: whether its memory has room to grow in place (see ``_abi.MEMORY_GROWTH_RESERVATION``).
+EngineKind = tuple[int | None, bool]
 
 
 class WorkerContext:
     """What the agents of one worker share: engines, modules, names, tensors, the ticker."""
 
-    def __init__(self) -> None:
-        self._engines: dict[int | None, wasmtime.Engine] = {}
-        self._linkers: dict[int | None, wasmtime.Linker] = {}
+    def __init__(self, roomy_limit: int | None = None) -> None:
+        """``roomy_limit``: how many agents' memories get room to grow (None: as many as the
+        system's mapping limit allows, ``_abi.roomy_instances()``)."""
+        self._engines: dict[EngineKind, wasmtime.Engine] = {}
+        self._linkers: dict[EngineKind, wasmtime.Linker] = {}
         self._serialized: dict[str, bytes] = {}
-        self._modules: dict[tuple[str, int | None], wasmtime.Module] = {}
+        self._modules: dict[tuple[str, EngineKind], wasmtime.Module] = {}
+        #: The agents whose instances have room to grow (at most ``roomy_instances()``).
+        self._roomy: set[int] = set()
+        self._roomy_limit = -1 if roomy_limit is None else roomy_limit  # -1: not read yet
         self._imports: dict[str, tuple[tuple[str, str], ...]] = {}
         self._recoverable: dict[str, bool] = {}
         self.directory: dict[str, int] = {}
@@ -55,21 +64,37 @@ class WorkerContext:
         self._memory_of[agent_id] = size
 
     # -- engines and modules ------------------------------------------------------------
-    def engine(self, stack_bytes: int | None) -> wasmtime.Engine:
-        engine = self._engines.get(stack_bytes)
+    def engine_kind(self, agent_id: int, stack_bytes: int | None) -> EngineKind:
+        """The engine for a new instance of ``agent_id``: with room to grow while fewer than
+        ``roomy_instances()`` of this worker's agents have it (an agent keeps its kind when
+        its instance is made again), so that the worker stays within the system's limit of
+        memory mappings. Either kind runs the same code with the same limits: only how fast
+        a growing memory grows differs."""
+        if self._roomy_limit < 0:
+            from qhybrid.runtime.wasm_pool._abi import roomy_instances
+
+            self._roomy_limit = roomy_instances()
+        roomy = agent_id in self._roomy
+        if not roomy and len(self._roomy) < self._roomy_limit:
+            self._roomy.add(agent_id)
+            roomy = True
+        return (stack_bytes, roomy)
+
+    def engine(self, kind: EngineKind) -> wasmtime.Engine:
+        engine = self._engines.get(kind)
         if engine is None:
             from qhybrid.runtime.wasm_pool._abi import make_engine
 
-            engine = make_engine(stack_bytes)
-            self._engines[stack_bytes] = engine
+            engine = make_engine(kind[0], room_to_grow=kind[1])
+            self._engines[kind] = engine
         return engine
 
-    def linker(self, stack_bytes: int | None) -> wasmtime.Linker:
-        linker = self._linkers.get(stack_bytes)
+    def linker(self, kind: EngineKind) -> wasmtime.Linker:
+        linker = self._linkers.get(kind)
         if linker is None:
-            linker = wasmtime.Linker(self.engine(stack_bytes))
+            linker = wasmtime.Linker(self.engine(kind))
             linker.define_wasi()
-            self._linkers[stack_bytes] = linker
+            self._linkers[kind] = linker
         return linker
 
     def add_module(self, key: str, serialized: bytes, original: bytes) -> None:
@@ -114,11 +139,11 @@ class WorkerContext:
         self._spawned = dict(spawned)
         self._groups.clear()
 
-    def module(self, key: str, stack_bytes: int | None) -> wasmtime.Module:
-        module = self._modules.get((key, stack_bytes))
+    def module(self, key: str, kind: EngineKind) -> wasmtime.Module:
+        module = self._modules.get((key, kind))
         if module is None:
-            module = wasmtime.Module.deserialize(self.engine(stack_bytes), self._serialized[key])
-            self._modules[(key, stack_bytes)] = module
+            module = wasmtime.Module.deserialize(self.engine(kind), self._serialized[key])
+            self._modules[(key, kind)] = module
         return module
 
     def imports(self, key: str, module: wasmtime.Module) -> tuple[tuple[str, str], ...]:
