@@ -136,9 +136,7 @@ def roomy_instances(max_map_count: int | None = None) -> int:
     return max(0, min(max_map_count, 1 << 20) // 4)
 
 
-def out_of_mappings_hint(
-    error: str, mappings: int | None = None, limit: int | None = None
-) -> str:
+def out_of_mappings_hint(error: str, mappings: int | None = None, limit: int | None = None) -> str:
     """For an instantiation that failed for want of memory ("os error 12"): what to do about
     it, when the cause is the process's limit of memory mappings (``mappings`` of ``limit``,
     read from ``/proc`` when not given) rather than memory itself; else ""."""
