@@ -70,6 +70,7 @@ def test_a_worker_gives_room_to_its_first_agents_only() -> None:
     assert ctx.engine_kind(4, None) == (None, False)
     assert roomy_instances(65_530) == 16_382
     assert roomy_instances(3) == 0
+    assert roomy_instances(10_000_000) == 65_536  # address space: 16 TiB at most
 
 
 def test_agents_with_and_without_room_compute_the_same() -> None:

@@ -117,6 +117,8 @@ MEMORY_GUARD = 0
 #: does not depend on it (wasmtime does not check it when a module is deserialized), so the
 #: same compiled module serves both kinds of engine.
 MEMORY_GROWTH_RESERVATION = 256 << 20
+#: At most this many instances of a worker have the room (16 TiB of address space).
+MAX_ROOMY = 65_536
 #: Linux's default ``vm.max_map_count``, used where the system does not say.
 DEFAULT_MAX_MAP_COUNT = 65_530
 
@@ -125,7 +127,9 @@ def roomy_instances(max_map_count: int | None = None) -> int:
     """How many of a worker's instances get :data:`MEMORY_GROWTH_RESERVATION`: two mappings
     each, within a quarter of the process's mapping limit (``/proc/sys/vm/max_map_count`` on
     Linux), so that the other agents, the interpreter and the compiled code have the rest.
-    With Linux's default limit that is 16,382 instances, 4 TiB of reserved address space."""
+    With Linux's default limit that is 16,382 instances, 4 TiB of reserved address space; at
+    most :data:`MAX_ROOMY` (16 TiB, an eighth of a 47-bit address space), however high the
+    limit."""
     if max_map_count is None:
         max_map_count = DEFAULT_MAX_MAP_COUNT
         try:
@@ -133,7 +137,7 @@ def roomy_instances(max_map_count: int | None = None) -> int:
                 max_map_count = int(f.read().strip())
         except (OSError, ValueError):
             pass
-    return max(0, min(max_map_count, 1 << 20) // 4)
+    return max(0, min(max_map_count // 4, MAX_ROOMY))
 
 
 def out_of_mappings_hint(error: str, mappings: int | None = None, limit: int | None = None) -> str:
