@@ -114,8 +114,8 @@ MEMORY_GUARD = 0
 #: second mapping per instance (it is not accessible, so it does not merge with its
 #: neighbours), so a worker gives it to its first :func:`roomy_instances` agents only; the
 #: others' memories can grow all the same, by moving. It is a run-time setting: compiled code
-#: does not depend on it (wasmtime does not check it when a module is deserialized), so the
-#: same compiled module serves both kinds of engine.
+#: does not depend on it (wasmtime's ``check_tunables``, in ``engine/serialization.rs``, skips
+#: it: "it's just a runtime setting"), so the same compiled module serves both kinds of engine.
 MEMORY_GROWTH_RESERVATION = 256 << 20
 #: At most this many instances of a worker have the room (16 TiB of address space).
 MAX_ROOMY = 65_536
