@@ -73,6 +73,23 @@ def test_a_worker_gives_room_to_its_first_agents_only() -> None:
     assert roomy_instances(10_000_000) == 65_536  # address space: 16 TiB at most
 
 
+def test_the_room_goes_first_to_agents_of_modules_few_share() -> None:
+    # 6 relays and, declared last, one sink: with room for 3, the sink gets it first (it is
+    # the one likely to grow), then the relays in id order.
+    loads = [AgentLoad(i, f"relay-{i}", "relay", (), 7, 1, b"{}") for i in range(6)]
+    loads.append(AgentLoad(6, "sink", "sink", (), 7, 1, b"{}"))
+    ctx = WorkerContext(roomy_limit=3)
+    ctx.plan_room(loads)
+    assert [i for i in range(7) if ctx.engine_kind(i, None)[1]] == [0, 1, 6]
+    # Planned again (a worker told the same loads), nobody changes kind.
+    ctx.plan_room(loads)
+    assert [i for i in range(7) if ctx.engine_kind(i, None)[1]] == [0, 1, 6]
+    # With room for all, planning changes nothing: they get it as they come.
+    roomy = WorkerContext(roomy_limit=10)
+    roomy.plan_room(loads)
+    assert all(roomy.engine_kind(i, None)[1] for i in range(7))
+
+
 def test_agents_with_and_without_room_compute_the_same() -> None:
     # The worker's first agent has room, its second has none (limit 1).
     ctx = _context(roomy_limit=1)

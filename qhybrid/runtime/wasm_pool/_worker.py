@@ -106,6 +106,7 @@ class Worker:
         # Off while loading; afterwards what was loaded is frozen out of later collections.
         collecting = gc.isenabled()
         gc.disable()
+        self.ctx.plan_room(loads)
         try:
             for load in loads:
                 self.loads[load.agent_id] = load

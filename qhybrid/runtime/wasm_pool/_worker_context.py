@@ -3,6 +3,9 @@ the memory total."""
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 import wasmtime
@@ -10,7 +13,7 @@ import wasmtime
 from qhybrid.runtime.tensors import Segment
 from qhybrid.runtime.wasm_pool._globals import host_snapshot_exact
 from qhybrid.runtime.wasm_pool._limits import DEFAULT_WORKER_MEMORY_BYTES
-from qhybrid.runtime.wasm_pool._protocol import TensorEntry
+from qhybrid.runtime.wasm_pool._protocol import AgentLoad, TensorEntry
 from qhybrid.runtime.wasm_pool._ticker import EPOCH_S, EpochTicker
 
 __all__ = ["EPOCH_S", "EngineKind", "WorkerContext"]
@@ -30,8 +33,10 @@ class WorkerContext:
         self._linkers: dict[EngineKind, wasmtime.Linker] = {}
         self._serialized: dict[str, bytes] = {}
         self._modules: dict[tuple[str, EngineKind], wasmtime.Module] = {}
-        #: The agents whose instances have room to grow (at most ``roomy_instances()``).
+        #: The agents whose instances have room to grow (at most ``roomy_instances()``), and
+        #: those that were passed over for it (:meth:`plan_room`).
         self._roomy: set[int] = set()
+        self._roomless: set[int] = set()
         self._roomy_limit = -1 if roomy_limit is None else roomy_limit  # -1: not read yet
         self._imports: dict[str, tuple[tuple[str, str], ...]] = {}
         self._recoverable: dict[str, bool] = {}
@@ -64,20 +69,41 @@ class WorkerContext:
         self._memory_of[agent_id] = size
 
     # -- engines and modules ------------------------------------------------------------
-    def engine_kind(self, agent_id: int, stack_bytes: int | None) -> EngineKind:
-        """The engine for a new instance of ``agent_id``: with room to grow while fewer than
-        ``roomy_instances()`` of this worker's agents have it (an agent keeps its kind when
-        its instance is made again), so that the worker stays within the system's limit of
-        memory mappings. Either kind runs the same code with the same limits: only how fast
-        a growing memory grows differs."""
+    def _room_limit(self) -> int:
         if self._roomy_limit < 0:
             from qhybrid.runtime.wasm_pool._abi import roomy_instances
 
             self._roomy_limit = roomy_instances()
+        return self._roomy_limit
+
+    def plan_room(self, loads: Sequence[AgentLoad]) -> None:
+        """Before ``loads`` are loaded together (a run's start): when there is not room to
+        grow for all of them, it goes first to the agents whose module few of the others
+        share (a scenario's sinks, coordinators, aggregators: the ones likely to grow
+        large), then to the rest in id order. Agents planned before keep their kind."""
+        new = [
+            load
+            for load in loads
+            if load.agent_id not in self._roomy and load.agent_id not in self._roomless
+        ]
+        free = self._room_limit() - len(self._roomy)
+        if len(new) <= free:
+            return  # room for every one of them, as they come
+        sharing = collections.Counter(load.module_key for load in new)
+        new.sort(key=lambda load: (sharing[load.module_key], load.agent_id))
+        self._roomy.update(load.agent_id for load in new[: max(free, 0)])
+        self._roomless.update(load.agent_id for load in new[max(free, 0) :])
+
+    def engine_kind(self, agent_id: int, stack_bytes: int | None) -> EngineKind:
+        """The engine for a new instance of ``agent_id``: with room to grow while fewer than
+        ``roomy_instances()`` of this worker's agents have it (or as :meth:`plan_room`
+        decided; an agent keeps its kind when its instance is made again), so that the
+        worker stays within the system's limit of memory mappings. Either kind runs the same
+        code with the same limits: only how fast a growing memory grows differs."""
         roomy = agent_id in self._roomy
-        if not roomy and len(self._roomy) < self._roomy_limit:
-            self._roomy.add(agent_id)
-            roomy = True
+        if not roomy and agent_id not in self._roomless:
+            roomy = len(self._roomy) < self._room_limit()
+            (self._roomy if roomy else self._roomless).add(agent_id)
         return (stack_bytes, roomy)
 
     def engine(self, kind: EngineKind) -> wasmtime.Engine:
