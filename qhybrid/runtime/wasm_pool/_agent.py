@@ -182,6 +182,12 @@ class AgentHost(MemoryHost):
     #: Of that, what its handlers burnt in the last tick it had messages in (-1: not metered).
     fuel_last = -1
     _fuel_tick = -1  # the tick fuel_last is of
+    # The counters of jobs and requests an agent started (most start none): set on an
+    # instance only once it does. An AgentHost keeps at most 29 attributes of its own, so that
+    # CPython shares one key table among the instances' dicts (from 30 on, every instance has
+    # a dict of its own, 1.3 KiB more an agent; tests/runtime/test_memory_room.py checks).
+    _next_job = 0
+    _next_request = 0
 
     def __init__(self, ctx: WorkerContext, load: AgentLoad) -> None:
         self._set_up(ctx, load)
@@ -200,15 +206,14 @@ class AgentHost(MemoryHost):
         self.fuel_last = 0
         self._limit_memory()
         wanted = ctx.imports(load.module_key, module)
-        self._wasi_used = any(where == WASI_MODULE for where, _ in wanted)
-        if self._wasi_used:
+        if any(where == WASI_MODULE for where, _ in wanted):
             self._store.set_wasi(self._wasi_config())
         imports = [self._import(ctx, kind, where, name) for where, name in wanted]
         # Start-up runs under the limits too: the start function (here), _initialize,
         # qh_abi_version and qh_init each get a fresh budget.
         self._arm()
         try:
-            self._instance = wasmtime.Instance(self._store, module, imports)
+            instance = wasmtime.Instance(self._store, module, imports)
         except wasmtime.Trap as exc:
             raise AgentModuleError(
                 f"{load.name}: instantiation trapped (the start function): "
@@ -220,7 +225,7 @@ class AgentHost(MemoryHost):
             ) from None
         finally:
             self._count_memory()
-        exports = self._instance.exports(self._store)
+        exports = instance.exports(self._store)
         memory = exports["memory"]
         assert isinstance(memory, wasmtime.Memory)
         self._memory = memory
@@ -286,12 +291,10 @@ class AgentHost(MemoryHost):
         self._now = 0
         self._handles: list[str] = []
         self._handle_of: dict[str, int] = {}
-        self._next_job = 0
-        self._next_request = 0
         self._call_state = _Call(self.load.quotas)
         self._v2 = V2Calls(self, load.tools)
         # Every limit the scenario leaves unset takes its default (_limits.py, docs/limits.md).
-        limits, self._defaulted = effective_limits(load.limits)
+        limits, _ = effective_limits(load.limits)
         self.limits = limits
         self._fuel = limits.fuel if limits.fuel is not None else _NO_FUEL_LIMIT
         self._timed = limits.timeout_ms is not None
@@ -793,7 +796,7 @@ class AgentHost(MemoryHost):
         return f"out of memory ({why}, using {size >> 10} KiB): {text}"
 
     def _default(self, limit: str) -> str:
-        return ", the default" if limit in self._defaulted else ""
+        return ", the default" if limit in effective_limits(self.load.limits)[1] else ""
 
     def _fail(self, error: str, start: int) -> Outcome:
         self.failed = error
