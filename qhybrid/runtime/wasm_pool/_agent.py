@@ -188,6 +188,10 @@ class AgentHost(MemoryHost):
     # a dict of its own, 1.3 KiB more an agent; tests/runtime/test_memory_room.py checks).
     _next_job = 0
     _next_request = 0
+    # Every handler runs under a time limit and fuel or time (``effective_limits`` gives each
+    # unset limit its default), so these are the same for every agent.
+    _timed = True
+    _limited = True
 
     def __init__(self, ctx: WorkerContext, load: AgentLoad) -> None:
         self._set_up(ctx, load)
@@ -197,7 +201,6 @@ class AgentHost(MemoryHost):
             if limits.timeout_ms is not None
             else _NO_DEADLINE
         )
-        self._limited = limits.fuel is not None or limits.timeout_ms is not None
         kind = ctx.engine_kind(load.agent_id, limits.stack_bytes)
         module = ctx.module(load.module_key, kind)
         self._store = wasmtime.Store(ctx.engine(kind))
@@ -297,7 +300,6 @@ class AgentHost(MemoryHost):
         limits, _ = effective_limits(load.limits)
         self.limits = limits
         self._fuel = limits.fuel if limits.fuel is not None else _NO_FUEL_LIMIT
-        self._timed = limits.timeout_ms is not None
         self._memory_cap = limits.memory_bytes if limits.memory_bytes is not None else 1 << 32
         self._memory_set = -1  # the store's memory limit now
         self._memory_size = 0
