@@ -183,9 +183,10 @@ class AgentHost(MemoryHost):
     fuel_last = -1
     _fuel_tick = -1  # the tick fuel_last is of
     # The counters of jobs and requests an agent started (most start none): set on an
-    # instance only once it does. An AgentHost keeps at most 29 attributes of its own, so that
-    # CPython shares one key table among the instances' dicts (from 30 on, every instance has
-    # a dict of its own, 1.3 KiB more an agent; tests/runtime/test_memory_room.py checks).
+    # instance only once it does. CPython (3.11) shares one key table among the instances'
+    # dicts while the keys they use together stay under 30 (past that, every new instance has
+    # a dict of its own, 1.3 KiB more an agent), so a plain agent keeps 27 attributes of its
+    # own, leaving room for the few other kinds add (tests/runtime/test_memory_room.py).
     _next_job = 0
     _next_request = 0
     # Every handler runs under a time limit and fuel or time (``effective_limits`` gives each
