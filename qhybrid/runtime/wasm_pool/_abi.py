@@ -131,13 +131,17 @@ def roomy_instances(max_map_count: int | None = None) -> int:
     most :data:`MAX_ROOMY` (16 TiB, an eighth of a 47-bit address space), however high the
     limit."""
     if max_map_count is None:
-        max_map_count = DEFAULT_MAX_MAP_COUNT
-        try:
-            with open("/proc/sys/vm/max_map_count", encoding="ascii") as f:
-                max_map_count = int(f.read().strip())
-        except (OSError, ValueError):
-            pass
+        max_map_count = system_max_map_count() or DEFAULT_MAX_MAP_COUNT
     return max(0, min(max_map_count // 4, MAX_ROOMY))
+
+
+def system_max_map_count() -> int | None:
+    """Linux's ``vm.max_map_count`` (None where the system does not say)."""
+    try:
+        with open("/proc/sys/vm/max_map_count", encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def out_of_mappings_hint(error: str, mappings: int | None = None, limit: int | None = None) -> str:
@@ -146,16 +150,15 @@ def out_of_mappings_hint(error: str, mappings: int | None = None, limit: int | N
     read from ``/proc`` when not given) rather than memory itself; else ""."""
     if "os error 12" not in error:
         return ""
-    try:
-        if mappings is None:
+    if limit is None:
+        limit = system_max_map_count()
+    if mappings is None:
+        try:
             with open("/proc/self/maps", "rb") as f:
                 mappings = sum(1 for _ in f)
-        if limit is None:
-            with open("/proc/sys/vm/max_map_count", encoding="ascii") as f:
-                limit = int(f.read().strip())
-    except (OSError, ValueError):
-        return ""
-    if mappings < limit * 9 // 10:
+        except OSError:
+            return ""
+    if limit is None or mappings < limit * 9 // 10:
         return ""
     return (
         f" (this worker has {mappings:,} memory mappings, near the system's limit "

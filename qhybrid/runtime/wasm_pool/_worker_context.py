@@ -33,10 +33,9 @@ class WorkerContext:
         self._linkers: dict[EngineKind, wasmtime.Linker] = {}
         self._serialized: dict[str, bytes] = {}
         self._modules: dict[tuple[str, EngineKind], wasmtime.Module] = {}
-        #: The agents whose instances have room to grow (at most ``roomy_instances()``), and
-        #: those that were passed over for it (:meth:`plan_room`).
+        #: The agents whose instances have room to grow (at most ``roomy_instances()``; it
+        #: only fills, so an agent once passed over for it stays without).
         self._roomy: set[int] = set()
-        self._roomless: set[int] = set()
         self._roomy_limit = -1 if roomy_limit is None else roomy_limit  # -1: not read yet
         self._imports: dict[str, tuple[tuple[str, str], ...]] = {}
         self._recoverable: dict[str, bool] = {}
@@ -81,18 +80,13 @@ class WorkerContext:
         grow for all of them, it goes first to the agents whose module few of the others
         share (a scenario's sinks, coordinators, aggregators: the ones likely to grow
         large), then to the rest in id order. Agents planned before keep their kind."""
-        new = [
-            load
-            for load in loads
-            if load.agent_id not in self._roomy and load.agent_id not in self._roomless
-        ]
+        new = [load for load in loads if load.agent_id not in self._roomy]
         free = self._room_limit() - len(self._roomy)
         if len(new) <= free:
             return  # room for every one of them, as they come
         sharing = collections.Counter(load.module_key for load in new)
         new.sort(key=lambda load: (sharing[load.module_key], load.agent_id))
-        self._roomy.update(load.agent_id for load in new[: max(free, 0)])
-        self._roomless.update(load.agent_id for load in new[max(free, 0) :])
+        self._roomy.update(load.agent_id for load in new[: max(free, 0)])  # (now full)
 
     def engine_kind(self, agent_id: int, stack_bytes: int | None) -> EngineKind:
         """The engine for a new instance of ``agent_id``: with room to grow while fewer than
@@ -101,9 +95,9 @@ class WorkerContext:
         worker stays within the system's limit of memory mappings. Either kind runs the same
         code with the same limits: only how fast a growing memory grows differs."""
         roomy = agent_id in self._roomy
-        if not roomy and agent_id not in self._roomless:
-            roomy = len(self._roomy) < self._room_limit()
-            (self._roomy if roomy else self._roomless).add(agent_id)
+        if not roomy and len(self._roomy) < self._room_limit():
+            self._roomy.add(agent_id)
+            roomy = True
         return (stack_bytes, roomy)
 
     def engine(self, kind: EngineKind) -> wasmtime.Engine:
